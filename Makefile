@@ -1,0 +1,29 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   install into .venv, then train the tiny model on the built-in sample (CPU, < 3 minutes)
+#   make test   install into .venv, then run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is pinned to the wheels this project is tested with; on x86_64 CPU machines they come from the
+# local wheel cache. People who manage their own environment run `pip install -e ".[dev]"` instead.
+ifeq ($(shell uname -m),aarch64)
+TORCH := torch==2.9.1 torchvision==0.24.1
+else
+TORCH := torch==2.14.1 torchvision==0.29.1
+endif
+
+.PHONY: install demo test
+
+$(VENV)/.installed: setup.py
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		train_video2world.py --model tiny
+
+test: install
+	$(PY) -m pytest -q tests

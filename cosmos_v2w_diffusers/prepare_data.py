@@ -1,0 +1,116 @@
+"""Write NVIDIA's `metas/` captions and `t5_xxl/` pickles for a folder of videos.
+
+The counterpart of cosmos-predict2's `scripts/get_t5_embeddings_from_cosmos_nemo_assets.py`; a folder
+prepared by either tool works with both.
+
+    python -m cosmos_v2w_diffusers.prepare_data --dataset_path datasets/cosmos_nemo_assets \
+        --prompt "A video of sks teal robot."
+
+Without `--prompt`, each video's caption is read from its existing `metas/<name>.txt`. Existing pickles
+are kept (as NVIDIA's script does); videos that cannot be used are listed with the reason. The command
+exits non-zero only when no usable video remains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .data.folder import NoUsableVideosError, list_videos, raise_if_empty, report_skipped, scan_dataset_folder
+from .io_utils import atomic_write
+from .text_encoding import MAX_TEXT_TOKENS, encode_prompts, write_t5_pickle
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEXT_ENCODER = "google-t5/t5-11b"
+
+
+def write_missing_captions(dataset_path: Path, prompt: str) -> int:
+    """Write `metas/<name>.txt` = prompt for every video that has none; returns how many were written."""
+    written = 0
+    for video in list_videos(dataset_path):
+        meta = dataset_path / "metas" / f"{video.stem}.txt"
+        if not meta.exists():
+            with atomic_write(meta, "w") as f:
+                f.write(prompt)
+            written += 1
+    return written
+
+
+def prepare_dataset(
+    dataset_path: str | Path,
+    prompt: str | None = None,
+    text_encoder: str = DEFAULT_TEXT_ENCODER,
+    num_frames: int = 1,
+    batch_size: int = 8,
+    max_length: int = MAX_TEXT_TOKENS,
+) -> tuple[int, int]:
+    """Caption and embed a dataset folder; returns (usable videos, pickles written).
+
+    `num_frames` is the clip length training will ask for: shorter clips are reported (default 1: report
+    only unreadable files, since the training frame count is not known here).
+    """
+    from .presets import load_text_encoder
+
+    dataset_path = Path(dataset_path)
+    if prompt is not None:
+        logger.info("Wrote %d caption files", write_missing_captions(dataset_path, prompt))
+    rows, skipped = scan_dataset_folder(dataset_path, min_frames=num_frames)
+    report_skipped(skipped)
+    raise_if_empty(rows, skipped, dataset_path)
+
+    todo = [row for row in rows if not row["t5_path"]]
+    if not todo:
+        logger.info("All %d usable videos already have T5 embeddings", len(rows))
+        return len(rows), 0
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    logger.info("Loading text encoder %s on %s (%s)", text_encoder, device, dtype)
+    tokenizer, encoder = load_text_encoder(text_encoder, torch_dtype=dtype)
+    encoder.to(device)
+
+    # Identical captions (the usual case: one prompt for a whole folder) are encoded once.
+    captions = sorted({row["caption"] for row in todo})
+    embeddings = {}
+    with tqdm(total=len(captions), desc="Encoding captions", unit="caption") as progress:
+        for i in range(0, len(captions), batch_size):
+            chunk = captions[i : i + batch_size]
+            embeddings.update(zip(chunk, encode_prompts(chunk, tokenizer, encoder, max_length)))
+            progress.update(len(chunk))
+    for row in tqdm(todo, desc="Writing t5_xxl pickles", unit="file"):
+        write_t5_pickle(dataset_path / "t5_xxl" / f"{Path(row['video_path']).stem}.pickle", embeddings[row["caption"]])
+    return len(rows), len(todo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset_path", required=True, help="folder holding videos/*.mp4")
+    parser.add_argument("--prompt", default=None, help="caption for videos without metas/<name>.txt")
+    parser.add_argument(
+        "--text_encoder",
+        default=DEFAULT_TEXT_ENCODER,
+        help="T5 encoder: Hub id or local folder (default T5-XXL), or `tiny` for the tiny preset's encoder",
+    )
+    parser.add_argument("--num_frames", type=int, default=1, help="report clips shorter than this (training's frame count)")
+    parser.add_argument("--batch_size", type=int, default=8, help="captions encoded per forward pass")
+    parser.add_argument("--max_length", type=int, default=MAX_TEXT_TOKENS, help="T5 token budget")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        usable, written = prepare_dataset(
+            args.dataset_path, args.prompt, args.text_encoder, args.num_frames, args.batch_size, args.max_length
+        )
+    except (NoUsableVideosError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{usable} usable videos; wrote {written} T5 pickles under {Path(args.dataset_path) / 't5_xxl'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""Model presets: the 2B and 14B Cosmos-Predict2 Video2World models, and a tiny one for CPU tests.
+
+A preset is a plain record of numbers (architecture, sample size, training defaults) plus the code that
+turns it into diffusers/transformers components. Real weights always go through `from_pretrained`
+(a Hub id or a local folder in diffusers layout). The tiny preset has no weights anywhere: it is built
+deterministically on first use, saved in the same layout to a cache folder, and then loaded with the
+very same `from_pretrained` code, so the tests exercise the loading path real weights take.
+
+Numbers: `../shared/RECIPE.md` (network table, optimisation table); configs are diffusers'
+`scripts/convert_cosmos_to_diffusers.py` entries `Cosmos-2.0-Diffusion-{2B,14B}-Video2World`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import string
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan, CosmosTransformer3DModel, FlowMatchEulerDiscreteScheduler
+from transformers import T5Config, T5EncoderModel, T5Tokenizer, T5TokenizerFast
+
+logger = logging.getLogger(__name__)
+
+_SHARED_TRANSFORMER_CONFIG = dict(
+    in_channels=16 + 1,  # 16 latent channels + the condition-mask channel
+    out_channels=16,
+    attention_head_dim=128,
+    mlp_ratio=4.0,
+    text_embed_dim=1024,
+    adaln_lora_dim=256,
+    max_size=(128, 240, 240),
+    patch_size=(1, 2, 2),
+    concat_padding_mask=True,
+    extra_pos_embed_type=None,
+)
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """Everything that differs between model sizes: architecture, sample size and training defaults."""
+
+    name: str
+    transformer_config: dict
+    hub_id: str | None
+    # Sample size: 93 frames at 704x1280 (720p 16:9) for the real models.
+    num_frames: int = 93
+    height: int = 704
+    width: int = 1280
+    # Optimisation defaults (RECIPE.md, `cosmos_nemo_assets` experiments).
+    learning_rate: float = 2**-14.5
+    weight_decay: float = 0.1
+    lr_f_max: float = 0.6
+    lora_rank: int = 16
+    lora_alpha: int = 16
+    text_embed_dim: int = 1024
+
+    @property
+    def short_name(self) -> str:
+        """`2b`, `14b`, `tiny`: NVIDIA's experiment names use the lower-case size."""
+        return self.name.lower()
+
+
+PRESETS: dict[str, ModelPreset] = {}
+
+
+def _register(preset: ModelPreset) -> ModelPreset:
+    PRESETS[preset.name] = preset
+    return preset
+
+
+_register(
+    ModelPreset(
+        name="2B",
+        transformer_config=dict(
+            _SHARED_TRANSFORMER_CONFIG, num_attention_heads=16, num_layers=28, rope_scale=(1.0, 3.0, 3.0)
+        ),
+        hub_id="nvidia/Cosmos-Predict2-2B-Video2World",
+        weight_decay=0.1,
+        lr_f_max=0.6,
+        lora_rank=16,
+        lora_alpha=16,
+    )
+)
+_register(
+    ModelPreset(
+        name="14B",
+        transformer_config=dict(
+            _SHARED_TRANSFORMER_CONFIG, num_attention_heads=40, num_layers=36, rope_scale=(20 / 24, 2.0, 2.0)
+        ),
+        hub_id="nvidia/Cosmos-Predict2-14B-Video2World",
+        weight_decay=0.2,
+        lr_f_max=0.25,
+        lora_rank=32,
+        lora_alpha=32,
+    )
+)
+
+# The tiny preset keeps every structural trait of the real one (17 input channels, 16 latent channels,
+# the Wan VAE's 4x temporal / 8x spatial compression, a T5 encoder) at sizes that run on a CPU in seconds.
+_TINY_TEXT_DIM = 32
+_register(
+    ModelPreset(
+        name="tiny",
+        transformer_config=dict(
+            _SHARED_TRANSFORMER_CONFIG,
+            num_attention_heads=2,
+            attention_head_dim=32,
+            num_layers=2,
+            text_embed_dim=_TINY_TEXT_DIM,
+            adaln_lora_dim=16,
+            rope_scale=(1.0, 3.0, 3.0),
+        ),
+        hub_id=None,
+        num_frames=17,
+        height=64,
+        width=112,
+        # A randomly initialised network needs a larger step than fine-tuning a pre-trained one for its
+        # loss to fall within the CPU demo's few dozen steps.
+        learning_rate=1e-3,
+        weight_decay=0.1,
+        lr_f_max=0.6,
+        lora_rank=4,
+        lora_alpha=4,
+        text_embed_dim=_TINY_TEXT_DIM,
+    )
+)
+
+
+def get_preset(name: str) -> ModelPreset:
+    """Look a preset up by name (`2B`, `14B` or `tiny`, case-insensitive)."""
+    for key, preset in PRESETS.items():
+        if key.lower() == name.lower():
+            return preset
+    raise ValueError(f"Unknown model preset {name!r}; choose one of {sorted(PRESETS)}.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Building components from a preset (random weights; meta device for counting or sharded init)
+# --------------------------------------------------------------------------------------------------
+
+
+def build_transformer(preset: ModelPreset, device: str | torch.device = "cpu") -> CosmosTransformer3DModel:
+    """A randomly initialised transformer; `device="meta"` builds it without allocating memory."""
+    with torch.device(device):
+        return CosmosTransformer3DModel(**preset.transformer_config)
+
+
+def _tiny_tokenizer() -> T5TokenizerFast:
+    # transformers builds a T5 (Unigram) tokenizer from a vocabulary list, so the tiny preset needs no
+    # sentencepiece file and no download. Word-start pieces score higher than bare characters.
+    chars = string.ascii_lowercase + string.digits + ".,!?'\"-:;()/"
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [("\u2581" + c, -3.0) for c in chars]
+    vocab += [(c, -4.0) for c in chars + string.ascii_uppercase]
+    return T5Tokenizer(vocab=vocab, extra_ids=0)
+
+
+def _tiny_text_encoder(vocab_size: int) -> T5EncoderModel:
+    config = T5Config(
+        vocab_size=vocab_size,
+        d_model=_TINY_TEXT_DIM,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="relu",  # T5 v1.0, as t5-11b
+    )
+    return T5EncoderModel(config)
+
+
+def _tiny_vae() -> AutoencoderKLWan:
+    # Same temporal (4x) and spatial (8x) compression and 16 latent channels as the Wan 2.1 VAE, with the
+    # real per-channel latent statistics (the class defaults), at 1/12 of the width.
+    return AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1)
+
+
+def save_tiny_pretrained(folder: str | Path, seed: int = 0) -> Path:
+    """Write the tiny preset's components to `folder` in the diffusers Video2World layout.
+
+    The weights depend only on `seed`: the global RNG is forked, so callers' random state is untouched.
+    The layout (`transformer/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`, `model_index.json`)
+    is the one of `nvidia/Cosmos-Predict2-2B-Video2World`, so every loader reads it as it reads real weights.
+    """
+    folder = Path(folder)
+    preset = get_preset("tiny")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tokenizer = _tiny_tokenizer()
+        text_encoder = _tiny_text_encoder(len(tokenizer))
+        transformer = build_transformer(preset)
+        vae = _tiny_vae()
+    scheduler = FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, component in [
+        ("transformer", transformer),
+        ("vae", vae),
+        ("text_encoder", text_encoder),
+        ("tokenizer", tokenizer),
+        ("scheduler", scheduler),
+    ]:
+        component.save_pretrained(folder / name)
+    model_index = {
+        "_class_name": "Cosmos2VideoToWorldPipeline",
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "T5EncoderModel"],
+        "tokenizer": ["transformers", "T5TokenizerFast"],
+        "transformer": ["diffusers", "CosmosTransformer3DModel"],
+        "vae": ["diffusers", "AutoencoderKLWan"],
+        "safety_checker": [None, None],
+    }
+    (folder / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
+    return folder
+
+
+# Bump when the tiny preset's architecture or layout changes, so stale cached folders are not reused.
+_TINY_VERSION = "v1"
+
+
+def tiny_pretrained_path() -> Path:
+    """The cached tiny model folder, created atomically on first use (temp folder, then rename)."""
+    cache_root = Path(os.environ.get("COSMOS_V2W_CACHE", Path.home() / ".cache" / "cosmos_v2w_diffusers"))
+    target = cache_root / f"tiny-{_TINY_VERSION}"
+    if (target / "model_index.json").exists():
+        return target
+    cache_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=cache_root))
+    try:
+        save_tiny_pretrained(staging)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            # Another process won the race and its folder is complete (it was renamed whole).
+            if not (target / "model_index.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("Created the tiny preset's components in %s", target)
+    return target
+
+
+def resolve_pretrained(preset: ModelPreset, pretrained_model_name_or_path: str | None = None) -> str:
+    """The Hub id or local folder the preset's components are loaded from."""
+    if pretrained_model_name_or_path:
+        return str(pretrained_model_name_or_path)
+    if preset.hub_id is None:
+        return str(tiny_pretrained_path())
+    return preset.hub_id
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading components (the same code for Hub ids, local folders and the tiny preset's folder)
+# --------------------------------------------------------------------------------------------------
+
+
+def load_transformer(
+    preset: ModelPreset,
+    pretrained_model_name_or_path: str | None = None,
+    torch_dtype: torch.dtype = torch.float32,
+) -> CosmosTransformer3DModel:
+    """Load the transformer and check that it is the preset's architecture."""
+    source = resolve_pretrained(preset, pretrained_model_name_or_path)
+    transformer = CosmosTransformer3DModel.from_pretrained(source, subfolder="transformer", torch_dtype=torch_dtype)
+    check_transformer_matches(transformer, preset, source)
+    return transformer
+
+
+def check_transformer_matches(transformer: CosmosTransformer3DModel, preset: ModelPreset, source: str) -> None:
+    """Refuse a transformer whose size is not the preset's, before any heavy work uses it."""
+    for key in ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels", "text_embed_dim"):
+        expected, found = preset.transformer_config[key], transformer.config[key]
+        if expected != found:
+            raise ValueError(
+                f"{source}: transformer has {key}={found}, but the {preset.name} preset expects {expected}. "
+                f"Pass the model size that matches these weights (--model / --model_size)."
+            )
+
+
+def load_vae(
+    preset: ModelPreset, pretrained_model_name_or_path: str | None = None, torch_dtype: torch.dtype = torch.float32
+) -> AutoencoderKLWan:
+    source = resolve_pretrained(preset, pretrained_model_name_or_path)
+    return AutoencoderKLWan.from_pretrained(source, subfolder="vae", torch_dtype=torch_dtype)
+
+
+def load_text_encoder(
+    name_or_path: str, torch_dtype: torch.dtype = torch.float32
+) -> tuple[T5TokenizerFast, T5EncoderModel]:
+    """Tokenizer and T5 encoder from a model folder/Hub id.
+
+    Accepts a plain T5 repo (`google-t5/t5-11b`), a diffusers pipeline folder (with `tokenizer/` and
+    `text_encoder/` subfolders), or `tiny` for the tiny preset's encoder.
+    """
+    if name_or_path == "tiny":
+        name_or_path = str(tiny_pretrained_path())
+    if Path(name_or_path, "text_encoder").is_dir():
+        tokenizer = T5TokenizerFast.from_pretrained(name_or_path, subfolder="tokenizer")
+        encoder = T5EncoderModel.from_pretrained(name_or_path, subfolder="text_encoder", torch_dtype=torch_dtype)
+    else:
+        tokenizer = T5TokenizerFast.from_pretrained(name_or_path)
+        encoder = T5EncoderModel.from_pretrained(name_or_path, torch_dtype=torch_dtype)
+    encoder.eval().requires_grad_(False)
+    return tokenizer, encoder

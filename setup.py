@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="cosmos_v2w_diffusers",
+    version="0.1.0",
+    description="NVIDIA Cosmos-Predict2 Video2World post-training on the Hugging Face stack",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["cosmos_v2w_diffusers", "cosmos_v2w_diffusers.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # torch is pinned by the Makefile/CI (a bare `torch` would pull a multi-GB CUDA build here);
+        # any torch >= 2.4 works.
+        "torch>=2.4",
+        "torchvision",
+        "diffusers>=0.42,<0.43",
+        "transformers>=5,<6",
+        "accelerate>=1.10",
+        "peft>=0.17",
+        "datasets>=4",
+        "decord>=0.6",
+        "sentencepiece",
+        "safetensors",
+        "huggingface_hub",
+        "imageio",
+        "imageio-ffmpeg",
+        "tqdm",
+    ],
+    extras_require={"dev": ["pytest", "scikit-video", "tensorboard"]},
+)

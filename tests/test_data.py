@@ -1,0 +1,195 @@
+import logging
+import shutil
+import subprocess
+import sys
+
+import decord
+import numpy as np
+import pytest
+import torch
+from conftest import PROMPT, make_dataset_folder
+from diffusers.utils import export_to_video
+
+from cosmos_v2w_diffusers import Video2WorldTrainDataset, load_video2world_dataset
+from cosmos_v2w_diffusers.data.folder import NoUsableVideosError
+from cosmos_v2w_diffusers.presets import get_preset, load_text_encoder
+from cosmos_v2w_diffusers.text_encoding import read_t5_pickle, write_t5_pickle
+
+TINY = get_preset("tiny")
+TINY_DIM = TINY.text_embed_dim
+
+
+def test_prepare_data_cli_writes_nvidia_layout(tmp_path, video_paths):
+    root = make_dataset_folder(tmp_path / "D", video_paths, prepare=False)
+    cmd = [sys.executable, "-m", "cosmos_v2w_diffusers.prepare_data", "--dataset_path", str(root)]
+    result = subprocess.run(cmd + ["--prompt", PROMPT, "--text_encoder", "tiny"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for name in video_paths:
+        assert (root / "metas" / f"{name}.txt").read_text() == PROMPT
+        embedding = read_t5_pickle(root / "t5_xxl" / f"{name}.pickle", TINY_DIM)
+        assert embedding.dtype == np.float16 and embedding.ndim == 2
+    # Existing captions and pickles are kept, as NVIDIA's script does; no --prompt reads metas/.
+    (root / "metas" / "bikes.txt").write_text("Bikes riding by.")
+    (root / "t5_xxl" / "bikes.pickle").unlink()
+    before = (root / "t5_xxl" / "bigbuckbunny.pickle").stat().st_mtime_ns
+    result = subprocess.run(cmd + ["--text_encoder", "tiny"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (root / "t5_xxl" / "bigbuckbunny.pickle").stat().st_mtime_ns == before
+    tokenizer, encoder = load_text_encoder("tiny")
+    assert read_t5_pickle(root / "t5_xxl" / "bikes.pickle", TINY_DIM).shape[0] == len(tokenizer("Bikes riding by.").input_ids)
+
+
+def test_prepare_data_cli_fails_when_nothing_is_usable(tmp_path):
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "broken.mp4").write_bytes(b"")
+    result = subprocess.run(
+        [sys.executable, "-m", "cosmos_v2w_diffusers.prepare_data", "--dataset_path", str(tmp_path), "--prompt", "x",
+         "--text_encoder", "tiny"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "broken.mp4" in result.stderr and "0 bytes" in result.stderr
+
+
+def test_dataset_rows(prepared_dataset):
+    table = load_video2world_dataset(prepared_dataset, embed_dim=TINY_DIM)
+    rows = {r["video_path"].split("/")[-1]: r for r in table}
+    assert rows["bigbuckbunny.mp4"]["num_frames"] == 132 and rows["bigbuckbunny.mp4"]["fps"] == 25
+    assert (rows["bigbuckbunny.mp4"]["width"], rows["bigbuckbunny.mp4"]["height"]) == (1280, 720)
+    assert rows["bikes.mp4"]["num_frames"] == 250
+    assert (rows["bikes.mp4"]["width"], rows["bikes.mp4"]["height"]) == (640, 272)
+    assert all(r["caption"] == PROMPT for r in table)
+    # Embeddings come from the NVIDIA pickles.
+    pickled = read_t5_pickle(prepared_dataset / "t5_xxl" / "bikes.pickle", TINY_DIM)
+    np.testing.assert_array_equal(np.asarray(rows["bikes.mp4"]["t5_xxl"], dtype=np.float16), pickled)
+
+
+def test_full_size_sample(prepared_dataset):
+    samples = Video2WorldTrainDataset(load_video2world_dataset(prepared_dataset, embed_dim=TINY_DIM))
+    sample = samples[0]
+    assert sample["video"].shape == (3, 93, 704, 1280)
+    assert sample["t5_text_embeddings"].shape == (512, TINY_DIM)
+
+
+def test_frame_sampling_count_range_values_and_determinism(prepared_dataset):
+    table = load_video2world_dataset(prepared_dataset, num_frames=17, embed_dim=TINY_DIM)
+    make = lambda seed: Video2WorldTrainDataset(table, num_frames=17, height=64, width=112, seed=seed)  # noqa: E731
+    samples = make(0)
+    draws = [samples.draw(i) for i in range(40)]
+    # Each epoch visits every clip once; starts stay inside {0 .. total-17}.
+    assert sorted(r for r, _ in draws[:2]) == [0, 1]
+    for row, start in draws:
+        assert 0 <= start <= table[row]["num_frames"] - 17
+    assert len({s for _, s in draws}) > 10  # random starts, not a constant
+
+    item = samples[3]
+    assert item["video"].shape == (3, 17, 64, 112) and item["video"].dtype == torch.float32
+    assert item["video"].min() >= -1 and item["video"].max() <= 1 and item["video"].std() > 0.05
+    # The frames are the consecutive ones the draw names, resized from the decoded video.
+    reader = decord.VideoReader(item["video_path"])
+    first = torch.from_numpy(reader[item["frame_start"]].asnumpy()).permute(2, 0, 1)[None]
+    from cosmos_v2w_diffusers.data.samples import to_model_range
+
+    assert torch.allclose(item["video"][:, 0], to_model_range(first, 64, 112)[:, 0])
+
+    again = make(0)[3]
+    assert torch.equal(item["video"], again["video"]) and item["frame_start"] == again["frame_start"]
+    assert [make(1).draw(i) for i in range(40)] != draws
+
+
+def test_dataloader_with_workers_matches_direct_indexing(prepared_dataset):
+    table = load_video2world_dataset(prepared_dataset, num_frames=9, embed_dim=TINY_DIM)
+    samples = Video2WorldTrainDataset(table, num_frames=9, height=32, width=48, seed=3)
+    loader = torch.utils.data.DataLoader(samples, batch_size=2, sampler=range(2, 6), num_workers=2)
+    batches = list(loader)
+    assert [b["video"].shape for b in batches] == [(2, 3, 9, 32, 48)] * 2
+    assert torch.equal(batches[1]["video"][1], samples[5]["video"])
+
+
+def test_second_map_is_a_cache_hit(tmp_path, video_paths):
+    root = make_dataset_folder(tmp_path / "D", video_paths, prepare=False)
+    for name in video_paths:
+        (root / "metas").mkdir(exist_ok=True)
+        (root / "metas" / f"{name}.txt").write_text(PROMPT)
+    tokenizer, encoder = load_text_encoder("tiny")
+    calls = []
+    encoder.register_forward_hook(lambda *args: calls.append(1))
+    cache = tmp_path / "hf_cache"
+    first = load_video2world_dataset(root, tokenizer=tokenizer, text_encoder=encoder, cache_dir=cache)
+    assert len(calls) == 1  # both captions encoded in one batch
+    second = load_video2world_dataset(root, tokenizer=tokenizer, text_encoder=encoder, cache_dir=cache)
+    assert len(calls) == 1, "the second .map must read the cache and encode nothing"
+    assert first.cache_files == second.cache_files
+    assert np.array_equal(np.asarray(first[0]["t5_xxl"]), np.asarray(second[0]["t5_xxl"]))
+    # Editing an input invalidates the cache.
+    write_t5_pickle(root / "t5_xxl" / "bikes.pickle", np.ones((3, TINY_DIM), np.float16))
+    third = load_video2world_dataset(root, tokenizer=tokenizer, text_encoder=encoder, cache_dir=cache)
+    bikes = [r for r in third if r["video_path"].endswith("bikes.mp4")][0]
+    assert np.asarray(bikes["t5_xxl"]).shape == (3, TINY_DIM)
+
+
+def _make_bad_inputs(root, video_paths):
+    """One good video plus one of each kind of bad input; returns {file name: expected reason}."""
+    videos, metas, t5 = root / "videos", root / "metas", root / "t5_xxl"
+    data = video_paths["bikes"].read_bytes()
+    (videos / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (videos / "empty.mp4").write_bytes(b"")
+    (videos / "notes.mp4").write_text("these are my notes, not a video")
+    reader = decord.VideoReader(str(video_paths["bikes"]))
+    export_to_video(list(reader.get_batch(list(range(20))).asnumpy()), str(videos / "short.mp4"), fps=25)
+    for name in ("wrong_shape", "wrong_dtype", "no_caption", "empty_caption"):
+        shutil.copy(video_paths["bigbuckbunny"], videos / f"{name}.mp4")
+    for name in ("truncated", "empty", "notes", "short", "wrong_shape", "wrong_dtype", "empty_caption"):
+        (metas / f"{name}.txt").write_text(PROMPT)
+    (metas / "empty_caption.txt").write_text("  \n")
+    good = t5 / "bikes.pickle"
+    for name in ("truncated", "empty", "notes", "short", "no_caption", "empty_caption"):
+        shutil.copy(good, t5 / f"{name}.pickle")
+    write_t5_pickle(t5 / "wrong_shape.pickle", np.zeros((5, TINY_DIM + 1), np.float16))
+    import pickle
+
+    with open(t5 / "wrong_dtype.pickle", "wb") as f:
+        pickle.dump([np.zeros((5, TINY_DIM), np.int32)], f)
+    return {
+        "truncated.mp4": "cannot be decoded",
+        "empty.mp4": "0 bytes",
+        "notes.mp4": "not an MP4 video",
+        "short.mp4": "has 20 frames, fewer than the 93",
+        "wrong_shape.mp4": "embedding shape",
+        "wrong_dtype.mp4": "dtype is int32",
+        "no_caption.mp4": "is missing",
+        "empty_caption.mp4": "is empty",
+    }
+
+
+def test_bad_inputs_are_reported_and_skipped(tmp_path, video_paths, caplog):
+    root = make_dataset_folder(tmp_path / "D", {"bikes": video_paths["bikes"]})
+    expected = _make_bad_inputs(root, video_paths)
+    with caplog.at_level(logging.WARNING):
+        table = load_video2world_dataset(root, embed_dim=TINY_DIM)
+    assert [r["video_path"].split("/")[-1] for r in table] == ["bikes.mp4"]
+    for name, reason in expected.items():
+        lines = [m for m in caplog.messages if f"/{name}:" in m]
+        assert len(lines) == 1, f"{name} not reported: {caplog.messages}"
+        assert reason in lines[0], lines[0]
+
+
+def test_missing_pickle_is_reported_without_an_encoder(tmp_path, video_paths, caplog):
+    root = make_dataset_folder(tmp_path / "D", video_paths)
+    (root / "t5_xxl" / "bikes.pickle").unlink()
+    with caplog.at_level(logging.WARNING):
+        table = load_video2world_dataset(root, embed_dim=TINY_DIM)
+    assert len(table) == 1
+    assert any("bikes.mp4" in m and "no t5_xxl/bikes.pickle" in m for m in caplog.messages)
+
+
+def test_nothing_usable_raises_with_every_reason(tmp_path):
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a.mp4").write_bytes(b"")
+    (tmp_path / "videos" / "b.mp4").write_text("text")
+    with pytest.raises(NoUsableVideosError) as info:
+        load_video2world_dataset(tmp_path)
+    assert "a.mp4" in str(info.value) and "b.mp4" in str(info.value)
+    with pytest.raises(FileNotFoundError, match="videos"):
+        load_video2world_dataset(tmp_path / "nowhere")
