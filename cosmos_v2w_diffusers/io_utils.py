@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -29,3 +30,33 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def build_folder_once(target: Path, build: Callable[[Path], None], marker: str) -> Path:
+    """Return `target`, first building it with `publish_folder` when `target/marker` is absent."""
+    target = Path(target)
+    if not (target / marker).exists():
+        publish_folder(target, build)
+    return target
+
+
+def publish_folder(target: Path, build: Callable[[Path], None]) -> Path:
+    """Build a folder in a temp folder beside `target`, then swap it into place whole.
+
+    A crash mid-build leaves any previous `target` untouched and no half-made folder; a previous
+    `target` is only removed once the new one is in place.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    retired = target.with_name(f".{target.name}.old")
+    try:
+        build(staging)
+        shutil.rmtree(retired, ignore_errors=True)
+        if target.exists():
+            os.rename(target, retired)
+        os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
+    return target

@@ -15,15 +15,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import string
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan, CosmosTransformer3DModel, FlowMatchEulerDiscreteScheduler
 from transformers import T5Config, T5EncoderModel, T5Tokenizer, T5TokenizerFast
+
+from .io_utils import build_folder_once
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,9 @@ class ModelPreset:
     lr_f_max: float = 0.6
     lora_rank: int = 16
     lora_alpha: int = 16
+    max_iter: int = 1000
+    save_iter: int = 500
+    save_iter_lora: int = 200
     text_embed_dim: int = 1024
 
     @property
@@ -127,6 +130,10 @@ _register(
         lr_f_max=0.6,
         lora_rank=4,
         lora_alpha=4,
+        # The CPU demo: a few dozen steps, finishing well inside 3 minutes on 2 cores.
+        max_iter=200,
+        save_iter=100,
+        save_iter_lora=100,
         text_embed_dim=_TINY_TEXT_DIM,
     )
 )
@@ -223,26 +230,14 @@ def save_tiny_pretrained(folder: str | Path, seed: int = 0) -> Path:
 _TINY_VERSION = "v1"
 
 
+def cache_root() -> Path:
+    """Where generated assets (the tiny model, the built-in sample) live; `$COSMOS_V2W_CACHE` overrides."""
+    return Path(os.environ.get("COSMOS_V2W_CACHE", Path.home() / ".cache" / "cosmos_v2w_diffusers"))
+
+
 def tiny_pretrained_path() -> Path:
-    """The cached tiny model folder, created atomically on first use (temp folder, then rename)."""
-    cache_root = Path(os.environ.get("COSMOS_V2W_CACHE", Path.home() / ".cache" / "cosmos_v2w_diffusers"))
-    target = cache_root / f"tiny-{_TINY_VERSION}"
-    if (target / "model_index.json").exists():
-        return target
-    cache_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=cache_root))
-    try:
-        save_tiny_pretrained(staging)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            # Another process won the race and its folder is complete (it was renamed whole).
-            if not (target / "model_index.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    logger.info("Created the tiny preset's components in %s", target)
-    return target
+    """The cached tiny model folder, created on first use."""
+    return build_folder_once(cache_root() / f"tiny-{_TINY_VERSION}", save_tiny_pretrained, "model_index.json")
 
 
 def resolve_pretrained(preset: ModelPreset, pretrained_model_name_or_path: str | None = None) -> str:
@@ -299,11 +294,13 @@ def load_text_encoder(
     """
     if name_or_path == "tiny":
         name_or_path = str(tiny_pretrained_path())
-    if Path(name_or_path, "text_encoder").is_dir():
-        tokenizer = T5TokenizerFast.from_pretrained(name_or_path, subfolder="tokenizer")
-        encoder = T5EncoderModel.from_pretrained(name_or_path, subfolder="text_encoder", torch_dtype=torch_dtype)
-    else:
-        tokenizer = T5TokenizerFast.from_pretrained(name_or_path)
-        encoder = T5EncoderModel.from_pretrained(name_or_path, torch_dtype=torch_dtype)
+    pipeline_layout = Path(name_or_path, "text_encoder").is_dir() or name_or_path in {
+        p.hub_id for p in PRESETS.values()
+    }
+    subfolder = {"tokenizer": "tokenizer", "text_encoder": "text_encoder"} if pipeline_layout else {}
+    tokenizer = T5TokenizerFast.from_pretrained(name_or_path, subfolder=subfolder.get("tokenizer", ""))
+    encoder = T5EncoderModel.from_pretrained(
+        name_or_path, subfolder=subfolder.get("text_encoder", ""), torch_dtype=torch_dtype
+    )
     encoder.eval().requires_grad_(False)
     return tokenizer, encoder

@@ -1,0 +1,122 @@
+"""NVIDIA's native transformer checkpoint format (`net.*` / `net_ema.*` keys) <-> diffusers.
+
+diffusers reads native files with `convert_cosmos_transformer_checkpoint_to_diffusers` (its single-file
+loader); we reuse that for reading. diffusers has no writer, so `to_native_state_dict` is the reverse of
+its Cosmos-Predict2 rename table, checked key-for-key against it by the tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from diffusers import CosmosTransformer3DModel
+from diffusers.loaders.single_file_utils import convert_cosmos_transformer_checkpoint_to_diffusers
+
+# diffusers name fragment -> NVIDIA name fragment, applied in order (the reverse of diffusers'
+# TRANSFORMER_KEYS_RENAME_DICT_COSMOS_2_0).
+_DIFFUSERS_TO_NATIVE = [
+    ("transformer_blocks.", "blocks."),
+    ("norm1.linear_1", "adaln_modulation_self_attn.1"),
+    ("norm1.linear_2", "adaln_modulation_self_attn.2"),
+    ("norm2.linear_1", "adaln_modulation_cross_attn.1"),
+    ("norm2.linear_2", "adaln_modulation_cross_attn.2"),
+    ("norm3.linear_1", "adaln_modulation_mlp.1"),
+    ("norm3.linear_2", "adaln_modulation_mlp.2"),
+    ("attn1.", "self_attn."),
+    ("attn2.", "cross_attn."),
+    ("to_q.", "q_proj."),
+    ("to_k.", "k_proj."),
+    ("to_v.", "v_proj."),
+    ("to_out.0.", "output_proj."),
+    ("norm_q.", "q_norm."),
+    ("norm_k.", "k_norm."),
+    ("ff.net.0.proj.", "mlp.layer1."),
+    ("ff.net.2.", "mlp.layer2."),
+    ("patch_embed.proj.", "x_embedder.proj.1."),
+    ("norm_out.linear_1.", "final_layer.adaln_modulation.1."),
+    ("norm_out.linear_2.", "final_layer.adaln_modulation.2."),
+    ("proj_out.", "final_layer.linear."),
+    ("time_embed.t_embedder.", "t_embedder.1."),
+    ("time_embed.norm.", "t_embedding_norm."),
+]
+
+
+def to_native_key(key: str) -> str:
+    """`transformer_blocks.0.attn1.to_q.weight` -> `blocks.0.self_attn.q_proj.weight` (no `net.` prefix)."""
+    for ours, theirs in _DIFFUSERS_TO_NATIVE:
+        key = key.replace(ours, theirs)
+    return key
+
+
+def rope_buffers(config) -> dict[str, torch.Tensor]:
+    """The three RoPE buffers NVIDIA's network registers and saves.
+
+    diffusers recomputes them, so its state dict lacks them; but its single-file loader recognises a
+    Cosmos-Predict2 file only by `net.pos_embedder.dim_spatial_range`, and NVIDIA's strict loading wants all
+    three. Values follow NVIDIA's `VideoRopePosition3DEmb` (head dim split into t, h, w parts).
+    """
+    head_dim = config.attention_head_dim
+    dim_h = head_dim // 6 * 2
+    dim_t = head_dim - 2 * dim_h
+    max_t, max_h, max_w = (m // p for m, p in zip(config.max_size, config.patch_size))
+    return {
+        "pos_embedder.seq": torch.arange(max(max_t, max_h, max_w), dtype=torch.float32),
+        "pos_embedder.dim_spatial_range": torch.arange(0, dim_h, 2)[: dim_h // 2].float() / dim_h,
+        "pos_embedder.dim_temporal_range": torch.arange(0, dim_t, 2)[: dim_t // 2].float() / dim_t,
+    }
+
+
+def to_native_state_dict(
+    state_dict: dict[str, torch.Tensor], config, prefix: str = "net.", dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """diffusers-named tensors -> NVIDIA-named `prefix*` tensors (plus the RoPE buffers), optionally cast."""
+    native = {prefix + to_native_key(k): (v.to(dtype) if dtype is not None else v) for k, v in state_dict.items()}
+    native.update({prefix + k: v for k, v in rope_buffers(config).items()})
+    return native
+
+
+def from_native_state_dict(native: dict[str, torch.Tensor], prefix: str = "net.") -> dict[str, torch.Tensor]:
+    """`prefix*` tensors of a native file -> diffusers names (buffers and other prefixes dropped)."""
+    selected = {"net." + k[len(prefix) :]: v for k, v in native.items() if k.startswith(prefix)}
+    if not selected:
+        raise KeyError(f"no `{prefix}*` tensors")
+    return convert_cosmos_transformer_checkpoint_to_diffusers(selected)
+
+
+def load_native_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """Read a native `iter_N.pt` (ours or NVIDIA's released `.pt`) as a diffusers-named state dict.
+
+    `use_ema` picks the `net_ema.*` weights. Only tensors are unpickled (`weights_only=True`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {path} does not exist; pass the path of a model/iter_*.pt file.")
+    native = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(native, dict) and "model" in native and isinstance(native["model"], dict):
+        native = native["model"]  # some of NVIDIA's releases nest the weights
+    prefix = "net_ema." if use_ema else "net."
+    try:
+        return from_native_state_dict(native, prefix)
+    except KeyError:
+        hint = " (this file has no EMA weights: drop --load_ema)" if use_ema else ""
+        raise ValueError(f"{path} holds no `{prefix}*` tensors: not a Cosmos-Predict2 native checkpoint{hint}.")
+
+
+def load_into_transformer(transformer: CosmosTransformer3DModel, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load diffusers-named weights, refusing a checkpoint of another model size with a clear message."""
+    own = transformer.state_dict()
+    for key, value in state_dict.items():
+        if key in own and own[key].shape != value.shape:
+            raise ValueError(
+                f"{source}: {key} has shape {tuple(value.shape)} but this transformer expects "
+                f"{tuple(own[key].shape)}: the checkpoint is for a different model size. "
+                f"Pick the matching --model / --model_size."
+            )
+    missing, unexpected = transformer.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: does not match the transformer (missing {missing[:3]}..., unexpected {unexpected[:3]}...): "
+            f"is it a checkpoint of this model and training mode (full vs LoRA)?"
+        )

@@ -1,0 +1,38 @@
+"""Pixels <-> normalised Wan-VAE latents, shared by training and sampling.
+
+The transformer works on per-channel normalised latents `(mu - latents_mean) / latents_std` (the VAE
+config's 16 values). Training encodes with the posterior mean, never a sample (RECIPE.md, "Network").
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKLWan
+
+
+def num_latent_frames(num_frames: int) -> int:
+    """The Wan VAE keeps the first frame and compresses the rest 4x in time (93 -> 24)."""
+    return 1 + (num_frames - 1) // 4
+
+
+def _statistics(vae: AutoencoderKLWan, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean, device=like.device, dtype=torch.float32).view(shape)
+    std = torch.tensor(vae.config.latents_std, device=like.device, dtype=torch.float32).view(shape)
+    return mean, std
+
+
+@torch.no_grad()
+def encode_video(vae: AutoencoderKLWan, video: torch.Tensor) -> torch.Tensor:
+    """`[B, 3, F, H, W]` in [-1, 1] -> normalised float32 latents `[B, 16, 1 + (F-1)//4, H/8, W/8]`."""
+    mu = vae.encode(video.to(device=vae.device, dtype=vae.dtype)).latent_dist.mode().float()
+    mean, std = _statistics(vae, mu)
+    return (mu - mean) / std
+
+
+@torch.no_grad()
+def decode_latents(vae: AutoencoderKLWan, latents: torch.Tensor) -> torch.Tensor:
+    """Normalised latents -> pixels `[B, 3, F, H, W]` in [-1, 1] (float32)."""
+    mean, std = _statistics(vae, latents)
+    pixels = vae.decode((latents.float() * std + mean).to(vae.dtype), return_dict=False)[0]
+    return pixels.float().clamp(-1, 1)

@@ -1,0 +1,74 @@
+"""Training checkpoints in NVIDIA's layout (RECIPE.md, "Checkpoints").
+
+    <output_dir>/checkpoints/
+        model/iter_{N:09d}.pt       net.* (bf16) and net_ema.* (fp32) tensors, NVIDIA's key names
+        optim/iter_{N:09d}.pt       optimizer state + the fp32 master weights
+        scheduler/iter_{N:09d}.pt   learning-rate scheduler state
+        trainer/iter_{N:09d}.pt     {"grad_scaler": ..., "iteration": N} (+ our RNG states)
+        latest_checkpoint.txt       "iter_{N:09d}.pt\\n", written last
+
+Our live weights are fp32 masters (accelerate's bf16 autocast), while NVIDIA's model file stores bf16;
+so, as in NVIDIA's trainer, the exact fp32 weights travel with the optimizer state, and resume reads them
+from there. Every file is written atomically and `latest_checkpoint.txt` only after all of them, so a kill
+or a full disk at any moment leaves the previous checkpoint whole and named.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ..io_utils import atomic_write
+
+logger = logging.getLogger(__name__)
+
+PARTS = ("model", "optim", "scheduler", "trainer")
+LATEST = "latest_checkpoint.txt"
+
+
+def checkpoint_name(iteration: int) -> str:
+    return f"iter_{iteration:09d}.pt"
+
+
+class CheckpointDir:
+    def __init__(self, output_dir: str | Path):
+        self.root = Path(output_dir) / "checkpoints"
+
+    def latest_iteration(self) -> int | None:
+        """The iteration named by `latest_checkpoint.txt`, or None when there is none."""
+        marker = self.root / LATEST
+        if not marker.exists():
+            return None
+        name = marker.read_text().strip()
+        if not (name.startswith("iter_") and name.endswith(".pt") and name[5:-3].isdigit()):
+            raise ValueError(f"{marker} holds {name!r}, not iter_NNNNNNNNN.pt; fix or delete it to start afresh.")
+        missing = [part for part in PARTS if not (self.root / part / name).exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"{marker} names {name}, but {', '.join(missing)}/{name} is missing under {self.root}; "
+                f"restore those files or point {LATEST} at a complete checkpoint."
+            )
+        return int(name[5:-3])
+
+    def path(self, part: str, iteration: int) -> Path:
+        return self.root / part / checkpoint_name(iteration)
+
+    def save(self, iteration: int, parts: dict[str, dict]) -> Path:
+        """Write each part atomically, then move `latest_checkpoint.txt` to this iteration."""
+        for part in PARTS:
+            with atomic_write(self.path(part, iteration)) as f:
+                torch.save(parts[part], f)
+        with atomic_write(self.root / LATEST, "w") as f:
+            f.write(checkpoint_name(iteration) + "\n")
+        logger.info("Saved checkpoint %s", self.path("model", iteration))
+        return self.path("model", iteration)
+
+    def load(self, iteration: int) -> dict[str, dict]:
+        # The trainer part holds RNG states (numpy arrays, Python tuples): it is our own file, so it is
+        # unpickled in full; the other parts are tensors and plain containers only.
+        return {
+            part: torch.load(self.path(part, iteration), map_location="cpu", weights_only=part != "trainer")
+            for part in PARTS
+        }

@@ -1,0 +1,130 @@
+"""Training configuration: one dataclass, whose fields are also the command-line flags.
+
+A field's `help` metadata is its flag's help; `None` defaults are filled from the model preset (RECIPE.md's
+optimisation table) by `TrainConfig.resolved()`. Adding a flag is adding a field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..presets import get_preset
+
+LORA_TARGET_MODULES = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
+
+
+def _f(default, help: str, **kwargs):
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+def edm2_ema_gamma(relative_std: float) -> float:
+    """EDM2's power-EMA exponent for a relative std: the largest real root of
+    `g^3 + 7 g^2 + (16 - s^-2) g + (12 - s^-2)` (Karras et al. 2024, eq. 3); 6.9372 for s = 0.1."""
+    roots = np.roots([1.0, 7.0, 16.0 - relative_std**-2, 12.0 - relative_std**-2])
+    return float(max(r.real for r in roots if abs(r.imag) < 1e-9))
+
+
+@dataclass
+class TrainConfig:
+    model: str = _f("2B", "model preset: 2B, 14B or tiny", choices=["2B", "14B", "tiny"])
+    pretrained_model_name_or_path: str | None = _f(None, "Hub id or local diffusers folder (default: the preset's)")
+    dataset_path: str | None = _f(None, "NVIDIA-layout dataset folder (default: the built-in sample clips)")
+    output_dir: str | None = _f(
+        None, "run folder (default: checkpoints/posttraining/<video2world|video2world_lora>/<model>_<dataset>)"
+    )
+    dit_path: str | None = _f(None, "initialise the transformer from a native iter_N.pt (NVIDIA's or ours)")
+    load_ema: bool = _f(False, "with --dit_path: take the net_ema.* weights")
+    resume: bool = _f(True, "continue from <output_dir>/checkpoints/latest_checkpoint.txt when it exists")
+
+    train_architecture: str = _f("full", "full post-training or LoRA", choices=["full", "lora"])
+    lora_rank: int | None = _f(None, "LoRA rank (default: 16 for 2B, 32 for 14B)")
+    lora_alpha: int | None = _f(None, "LoRA alpha (default: equal to the rank)")
+    lora_target_modules: str = _f(LORA_TARGET_MODULES, "comma-separated diffusers module names LoRA wraps")
+
+    max_iter: int | None = _f(None, "optimizer steps (default 1000)")
+    save_iter: int | None = _f(None, "checkpoint every N steps (default 500 full, 200 LoRA)")
+    batch_size: int = _f(1, "clips per GPU per micro-step")
+    gradient_accumulation_steps: int = _f(1, "micro-steps per optimizer step")
+    dataloader_num_workers: int = _f(2, "DataLoader worker processes")
+    seed: int = _f(0, "seed of data order, frame windows, noise and dropout")
+    num_frames: int | None = _f(None, "frames per sample (default 93)")
+    height: int | None = _f(None, "sample height (default 704)")
+    width: int | None = _f(None, "sample width (default 1280)")
+
+    learning_rate: float | None = _f(None, "peak learning rate (default 2^-14.5)")
+    weight_decay: float | None = _f(None, "AdamW weight decay, on every trainable tensor (default 0.1 2B, 0.2 14B)")
+    lr_f_max: float | None = _f(None, "linear schedule's f_max: lr * f_max * (1 - step/decay) (default 0.6 2B, 0.25 14B)")
+    lr_decay_steps: int | None = _f(None, "steps over which the factor falls to 0 (default: max_iter)")
+    adam_beta1: float = _f(0.9, "AdamW beta1")
+    adam_beta2: float = _f(0.99, "AdamW beta2")
+    adam_epsilon: float = _f(1e-8, "AdamW epsilon")
+    max_grad_norm: float = _f(1.0, "gradient-norm clip (non-finite gradients are zeroed first)")
+    ema: bool | None = _f(None, "keep an fp32 EDM2 power EMA of the weights (default: on for full, off for LoRA)")
+    ema_relative_std: float = _f(0.1, "EDM2 EMA relative std; 0.1 gives gamma 6.9372")
+    activation_checkpointing: str = _f(
+        "full",
+        "recompute activations in the backward: full (every block), selective (keep attention outputs), none",
+        choices=["full", "selective", "none"],
+    )
+
+    report_to: str = _f("none", "experiment tracker through accelerate", choices=["tensorboard", "wandb", "none"])
+    push_to_hub: bool = _f(False, "upload the final export to the Hub")
+    hub_model_id: str | None = _f(None, "Hub repo for --push_to_hub (default: the output folder's name)")
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every preset-dependent default filled in."""
+        preset = get_preset(self.model)
+        lora = self.train_architecture == "lora"
+        c = dataclasses.replace(self, model=preset.name)
+        c.lora_rank = c.lora_rank or preset.lora_rank
+        c.lora_alpha = c.lora_alpha or c.lora_rank
+        c.max_iter = c.max_iter or preset.max_iter
+        c.save_iter = c.save_iter or (preset.save_iter_lora if lora else preset.save_iter)
+        c.num_frames = c.num_frames or preset.num_frames
+        c.height = c.height or preset.height
+        c.width = c.width or preset.width
+        c.learning_rate = c.learning_rate if c.learning_rate is not None else preset.learning_rate
+        c.weight_decay = c.weight_decay if c.weight_decay is not None else preset.weight_decay
+        c.lr_f_max = c.lr_f_max if c.lr_f_max is not None else preset.lr_f_max
+        c.lr_decay_steps = c.lr_decay_steps or c.max_iter
+        c.ema = (not lora) if c.ema is None else c.ema
+        if c.ema and lora:
+            raise ValueError("--ema is for full post-training; a LoRA run keeps no EMA (drop --ema).")
+        if (c.num_frames - 1) % 4:
+            raise ValueError(f"--num_frames must be 4k+1 (the VAE's temporal stride), got {c.num_frames}.")
+        if c.height % 16 or c.width % 16:
+            raise ValueError(f"--height and --width must be multiples of 16, got {c.height}x{c.width}.")
+        if c.output_dir is None:
+            dataset = Path(c.dataset_path).resolve().name if c.dataset_path else "demo"
+            group = "video2world_lora" if lora else "video2world"
+            c.output_dir = str(Path("checkpoints", "posttraining", group, f"{preset.short_name}_{dataset}"))
+        return c
+
+    @property
+    def ema_gamma(self) -> float:
+        return edm2_ema_gamma(self.ema_relative_std)
+
+    @classmethod
+    def parser(cls) -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(description="Cosmos-Predict2 Video2World post-training")
+        for f in dataclasses.fields(cls):
+            kwargs = dict(default=f.default, help=f.metadata["help"])
+            if "choices" in f.metadata:
+                kwargs["choices"] = f.metadata["choices"]
+            kind = f.type.split(" |")[0]
+            if kind == "bool":
+                kwargs["action"] = argparse.BooleanOptionalAction
+            else:
+                kwargs["type"] = {"int": int, "float": float, "str": str}[kind]
+            parser.add_argument(f"--{f.name}", **kwargs)
+        return parser
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> "TrainConfig":
+        return cls(**vars(cls.parser().parse_args(argv)))
+

@@ -1,0 +1,266 @@
+"""The post-training loop: build everything from a `TrainConfig`, train, checkpoint, resume, export.
+
+Launch with accelerate (one GPU to many nodes; DDP, FSDP or DeepSpeed come from the accelerate config):
+
+    accelerate launch train_video2world.py --model 2B --dataset_path datasets/cosmos_nemo_assets
+    accelerate launch --config_file accelerate_configs/fsdp_8gpu.yaml train_video2world.py --model 14B ...
+
+Randomness is a pure function of (seed, step, micro-step, rank): the data stream, each clip's frame window,
+the noise, sigma, conditioning frames and text dropout. A resumed run therefore replays exactly what the
+uninterrupted run would have done, with nothing but the weights, optimizer and scheduler to restore.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from tqdm.auto import tqdm
+
+from ..checkpoint_format import (
+    from_native_state_dict,
+    load_into_transformer,
+    load_native_checkpoint,
+    to_native_state_dict,
+)
+from ..data.hf_dataset import load_video2world_dataset
+from ..data.samples import Video2WorldTrainDataset
+from ..latents import encode_video
+from ..objective import draw_training_randomness, video2world_loss
+from ..presets import get_preset, load_transformer, load_vae
+from .checkpoint import CheckpointDir
+from .config import TrainConfig
+from .demo_data import demo_dataset_path
+from .export import export_final, push_to_hub
+from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
+from .parallel import apply_activation_checkpointing, apply_lora
+
+logger = logging.getLogger(__name__)
+
+
+class DrawSampler:
+    """This rank's draw indices from optimizer step `start_step` on (see `Video2WorldTrainDataset`).
+
+    Step s, micro-step m, rank r, slot b reads draw `((s * accum + m) * world + r) * batch + b`: the global
+    stream is split across ranks without gaps or overlap, and starts mid-run without replaying anything.
+    """
+
+    def __init__(self, start_step: int, end_step: int, accum: int, world: int, rank: int, batch: int):
+        self.steps, self.accum, self.world, self.rank, self.batch = range(start_step, end_step), accum, world, rank, batch
+
+    def __iter__(self):
+        for step in self.steps:
+            for micro in range(self.accum):
+                first = ((step * self.accum + micro) * self.world + self.rank) * self.batch
+                yield from range(first, first + self.batch)
+
+    def __len__(self) -> int:
+        return len(self.steps) * self.accum * self.batch
+
+
+def _step_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        self.config = c = config.resolved()
+        self.preset = get_preset(c.model)
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=c.gradient_accumulation_steps,
+            log_with=None if c.report_to == "none" else c.report_to,
+            project_config=ProjectConfiguration(project_dir=c.output_dir, logging_dir=str(Path(c.output_dir) / "logs")),
+        )
+        self.device = self.accelerator.device
+        self.compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            self.accelerator.mixed_precision, torch.float32
+        )
+        self.checkpoints = CheckpointDir(c.output_dir)
+        self.history: list[float] = []  # mean loss of each optimizer step run by this process
+
+        # 1. Models: fp32 master weights for the transformer; the frozen VAE runs in the compute dtype.
+        transformer = load_transformer(self.preset, c.pretrained_model_name_or_path, torch.float32)
+        if c.dit_path:
+            load_into_transformer(transformer, load_native_checkpoint(c.dit_path, c.load_ema), c.dit_path)
+        if c.train_architecture == "lora":
+            apply_lora(transformer, c.lora_rank, c.lora_alpha, c.lora_target_modules.split(","))
+        apply_activation_checkpointing(transformer, c.activation_checkpointing)
+        transformer.train()
+        self.vae = load_vae(self.preset, c.pretrained_model_name_or_path, self.compute_dtype)
+        self.vae.to(self.device).eval().requires_grad_(False)
+
+        # 2. Optimisation state.
+        self.trainable = {n: p for n, p in transformer.named_parameters() if p.requires_grad}
+        total = sum(p.numel() for p in transformer.parameters())
+        logger.info(
+            "Transformer %s (%s): %s trainable of %s parameters (%.2f%%)",
+            self.preset.name, c.train_architecture, f"{sum(p.numel() for p in self.trainable.values()):,}",
+            f"{total:,}", 100 * sum(p.numel() for p in self.trainable.values()) / total,
+        )
+        optimizer = build_optimizer(list(self.trainable.values()), c)
+        self.lr_scheduler = build_lr_scheduler(optimizer, c)
+        self.ema = PowerEMA(self.trainable, c.ema_gamma, self.compute_dtype) if c.ema else None
+        self.transformer, self.optimizer = self.accelerator.prepare(transformer, optimizer)
+        self.start_iter = self._maybe_resume()
+
+        # 3. Data.
+        dataset_path = c.dataset_path or demo_dataset_path(self.preset)
+        table = load_video2world_dataset(dataset_path, c.num_frames, embed_dim=self.preset.text_embed_dim)
+        self.samples = Video2WorldTrainDataset(table, c.num_frames, c.height, c.width, seed=c.seed)
+        logger.info("Dataset %s: %d clips, %d x %d x %d samples", dataset_path, len(table), c.num_frames, c.height, c.width)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.transformer)
+
+    def save_checkpoint(self, iteration: int) -> None:
+        """Write checkpoint `iteration` (= optimizer steps done) in NVIDIA's layout."""
+        state = self.accelerator.get_state_dict(self.transformer)  # gathers FSDP/DeepSpeed shards
+        if self.accelerator.is_main_process:
+            config = self._unwrapped().config
+            model = to_native_state_dict(state, config, "net.", torch.bfloat16)
+            if self.ema is not None:
+                model.update(to_native_state_dict(self.ema.state_dict(), config, "net_ema.", torch.float32))
+            masters = {n: p.detach().float().cpu() for n, p in self.trainable.items()}
+            rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.get_rng_state_all()
+            self.checkpoints.save(
+                iteration,
+                {
+                    "model": model,
+                    "optim": {"optimizer": self.optimizer.state_dict(), "master_weights": masters},
+                    "scheduler": self.lr_scheduler.state_dict(),
+                    "trainer": {"grad_scaler": {}, "iteration": iteration, "rng": rng},
+                },
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _maybe_resume(self) -> int:
+        latest = self.checkpoints.latest_iteration() if self.config.resume else None
+        if latest is None:
+            return 0
+        parts = self.checkpoints.load(latest)
+        masters = parts["optim"]["master_weights"]
+        if set(masters) != set(self.trainable):
+            raise ValueError(
+                f"{self.checkpoints.root}: checkpoint {latest} was written by a different run (its trainable "
+                f"tensors differ: full vs LoRA, or another model). Use a new --output_dir or --no-resume."
+            )
+        with torch.no_grad():
+            for name, param in self.trainable.items():
+                param.copy_(masters[name])
+        self.optimizer.load_state_dict(parts["optim"]["optimizer"])
+        self.lr_scheduler.load_state_dict(parts["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(from_native_state_dict(parts["model"], "net_ema."))
+        rng = parts["trainer"]["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        logger.info("Resumed from %s", self.checkpoints.path("model", latest))
+        return parts["trainer"]["iteration"]
+
+    # ------------------------------------------------------------------ training
+
+    def train_step(self, step: int, micro_batches) -> float:
+        """One optimizer step over `gradient_accumulation_steps` micro-batches; returns the mean loss."""
+        losses = []
+        for micro, batch in enumerate(micro_batches):
+            with self.accelerator.accumulate(self.transformer):
+                latents = encode_video(self.vae, batch["video"])
+                generator = torch.Generator().manual_seed(
+                    _step_seed(self.config.seed, step, micro, self.accelerator.process_index)
+                )
+                draws = draw_training_randomness(tuple(latents.shape), generator)
+                with self.accelerator.autocast():
+                    loss = video2world_loss(
+                        self.transformer,
+                        latents,
+                        draws.noise.to(self.device),
+                        draws.sigma.to(self.device),
+                        draws.num_cond_frames,
+                        batch["t5_text_embeddings"].to(self.device),
+                        draws.drop_text,
+                    )
+                self.accelerator.backward(loss)
+                if self.accelerator.sync_gradients:
+                    params = list(self.trainable.values())
+                    sanitize_gradients(params)
+                    self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+        self.lr_scheduler.step()
+        if self.ema is not None:
+            self.ema.update(step)
+        return float(self.accelerator.reduce(torch.stack(losses).mean(), reduction="mean"))
+
+    def _micro_batches(self):
+        c = self.config
+        sampler = DrawSampler(
+            self.start_iter, c.max_iter, c.gradient_accumulation_steps, self.accelerator.num_processes,
+            self.accelerator.process_index, c.batch_size,
+        )
+        # Not `accelerator.prepare`d: the sampler already splits the stream by rank, and accelerate's
+        # skip-ahead on resume would decode every skipped clip again.
+        loader = torch.utils.data.DataLoader(
+            self.samples, batch_size=c.batch_size, sampler=sampler, num_workers=c.dataloader_num_workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=False,
+        )
+        batches = iter(loader)
+        for _ in sampler.steps:
+            yield [next(batches) for _ in range(c.gradient_accumulation_steps)]
+
+    def after_step(self, step: int) -> None:
+        """Called after optimizer step `step` (0-based) has been taken and checkpointed."""
+
+    def train(self) -> list[float]:
+        c = self.config
+        if self.accelerator.is_main_process:
+            self.accelerator.init_trackers("cosmos_v2w_posttraining", config={k: str(v) for k, v in vars(c).items()})
+        clips_per_step = c.batch_size * c.gradient_accumulation_steps * self.accelerator.num_processes
+        progress = tqdm(
+            total=c.max_iter, initial=self.start_iter, desc="Post-training", disable=not self.accelerator.is_main_process
+        )
+        last = time.perf_counter()
+        for step, micro_batches in zip(range(self.start_iter, c.max_iter), self._micro_batches()):
+            lr = self.lr_scheduler.get_last_lr()[0]
+            loss = self.train_step(step, micro_batches)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"Loss is {loss} at step {step}; lower --learning_rate or check the data.")
+            self.history.append(loss)
+            now = time.perf_counter()
+            seconds, last = now - last, now
+            progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", s_per_step=f"{seconds:.2f}")
+            progress.update()
+            self.accelerator.log({"loss": loss, "lr": lr, "clips_per_s": clips_per_step / seconds}, step=step + 1)
+            if (step + 1) % c.save_iter == 0 or step + 1 == c.max_iter:
+                self.save_checkpoint(step + 1)
+            self.after_step(step)
+        progress.close()
+        if len(self.history) >= 10:
+            window = max(5, len(self.history) // 10)
+            logger.info(
+                "Mean loss of the first %d steps %.4f -> of the last %d steps %.4f",
+                window, np.mean(self.history[:window]), window, np.mean(self.history[-window:]),
+            )
+        if self.device.type == "cuda":
+            logger.info("Peak GPU memory: %.1f GiB", torch.cuda.max_memory_allocated() / 2**30)
+        state = self.accelerator.get_state_dict(self.transformer)
+        if self.accelerator.is_main_process:
+            export_dir = export_final(self._unwrapped(), state, self.ema.state_dict() if self.ema else None, c)
+            if c.push_to_hub:
+                push_to_hub(export_dir, c)
+        self.accelerator.end_training()
+        return self.history
