@@ -1,0 +1,226 @@
+"""Training on CPU with the tiny preset: steps, checkpoints, resume, LoRA, formats."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_dataset_folder
+from diffusers import CosmosTransformer3DModel
+from diffusers.loaders.single_file_utils import convert_cosmos_transformer_checkpoint_to_diffusers
+
+from cosmos_v2w_diffusers.presets import get_preset, load_transformer
+from cosmos_v2w_diffusers.training.checkpoint import CheckpointDir
+from cosmos_v2w_diffusers.training.config import TrainConfig, edm2_ema_gamma
+from cosmos_v2w_diffusers.training.optim import PowerEMA, linear_decay_factor
+from cosmos_v2w_diffusers.training.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bikes_dataset(video_paths, tmp_path_factory):
+    return make_dataset_folder(tmp_path_factory.mktemp("bikes"), {"bikes": video_paths["bikes"]})
+
+
+def _config(dataset, output_dir, **overrides) -> TrainConfig:
+    base = dict(model="tiny", dataset_path=str(dataset), output_dir=str(output_dir), dataloader_num_workers=0)
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_recipe_defaults_per_preset():
+    two = TrainConfig(model="2B", dataset_path="datasets/cosmos_nemo_assets").resolved()
+    assert (two.learning_rate, two.weight_decay, two.lr_f_max) == (2**-14.5, 0.1, 0.6)
+    assert (two.max_iter, two.save_iter, two.lr_decay_steps, two.num_frames, two.height, two.width) == (
+        1000, 500, 1000, 93, 704, 1280,
+    )
+    assert (two.adam_beta1, two.adam_beta2, two.adam_epsilon, two.max_grad_norm) == (0.9, 0.99, 1e-8, 1.0)
+    assert two.ema and two.output_dir == "checkpoints/posttraining/video2world/2b_cosmos_nemo_assets"
+    fourteen = TrainConfig(model="14B", train_architecture="lora", dataset_path="d/x").resolved()
+    assert (fourteen.weight_decay, fourteen.lr_f_max, fourteen.lora_rank, fourteen.lora_alpha) == (0.2, 0.25, 32, 32)
+    assert fourteen.save_iter == 200 and not fourteen.ema
+    assert fourteen.output_dir == "checkpoints/posttraining/video2world_lora/14b_x"
+    with pytest.raises(ValueError, match="4k\\+1"):
+        TrainConfig(model="tiny", num_frames=18).resolved()
+    # Every field is a flag.
+    parsed = TrainConfig.from_args(["--model", "tiny", "--lora_rank", "8", "--no-resume", "--learning_rate", "0.5"])
+    assert (parsed.lora_rank, parsed.resume, parsed.learning_rate) == (8, False, 0.5)
+
+
+def test_schedule_and_ema_formulas():
+    assert linear_decay_factor(0, 0.6, 1000) == 0.6
+    assert linear_decay_factor(500, 0.6, 1000) == pytest.approx(0.3)
+    assert linear_decay_factor(1200, 0.6, 1000) == 0.0
+    gamma = edm2_ema_gamma(0.1)
+    assert gamma == pytest.approx(6.9372, abs=1e-4)
+    assert gamma**3 + 7 * gamma**2 + (16 - 100) * gamma + (12 - 100) == pytest.approx(0, abs=1e-9)
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    ema = PowerEMA({"w": w}, gamma, torch.float32)
+    with torch.no_grad():
+        w.fill_(5.0)
+    ema.update(0)  # beta(0) = 0: copies
+    assert torch.equal(ema.shadow["w"], torch.tensor([5.0, 5.0]))
+    with torch.no_grad():
+        w.fill_(1.0)
+    ema.update(3)
+    beta = (1 - 1 / 4) ** (gamma + 1)
+    torch.testing.assert_close(ema.shadow["w"], torch.full((2,), beta * 5 + (1 - beta) * 1.0))
+
+
+def test_loss_falls_on_one_real_clip(bikes_dataset, tmp_path):
+    trainer = Trainer(_config(bikes_dataset, tmp_path / "run", max_iter=40, save_iter=1000))
+    losses = trainer.train()
+    assert len(losses) == 40 and all(np.isfinite(losses))
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
+
+
+def test_checkpoint_layout_and_round_trip(bikes_dataset, tmp_path):
+    out = tmp_path / "run"
+    trainer = Trainer(_config(bikes_dataset, out, max_iter=2, save_iter=1))
+    trainer.train()
+    root = out / "checkpoints"
+    assert (root / "latest_checkpoint.txt").read_text() == "iter_000000002.pt\n"
+    for part in ("model", "optim", "scheduler", "trainer"):
+        assert (root / part / "iter_000000001.pt").is_file() and (root / part / "iter_000000002.pt").is_file()
+    model = torch.load(root / "model" / "iter_000000002.pt", weights_only=True)
+    assert torch.load(root / "trainer" / "iter_000000002.pt", weights_only=False)["iteration"] == 2
+    assert {k.split(".")[0] for k in model} == {"net", "net_ema"}
+    assert model["net.blocks.0.self_attn.q_proj.weight"].dtype == torch.bfloat16
+    assert model["net_ema.blocks.0.self_attn.q_proj.weight"].dtype == torch.float32
+    assert "net.pos_embedder.dim_spatial_range" in model and "net.x_embedder.proj.1.weight" in model
+
+    # diffusers' own single-file converter maps our net.* keys exactly onto the transformer's state dict.
+    live = trainer._unwrapped().state_dict()
+    converted = convert_cosmos_transformer_checkpoint_to_diffusers({k: v for k, v in model.items() if k.startswith("net.")})
+    assert set(converted) == set(live)
+    assert all(torch.equal(converted[k], live[k].to(torch.bfloat16)) for k in live)
+    # ... and diffusers' from_single_file recognises and loads the file as a Cosmos-Predict2 model.
+    from cosmos_v2w_diffusers.presets import tiny_pretrained_path
+
+    single = CosmosTransformer3DModel.from_single_file(
+        str(root / "model" / "iter_000000002.pt"), config=str(tiny_pretrained_path()), subfolder="transformer",
+        torch_dtype=torch.bfloat16,
+    )
+    assert all(torch.equal(single.state_dict()[k], live[k].to(torch.bfloat16)) for k in live)
+
+    # Restoring: a new trainer on the same folder resumes with identical fp32 weights, EMA and optimizer.
+    resumed = Trainer(_config(bikes_dataset, out, max_iter=2, save_iter=1))
+    assert resumed.start_iter == 2
+    for name, p in resumed.trainable.items():
+        assert torch.equal(p, trainer.trainable[name]), name
+        assert torch.equal(resumed.ema.shadow[name], trainer.ema.shadow[name])
+    state_a, state_b = trainer.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert all(torch.equal(state_a[i]["exp_avg"], state_b[i]["exp_avg"]) for i in state_a)
+    assert resumed.lr_scheduler.last_epoch == trainer.lr_scheduler.last_epoch == 2
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_exactly(bikes_dataset, tmp_path):
+    settings = dict(max_iter=6, save_iter=3, gradient_accumulation_steps=2)
+    straight = Trainer(_config(bikes_dataset, tmp_path / "straight", **settings))
+    expected = straight.train()
+
+    crashing = Trainer(_config(bikes_dataset, tmp_path / "crashed", **settings))
+
+    def crash(step):
+        if step == 4:  # mid-way between the checkpoint at 3 and the next at 6
+            raise _Crash
+
+    crashing.after_step = crash
+    with pytest.raises(_Crash):
+        crashing.train()
+    assert CheckpointDir(tmp_path / "crashed").latest_iteration() == 3
+
+    resumed = Trainer(_config(bikes_dataset, tmp_path / "crashed", **settings))
+    assert resumed.start_iter == 3
+    assert resumed.train() == expected[3:]
+    for name, p in resumed.trainable.items():
+        assert torch.equal(p, straight.trainable[name]), name
+    for part in ("model", "optim"):
+        a = torch.load(tmp_path / "straight" / "checkpoints" / part / "iter_000000006.pt", weights_only=True)
+        b = torch.load(tmp_path / "crashed" / "checkpoints" / part / "iter_000000006.pt", weights_only=True)
+        if part == "optim":
+            a, b = a["master_weights"], b["master_weights"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(bikes_dataset, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    trainer = Trainer(_config(bikes_dataset, out, max_iter=2, save_iter=1))
+    real_save = torch.save
+    calls = []
+
+    def flaky_save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:  # the second checkpoint's optimizer file: as if the disk filled up
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", flaky_save)
+    with pytest.raises(OSError, match="No space"):
+        trainer.train()
+    root = out / "checkpoints"
+    assert (root / "latest_checkpoint.txt").read_text() == "iter_000000001.pt\n"
+    assert CheckpointDir(out).latest_iteration() == 1
+    assert not list(root.rglob("*.tmp")), "temp files are cleaned up"
+    assert not (root / "optim" / "iter_000000002.pt").exists()
+
+
+def test_lora_trains_only_the_adapter(bikes_dataset, tmp_path):
+    base = load_transformer(get_preset("tiny")).state_dict()
+    trainer = Trainer(_config(bikes_dataset, tmp_path / "lora", train_architecture="lora", max_iter=3, save_iter=3))
+    targets = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+    expected = 0
+    for name, module in load_transformer(get_preset("tiny")).named_modules():
+        if isinstance(module, torch.nn.Linear) and name.endswith(targets) and name.startswith("transformer_blocks"):
+            expected += 4 * (module.in_features + module.out_features)  # rank 4 (tiny preset)
+    assert sum(p.numel() for p in trainer.trainable.values()) == expected
+    assert all("lora_" in n for n in trainer.trainable)
+    before = {n: p.detach().clone() for n, p in trainer.trainable.items()}
+    trainer.train()
+    state = trainer._unwrapped().state_dict()
+    for key, value in base.items():
+        peft_key = key if key in state else key.replace(".weight", ".base_layer.weight")
+        assert torch.equal(state[peft_key], value), key
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.trainable.items())
+    # The adapter export is diffusers' LoRA format; the native checkpoint uses PEFT names under net.*.
+    assert (tmp_path / "lora" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    model = torch.load(tmp_path / "lora" / "checkpoints" / "model" / "iter_000000003.pt", weights_only=True)
+    assert "net.blocks.0.self_attn.q_proj.lora_A.default.weight" in model
+    assert "net.blocks.0.self_attn.q_proj.base_layer.weight" in model
+    assert not any(k.startswith("net_ema.") for k in model)
+
+
+def test_dit_path_initialises_from_a_native_checkpoint(bikes_dataset, tmp_path):
+    first = Trainer(_config(bikes_dataset, tmp_path / "a", max_iter=2, save_iter=2))
+    first.train()
+    native = tmp_path / "a" / "checkpoints" / "model" / "iter_000000002.pt"
+    for use_ema in (False, True):
+        second = Trainer(_config(bikes_dataset, tmp_path / f"b{use_ema}", dit_path=str(native), load_ema=use_ema, max_iter=1))
+        source = first.ema.shadow if use_ema else {n: p.to(torch.bfloat16).float() for n, p in first.trainable.items()}
+        for name, p in second.trainable.items():
+            torch.testing.assert_close(p, source[name].float(), rtol=0, atol=0 if use_ema else 1e-2)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Trainer(_config(bikes_dataset, tmp_path / "c", dit_path=str(tmp_path / "missing.pt")))
+
+
+def test_demo_command_trains_on_the_builtin_sample(tmp_path):
+    """The README's demo: `accelerate launch train_video2world.py --model tiny` (fewer steps here)."""
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "train_video2world.py"),
+        "--model", "tiny", "--max_iter", "30", "--save_iter", "15",
+    ]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "checkpoints" / "posttraining" / "video2world" / "tiny_demo"
+    assert (out / "checkpoints" / "latest_checkpoint.txt").read_text() == "iter_000000030.pt\n"
+    assert (out / "transformer" / "config.json").is_file() and (out / "transformer_ema" / "config.json").is_file()
+    assert "Mean loss of the first" in result.stderr
+    exported = CosmosTransformer3DModel.from_pretrained(out / "transformer")
+    assert exported.config.num_layers == get_preset("tiny").transformer_config["num_layers"]
