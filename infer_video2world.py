@@ -1,6 +1,19 @@
-"""Generate videos with a post-trained Cosmos-Predict2 Video2World model (not yet implemented)."""
+"""Generate videos with a (post-trained) Cosmos-Predict2 Video2World model; NVIDIA's flags.
 
+    python infer_video2world.py --model_size 2B --dit_path <output_dir>/checkpoints/model/iter_000001000.pt \
+        --input_path robot.jpg --prompt "A video of sks teal robot." --save_path output/robot.mp4
+
+Every flag: `python infer_video2world.py --help`.
+"""
+
+import logging
 import sys
 
+from cosmos_v2w_diffusers.inference import main
+
 if __name__ == "__main__":
-    sys.exit("infer_video2world.py: not yet implemented (pipeline issue).")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        main()
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        sys.exit(f"error: {exc}")

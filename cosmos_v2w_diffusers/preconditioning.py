@@ -58,7 +58,9 @@ def denoise(
     batch, _, frames, height, width = noisy_latents.shape
     sigma = sigma.float().view(batch, 1, 1, 1, 1)
     c_skip, c_out, c_in, t = edm_scalings(sigma)
-    t_cond = torch.full_like(t, SIGMA_CONDITIONING / (1 + SIGMA_CONDITIONING))
+    # Computed in float32 tensor arithmetic, as diffusers' pipeline does, so both agree to the last bit.
+    sigma_cond = torch.tensor(SIGMA_CONDITIONING, dtype=torch.float32, device=t.device)
+    t_cond = sigma_cond / (sigma_cond + 1)
 
     # 1. Network input: scaled noisy latents; conditioning frames are the clean latents.
     net_input = cond_mask * clean_latents + (1 - cond_mask) * (c_in * noisy_latents)  # [B, C, T, H, W]

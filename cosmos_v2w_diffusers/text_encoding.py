@@ -26,38 +26,43 @@ class InvalidEmbeddingError(ValueError):
     """A T5 pickle that is not in NVIDIA's format."""
 
 
-def encode_prompts(
-    prompts: list[str], tokenizer, text_encoder: torch.nn.Module, max_length: int = MAX_TEXT_TOKENS
-) -> list[np.ndarray]:
-    """Encode prompts as NVIDIA does: padded to `max_length`, attention-masked, trimmed to the real length.
-
-    Returns one float16 array of shape `[n_tokens, d_model]` per prompt (the content of NVIDIA's pickle).
-    """
-    tokens = tokenizer(
-        prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
-    )
+def _t5_hidden_states(prompts: list[str], tokenizer, text_encoder, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[B, max_length, d]` hidden states of the padded, attention-masked prompts, and the `[B, max_length]` mask."""
+    tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     device = next(text_encoder.parameters()).device
     mask = tokens.attention_mask.to(device)
     with torch.no_grad():
         hidden = text_encoder(input_ids=tokens.input_ids.to(device), attention_mask=mask).last_hidden_state
-    lengths = mask.sum(dim=1).tolist()
-    return [hidden[i, :n].float().cpu().numpy().astype(np.float16) for i, n in enumerate(lengths)]
+    return hidden, mask
 
 
-def pad_embedding(embedding: np.ndarray | torch.Tensor, max_length: int = MAX_TEXT_TOKENS) -> torch.Tensor:
-    """Zero-pad a trimmed `[n_tokens, d]` embedding to `[max_length, d]` float32 (no mask reaches the network)."""
-    embedding = torch.as_tensor(np.asarray(embedding, dtype=np.float32))
-    padded = embedding.new_zeros(max_length, embedding.shape[-1])
-    n = min(embedding.shape[0], max_length)
-    padded[:n] = embedding[:n]
-    return padded
+def encode_prompts(
+    prompts: list[str], tokenizer, text_encoder: torch.nn.Module, max_length: int = MAX_TEXT_TOKENS
+) -> list[np.ndarray]:
+    """One float32 `[n_tokens, d]` array per prompt, trimmed to its real length (EOS included).
+
+    Written to NVIDIA's pickles as float16.
+    """
+    hidden, mask = _t5_hidden_states(prompts, tokenizer, text_encoder, max_length)
+    return [hidden[i, :n].float().cpu().numpy() for i, n in enumerate(mask.sum(dim=1).tolist())]
 
 
 def embed_prompts(
     prompts: list[str], tokenizer, text_encoder: torch.nn.Module, max_length: int = MAX_TEXT_TOKENS
 ) -> torch.Tensor:
-    """`[batch, max_length, d]` embeddings, zeros past each prompt's length: what the transformer consumes."""
-    return torch.stack([pad_embedding(e, max_length) for e in encode_prompts(prompts, tokenizer, text_encoder, max_length)])
+    """`[B, max_length, d]` embeddings with zeros past each prompt's length: what the transformer consumes
+    (no attention mask reaches it)."""
+    hidden, mask = _t5_hidden_states(prompts, tokenizer, text_encoder, max_length)
+    return hidden * mask[..., None].to(hidden.dtype)
+
+
+def pad_embedding(embedding: np.ndarray | torch.Tensor, max_length: int = MAX_TEXT_TOKENS) -> torch.Tensor:
+    """Zero-pad a trimmed `[n_tokens, d]` embedding to `[max_length, d]` float32."""
+    embedding = torch.as_tensor(np.asarray(embedding, dtype=np.float32))
+    padded = embedding.new_zeros(max_length, embedding.shape[-1])
+    n = min(embedding.shape[0], max_length)
+    padded[:n] = embedding[:n]
+    return padded
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):

@@ -7,6 +7,7 @@ import torch
 from cosmos_v2w_diffusers.presets import load_text_encoder
 from cosmos_v2w_diffusers.text_encoding import (
     InvalidEmbeddingError,
+    embed_prompts,
     encode_prompts,
     pad_embedding,
     read_t5_pickle,
@@ -25,12 +26,16 @@ def test_encoding_is_trimmed_to_the_real_token_count(tiny_encoder):
     encoded = encode_prompts(prompts, tokenizer, encoder)
     lengths = [len(tokenizer(p).input_ids) for p in prompts]  # EOS included
     assert [e.shape for e in encoded] == [(n, encoder.config.d_model) for n in lengths]
-    assert all(e.dtype == np.float16 for e in encoded)
-    # Same numbers as one full, masked forward pass.
+    # Same numbers as one full, masked forward pass; the padded form is zero past each length.
     tokens = tokenizer(prompts, padding="max_length", max_length=512, return_tensors="pt")
     with torch.no_grad():
         full = encoder(**tokens).last_hidden_state
-    np.testing.assert_allclose(encoded[0], full[0, : lengths[0]].numpy().astype(np.float16), rtol=0, atol=0)
+    np.testing.assert_array_equal(encoded[0], full[0, : lengths[0]].numpy())
+    padded = embed_prompts(prompts, tokenizer, encoder)
+    assert padded.shape == (2, 512, encoder.config.d_model)
+    for row, n in zip(range(2), lengths):
+        assert torch.equal(padded[row, :n], full[row, :n]) and not padded[row, n:].any()
+        assert torch.equal(pad_embedding(encoded[row]), padded[row])
 
 
 def test_pickle_round_trip_and_nvidia_format(tmp_path, tiny_encoder):
@@ -43,7 +48,7 @@ def test_pickle_round_trip_and_nvidia_format(tmp_path, tiny_encoder):
         raw = pickle.load(f)
     assert isinstance(raw, list) and len(raw) == 1
     assert raw[0].dtype == np.float16 and raw[0].shape == embedding.shape
-    np.testing.assert_array_equal(read_t5_pickle(path, encoder.config.d_model), embedding)
+    np.testing.assert_array_equal(read_t5_pickle(path, encoder.config.d_model), embedding.astype(np.float16))
 
     # A pickle written the way NVIDIA's script writes it (float32 output cast to float16, list of arrays).
     nvidia = [np.random.default_rng(0).standard_normal((12, 1024)).astype(np.float16)]

@@ -1,0 +1,214 @@
+"""Command-line generation with NVIDIA's `examples/video2world.py` flags, on `CosmosVideo2WorldPipeline`.
+
+    python infer_video2world.py --model_size 2B --dit_path checkpoints/.../model/iter_000001000.pt \
+        --input_path robot.jpg --prompt "A video of sks teal robot." --save_path output/robot.mp4
+
+Every input is checked (files, sizes, checkpoint shapes) before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+import decord
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import CosmosTransformer3DModel, FlowMatchEulerDiscreteScheduler
+from diffusers.utils import export_to_video
+from tqdm.auto import tqdm
+
+from .checkpoint_format import load_into_transformer, load_native_checkpoint
+from .pipeline import DEFAULT_NEGATIVE_PROMPT, CosmosVideo2WorldPipeline
+from .presets import build_transformer, check_transformer_matches, get_preset, resolve_pretrained
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
+# (width, height) by resolution and aspect ratio, as NVIDIA's inference script.
+RESOLUTIONS = {
+    "720": {"16:9": (1280, 704), "9:16": (704, 1280), "1:1": (960, 960), "4:3": (960, 704), "3:4": (704, 960)},
+    "480": {"16:9": (768, 432)},
+}
+NUM_FRAMES_BY_FPS = {16: 93, 10: 61}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Cosmos-Predict2 Video2World generation")
+    p.add_argument("--model_size", default="2B", choices=["2B", "14B", "tiny"])
+    p.add_argument("--pretrained_model_name_or_path", default=None, help="Hub id or diffusers folder (default: the preset's)")
+    p.add_argument("--dit_path", default=None, help="post-trained transformer: native iter_N.pt, NVIDIA's .pt, or our diffusers export folder")
+    p.add_argument("--load_ema", action="store_true", help="with a native --dit_path: use its net_ema.* weights")
+    p.add_argument("--lora_path", default=None, help="LoRA adapter from our training (<output_dir>/lora)")
+    p.add_argument("--prompt", default=None)
+    p.add_argument("--negative_prompt", default=DEFAULT_NEGATIVE_PROMPT)
+    p.add_argument("--input_path", default=None, help="conditioning image or video")
+    p.add_argument("--num_conditional_frames", type=int, default=1, choices=[1, 5], help="a video's last N frames condition")
+    p.add_argument("--guidance", type=float, default=7.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resolution", default="720", choices=sorted(RESOLUTIONS))
+    p.add_argument("--aspect_ratio", default="16:9", choices=["16:9", "9:16", "1:1", "4:3", "3:4"])
+    p.add_argument("--fps", type=int, default=16, choices=sorted(NUM_FRAMES_BY_FPS))
+    p.add_argument("--height", type=int, default=None, help="override the resolution table (multiple of 16)")
+    p.add_argument("--width", type=int, default=None, help="override the resolution table (multiple of 16)")
+    p.add_argument("--num_frames", type=int, default=None, help="override the frame count (4k+1)")
+    p.add_argument("--num_inference_steps", type=int, default=35)
+    p.add_argument("--scheduler", default="cosmos", choices=["cosmos", "euler"], help="NVIDIA's sampler or diffusers' Euler")
+    p.add_argument("--save_path", default="output/generated_video.mp4")
+    p.add_argument("--batch_input_json", default=None, help='JSON list of {"prompt", "input_path", "save_path"} (NVIDIA: input_video, output_video)')
+    p.add_argument("--disable_guardrail", action="store_true", help="run without cosmos_guardrail")
+    p.add_argument("--offload_text_encoder", action="store_true", help="keep T5 on the CPU (saves ~22 GB of GPU memory)")
+    p.add_argument("--offload_guardrail", action="store_true", help="keep the guardrail models on the CPU")
+    p.add_argument("--offload_model", action="store_true", help="diffusers' model CPU offload of every component")
+    return p.parse_args(argv)
+
+
+def sample_size(args: argparse.Namespace) -> tuple[int, int, int]:
+    """(height, width, num_frames) from the flags, refusing sizes the model cannot take."""
+    preset = get_preset(args.model_size)
+    if args.model_size == "tiny":
+        height, width, frames = preset.height, preset.width, preset.num_frames
+    else:
+        table = RESOLUTIONS[args.resolution]
+        if args.aspect_ratio not in table and (args.height is None or args.width is None):
+            raise ValueError(f"No {args.aspect_ratio} size at {args.resolution}p; pass --height and --width.")
+        width, height = table.get(args.aspect_ratio, (args.width, args.height))
+        frames = NUM_FRAMES_BY_FPS[args.fps]
+    height, width, frames = args.height or height, args.width or width, args.num_frames or frames
+    if height % 16 or width % 16:
+        raise ValueError(f"--height and --width must be divisible by 16, got {height}x{width}.")
+    if frames < 1 or (frames - 1) % 4:
+        raise ValueError(f"--num_frames must be of the form 4k+1 (93, 61, ...), got {frames}.")
+    return height, width, frames
+
+
+def read_conditioning(path: str) -> tuple[PIL.Image.Image | None, list[PIL.Image.Image] | None]:
+    """(image, None) or (None, video frames); a clear error for a missing, unsupported or unreadable file."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"--input_path {file} does not exist.")
+    suffix = file.suffix.lower()
+    if suffix in IMAGE_EXTENSIONS:
+        try:
+            return PIL.Image.open(file).convert("RGB"), None
+        except (OSError, PIL.UnidentifiedImageError) as exc:
+            raise ValueError(f"--input_path {file} cannot be read as an image ({exc}).") from exc
+    if suffix in VIDEO_EXTENSIONS:
+        try:
+            reader = decord.VideoReader(str(file), ctx=decord.cpu(0))
+            frames = reader.get_batch(list(range(len(reader)))).asnumpy()
+        except (decord.DECORDError, RuntimeError) as exc:
+            raise ValueError(f"--input_path {file} cannot be decoded as a video ({str(exc).splitlines()[0]}).") from exc
+        return None, [PIL.Image.fromarray(f) for f in frames]
+    raise ValueError(
+        f"--input_path {file}: unsupported file type {suffix or '(none)'}; use an image "
+        f"({', '.join(sorted(IMAGE_EXTENSIONS))}) or a video ({', '.join(sorted(VIDEO_EXTENSIONS))})."
+    )
+
+
+def load_post_trained_weights(dit_path: str, load_ema: bool, model_size: str) -> dict[str, torch.Tensor] | CosmosTransformer3DModel:
+    """Read `--dit_path` and check it against the model size on the meta device, before loading any model."""
+    preset = get_preset(model_size)
+    path = Path(dit_path)
+    if path.is_dir():
+        transformer = CosmosTransformer3DModel.from_pretrained(path, subfolder="transformer" if (path / "transformer").is_dir() else None)
+        check_transformer_matches(transformer, preset, str(path))
+        return transformer
+    state = load_native_checkpoint(path, use_ema=load_ema)
+    if any("lora_A" in k for k in state):
+        raise ValueError(f"{path} is a LoRA training checkpoint: pass the adapter export instead (--lora_path <output_dir>/lora).")
+    load_into_transformer(build_transformer(preset, device="meta"), state, str(path))  # shape check only
+    return state
+
+
+def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
+    preset = get_preset(args.model_size)
+    weights = load_post_trained_weights(args.dit_path, args.load_ema, args.model_size) if args.dit_path else None
+    if args.lora_path and not Path(args.lora_path).exists():
+        raise FileNotFoundError(f"--lora_path {args.lora_path} does not exist.")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    kwargs = {"torch_dtype": dtype, "disable_guardrail": args.disable_guardrail}
+    if args.scheduler == "euler":
+        kwargs["scheduler"] = FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True)
+    if isinstance(weights, CosmosTransformer3DModel):
+        kwargs["transformer"] = weights.to(dtype)
+    pipe = CosmosVideo2WorldPipeline.from_pretrained(resolve_pretrained(preset, args.pretrained_model_name_or_path), **kwargs)
+    check_transformer_matches(pipe.transformer, preset, args.pretrained_model_name_or_path or "the base model")
+    if isinstance(weights, dict):
+        load_into_transformer(pipe.transformer, weights, args.dit_path)
+    if args.lora_path:
+        pipe.load_lora_weights(args.lora_path)
+    if args.offload_model:
+        pipe.enable_model_cpu_offload()
+        return pipe
+    pipe.to(device)
+    if args.offload_text_encoder:
+        pipe.text_encoder.to("cpu")
+    if args.offload_guardrail and pipe.safety_checker is not None:
+        pipe.safety_checker.to("cpu")
+    return pipe
+
+
+def jobs_from_args(args: argparse.Namespace) -> list[dict]:
+    if args.batch_input_json:
+        entries = json.loads(Path(args.batch_input_json).read_text())
+        jobs = [
+            {
+                "prompt": e["prompt"],
+                "input_path": e.get("input_path") or e.get("input_video"),
+                "save_path": e.get("save_path") or e.get("output_video"),
+            }
+            for e in entries
+        ]
+    else:
+        jobs = [{"prompt": args.prompt, "input_path": args.input_path, "save_path": args.save_path}]
+    for job in jobs:
+        if not job["prompt"] or not job["input_path"] or not job["save_path"]:
+            raise ValueError(f"Each generation needs a prompt, an input_path and a save_path; got {job}.")
+    return jobs
+
+
+def nvidia_initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """NVIDIA's initial noise for `seed`: `numpy.random.RandomState(seed).standard_normal` in float32."""
+    return torch.from_numpy(np.random.RandomState(seed).standard_normal(shape).astype(np.float32))
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    args = parse_args(argv)
+    height, width, num_frames = sample_size(args)
+    jobs = jobs_from_args(args)
+    inputs = [read_conditioning(job["input_path"]) for job in jobs]  # fail before loading any model
+    pipe = build_pipeline(args)
+    written = []
+    for job, (image, video) in tqdm(list(zip(jobs, inputs)), desc="Videos", disable=len(jobs) == 1):
+        shape = (1, pipe.vae.config.z_dim, 1 + (num_frames - 1) // 4, height // 8, width // 8)
+        frames = pipe(
+            image=image,
+            video=video,
+            prompt=job["prompt"],
+            negative_prompt=args.negative_prompt,
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            num_conditional_frames=args.num_conditional_frames,
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance,
+            fps=args.fps,
+            latents=nvidia_initial_noise(args.seed, shape),
+            output_type="np",
+        ).frames[0]
+        save_path = Path(job["save_path"])
+        save_path.parent.mkdir(parents=True, exist_ok=True)
+        # Written beside the target and renamed, so an existing video is never left half-overwritten.
+        partial = save_path.with_name(f".{save_path.stem}.partial{save_path.suffix}")
+        export_to_video(list(frames), str(partial), fps=args.fps)
+        os.replace(partial, save_path)
+        logger.info("Wrote %s (%d frames, %dx%d, %d fps)", save_path, len(frames), width, height, args.fps)
+        written.append(save_path)
+    return written

@@ -1,0 +1,285 @@
+"""`CosmosVideo2WorldPipeline`: Cosmos-Predict2 Video2World sampling as NVIDIA does it, in diffusers form.
+
+Differences from diffusers' `Cosmos2VideoToWorldPipeline` (RECIPE.md, "Inference"), all on by default:
+- NVIDIA's sampler (`CosmosMultistepScheduler`) and a final guided x0 evaluation at sigma_min;
+- the transformer is called with `fps=None`, as NVIDIA trained it (diffusers scales temporal RoPE by 24/fps);
+- conditioning as NVIDIA's `examples/video2world.py`: the input resized to cover and centre-cropped, a
+  video's LAST 1 or 5 frames, the remaining frames black, encoded with the VAE posterior mean.
+`diffusers_compat=True` reproduces diffusers' pipeline step for step instead (fps passed, last-frame
+padding, a posterior sample, the plain final latents), which the tests use to prove parity.
+
+The denoiser is `preconditioning.denoise`, the very function the training loss calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import (
+    AutoencoderKLWan,
+    CosmosTransformer3DModel,
+    DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+)
+from diffusers.loaders.lora_pipeline import CosmosLoraLoaderMixin
+from diffusers.pipelines.cosmos.pipeline_output import CosmosPipelineOutput
+from diffusers.utils import is_cosmos_guardrail_available
+from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
+from transformers import T5EncoderModel, T5TokenizerFast
+
+from .latents import decode_latents, encode_video, num_latent_frames
+from .preconditioning import conditioning_mask, denoise
+from .scheduler import CosmosMultistepScheduler
+from .text_encoding import MAX_TEXT_TOKENS, embed_prompts
+
+logger = logging.getLogger(__name__)
+
+# NVIDIA's default negative prompt (the same text as diffusers' DEFAULT_NEGATIVE_PROMPT).
+DEFAULT_NEGATIVE_PROMPT = (
+    "The video captures a series of frames showing ugly scenes, static with no motion, motion blur, "
+    "over-saturation, shaky footage, low resolution, grainy texture, pixelated images, poorly lit areas, "
+    "underexposed and overexposed scenes, poor color balance, washed out colors, choppy sequences, "
+    "jerky movements, low frame rate, artifacting, color banding, unnatural transitions, outdated special effects, "
+    "fake elements, unconvincing visuals, poorly edited content, jump cuts, visual noise, and flickering. "
+    "Overall, the video is of poor quality."
+)
+SIGMA_MAX = 80.0
+SIGMA_MIN = 0.002
+GUARDRAIL_NOTICE = (
+    "Cosmos guardrail disabled: generated videos are not checked for safety (NVIDIA's --disable_guardrail). "
+    "You remain bound by the NVIDIA Open Model License."
+)
+
+
+def default_safety_checker():
+    """cosmos_guardrail's checker, as NVIDIA's tooling uses by default."""
+    if not is_cosmos_guardrail_available():
+        raise ImportError(
+            "cosmos_guardrail is not installed, and NVIDIA's tooling runs its guardrail by default. Install it "
+            "(`pip install cosmos_guardrail`), or run without it: `--disable_guardrail` on the command line, "
+            "`disable_guardrail=True` in Python."
+        )
+    from cosmos_guardrail import CosmosSafetyChecker
+
+    return CosmosSafetyChecker()
+
+
+class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
+    r"""Video2World generation: continue an image or a video, guided by a text prompt.
+
+    Components: `text_encoder` (T5-XXL), `tokenizer`, `transformer` (`CosmosTransformer3DModel`), `vae`
+    (`AutoencoderKLWan`), `scheduler` (`CosmosMultistepScheduler` by default, or diffusers'
+    `FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True)`) and an optional `safety_checker`.
+
+    The guardrail: with `safety_checker=None`, cosmos_guardrail's checker is built when installed; to run
+    without it, pass `disable_guardrail=True` too (a one-line notice is logged).
+    """
+
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _optional_components = ["safety_checker"]
+
+    def __init__(
+        self,
+        text_encoder: T5EncoderModel,
+        tokenizer: T5TokenizerFast,
+        transformer: CosmosTransformer3DModel,
+        vae: AutoencoderKLWan,
+        scheduler: CosmosMultistepScheduler | FlowMatchEulerDiscreteScheduler,
+        safety_checker: Any = None,
+        disable_guardrail: bool = False,
+    ):
+        super().__init__()
+        if safety_checker is None and not disable_guardrail:
+            safety_checker = default_safety_checker()
+        if safety_checker is None:
+            logger.warning(GUARDRAIL_NOTICE)
+        self.register_modules(
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            transformer=transformer,
+            vae=vae,
+            scheduler=scheduler,
+            safety_checker=safety_checker,
+        )
+        self.register_to_config(disable_guardrail=disable_guardrail)
+        self.video_processor = VideoProcessor(vae_scale_factor=8)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "CosmosVideo2WorldPipeline":
+        """diffusers' loading; NVIDIA's sampler replaces the Euler scheduler the Hub repos ship, unless a
+        `scheduler` is passed."""
+        kwargs.setdefault("scheduler", CosmosMultistepScheduler())
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    # ------------------------------------------------------------------ inputs
+
+    @staticmethod
+    def check_inputs(height: int, width: int, num_frames: int, image, video, num_conditional_frames: int) -> None:
+        if height % 16 or width % 16:
+            raise ValueError(f"height and width must be divisible by 16, got {height}x{width}.")
+        if num_frames < 1 or (num_frames - 1) % 4:
+            raise ValueError(f"num_frames must be of the form 4k+1 (e.g. 93 or 61), got {num_frames}.")
+        if (image is None) == (video is None):
+            raise ValueError("Pass exactly one of `image` or `video` as the conditioning input.")
+        if video is not None and num_conditional_frames not in (1, 5):
+            raise ValueError(f"num_conditional_frames must be 1 or 5, got {num_conditional_frames}.")
+
+    def _pixels(self, frames, height: int, width: int, crop: bool) -> torch.Tensor:
+        """A list of frames (PIL, arrays or tensors) -> `[1, 3, F, H, W]` in [-1, 1].
+
+        `crop`: resize to cover the target and centre-crop (NVIDIA); otherwise a plain resize (diffusers).
+        """
+        if crop and all(isinstance(f, PIL.Image.Image) for f in frames):
+            pixels = self.video_processor.preprocess(frames, height, width, resize_mode="crop")
+        else:
+            pixels = self.video_processor.preprocess(frames, height, width)
+        return pixels.permute(1, 0, 2, 3).unsqueeze(0)  # [F, 3, H, W] -> [1, 3, F, H, W]
+
+    def _nvidia_conditioning(self, image, video, num_conditional_frames, height, width, num_frames):
+        """Clean latents of [conditioning frames, black frames...] and the number of conditioning latent frames."""
+        frames = [image] if image is not None else list(video)[-num_conditional_frames:]
+        cond = self._pixels(frames, height, width, crop=True)
+        pixels = cond.new_full((1, 3, num_frames, height, width), -1.0)  # black
+        pixels[:, :, : cond.shape[2]] = cond
+        return encode_video(self.vae, pixels.to(self._execution_device)), num_latent_frames(cond.shape[2])
+
+    def _diffusers_conditioning(self, image, video, height, width, num_frames, generator):
+        """diffusers' `Cosmos2VideoToWorldPipeline.prepare_latents`: the whole input as conditioning, padded
+        with its last frame, encoded with a posterior *sample* drawn from `generator`."""
+        cond = self._pixels([image] if image is not None else list(video), height, width, crop=False)
+        if cond.shape[2] >= num_frames:
+            cond_latent_frames, pixels = num_latent_frames(num_frames), cond[:, :, -num_frames:]
+        else:
+            cond_latent_frames = num_latent_frames(cond.shape[2])
+            pad = cond[:, :, -1:].repeat(1, 1, num_frames - cond.shape[2], 1, 1)
+            pixels = torch.cat([cond, pad], dim=2)
+        posterior = self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent_dist
+        mu = posterior.sample(generator).float()
+        shape = (1, self.vae.config.z_dim, 1, 1, 1)
+        mean = torch.tensor(self.vae.config.latents_mean, device=mu.device).view(shape)
+        std = torch.tensor(self.vae.config.latents_std, device=mu.device).view(shape)
+        return (mu - mean) / std, cond_latent_frames
+
+    # ------------------------------------------------------------------ sampling
+
+    def _guided_x0(self, x, sigma, clean, cond_mask, text, negative_text, guidance_scale, fps) -> torch.Tensor:
+        """Classifier-free-guided x0: `x0_cond + w * (x0_cond - x0_uncond)`; conditioning frames stay in both."""
+        sigma = torch.as_tensor(sigma, device=x.device).expand(x.shape[0])
+        x0 = denoise(self.transformer, x, sigma, clean, cond_mask, text, fps)
+        if negative_text is None:
+            return x0
+        x0_uncond = denoise(self.transformer, x, sigma, clean, cond_mask, negative_text, fps)
+        return x0 + guidance_scale * (x0 - x0_uncond)
+
+    def _set_sigmas(self, num_inference_steps: int, device) -> None:
+        if isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler):
+            # diffusers' Cosmos-Predict2 recipe for this scheduler: Karras sigmas between its configured
+            # extremes, and a last sigma equal to the one before (a zero-length final step).
+            self.scheduler.register_to_config(sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN, sigma_data=1.0, final_sigmas_type="sigma_min")
+            self.scheduler.set_timesteps(sigmas=torch.linspace(0, 1, num_inference_steps, dtype=torch.float64), device=device)
+            self.scheduler.sigmas[-1] = self.scheduler.sigmas[-2]
+        else:
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: PIL.Image.Image | np.ndarray | torch.Tensor | None = None,
+        video: list | None = None,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        height: int = 704,
+        width: int = 1280,
+        num_frames: int = 93,
+        num_conditional_frames: int = 1,
+        num_inference_steps: int = 35,
+        guidance_scale: float = 7.0,
+        fps: int = 16,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        diffusers_compat: bool = False,
+        max_sequence_length: int = MAX_TEXT_TOKENS,
+    ) -> CosmosPipelineOutput | tuple:
+        r"""Generate one video.
+
+        Args:
+            image: the first frame to continue; or `video`: frames whose last `num_conditional_frames`
+                (1 or 5) condition the generation.
+            prompt / prompt_embeds: the text, or its `(1, 512, d)` T5 embedding (zeros past its length).
+            negative_prompt / negative_prompt_embeds: the unconditional text of classifier-free guidance
+                (default: NVIDIA's negative prompt). Guidance is skipped when `guidance_scale` is 0.
+            height, width: multiples of 16 (720p 16:9 is 704x1280). num_frames: 4k+1 (93 at 16 fps).
+            fps: the video's frame rate. It does not reach the transformer unless `diffusers_compat`.
+            generator / latents: the initial noise; `latents` (`(1, 16, T, H/8, W/8)`, standard normal) is
+                scaled by sigma_max = 80.
+            output_type: "pil", "np", "pt" or "latent".
+            diffusers_compat: reproduce diffusers' `Cosmos2VideoToWorldPipeline` (see the module docstring).
+
+        Returns:
+            `CosmosPipelineOutput` whose `frames` hold the batch of one video.
+        """
+        self.check_inputs(height, width, num_frames, image, video, num_conditional_frames)
+        if prompt is None and prompt_embeds is None:
+            raise ValueError("Pass a `prompt` or `prompt_embeds`.")
+        device = self._execution_device
+        if self.safety_checker is not None and prompt is not None:
+            for text in [prompt] if isinstance(prompt, str) else prompt:
+                if not self.safety_checker.check_text_safety(text):
+                    raise ValueError(f"Cosmos guardrail rejected the prompt: {text!r}.")
+
+        # 1. Text.
+        dtype = self.transformer.dtype
+        if prompt_embeds is None:
+            prompt_embeds = embed_prompts([prompt] if isinstance(prompt, str) else prompt, self.tokenizer, self.text_encoder, max_sequence_length)
+        guided = guidance_scale != 0
+        if guided and negative_prompt_embeds is None:
+            negative = negative_prompt if negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT
+            negative_prompt_embeds = embed_prompts([negative] * prompt_embeds.shape[0], self.tokenizer, self.text_encoder, max_sequence_length)
+        text = prompt_embeds.to(device, dtype)
+        negative_text = negative_prompt_embeds.to(device, dtype) if guided else None
+
+        # 2. Conditioning latents, then the initial noise (diffusers draws its VAE sample first).
+        if diffusers_compat:
+            clean, cond_frames = self._diffusers_conditioning(image, video, height, width, num_frames, generator)
+        else:
+            clean, cond_frames = self._nvidia_conditioning(image, video, num_conditional_frames, height, width, num_frames)
+        shape = (text.shape[0], self.vae.config.z_dim, num_latent_frames(num_frames), height // 8, width // 8)
+        clean = clean.expand(shape).to(device)
+        noise = latents.to(device, torch.float32) if latents is not None else randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        x = noise * SIGMA_MAX
+        cond_mask = conditioning_mask(torch.full((shape[0],), cond_frames, device=device), shape[2])
+        transformer_fps = fps if diffusers_compat else None
+
+        # 3. Sampling: one guided x0 per step, handed to the scheduler (Euler takes the velocity).
+        self._set_sigmas(num_inference_steps, device)
+        sigmas = self.scheduler.sigmas
+        euler = isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler)
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            x0 = self._guided_x0(x, sigmas[i].float(), clean, cond_mask, text, negative_text, guidance_scale, transformer_fps)
+            model_output = (x - x0) / sigmas[i].float() if euler else x0
+            x = self.scheduler.step(model_output, t, x, return_dict=False)[0]
+        if not diffusers_compat:
+            # NVIDIA returns one more guided x0, evaluated at sigma_min.
+            x = self._guided_x0(x, sigmas[-1].float(), clean, cond_mask, text, negative_text, guidance_scale, None)
+
+        # 4. Decode, guardrail, format.
+        if output_type == "latent":
+            frames = x
+        else:
+            pixels = decode_latents(self.vae, x)
+            if self.safety_checker is not None:
+                checked = (self.video_processor.postprocess_video(pixels, output_type="np") * 255).astype(np.uint8)
+                checked = np.stack([self.safety_checker.check_video_safety(v) for v in checked])
+                pixels = torch.from_numpy(checked.astype(np.float32) / 255.0 * 2 - 1).permute(0, 4, 1, 2, 3)
+            frames = self.video_processor.postprocess_video(pixels, output_type=output_type)
+        self.maybe_free_model_hooks()
+        return CosmosPipelineOutput(frames=frames) if return_dict else (frames,)
