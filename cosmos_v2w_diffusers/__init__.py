@@ -2,6 +2,16 @@
 
 from .data.hf_dataset import load_video2world_dataset
 from .data.samples import Video2WorldTrainDataset
+from .pipeline import CosmosVideo2WorldPipeline
 from .presets import PRESETS, ModelPreset, get_preset
+from .scheduler import CosmosMultistepScheduler
 
-__all__ = ["PRESETS", "ModelPreset", "Video2WorldTrainDataset", "get_preset", "load_video2world_dataset"]
+__all__ = [
+    "PRESETS",
+    "CosmosMultistepScheduler",
+    "CosmosVideo2WorldPipeline",
+    "ModelPreset",
+    "Video2WorldTrainDataset",
+    "get_preset",
+    "load_video2world_dataset",
+]

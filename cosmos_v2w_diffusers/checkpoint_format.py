@@ -104,8 +104,8 @@ def load_native_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> di
         raise ValueError(f"{path} holds no `{prefix}*` tensors: not a Cosmos-Predict2 native checkpoint{hint}.")
 
 
-def load_into_transformer(transformer: CosmosTransformer3DModel, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load diffusers-named weights, refusing a checkpoint of another model size with a clear message."""
+def check_checkpoint_matches(transformer: CosmosTransformer3DModel, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights of another model size or layout with a clear message (works on a meta-device model)."""
     own = transformer.state_dict()
     for key, value in state_dict.items():
         if key in own and own[key].shape != value.shape:
@@ -114,9 +114,15 @@ def load_into_transformer(transformer: CosmosTransformer3DModel, state_dict: dic
                 f"{tuple(own[key].shape)}: the checkpoint is for a different model size. "
                 f"Pick the matching --model / --model_size."
             )
-    missing, unexpected = transformer.load_state_dict(state_dict, strict=False)
+    missing, unexpected = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
     if missing or unexpected:
         raise ValueError(
-            f"{source}: does not match the transformer (missing {missing[:3]}..., unexpected {unexpected[:3]}...): "
+            f"{source}: does not match the transformer (missing {missing[:3]}, unexpected {unexpected[:3]}): "
             f"is it a checkpoint of this model and training mode (full vs LoRA)?"
         )
+
+
+def load_into_transformer(transformer: CosmosTransformer3DModel, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load diffusers-named weights after `check_checkpoint_matches`."""
+    check_checkpoint_matches(transformer, state_dict, source)
+    transformer.load_state_dict(state_dict, strict=True)

@@ -22,7 +22,7 @@ from diffusers import CosmosTransformer3DModel, FlowMatchEulerDiscreteScheduler
 from diffusers.utils import export_to_video
 from tqdm.auto import tqdm
 
-from .checkpoint_format import load_into_transformer, load_native_checkpoint
+from .checkpoint_format import check_checkpoint_matches, load_into_transformer, load_native_checkpoint
 from .pipeline import DEFAULT_NEGATIVE_PROMPT, CosmosVideo2WorldPipeline
 from .presets import build_transformer, check_transformer_matches, get_preset, resolve_pretrained
 
@@ -122,7 +122,7 @@ def load_post_trained_weights(dit_path: str, load_ema: bool, model_size: str) ->
     state = load_native_checkpoint(path, use_ema=load_ema)
     if any("lora_A" in k for k in state):
         raise ValueError(f"{path} is a LoRA training checkpoint: pass the adapter export instead (--lora_path <output_dir>/lora).")
-    load_into_transformer(build_transformer(preset, device="meta"), state, str(path))  # shape check only
+    check_checkpoint_matches(build_transformer(preset, device="meta"), state, str(path))
     return state
 
 
