@@ -9,6 +9,7 @@ from functools import partial
 import torch
 from diffusers import CosmosTransformer3DModel
 from peft import LoraConfig
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 # Attention is ~85% of a block's FLOPs but its output is small: keeping it and recomputing the cheap
@@ -53,3 +54,16 @@ def apply_lora(transformer: CosmosTransformer3DModel, rank: int, alpha: int, tar
     transformer.add_adapter(
         LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=target_modules)
     )
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor, gathered from its shards under FSDP (a collective: call it on every rank)."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def like(reference: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """`full` placed (and, under FSDP, sharded) like `reference`, to copy into it."""
+    full = full.to(reference.device, reference.dtype)
+    if isinstance(reference, DTensor):
+        return distribute_tensor(full, reference.device_mesh, reference.placements)
+    return full

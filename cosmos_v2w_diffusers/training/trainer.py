@@ -22,6 +22,11 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from tqdm.auto import tqdm
 
 from ..checkpoint_format import (
@@ -40,7 +45,7 @@ from .config import TrainConfig
 from .demo_data import demo_dataset_path
 from .export import export_final, push_to_hub
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
-from .parallel import apply_activation_checkpointing, apply_lora
+from .parallel import apply_activation_checkpointing, apply_lora, full_tensor, like
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +111,10 @@ class Trainer:
         )
         optimizer = build_optimizer(list(self.trainable.values()), c)
         self.lr_scheduler = build_lr_scheduler(optimizer, c)
-        self.ema = PowerEMA(self.trainable, c.ema_gamma, self.compute_dtype) if c.ema else None
         self.transformer, self.optimizer = self.accelerator.prepare(transformer, optimizer)
+        # FSDP swaps parameters for sharded ones: take them (and the EMA's shape) from the prepared model.
+        self.trainable = {n: p for n, p in self._unwrapped().named_parameters() if p.requires_grad}
+        self.ema = PowerEMA(self.trainable, c.ema_gamma, self.compute_dtype) if c.ema else None
         self.start_iter = self._maybe_resume()
 
         # 3. Data.
@@ -123,13 +130,18 @@ class Trainer:
 
     def save_checkpoint(self, iteration: int) -> None:
         """Write checkpoint `iteration` (= optimizer steps done) in NVIDIA's layout."""
-        state = self.accelerator.get_state_dict(self.transformer)  # gathers FSDP/DeepSpeed shards
+        # Collective calls first, on every rank: they gather FSDP/DeepSpeed shards.
+        state = self.accelerator.get_state_dict(self.transformer)
+        masters = {n: full_tensor(p).float().cpu() for n, p in self.trainable.items()}
+        ema = {n: full_tensor(t).cpu() for n, t in self.ema.state_dict().items()} if self.ema else None
+        optimizer = get_optimizer_state_dict(
+            self.transformer, self.optimizer.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
         if self.accelerator.is_main_process:
             config = self._unwrapped().config
             model = to_native_state_dict(state, config, "net.", torch.bfloat16)
-            if self.ema is not None:
-                model.update(to_native_state_dict(self.ema.state_dict(), config, "net_ema.", torch.float32))
-            masters = {n: p.detach().float().cpu() for n, p in self.trainable.items()}
+            if ema is not None:
+                model.update(to_native_state_dict(ema, config, "net_ema.", torch.float32))
             rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
             if torch.cuda.is_available():
                 rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -137,7 +149,7 @@ class Trainer:
                 iteration,
                 {
                     "model": model,
-                    "optim": {"optimizer": self.optimizer.state_dict(), "master_weights": masters},
+                    "optim": {"optimizer": optimizer, "master_weights": masters},
                     "scheduler": self.lr_scheduler.state_dict(),
                     "trainer": {"grad_scaler": {}, "iteration": iteration, "rng": rng},
                 },
@@ -157,11 +169,15 @@ class Trainer:
             )
         with torch.no_grad():
             for name, param in self.trainable.items():
-                param.copy_(masters[name])
-        self.optimizer.load_state_dict(parts["optim"]["optimizer"])
+                param.copy_(like(param, masters[name]))
+        set_optimizer_state_dict(
+            self.transformer, self.optimizer.optimizer, parts["optim"]["optimizer"],
+            options=StateDictOptions(full_state_dict=True),
+        )
         self.lr_scheduler.load_state_dict(parts["scheduler"])
         if self.ema is not None:
-            self.ema.load_state_dict(from_native_state_dict(parts["model"], "net_ema."))
+            ema = from_native_state_dict(parts["model"], "net_ema.")
+            self.ema.load_state_dict({n: like(t, ema[n]) for n, t in self.ema.state_dict().items()})
         rng = parts["trainer"]["rng"]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
