@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import DistributedType, ProjectConfiguration
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_optimizer_state_dict,
@@ -96,7 +96,15 @@ class Trainer:
             load_into_transformer(transformer, load_native_checkpoint(c.dit_path, c.load_ema), c.dit_path)
         if c.train_architecture == "lora":
             apply_lora(transformer, c.lora_rank, c.lora_alpha, c.lora_target_modules.split(","))
-        apply_activation_checkpointing(transformer, c.activation_checkpointing)
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            # Under FSDP2 the checkpoint must sit inside each sharded block, which accelerate's own
+            # activation checkpointing does (full recompute); diffusers' checkpointing wraps the sharded
+            # call instead and its recompute then sees unsharded, un-cast inputs.
+            if c.activation_checkpointing == "selective":
+                logger.warning("Under FSDP, --activation_checkpointing selective falls back to full recompute.")
+            self.accelerator.state.fsdp_plugin.activation_checkpointing = c.activation_checkpointing != "none"
+        else:
+            apply_activation_checkpointing(transformer, c.activation_checkpointing)
         transformer.train()
         self.vae = load_vae(self.preset, c.pretrained_model_name_or_path, self.compute_dtype)
         self.vae.to(self.device).eval().requires_grad_(False)
@@ -128,12 +136,16 @@ class Trainer:
     def _unwrapped(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.transformer)
 
+    def _gathered_ema(self) -> dict[str, torch.Tensor] | None:
+        """The whole EMA on the CPU (a collective under FSDP: every rank calls it)."""
+        return {n: full_tensor(t).cpu() for n, t in self.ema.state_dict().items()} if self.ema else None
+
     def save_checkpoint(self, iteration: int) -> None:
         """Write checkpoint `iteration` (= optimizer steps done) in NVIDIA's layout."""
         # Collective calls first, on every rank: they gather FSDP/DeepSpeed shards.
         state = self.accelerator.get_state_dict(self.transformer)
         masters = {n: full_tensor(p).float().cpu() for n, p in self.trainable.items()}
-        ema = {n: full_tensor(t).cpu() for n, t in self.ema.state_dict().items()} if self.ema else None
+        ema = self._gathered_ema()
         optimizer = get_optimizer_state_dict(
             self.transformer, self.optimizer.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
@@ -274,8 +286,9 @@ class Trainer:
         if self.device.type == "cuda":
             logger.info("Peak GPU memory: %.1f GiB", torch.cuda.max_memory_allocated() / 2**30)
         state = self.accelerator.get_state_dict(self.transformer)
+        ema = self._gathered_ema()
         if self.accelerator.is_main_process:
-            export_dir = export_final(self._unwrapped(), state, self.ema.state_dict() if self.ema else None, c)
+            export_dir = export_final(self._unwrapped(), state, ema, c)
             if c.push_to_hub:
                 push_to_hub(export_dir, c)
         self.accelerator.end_training()

@@ -1,0 +1,59 @@
+"""Helpers shared by the GPU benchmark scripts: synthetic inputs of the real sizes, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def environment() -> dict:
+    import accelerate
+    import diffusers
+    import transformers
+
+    info = {
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cudnn"] = torch.backends.cudnn.version()
+    return info
+
+
+def write_result(name: str, result: dict) -> Path:
+    """Write `<name>.json` under $OUT (the device tool's folder) or benchmarks/results/."""
+    folder = Path(os.environ.get("OUT") or Path(__file__).parent / "results")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps({"environment": environment(), **result}, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return path
+
+
+def make_dataset(root: Path, num_clips: int, num_frames: int, height: int, width: int, embed_dim: int) -> Path:
+    """An NVIDIA-layout folder of synthetic clips with random T5-shaped pickles (no text encoder needed)."""
+    from diffusers.utils import export_to_video
+
+    from cosmos_v2w_diffusers.training.demo_data import render_clip
+
+    for sub in ("videos", "metas", "t5_xxl"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(num_clips):
+        name = f"clip_{i}"
+        if not (root / "videos" / f"{name}.mp4").exists():
+            export_to_video(render_clip(num_frames, height, width, seed=i), str(root / "videos" / f"{name}.mp4"), fps=16)
+        (root / "metas" / f"{name}.txt").write_text("A video of sks teal robot.")
+        with open(root / "t5_xxl" / f"{name}.pickle", "wb") as f:
+            pickle.dump([rng.standard_normal((12, embed_dim)).astype(np.float16)], f)
+    return root
