@@ -293,3 +293,12 @@ def test_cli_refuses_bad_input_before_loading_models(tmp_path, monkeypatch):
     # The script turns these into a one-line error and a non-zero exit.
     result = _cli(*common, "--input_path", str(tmp_path / "notes.txt"), cwd=tmp_path)
     assert result.returncode != 0 and "error: --input_path" in result.stderr and "unsupported file type" in result.stderr
+
+
+def test_pipeline_round_trips_through_save_pretrained(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "saved")
+    reloaded = CosmosVideo2WorldPipeline.from_pretrained(str(tmp_path / "saved"), disable_guardrail=True)
+    assert isinstance(reloaded.scheduler, CosmosMultistepScheduler)
+    a = _generate(pipe, image=_image(), output_type="pt")
+    assert a.shape == (1, TINY.num_frames, 3, TINY.height, TINY.width)
+    assert torch.equal(a, _generate(reloaded, image=_image(), output_type="pt"))

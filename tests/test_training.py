@@ -224,3 +224,24 @@ def test_demo_command_trains_on_the_builtin_sample(tmp_path):
     assert "Mean loss of the first" in result.stderr
     exported = CosmosTransformer3DModel.from_pretrained(out / "transformer")
     assert exported.config.num_layers == get_preset("tiny").transformer_config["num_layers"]
+
+
+def test_push_to_hub_uploads_the_export_with_a_model_card(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from cosmos_v2w_diffusers.training import export
+
+    calls = {}
+
+    class Repo:
+        repo_id = "someone/tiny_demo"
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, exist_ok: calls.setdefault("repo", repo_id) and Repo())
+    monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **kwargs: calls.setdefault("upload", kwargs))
+    folder = tmp_path / "transformer"
+    folder.mkdir()
+    config = TrainConfig(model="tiny", output_dir=str(tmp_path / "tiny_demo"), push_to_hub=True).resolved()
+    assert export.push_to_hub(folder, config) == "someone/tiny_demo"
+    assert calls["repo"] == "tiny_demo" and calls["upload"]["folder_path"] == str(folder)
+    card = (folder / "README.md").read_text()
+    assert "Cosmos-Predict2 tiny Video2World" in card and "video2world" in card

@@ -106,7 +106,6 @@ def scan_dataset_folder(
     dataset_path: str | Path,
     min_frames: int,
     embed_dim: int | None = None,
-    check_captions: bool = True,
 ) -> tuple[list[dict], list[SkippedFile]]:
     """Sort a dataset folder's videos into usable rows and skipped files.
 
@@ -120,7 +119,7 @@ def scan_dataset_folder(
         t5_path = root / "t5_xxl" / f"{name}.pickle"
         try:
             info = probe_video(video, min_frames)
-            caption = read_caption(root / "metas" / f"{name}.txt") if check_captions else ""
+            caption = read_caption(root / "metas" / f"{name}.txt")
             if embed_dim is not None and t5_path.exists():
                 read_t5_pickle(t5_path, embed_dim)
         except (BadVideoError, InvalidEmbeddingError) as exc:

@@ -255,8 +255,7 @@ class Trainer:
 
     def train(self) -> list[float]:
         c = self.config
-        if self.accelerator.is_main_process:
-            self.accelerator.init_trackers("cosmos_v2w_posttraining", config={k: str(v) for k, v in vars(c).items()})
+        self.accelerator.init_trackers("cosmos_v2w_posttraining", config={k: str(v) for k, v in vars(c).items()})
         clips_per_step = c.batch_size * c.gradient_accumulation_steps * self.accelerator.num_processes
         progress = tqdm(
             total=c.max_iter, initial=self.start_iter, desc="Post-training", disable=not self.accelerator.is_main_process
