@@ -45,7 +45,7 @@ from .config import TrainConfig
 from .demo_data import demo_dataset_path
 from .export import export_final, push_to_hub
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
-from .parallel import apply_activation_checkpointing, apply_lora, full_tensor, like
+from .parallel import apply_activation_checkpointing, apply_compile, apply_lora, full_tensor, like
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ class Trainer:
             self.accelerator.state.fsdp_plugin.activation_checkpointing = c.activation_checkpointing != "none"
         else:
             apply_activation_checkpointing(transformer, c.activation_checkpointing)
+        if c.compile:
+            apply_compile(transformer)
         transformer.train()
         self.vae = load_vae(self.preset, c.pretrained_model_name_or_path, self.compute_dtype)
         self.vae.to(self.device).eval().requires_grad_(False)
