@@ -106,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             args.dataset_path, args.prompt, args.text_encoder, args.num_frames, args.batch_size, args.max_length
         )
     except (NoUsableVideosError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        logger.error("%s", exc)
         return 1
-    print(f"{usable} usable videos; wrote {written} T5 pickles under {Path(args.dataset_path) / 't5_xxl'}")
+    logger.info("%d usable videos; wrote %d T5 pickles under %s", usable, written, Path(args.dataset_path) / "t5_xxl")
     return 0
 
 
