@@ -15,14 +15,21 @@ checkpoint in its output folder.
 """
 
 import logging
+import sys
 
+from cosmos_v2w_diffusers.data.folder import NoUsableVideosError
 from cosmos_v2w_diffusers.training.config import TrainConfig
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    Trainer(TrainConfig.from_args()).train()
+    config = TrainConfig.from_args()
+    try:
+        trainer = Trainer(config)
+    except (NoUsableVideosError, FileNotFoundError, ValueError) as exc:  # bad input: say what and how to fix
+        sys.exit(f"error: {exc}")
+    trainer.train()
 
 
 if __name__ == "__main__":

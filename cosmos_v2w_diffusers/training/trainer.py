@@ -90,7 +90,14 @@ class Trainer:
         self.checkpoints = CheckpointDir(c.output_dir)
         self.history: list[float] = []  # mean loss of each optimizer step run by this process
 
-        # 1. Models: fp32 master weights for the transformer; the frozen VAE runs in the compute dtype.
+        # 1. Data first: a folder with nothing usable fails before any model is loaded.
+        with self.accelerator.main_process_first():  # one process fills the caches, the others read them
+            dataset_path = c.dataset_path or demo_dataset_path(self.preset)
+            table = load_video2world_dataset(dataset_path, c.num_frames, embed_dim=self.preset.text_embed_dim)
+        self.samples = Video2WorldTrainDataset(table, c.num_frames, c.height, c.width, seed=c.seed)
+        logger.info("Dataset %s: %d clips, %d x %d x %d samples", dataset_path, len(table), c.num_frames, c.height, c.width)
+
+        # 2. Models: fp32 master weights for the transformer; the frozen VAE runs in the compute dtype.
         transformer = load_transformer(self.preset, c.pretrained_model_name_or_path, torch.float32)
         if c.dit_path:
             load_into_transformer(transformer, load_native_checkpoint(c.dit_path, c.load_ema), c.dit_path)
@@ -111,15 +118,14 @@ class Trainer:
         self.vae = load_vae(self.preset, c.pretrained_model_name_or_path, self.compute_dtype)
         self.vae.to(self.device).eval().requires_grad_(False)
 
-        # 2. Optimisation state.
-        self.trainable = {n: p for n, p in transformer.named_parameters() if p.requires_grad}
-        total = sum(p.numel() for p in transformer.parameters())
+        # 3. Optimisation state.
+        trainable = [p for p in transformer.parameters() if p.requires_grad]
+        n_trainable, total = sum(p.numel() for p in trainable), sum(p.numel() for p in transformer.parameters())
         logger.info(
             "Transformer %s (%s): %s trainable of %s parameters (%.2f%%)",
-            self.preset.name, c.train_architecture, f"{sum(p.numel() for p in self.trainable.values()):,}",
-            f"{total:,}", 100 * sum(p.numel() for p in self.trainable.values()) / total,
+            self.preset.name, c.train_architecture, f"{n_trainable:,}", f"{total:,}", 100 * n_trainable / total,
         )
-        optimizer = build_optimizer(list(self.trainable.values()), c)
+        optimizer = build_optimizer(trainable, c)
         self.lr_scheduler = build_lr_scheduler(optimizer, c)
         self.transformer, self.optimizer = self.accelerator.prepare(transformer, optimizer)
         # FSDP swaps parameters for sharded ones: take them (and the EMA's shape) from the prepared model.
@@ -127,11 +133,6 @@ class Trainer:
         self.ema = PowerEMA(self.trainable, c.ema_gamma, self.compute_dtype) if c.ema else None
         self.start_iter = self._maybe_resume()
 
-        # 3. Data.
-        dataset_path = c.dataset_path or demo_dataset_path(self.preset)
-        table = load_video2world_dataset(dataset_path, c.num_frames, embed_dim=self.preset.text_embed_dim)
-        self.samples = Video2WorldTrainDataset(table, c.num_frames, c.height, c.width, seed=c.seed)
-        logger.info("Dataset %s: %d clips, %d x %d x %d samples", dataset_path, len(table), c.num_frames, c.height, c.width)
 
     # ------------------------------------------------------------------ checkpoints
 
