@@ -302,3 +302,27 @@ def test_pipeline_round_trips_through_save_pretrained(pipe, tmp_path):
     a = _generate(pipe, image=_image(), output_type="pt")
     assert a.shape == (1, TINY.num_frames, 3, TINY.height, TINY.width)
     assert torch.equal(a, _generate(reloaded, image=_image(), output_type="pt"))
+
+
+def test_cli_batch_input_json_writes_every_video(tmp_path):
+    import json
+
+    from cosmos_v2w_diffusers import inference
+
+    _image(seed=1).save(tmp_path / "a.png")
+    frames = [np.asarray(_image(seed=i)) for i in range(9)]
+    from diffusers.utils import export_to_video
+
+    export_to_video([f / 255.0 for f in frames], str(tmp_path / "b.mp4"), fps=16)
+    jobs = [
+        {"prompt": PROMPT, "input_path": str(tmp_path / "a.png"), "save_path": str(tmp_path / "out" / "a.mp4")},
+        {"prompt": "Another prompt.", "input_video": str(tmp_path / "b.mp4"), "output_video": str(tmp_path / "out" / "b.mp4")},
+    ]
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    written = inference.main(
+        ["--model_size", "tiny", "--batch_input_json", str(tmp_path / "jobs.json"), "--disable_guardrail",
+         "--num_inference_steps", "2", "--num_conditional_frames", "5"]
+    )
+    assert written == [tmp_path / "out" / "a.mp4", tmp_path / "out" / "b.mp4"]
+    for path in written:
+        assert len(decord.VideoReader(str(path))) == TINY.num_frames
