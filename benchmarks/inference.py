@@ -17,6 +17,7 @@ from diffusers import AutoencoderKLWan
 
 from benchmarks.common import write_result
 from cosmos_v2w_diffusers import CosmosMultistepScheduler, CosmosVideo2WorldPipeline
+from cosmos_v2w_diffusers.compile import compile_blocks
 from cosmos_v2w_diffusers.presets import build_transformer, get_preset
 
 
@@ -24,12 +25,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="2B")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
     preset = get_preset(args.model)
     pipe = CosmosVideo2WorldPipeline(
         text_encoder=None, tokenizer=None, transformer=build_transformer(preset, "cuda").to(torch.bfloat16),
         vae=AutoencoderKLWan().to("cuda", torch.bfloat16), scheduler=CosmosMultistepScheduler(), disable_guardrail=True,
     )
+    if args.compile:
+        compile_blocks(pipe.transformer)
     text = torch.randn(1, 512, preset.text_embed_dim, device="cuda", dtype=torch.bfloat16)
     image = PIL.Image.new("RGB", (preset.width, preset.height), (0, 128, 128))
     kwargs = dict(image=image, prompt_embeds=text, negative_prompt_embeds=text.flip(1), height=preset.height,
@@ -60,11 +64,12 @@ def main() -> None:
     per_forward = forwards[len(forwards) // 2]
     overhead = total - sum(forward_times)  # VAE encode + decode, text handling, scheduler
     write_result(
-        f"inference_{preset.short_name}",
+        f"inference_{preset.short_name}" + ("_compiled" if args.compile else ""),
         {
             "model": preset.name,
             "sample": [preset.num_frames, preset.height, preset.width],
             "steps_run": args.steps,
+            "compiled_blocks": args.compile,
             "transformer_forwards": len(forward_times),
             "seconds_per_forward_median": round(per_forward, 3),
             "seconds_total_run": round(total, 2),

@@ -47,16 +47,6 @@ def apply_activation_checkpointing(transformer: CosmosTransformer3DModel, mode: 
         raise ValueError(f"Unknown activation checkpointing mode {mode!r}: use full, selective or none.")
 
 
-def apply_compile(transformer: CosmosTransformer3DModel) -> None:
-    """Compile each transformer block on its own (regional compilation: one compile serves all blocks).
-
-    diffusers' `compile_repeated_blocks` would do this, but `CosmosTransformer3DModel` declares no
-    `_repeated_blocks`.
-    """
-    for block in transformer.transformer_blocks:
-        block.compile()
-
-
 def apply_lora(transformer: CosmosTransformer3DModel, rank: int, alpha: int, target_modules: list[str]) -> None:
     """Freeze the base weights and add a PEFT LoRA adapter (fp32, as diffusers' LoRA examples keep it;
     NVIDIA keeps bf16 live LoRA weights with fp32 masters: under bf16 autocast the compute is the same)."""

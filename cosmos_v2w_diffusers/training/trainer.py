@@ -35,6 +35,7 @@ from ..checkpoint_format import (
     load_native_checkpoint,
     to_native_state_dict,
 )
+from ..compile import compile_blocks
 from ..data.hf_dataset import load_video2world_dataset
 from ..data.samples import Video2WorldTrainDataset
 from ..latents import encode_video
@@ -45,7 +46,7 @@ from .config import TrainConfig
 from .demo_data import demo_dataset_path
 from .export import export_final, push_to_hub
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
-from .parallel import apply_activation_checkpointing, apply_compile, apply_lora, full_tensor, like
+from .parallel import apply_activation_checkpointing, apply_lora, full_tensor, like
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class Trainer:
         else:
             apply_activation_checkpointing(transformer, c.activation_checkpointing)
         if c.compile:
-            apply_compile(transformer)
+            compile_blocks(transformer)
         transformer.train()
         self.vae = load_vae(self.preset, c.pretrained_model_name_or_path, self.compute_dtype)
         self.vae.to(self.device).eval().requires_grad_(False)
