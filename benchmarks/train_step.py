@@ -25,6 +25,7 @@ from cosmos_v2w_diffusers.presets import build_transformer, get_preset
 from cosmos_v2w_diffusers.training.config import TrainConfig
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
+
 # PERFORMANCE.md's model-FLOPs convention: a step is 3 forwards; one 2B forward at 93x704x1280 is 1.925e15.
 def forward_flops(preset, tokens: int, text_tokens: int = 512) -> float:
     d = preset.transformer_config["num_attention_heads"] * preset.transformer_config["attention_head_dim"]

@@ -101,7 +101,7 @@ def load_native_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> di
         return from_native_state_dict(native, prefix)
     except KeyError:
         hint = " (this file has no EMA weights: drop --load_ema)" if use_ema else ""
-        raise ValueError(f"{path} holds no `{prefix}*` tensors: not a Cosmos-Predict2 native checkpoint{hint}.")
+        raise ValueError(f"{path} holds no `{prefix}*` tensors: not a Cosmos-Predict2 native checkpoint{hint}.") from None
 
 
 def check_checkpoint_matches(transformer: CosmosTransformer3DModel, state_dict: dict[str, torch.Tensor], source: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from diffusers import Cosmos2VideoToWorldPipeline, FlowMatchEulerDiscreteScheduler
 
-from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline, CosmosMultistepScheduler
+from cosmos_v2w_diffusers import CosmosMultistepScheduler, CosmosVideo2WorldPipeline
 from cosmos_v2w_diffusers.checkpoint_format import to_native_state_dict
 from cosmos_v2w_diffusers.inference import load_post_trained_weights
 from cosmos_v2w_diffusers.latents import encode_video
