@@ -30,6 +30,7 @@ def main() -> None:
     except (NoUsableVideosError, FileNotFoundError, ValueError) as exc:  # bad input: say what and how to fix
         sys.exit(f"error: {exc}")
     trainer.train()
+    trainer.close()
 
 
 if __name__ == "__main__":

@@ -245,3 +245,35 @@ def test_push_to_hub_uploads_the_export_with_a_model_card(tmp_path, monkeypatch)
     assert calls["repo"] == "tiny_demo" and calls["upload"]["folder_path"] == str(folder)
     card = (folder / "README.md").read_text()
     assert "Cosmos-Predict2 tiny Video2World" in card and "video2world" in card
+
+
+def test_two_process_data_parallel_run_resumes_exactly(prepared_dataset, tmp_path):
+    """Two CPU processes under DDP (torchrun starts the ranks; accelerate joins them with gloo): a run
+    stopped at step 3 and continued to 6 by the same command ends with the straight run's exact weights."""
+    import os
+
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+
+    def run(output_dir, max_iter, port):
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+            str(REPO / "train_video2world.py"), "--model", "tiny", "--dataset_path", str(prepared_dataset),
+            "--output_dir", str(output_dir), "--max_iter", str(max_iter), "--lr_decay_steps", "6",
+            "--save_iter", "3", "--dataloader_num_workers", "0",
+        ]
+        result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stderr
+
+    run(tmp_path / "straight", 6, 29531)
+    run(tmp_path / "stopped", 3, 29532)
+    log = run(tmp_path / "stopped", 6, 29533)
+    assert log.count("Resumed from") == 2, "both ranks resume"
+
+    def masters(folder, iteration):
+        path = folder / "checkpoints" / "optim" / f"iter_{iteration:09d}.pt"
+        return torch.load(path, weights_only=True)["master_weights"]
+
+    straight, resumed = masters(tmp_path / "straight", 6), masters(tmp_path / "stopped", 6)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert any(not torch.equal(straight[k], masters(tmp_path / "stopped", 3)[k]) for k in straight)

@@ -294,5 +294,9 @@ class Trainer:
             export_dir = export_final(self._unwrapped(), state, ema, c)
             if c.push_to_hub:
                 push_to_hub(export_dir, c)
-        self.accelerator.end_training()
+        self.accelerator.wait_for_everyone()
         return self.history
+
+    def close(self) -> None:
+        """Finish the trackers and leave the process group: the last call of a training process."""
+        self.accelerator.end_training()

@@ -1,10 +1,11 @@
-"""GPU correctness check, not a speed claim: the tiny model trained under an accelerate launch config
-(FSDP2 by default) straight for 6 steps, and again crashed after step 5 and resumed from the step-3
-checkpoint. Reports the largest loss and weight differences; a second straight run gives the noise floor
-of the GPU's non-deterministic kernels.
+"""Correctness check, not a speed claim: the tiny model trained under a one-process accelerate launch
+(one GPU, or FSDP2 on one GPU) straight for 6 steps, and again crashed after step 5 and resumed from the
+step-3 checkpoint, all in one process. Reports the largest loss and weight differences; a second straight
+run gives the noise floor of non-deterministic kernels. (Several processes: tests/test_training.py runs
+the real command under torchrun, one process per run.)
 
     accelerate launch --config_file accelerate_configs/fsdp_8gpu.yaml --num_processes 1 \
-        benchmarks/check_fsdp_resume.py --dataset_path <prepared tiny dataset>
+        benchmarks/check_resume.py --dataset_path <prepared tiny dataset> --name fsdp_1gpu
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def main() -> None:
     resumed = Trainer(config("c"))
     losses_c = resumed.train()
     if not resumed.accelerator.is_main_process:
+        resumed.close()
         return
     ma, mb, mc = final_masters(a), final_masters(b), final_masters(resumed)
     diff = lambda x, y: max(float((x[k] - y[k]).abs().max()) for k in x)  # noqa: E731
@@ -74,6 +76,7 @@ def main() -> None:
             "max_weight_diff_straight_vs_resumed": diff(ma, mc),
         },
     )
+    resumed.close()
 
 
 if __name__ == "__main__":
