@@ -23,11 +23,18 @@ def _statistics(vae: AutoencoderKLWan, like: torch.Tensor) -> tuple[torch.Tensor
 
 
 @torch.no_grad()
-def encode_video(vae: AutoencoderKLWan, video: torch.Tensor) -> torch.Tensor:
-    """`[B, 3, F, H, W]` in [-1, 1] -> normalised float32 latents `[B, 16, 1 + (F-1)//4, H/8, W/8]`."""
-    mu = vae.encode(video.to(device=vae.device, dtype=vae.dtype)).latent_dist.mode().float()
-    mean, std = _statistics(vae, mu)
-    return (mu - mean) / std
+def encode_video(
+    vae: AutoencoderKLWan, video: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """`[B, 3, F, H, W]` in [-1, 1] -> normalised float32 latents `[B, 16, 1 + (F-1)//4, H/8, W/8]`.
+
+    The posterior mean, as NVIDIA encodes; `sample=True` draws from the posterior with `generator`
+    instead, as diffusers' pipeline does.
+    """
+    posterior = vae.encode(video.to(device=vae.device, dtype=vae.dtype)).latent_dist
+    latents = (posterior.sample(generator) if sample else posterior.mode()).float()
+    mean, std = _statistics(vae, latents)
+    return (latents - mean) / std
 
 
 @torch.no_grad()

@@ -158,12 +158,8 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
             cond_latent_frames = num_latent_frames(cond.shape[2])
             pad = cond[:, :, -1:].repeat(1, 1, num_frames - cond.shape[2], 1, 1)
             pixels = torch.cat([cond, pad], dim=2)
-        posterior = self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent_dist
-        mu = posterior.sample(generator).float()
-        shape = (1, self.vae.config.z_dim, 1, 1, 1)
-        mean = torch.tensor(self.vae.config.latents_mean, device=mu.device).view(shape)
-        std = torch.tensor(self.vae.config.latents_std, device=mu.device).view(shape)
-        return (mu - mean) / std, cond_latent_frames
+        clean = encode_video(self.vae, pixels.to(self._execution_device), sample=True, generator=generator)
+        return clean, cond_latent_frames
 
     # ------------------------------------------------------------------ sampling
 
