@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save_path", default="output/generated_video.mp4")
     p.add_argument("--batch_input_json", default=None, help='JSON list of {"prompt", "input_path", "save_path"} (NVIDIA: input_video, output_video)')
     p.add_argument("--disable_guardrail", action="store_true", help="run without cosmos_guardrail")
-    p.add_argument("--offload_text_encoder", action="store_true", help="keep T5 on the CPU (saves ~22 GB of GPU memory)")
+    p.add_argument("--offload_text_encoder", action="store_true", help="keep the T5 encoder on the CPU (about 11 GB of GPU memory in bf16)")
     p.add_argument("--offload_guardrail", action="store_true", help="keep the guardrail models on the CPU")
     p.add_argument("--offload_model", action="store_true", help="diffusers' model CPU offload of every component")
     p.add_argument("--compile", action="store_true", help="torch.compile each transformer block (GPU; pays off over a 35-step video)")
