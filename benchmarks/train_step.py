@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--mode", default="full", choices=["full", "selective", "none"], help="one per process")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--train_architecture", default="full", choices=["full", "lora"])
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
@@ -54,8 +55,8 @@ def main() -> None:
     mode = args.mode
     config = TrainConfig(
         model=preset.name, pretrained_model_name_or_path=str(weights), dataset_path=str(data),
-        output_dir=str(work / f"run_{mode}"), activation_checkpointing=mode, max_iter=args.steps + 1,
-        dataloader_num_workers=4, resume=False, compile=args.compile,
+        output_dir=str(work / f"run_{args.train_architecture}_{mode}"), activation_checkpointing=mode, max_iter=args.steps + 1,
+        dataloader_num_workers=4, resume=False, compile=args.compile, train_architecture=args.train_architecture,
     )
     trainer = Trainer(config)
     torch.cuda.synchronize()
@@ -71,11 +72,12 @@ def main() -> None:
     timed = sorted(times[1:])  # the first step warms up kernels and the allocator
     median = timed[len(timed) // 2]
     write_result(
-        f"train_step_{preset.short_name}_{mode}" + ("_compiled" if args.compile else ""),
+        f"train_step_{preset.short_name}_{args.train_architecture}_ac-{mode}" + ("_compiled" if args.compile else ""),
         {
             "model": preset.name,
             "sample": [preset.num_frames, preset.height, preset.width],
             "tokens": tokens,
+            "train_architecture": args.train_architecture,
             "activation_checkpointing": mode,
             "compiled_blocks": args.compile,
             "seconds_per_step_median": round(median, 3),

@@ -41,6 +41,7 @@ def test_recipe_defaults_per_preset():
     fourteen = TrainConfig(model="14B", train_architecture="lora", dataset_path="d/x").resolved()
     assert (fourteen.weight_decay, fourteen.lr_f_max, fourteen.lora_rank, fourteen.lora_alpha) == (0.2, 0.25, 32, 32)
     assert fourteen.save_iter == 200 and not fourteen.ema
+    assert (two.activation_checkpointing, fourteen.activation_checkpointing) == ("full", "selective")
     assert fourteen.output_dir == "checkpoints/posttraining/video2world_lora/14b_x"
     with pytest.raises(ValueError, match="4k\\+1"):
         TrainConfig(model="tiny", num_frames=18).resolved()
