@@ -67,7 +67,9 @@ class Video2WorldTrainDataset(torch.utils.data.Dataset):
         max_text_tokens: int = MAX_TEXT_TOKENS,
         dtype: torch.dtype = torch.float32,
     ):
-        too_short = [p for p, n in zip(table["video_path"], table["num_frames"]) if n < num_frames]
+        # Frame counts are kept in memory so a draw does not read its row (embedding included) twice.
+        self.frame_counts = table["num_frames"]
+        too_short = [p for p, n in zip(table["video_path"], self.frame_counts) if n < num_frames]
         if too_short:
             raise ValueError(
                 f"{len(too_short)} clips are shorter than num_frames={num_frames} (e.g. {too_short[0]}): load the "
@@ -85,7 +87,7 @@ class Video2WorldTrainDataset(torch.utils.data.Dataset):
         epoch, position = divmod(index, len(self.table))
         row = int(np.random.default_rng([self.seed, epoch]).permutation(len(self.table))[position])
         # NVIDIA draws from {0 .. total-94}; we draw from {0 .. total-num_frames} (RECIPE.md, Data).
-        last_start = int(self.table[row]["num_frames"]) - self.num_frames
+        last_start = int(self.frame_counts[row]) - self.num_frames
         start = int(np.random.default_rng([self.seed, epoch, position, 1]).integers(0, last_start + 1))
         return row, start
 

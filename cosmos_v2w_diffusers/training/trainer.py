@@ -141,23 +141,25 @@ class Trainer:
         return self.accelerator.unwrap_model(self.transformer)
 
     def _gathered_ema(self) -> dict[str, torch.Tensor] | None:
-        """The whole EMA on the CPU (a collective under FSDP: every rank calls it)."""
-        return {n: full_tensor(t).cpu() for n, t in self.ema.state_dict().items()} if self.ema else None
+        """The whole EMA (a collective under FSDP: every rank calls it; only the main process uses it)."""
+        return {n: full_tensor(t) for n, t in self.ema.state_dict().items()} if self.ema else None
 
     def save_checkpoint(self, iteration: int) -> None:
         """Write checkpoint `iteration` (= optimizer steps done) in NVIDIA's layout."""
         # Collective calls first, on every rank: they gather FSDP/DeepSpeed shards.
         state = self.accelerator.get_state_dict(self.transformer)
-        masters = {n: full_tensor(p).float().cpu() for n, p in self.trainable.items()}
+        masters = {n: full_tensor(p) for n, p in self.trainable.items()}
         ema = self._gathered_ema()
         optimizer = get_optimizer_state_dict(
             self.transformer, self.optimizer.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
         if self.accelerator.is_main_process:
+            # Only the main process copies to the CPU: the other ranks' copies would be thrown away.
+            masters = {n: t.detach().float().cpu() for n, t in masters.items()}
             config = self._unwrapped().config
-            model = to_native_state_dict(state, config, "net.", torch.bfloat16)
+            model = to_native_state_dict({k: v.cpu() for k, v in state.items()}, config, "net.", torch.bfloat16)
             if ema is not None:
-                model.update(to_native_state_dict(ema, config, "net_ema.", torch.float32))
+                model.update(to_native_state_dict({k: v.cpu() for k, v in ema.items()}, config, "net_ema.", torch.float32))
             rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
             if torch.cuda.is_available():
                 rng["cuda"] = torch.cuda.get_rng_state_all()
