@@ -19,7 +19,7 @@ import sys
 
 from cosmos_v2w_diffusers.data.folder import NoUsableVideosError
 from cosmos_v2w_diffusers.training.config import TrainConfig
-from cosmos_v2w_diffusers.training.trainer import Trainer
+from cosmos_v2w_diffusers.training.trainer import EXIT_PREEMPTED, Trainer
 
 
 def main() -> None:
@@ -31,6 +31,8 @@ def main() -> None:
         sys.exit(f"error: {exc}")
     trainer.train()
     trainer.close()
+    if trainer.preempted:  # SIGTERM/SIGINT: a checkpoint was saved; run the same command to resume
+        sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,24 @@
-"""Seconds per training step and peak GPU memory of the 2B (or 14B) model at 93x704x1280.
+"""Seconds per training step, throughput and peak GPU memory, for any trainer configuration.
 
-The whole faithful step as `Trainer.train_step` runs it: VAE encode of the sampled window (bf16),
-the NVIDIA objective under bf16 autocast over fp32 master weights, fused AdamW, grad-norm clip and the
-fp32 EDM2 EMA, with each activation-checkpointing policy. Weights are random (nothing can be downloaded
-on the benchmark machine); timing does not depend on their values.
+Every flag after `--` is a `train_video2world.py` flag, so a row of BENCHMARKS.md is exactly the
+configuration a user runs; the defaults are the trainer's (bf16, compiled blocks, selective
+checkpointing in as many blocks as fit, EMA on the CPU). Weights are random (nothing can be
+downloaded on the benchmark machine); timing does not depend on their values.
 
-    accelerate launch --config_file accelerate_configs/single_gpu.yaml benchmarks/train_step.py \
-        --model 2B --mode full --steps 3
+    python benchmarks/train_step.py --name train_step_2b_full_cached --steps 3 -- --model 2B --cache_latents
+    python benchmarks/train_step.py --name lora_720p_low_vram --memory_fraction 0.30 -- \
+        --model 2B --train_architecture lora --low_vram
+
+`--memory_fraction` caps the process with `torch.cuda.set_per_process_memory_fraction`, to show that a
+configuration fits a smaller card. The first step (compilation, allocator warm-up) is left out of the
+median. The latent cache is built before the timed steps; its time is reported apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
+import sys
 import time
 from pathlib import Path
 
@@ -23,68 +28,87 @@ from diffusers import AutoencoderKLWan
 from benchmarks.common import make_dataset, write_result
 from cosmos_v2w_diffusers.presets import build_transformer, get_preset
 from cosmos_v2w_diffusers.training.config import TrainConfig
+from cosmos_v2w_diffusers.training.metrics import throughput_summary
 from cosmos_v2w_diffusers.training.trainer import Trainer
-
-
-# PERFORMANCE.md's model-FLOPs convention: a step is 3 forwards; one 2B forward at 93x704x1280 is 1.925e15.
-def forward_flops(preset, tokens: int, text_tokens: int = 512) -> float:
-    d = preset.transformer_config["num_attention_heads"] * preset.transformer_config["attention_head_dim"]
-    layers = preset.transformer_config["num_layers"]
-    return layers * (28 * d**2 * tokens + 4 * tokens**2 * d + 4 * tokens * text_tokens * d + 4 * text_tokens * 1024 * d)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="2B")
-    parser.add_argument("--mode", default="full", choices=["full", "selective", "none"], help="one per process")
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--train_architecture", default="full", choices=["full", "lora"])
-    parser.add_argument("--workdir", default=None)
-    args = parser.parse_args()
+    parser.add_argument("--name", required=True, help="result file name (benchmarks/results/<name>.json)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    parser.add_argument("--workdir", default="/tmp/cosmos_bench", help="weights and data are made here once")
+    parser.add_argument("--data", default=None, help="an NVIDIA-layout folder of clips (default: rendered here)")
+    parser.add_argument("--memory_fraction", type=float, default=None)
+    argv = sys.argv[1:]
+    ours, trainer_argv = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    args = parser.parse_args(ours)
     logging.basicConfig(level=logging.INFO)
-    preset = get_preset(args.model)
-    work = Path(args.workdir or tempfile.mkdtemp())
-    weights = work / "weights"
+    if args.memory_fraction:
+        torch.cuda.set_per_process_memory_fraction(args.memory_fraction)
+
+    config = TrainConfig.from_args(trainer_argv)
+    preset = get_preset(config.model)
+    work = Path(args.workdir)
+    weights = work / f"weights_{preset.short_name}"
     if not (weights / "transformer").exists():
         build_transformer(preset).to(torch.bfloat16).save_pretrained(weights / "transformer")
         AutoencoderKLWan().save_pretrained(weights / "vae")
-    data = make_dataset(work / "data", 2, preset.num_frames + 8, preset.height, preset.width, preset.text_embed_dim)
-
-    tokens = (1 + (preset.num_frames - 1) // 4) * (preset.height // 16) * (preset.width // 16)
-    mode = args.mode
-    config = TrainConfig(
-        model=preset.name, pretrained_model_name_or_path=str(weights), dataset_path=str(data),
-        output_dir=str(work / f"run_{args.train_architecture}_{mode}"), activation_checkpointing=mode, max_iter=args.steps + 1,
-        dataloader_num_workers=4, resume=False, compile=args.compile, train_architecture=args.train_architecture,
+    resolved = config.resolved()
+    data = Path(args.data) if args.data else make_dataset(
+        work / "data", 2, resolved.num_frames + 8, resolved.height, resolved.width, preset.text_embed_dim
     )
+    config.pretrained_model_name_or_path = str(weights)
+    config.dataset_path = str(data)
+    config.output_dir = str(work / "runs" / args.name)
+    config.max_iter = args.steps + 1
+    config.save_iter = 10**6  # no checkpoint inside the timed steps (the last step still writes one; not timed)
+    config.resume = False
+    config.dataloader_num_workers = 4
+
+    setup_start = time.perf_counter()
     trainer = Trainer(config)
+    setup_seconds = time.perf_counter() - setup_start
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated() / 2**30
-    times = []
-    for step, batches in zip(range(args.steps + 1), trainer._micro_batches()):
+    times, losses = [], []
+    batches = trainer._micro_batches()
+    for step in range(args.steps + 1):
+        micro = next(batches)
         torch.cuda.synchronize()
         start = time.perf_counter()
-        trainer.train_step(step, batches)
+        loss = trainer.train_step(step, micro)
+        if trainer.ema is not None:
+            trainer.ema.wait()  # an overlapped CPU EMA update counts inside its step
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    timed = sorted(times[1:])  # the first step warms up kernels and the allocator
-    median = timed[len(timed) // 2]
+        losses.append(loss)
+        print(f"step {step}: {times[-1]:.3f} s, loss {loss:.4f}", flush=True)
+    c = trainer.config
+    summary = throughput_summary(times, c.batch_size, 1, trainer._unwrapped().config, trainer.tokens, trainer.device)
     write_result(
-        f"train_step_{preset.short_name}_{args.train_architecture}_ac-{mode}" + ("_compiled" if args.compile else ""),
+        args.name,
         {
+            "command": "python benchmarks/train_step.py " + " ".join(argv),
             "model": preset.name,
-            "sample": [preset.num_frames, preset.height, preset.width],
-            "tokens": tokens,
-            "train_architecture": args.train_architecture,
-            "activation_checkpointing": mode,
-            "compiled_blocks": args.compile,
-            "seconds_per_step_median": round(median, 3),
+            "sample": [c.num_frames, c.height, c.width],
+            "tokens": trainer.tokens,
+            "train_architecture": c.train_architecture,
+            "mixed_precision": c.mixed_precision,
+            "compile": c.compile,
+            "activation_checkpointing": c.activation_checkpointing,
+            "selective_blocks": trainer.selective_blocks,
+            "ema_device": c.ema_device if c.ema else None,
+            "cache_latents": c.cache_latents,
+            "low_vram": c.low_vram,
+            "memory_fraction": args.memory_fraction,
+            "setup_seconds_incl_latent_cache": round(setup_seconds, 1),
+            "seconds": round(summary["s_per_step"], 3),
             "seconds_per_step_all": [round(t, 3) for t in times],
-            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            "peak_gib": round(summary["peak_memory_gib"], 2),
             "resident_before_step_gib": round(before, 2),
-            "model_tflops_per_s": round(3 * forward_flops(preset, tokens) / median / 1e12, 1),
+            "model_tflops_per_s": round(summary["model_tflops_per_s_per_device"], 1),
+            "losses": [round(x, 5) for x in losses],
         },
     )
 

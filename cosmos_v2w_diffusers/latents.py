@@ -22,15 +22,26 @@ def _statistics(vae: AutoencoderKLWan, like: torch.Tensor) -> tuple[torch.Tensor
     return mean, std
 
 
+def to_model_range(video: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels in [0, 255] -> float32 in [-1, 1] (`x / 127.5 - 1`, NVIDIA's scaling), on their device.
+
+    Training samples cross to the GPU as uint8 (a quarter of the bytes of float32) and are scaled there.
+    """
+    return video.float() / 127.5 - 1.0
+
+
 @torch.no_grad()
 def encode_video(
     vae: AutoencoderKLWan, video: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """`[B, 3, F, H, W]` in [-1, 1] -> normalised float32 latents `[B, 16, 1 + (F-1)//4, H/8, W/8]`.
+    """`[B, 3, F, H, W]` in [-1, 1] (or uint8 in [0, 255]) -> normalised float32 latents
+    `[B, 16, 1 + (F-1)//4, H/8, W/8]`.
 
     The posterior mean, as NVIDIA encodes; `sample=True` draws from the posterior with `generator`
     instead, as diffusers' pipeline does.
     """
+    if video.dtype == torch.uint8:
+        video = to_model_range(video.to(vae.device, non_blocking=True))
     posterior = vae.encode(video.to(device=vae.device, dtype=vae.dtype)).latent_dist
     latents = (posterior.sample(generator) if sample else posterior.mode()).float()
     mean, std = _statistics(vae, latents)

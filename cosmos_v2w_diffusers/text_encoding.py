@@ -103,6 +103,8 @@ def read_t5_pickle(path: str | os.PathLike, embed_dim: int) -> np.ndarray:
             f"{path}: embedding shape is {tuple(array.shape)}, expected [n_tokens <= {MAX_TEXT_TOKENS}, {embed_dim}] "
             f"(is it from a different text encoder?); {fix}"
         )
+    if not np.isfinite(array).all():
+        raise InvalidEmbeddingError(f"{path}: embedding holds NaN or Inf values, which would poison training; {fix}")
     return array
 
 

@@ -1,9 +1,16 @@
-"""Training samples exactly as RECIPE.md: N consecutive frames from a random start, resized, in [-1, 1].
+"""Training samples exactly as RECIPE.md: N consecutive frames from a random start, resized, as uint8.
 
 Sample `i` is the i-th draw of an endless seeded stream: epoch `i // len` visits the clips in a
 permutation seeded by (seed, epoch), and the start frame is drawn from a generator seeded by (seed, i).
 Every draw is a pure function of (seed, i), so any number of DataLoader workers, any rank split, and a
 resume that restarts the stream at draw `k` all see exactly the same samples.
+
+A clip that passed the scan but fails to decode part-way (corruption in the middle of the file) is
+reported by name and replaced by a clip drawn from (seed, i, attempt): still a pure function of the draw,
+so resume stays exact. Each item lists the clips it skipped, for the trainer's `skipped_clips.txt`.
+
+With a latent table (`data/latent_cache.py`) a draw picks one of each clip's cached windows instead of a
+start frame, and the item carries its latents rather than pixels.
 """
 
 from __future__ import annotations
@@ -21,30 +28,43 @@ from .hf_dataset import T5_COLUMN
 
 logger = logging.getLogger(__name__)
 
+# Replacement draws tried before a sample gives up: only reached if most clips are broken.
+MAX_REPLACEMENTS = 16
+
+
+class ClipDecodeError(RuntimeError):
+    """A clip that could not be decoded at sample time; the message names the file and the fix."""
+
 
 def read_frames(path: str, start: int, num_frames: int) -> torch.Tensor:
     """Decode `num_frames` consecutive frames from `start` with decord: uint8 `[T, 3, H, W]`."""
-    reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-    total = len(reader)
-    if start < 0 or start + num_frames > total:
-        raise ValueError(f"{path}: frames [{start}, {start + num_frames}) are outside its {total} frames.")
     try:
+        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        total = len(reader)
+        if start < 0 or start + num_frames > total:
+            raise ValueError(f"{path}: frames [{start}, {start + num_frames}) are outside its {total} frames.")
         frames = reader.get_batch(list(range(start, start + num_frames))).asnumpy()  # [T, H, W, 3]
     except (decord.DECORDError, RuntimeError) as exc:  # decord raises both for broken input
-        raise RuntimeError(
-            f"{path}: decoding frames [{start}, {start + num_frames}) failed ({exc}); re-encode or remove the file."
+        raise ClipDecodeError(
+            f"{path}: decoding frames [{start}, {start + num_frames}) failed ({str(exc).splitlines()[0]}); "
+            f"re-encode or remove the file."
         ) from exc
     return torch.from_numpy(frames).permute(0, 3, 1, 2)
 
 
-def to_model_range(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """uint8 `[T, 3, H0, W0]` -> float `[3, T, height, width]` in [-1, 1].
+def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """uint8 `[T, 3, H0, W0]` -> uint8 `[3, T, height, width]`.
 
     Each frame is resized straight to (height, width): bilinear with antialias, no crop, aspect not kept
-    (NVIDIA's resize), on uint8 as torchvision does, then scaled with x/127.5 - 1.
+    (NVIDIA's resize), on uint8 as torchvision does. Scaling to [-1, 1] happens on the GPU
+    (`latents.to_model_range`).
     """
     frames = TF.resize(frames, [height, width], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-    return (frames.float() / 127.5 - 1.0).permute(1, 0, 2, 3).contiguous()
+    return frames.permute(1, 0, 2, 3).contiguous()
+
+
+def _rng(*parts: int) -> np.random.Generator:
+    return np.random.default_rng([int(p) for p in parts])
 
 
 class Video2WorldTrainDataset(torch.utils.data.Dataset):
@@ -53,8 +73,9 @@ class Video2WorldTrainDataset(torch.utils.data.Dataset):
     `len(ds)` is the number of clips (one epoch); indices past it continue the seeded stream into later
     epochs, so a sampler can ask for draw `k` directly (see the module docstring).
 
-    Each item: `video` `[3, num_frames, height, width]` in [-1, 1]; `t5_text_embeddings`
-    `[max_text_tokens, d]` zero-padded; `fps`; `frame_start`; `video_path`; `caption`.
+    Each item: `video` uint8 `[3, num_frames, height, width]` (or, with `latent_table`, `latents` float32
+    `[16, latent_frames, height/8, width/8]`); `t5_text_embeddings` `[max_text_tokens, d]` zero-padded;
+    `fps`; `frame_start`; `video_path`; `caption`; `skipped_clips` (newline-separated paths replaced in this draw).
     """
 
     def __init__(
@@ -65,7 +86,7 @@ class Video2WorldTrainDataset(torch.utils.data.Dataset):
         width: int = 1280,
         seed: int = 0,
         max_text_tokens: int = MAX_TEXT_TOKENS,
-        dtype: torch.dtype = torch.float32,
+        latent_table: datasets.Dataset | None = None,
     ):
         # Frame counts are kept in memory so a draw does not read its row (embedding included) twice.
         self.frame_counts = table["num_frames"]
@@ -77,29 +98,60 @@ class Video2WorldTrainDataset(torch.utils.data.Dataset):
             )
         self.table = table
         self.num_frames, self.height, self.width = num_frames, height, width
-        self.seed, self.max_text_tokens, self.dtype = seed, max_text_tokens, dtype
+        self.seed, self.max_text_tokens = seed, max_text_tokens
+        self.latent_table = latent_table.with_format("torch", columns=["latents"]) if latent_table else None
+        self.windows_per_clip = len(latent_table) // len(table) if latent_table else 0
 
     def __len__(self) -> int:
         return len(self.table)
 
     def draw(self, index: int) -> tuple[int, int]:
-        """(row, start frame) of draw `index`."""
+        """(row, start frame) of draw `index`; with a latent table, (row, cached window)."""
         epoch, position = divmod(index, len(self.table))
-        row = int(np.random.default_rng([self.seed, epoch]).permutation(len(self.table))[position])
+        row = int(_rng(self.seed, epoch).permutation(len(self.table))[position])
+        if self.latent_table is not None:
+            return row, int(_rng(self.seed, epoch, position, 1).integers(0, self.windows_per_clip))
         # NVIDIA draws from {0 .. total-94}; we draw from {0 .. total-num_frames} (RECIPE.md, Data).
         last_start = int(self.frame_counts[row]) - self.num_frames
-        start = int(np.random.default_rng([self.seed, epoch, position, 1]).integers(0, last_start + 1))
-        return row, start
+        return row, int(_rng(self.seed, epoch, position, 1).integers(0, last_start + 1))
+
+    def replacement_draw(self, index: int, attempt: int) -> tuple[int, int]:
+        """(row, start) standing in for draw `index` after `attempt` failed decodes: a pure function of both."""
+        rng = _rng(self.seed, index, attempt, 2)
+        row = int(rng.integers(0, len(self.table)))
+        return row, int(rng.integers(0, int(self.frame_counts[row]) - self.num_frames + 1))
 
     def __getitem__(self, index: int) -> dict:
-        row_index, start = self.draw(index)
+        row_index, position = self.draw(index)
+        if self.latent_table is not None:
+            pixels = {"latents": self.latent_table[row_index * self.windows_per_clip + position]["latents"]}
+            skipped = []
+        else:
+            row_index, position, frames, skipped = self._decode_with_replacements(index, row_index, position)
+            pixels = {"video": resize_frames(frames, self.height, self.width)}
         row = self.table[row_index]
-        frames = read_frames(row["video_path"], start, self.num_frames)
         return {
-            "video": to_model_range(frames, self.height, self.width).to(self.dtype),
-            "t5_text_embeddings": pad_embedding(row[T5_COLUMN], self.max_text_tokens).to(self.dtype),
+            **pixels,
+            "t5_text_embeddings": pad_embedding(row[T5_COLUMN], self.max_text_tokens),
             "fps": torch.tensor(row["fps"], dtype=torch.float32),
-            "frame_start": start,
+            "frame_start": position,
             "video_path": row["video_path"],
             "caption": row["caption"],
+            "skipped_clips": "\n".join(skipped),
         }
+
+    def _decode_with_replacements(self, index: int, row: int, start: int):
+        skipped = []
+        for attempt in range(MAX_REPLACEMENTS + 1):
+            path = self.table[row]["video_path"]
+            try:
+                return row, start, read_frames(path, start, self.num_frames), skipped
+            except ClipDecodeError as exc:
+                # Reported here, in whichever DataLoader worker meets it; the trainer collects `skipped`.
+                logger.warning("Skipping a clip at draw %d: %s", index, exc)
+                skipped.append(path)
+                row, start = self.replacement_draw(index, attempt)
+        raise ClipDecodeError(
+            f"draw {index}: {MAX_REPLACEMENTS + 1} clips in a row failed to decode (last: {skipped[-1]}); "
+            f"check the dataset folder: most of its videos seem broken."
+        )

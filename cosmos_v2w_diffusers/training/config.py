@@ -66,14 +66,50 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "gradient-norm clip (non-finite gradients are zeroed first)")
     ema: bool | None = _f(None, "keep an fp32 EDM2 power EMA of the weights (default: on for full, off for LoRA)")
     ema_relative_std: float = _f(0.1, "EDM2 EMA relative std; 0.1 gives gamma 6.9372")
+    ema_device: str | None = _f(
+        None,
+        "where the fp32 EMA lives: gpu, or cpu with its update overlapped with the next step (same values; frees "
+        "4 bytes a parameter on the GPU). Default: cpu for full post-training on a GPU, else with the weights",
+        choices=["gpu", "cpu"],
+    )
     activation_checkpointing: str | None = _f(
         None,
-        "recompute activations in the backward: full (every block), selective (keep attention outputs), none "
-        "(default: full for full post-training, selective for LoRA, which has the memory to spare)",
+        "recompute activations in the backward: selective (keep attention outputs, in as many blocks as the GPU "
+        "has memory for; full recompute in the rest), full (every block), none (default: selective; full with "
+        "--low_vram)",
         choices=["full", "selective", "none"],
     )
+    selective_checkpointing_blocks: int | None = _f(
+        None, "with selective checkpointing: how many blocks keep their attention outputs (default: as many as fit)"
+    )
+    low_vram: bool = _f(
+        False,
+        "fit small GPUs: full recompute with each block's saved input offloaded to pinned CPU memory, EMA on the "
+        "CPU (2B LoRA at 720p in about 16 GiB; slower steps, same results)",
+    )
+    cache_latents: bool = _f(
+        False,
+        "encode --cache_windows_per_clip seeded frame windows of each clip once (a cached datasets .map on the "
+        "GPU) and train on their latents instead of running the VAE every step",
+    )
+    cache_windows_per_clip: int = _f(4, "with --cache_latents: windows per clip, each draw picks one at random")
 
-    compile: bool = _f(False, "torch.compile each transformer block (GPU; ~30 s of compilation, faster steps)")
+    mixed_precision: str | None = _f(
+        None,
+        "compute precision: bf16 autocast over fp32 master weights (NVIDIA trains in bf16), fp16, or no (fp32). "
+        "Default: bf16 on a GPU, no on the CPU; overrides the accelerate config's",
+        choices=["bf16", "fp16", "no"],
+    )
+    compile: bool | None = _f(
+        None, "torch.compile each transformer block (~40 s of compilation, faster steps; default: on with CUDA)"
+    )
+
+    max_skipped_clips: int | None = _f(
+        None, "stop when more clips than this fail to decode at sample time (default: 10%% of the clips, at least 1)"
+    )
+    max_nonfinite_steps: int = _f(
+        5, "stop after this many consecutive steps with a NaN/Inf loss (each such step is skipped, not applied)"
+    )
 
     report_to: str = _f("none", "experiment tracker through accelerate", choices=["tensorboard", "wandb", "none"])
     push_to_hub: bool = _f(False, "upload the final export to the Hub")
@@ -96,9 +132,13 @@ class TrainConfig:
         c.lr_f_max = c.lr_f_max if c.lr_f_max is not None else preset.lr_f_max
         c.lr_decay_steps = c.lr_decay_steps or c.max_iter
         c.ema = (not lora) if c.ema is None else c.ema
-        # On an 80 GB GPU the 2B full run's optimizer and EMA leave no room for selective checkpointing;
-        # a LoRA run's do (BENCHMARKS.md: 58 GiB, 19.5 s/step).
-        c.activation_checkpointing = c.activation_checkpointing or ("selective" if lora else "full")
+        # Selective checkpointing is the default: the trainer keeps attention outputs in as many blocks as
+        # the GPU has memory for and recomputes the rest in full (`training/memory.py`).
+        c.activation_checkpointing = c.activation_checkpointing or ("full" if c.low_vram else "selective")
+        if c.low_vram and c.activation_checkpointing != "full":
+            raise ValueError("--low_vram offloads what full recompute keeps: drop --activation_checkpointing.")
+        if c.cache_windows_per_clip < 1:
+            raise ValueError(f"--cache_windows_per_clip must be at least 1, got {c.cache_windows_per_clip}.")
         if c.ema and lora:
             raise ValueError("--ema is for full post-training; a LoRA run keeps no EMA (drop --ema).")
         if (c.num_frames - 1) % 4:

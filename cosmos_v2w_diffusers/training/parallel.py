@@ -36,15 +36,60 @@ def _selective_checkpoint(module: torch.nn.Module, *args):
     )
 
 
-def apply_activation_checkpointing(transformer: CosmosTransformer3DModel, mode: str) -> None:
-    """`full`: recompute every block in the backward (diffusers' default); `selective`: keep attention
-    outputs; `none`: keep everything (only viable for small inputs)."""
+def _full_checkpoint(module: torch.nn.Module, *args):
+    return checkpoint(module.__call__, *args, use_reentrant=False)
+
+
+def _offloaded_checkpoint(module: torch.nn.Module, hidden_states: torch.Tensor, *args):
+    """Full recompute, with the one tensor it keeps (the block input) held in CPU memory.
+
+    torch's `save_on_cpu` cannot do this: a non-reentrant checkpoint holds its inputs by reference, not
+    through saved-tensor hooks. So the input crosses to the CPU (a non-blocking copy lands in pinned
+    memory) and the checkpointed function brings it back; autograd routes the gradient through both
+    copies. The copies are queued on the compute stream, so they are ordered with the kernels around them.
+    """
+    device = hidden_states.device
+
+    def run(host_states: torch.Tensor, *rest):
+        return module(host_states.to(device, non_blocking=True), *rest)
+
+    return checkpoint(run, hidden_states.to("cpu", non_blocking=True), *args, use_reentrant=False)
+
+
+class _PerBlockCheckpoint:
+    """diffusers' `_gradient_checkpointing_func`: selective for the first `n_selective` blocks, full for the rest.
+
+    Keeping attention outputs costs memory per block (`training/memory.py`); where not every block fits,
+    the earliest blocks keep them and the rest fall back to full recompute, so a step takes what fits.
+    """
+
+    def __init__(self, transformer: CosmosTransformer3DModel, n_selective: int, offload: bool):
+        blocks = list(transformer.transformer_blocks)
+        self.selective = {id(b) for b in blocks[:n_selective]}
+        self.full = _offloaded_checkpoint if offload else _full_checkpoint
+
+    def __call__(self, module: torch.nn.Module, *args):
+        if id(module) in self.selective:
+            return _selective_checkpoint(module, *args)
+        return self.full(module, *args)
+
+
+def apply_activation_checkpointing(
+    transformer: CosmosTransformer3DModel, mode: str, n_selective: int | None = None, offload: bool = False
+) -> None:
+    """`full`: recompute every block in the backward; `selective`: keep attention outputs in the first
+    `n_selective` blocks (default: all) and recompute the rest in full; `none`: keep everything (only viable
+    for small inputs). `offload` keeps what full recompute saves (each block's input) in CPU memory."""
+    n_blocks = len(transformer.transformer_blocks)
+    if mode == "none":
+        return
     if mode == "full":
-        transformer.enable_gradient_checkpointing()
+        n_selective = 0
     elif mode == "selective":
-        transformer.enable_gradient_checkpointing(_selective_checkpoint)
-    elif mode != "none":
+        n_selective = n_blocks if n_selective is None else max(0, min(n_selective, n_blocks))
+    else:
         raise ValueError(f"Unknown activation checkpointing mode {mode!r}: use full, selective or none.")
+    transformer.enable_gradient_checkpointing(_PerBlockCheckpoint(transformer, n_selective, offload))
 
 
 def apply_lora(transformer: CosmosTransformer3DModel, rank: int, alpha: int, target_modules: list[str]) -> None:

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
+import signal
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedType, ProjectConfiguration
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, ProjectConfiguration, gather_object
+from diffusers.training_utils import cast_training_params
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_optimizer_state_dict,
@@ -37,14 +40,18 @@ from ..checkpoint_format import (
 )
 from ..compile import compile_blocks
 from ..data.hf_dataset import load_video2world_dataset
+from ..data.latent_cache import build_latent_cache
 from ..data.samples import Video2WorldTrainDataset
-from ..latents import encode_video
+from ..io_utils import atomic_write
+from ..latents import encode_video, num_latent_frames
 from ..objective import draw_training_randomness, video2world_loss
 from ..presets import get_preset, load_transformer, load_vae
 from .checkpoint import CheckpointDir
 from .config import TrainConfig
 from .demo_data import demo_dataset_path
 from .export import export_final, push_to_hub
+from .memory import selective_blocks_that_fit
+from .metrics import throughput_summary
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
 from .parallel import apply_activation_checkpointing, apply_lora, full_tensor, like
 
@@ -75,11 +82,43 @@ def _step_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
+# Exit status of a run stopped by SIGTERM or SIGINT after saving a checkpoint (EX_TEMPFAIL: run it again
+# to resume). `train_video2world.py` exits with it; schedulers can requeue on it.
+EXIT_PREEMPTED = 75
+
+
+def _allocator_defaults() -> None:
+    """Expandable segments unless the user configured the CUDA allocator: without them, fragmentation of
+    the variable-size activations made a selective-recompute 2B step run out of memory with 6.5 GiB free."""
+    if "PYTORCH_CUDA_ALLOC_CONF" in os.environ or "PYTORCH_ALLOC_CONF" in os.environ:
+        return
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+    else:
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+
+
+def _with_device_defaults(config: TrainConfig, on_gpu: bool, fsdp: bool) -> TrainConfig:
+    """Fill the defaults that depend on the device: bf16, compiled blocks and a CPU EMA on a GPU."""
+    if config.mixed_precision is None:
+        config.mixed_precision = "bf16" if on_gpu else "no"
+    if config.compile is None:
+        config.compile = on_gpu
+    if config.ema_device is None:
+        # Under FSDP the EMA is sharded like the weights and stays beside them.
+        config.ema_device = "cpu" if on_gpu and (config.low_vram or config.train_architecture == "full") and not fsdp else "gpu"
+    return config
+
+
 class Trainer:
     def __init__(self, config: TrainConfig):
-        self.config = c = config.resolved()
+        _allocator_defaults()
+        state = PartialState()
+        fsdp = state.distributed_type == DistributedType.FSDP
+        self.config = c = _with_device_defaults(config.resolved(), state.device.type == "cuda", fsdp)
         self.preset = get_preset(c.model)
         self.accelerator = Accelerator(
+            mixed_precision=c.mixed_precision,
             gradient_accumulation_steps=c.gradient_accumulation_steps,
             log_with=None if c.report_to == "none" else c.report_to,
             project_config=ProjectConfiguration(project_dir=c.output_dir, logging_dir=str(Path(c.output_dir) / "logs")),
@@ -90,21 +129,43 @@ class Trainer:
         )
         self.checkpoints = CheckpointDir(c.output_dir)
         self.history: list[float] = []  # mean loss of each optimizer step run by this process
+        self.step_seconds: list[float] = []
+        self.skipped_clips: set[str] = set()
+        self.stop_signal: int | None = None
+        self.preempted = False  # True once a run stopped early on a signal, on every rank
+        self.summary: dict[str, float] = {}  # throughput at the end of a run (`metrics.throughput_summary`)
 
         # 1. Data first: a folder with nothing usable fails before any model is loaded.
         with self.accelerator.main_process_first():  # one process fills the caches, the others read them
             dataset_path = c.dataset_path or demo_dataset_path(self.preset)
             table = load_video2world_dataset(dataset_path, c.num_frames, embed_dim=self.preset.text_embed_dim)
-        self.samples = Video2WorldTrainDataset(table, c.num_frames, c.height, c.width, seed=c.seed)
         logger.info("Dataset %s: %d clips, %d x %d x %d samples", dataset_path, len(table), c.num_frames, c.height, c.width)
+        self.max_skipped_clips = c.max_skipped_clips if c.max_skipped_clips is not None else max(1, len(table) // 10)
 
-        # 2. Models: fp32 master weights for the transformer; the frozen VAE runs in the compute dtype.
-        transformer = load_transformer(self.preset, c.pretrained_model_name_or_path, torch.float32)
+        # 2. Models. Full post-training keeps fp32 master weights under autocast; LoRA keeps its frozen base
+        # in the compute dtype (bf16, as NVIDIA does: half the memory) and its adapter in fp32.
+        lora = c.train_architecture == "lora"
+        transformer = load_transformer(
+            self.preset, c.pretrained_model_name_or_path, self.compute_dtype if lora else torch.float32
+        )
         if c.dit_path:
             load_into_transformer(transformer, load_native_checkpoint(c.dit_path, c.load_ema), c.dit_path)
-        if c.train_architecture == "lora":
+        if lora:
             apply_lora(transformer, c.lora_rank, c.lora_alpha, c.lora_target_modules.split(","))
-        if self.accelerator.distributed_type == DistributedType.FSDP:
+            cast_training_params(transformer, torch.float32)
+        self.vae = load_vae(self.preset, c.pretrained_model_name_or_path, self.compute_dtype)
+        self.vae.to(self.device).eval().requires_grad_(False)
+        latent_table = None
+        if c.cache_latents:
+            with self.accelerator.main_process_first():
+                latent_table = build_latent_cache(
+                    table, self.vae, c.num_frames, c.height, c.width, c.cache_windows_per_clip, c.seed
+                )
+            self.vae.to("cpu")  # no longer needed on the GPU
+        self.samples = Video2WorldTrainDataset(table, c.num_frames, c.height, c.width, seed=c.seed, latent_table=latent_table)
+        self.tokens = num_latent_frames(c.num_frames) * (c.height // 16) * (c.width // 16)
+        self.selective_blocks: int | None = 0
+        if fsdp:
             # Under FSDP2 the checkpoint must sit inside each sharded block, which accelerate's own
             # activation checkpointing does (full recompute); diffusers' checkpointing wraps the sharded
             # call instead and its recompute then sees unsharded, un-cast inputs.
@@ -112,12 +173,11 @@ class Trainer:
                 logger.warning("Under FSDP, --activation_checkpointing selective falls back to full recompute.")
             self.accelerator.state.fsdp_plugin.activation_checkpointing = c.activation_checkpointing != "none"
         else:
-            apply_activation_checkpointing(transformer, c.activation_checkpointing)
+            self.selective_blocks = self._selective_blocks(transformer)
+            apply_activation_checkpointing(transformer, c.activation_checkpointing, self.selective_blocks, c.low_vram)
         if c.compile:
             compile_blocks(transformer)
         transformer.train()
-        self.vae = load_vae(self.preset, c.pretrained_model_name_or_path, self.compute_dtype)
-        self.vae.to(self.device).eval().requires_grad_(False)
 
         # 3. Optimisation state.
         trainable = [p for p in transformer.parameters() if p.requires_grad]
@@ -131,9 +191,25 @@ class Trainer:
         self.transformer, self.optimizer = self.accelerator.prepare(transformer, optimizer)
         # FSDP swaps parameters for sharded ones: take them (and the EMA's shape) from the prepared model.
         self.trainable = {n: p for n, p in self._unwrapped().named_parameters() if p.requires_grad}
-        self.ema = PowerEMA(self.trainable, c.ema_gamma, self.compute_dtype) if c.ema else None
+        ema_device = "cpu" if c.ema_device == "cpu" else None
+        self.ema = PowerEMA(self.trainable, c.ema_gamma, self.compute_dtype, ema_device) if c.ema else None
         self.start_iter = self._maybe_resume()
 
+    def _selective_blocks(self, transformer: torch.nn.Module) -> int | None:
+        """How many blocks keep their attention outputs: the flag, else as many as the GPU has room for."""
+        c = self.config
+        if c.activation_checkpointing != "selective" or c.selective_checkpointing_blocks is not None:
+            return c.selective_checkpointing_blocks
+        if self.device.type != "cuda":
+            return None  # all of them
+        capacity = torch.cuda.get_device_properties(self.device).total_memory
+        if hasattr(torch.cuda, "get_per_process_memory_fraction"):
+            capacity = int(capacity * torch.cuda.get_per_process_memory_fraction(self.device))
+        resident = sum(p.numel() * p.element_size() for p in transformer.parameters())
+        resident += 0 if c.cache_latents else sum(p.numel() * p.element_size() for p in self.vae.parameters())
+        if c.ema and c.ema_device == "gpu":
+            resident += 4 * sum(p.numel() for p in transformer.parameters() if p.requires_grad)
+        return selective_blocks_that_fit(transformer, self.tokens, capacity, resident, c.compile, self.compute_dtype)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -208,11 +284,18 @@ class Trainer:
     # ------------------------------------------------------------------ training
 
     def train_step(self, step: int, micro_batches) -> float:
-        """One optimizer step over `gradient_accumulation_steps` micro-batches; returns the mean loss."""
+        """One optimizer step over `gradient_accumulation_steps` micro-batches; returns the mean loss.
+
+        A non-finite loss on any rank skips the update (no optimizer or EMA step; the schedule still
+        advances, so the draws of later steps are unchanged) and returns NaN for the caller to report.
+        """
         losses = []
         for micro, batch in enumerate(micro_batches):
             with self.accelerator.accumulate(self.transformer):
-                latents = encode_video(self.vae, batch["video"])
+                if "latents" in batch:
+                    latents = batch["latents"].to(self.device, non_blocking=True)
+                else:
+                    latents = encode_video(self.vae, batch["video"])
                 generator = torch.Generator().manual_seed(
                     _step_seed(self.config.seed, step, micro, self.accelerator.process_index)
                 )
@@ -228,17 +311,18 @@ class Trainer:
                         draws.drop_text,
                     )
                 self.accelerator.backward(loss)
-                if self.accelerator.sync_gradients:
-                    params = list(self.trainable.values())
-                    sanitize_gradients(params)
-                    self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
+        mean_loss = float(self.accelerator.reduce(torch.stack(losses).mean(), reduction="mean"))  # one host sync
+        if math.isfinite(mean_loss):
+            params = list(self.trainable.values())
+            sanitize_gradients(params)
+            self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         self.lr_scheduler.step()
-        if self.ema is not None:
+        if self.ema is not None and math.isfinite(mean_loss):
             self.ema.update(step)
-        return float(self.accelerator.reduce(torch.stack(losses).mean(), reduction="mean"))
+        return mean_loss
 
     def _micro_batches(self):
         c = self.config
@@ -259,37 +343,84 @@ class Trainer:
     def after_step(self, step: int) -> None:
         """Called after optimizer step `step` (0-based) has been taken and checkpointed."""
 
+    def _record_skipped(self, micro_batches) -> None:
+        """Collect the clips the DataLoader workers replaced (from every rank) into `skipped_clips.txt`."""
+        local = [p for batch in micro_batches for entry in batch["skipped_clips"] for p in entry.split("\n") if p]
+        new = set(gather_object(local)) - self.skipped_clips if self.accelerator.num_processes > 1 else set(local) - self.skipped_clips
+        if not new:
+            return
+        self.skipped_clips |= new
+        if self.accelerator.is_main_process:
+            with atomic_write(Path(self.config.output_dir) / "skipped_clips.txt", "w") as f:
+                f.write("".join(f"{p}\n" for p in sorted(self.skipped_clips)))
+        if len(self.skipped_clips) > self.max_skipped_clips:
+            raise RuntimeError(
+                f"{len(self.skipped_clips)} clips failed to decode during training (more than --max_skipped_clips "
+                f"{self.max_skipped_clips}); they are listed in {Path(self.config.output_dir) / 'skipped_clips.txt'}: "
+                f"re-encode or remove them, then run the same command again to resume."
+            )
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if self.stop_signal is not None:  # a second signal: stop at once
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.stop_signal = signum
+        logger.warning(
+            "Received %s: finishing this step, saving a checkpoint, then exiting (send it again to stop at once).",
+            signal.Signals(signum).name,
+        )
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank received SIGTERM/SIGINT: all ranks agree, so they save and stop together."""
+        flag = torch.tensor(float(self.stop_signal is not None), device=self.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum") > 0)
+
     def train(self) -> list[float]:
         c = self.config
         self.accelerator.init_trackers("cosmos_v2w_posttraining", config={k: str(v) for k, v in vars(c).items()})
         clips_per_step = c.batch_size * c.gradient_accumulation_steps * self.accelerator.num_processes
+        previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         progress = tqdm(
             total=c.max_iter, initial=self.start_iter, desc="Post-training", disable=not self.accelerator.is_main_process
         )
-        last = time.perf_counter()
-        for step, micro_batches in zip(range(self.start_iter, c.max_iter), self._micro_batches()):
-            lr = self.lr_scheduler.get_last_lr()[0]
-            loss = self.train_step(step, micro_batches)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"Loss is {loss} at step {step}; lower --learning_rate or check the data.")
-            self.history.append(loss)
-            now = time.perf_counter()
-            seconds, last = now - last, now
-            progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", s_per_step=f"{seconds:.2f}")
-            progress.update()
-            self.accelerator.log({"loss": loss, "lr": lr, "clips_per_s": clips_per_step / seconds}, step=step + 1)
-            if (step + 1) % c.save_iter == 0 or step + 1 == c.max_iter:
-                self.save_checkpoint(step + 1)
-            self.after_step(step)
-        progress.close()
-        if len(self.history) >= 10:
-            window = max(5, len(self.history) // 10)
-            logger.info(
-                "Mean loss of the first %d steps %.4f -> of the last %d steps %.4f",
-                window, np.mean(self.history[:window]), window, np.mean(self.history[-window:]),
-            )
-        if self.device.type == "cuda":
-            logger.info("Peak GPU memory: %.1f GiB", torch.cuda.max_memory_allocated() / 2**30)
+        bad_steps = 0
+        try:
+            last = time.perf_counter()
+            for step, micro_batches in zip(range(self.start_iter, c.max_iter), self._micro_batches()):
+                self._record_skipped(micro_batches)
+                lr = self.lr_scheduler.get_last_lr()[0]
+                loss = self.train_step(step, micro_batches)
+                bad_steps = 0 if math.isfinite(loss) else bad_steps + 1
+                if bad_steps:
+                    clips = ", ".join(p for batch in micro_batches for p in batch["video_path"])
+                    logger.warning("Step %d: loss is %s; update skipped (clips: %s).", step, loss, clips)
+                    if bad_steps >= c.max_nonfinite_steps:
+                        raise FloatingPointError(
+                            f"{bad_steps} consecutive steps had a non-finite loss (--max_nonfinite_steps "
+                            f"{c.max_nonfinite_steps}), the last at step {step}: lower --learning_rate or check the "
+                            f"clips named above; the last checkpoint holds the weights from before."
+                        )
+                self.history.append(loss)
+                now = time.perf_counter()
+                seconds, last = now - last, now
+                self.step_seconds.append(seconds)
+                progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", s_per_step=f"{seconds:.2f}")
+                progress.update()
+                self.accelerator.log({"loss": loss, "lr": lr, "clips_per_s": clips_per_step / seconds}, step=step + 1)
+                stop = self._stop_requested()
+                if (step + 1) % c.save_iter == 0 or step + 1 == c.max_iter or stop:
+                    self.save_checkpoint(step + 1)
+                self.after_step(step)
+                if stop:
+                    self.preempted = True
+                    logger.warning("Stopped by a signal after step %d; run the same command again to resume.", step + 1)
+                    return self.history
+        finally:
+            progress.close()
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+        self._log_summary(clips_per_step)
         state = self.accelerator.get_state_dict(self.transformer)
         ema = self._gathered_ema()
         if self.accelerator.is_main_process:
@@ -298,6 +429,26 @@ class Trainer:
                 push_to_hub(export_dir, c)
         self.accelerator.wait_for_everyone()
         return self.history
+
+    def _log_summary(self, clips_per_step: int) -> None:
+        finite = [x for x in self.history if math.isfinite(x)]
+        if len(finite) >= 10:
+            window = max(5, len(finite) // 10)
+            logger.info(
+                "Mean loss of the first %d steps %.4f -> of the last %d steps %.4f",
+                window, np.mean(finite[:window]), window, np.mean(finite[-window:]),
+            )
+        if self.step_seconds:
+            summary = throughput_summary(
+                self.step_seconds, clips_per_step, self.accelerator.num_processes,
+                self._unwrapped().config, self.tokens, self.device,
+            )
+            self.summary = summary
+            logger.info(
+                "Throughput: %.2f s/step, %.3f clips/s, %.0f model TFLOP/s per device (3x forward)%s",
+                summary["s_per_step"], summary["clips_per_s"], summary["model_tflops_per_s_per_device"],
+                f", peak GPU memory {summary['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in summary else "",
+            )
 
     def close(self) -> None:
         """Finish the trackers and leave the process group: the last call of a training process."""

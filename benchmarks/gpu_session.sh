@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The GPU measurements behind BENCHMARKS.md, in groups that each fit one device call (< 10 minutes).
+#   bash benchmarks/gpu_session.sh train|small|generate [DATA]
+# Each row runs in its own process (clean allocator, its own peak); results land in $OUT or benchmarks/results/.
+set -uo pipefail
+group=$1
+data=${2:-/tmp/cosmos_bench/data}
+tb="python benchmarks/train_step.py --data $data"
+case $group in
+train)  # the must-rows of issue 7 on an 80 GB card, with the defaults
+  $tb --name train_step_2b_full_cached -- --model 2B --cache_latents --cache_windows_per_clip 2
+  $tb --name train_step_2b_full_on_the_fly -- --model 2B
+  $tb --name train_step_2b_lora_cached -- --model 2B --train_architecture lora --cache_latents --cache_windows_per_clip 2
+  ;;
+small)  # small cards (capped with set_per_process_memory_fraction), and levers off
+  $tb --name lora_720p_low_vram_24gib --memory_fraction 0.30 -- --model 2B --train_architecture lora --low_vram
+  $tb --name lora_480p_low_vram_16gib --memory_fraction 0.20 -- --model 2B --train_architecture lora --low_vram \
+      --height 432 --width 768
+  $tb --name train_step_2b_full_cached_no_compile -- --model 2B --cache_latents --cache_windows_per_clip 2 --no-compile
+  $tb --name train_step_2b_full_cached_ac_full -- --model 2B --cache_latents --cache_windows_per_clip 2 \
+      --activation_checkpointing full
+  ;;
+generate)  # 720p generation, and the defaults against the unoptimised path (losses, 2B at a small size)
+  python benchmarks/inference.py --model 2B --name generation_2b_720p_compiled
+  small="--model 2B --num_frames 29 --height 256 --width 448"
+  $tb --steps 7 --name losses_default -- $small
+  $tb --steps 7 --name losses_unoptimised_bf16 -- $small --no-compile --activation_checkpointing full --ema_device gpu
+  $tb --steps 7 --name losses_unoptimised_fp32 -- $small --no-compile --activation_checkpointing full --ema_device gpu \
+      --mixed_precision no
+  ;;
+esac
