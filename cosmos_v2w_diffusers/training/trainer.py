@@ -202,9 +202,10 @@ class Trainer:
             return c.selective_checkpointing_blocks
         if self.device.type != "cuda":
             return None  # all of them
-        capacity = torch.cuda.get_device_properties(self.device).total_memory
-        if hasattr(torch.cuda, "get_per_process_memory_fraction"):
-            capacity = int(capacity * torch.cuda.get_per_process_memory_fraction(self.device))
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        capacity = torch.cuda.get_device_properties(index).total_memory
+        if hasattr(torch.cuda, "get_per_process_memory_fraction"):  # a cap set by the user, or a benchmark
+            capacity = int(capacity * torch.cuda.get_per_process_memory_fraction(index))
         resident = sum(p.numel() * p.element_size() for p in transformer.parameters())
         resident += 0 if c.cache_latents else sum(p.numel() * p.element_size() for p in self.vae.parameters())
         if c.ema and c.ema_device == "gpu":
