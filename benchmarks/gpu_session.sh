@@ -12,13 +12,12 @@ train)  # the must-rows of issue 7 on an 80 GB card, with the defaults
   $tb --name train_step_2b_full_on_the_fly -- --model 2B
   $tb --name train_step_2b_lora_cached -- --model 2B --train_architecture lora --cache_latents --cache_windows_per_clip 2
   ;;
-small)  # small cards (capped with set_per_process_memory_fraction), and levers off
+small)  # the VAE encode, the cached full step again, and small cards (capped with set_per_process_memory_fraction)
+  python benchmarks/vae_encode.py
+  $tb --name train_step_2b_full_cached -- --model 2B --cache_latents --cache_windows_per_clip 2
   $tb --name lora_720p_low_vram_24gib --memory_fraction 0.30 -- --model 2B --train_architecture lora --low_vram
   $tb --name lora_480p_low_vram_16gib --memory_fraction 0.20 -- --model 2B --train_architecture lora --low_vram \
       --height 432 --width 768
-  $tb --name train_step_2b_full_cached_no_compile -- --model 2B --cache_latents --cache_windows_per_clip 2 --no-compile
-  $tb --name train_step_2b_full_cached_ac_full -- --model 2B --cache_latents --cache_windows_per_clip 2 \
-      --activation_checkpointing full
   ;;
 generate)  # 720p generation, and the defaults against the unoptimised path (losses, 2B at a small size)
   python benchmarks/inference.py --model 2B --name generation_2b_720p_compiled

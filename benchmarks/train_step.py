@@ -78,8 +78,8 @@ def main() -> None:
         torch.cuda.synchronize()
         start = time.perf_counter()
         loss = trainer.train_step(step, micro)
-        if trainer.ema is not None:
-            trainer.ema.wait()  # an overlapped CPU EMA update counts inside its step
+        # An overlapped CPU EMA update runs on while the next step starts, as in training; the next update
+        # waits for it, so any part of it that the step does not hide is counted there.
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
         losses.append(loss)

@@ -1,0 +1,47 @@
+"""Seconds to encode one 93x704x1280 training window with the Wan VAE (bf16), under cuDNN settings.
+
+    python benchmarks/vae_encode.py
+
+Variants: as is; `torch.backends.cudnn.benchmark` (cuDNN times its convolution algorithms once per
+shape and keeps the fastest); channels-last-3d memory format; both.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from diffusers import AutoencoderKLWan
+
+from benchmarks.common import write_result
+from cosmos_v2w_diffusers.latents import encode_video
+
+
+def timed(vae, video, repeats: int = 3) -> float:
+    encode_video(vae, video)  # warm-up (and cuDNN's autotuning, when on)
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        encode_video(vae, video)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    vae = AutoencoderKLWan().to("cuda", torch.bfloat16).eval()
+    video = torch.randint(0, 256, (1, 3, 93, 704, 1280), dtype=torch.uint8).pin_memory()
+    results = {"as_is": timed(vae, video)}
+    torch.backends.cudnn.benchmark = True
+    results["cudnn_benchmark"] = timed(vae, video)
+    vae.to(memory_format=torch.channels_last_3d)
+    results["cudnn_benchmark_channels_last_3d"] = timed(vae, video)
+    torch.backends.cudnn.benchmark = False
+    results["channels_last_3d"] = timed(vae, video)
+    write_result("vae_encode_2b_720p", {"command": "python benchmarks/vae_encode.py",
+                                         "seconds": {k: round(v, 3) for k, v in results.items()}})
+
+
+if __name__ == "__main__":
+    main()
