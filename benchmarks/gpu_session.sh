@@ -19,7 +19,9 @@ small)  # the VAE encode, the cached full step again, and small cards (capped wi
   $tb --name lora_480p_low_vram_16gib --memory_fraction 0.20 -- --model 2B --train_architecture lora --low_vram \
       --height 432 --width 768
   ;;
-generate)  # 720p generation, and the defaults against the unoptimised path (losses, 2B at a small size)
+generate)  # 720p generation, the defaults against the unoptimised path (losses, 2B at a small size), VAE encode
+  python benchmarks/vae_encode.py
+  $tb --name train_step_2b_full_on_the_fly -- --model 2B
   python benchmarks/inference.py --model 2B --name generation_2b_720p_compiled
   small="--model 2B --num_frames 29 --height 256 --width 448"
   $tb --steps 7 --name losses_default -- $small

@@ -35,6 +35,7 @@ def main() -> None:
         text_encoder=None, tokenizer=None, transformer=build_transformer(preset, "cuda").to(torch.bfloat16),
         vae=AutoencoderKLWan().to("cuda", torch.bfloat16), scheduler=CosmosMultistepScheduler(), disable_guardrail=True,
     )
+    torch.backends.cudnn.benchmark = True  # as infer_video2world.py sets it on CUDA
     if args.compile:
         compile_blocks(pipe.transformer)
     text = torch.randn(1, 512, preset.text_embed_dim, device="cuda", dtype=torch.bfloat16)

@@ -149,6 +149,8 @@ def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
         load_into_transformer(pipe.transformer, weights, args.dit_path)
     if args.lora_path:
         pipe.load_lora_weights(args.lora_path)
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes within a generation: the VAE's convolutions autotune once
     if args.compile if args.compile is not None else device == "cuda":
         compile_blocks(pipe.transformer)
     if args.offload_model:

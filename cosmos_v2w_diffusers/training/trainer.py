@@ -124,6 +124,10 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=c.output_dir, logging_dir=str(Path(c.output_dir) / "logs")),
         )
         self.device = self.accelerator.device
+        if self.device.type == "cuda":
+            # Every sample has the same shape, so cuDNN's one-time timing of its convolution algorithms
+            # (the VAE encode's Conv3d) pays from the second step on.
+            torch.backends.cudnn.benchmark = True
         self.compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
             self.accelerator.mixed_precision, torch.float32
         )
