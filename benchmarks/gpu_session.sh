@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements behind BENCHMARKS.md, in groups that each fit one device call (< 10 minutes).
-#   bash benchmarks/gpu_session.sh train|small|generate [DATA]
+#   bash benchmarks/gpu_session.sh train|small|encode|generate [DATA]
 # Each row runs in its own process (clean allocator, its own peak); results land in $OUT or benchmarks/results/.
 set -uo pipefail
 group=$1
@@ -19,10 +19,12 @@ small)  # the VAE encode, the cached full step again, and small cards (capped wi
   $tb --name lora_480p_low_vram_16gib --memory_fraction 0.20 -- --model 2B --train_architecture lora --low_vram \
       --height 432 --width 768
   ;;
-generate)  # 720p generation, the defaults against the unoptimised path (losses, 2B at a small size), VAE encode
+generate)  # 720p generation, whole pipeline
+  python benchmarks/inference.py --model 2B --name generation_2b_720p_compiled
+  ;;
+encode)  # the VAE encode, the on-the-fly step, and the defaults against the unoptimised path (losses, 2B, small size)
   python benchmarks/vae_encode.py
   $tb --name train_step_2b_full_on_the_fly -- --model 2B
-  python benchmarks/inference.py --model 2B --name generation_2b_720p_compiled
   small="--model 2B --num_frames 29 --height 256 --width 448"
   $tb --steps 7 --name losses_default -- $small
   $tb --steps 7 --name losses_unoptimised_bf16 -- $small --no-compile --activation_checkpointing full --ema_device gpu
