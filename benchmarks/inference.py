@@ -20,6 +20,7 @@ from diffusers import AutoencoderKLWan
 from benchmarks.common import write_result
 from cosmos_v2w_diffusers import CosmosMultistepScheduler, CosmosVideo2WorldPipeline
 from cosmos_v2w_diffusers.compile import compile_blocks
+from cosmos_v2w_diffusers.latents import use_channels_last_3d
 from cosmos_v2w_diffusers.presets import build_transformer, get_preset
 
 
@@ -35,7 +36,8 @@ def main() -> None:
         text_encoder=None, tokenizer=None, transformer=build_transformer(preset, "cuda").to(torch.bfloat16),
         vae=AutoencoderKLWan().to("cuda", torch.bfloat16), scheduler=CosmosMultistepScheduler(), disable_guardrail=True,
     )
-    torch.backends.cudnn.benchmark = True  # as infer_video2world.py sets it on CUDA
+    torch.backends.cudnn.benchmark = True  # as infer_video2world.py sets it on CUDA, with channels-last VAE weights
+    use_channels_last_3d(pipe.vae)
     if args.compile:
         compile_blocks(pipe.transformer)
     text = torch.randn(1, 512, preset.text_embed_dim, device="cuda", dtype=torch.bfloat16)

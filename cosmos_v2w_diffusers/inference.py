@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint_format import check_checkpoint_matches, load_into_transformer, load_native_checkpoint
 from .compile import compile_blocks
+from .latents import use_channels_last_3d
 from .pipeline import DEFAULT_NEGATIVE_PROMPT, CosmosVideo2WorldPipeline
 from .presets import build_transformer, check_transformer_matches, get_preset, resolve_pretrained
 
@@ -157,6 +158,8 @@ def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
         pipe.enable_model_cpu_offload()
         return pipe
     pipe.to(device)
+    if device == "cuda":
+        use_channels_last_3d(pipe.vae)
     if args.offload_text_encoder:
         pipe.text_encoder.to("cpu")
     if args.offload_guardrail and pipe.safety_checker is not None:

@@ -57,6 +57,7 @@ def selective_blocks_that_fit(
     resident_bytes: int,
     compiled: bool,
     compute_dtype: torch.dtype,
+    log: bool = True,
 ) -> int:
     """How many blocks can keep their attention outputs within `capacity_bytes` (0 to all of them)."""
     hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
@@ -65,8 +66,9 @@ def selective_blocks_that_fit(
     per_block = tokens * hidden * SELECTIVE_BYTES
     spare = capacity_bytes - HEADROOM_BYTES - base
     n_selective = max(0, min(n_blocks, int(spare // per_block)))
-    logger.info(
-        "Activation checkpointing: %d of %d blocks keep their attention outputs (estimated peak %.1f GiB of %.1f GiB)",
-        n_selective, n_blocks, (base + n_selective * per_block) / GIB, capacity_bytes / GIB,
-    )
+    if log:
+        logger.info(
+            "Activation checkpointing: %d of %d blocks keep their attention outputs (estimated peak %.1f GiB of %.1f GiB)",
+            n_selective, n_blocks, (base + n_selective * per_block) / GIB, capacity_bytes / GIB,
+        )
     return n_selective

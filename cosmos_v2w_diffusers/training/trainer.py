@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ from ..data.hf_dataset import load_video2world_dataset
 from ..data.latent_cache import build_latent_cache
 from ..data.samples import Video2WorldTrainDataset
 from ..io_utils import atomic_write
-from ..latents import encode_video, num_latent_frames
+from ..latents import encode_video, num_latent_frames, use_channels_last_3d
 from ..objective import draw_training_randomness, video2world_loss
 from ..presets import get_preset, load_transformer, load_vae
 from .checkpoint import CheckpointDir
@@ -104,10 +105,12 @@ def _with_device_defaults(config: TrainConfig, on_gpu: bool, fsdp: bool) -> Trai
         config.mixed_precision = "bf16" if on_gpu else "no"
     if config.compile is None:
         config.compile = on_gpu
-    if config.ema_device is None:
+    if config.ema_device is None and (not on_gpu or fsdp):
         # Under FSDP the EMA is sharded like the weights and stays beside them.
-        config.ema_device = "cpu" if on_gpu and (config.low_vram or config.train_architecture == "full") and not fsdp else "gpu"
-    return config
+        config.ema_device = "gpu"
+    if config.ema_device is None and config.low_vram:
+        config.ema_device = "cpu"
+    return config  # otherwise the memory plan chooses (`Trainer._selective_blocks`)
 
 
 class Trainer:
@@ -159,6 +162,8 @@ class Trainer:
             cast_training_params(transformer, torch.float32)
         self.vae = load_vae(self.preset, c.pretrained_model_name_or_path, self.compute_dtype)
         self.vae.to(self.device).eval().requires_grad_(False)
+        if self.device.type == "cuda":
+            use_channels_last_3d(self.vae)
         latent_table = None
         if c.cache_latents:
             with self.accelerator.main_process_first():
@@ -202,19 +207,28 @@ class Trainer:
     def _selective_blocks(self, transformer: torch.nn.Module) -> int | None:
         """How many blocks keep their attention outputs: the flag, else as many as the GPU has room for."""
         c = self.config
-        if c.activation_checkpointing != "selective" or c.selective_checkpointing_blocks is not None:
-            return c.selective_checkpointing_blocks
         if self.device.type != "cuda":
-            return None  # all of them
+            c.ema_device = c.ema_device or "gpu"  # i.e. beside the weights
+            return c.selective_checkpointing_blocks  # None: all of them
+        if c.activation_checkpointing != "selective" or c.selective_checkpointing_blocks is not None:
+            c.ema_device = c.ema_device or "gpu"
+            return c.selective_checkpointing_blocks
         index = self.device.index if self.device.index is not None else torch.cuda.current_device()
         capacity = torch.cuda.get_device_properties(index).total_memory
         if hasattr(torch.cuda, "get_per_process_memory_fraction"):  # a cap set by the user, or a benchmark
             capacity = int(capacity * torch.cuda.get_per_process_memory_fraction(index))
         resident = sum(p.numel() * p.element_size() for p in transformer.parameters())
         resident += 0 if c.cache_latents else sum(p.numel() * p.element_size() for p in self.vae.parameters())
-        if c.ema and c.ema_device == "gpu":
-            resident += 4 * sum(p.numel() for p in transformer.parameters() if p.requires_grad)
-        return selective_blocks_that_fit(transformer, self.tokens, capacity, resident, c.compile, self.compute_dtype)
+        ema_bytes = 4 * sum(p.numel() for p in transformer.parameters() if p.requires_grad) if c.ema else 0
+        plan = partial(selective_blocks_that_fit, transformer, self.tokens, capacity, compiled=c.compile,
+                       compute_dtype=self.compute_dtype)
+        if c.ema_device is None:
+            # The EMA stays on the GPU unless it costs selective blocks there: its CPU update is hidden behind
+            # a long step (2B at 720p) but not behind a short one, which would then wait for it.
+            n_blocks = len(transformer.transformer_blocks)
+            c.ema_device = "gpu" if not ema_bytes or plan(resident + ema_bytes, log=False) == n_blocks else "cpu"
+            logger.info("EMA on the %s", c.ema_device.upper())
+        return plan(resident + (ema_bytes if c.ema_device == "gpu" else 0))
 
     # ------------------------------------------------------------------ checkpoints
 
