@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -57,11 +59,13 @@ def build_latent_cache(
     windows_per_clip: int,
     seed: int,
     batch_size: int = 1,
+    cache_dir: str | os.PathLike | None = None,
 ) -> datasets.Dataset:
     """One row per (clip, window), in order `row * windows_per_clip + window`, with its `latents`.
 
     Columns: `row`, `window`, `video_path`, `frame_start`, `latents` (float32 `[16, 1 + (F-1)//4, H/8, W/8]`).
-    Runs on `vae.device`; datasets keeps the result in its cache folder (`HF_DATASETS_CACHE`).
+    Runs on `vae.device`; the result is an Arrow file under `cache_dir` (default: datasets' `HF_DATASETS_CACHE`),
+    so a read-only dataset folder is fine.
     """
     windows = {"row": [], "window": [], "video_path": [], "frame_start": []}
     for row, (path, clip_frames) in enumerate(zip(table["video_path"], table["num_frames"])):
@@ -79,6 +83,10 @@ def build_latent_cache(
         ]
     )
     shape = (vae.config.z_dim, num_latent_frames(num_frames), height // 8, width // 8)
+    fingerprint = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    # An in-memory table (`from_dict`) has no cache folder of its own, so the Arrow file is named here.
+    cache_file = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "cosmos_v2w_latents" / f"{fingerprint}.arrow"
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
     source = datasets.Dataset.from_dict(windows)
     return source.map(
         _encode_windows,
@@ -88,7 +96,8 @@ def build_latent_cache(
         writer_batch_size=8,
         fn_kwargs=dict(vae=vae, num_frames=num_frames, height=height, width=width),
         features=datasets.Features({**source.features, "latents": datasets.Array4D(shape=shape, dtype="float32")}),
-        new_fingerprint=hashlib.sha256(identity.encode()).hexdigest()[:16],
+        new_fingerprint=fingerprint,
+        cache_file_name=str(cache_file),
         desc="Encoding latent windows",
     )
 

@@ -242,6 +242,12 @@ class Trainer:
     def save_checkpoint(self, iteration: int) -> None:
         """Write checkpoint `iteration` (= optimizer steps done) in NVIDIA's layout."""
         # Collective calls first, on every rank: they gather FSDP/DeepSpeed shards.
+        bad = [n for n, p in self.trainable.items() if not torch.isfinite(p).all()]
+        if bad:  # never name a diverged state "latest": the previous checkpoint stays the one to resume from
+            raise FloatingPointError(
+                f"Not saving checkpoint {iteration}: {len(bad)} weight tensors hold NaN/Inf (e.g. {bad[0]}); "
+                f"resume from {self.checkpoints.root / 'latest_checkpoint.txt'} with a lower --learning_rate."
+            )
         state = self.accelerator.get_state_dict(self.transformer)
         masters = {n: full_tensor(p) for n, p in self.trainable.items()}
         ema = self._gathered_ema()

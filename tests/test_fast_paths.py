@@ -1,0 +1,82 @@
+"""The speed and memory levers change nothing they should not: cached latents are bit-exact, and every
+activation-checkpointing plan (selective, full, per-block mix, CPU-offloaded) gives the same gradients."""
+
+import torch
+from conftest import make_dataset_folder
+
+from cosmos_v2w_diffusers import load_video2world_dataset
+from cosmos_v2w_diffusers.data import latent_cache
+from cosmos_v2w_diffusers.data.latent_cache import build_latent_cache
+from cosmos_v2w_diffusers.data.samples import Video2WorldTrainDataset, read_frames, resize_frames
+from cosmos_v2w_diffusers.latents import encode_video
+from cosmos_v2w_diffusers.objective import draw_training_randomness, video2world_loss
+from cosmos_v2w_diffusers.presets import get_preset, load_transformer, load_vae
+from cosmos_v2w_diffusers.training.memory import selective_blocks_that_fit
+from cosmos_v2w_diffusers.training.parallel import apply_activation_checkpointing
+
+TINY = get_preset("tiny")
+
+
+def test_cached_windows_equal_on_the_fly_encoding_and_a_second_build_encodes_nothing(
+    prepared_dataset, monkeypatch
+):
+    table = load_video2world_dataset(prepared_dataset, num_frames=17, embed_dim=TINY.text_embed_dim)
+    vae = load_vae(TINY).eval()
+    cache = build_latent_cache(table, vae, 17, 64, 112, windows_per_clip=3, seed=5)
+    assert len(cache) == 3 * len(table)
+    starts = cache["frame_start"]
+    assert len(set(starts[:3])) > 1, "the windows of a clip start at different frames"
+    for i in (0, 4):
+        row = cache[i]
+        frames = resize_frames(read_frames(row["video_path"], row["frame_start"], 17), 64, 112)
+        on_the_fly = encode_video(vae, frames[None])[0]
+        cached = torch.as_tensor(cache.with_format("torch")[i]["latents"])
+        assert cached.dtype == torch.float32 and torch.equal(cached, on_the_fly)
+
+    # A second build with the same clips, windows and VAE reads datasets' cache: nothing is decoded.
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the second build decoded a clip")
+
+    monkeypatch.setattr(latent_cache, "read_frames", no_decoding)
+    again = build_latent_cache(table, vae, 17, 64, 112, windows_per_clip=3, seed=5)
+    assert again["frame_start"] == starts
+
+    # Training draws pick one of each clip's cached windows, and carry its latents instead of pixels.
+    samples = Video2WorldTrainDataset(table, 17, 64, 112, seed=0, latent_table=cache)
+    item = samples[7]
+    row, window = samples.draw(7)
+    assert "video" not in item and item["frame_start"] == window
+    assert torch.equal(item["latents"], cache.with_format("torch")[row * 3 + window]["latents"])
+
+
+def _loss_and_grads(mode: str, n_selective=None, offload=False):
+    torch.manual_seed(0)
+    transformer = load_transformer(TINY).train()
+    apply_activation_checkpointing(transformer, mode, n_selective, offload)
+    latents = torch.randn(1, 16, 5, 8, 14)
+    draws = draw_training_randomness(tuple(latents.shape), torch.Generator().manual_seed(1))
+    text = torch.randn(1, 512, TINY.text_embed_dim)
+    loss = video2world_loss(transformer, latents, draws.noise, draws.sigma, draws.num_cond_frames, text, draws.drop_text)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in transformer.named_parameters()}
+
+
+def test_every_checkpointing_plan_gives_the_same_gradients():
+    reference_loss, reference = _loss_and_grads("none")
+    for plan in [("full",), ("selective",), ("selective", 1), ("full", None, True)]:
+        loss, grads = _loss_and_grads(*plan)
+        assert torch.equal(loss, reference_loss), plan
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, reference[name], rtol=1e-5, atol=1e-6, msg=f"{plan}: {name}")
+
+
+def test_memory_plan_keeps_attention_outputs_only_where_they_fit():
+    transformer = load_transformer(TINY)
+    tokens, gib = 84_480, 2**30
+    everything = selective_blocks_that_fit(transformer, tokens, 1000 * gib, 0, True, torch.bfloat16)
+    nothing = selective_blocks_that_fit(transformer, tokens, 1 * gib, 0, True, torch.bfloat16)
+    assert (everything, nothing) == (len(transformer.transformer_blocks), 0)
+    # Less room, fewer blocks: resident state pushes blocks back to full recompute.
+    roomy = selective_blocks_that_fit(transformer, 10 * tokens, 16 * gib, 0, True, torch.bfloat16)
+    crowded = selective_blocks_that_fit(transformer, 10 * tokens, 16 * gib, 2 * gib, True, torch.bfloat16)
+    assert crowded <= roomy
