@@ -6,7 +6,7 @@ turns it into diffusers/transformers components. Real weights always go through 
 deterministically on first use, saved in the same layout to a cache folder, and then loaded with the
 very same `from_pretrained` code, so the tests exercise the loading path real weights take.
 
-Numbers: `../shared/RECIPE.md` (network table, optimisation table); configs are diffusers'
+Numbers: NVIDIA's recipe (its network and optimisation settings, listed in the README); configs are diffusers'
 `scripts/convert_cosmos_to_diffusers.py` entries `Cosmos-2.0-Diffusion-{2B,14B}-Video2World`.
 """
 

@@ -41,7 +41,15 @@ def test_recipe_defaults_per_preset():
     fourteen = TrainConfig(model="14B", train_architecture="lora", dataset_path="d/x").resolved()
     assert (fourteen.weight_decay, fourteen.lr_f_max, fourteen.lora_rank, fourteen.lora_alpha) == (0.2, 0.25, 32, 32)
     assert fourteen.save_iter == 200 and not fourteen.ema
-    assert (two.activation_checkpointing, fourteen.activation_checkpointing) == ("full", "selective")
+    assert (two.activation_checkpointing, fourteen.activation_checkpointing) == ("selective", "selective")
+    assert TrainConfig(model="2B", low_vram=True).resolved().activation_checkpointing == "full"
+    with pytest.raises(ValueError, match="low_vram"):
+        TrainConfig(model="2B", low_vram=True, activation_checkpointing="selective").resolved()
+    # Device-dependent defaults: bf16 and compiled blocks on a GPU only.
+    from cosmos_v2w_diffusers.training.trainer import _with_device_defaults
+
+    gpu, cpu = _with_device_defaults(two, True, False), _with_device_defaults(TrainConfig(model="tiny").resolved(), False, False)
+    assert (gpu.mixed_precision, gpu.compile, cpu.mixed_precision, cpu.compile) == ("bf16", True, "no", False)
     assert fourteen.output_dir == "checkpoints/posttraining/video2world_lora/14b_x"
     with pytest.raises(ValueError, match="4k\\+1"):
         TrainConfig(model="tiny", num_frames=18).resolved()

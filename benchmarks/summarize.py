@@ -1,0 +1,56 @@
+"""Collect the issue's table rows from `benchmarks/results/*.json` into `benchmarks/results/summary.json`.
+
+    python benchmarks/summarize.py
+
+One entry per row: `name`, `seconds` or `peak_gib`, `gpu`, `command`, `date`, plus the must/goal it is held to.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+DATE = "2026-11-25"
+
+# row name -> (result file, measured key, must, goal)
+ROWS = {
+    "train_step_2b_full_cached": ("train_step_2b_full_cached", "seconds", 13.5, 12.0),
+    "train_step_2b_full_on_the_fly": ("train_step_2b_full_on_the_fly", "seconds", 16.5, 15.0),
+    "train_step_2b_lora_cached": ("train_step_2b_lora_cached", "seconds", 12.0, 11.0),
+    "generation_2b_720p": ("generation_2b_720p_compiled", "seconds", 228.8, 215.0),
+    "lora_2b_720p_peak_memory": ("lora_720p_low_vram_24gib", "peak_gib", 32.0, 24.0),
+    "lora_2b_480p_peak_memory": ("lora_480p_low_vram_16gib", "peak_gib", 24.0, 16.0),
+    "train_step_2b_full_cached_peak_memory": ("train_step_2b_full_cached", "peak_gib", 76.0, 76.0),
+    "train_step_2b_full_on_the_fly_peak_memory": ("train_step_2b_full_on_the_fly", "peak_gib", 76.0, 76.0),
+    "train_step_2b_lora_cached_peak_memory": ("train_step_2b_lora_cached", "peak_gib", 76.0, 76.0),
+}
+
+
+def main() -> None:
+    summary = []
+    for name, (file, key, must, goal) in ROWS.items():
+        result = json.loads((RESULTS / f"{file}.json").read_text())
+        value = result[key]
+        summary.append(
+            {
+                "name": name,
+                key: value,
+                "gpu": result["environment"]["gpu"],
+                "command": result["command"],
+                "date": DATE,
+                "must": must,
+                "goal": goal,
+                "meets_must": value < must if name.startswith("generation") else value <= must,
+                "meets_goal": value <= goal,
+                "result": f"benchmarks/results/{file}.json",
+            }
+        )
+    (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for row in summary:
+        measured = row.get("seconds", row.get("peak_gib"))
+        print(f"{row['name']:45s} {measured:>8} must {row['must']:>6} {'ok' if row['meets_must'] else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
