@@ -93,7 +93,13 @@ def load_native_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> di
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist; pass the path of a model/iter_*.pt file.")
-    native = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        native = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupt or hostile (weights_only refuses code): name the file
+        raise ValueError(
+            f"{path} cannot be read as a native checkpoint ({str(exc).splitlines()[0][:200]}); it may be truncated, "
+            f"corrupt, or hold more than tensors. Pass a complete model/iter_*.pt."
+        ) from None
     if isinstance(native, dict) and "model" in native and isinstance(native["model"], dict):
         native = native["model"]  # some of NVIDIA's releases nest the weights
     prefix = "net_ema." if use_ema else "net."

@@ -158,3 +158,48 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_the_documented_code(prepared_
     assert process.wait(timeout=60) in (-signal.SIGINT, 128 + signal.SIGINT, EXIT_PREEMPTED)
 
 
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+@pytest.mark.parametrize("part", ["model", "optim", "scheduler", "trainer"])
+def test_a_hostile_pickle_in_any_checkpoint_part_is_refused_with_its_name(prepared_dataset, tmp_path, part, capsys):
+    out = tmp_path / "run"
+    Trainer(_config(prepared_dataset, out, max_iter=1, save_iter=1)).train()
+    target = out / "checkpoints" / part / "iter_000000001.pt"
+    torch.save({"payload": _RunsCode()}, target)
+    capsys.readouterr()
+    with pytest.raises(ValueError, match=f"{part}/iter_000000001.pt cannot be read"):
+        Trainer(_config(prepared_dataset, out, max_iter=2))
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_resume_restores_rng_states_from_plain_tensors(prepared_dataset, tmp_path):
+    import random
+
+    out = tmp_path / "run"
+    Trainer(_config(prepared_dataset, out, max_iter=1, save_iter=1)).train()
+    saved = torch.load(out / "checkpoints" / "trainer" / "iter_000000001.pt", weights_only=True)["rng"]
+    random.random(), np.random.rand(), torch.rand(1)  # move every generator on
+    Trainer(_config(prepared_dataset, out, max_iter=2))
+    assert torch.equal(torch.get_rng_state(), saved["torch"])
+    assert list(random.getstate()[1]) == saved["python"]["state"]
+    assert np.array_equal(np.random.get_state()[1], saved["numpy"]["keys"].numpy())
+
+
+def test_a_hostile_or_truncated_dit_path_is_refused_with_its_name(tmp_path, capsys):
+    from cosmos_v2w_diffusers.checkpoint_format import load_native_checkpoint
+
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"net.x": _RunsCode()}, hostile)
+    with pytest.raises(ValueError, match="hostile.pt cannot be read"):
+        load_native_checkpoint(hostile)
+    assert "pwned" not in capsys.readouterr().out
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"net.x": torch.ones(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    with pytest.raises(ValueError, match="truncated.pt cannot be read"):
+        load_native_checkpoint(truncated)

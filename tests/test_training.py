@@ -94,7 +94,7 @@ def test_checkpoint_layout_and_round_trip(bikes_dataset, tmp_path):
     for part in ("model", "optim", "scheduler", "trainer"):
         assert (root / part / "iter_000000001.pt").is_file() and (root / part / "iter_000000002.pt").is_file()
     model = torch.load(root / "model" / "iter_000000002.pt", weights_only=True)
-    assert torch.load(root / "trainer" / "iter_000000002.pt", weights_only=False)["iteration"] == 2
+    assert torch.load(root / "trainer" / "iter_000000002.pt", weights_only=True)["iteration"] == 2
     assert {k.split(".")[0] for k in model} == {"net", "net_ema"}
     assert model["net.blocks.0.self_attn.q_proj.weight"].dtype == torch.bfloat16
     assert model["net_ema.blocks.0.self_attn.q_proj.weight"].dtype == torch.float32

@@ -16,8 +16,10 @@ or a full disk at any moment leaves the previous checkpoint whole and named.
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..io_utils import atomic_write
@@ -66,9 +68,42 @@ class CheckpointDir:
         return self.path("model", iteration)
 
     def load(self, iteration: int) -> dict[str, dict]:
-        # The trainer part holds RNG states (numpy arrays, Python tuples): it is our own file, so it is
-        # unpickled in full; the other parts are tensors and plain containers only.
-        return {
-            part: torch.load(self.path(part, iteration), map_location="cpu", weights_only=part != "trainer")
-            for part in PARTS
-        }
+        """Every part, read with `weights_only=True`: tensors and plain containers only, so a checkpoint
+        folder from anywhere cannot run code. A file that fails to read is named, with the way out."""
+        parts = {}
+        for part in PARTS:
+            path = self.path(part, iteration)
+            try:
+                parts[part] = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # truncated, corrupt or hostile: the same problem for the user
+                raise ValueError(
+                    f"{path} cannot be read as a checkpoint ({str(exc).splitlines()[0][:200]}); it may be truncated, "
+                    f"corrupt or not ours. Resume from an earlier complete checkpoint (edit {self.root / LATEST}) "
+                    f"or start afresh with --no-resume."
+                ) from None
+        return parts
+
+
+def rng_state() -> dict:
+    """The process's RNG states as tensors and plain lists, which `torch.load(weights_only=True)` reads."""
+    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    version, python_state, gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gauss)},
+        "python": {"version": version, "state": list(python_state), "gauss": gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

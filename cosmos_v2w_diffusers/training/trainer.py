@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import signal
 import time
 from functools import partial
@@ -47,7 +46,7 @@ from ..io_utils import atomic_write
 from ..latents import encode_video, num_latent_frames, use_channels_last_3d
 from ..objective import draw_training_randomness, video2world_loss
 from ..presets import get_preset, load_transformer, load_vae
-from .checkpoint import CheckpointDir
+from .checkpoint import CheckpointDir, rng_state, set_rng_state
 from .config import TrainConfig
 from .demo_data import demo_dataset_path
 from .export import export_final, push_to_hub
@@ -261,9 +260,7 @@ class Trainer:
             model = to_native_state_dict({k: v.cpu() for k, v in state.items()}, config, "net.", torch.bfloat16)
             if ema is not None:
                 model.update(to_native_state_dict({k: v.cpu() for k, v in ema.items()}, config, "net_ema.", torch.float32))
-            rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-            if torch.cuda.is_available():
-                rng["cuda"] = torch.cuda.get_rng_state_all()
+            rng = rng_state()
             self.checkpoints.save(
                 iteration,
                 {
@@ -297,12 +294,7 @@ class Trainer:
         if self.ema is not None:
             ema = from_native_state_dict(parts["model"], "net_ema.")
             self.ema.load_state_dict({n: like(t, ema[n]) for n, t in self.ema.state_dict().items()})
-        rng = parts["trainer"]["rng"]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        set_rng_state(parts["trainer"]["rng"])
         logger.info("Resumed from %s", self.checkpoints.path("model", latest))
         return parts["trainer"]["iteration"]
 
