@@ -19,7 +19,8 @@ import sys
 
 from cosmos_v2w_diffusers.data.folder import NoUsableVideosError
 from cosmos_v2w_diffusers.training.config import TrainConfig
-from cosmos_v2w_diffusers.training.trainer import EXIT_PREEMPTED, Trainer
+from cosmos_v2w_diffusers.training.guards import EXIT_PREEMPTED
+from cosmos_v2w_diffusers.training.trainer import Trainer
 
 
 def main() -> None:

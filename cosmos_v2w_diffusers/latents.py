@@ -1,7 +1,7 @@
 """Pixels <-> normalised Wan-VAE latents, shared by training and sampling.
 
 The transformer works on per-channel normalised latents `(mu - latents_mean) / latents_std` (the VAE
-config's 16 values). Training encodes with the posterior mean, never a sample (RECIPE.md, "Network").
+config's 16 values). Training encodes with the posterior mean, never a sample (docs/recipe.md, "Network").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""NVIDIA's Video2World training objective (RECIPE.md, "Objective").
+"""NVIDIA's Video2World training objective (docs/recipe.md, "Objective").
 
 Per sample: a noise level `sigma = exp(N(0, 1)) * sqrt(T_latent)`, or with probability 0.05
 `exp(U(log 200, log 1e5))`; 1 or 2 conditioning latent frames; the whole T5 embedding zeroed with

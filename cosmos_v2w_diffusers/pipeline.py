@@ -1,6 +1,6 @@
 """`CosmosVideo2WorldPipeline`: Cosmos-Predict2 Video2World sampling as NVIDIA does it, in diffusers form.
 
-Differences from diffusers' `Cosmos2VideoToWorldPipeline` (RECIPE.md, "Inference"), all on by default:
+Differences from diffusers' `Cosmos2VideoToWorldPipeline` (docs/recipe.md, "Inference"), all on by default:
 - NVIDIA's sampler (`CosmosMultistepScheduler`) and a final guided x0 evaluation at sigma_min;
 - the transformer is called with `fps=None`, as NVIDIA trained it (diffusers scales temporal RoPE by 24/fps);
 - conditioning as NVIDIA's `examples/video2world.py`: the input resized to cover and centre-cropped, a

@@ -1,6 +1,6 @@
 """EDM-form preconditioning of the Video2World transformer: the one denoiser training and sampling share.
 
-Cosmos-Predict2 trains a rectified-flow network but wraps it in EDM's preconditioning (RECIPE.md,
+Cosmos-Predict2 trains a rectified-flow network but wraps it in EDM's preconditioning (docs/recipe.md,
 "Objective"), with `t = sigma / (1 + sigma)`:
 
     c_in = 1 - t,   c_skip = 1 - t,   c_out = -t,   network timestep = t

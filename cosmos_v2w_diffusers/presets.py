@@ -52,7 +52,7 @@ class ModelPreset:
     num_frames: int = 93
     height: int = 704
     width: int = 1280
-    # Optimisation defaults (RECIPE.md, `cosmos_nemo_assets` experiments).
+    # Optimisation defaults (docs/recipe.md, `cosmos_nemo_assets` experiments).
     learning_rate: float = 2**-14.5
     weight_decay: float = 0.1
     lr_f_max: float = 0.6

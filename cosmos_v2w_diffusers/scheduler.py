@@ -1,4 +1,4 @@
-"""NVIDIA's Cosmos-Predict2 sampler as a diffusers scheduler (RECIPE.md, "Inference").
+"""NVIDIA's Cosmos-Predict2 sampler as a diffusers scheduler (docs/recipe.md, "Inference").
 
 A Karras sigma ramp (sigma_max 80, sigma_min 0.002, rho 7; `num_inference_steps + 1` values in float64),
 an Euler first step in x0 form, then a 2-step exponential multistep in `lambda = -log(sigma)`:

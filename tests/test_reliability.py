@@ -22,7 +22,8 @@ from cosmos_v2w_diffusers.text_encoding import InvalidEmbeddingError, read_t5_pi
 from cosmos_v2w_diffusers.training import trainer as trainer_module
 from cosmos_v2w_diffusers.training.checkpoint import CheckpointDir
 from cosmos_v2w_diffusers.training.config import TrainConfig
-from cosmos_v2w_diffusers.training.trainer import EXIT_PREEMPTED, Trainer
+from cosmos_v2w_diffusers.training.guards import EXIT_PREEMPTED
+from cosmos_v2w_diffusers.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = get_preset("tiny")

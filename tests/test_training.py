@@ -46,9 +46,9 @@ def test_recipe_defaults_per_preset():
     with pytest.raises(ValueError, match="low_vram"):
         TrainConfig(model="2B", low_vram=True, activation_checkpointing="selective").resolved()
     # Device-dependent defaults: bf16 and compiled blocks on a GPU only.
-    from cosmos_v2w_diffusers.training.trainer import _with_device_defaults
+    from cosmos_v2w_diffusers.training.memory import with_device_defaults
 
-    gpu, cpu = _with_device_defaults(two, True, False), _with_device_defaults(TrainConfig(model="tiny").resolved(), False, False)
+    gpu, cpu = with_device_defaults(two, True, False), with_device_defaults(TrainConfig(model="tiny").resolved(), False, False)
     assert (gpu.mixed_precision, gpu.compile, cpu.mixed_precision, cpu.compile) == ("bf16", True, "no", False)
     assert fourteen.output_dir == "checkpoints/posttraining/video2world_lora/14b_x"
     with pytest.raises(ValueError, match="4k\\+1"):

@@ -18,7 +18,7 @@ from ..text_encoding import InvalidEmbeddingError, read_t5_pickle
 
 logger = logging.getLogger(__name__)
 
-# RECIPE.md: fps from the container, 16 if unknown.
+# docs/recipe.md: fps from the container, 16 if unknown.
 DEFAULT_FPS = 16.0
 
 

@@ -10,6 +10,7 @@ changes its file signature and with it the fingerprint.
 from __future__ import annotations
 
 import hashlib
+from itertools import islice
 import json
 import logging
 import os
@@ -33,19 +34,25 @@ def _yield_rows(rows: list[dict], signatures: list[str]):
     yield from rows
 
 
-def _file_signature(path: str) -> str:
+def file_signature(path: str) -> str:
+    """Path, size and modification time: changes when a file is edited or replaced."""
     if not path:
         return ""
     stat = os.stat(path)
     return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
+def weights_checksum(module: torch.nn.Module, n_tensors: int = 1) -> float:
+    """A cheap, stable stand-in for hashing a large model's weights: the sum of the first 4,096 values of
+    each of its first `n_tensors` parameters."""
+    return sum(float(p.detach().float().flatten()[:4096].double().sum()) for p in islice(module.parameters(), n_tensors))
+
+
 def _encoder_identity(tokenizer, text_encoder) -> str:
-    """A cheap, stable stand-in for hashing a (possibly 11B-parameter) text encoder."""
+    """What a cached embedding depends on: the (possibly 11B-parameter) text encoder and its tokenizer."""
     if text_encoder is None:
         return "no-encoder"
-    first = next(text_encoder.parameters())
-    checksum = float(first.detach().float().flatten()[:4096].double().sum())
+    checksum = weights_checksum(text_encoder)
     return f"{text_encoder.name_or_path}|{text_encoder.config.to_json_string()}|{checksum!r}|{tokenizer.name_or_path}"
 
 
@@ -107,7 +114,7 @@ def load_video2world_dataset(
         height=datasets.Value("int32"),
         t5_path=datasets.Value("string"),
     )
-    signatures = [_file_signature(r["video_path"]) + "|" + _file_signature(r["t5_path"]) for r in rows]
+    signatures = [file_signature(r["video_path"]) + "|" + file_signature(r["t5_path"]) for r in rows]
     table = datasets.Dataset.from_generator(
         _yield_rows,
         gen_kwargs=dict(rows=rows, signatures=signatures),

@@ -26,7 +26,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from ..latents import encode_video, num_latent_frames
-from .hf_dataset import _file_signature
+from .hf_dataset import file_signature, weights_checksum
 from .samples import read_frames, resize_frames
 
 
@@ -36,9 +36,8 @@ def window_start(seed: int, row: int, window: int, clip_frames: int, num_frames:
 
 
 def _vae_identity(vae: AutoencoderKLWan) -> str:
-    """A cheap, stable stand-in for hashing the VAE's weights: its config, dtype and a weight checksum."""
-    checksum = sum(float(p.detach().float().flatten()[:4096].double().sum()) for p in list(vae.parameters())[:8])
-    return f"{vae.config}|{vae.dtype}|{checksum!r}"
+    """What cached latents depend on: the VAE's config, dtype and weights."""
+    return f"{vae.config}|{vae.dtype}|{weights_checksum(vae, n_tensors=8)!r}"
 
 
 def _encode_windows(batch: dict, vae: AutoencoderKLWan, num_frames: int, height: int, width: int) -> dict:
@@ -76,7 +75,7 @@ def build_latent_cache(
             windows["frame_start"].append(window_start(seed, row, window, clip_frames, num_frames))
     identity = json.dumps(
         [
-            [_file_signature(p) for p in table["video_path"]],
+            [file_signature(p) for p in table["video_path"]],
             windows["frame_start"],
             [num_frames, height, width],
             _vae_identity(vae),

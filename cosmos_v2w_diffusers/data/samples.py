@@ -1,4 +1,4 @@
-"""Training samples exactly as RECIPE.md: N consecutive frames from a random start, resized, as uint8.
+"""Training samples exactly as docs/recipe.md: N consecutive frames from a random start, resized, as uint8.
 
 Sample `i` is the i-th draw of an endless seeded stream: epoch `i // len` visits the clips in a
 permutation seeded by (seed, epoch), and the start frame is drawn from a generator seeded by (seed, i).
@@ -111,7 +111,7 @@ class Video2WorldTrainDataset(torch.utils.data.Dataset):
         row = int(_rng(self.seed, epoch).permutation(len(self.table))[position])
         if self.latent_table is not None:
             return row, int(_rng(self.seed, epoch, position, 1).integers(0, self.windows_per_clip))
-        # NVIDIA draws from {0 .. total-94}; we draw from {0 .. total-num_frames} (RECIPE.md, Data).
+        # NVIDIA draws from {0 .. total-94}; we draw from {0 .. total-num_frames} (docs/recipe.md, Data).
         last_start = int(self.frame_counts[row]) - self.num_frames
         return row, int(_rng(self.seed, epoch, position, 1).integers(0, last_start + 1))
 

@@ -1,4 +1,4 @@
-"""Training checkpoints in NVIDIA's layout (RECIPE.md, "Checkpoints").
+"""Training checkpoints in NVIDIA's layout (docs/recipe.md, "Checkpoints").
 
     <output_dir>/checkpoints/
         model/iter_{N:09d}.pt       net.* (bf16) and net_ema.* (fp32) tensors, NVIDIA's key names

@@ -1,6 +1,6 @@
 """Training configuration: one dataclass, whose fields are also the command-line flags.
 
-A field's `help` metadata is its flag's help; `None` defaults are filled from the model preset (RECIPE.md's
+A field's `help` metadata is its flag's help; `None` defaults are filled from the model preset (docs/recipe.md's
 optimisation table) by `TrainConfig.resolved()`. Adding a flag is adding a field.
 """
 

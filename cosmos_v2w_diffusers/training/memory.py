@@ -1,4 +1,5 @@
-"""How many transformer blocks can keep their attention outputs: a GPU-memory estimate of one training step.
+"""Where a training step's memory goes: allocator settings, device defaults, and how many transformer blocks
+can keep their attention outputs (with where the EMA lives), from a GPU-memory estimate of one step.
 
 Selective checkpointing (keep each block's attention output, recompute the cheap rest) saves a re-run of
 attention per block, but each kept output costs memory. The trainer asks `selective_blocks_that_fit` how
@@ -14,6 +15,7 @@ hidden 2048; BENCHMARKS.md): a full-recompute compiled step peaked at 56.0 GiB a
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -72,3 +74,72 @@ def selective_blocks_that_fit(
             n_selective, n_blocks, (base + n_selective * per_block) / GIB, capacity_bytes / GIB,
         )
     return n_selective
+
+
+def set_allocator_defaults() -> None:
+    """Expandable segments unless the user configured the CUDA allocator: without them, fragmentation of
+    the variable-size activations made a selective-recompute 2B step run out of memory with 6.5 GiB free."""
+    if "PYTORCH_CUDA_ALLOC_CONF" in os.environ or "PYTORCH_ALLOC_CONF" in os.environ:
+        return
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+    else:
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+
+
+def with_device_defaults(config, on_gpu: bool, fsdp: bool):
+    """Fill the defaults that depend on the device: bf16 and compiled blocks on a GPU. The EMA's place is
+    fixed here where it is forced (beside the weights off the GPU or under FSDP, where it is sharded like
+    them; the CPU with --low_vram); otherwise `plan_gpu_memory` chooses it."""
+    if config.mixed_precision is None:
+        config.mixed_precision = "bf16" if on_gpu else "no"
+    if config.compile is None:
+        config.compile = on_gpu
+    if config.ema_device is None and (not on_gpu or fsdp):
+        config.ema_device = "gpu"
+    if config.ema_device is None and config.low_vram:
+        config.ema_device = "cpu"
+    return config
+
+
+def _capacity_bytes(device: torch.device) -> int:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    capacity = torch.cuda.get_device_properties(index).total_memory
+    if hasattr(torch.cuda, "get_per_process_memory_fraction"):  # a cap set by the user, or a benchmark
+        capacity = int(capacity * torch.cuda.get_per_process_memory_fraction(index))
+    return capacity
+
+
+def plan_gpu_memory(
+    transformer: torch.nn.Module,
+    vae: torch.nn.Module,
+    config,
+    device: torch.device,
+    tokens: int,
+    compute_dtype: torch.dtype,
+) -> tuple[int | None, str]:
+    """(blocks that keep their attention outputs, None for all; the EMA's device, "gpu" or "cpu").
+
+    The flag `--selective_checkpointing_blocks` wins; off the GPU, or without selective checkpointing,
+    nothing is planned. Otherwise the EMA stays on the GPU unless it costs selective blocks there: its CPU
+    update is hidden behind a long step (2B at 720p) but not behind a short one, which would wait for it.
+    """
+    c = config
+    planned = device.type == "cuda" and c.activation_checkpointing == "selective" and c.selective_checkpointing_blocks is None
+    if not planned:
+        return c.selective_checkpointing_blocks, c.ema_device or "gpu"
+    resident = sum(p.numel() * p.element_size() for p in transformer.parameters())
+    resident += 0 if c.cache_latents else sum(p.numel() * p.element_size() for p in vae.parameters())
+    ema_bytes = 4 * sum(p.numel() for p in transformer.parameters() if p.requires_grad) if c.ema else 0
+
+    def fit(resident_bytes: int, log: bool = True) -> int:
+        return selective_blocks_that_fit(
+            transformer, tokens, _capacity_bytes(device), resident_bytes, c.compile, compute_dtype, log=log
+        )
+
+    ema_device = c.ema_device
+    if ema_device is None:
+        all_blocks = len(transformer.transformer_blocks)
+        ema_device = "gpu" if not ema_bytes or fit(resident + ema_bytes, log=False) == all_blocks else "cpu"
+        logger.info("EMA on the %s", ema_device.upper())
+    return fit(resident + (ema_bytes if ema_device == "gpu" else 0)), ema_device

@@ -1,4 +1,4 @@
-"""Optimizer, learning-rate schedule, gradient clipping and the EDM2 power EMA (RECIPE.md, "Optimisation").
+"""Optimizer, learning-rate schedule, gradient clipping and the EDM2 power EMA (docs/recipe.md, "Optimisation").
 
 torch supplies AdamW and LambdaLR; what is written here is NVIDIA's schedule shape, its gradient
 sanitising, and the EDM2 EMA (neither torch, accelerate nor diffusers' `EMAModel`, whose decay is

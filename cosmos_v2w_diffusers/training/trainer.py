@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import signal
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedType, ProjectConfiguration, gather_object
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, ProjectConfiguration, parse_flag_from_env
 from diffusers.training_utils import cast_training_params
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -42,7 +39,6 @@ from ..compile import compile_blocks
 from ..data.hf_dataset import load_video2world_dataset
 from ..data.latent_cache import build_latent_cache
 from ..data.samples import Video2WorldTrainDataset
-from ..io_utils import atomic_write
 from ..latents import encode_video, num_latent_frames, use_channels_last_3d
 from ..objective import draw_training_randomness, video2world_loss
 from ..presets import get_preset, load_transformer, load_vae
@@ -50,7 +46,8 @@ from .checkpoint import CheckpointDir, rng_state, set_rng_state
 from .config import TrainConfig
 from .demo_data import demo_dataset_path
 from .export import export_final, push_to_hub
-from .memory import selective_blocks_that_fit
+from .guards import RunGuards
+from .memory import plan_gpu_memory, set_allocator_defaults, with_device_defaults
 from .metrics import throughput_summary
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
 from .parallel import apply_activation_checkpointing, apply_lora, full_tensor, like
@@ -82,42 +79,15 @@ def _step_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
-# Exit status of a run stopped by SIGTERM or SIGINT after saving a checkpoint (EX_TEMPFAIL: run it again
-# to resume). `train_video2world.py` exits with it; schedulers can requeue on it.
-EXIT_PREEMPTED = 75
-
-
-def _allocator_defaults() -> None:
-    """Expandable segments unless the user configured the CUDA allocator: without them, fragmentation of
-    the variable-size activations made a selective-recompute 2B step run out of memory with 6.5 GiB free."""
-    if "PYTORCH_CUDA_ALLOC_CONF" in os.environ or "PYTORCH_ALLOC_CONF" in os.environ:
-        return
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
-    else:
-        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
-
-
-def _with_device_defaults(config: TrainConfig, on_gpu: bool, fsdp: bool) -> TrainConfig:
-    """Fill the defaults that depend on the device: bf16, compiled blocks and a CPU EMA on a GPU."""
-    if config.mixed_precision is None:
-        config.mixed_precision = "bf16" if on_gpu else "no"
-    if config.compile is None:
-        config.compile = on_gpu
-    if config.ema_device is None and (not on_gpu or fsdp):
-        # Under FSDP the EMA is sharded like the weights and stays beside them.
-        config.ema_device = "gpu"
-    if config.ema_device is None and config.low_vram:
-        config.ema_device = "cpu"
-    return config  # otherwise the memory plan chooses (`Trainer._selective_blocks`)
-
-
 class Trainer:
     def __init__(self, config: TrainConfig):
-        _allocator_defaults()
-        state = PartialState()
-        fsdp = state.distributed_type == DistributedType.FSDP
-        self.config = c = _with_device_defaults(config.resolved(), state.device.type == "cuda", fsdp)
+        set_allocator_defaults()
+        # The device decides defaults the Accelerator is built with, so it is read from the launcher's
+        # settings as accelerate reads them; building accelerate's state here, before the Accelerator,
+        # would leave out `--cpu` and make every rank a main process.
+        on_gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
+        fsdp = parse_flag_from_env("ACCELERATE_USE_FSDP")
+        self.config = c = with_device_defaults(config.resolved(), on_gpu, fsdp)
         self.preset = get_preset(c.model)
         self.accelerator = Accelerator(
             mixed_precision=c.mixed_precision,
@@ -136,8 +106,6 @@ class Trainer:
         self.checkpoints = CheckpointDir(c.output_dir)
         self.history: list[float] = []  # mean loss of each optimizer step run by this process
         self.step_seconds: list[float] = []
-        self.skipped_clips: set[str] = set()
-        self.stop_signal: int | None = None
         self.preempted = False  # True once a run stopped early on a signal, on every rank
         self.summary: dict[str, float] = {}  # throughput at the end of a run (`metrics.throughput_summary`)
 
@@ -146,7 +114,8 @@ class Trainer:
             dataset_path = c.dataset_path or demo_dataset_path(self.preset)
             table = load_video2world_dataset(dataset_path, c.num_frames, embed_dim=self.preset.text_embed_dim)
         logger.info("Dataset %s: %d clips, %d x %d x %d samples", dataset_path, len(table), c.num_frames, c.height, c.width)
-        self.max_skipped_clips = c.max_skipped_clips if c.max_skipped_clips is not None else max(1, len(table) // 10)
+        max_skipped = c.max_skipped_clips if c.max_skipped_clips is not None else max(1, len(table) // 10)
+        self.guards = RunGuards(self.accelerator, c.output_dir, max_skipped)
 
         # 2. Models. Full post-training keeps fp32 master weights under autocast; LoRA keeps its frozen base
         # in the compute dtype (bf16, as NVIDIA does: half the memory) and its adapter in fp32.
@@ -173,7 +142,7 @@ class Trainer:
         self.samples = Video2WorldTrainDataset(table, c.num_frames, c.height, c.width, seed=c.seed, latent_table=latent_table)
         self.tokens = num_latent_frames(c.num_frames) * (c.height // 16) * (c.width // 16)
         self.selective_blocks: int | None = 0
-        if fsdp:
+        if self.accelerator.distributed_type == DistributedType.FSDP:
             # Under FSDP2 the checkpoint must sit inside each sharded block, which accelerate's own
             # activation checkpointing does (full recompute); diffusers' checkpointing wraps the sharded
             # call instead and its recompute then sees unsharded, un-cast inputs.
@@ -181,7 +150,9 @@ class Trainer:
                 logger.warning("Under FSDP, --activation_checkpointing selective falls back to full recompute.")
             self.accelerator.state.fsdp_plugin.activation_checkpointing = c.activation_checkpointing != "none"
         else:
-            self.selective_blocks = self._selective_blocks(transformer)
+            self.selective_blocks, c.ema_device = plan_gpu_memory(
+                transformer, self.vae, c, self.device, self.tokens, self.compute_dtype
+            )
             apply_activation_checkpointing(transformer, c.activation_checkpointing, self.selective_blocks, c.low_vram)
         if c.compile:
             compile_blocks(transformer)
@@ -202,32 +173,6 @@ class Trainer:
         ema_device = "cpu" if c.ema_device == "cpu" else None
         self.ema = PowerEMA(self.trainable, c.ema_gamma, self.compute_dtype, ema_device) if c.ema else None
         self.start_iter = self._maybe_resume()
-
-    def _selective_blocks(self, transformer: torch.nn.Module) -> int | None:
-        """How many blocks keep their attention outputs: the flag, else as many as the GPU has room for."""
-        c = self.config
-        if self.device.type != "cuda":
-            c.ema_device = c.ema_device or "gpu"  # i.e. beside the weights
-            return c.selective_checkpointing_blocks  # None: all of them
-        if c.activation_checkpointing != "selective" or c.selective_checkpointing_blocks is not None:
-            c.ema_device = c.ema_device or "gpu"
-            return c.selective_checkpointing_blocks
-        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-        capacity = torch.cuda.get_device_properties(index).total_memory
-        if hasattr(torch.cuda, "get_per_process_memory_fraction"):  # a cap set by the user, or a benchmark
-            capacity = int(capacity * torch.cuda.get_per_process_memory_fraction(index))
-        resident = sum(p.numel() * p.element_size() for p in transformer.parameters())
-        resident += 0 if c.cache_latents else sum(p.numel() * p.element_size() for p in self.vae.parameters())
-        ema_bytes = 4 * sum(p.numel() for p in transformer.parameters() if p.requires_grad) if c.ema else 0
-        plan = partial(selective_blocks_that_fit, transformer, self.tokens, capacity, compiled=c.compile,
-                       compute_dtype=self.compute_dtype)
-        if c.ema_device is None:
-            # The EMA stays on the GPU unless it costs selective blocks there: its CPU update is hidden behind
-            # a long step (2B at 720p) but not behind a short one, which would then wait for it.
-            n_blocks = len(transformer.transformer_blocks)
-            c.ema_device = "gpu" if not ema_bytes or plan(resident + ema_bytes, log=False) == n_blocks else "cpu"
-            logger.info("EMA on the %s", c.ema_device.upper())
-        return plan(resident + (ema_bytes if c.ema_device == "gpu" else 0))
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -360,52 +305,17 @@ class Trainer:
     def after_step(self, step: int) -> None:
         """Called after optimizer step `step` (0-based) has been taken and checkpointed."""
 
-    def _record_skipped(self, micro_batches) -> None:
-        """Collect the clips the DataLoader workers replaced (from every rank) into `skipped_clips.txt`."""
-        local = [p for batch in micro_batches for entry in batch["skipped_clips"] for p in entry.split("\n") if p]
-        new = set(gather_object(local)) - self.skipped_clips if self.accelerator.num_processes > 1 else set(local) - self.skipped_clips
-        if not new:
-            return
-        self.skipped_clips |= new
-        if self.accelerator.is_main_process:
-            with atomic_write(Path(self.config.output_dir) / "skipped_clips.txt", "w") as f:
-                f.write("".join(f"{p}\n" for p in sorted(self.skipped_clips)))
-        if len(self.skipped_clips) > self.max_skipped_clips:
-            raise RuntimeError(
-                f"{len(self.skipped_clips)} clips failed to decode during training (more than --max_skipped_clips "
-                f"{self.max_skipped_clips}); they are listed in {Path(self.config.output_dir) / 'skipped_clips.txt'}: "
-                f"re-encode or remove them, then run the same command again to resume."
-            )
-
-    def _on_signal(self, signum: int, frame) -> None:
-        if self.stop_signal is not None:  # a second signal: stop at once
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        self.stop_signal = signum
-        logger.warning(
-            "Received %s: finishing this step, saving a checkpoint, then exiting (send it again to stop at once).",
-            signal.Signals(signum).name,
-        )
-
-    def _stop_requested(self) -> bool:
-        """Whether any rank received SIGTERM/SIGINT: all ranks agree, so they save and stop together."""
-        flag = torch.tensor(float(self.stop_signal is not None), device=self.device)
-        return bool(self.accelerator.reduce(flag, reduction="sum") > 0)
-
     def train(self) -> list[float]:
         c = self.config
         self.accelerator.init_trackers("cosmos_v2w_posttraining", config={k: str(v) for k, v in vars(c).items()})
         clips_per_step = c.batch_size * c.gradient_accumulation_steps * self.accelerator.num_processes
-        previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         progress = tqdm(
             total=c.max_iter, initial=self.start_iter, desc="Post-training", disable=not self.accelerator.is_main_process
         )
         bad_steps = 0
-        try:
+        with self.guards, progress:
             last = time.perf_counter()
             for step, micro_batches in zip(range(self.start_iter, c.max_iter), self._micro_batches()):
-                self._record_skipped(micro_batches)
                 lr = self.lr_scheduler.get_last_lr()[0]
                 loss = self.train_step(step, micro_batches)
                 bad_steps = 0 if math.isfinite(loss) else bad_steps + 1
@@ -425,7 +335,7 @@ class Trainer:
                 progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", s_per_step=f"{seconds:.2f}")
                 progress.update()
                 self.accelerator.log({"loss": loss, "lr": lr, "clips_per_s": clips_per_step / seconds}, step=step + 1)
-                stop = self._stop_requested()
+                stop = self.guards.check(micro_batches)
                 if (step + 1) % c.save_iter == 0 or step + 1 == c.max_iter or stop:
                     self.save_checkpoint(step + 1)
                 self.after_step(step)
@@ -433,10 +343,6 @@ class Trainer:
                     self.preempted = True
                     logger.warning("Stopped by a signal after step %d; run the same command again to resume.", step + 1)
                     return self.history
-        finally:
-            progress.close()
-            for sig, handler in previous_handlers.items():
-                signal.signal(sig, handler)
         self._log_summary(clips_per_step)
         state = self.accelerator.get_state_dict(self.transformer)
         ema = self._gathered_ema()

@@ -1,0 +1,83 @@
+"""What keeps a long run going and lets it stop cleanly: SIGTERM/SIGINT handling and the skipped-clip log.
+
+Both need the ranks to agree (all stop after the same step; all know every skipped clip), so the trainer
+asks `RunGuards.check` once per step: one small all-reduce carries both counts, and the list of skipped
+clips itself is gathered only in the rare step where some rank replaced one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from ..io_utils import atomic_write
+
+logger = logging.getLogger(__name__)
+
+# Exit status of a run stopped by SIGTERM or SIGINT after saving a checkpoint (EX_TEMPFAIL: run it again
+# to resume). `train_video2world.py` exits with it; schedulers can requeue on it.
+EXIT_PREEMPTED = 75
+SKIPPED_CLIPS_FILE = "skipped_clips.txt"
+
+
+class RunGuards:
+    """Signal handlers (installed with `with guards:`) and the set of clips skipped so far."""
+
+    def __init__(self, accelerator: Accelerator, output_dir: str | Path, max_skipped_clips: int):
+        self.accelerator, self.max_skipped_clips = accelerator, max_skipped_clips
+        self.skipped_file = Path(output_dir) / SKIPPED_CLIPS_FILE
+        self.skipped_clips: set[str] = set()
+        self.signal_received: int | None = None
+        self._previous_handlers: dict = {}
+
+    def __enter__(self) -> "RunGuards":
+        self._previous_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if self.signal_received is not None:  # a second signal: stop at once
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signal_received = signum
+        logger.warning(
+            "Received %s: finishing this step, saving a checkpoint, then exiting (send it again to stop at once).",
+            signal.Signals(signum).name,
+        )
+
+    def check(self, micro_batches) -> bool:
+        """Record this step's skipped clips (from every rank); True when any rank received a stop signal.
+
+        Raises when more clips than `max_skipped_clips` have failed to decode.
+        """
+        local = [p for batch in micro_batches for entry in batch["skipped_clips"] for p in entry.split("\n") if p]
+        counts = torch.tensor([float(self.signal_received is not None), float(len(local))], device=self.accelerator.device)
+        stop, any_skipped = (self.accelerator.reduce(counts, reduction="sum") > 0).tolist()
+        if any_skipped:
+            everyone = gather_object(local) if self.accelerator.num_processes > 1 else local
+            self._record(set(everyone) - self.skipped_clips)
+        return stop
+
+    def _record(self, new: set[str]) -> None:
+        if not new:
+            return
+        self.skipped_clips |= new
+        if self.accelerator.is_main_process:
+            with atomic_write(self.skipped_file, "w") as f:
+                f.write("".join(f"{p}\n" for p in sorted(self.skipped_clips)))
+        if len(self.skipped_clips) > self.max_skipped_clips:
+            raise RuntimeError(
+                f"{len(self.skipped_clips)} clips failed to decode during training (more than --max_skipped_clips "
+                f"{self.max_skipped_clips}); they are listed in {self.skipped_file}: "
+                f"re-encode or remove them, then run the same command again to resume."
+            )
