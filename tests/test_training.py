@@ -278,6 +278,7 @@ def test_two_process_data_parallel_run_resumes_exactly(prepared_dataset, tmp_pat
     run(tmp_path / "stopped", 3, 29532)
     log = run(tmp_path / "stopped", 6, 29533)
     assert log.count("Resumed from") == 2, "both ranks resume"
+    assert log.count("Saved checkpoint") == 1, "only the main process writes"
 
     def masters(folder, iteration):
         path = folder / "checkpoints" / "optim" / f"iter_{iteration:09d}.pt"
