@@ -19,18 +19,20 @@ import sys
 
 from cosmos_v2w_diffusers.data.folder import NoUsableVideosError
 from cosmos_v2w_diffusers.training.config import TrainConfig
+from cosmos_v2w_diffusers.training.checkpoint import CheckpointSpaceError
 from cosmos_v2w_diffusers.training.guards import EXIT_PREEMPTED
+from cosmos_v2w_diffusers.training.run_lock import OutputDirInUseError
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = TrainConfig.from_args()
-    try:
+    try:  # bad input, a busy output folder, a full disk: one line that says what and how to fix
         trainer = Trainer(config)
-    except (NoUsableVideosError, FileNotFoundError, ValueError) as exc:  # bad input: say what and how to fix
+        trainer.train()
+    except (NoUsableVideosError, FileNotFoundError, ValueError, OutputDirInUseError, CheckpointSpaceError) as exc:
         sys.exit(f"error: {exc}")
-    trainer.train()
     trainer.close()
     if trainer.preempted:  # SIGTERM/SIGINT: a checkpoint was saved; run the same command to resume
         sys.exit(EXIT_PREEMPTED)

@@ -4,7 +4,8 @@
         model/iter_{N:09d}.pt       net.* (bf16) and net_ema.* (fp32) tensors, NVIDIA's key names
         optim/iter_{N:09d}.pt       optimizer state + the fp32 master weights
         scheduler/iter_{N:09d}.pt   learning-rate scheduler state
-        trainer/iter_{N:09d}.pt     {"grad_scaler": ..., "iteration": N} (+ our RNG states)
+        trainer/iter_{N:09d}.pt     {"grad_scaler": ..., "iteration": N} (+ our RNG states and the run's
+                                    config as JSON, so a resume with different run-defining flags is refused)
         latest_checkpoint.txt       "iter_{N:09d}.pt\\n", written last
 
 Our live weights are fp32 masters (accelerate's bf16 autocast), while NVIDIA's model file stores bf16;
@@ -15,8 +16,11 @@ or a full disk at any moment leaves the previous checkpoint whole and named.
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +32,26 @@ logger = logging.getLogger(__name__)
 
 PARTS = ("model", "optim", "scheduler", "trainer")
 LATEST = "latest_checkpoint.txt"
+GIB = 2**30
+
+
+class CheckpointSpaceError(OSError):
+    """Not enough disk space for a checkpoint; the message names the folder and the space it needs."""
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / GIB:.2f} GiB" if n_bytes >= GIB else f"{n_bytes / 2**20:.1f} MiB"
+
+
+def _tensor_bytes(obj) -> int:
+    """Bytes of the tensors inside nested dicts and lists: about what `torch.save` writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def checkpoint_name(iteration: int) -> str:
@@ -57,31 +81,99 @@ class CheckpointDir:
     def path(self, part: str, iteration: int) -> Path:
         return self.root / part / checkpoint_name(iteration)
 
+    def complete_iterations(self) -> list[int]:
+        """Iterations whose four parts are all on disk, oldest first."""
+        names = {p.name for p in (self.root / "model").glob("iter_*.pt")} if (self.root / "model").is_dir() else set()
+        complete = [n for n in names if all((self.root / part / n).is_file() for part in PARTS)]
+        return sorted(int(n[5:-3]) for n in complete if n[5:-3].isdigit())
+
+    def resolve(self, spec: str) -> int | None:
+        """The iteration `--resume_from_checkpoint` names: `latest`, `iter_N` / `iter_N.pt`, or a path to one
+        of its files (`.../model/iter_000000500.pt`). None when `latest` finds no checkpoint."""
+        if spec == "latest":
+            return self.latest_iteration()
+        name = Path(spec).name
+        digits = name[5:].removesuffix(".pt") if name.startswith("iter_") else ""
+        if not digits.isdigit():
+            raise ValueError(f"--resume_from_checkpoint {spec!r}: use latest, iter_N, or a path to a checkpoint's iter_N.pt.")
+        iteration = int(digits)
+        missing = [part for part in PARTS if not self.path(part, iteration).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint {spec}: {', '.join(missing)}/{checkpoint_name(iteration)} is missing under "
+                f"{self.root}; complete checkpoints: {self._complete_list()}."
+            )
+        return iteration
+
+    def _complete_list(self) -> str:
+        done = self.complete_iterations()
+        return ", ".join(f"iter_{i}" for i in done) if done else "none"
+
+    def remove_stale_temp_files(self) -> None:
+        """Delete the temp files of writes cut short by an earlier kill (tens of GB at 2B size).
+
+        Call it only while holding the run lock: then no other process is writing here."""
+        stale = list(self.root.glob("*/.iter_*.tmp")) + list(self.root.glob(f".{LATEST}.*.tmp"))
+        if stale:
+            freed = sum(p.stat().st_size for p in stale)
+            for path in stale:
+                path.unlink(missing_ok=True)
+            logger.warning("Removed %d temp files left by an interrupted save (%.2f GiB) under %s", len(stale), freed / GIB, self.root)
+
     def save(self, iteration: int, parts: dict[str, dict]) -> Path:
-        """Write each part atomically, then move `latest_checkpoint.txt` to this iteration."""
-        for part in PARTS:
-            with atomic_write(self.path(part, iteration)) as f:
-                torch.save(parts[part], f)
+        """Write each part atomically, then move `latest_checkpoint.txt` to this iteration.
+
+        Too little free space is found before anything is written; a disk that fills up during the write
+        leaves no partial file (`atomic_write`). Either way `CheckpointSpaceError` names the folder and the
+        space the checkpoint needs, and the previous checkpoint stays the latest.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        needed = sum(_tensor_bytes(parts[part]) for part in PARTS)
+        free = shutil.disk_usage(self.root).free
+        if free < needed:
+            raise self._space_error(iteration, needed, free)
+        try:
+            for part in PARTS:
+                with atomic_write(self.path(part, iteration)) as f:
+                    torch.save(parts[part], f)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            raise self._space_error(iteration, needed, shutil.disk_usage(self.root).free) from None
         with atomic_write(self.root / LATEST, "w") as f:
             f.write(checkpoint_name(iteration) + "\n")
         logger.info("Saved checkpoint %s", self.path("model", iteration))
         return self.path("model", iteration)
 
+    def _space_error(self, iteration: int, needed: int, free: int) -> CheckpointSpaceError:
+        return CheckpointSpaceError(
+            errno.ENOSPC,
+            f"No space left for checkpoint {iteration} in {self.root}: it needs about {_size(needed)}, {_size(free)} "
+            f"is free; free space there (or use another --output_dir) and run the same command to resume from the "
+            f"previous checkpoint",
+        )
+
+    def load_part(self, part: str, iteration: int) -> dict:
+        """One part, read with `weights_only=True`: tensors and plain containers only, so a checkpoint folder
+        from anywhere cannot run code. A file that fails to read is named, with the earlier checkpoints."""
+        path = self.path(part, iteration)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated, corrupt or hostile: the same problem for the user
+            earlier = [i for i in self.complete_iterations() if i < iteration]
+            way_out = f"resume from an earlier one with --resume_from_checkpoint iter_{earlier[-1]}" if earlier else "start afresh with --no-resume"
+            raise ValueError(
+                f"{path} cannot be read as a checkpoint ({str(exc).splitlines()[0][:200]}); it may be truncated, "
+                f"corrupt or not ours: {way_out}."
+            ) from None
+
     def load(self, iteration: int) -> dict[str, dict]:
-        """Every part, read with `weights_only=True`: tensors and plain containers only, so a checkpoint
-        folder from anywhere cannot run code. A file that fails to read is named, with the way out."""
-        parts = {}
-        for part in PARTS:
-            path = self.path(part, iteration)
-            try:
-                parts[part] = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # truncated, corrupt or hostile: the same problem for the user
-                raise ValueError(
-                    f"{path} cannot be read as a checkpoint ({str(exc).splitlines()[0][:200]}); it may be truncated, "
-                    f"corrupt or not ours. Resume from an earlier complete checkpoint (edit {self.root / LATEST}) "
-                    f"or start afresh with --no-resume."
-                ) from None
-        return parts
+        return {part: self.load_part(part, iteration) for part in PARTS}
+
+
+def stored_config(trainer_part: dict) -> dict | None:
+    """The run config a checkpoint was written with (None for checkpoints from before it was stored)."""
+    return json.loads(trainer_part["config"]) if "config" in trainer_part else None
 
 
 def rng_state() -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,16 @@ import numpy as np
 from ..presets import get_preset
 
 LORA_TARGET_MODULES = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
+# What a checkpoint's weights and optimizer state depend on: a resume must not change these.
+RUN_DEFINING_FIELDS = (
+    "model", "train_architecture", "num_frames", "height", "width", "lora_rank", "lora_alpha", "lora_target_modules",
+)
+# Flags that must be at least 1 (or 0), checked before any default replaces them.
+_AT_LEAST = {
+    "max_iter": 1, "save_iter": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "num_frames": 1, "height": 16,
+    "width": 16, "lora_rank": 1, "lora_alpha": 1, "lr_decay_steps": 1, "cache_windows_per_clip": 1,
+    "max_nonfinite_steps": 1, "dataloader_num_workers": 0, "max_skipped_clips": 0, "selective_checkpointing_blocks": 0,
+}
 
 
 def _f(default, help: str, **kwargs):
@@ -40,6 +51,9 @@ class TrainConfig:
     dit_path: str | None = _f(None, "initialise the transformer from a native iter_N.pt (NVIDIA's or ours)")
     load_ema: bool = _f(False, "with --dit_path: take the net_ema.* weights")
     resume: bool = _f(True, "continue from <output_dir>/checkpoints/latest_checkpoint.txt when it exists")
+    resume_from_checkpoint: str = _f(
+        "latest", "which checkpoint to resume from: latest, iter_N, or a path to one of its iter_N.pt files"
+    )
 
     train_architecture: str = _f("full", "full post-training or LoRA", choices=["full", "lora"])
     lora_rank: int | None = _f(None, "LoRA rank (default: 16 for 2B, 32 for 14B)")
@@ -115,8 +129,31 @@ class TrainConfig:
     push_to_hub: bool = _f(False, "upload the final export to the Hub")
     hub_model_id: str | None = _f(None, "Hub repo for --push_to_hub (default: the output folder's name)")
 
+    def _check_values(self) -> None:
+        """Refuse values no run can use, before any work (a 0 is refused, not replaced by the default)."""
+        for name, least in _AT_LEAST.items():
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise ValueError(f"--{name} must be at least {least}, got {value}.")
+        for name in ("learning_rate", "max_grad_norm", "ema_relative_std"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"--{name} must be positive, got {value}.")
+        if self.load_ema and not self.dit_path:
+            raise ValueError("--load_ema picks the EMA weights of --dit_path: pass --dit_path too, or drop --load_ema.")
+        if self.selective_checkpointing_blocks is not None and self.activation_checkpointing not in (None, "selective"):
+            raise ValueError("--selective_checkpointing_blocks needs --activation_checkpointing selective.")
+
+    def run_definition(self) -> dict:
+        """The run-defining flags of a resolved config (`RUN_DEFINING_FIELDS`)."""
+        return {name: getattr(self, name) for name in RUN_DEFINING_FIELDS}
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
     def resolved(self) -> "TrainConfig":
         """A copy with every preset-dependent default filled in."""
+        self._check_values()
         preset = get_preset(self.model)
         lora = self.train_architecture == "lora"
         c = dataclasses.replace(self, model=preset.name)

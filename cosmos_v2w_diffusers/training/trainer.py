@@ -42,13 +42,14 @@ from ..data.samples import Video2WorldTrainDataset
 from ..latents import encode_video, num_latent_frames, use_channels_last_3d
 from ..objective import draw_training_randomness, video2world_loss
 from ..presets import get_preset, load_transformer, load_vae
-from .checkpoint import CheckpointDir, rng_state, set_rng_state
+from .checkpoint import CheckpointDir, rng_state, set_rng_state, stored_config
 from .config import TrainConfig
 from .demo_data import demo_dataset_path
 from .export import export_final, push_to_hub
 from .guards import RunGuards
 from .memory import plan_gpu_memory, set_allocator_defaults, with_device_defaults
 from .metrics import throughput_summary
+from .run_lock import RunLock
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
 from .parallel import apply_activation_checkpointing, apply_lora, full_tensor, like
 
@@ -104,6 +105,11 @@ class Trainer:
             self.accelerator.mixed_precision, torch.float32
         )
         self.checkpoints = CheckpointDir(c.output_dir)
+        self.lock = RunLock(c.output_dir) if self.accelerator.is_main_process else None
+        if self.lock:
+            self.lock.acquire()
+            self.checkpoints.remove_stale_temp_files()
+        self.resume_iteration = self._check_resumable()
         self.history: list[float] = []  # mean loss of each optimizer step run by this process
         self.step_seconds: list[float] = []
         self.preempted = False  # True once a run stopped early on a signal, on every rank
@@ -176,6 +182,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
+    def _check_resumable(self) -> int | None:
+        """The checkpoint this run resumes from, after checking, before any heavy work, that it was written
+        by the same run: its stored run-defining flags must equal ours (other flags may change)."""
+        c = self.config
+        iteration = self.checkpoints.resolve(c.resume_from_checkpoint) if c.resume else None
+        if iteration is None:
+            return None
+        stored = stored_config(self.checkpoints.load_part("trainer", iteration))
+        if stored is not None:
+            ours = c.run_definition()
+            changed = [f"--{k} {stored.get(k)} -> {v}" for k, v in ours.items() if stored.get(k) != v]
+            if changed:
+                raise ValueError(
+                    f"{self.checkpoints.path('trainer', iteration)} was written by a run with other run-defining flags "
+                    f"({'; '.join(changed)}): use the checkpoint's values, a new --output_dir, or --no-resume."
+                )
+        return iteration
+
     def _unwrapped(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.transformer)
 
@@ -212,13 +236,13 @@ class Trainer:
                     "model": model,
                     "optim": {"optimizer": optimizer, "master_weights": masters},
                     "scheduler": self.lr_scheduler.state_dict(),
-                    "trainer": {"grad_scaler": {}, "iteration": iteration, "rng": rng},
+                    "trainer": {"grad_scaler": {}, "iteration": iteration, "rng": rng, "config": self.config.to_json()},
                 },
             )
         self.accelerator.wait_for_everyone()
 
     def _maybe_resume(self) -> int:
-        latest = self.checkpoints.latest_iteration() if self.config.resume else None
+        latest = self.resume_iteration
         if latest is None:
             return 0
         parts = self.checkpoints.load(latest)
@@ -306,6 +330,20 @@ class Trainer:
         """Called after optimizer step `step` (0-based) has been taken and checkpointed."""
 
     def train(self) -> list[float]:
+        """Train to `--max_iter` (or until a stop signal), checkpointing and exporting; returns the step losses.
+
+        The output folder's lock is released when this returns or raises, so the same process may start
+        another run on it (a resume, say)."""
+        try:
+            return self._train()
+        finally:
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self.lock:
+            self.lock.release()
+
+    def _train(self) -> list[float]:
         c = self.config
         self.accelerator.init_trackers("cosmos_v2w_posttraining", config={k: str(v) for k, v in vars(c).items()})
         clips_per_step = c.batch_size * c.gradient_accumulation_steps * self.accelerator.num_processes
@@ -374,5 +412,7 @@ class Trainer:
             )
 
     def close(self) -> None:
-        """Finish the trackers and leave the process group: the last call of a training process."""
+        """Finish the trackers, release the output folder and leave the process group: the last call of a
+        training process."""
+        self._release_lock()
         self.accelerator.end_training()
