@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .checkpoint_format import check_checkpoint_matches, load_into_transformer, load_native_checkpoint
 from .compile import compile_blocks
 from .latents import use_channels_last_3d
-from .pipeline import DEFAULT_NEGATIVE_PROMPT, CosmosVideo2WorldPipeline
+from .pipeline import DEFAULT_NEGATIVE_PROMPT, CosmosVideo2WorldPipeline, to_rgb
 from .presets import build_transformer, check_transformer_matches, get_preset, resolve_pretrained
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def read_conditioning(path: str) -> tuple[PIL.Image.Image | None, list[PIL.Image
     suffix = file.suffix.lower()
     if suffix in IMAGE_EXTENSIONS:
         try:
-            return PIL.Image.open(file).convert("RGB"), None
+            return to_rgb(PIL.Image.open(file)), None
         except (OSError, PIL.UnidentifiedImageError) as exc:
             raise ValueError(f"--input_path {file} cannot be read as an image ({exc}).") from exc
     if suffix in VIDEO_EXTENSIONS:
@@ -121,6 +121,11 @@ def load_post_trained_weights(dit_path: str, load_ema: bool, model_size: str) ->
     """Read `--dit_path` and check it against the model size on the meta device, before loading any model."""
     preset = get_preset(model_size)
     path = Path(dit_path)
+    if path.is_dir() and not ((path / "config.json").is_file() or (path / "transformer" / "config.json").is_file()):
+        raise ValueError(
+            f"--dit_path {path} is a folder without config.json: pass a diffusers transformer folder "
+            f"(<output_dir>/transformer) or a native model/iter_N.pt file."
+        )
     if path.is_dir():
         transformer = CosmosTransformer3DModel.from_pretrained(path, subfolder="transformer" if (path / "transformer").is_dir() else None)
         check_transformer_matches(transformer, preset, str(path))
@@ -196,6 +201,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
     height, width, num_frames = sample_size(args)
     jobs = jobs_from_args(args)
     inputs = [read_conditioning(job["input_path"]) for job in jobs]  # fail before loading any model
+    for job, (_, video) in zip(jobs, inputs):
+        if video is not None and len(video) < args.num_conditional_frames:
+            raise ValueError(
+                f"--input_path {job['input_path']} has {len(video)} frames, fewer than --num_conditional_frames "
+                f"{args.num_conditional_frames}: pass a longer video, or use --num_conditional_frames 1."
+            )
     pipe = build_pipeline(args)
     written = []
     for job, (image, video) in tqdm(list(zip(jobs, inputs)), desc="Videos", disable=len(jobs) == 1):

@@ -69,6 +69,27 @@ def default_safety_checker():
     return CosmosSafetyChecker()
 
 
+def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """An image of any mode PIL opens -> 8-bit RGB with the values it shows.
+
+    PIL's `convert("RGB")` clips 16- and 32-bit integer images at 255 (a 16-bit PNG turns white), reads
+    float images as 0-255, and refuses some modes ("La"); those are rescaled to 8 bits here first.
+    """
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or (image.mode == "I" and values.max() > 255):
+            scale = 65535.0  # 16-bit data (PIL opens 16-bit PNGs as "I;16" or "I")
+        elif image.mode == "F" and values.max() <= 1.0:
+            scale = 1.0  # floats in [0, 1]
+        else:
+            scale = 255.0
+        gray = np.clip(np.round(values / scale * 255.0), 0, 255).astype(np.uint8)
+        return PIL.Image.fromarray(gray, "L").convert("RGB")
+    if image.mode == "La":  # premultiplied alpha: PIL converts it to LA first
+        image = image.convert("LA")
+    return image.convert("RGB")
+
+
 class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
     r"""Video2World generation: continue an image or a video, guided by a text prompt.
 
@@ -128,12 +149,18 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
             raise ValueError("Pass exactly one of `image` or `video` as the conditioning input.")
         if video is not None and num_conditional_frames not in (1, 5):
             raise ValueError(f"num_conditional_frames must be 1 or 5, got {num_conditional_frames}.")
+        if video is not None and len(video) < num_conditional_frames:
+            raise ValueError(
+                f"the conditioning video has {len(video)} frames, fewer than num_conditional_frames={num_conditional_frames}: "
+                f"pass a longer video, or condition on its last frame (num_conditional_frames=1)."
+            )
 
     def _pixels(self, frames, height: int, width: int, crop: bool) -> torch.Tensor:
         """A list of frames (PIL, arrays or tensors) -> `[1, 3, F, H, W]` in [-1, 1].
 
         `crop`: resize to cover the target and centre-crop (NVIDIA); otherwise a plain resize (diffusers).
         """
+        frames = [to_rgb(f) if isinstance(f, PIL.Image.Image) else f for f in frames]
         if crop and all(isinstance(f, PIL.Image.Image) for f in frames):
             pixels = self.video_processor.preprocess(frames, height, width, resize_mode="crop")
         else:

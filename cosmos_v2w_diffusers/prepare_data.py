@@ -28,6 +28,7 @@ from .text_encoding import MAX_TEXT_TOKENS, encode_prompts, write_t5_pickle
 logger = logging.getLogger(__name__)
 
 DEFAULT_TEXT_ENCODER = "google-t5/t5-11b"
+T5_XXL_WIDTH = 1024  # what existing pickles are checked against (the tiny encoder's own width with `tiny`)
 
 
 def write_missing_captions(dataset_path: Path, prompt: str) -> int:
@@ -46,23 +47,32 @@ def prepare_dataset(
     dataset_path: str | Path,
     prompt: str | None = None,
     text_encoder: str = DEFAULT_TEXT_ENCODER,
-    num_frames: int = 1,
+    num_frames: int = 93,
     batch_size: int = 8,
     max_length: int = MAX_TEXT_TOKENS,
 ) -> tuple[int, int]:
     """Caption and embed a dataset folder; returns (usable videos, pickles written).
 
-    `num_frames` is the clip length training will ask for: shorter clips are reported (default 1: report
-    only unreadable files, since the training frame count is not known here).
+    `num_frames` is the clip length training will ask for (the recipe's 93): shorter clips are still
+    prepared, with a warning that training at that length will skip them. Existing pickles that training
+    would refuse (wrong shape or dtype, NaN/Inf) are reported with the fix.
     """
-    from .presets import load_text_encoder
+    from .presets import get_preset, load_text_encoder
 
     dataset_path = Path(dataset_path)
     if prompt is not None:
         logger.info("Wrote %d caption files", write_missing_captions(dataset_path, prompt))
-    rows, skipped = scan_dataset_folder(dataset_path, min_frames=num_frames)
+    embed_dim = get_preset("tiny").text_embed_dim if text_encoder == "tiny" else T5_XXL_WIDTH
+    rows, skipped = scan_dataset_folder(dataset_path, min_frames=1, embed_dim=embed_dim)
     report_skipped(skipped)
     raise_if_empty(rows, skipped, dataset_path)
+    for row in rows:
+        if row["num_frames"] < num_frames:
+            logger.warning(
+                "%s has %d frames, fewer than the %d a training sample takes: prepared, but training at %d frames "
+                "will skip it (train with a --num_frames of the form 4k+1 up to %d to use it).",
+                row["video_path"], row["num_frames"], num_frames, num_frames, row["num_frames"],
+            )
 
     todo = [row for row in rows if not row["t5_path"]]
     if not todo:
@@ -96,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_TEXT_ENCODER,
         help="T5 encoder: Hub id or local folder (default T5-XXL), or `tiny` for the tiny preset's encoder",
     )
-    parser.add_argument("--num_frames", type=int, default=1, help="report clips shorter than this (training's frame count)")
+    parser.add_argument(
+        "--num_frames", type=int, default=93,
+        help="training's frame count: shorter clips are prepared, with a warning that training will skip them",
+    )
     parser.add_argument("--batch_size", type=int, default=8, help="captions encoded per forward pass")
     parser.add_argument("--max_length", type=int, default=MAX_TEXT_TOKENS, help="T5 token budget")
     args = parser.parse_args(argv)
@@ -107,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (NoUsableVideosError, FileNotFoundError) as exc:
         logger.error("%s", exc)
+        return 1
+    except PermissionError as exc:  # a read-only dataset folder
+        logger.error(
+            "Cannot write %s (%s): the dataset folder is read-only. Run prepare_data on a writable copy; training "
+            "then reads the finished folder read-only (its caches live under HF_DATASETS_CACHE).",
+            exc.filename, exc.strerror,
+        )
         return 1
     logger.info("%d usable videos; wrote %d T5 pickles under %s", usable, written, Path(args.dataset_path) / "t5_xxl")
     return 0

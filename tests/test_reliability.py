@@ -1,6 +1,7 @@
 """Faults a long run must survive: a clip corrupted mid-file, NaN losses, SIGTERM, poisoned embeddings."""
 
 import pickle
+import shutil
 
 import signal
 import subprocess
@@ -204,3 +205,214 @@ def test_a_hostile_or_truncated_dit_path_is_refused_with_its_name(tmp_path, caps
     truncated.write_bytes(truncated.read_bytes()[:300])
     with pytest.raises(ValueError, match="truncated.pt cannot be read"):
         load_native_checkpoint(truncated)
+
+
+# ---------------------------------------------------------------- output folder, disk, run config
+
+
+def test_a_second_run_on_the_same_output_dir_is_refused_and_a_dead_holder_is_taken_over(prepared_dataset, tmp_path, caplog):
+    import socket
+
+    from cosmos_v2w_diffusers.training.run_lock import OutputDirInUseError
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from cosmos_v2w_diffusers.training.run_lock import RunLock; "
+         "lock = RunLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(600)", str(out)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(OutputDirInUseError, match=f"PID {holder.pid} on host {socket.gethostname()}"):
+        Trainer(_config(prepared_dataset, out, max_iter=1))
+    holder.kill()  # kill -9: the kernel drops its lock, its owner file stays behind
+    holder.wait()
+    trainer = Trainer(_config(prepared_dataset, out, max_iter=1))
+    assert f"no longer running (PID {holder.pid}" in caplog.text
+    trainer.train()
+
+
+def test_a_kill_during_saving_leaves_the_last_checkpoint_whole_and_temp_files_are_cleaned(prepared_dataset, tmp_path, caplog):
+    out = tmp_path / "run"
+    command = [sys.executable, str(REPO / "train_video2world.py"), "--model", "tiny", "--dataset_path", str(prepared_dataset),
+               "--output_dir", str(out), "--max_iter", "100000", "--save_iter", "1", "--dataloader_num_workers", "0"]
+    process, log = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True), []
+    _wait_for_steps(process, log)
+    time.sleep(1.0)  # it saves after every step: the kill lands in or near a save
+    process.kill()
+    process.wait()
+    checkpoints = CheckpointDir(out)
+    latest = checkpoints.latest_iteration()
+    assert latest is not None and checkpoints.load(latest)["trainer"]["iteration"] == latest
+    stale = out / "checkpoints" / "optim" / ".iter_000000999.pt.abcd.tmp"  # as a kill mid-write leaves one
+    stale.write_bytes(b"x" * 1000)
+    resumed = Trainer(_config(prepared_dataset, out, max_iter=latest + 1))
+    assert not stale.exists() and "Removed 1 temp files" in caplog.text
+    assert resumed.start_iter == latest
+
+
+def test_too_little_disk_space_is_one_line_naming_the_folder_and_leaves_no_file(prepared_dataset, tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    from cosmos_v2w_diffusers.training.checkpoint import CheckpointSpaceError
+
+    out = tmp_path / "run"
+    trainer = Trainer(_config(prepared_dataset, out, max_iter=2, save_iter=1))
+    real_usage = shutil_module.disk_usage
+    calls = []
+
+    def nearly_full(path):
+        calls.append(path)
+        usage = real_usage(path)
+        return usage._replace(free=1000 if len(calls) > 1 else usage.free)  # room for the first checkpoint only
+
+    monkeypatch.setattr(shutil_module, "disk_usage", nearly_full)
+    with pytest.raises(CheckpointSpaceError) as error:
+        trainer.train()
+    message = str(error.value)
+    assert "\n" not in message and str(out / "checkpoints") in message and "needs about" in message
+    assert CheckpointDir(out).latest_iteration() == 1
+    assert not (out / "checkpoints" / "model" / "iter_000000002.pt").exists()
+    assert not list((out / "checkpoints").rglob("*.tmp"))
+
+
+def test_a_resume_with_other_run_defining_flags_is_refused_before_any_model_loads(prepared_dataset, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    Trainer(_config(prepared_dataset, out, max_iter=1, save_iter=1, train_architecture="lora", lora_rank=4)).train()
+
+    def no_model_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the run was checked")
+
+    monkeypatch.setattr(trainer_module, "load_transformer", no_model_loading)
+    with pytest.raises(ValueError, match="--lora_rank 4 -> 8") as error:
+        Trainer(_config(prepared_dataset, out, max_iter=2, train_architecture="lora", lora_rank=8, num_frames=9))
+    assert "--num_frames 17 -> 9" in str(error.value)
+    monkeypatch.undo()
+    # Flags that do not define the run may change.
+    resumed = Trainer(_config(prepared_dataset, out, max_iter=2, train_architecture="lora", lora_rank=4, learning_rate=1e-4))
+    assert resumed.start_iter == 1
+
+
+def test_resume_from_a_named_checkpoint_and_a_truncated_one_names_the_earlier(prepared_dataset, tmp_path):
+    out = tmp_path / "run"
+    Trainer(_config(prepared_dataset, out, max_iter=3, save_iter=1)).train()
+    earlier = Trainer(_config(prepared_dataset, out, max_iter=3, resume_from_checkpoint="iter_2"))
+    assert earlier.start_iter == 2
+    earlier._release_lock()
+    by_path = Trainer(_config(prepared_dataset, out, max_iter=3, resume_from_checkpoint=str(out / "checkpoints" / "model" / "iter_000000001.pt")))
+    assert by_path.start_iter == 1
+    by_path._release_lock()
+    model = out / "checkpoints" / "model" / "iter_000000003.pt"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    with pytest.raises(ValueError, match="model/iter_000000003.pt cannot be read.*--resume_from_checkpoint iter_2"):
+        Trainer(_config(prepared_dataset, out, max_iter=4))
+
+
+def test_impossible_flags_are_refused_before_any_work():
+    for bad in (dict(max_iter=0), dict(save_iter=-1), dict(batch_size=0), dict(learning_rate=0.0), dict(lora_rank=0)):
+        with pytest.raises(ValueError, match="must be"):
+            TrainConfig(model="tiny", **bad).resolved()
+    with pytest.raises(ValueError, match="--load_ema"):
+        TrainConfig(model="tiny", load_ema=True).resolved()
+    with pytest.raises(ValueError, match="selective"):
+        TrainConfig(model="tiny", activation_checkpointing="full", selective_checkpointing_blocks=2).resolved()
+
+
+# ---------------------------------------------------------------- other inputs
+
+
+def test_a_symlinked_clip_keeps_its_own_name(video_paths, tmp_path):
+    from cosmos_v2w_diffusers.prepare_data import prepare_dataset
+
+    elsewhere = tmp_path / "store" / "original_name.mp4"
+    elsewhere.parent.mkdir()
+    shutil.copy(video_paths["bikes"], elsewhere)
+    root = tmp_path / "data"
+    (root / "videos").mkdir(parents=True)
+    (root / "videos" / "robot.mp4").symlink_to(elsewhere)
+    prepare_dataset(root, prompt="a robot", text_encoder="tiny", num_frames=17)
+    assert (root / "t5_xxl" / "robot.pickle").is_file()
+    table = load_video2world_dataset(root, num_frames=17, embed_dim=TINY.text_embed_dim)
+    assert table["video_path"] == [str((root / "videos" / "robot.mp4").absolute())]
+
+
+def test_prepare_data_warns_about_short_clips_but_prepares_them_and_reports_bad_pickles(prepared_dataset, tmp_path, caplog):
+    from cosmos_v2w_diffusers.prepare_data import prepare_dataset
+
+    root = tmp_path / "data"
+    shutil.copytree(prepared_dataset, root)
+    shutil.rmtree(root / "t5_xxl")
+    usable, written = prepare_dataset(root, text_encoder="tiny")  # the recipe's 93 frames: both clips are longer
+    assert (usable, written) == (2, 2) and "fewer than the" not in caplog.text
+    (root / "t5_xxl" / "bikes.pickle").unlink()
+    usable, written = prepare_dataset(root, text_encoder="tiny", num_frames=200)  # bigbuckbunny has 132
+    assert written == 1 and "bigbuckbunny.mp4 has 132 frames, fewer than the 200" in caplog.text
+    array = np.ones((3, TINY.text_embed_dim), dtype=np.float16)
+    array[0, 0] = np.nan
+    with open(root / "t5_xxl" / "bikes.pickle", "wb") as f:
+        pickle.dump([array], f)
+    prepare_dataset(root, text_encoder="tiny")
+    assert "bikes.pickle: embedding holds NaN or Inf" in caplog.text
+
+
+def test_prepare_data_on_a_read_only_folder_says_so(prepared_dataset, tmp_path, monkeypatch, caplog):
+    from cosmos_v2w_diffusers import prepare_data
+
+    root = tmp_path / "data"
+    shutil.copytree(prepared_dataset, root)
+    (root / "t5_xxl" / "bikes.pickle").unlink()
+
+    def read_only(path, embedding):  # root ignores file modes, so the refusal is raised as the OS would
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(prepare_data, "write_t5_pickle", read_only)
+    assert prepare_data.main(["--dataset_path", str(root), "--text_encoder", "tiny"]) == 1
+    assert "the dataset folder is read-only" in caplog.text and "bikes.pickle" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "I", "I;16", "F"])
+def test_images_of_every_mode_reach_the_model_with_their_values(mode):
+    import PIL.Image
+
+    from cosmos_v2w_diffusers.pipeline import to_rgb
+
+    gray = np.tile(np.linspace(0, 255, 32).round().astype(np.uint8), (8, 1))  # a ramp, black to white
+    base = PIL.Image.fromarray(gray, "L")
+    if mode == "I;16":
+        image = PIL.Image.fromarray(gray.astype(np.uint16) * 257)  # Pillow picks I;16 for uint16
+    elif mode == "I":
+        image = PIL.Image.fromarray(gray.astype(np.int32) * 257)  # "I": how PIL opens many 16-bit PNGs
+    elif mode == "F":
+        image = PIL.Image.fromarray(gray.astype(np.float32) / 255)  # "F"
+    elif mode == "1":
+        gray = np.where(gray > 127, 255, 0).astype(np.uint8)
+        image = PIL.Image.fromarray(gray, "L").convert("1")
+    elif mode in ("La", "RGBa"):
+        image = base.convert("LA" if mode == "La" else "RGBA").convert(mode)
+    else:
+        image = base.convert(mode)
+    assert image.mode == mode
+    rgb = np.asarray(to_rgb(image))
+    assert rgb.shape == (8, 32, 3) and rgb.dtype == np.uint8
+    assert np.abs(rgb.astype(int) - gray[..., None]).max() <= 3, mode
+
+
+def test_a_conditioning_video_shorter_than_num_conditional_frames_is_refused():
+    import PIL.Image
+
+    from cosmos_v2w_diffusers.pipeline import CosmosVideo2WorldPipeline
+
+    frames = [PIL.Image.new("RGB", (32, 32))] * 3
+    with pytest.raises(ValueError, match="3 frames, fewer than num_conditional_frames=5"):
+        CosmosVideo2WorldPipeline.check_inputs(64, 112, 17, None, frames, 5)
+
+
+def test_a_dit_path_folder_without_config_is_named(tmp_path):
+    from cosmos_v2w_diffusers.checkpoint_format import load_native_checkpoint
+    from cosmos_v2w_diffusers.inference import load_post_trained_weights
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="folder without config.json"):
+        load_post_trained_weights(str(folder), False, "tiny")
+    with pytest.raises(ValueError, match="folder without config.json"):
+        load_native_checkpoint(folder)

@@ -127,13 +127,14 @@ def scan_dataset_folder(
             continue
         rows.append(
             dict(
-                video_path=str(video.resolve()),
+                # absolute(), not resolve(): a symlinked clip keeps its own name, which its pickle follows.
+                video_path=str(video.absolute()),
                 caption=caption,
                 num_frames=info.num_frames,
                 fps=info.fps,
                 width=info.width,
                 height=info.height,
-                t5_path=str(t5_path.resolve()) if t5_path.exists() else "",
+                t5_path=str(t5_path.absolute()) if t5_path.exists() else "",
             )
         )
     return rows, skipped

@@ -108,6 +108,16 @@ class Trainer:
         self.lock = RunLock(c.output_dir) if self.accelerator.is_main_process else None
         if self.lock:
             self.lock.acquire()
+        try:
+            self._setup()
+        except BaseException:  # a refused or failed setup frees the output folder for the next attempt
+            self._release_lock()
+            raise
+
+    def _setup(self) -> None:
+        """Everything after the output folder is ours: checks, data, models, optimisation state, resume."""
+        c = self.config
+        if self.lock:
             self.checkpoints.remove_stale_temp_files()
         self.resume_iteration = self._check_resumable()
         self.history: list[float] = []  # mean loss of each optimizer step run by this process
