@@ -416,3 +416,78 @@ def test_a_dit_path_folder_without_config_is_named(tmp_path):
         load_post_trained_weights(str(folder), False, "tiny")
     with pytest.raises(ValueError, match="folder without config.json"):
         load_native_checkpoint(folder)
+
+
+def test_resume_from_checkpoint_rebuilds_the_run_from_its_stored_config(prepared_dataset, tmp_path):
+    out = tmp_path / "run"
+    Trainer(_config(prepared_dataset, out, max_iter=2, save_iter=1, train_architecture="lora", lora_rank=4,
+                    num_frames=9, learning_rate=5e-4)).train()
+    model_file = out / "checkpoints" / "model" / "iter_000000001.pt"
+    config = TrainConfig.from_args(["--resume_from_checkpoint", str(model_file), "--max_iter", "3"])
+    assert (config.model, config.train_architecture, config.lora_rank, config.num_frames) == ("tiny", "lora", 4, 9)
+    assert (config.learning_rate, config.max_iter, config.output_dir) == (5e-4, 3, str(out.absolute()))
+    assert config.dataset_path == str(prepared_dataset)
+    resumed = Trainer(TrainConfig(**{**vars(config), "dataloader_num_workers": 0}))
+    assert resumed.start_iter == 1 and len(resumed.train()) == 2
+
+
+def _children(pid: int) -> list[int]:
+    """PIDs whose parent is `pid` (read from /proc: no extra dependency)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(prepared_dataset, tmp_path):
+    import os
+
+    out = tmp_path / "run"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+               str(REPO / "train_video2world.py"), "--model", "tiny", "--dataset_path", str(prepared_dataset),
+               "--output_dir", str(out), "--max_iter", "100000", "--save_iter", "100000", "--dataloader_num_workers", "0"]
+    process, log = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True), []
+    _wait_for_steps(process, log)
+    workers = _children(process.pid)
+    assert len(workers) == 2, workers
+    os.kill(max(workers), signal.SIGTERM)  # one rank only, as a scheduler preempting one node would
+    process.wait(timeout=120)
+    text = "".join(log)
+    stops = [line.split("after step ")[1].split(";")[0] for line in text.splitlines() if "Stopped by a signal after step" in line]
+    assert len(stops) == 2 and stops[0] == stops[1], text[-3000:]
+    assert CheckpointDir(out).latest_iteration() == int(stops[0])
+    assert text.count("Saved checkpoint") == 1
+
+
+def test_a_disk_that_fills_up_during_the_write_gives_the_same_one_line_error(tmp_path, monkeypatch):
+    """On a real 1 MiB filesystem (where this machine lets the test mount one): torch.save's own failure
+    is recognised as a full disk, and nothing partial is left."""
+    import shutil as shutil_module
+
+    from cosmos_v2w_diffusers.training import checkpoint as checkpoint_module
+    from cosmos_v2w_diffusers.training.checkpoint import CheckpointSpaceError
+
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs is not permitted here")
+    try:
+        checkpoints = CheckpointDir(small / "run")
+        checkpoints.save(1, {part: {"x": torch.zeros(10)} for part in ("model", "optim", "scheduler", "trainer")})
+        real_usage = shutil_module.disk_usage
+        answers = iter([10**12])  # the check before writing is told there is room; the write finds out otherwise
+        monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda p: real_usage(p)._replace(free=next(answers, real_usage(p).free)))
+        with pytest.raises(CheckpointSpaceError, match="No space left for checkpoint 2"):
+            checkpoints.save(2, {part: {"x": torch.zeros(400_000)} for part in ("model", "optim", "scheduler", "trainer")})
+        assert checkpoints.latest_iteration() == 1
+        assert sorted(p.name for p in (small / "run" / "checkpoints").rglob("*")) == sorted(
+            ["model", "optim", "scheduler", "trainer", "latest_checkpoint.txt"] + ["iter_000000001.pt"] * 4
+        )
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)

@@ -136,10 +136,12 @@ class CheckpointDir:
             for part in PARTS:
                 with atomic_write(self.path(part, iteration)) as f:
                     torch.save(parts[part], f)
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
-            raise self._space_error(iteration, needed, shutil.disk_usage(self.root).free) from None
+        except (OSError, RuntimeError) as exc:
+            # torch.save reports a full disk as a RuntimeError from its zip writer, so the disk is asked too.
+            free = shutil.disk_usage(self.root).free
+            if getattr(exc, "errno", None) == errno.ENOSPC or free < needed:
+                raise self._space_error(iteration, needed, free) from None
+            raise
         with atomic_write(self.root / LATEST, "w") as f:
             f.write(checkpoint_name(iteration) + "\n")
         logger.info("Saved checkpoint %s", self.path("model", iteration))
@@ -169,6 +171,14 @@ class CheckpointDir:
 
     def load(self, iteration: int) -> dict[str, dict]:
         return {part: self.load_part(part, iteration) for part in PARTS}
+
+
+def config_of_checkpoint(path: str | Path) -> dict | None:
+    """The run config stored with a checkpoint, given the path of any of its files
+    (`<output_dir>/checkpoints/<part>/iter_N.pt`)."""
+    path = Path(path).absolute()
+    checkpoints = CheckpointDir(path.parents[2])
+    return stored_config(checkpoints.load_part("trainer", checkpoints.resolve(str(path))))
 
 
 def stored_config(trainer_part: dict) -> dict | None:

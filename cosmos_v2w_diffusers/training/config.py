@@ -21,6 +21,8 @@ LORA_TARGET_MODULES = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
 RUN_DEFINING_FIELDS = (
     "model", "train_architecture", "num_frames", "height", "width", "lora_rank", "lora_alpha", "lora_target_modules",
 )
+# Resolved for the device a run starts on, so not carried over when a run is rebuilt from its checkpoint.
+DEVICE_DEPENDENT_FIELDS = ("mixed_precision", "compile", "ema_device")
 # Flags that must be at least 1 (or 0), checked before any default replaces them.
 _AT_LEAST = {
     "max_iter": 1, "save_iter": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "num_frames": 1, "height": 16,
@@ -193,10 +195,11 @@ class TrainConfig:
         return edm2_ema_gamma(self.ema_relative_std)
 
     @classmethod
-    def parser(cls) -> argparse.ArgumentParser:
+    def parser(cls, defaults: bool = True) -> argparse.ArgumentParser:
+        """The flags; `defaults=False` leaves out every flag not given (to tell what the user set)."""
         parser = argparse.ArgumentParser(description="Cosmos-Predict2 Video2World post-training")
         for f in dataclasses.fields(cls):
-            kwargs = dict(default=f.default, help=f.metadata["help"])
+            kwargs = dict(default=f.default if defaults else argparse.SUPPRESS, help=f.metadata["help"])
             if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]
             kind = f.type.split(" |")[0]
@@ -209,5 +212,22 @@ class TrainConfig:
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> "TrainConfig":
-        return cls(**vars(cls.parser().parse_args(argv)))
+        """The config of a command line. With `--resume_from_checkpoint <path to a checkpoint file>`, the run is
+        rebuilt from the config stored in that checkpoint (its output folder included), and only the flags
+        given on the command line change it."""
+        config = cls(**vars(cls.parser().parse_args(argv)))
+        checkpoint = Path(config.resume_from_checkpoint)
+        if config.resume_from_checkpoint == "latest" or not checkpoint.is_file():
+            return config
+        from .checkpoint import config_of_checkpoint  # torch: kept out of `--help`
+
+        stored = config_of_checkpoint(checkpoint)
+        if stored is None:
+            return config
+        for name in DEVICE_DEPENDENT_FIELDS:  # chosen again for the device this run is on
+            stored[name] = None
+        given = vars(cls.parser(defaults=False).parse_args(argv))
+        rebuilt = {name: value for name, value in stored.items() if name in {f.name for f in dataclasses.fields(cls)}}
+        rebuilt["output_dir"] = str(checkpoint.absolute().parents[2])  # <output_dir>/checkpoints/<part>/iter_N.pt
+        return cls(**{**rebuilt, **given})
 
