@@ -118,7 +118,7 @@ class CheckpointDir:
             freed = sum(p.stat().st_size for p in stale)
             for path in stale:
                 path.unlink(missing_ok=True)
-            logger.warning("Removed %d temp files left by an interrupted save (%.2f GiB) under %s", len(stale), freed / GIB, self.root)
+            logger.warning("Removed %d temp files left by an interrupted save (%s) under %s", len(stale), _size(freed), self.root)
 
     def save(self, iteration: int, parts: dict[str, dict]) -> Path:
         """Write each part atomically, then move `latest_checkpoint.txt` to this iteration.
