@@ -14,7 +14,7 @@ The denoiser is `preconditioning.denoise`, the very function the training loss c
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import PIL.Image
@@ -132,9 +132,13 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "CosmosVideo2WorldPipeline":
-        """diffusers' loading; NVIDIA's sampler replaces the Euler scheduler the Hub repos ship, unless a
-        `scheduler` is passed."""
-        kwargs.setdefault("scheduler", CosmosMultistepScheduler())
+        """diffusers' loading. A pipeline saved by this class keeps its saved scheduler and config; NVIDIA's
+        repos (saved as diffusers' `Cosmos2VideoToWorldPipeline`) ship an Euler scheduler, which NVIDIA's
+        sampler replaces unless a `scheduler` is passed."""
+        hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "local_files_only", "revision", "token") if k in kwargs}
+        saved_by = cls.load_config(pretrained_model_name_or_path, **hub_kwargs).get("_class_name")
+        if saved_by != cls.__name__:
+            kwargs.setdefault("scheduler", CosmosMultistepScheduler())
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # ------------------------------------------------------------------ inputs
@@ -199,15 +203,20 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         x0_uncond = denoise(self.transformer, x, sigma, clean, cond_mask, negative_text, fps)
         return x0 + guidance_scale * (x0 - x0_uncond)
 
-    def _set_sigmas(self, num_inference_steps: int, device) -> None:
-        if isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler):
-            # diffusers' Cosmos-Predict2 recipe for this scheduler: Karras sigmas between its configured
-            # extremes, and a last sigma equal to the one before (a zero-length final step).
-            self.scheduler.register_to_config(sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN, sigma_data=1.0, final_sigmas_type="sigma_min")
-            self.scheduler.set_timesteps(sigmas=torch.linspace(0, 1, num_inference_steps, dtype=torch.float64), device=device)
-            self.scheduler.sigmas[-1] = self.scheduler.sigmas[-2]
-        else:
+    def _sampling_scheduler(self, num_inference_steps: int, device):
+        """The scheduler with its timesteps set. The user's scheduler config is never changed: the Euler
+        scheduler gets diffusers' Cosmos-Predict2 settings on a copy."""
+        if not isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler):
             self.scheduler.set_timesteps(num_inference_steps, device=device)
+            return self.scheduler
+        # Karras sigmas between Cosmos' extremes, and a last sigma equal to the one before (a zero-length
+        # final step), as diffusers' Cosmos-Predict2 pipeline sets them.
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config)
+        # Not `from_config` arguments: these keys exist only in the config, which set_timesteps reads.
+        scheduler.register_to_config(sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN, sigma_data=1.0, final_sigmas_type="sigma_min")
+        scheduler.set_timesteps(sigmas=torch.linspace(0, 1, num_inference_steps, dtype=torch.float64), device=device)
+        scheduler.sigmas[-1] = scheduler.sigmas[-2]
+        return scheduler
 
     @torch.no_grad()
     def __call__(
@@ -231,8 +240,11 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         return_dict: bool = True,
         diffusers_compat: bool = False,
         max_sequence_length: int = MAX_TEXT_TOKENS,
+        num_videos_per_prompt: int = 1,
+        callback_on_step_end: Callable[["CosmosVideo2WorldPipeline", int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
     ) -> CosmosPipelineOutput | tuple:
-        r"""Generate one video.
+        r"""Generate `num_videos_per_prompt` videos for each prompt.
 
         Args:
             image: the first frame to continue; or `video`: frames whose last `num_conditional_frames`
@@ -246,9 +258,15 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
                 scaled by sigma_max = 80.
             output_type: "pil", "np", "pt" or "latent".
             diffusers_compat: reproduce diffusers' `Cosmos2VideoToWorldPipeline` (see the module docstring).
+            num_videos_per_prompt: videos per prompt, each from its own noise (`latents`, when given, must
+                hold `len(prompts) * num_videos_per_prompt` of them).
+            callback_on_step_end: called as `callback(pipe, i, t, {name: tensor})` after step `i` with the
+                tensors named in `callback_on_step_end_tensor_inputs` (`latents`: the current `x`, or `x0`:
+                the step's guided prediction); a returned `latents` replaces the current `x`.
 
         Returns:
-            `CosmosPipelineOutput` whose `frames` hold the batch of one video.
+            `CosmosPipelineOutput` whose `frames` hold `len(prompts) * num_videos_per_prompt` videos, each
+            prompt's videos next to each other.
         """
         self.check_inputs(height, width, num_frames, image, video, num_conditional_frames)
         if prompt is None and prompt_embeds is None:
@@ -267,8 +285,10 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         if guided and negative_prompt_embeds is None:
             negative = negative_prompt if negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT
             negative_prompt_embeds = embed_prompts([negative] * prompt_embeds.shape[0], self.tokenizer, self.text_encoder, max_sequence_length)
-        text = prompt_embeds.to(device, dtype)
-        negative_text = negative_prompt_embeds.to(device, dtype) if guided else None
+        if num_videos_per_prompt < 1:
+            raise ValueError(f"num_videos_per_prompt must be at least 1, got {num_videos_per_prompt}.")
+        text = prompt_embeds.to(device, dtype).repeat_interleave(num_videos_per_prompt, dim=0)
+        negative_text = negative_prompt_embeds.to(device, dtype).repeat_interleave(num_videos_per_prompt, dim=0) if guided else None
 
         # 2. Conditioning latents, then the initial noise (diffusers draws its VAE sample first).
         if diffusers_compat:
@@ -283,13 +303,17 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         transformer_fps = fps if diffusers_compat else None
 
         # 3. Sampling: one guided x0 per step, handed to the scheduler (Euler takes the velocity).
-        self._set_sigmas(num_inference_steps, device)
-        sigmas = self.scheduler.sigmas
-        euler = isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler)
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+        scheduler = self._sampling_scheduler(num_inference_steps, device)
+        sigmas = scheduler.sigmas
+        euler = isinstance(scheduler, FlowMatchEulerDiscreteScheduler)
+        for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
             x0 = self._guided_x0(x, sigmas[i].float(), clean, cond_mask, text, negative_text, guidance_scale, transformer_fps)
             model_output = (x - x0) / sigmas[i].float() if euler else x0
-            x = self.scheduler.step(model_output, t, x, return_dict=False)[0]
+            x = scheduler.step(model_output, t, x, return_dict=False)[0]
+            if callback_on_step_end is not None:
+                available = {"latents": x, "x0": x0}
+                returned = callback_on_step_end(self, i, t, {k: available[k] for k in callback_on_step_end_tensor_inputs})
+                x = (returned or {}).get("latents", x)
         if not diffusers_compat:
             # NVIDIA returns one more guided x0, evaluated at sigma_min.
             x = self._guided_x0(x, sigmas[-1].float(), clean, cond_mask, text, negative_text, guidance_scale, None)

@@ -326,3 +326,46 @@ def test_cli_batch_input_json_writes_every_video(tmp_path):
     assert written == [tmp_path / "out" / "a.mp4", tmp_path / "out" / "b.mp4"]
     for path in written:
         assert len(decord.VideoReader(str(path))) == TINY.num_frames
+
+
+# ---------------------------------------------------------------- what a diffusers user expects
+
+
+def test_a_saved_scheduler_and_its_config_survive_reloading_and_sampling(pipe, tmp_path):
+    custom = CosmosVideo2WorldPipeline.from_pretrained(
+        str(tiny_pretrained_path()), disable_guardrail=True, scheduler=CosmosMultistepScheduler(sigma_max=60.0)
+    )
+    custom.save_pretrained(tmp_path / "cosmos")
+    reloaded = CosmosVideo2WorldPipeline.from_pretrained(str(tmp_path / "cosmos"), disable_guardrail=True)
+    assert isinstance(reloaded.scheduler, CosmosMultistepScheduler) and reloaded.scheduler.config.sigma_max == 60.0
+
+    euler = CosmosVideo2WorldPipeline.from_pretrained(
+        str(tiny_pretrained_path()), disable_guardrail=True, scheduler=FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True, shift=2.0)
+    )
+    before = dict(euler.scheduler.config)
+    _generate(euler, image=_image(), output_type="latent", num_inference_steps=3)
+    assert dict(euler.scheduler.config) == before, "sampling changed the user's scheduler config"
+    euler.save_pretrained(tmp_path / "euler")
+    again = CosmosVideo2WorldPipeline.from_pretrained(str(tmp_path / "euler"), disable_guardrail=True)
+    assert isinstance(again.scheduler, FlowMatchEulerDiscreteScheduler) and again.scheduler.config.shift == 2.0
+    # NVIDIA's repos (saved as diffusers' Cosmos2VideoToWorldPipeline with Euler) still get NVIDIA's sampler.
+    assert isinstance(pipe.scheduler, CosmosMultistepScheduler)
+
+
+def test_num_videos_per_prompt_and_callback_on_step_end(pipe):
+    seen = []
+
+    def callback(pipeline, i, t, tensors):
+        seen.append((i, tuple(tensors["latents"].shape), tuple(tensors["x0"].shape)))
+        return {"latents": tensors["latents"] * 0} if i == 2 else {}
+
+    videos = _generate(
+        pipe, image=_image(), output_type="latent", num_inference_steps=4, num_videos_per_prompt=2,
+        callback_on_step_end=callback, callback_on_step_end_tensor_inputs=("latents", "x0"),
+    )
+    assert videos.shape[0] == 2 and not torch.equal(videos[0], videos[1])  # each from its own noise
+    assert [i for i, _, _ in seen] == [0, 1, 2, 3] and all(s[0] == 2 for _, s, _ in seen)
+    untouched = _generate(pipe, image=_image(), output_type="latent", num_inference_steps=4, num_videos_per_prompt=2)
+    assert not torch.equal(videos, untouched), "the latents the callback returned were used"
+    with pytest.raises(ValueError, match="num_videos_per_prompt"):
+        _generate(pipe, image=_image(), num_videos_per_prompt=0)
