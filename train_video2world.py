@@ -17,17 +17,18 @@ checkpoint in its output folder.
 import logging
 import sys
 
-from cosmos_v2w_diffusers.data.folder import NoUsableVideosError
 from cosmos_v2w_diffusers.training.config import TrainConfig
-from cosmos_v2w_diffusers.training.checkpoint import CheckpointSpaceError
-from cosmos_v2w_diffusers.training.guards import EXIT_PREEMPTED
-from cosmos_v2w_diffusers.training.run_lock import OutputDirInUseError
-from cosmos_v2w_diffusers.training.trainer import Trainer
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = TrainConfig.from_args()
+    config = TrainConfig.from_args()  # before the heavy imports below, so `--help` answers at once
+    from cosmos_v2w_diffusers.data.folder import NoUsableVideosError
+    from cosmos_v2w_diffusers.training.checkpoint import CheckpointSpaceError
+    from cosmos_v2w_diffusers.training.guards import EXIT_PREEMPTED
+    from cosmos_v2w_diffusers.training.run_lock import OutputDirInUseError
+    from cosmos_v2w_diffusers.training.trainer import Trainer
+
     try:  # bad input, a busy output folder, a full disk: one line that says what and how to fix
         trainer = Trainer(config)
         trainer.train()

@@ -1,17 +1,25 @@
-"""NVIDIA Cosmos-Predict2 Video2World post-training on the Hugging Face stack."""
+"""NVIDIA Cosmos-Predict2 Video2World post-training on the Hugging Face stack.
 
-from .data.hf_dataset import load_video2world_dataset
-from .data.samples import Video2WorldTrainDataset
-from .pipeline import CosmosVideo2WorldPipeline
-from .presets import PRESETS, ModelPreset, get_preset
-from .scheduler import CosmosMultistepScheduler
+The public names are imported on first use (PEP 562), so the command-line tools can answer `--help`
+without loading torch, diffusers and transformers.
+"""
 
-__all__ = [
-    "PRESETS",
-    "CosmosMultistepScheduler",
-    "CosmosVideo2WorldPipeline",
-    "ModelPreset",
-    "Video2WorldTrainDataset",
-    "get_preset",
-    "load_video2world_dataset",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "PRESETS": ".presets",
+    "CosmosMultistepScheduler": ".scheduler",
+    "CosmosVideo2WorldPipeline": ".pipeline",
+    "ModelPreset": ".presets",
+    "Video2WorldTrainDataset": ".data.samples",
+    "get_preset": ".presets",
+    "load_video2world_dataset": ".data.hf_dataset",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name], __name__), name)

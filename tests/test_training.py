@@ -287,3 +287,29 @@ def test_two_process_data_parallel_run_resumes_exactly(prepared_dataset, tmp_pat
     straight, resumed = masters(tmp_path / "straight", 6), masters(tmp_path / "stopped", 6)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     assert any(not torch.equal(straight[k], masters(tmp_path / "stopped", 3)[k]) for k in straight)
+
+
+def test_flags_a_diffusers_user_guesses_and_a_fast_help():
+    aliased = TrainConfig.from_args(
+        ["--model", "tiny", "--max_train_steps", "7", "--checkpointing_steps", "3", "--rank", "2", "--train_architecture",
+         "lora", "--train_batch_size", "2", "--gradient_checkpointing", "--checkpoints_total_limit", "2",
+         "--mixed_precision", "no", "--resume_from_checkpoint", "iter_3"]
+    )
+    assert (aliased.max_iter, aliased.save_iter, aliased.lora_rank, aliased.batch_size) == (7, 3, 2, 2)
+    assert (aliased.activation_checkpointing, aliased.checkpoints_total_limit, aliased.mixed_precision) == ("full", 2, "no")
+    assert aliased.resume_from_checkpoint == "iter_3"
+    assert TrainConfig.from_args(["--gradient_checkpointing", "selective"]).activation_checkpointing == "selective"
+    # --help lists every default and answers without importing torch, diffusers or transformers.
+    probe = "import sys, runpy; sys.argv = ['train_video2world.py', '--help']\ntry:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().endswith("[]"), result.stdout[-500:] + result.stderr[-500:]
+    text = " ".join(result.stdout.split())
+    assert "--seed SEED seed of data order, frame windows, noise and dropout (default: 0)" in text
+    assert "--max_iter MAX_ITER, --max_train_steps MAX_ITER" in text
+
+
+def test_checkpoints_total_limit_keeps_the_newest(bikes_dataset, tmp_path):
+    out = tmp_path / "run"
+    Trainer(_config(bikes_dataset, out, max_iter=4, save_iter=1, checkpoints_total_limit=2)).train()
+    assert CheckpointDir(out).complete_iterations() == [3, 4]
+    assert sorted(p.name for p in (out / "checkpoints" / "optim").iterdir()) == ["iter_000000003.pt", "iter_000000004.pt"]

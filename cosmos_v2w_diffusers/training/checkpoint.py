@@ -105,6 +105,16 @@ class CheckpointDir:
             )
         return iteration
 
+    def prune(self, keep: int) -> None:
+        """Delete all but the newest `keep` complete checkpoints (`--checkpoints_total_limit`). The one
+        `latest_checkpoint.txt` names is never deleted."""
+        latest = self.latest_iteration()
+        for iteration in self.complete_iterations()[:-keep]:
+            if iteration != latest:
+                for part in PARTS:
+                    self.path(part, iteration).unlink(missing_ok=True)
+                logger.info("Removed checkpoint %s (--checkpoints_total_limit %d)", checkpoint_name(iteration), keep)
+
     def _complete_list(self) -> str:
         done = self.complete_iterations()
         return ", ".join(f"iter_{i}" for i in done) if done else "none"

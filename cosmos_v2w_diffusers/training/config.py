@@ -14,8 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..presets import get_preset
-
 LORA_TARGET_MODULES = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
 # What a checkpoint's weights and optimizer state depend on: a resume must not change these.
 RUN_DEFINING_FIELDS = (
@@ -27,7 +25,7 @@ DEVICE_DEPENDENT_FIELDS = ("mixed_precision", "compile", "ema_device")
 _AT_LEAST = {
     "max_iter": 1, "save_iter": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "num_frames": 1, "height": 16,
     "width": 16, "lora_rank": 1, "lora_alpha": 1, "lr_decay_steps": 1, "cache_windows_per_clip": 1,
-    "max_nonfinite_steps": 1, "dataloader_num_workers": 0, "max_skipped_clips": 0, "selective_checkpointing_blocks": 0,
+    "max_nonfinite_steps": 1, "checkpoints_total_limit": 1, "dataloader_num_workers": 0, "max_skipped_clips": 0, "selective_checkpointing_blocks": 0,
 }
 
 
@@ -58,13 +56,16 @@ class TrainConfig:
     )
 
     train_architecture: str = _f("full", "full post-training or LoRA", choices=["full", "lora"])
-    lora_rank: int | None = _f(None, "LoRA rank (default: 16 for 2B, 32 for 14B)")
+    lora_rank: int | None = _f(None, "LoRA rank (default: 16 for 2B, 32 for 14B)", aliases=["--rank"])
     lora_alpha: int | None = _f(None, "LoRA alpha (default: equal to the rank)")
     lora_target_modules: str = _f(LORA_TARGET_MODULES, "comma-separated diffusers module names LoRA wraps")
 
-    max_iter: int | None = _f(None, "optimizer steps (default 1000)")
-    save_iter: int | None = _f(None, "checkpoint every N steps (default 500 full, 200 LoRA)")
-    batch_size: int = _f(1, "clips per GPU per micro-step")
+    max_iter: int | None = _f(None, "optimizer steps (default 1000)", aliases=["--max_train_steps"])
+    save_iter: int | None = _f(
+        None, "checkpoint every N steps (default 500 full, 200 LoRA)", aliases=["--checkpointing_steps"]
+    )
+    checkpoints_total_limit: int | None = _f(None, "keep only the newest N checkpoints (default: keep all)")
+    batch_size: int = _f(1, "clips per GPU per micro-step", aliases=["--train_batch_size"])
     gradient_accumulation_steps: int = _f(1, "micro-steps per optimizer step")
     dataloader_num_workers: int = _f(2, "DataLoader worker processes")
     seed: int = _f(0, "seed of data order, frame windows, noise and dropout")
@@ -155,6 +156,8 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A copy with every preset-dependent default filled in."""
+        from ..presets import get_preset  # diffusers and transformers: kept out of `--help`
+
         self._check_values()
         preset = get_preset(self.model)
         lora = self.train_architecture == "lora"
@@ -199,7 +202,9 @@ class TrainConfig:
         """The flags; `defaults=False` leaves out every flag not given (to tell what the user set)."""
         parser = argparse.ArgumentParser(description="Cosmos-Predict2 Video2World post-training")
         for f in dataclasses.fields(cls):
-            kwargs = dict(default=f.default if defaults else argparse.SUPPRESS, help=f.metadata["help"])
+            # A None default is resolved from the preset or the device: the help text says how.
+            shown = "" if f.default is None else " (default: %(default)s)"
+            kwargs = dict(default=f.default if defaults else argparse.SUPPRESS, help=f.metadata["help"] + shown, dest=f.name)
             if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]
             kind = f.type.split(" |")[0]
@@ -207,7 +212,13 @@ class TrainConfig:
                 kwargs["action"] = argparse.BooleanOptionalAction
             else:
                 kwargs["type"] = {"int": int, "float": float, "str": str}[kind]
-            parser.add_argument(f"--{f.name}", **kwargs)
+            parser.add_argument(f"--{f.name}", *f.metadata.get("aliases", []), **kwargs)
+        # diffusers' examples switch full recompute on with a bare `--gradient_checkpointing`.
+        parser.add_argument(
+            "--gradient_checkpointing", dest="activation_checkpointing", nargs="?", const="full",
+            choices=["full", "selective", "none"], default=argparse.SUPPRESS,
+            help="alias of --activation_checkpointing; alone it means full",
+        )
         return parser
 
     @classmethod

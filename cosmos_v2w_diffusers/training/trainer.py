@@ -249,6 +249,8 @@ class Trainer:
                     "trainer": {"grad_scaler": {}, "iteration": iteration, "rng": rng, "config": self.config.to_json()},
                 },
             )
+            if self.config.checkpoints_total_limit:
+                self.checkpoints.prune(self.config.checkpoints_total_limit)
         self.accelerator.wait_for_everyone()
 
     def _maybe_resume(self) -> int:
