@@ -68,12 +68,25 @@ def rope_buffers(config) -> dict[str, torch.Tensor]:
     }
 
 
+def training_counters() -> dict[str, torch.Tensor]:
+    """The four training counters NVIDIA's network registers as buffers, as zeros: its strict
+    `load_state_dict` (its resume path) refuses a file without them; every other loader drops them."""
+    return {
+        "accum_video_sample_counter": torch.tensor(0, dtype=torch.int64),
+        "accum_image_sample_counter": torch.tensor(0, dtype=torch.int64),
+        "accum_iteration": torch.tensor(0, dtype=torch.int64),
+        "accum_train_in_hours": torch.tensor(0.0, dtype=torch.float32),
+    }
+
+
 def to_native_state_dict(
     state_dict: dict[str, torch.Tensor], config, prefix: str = "net.", dtype: torch.dtype | None = None
 ) -> dict[str, torch.Tensor]:
-    """diffusers-named tensors -> NVIDIA-named `prefix*` tensors (plus the RoPE buffers), optionally cast."""
+    """diffusers-named tensors -> NVIDIA-named `prefix*` tensors (plus the RoPE buffers and the training
+    counters NVIDIA's network expects), optionally cast."""
     native = {prefix + to_native_key(k): (v.to(dtype) if dtype is not None else v) for k, v in state_dict.items()}
     native.update({prefix + k: v for k, v in rope_buffers(config).items()})
+    native.update({prefix + k: v for k, v in training_counters().items()})
     return native
 
 

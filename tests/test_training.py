@@ -40,7 +40,7 @@ def test_recipe_defaults_per_preset():
     assert two.ema and two.output_dir == "checkpoints/posttraining/video2world/2b_cosmos_nemo_assets"
     fourteen = TrainConfig(model="14B", train_architecture="lora", dataset_path="d/x").resolved()
     assert (fourteen.weight_decay, fourteen.lr_f_max, fourteen.lora_rank, fourteen.lora_alpha) == (0.2, 0.25, 32, 32)
-    assert fourteen.save_iter == 200 and not fourteen.ema
+    assert fourteen.save_iter == 200 and fourteen.ema  # NVIDIA's LoRA recipe keeps an EMA of the adapter
     assert (two.activation_checkpointing, fourteen.activation_checkpointing) == ("selective", "selective")
     assert TrainConfig(model="2B", low_vram=True).resolved().activation_checkpointing == "full"
     with pytest.raises(ValueError, match="low_vram"):
@@ -202,7 +202,10 @@ def test_lora_trains_only_the_adapter(bikes_dataset, tmp_path):
     model = torch.load(tmp_path / "lora" / "checkpoints" / "model" / "iter_000000003.pt", weights_only=True)
     assert "net.blocks.0.self_attn.q_proj.lora_A.default.weight" in model
     assert "net.blocks.0.self_attn.q_proj.base_layer.weight" in model
-    assert not any(k.startswith("net_ema.") for k in model)
+    # The adapter's fp32 EMA (NVIDIA's LoRA recipe keeps one) is saved as net_ema.* and exported beside it.
+    assert model["net_ema.blocks.0.self_attn.q_proj.lora_A.default.weight"].dtype == torch.float32
+    assert not any(k.startswith("net_ema.") and "base_layer" in k for k in model)
+    assert (tmp_path / "lora" / "lora" / "pytorch_lora_weights_ema.safetensors").is_file()
 
 
 def test_dit_path_initialises_from_a_native_checkpoint(bikes_dataset, tmp_path):
@@ -313,3 +316,21 @@ def test_checkpoints_total_limit_keeps_the_newest(bikes_dataset, tmp_path):
     Trainer(_config(bikes_dataset, out, max_iter=4, save_iter=1, checkpoints_total_limit=2)).train()
     assert CheckpointDir(out).complete_iterations() == [3, 4]
     assert sorted(p.name for p in (out / "checkpoints" / "optim").iterdir()) == ["iter_000000003.pt", "iter_000000004.pt"]
+
+
+def test_a_lora_run_resumes_its_ema_and_the_ema_adapter_loads_into_the_pipeline(bikes_dataset, tmp_path):
+    from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline
+    from cosmos_v2w_diffusers.presets import tiny_pretrained_path
+
+    out = tmp_path / "lora"
+    first = Trainer(_config(bikes_dataset, out, train_architecture="lora", max_iter=2, save_iter=2))
+    first.train()
+    resumed = Trainer(_config(bikes_dataset, out, train_architecture="lora", max_iter=3, save_iter=3))
+    assert resumed.start_iter == 2
+    for name, shadow in first.ema.state_dict().items():
+        assert torch.equal(resumed.ema.state_dict()[name], shadow), name
+    pipe = CosmosVideo2WorldPipeline.from_pretrained(str(tiny_pretrained_path()), disable_guardrail=True)
+    pipe.load_lora_weights(str(out / "lora"), weight_name="pytorch_lora_weights_ema.safetensors", adapter_name="ema")
+    loaded = {n: p for n, p in pipe.transformer.named_parameters() if "lora_A.ema" in n}
+    expected = first.ema.state_dict()["transformer_blocks.0.attn1.to_q.lora_A.default.weight"]
+    torch.testing.assert_close(loaded["transformer_blocks.0.attn1.to_q.lora_A.ema.weight"].float(), expected)

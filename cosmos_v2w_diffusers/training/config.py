@@ -81,7 +81,9 @@ class TrainConfig:
     adam_beta2: float = _f(0.99, "AdamW beta2")
     adam_epsilon: float = _f(1e-8, "AdamW epsilon")
     max_grad_norm: float = _f(1.0, "gradient-norm clip (non-finite gradients are zeroed first)")
-    ema: bool | None = _f(None, "keep an fp32 EDM2 power EMA of the weights (default: on for full, off for LoRA)")
+    ema: bool = _f(
+        True, "keep an fp32 EDM2 power EMA of the trained weights (the LoRA adapter's in a LoRA run, as NVIDIA does)"
+    )
     ema_relative_std: float = _f(0.1, "EDM2 EMA relative std; 0.1 gives gamma 6.9372")
     ema_device: str | None = _f(
         None,
@@ -173,7 +175,6 @@ class TrainConfig:
         c.weight_decay = c.weight_decay if c.weight_decay is not None else preset.weight_decay
         c.lr_f_max = c.lr_f_max if c.lr_f_max is not None else preset.lr_f_max
         c.lr_decay_steps = c.lr_decay_steps or c.max_iter
-        c.ema = (not lora) if c.ema is None else c.ema
         # Selective checkpointing is the default: the trainer keeps attention outputs in as many blocks as
         # the GPU has memory for and recomputes the rest in full (`training/memory.py`).
         c.activation_checkpointing = c.activation_checkpointing or ("full" if c.low_vram else "selective")
@@ -181,8 +182,6 @@ class TrainConfig:
             raise ValueError("--low_vram offloads what full recompute keeps: drop --activation_checkpointing.")
         if c.cache_windows_per_clip < 1:
             raise ValueError(f"--cache_windows_per_clip must be at least 1, got {c.cache_windows_per_clip}.")
-        if c.ema and lora:
-            raise ValueError("--ema is for full post-training; a LoRA run keeps no EMA (drop --ema).")
         if (c.num_frames - 1) % 4:
             raise ValueError(f"--num_frames must be 4k+1 (the VAE's temporal stride), got {c.num_frames}.")
         if c.height % 16 or c.width % 16:

@@ -35,16 +35,29 @@ def write_diffusers_transformer(folder: Path, transformer, state_dict: dict[str,
     return publish_folder(folder, build)
 
 
+LORA_EMA_WEIGHTS_NAME = "pytorch_lora_weights_ema.safetensors"
+
+
 def export_final(transformer, state_dict: dict[str, torch.Tensor], ema_state: dict | None, config) -> Path:
-    """Write `<output_dir>/transformer` (+ `transformer_ema`) for a full run, `<output_dir>/lora` for LoRA."""
+    """Write `<output_dir>/transformer` (+ `transformer_ema`) for a full run, `<output_dir>/lora` for LoRA
+    (`pytorch_lora_weights.safetensors`, + `pytorch_lora_weights_ema.safetensors` from the EMA)."""
     out = Path(config.output_dir)
     if config.train_architecture == "lora":
         lora_layers = get_peft_model_state_dict(transformer, state_dict=state_dict)
-        publish_folder(
-            out / "lora",
-            lambda staging: CosmosLoraLoaderMixin.save_lora_weights(staging, transformer_lora_layers=lora_layers),
+        ema_layers = get_peft_model_state_dict(transformer, state_dict=ema_state) if ema_state is not None else None
+
+        def build(staging: Path) -> None:
+            CosmosLoraLoaderMixin.save_lora_weights(staging, transformer_lora_layers=lora_layers)
+            if ema_layers is not None:
+                CosmosLoraLoaderMixin.save_lora_weights(
+                    staging, transformer_lora_layers=ema_layers, weight_name=LORA_EMA_WEIGHTS_NAME
+                )
+
+        publish_folder(out / "lora", build)
+        logger.info(
+            "Exported the LoRA adapter to %s (pipeline.load_lora_weights%s)",
+            out / "lora", f"; the EMA: weight_name={LORA_EMA_WEIGHTS_NAME!r}" if ema_layers is not None else "",
         )
-        logger.info("Exported the LoRA adapter to %s (pipeline.load_lora_weights)", out / "lora")
         return out / "lora"
     write_diffusers_transformer(out / "transformer", transformer, state_dict)
     if ema_state is not None:
