@@ -144,7 +144,7 @@ def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
         raise FileNotFoundError(f"--lora_path {args.lora_path} does not exist.")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    kwargs = {"torch_dtype": dtype, "disable_guardrail": args.disable_guardrail}
+    kwargs = {"dtype": dtype, "disable_guardrail": args.disable_guardrail}
     if args.scheduler == "euler":
         kwargs["scheduler"] = FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True)
     if isinstance(weights, CosmosTransformer3DModel):

@@ -261,7 +261,7 @@ def load_transformer(
 ) -> CosmosTransformer3DModel:
     """Load the transformer and check that it is the preset's architecture."""
     source = resolve_pretrained(preset, pretrained_model_name_or_path)
-    transformer = CosmosTransformer3DModel.from_pretrained(source, subfolder="transformer", torch_dtype=torch_dtype)
+    transformer = CosmosTransformer3DModel.from_pretrained(source, subfolder="transformer", dtype=torch_dtype)
     check_transformer_matches(transformer, preset, source)
     return transformer
 
@@ -281,7 +281,7 @@ def load_vae(
     preset: ModelPreset, pretrained_model_name_or_path: str | None = None, torch_dtype: torch.dtype = torch.float32
 ) -> AutoencoderKLWan:
     source = resolve_pretrained(preset, pretrained_model_name_or_path)
-    return AutoencoderKLWan.from_pretrained(source, subfolder="vae", torch_dtype=torch_dtype)
+    return AutoencoderKLWan.from_pretrained(source, subfolder="vae", dtype=torch_dtype)
 
 
 def load_text_encoder(
@@ -300,7 +300,7 @@ def load_text_encoder(
     subfolder = {"tokenizer": "tokenizer", "text_encoder": "text_encoder"} if pipeline_layout else {}
     tokenizer = T5TokenizerFast.from_pretrained(name_or_path, subfolder=subfolder.get("tokenizer", ""))
     encoder = T5EncoderModel.from_pretrained(
-        name_or_path, subfolder=subfolder.get("text_encoder", ""), torch_dtype=torch_dtype
+        name_or_path, subfolder=subfolder.get("text_encoder", ""), dtype=torch_dtype
     )
     encoder.eval().requires_grad_(False)
     return tokenizer, encoder

@@ -110,7 +110,7 @@ def test_checkpoint_layout_and_round_trip(bikes_dataset, tmp_path):
 
     single = CosmosTransformer3DModel.from_single_file(
         str(root / "model" / "iter_000000002.pt"), config=str(tiny_pretrained_path()), subfolder="transformer",
-        torch_dtype=torch.bfloat16,
+        dtype=torch.bfloat16,
     )
     assert all(torch.equal(single.state_dict()[k], live[k].to(torch.bfloat16)) for k in live)
 

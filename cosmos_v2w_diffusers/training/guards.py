@@ -7,18 +7,18 @@ clips itself is gathered only in the rare step where some rank replaced one.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.utils import gather_object
 
 from ..io_utils import atomic_write
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # Exit status of a run stopped by SIGTERM or SIGINT after saving a checkpoint (EX_TEMPFAIL: run it again
 # to resume). `train_video2world.py` exits with it; schedulers can requeue on it.
@@ -52,7 +52,7 @@ class RunGuards:
         self.signal_received = signum
         logger.warning(
             "Received %s: finishing this step, saving a checkpoint, then exiting (send it again to stop at once).",
-            signal.Signals(signum).name,
+            signal.Signals(signum).name, main_process_only=False,
         )
 
     def check(self, micro_batches) -> bool:

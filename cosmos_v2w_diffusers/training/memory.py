@@ -14,12 +14,10 @@ hidden 2048; BENCHMARKS.md): a full-recompute compiled step peaked at 56.0 GiB a
 
 from __future__ import annotations
 
-import logging
 import os
+from dataclasses import dataclass
 
 import torch
-
-logger = logging.getLogger(__name__)
 
 GIB = 2**30
 # Bytes per (token x hidden channel) that a block keeps when it saves its attention output (0.62 GiB at 84,480 x 2048).
@@ -59,21 +57,26 @@ def selective_blocks_that_fit(
     resident_bytes: int,
     compiled: bool,
     compute_dtype: torch.dtype,
-    log: bool = True,
 ) -> int:
     """How many blocks can keep their attention outputs within `capacity_bytes` (0 to all of them)."""
-    hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
-    n_blocks = len(transformer.transformer_blocks)
     base = step_bytes_without_selective(transformer, tokens, resident_bytes, compiled, compute_dtype)
-    per_block = tokens * hidden * SELECTIVE_BYTES
     spare = capacity_bytes - HEADROOM_BYTES - base
-    n_selective = max(0, min(n_blocks, int(spare // per_block)))
-    if log:
-        logger.info(
-            "Activation checkpointing: %d of %d blocks keep their attention outputs (estimated peak %.1f GiB of %.1f GiB)",
-            n_selective, n_blocks, (base + n_selective * per_block) / GIB, capacity_bytes / GIB,
-        )
-    return n_selective
+    return max(0, min(len(transformer.transformer_blocks), int(spare // _selective_bytes_per_block(transformer, tokens))))
+
+
+def _selective_bytes_per_block(transformer: torch.nn.Module, tokens: int) -> float:
+    return tokens * transformer.config.num_attention_heads * transformer.config.attention_head_dim * SELECTIVE_BYTES
+
+
+@dataclass
+class MemoryPlan:
+    """What `plan_gpu_memory` decided: blocks keeping attention outputs (None: all), the EMA's device, and,
+    when it was estimated, the step's estimated peak and the memory it had to fit in."""
+
+    selective_blocks: int | None
+    ema_device: str
+    estimated_peak_bytes: int | None = None
+    capacity_bytes: int | None = None
 
 
 def set_allocator_defaults() -> None:
@@ -117,8 +120,8 @@ def plan_gpu_memory(
     device: torch.device,
     tokens: int,
     compute_dtype: torch.dtype,
-) -> tuple[int | None, str]:
-    """(blocks that keep their attention outputs, None for all; the EMA's device, "gpu" or "cpu").
+) -> MemoryPlan:
+    """Blocks that keep their attention outputs and the EMA's device ("gpu" or "cpu").
 
     The flag `--selective_checkpointing_blocks` wins; off the GPU, or without selective checkpointing,
     nothing is planned. Otherwise the EMA stays on the GPU unless it costs selective blocks there: its CPU
@@ -127,19 +130,22 @@ def plan_gpu_memory(
     c = config
     planned = device.type == "cuda" and c.activation_checkpointing == "selective" and c.selective_checkpointing_blocks is None
     if not planned:
-        return c.selective_checkpointing_blocks, c.ema_device or "gpu"
+        return MemoryPlan(c.selective_checkpointing_blocks, c.ema_device or "gpu")
     resident = sum(p.numel() * p.element_size() for p in transformer.parameters())
     resident += 0 if c.cache_latents else sum(p.numel() * p.element_size() for p in vae.parameters())
     ema_bytes = 4 * sum(p.numel() for p in transformer.parameters() if p.requires_grad) if c.ema else 0
 
-    def fit(resident_bytes: int, log: bool = True) -> int:
-        return selective_blocks_that_fit(
-            transformer, tokens, _capacity_bytes(device), resident_bytes, c.compile, compute_dtype, log=log
-        )
+    capacity = _capacity_bytes(device)
+
+    def fit(resident_bytes: int) -> int:
+        return selective_blocks_that_fit(transformer, tokens, capacity, resident_bytes, c.compile, compute_dtype)
 
     ema_device = c.ema_device
     if ema_device is None:
         all_blocks = len(transformer.transformer_blocks)
-        ema_device = "gpu" if not ema_bytes or fit(resident + ema_bytes, log=False) == all_blocks else "cpu"
-        logger.info("EMA on the %s", ema_device.upper())
-    return fit(resident + (ema_bytes if ema_device == "gpu" else 0)), ema_device
+        ema_device = "gpu" if not ema_bytes or fit(resident + ema_bytes) == all_blocks else "cpu"
+    resident += ema_bytes if ema_device == "gpu" else 0
+    n_selective = fit(resident)
+    peak = step_bytes_without_selective(transformer, tokens, resident, c.compile, compute_dtype)
+    peak += int(n_selective * _selective_bytes_per_block(transformer, tokens))
+    return MemoryPlan(n_selective, ema_device, peak, capacity)

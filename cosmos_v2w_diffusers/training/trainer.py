@@ -12,7 +12,6 @@ uninterrupted run would have done, with nothing but the weights, optimizer and s
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, ProjectConfiguration, parse_flag_from_env
 from diffusers.training_utils import cast_training_params
 from torch.distributed.checkpoint.state_dict import (
@@ -28,6 +28,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..checkpoint_format import (
     from_native_state_dict,
@@ -53,7 +54,8 @@ from .run_lock import RunLock
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
 from .parallel import apply_activation_checkpointing, apply_lora, full_tensor, like
 
-logger = logging.getLogger(__name__)
+# accelerate's logger: the main process logs (per-rank facts say `main_process_only=False`).
+logger = get_logger(__name__)
 
 
 class DrawSampler:
@@ -166,9 +168,14 @@ class Trainer:
                 logger.warning("Under FSDP, --activation_checkpointing selective falls back to full recompute.")
             self.accelerator.state.fsdp_plugin.activation_checkpointing = c.activation_checkpointing != "none"
         else:
-            self.selective_blocks, c.ema_device = plan_gpu_memory(
-                transformer, self.vae, c, self.device, self.tokens, self.compute_dtype
-            )
+            plan = plan_gpu_memory(transformer, self.vae, c, self.device, self.tokens, self.compute_dtype)
+            self.selective_blocks, c.ema_device = plan.selective_blocks, plan.ema_device
+            if plan.estimated_peak_bytes is not None:
+                logger.info(
+                    "Activation checkpointing: %d of %d blocks keep their attention outputs; EMA on the %s "
+                    "(estimated peak %.1f GiB of %.1f GiB)", plan.selective_blocks, len(transformer.transformer_blocks),
+                    plan.ema_device.upper(), plan.estimated_peak_bytes / 2**30, plan.capacity_bytes / 2**30,
+                )
             apply_activation_checkpointing(transformer, c.activation_checkpointing, self.selective_blocks, c.low_vram)
         if c.compile:
             compile_blocks(transformer)
@@ -276,7 +283,7 @@ class Trainer:
             ema = from_native_state_dict(parts["model"], "net_ema.")
             self.ema.load_state_dict({n: like(t, ema[n]) for n, t in self.ema.state_dict().items()})
         set_rng_state(parts["trainer"]["rng"])
-        logger.info("Resumed from %s", self.checkpoints.path("model", latest))
+        logger.info("Resumed from %s", self.checkpoints.path("model", latest), main_process_only=False)
         return parts["trainer"]["iteration"]
 
     # ------------------------------------------------------------------ training
@@ -363,7 +370,7 @@ class Trainer:
             total=c.max_iter, initial=self.start_iter, desc="Post-training", disable=not self.accelerator.is_main_process
         )
         bad_steps = 0
-        with self.guards, progress:
+        with self.guards, progress, logging_redirect_tqdm():
             last = time.perf_counter()
             for step, micro_batches in zip(range(self.start_iter, c.max_iter), self._micro_batches()):
                 lr = self.lr_scheduler.get_last_lr()[0]
@@ -391,7 +398,10 @@ class Trainer:
                 self.after_step(step)
                 if stop:
                     self.preempted = True
-                    logger.warning("Stopped by a signal after step %d; run the same command again to resume.", step + 1)
+                    logger.warning(
+                        "Stopped by a signal after step %d; run the same command again to resume.", step + 1,
+                        main_process_only=False,
+                    )
                     return self.history
         self._log_summary(clips_per_step)
         state = self.accelerator.get_state_dict(self.transformer)
