@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,6 +30,36 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TEXT_ENCODER = "google-t5/t5-11b"
 T5_XXL_WIDTH = 1024  # what existing pickles are checked against (the tiny encoder's own width with `tiny`)
+
+
+def download_hub_dataset(repo_id: str, dataset_path: str | Path, cache_dir: str | Path | None = None) -> int:
+    """Fetch a Hub dataset's mp4s and lay them out as `<dataset_path>/videos/`; returns how many were placed.
+
+    `huggingface_hub.snapshot_download` does the fetching (resumable, cached, offline-aware); what it cannot
+    do is the layout NVIDIA's seed does by hand (`mv nemo_diffusion_example_data videos`): every mp4 of the
+    snapshot, in any subfolder, is copied into `videos/` under its own name. Clips already there are kept.
+    """
+    from huggingface_hub import snapshot_download
+
+    snapshot = Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns="*.mp4*", cache_dir=cache_dir))
+    clips = sorted(p for p in snapshot.rglob("*") if p.suffix.lower() == ".mp4" and p.is_file())
+    if not clips:
+        raise FileNotFoundError(f"The Hub dataset {repo_id} has no .mp4 files; pass one that holds videos.")
+    names = [clip.name for clip in clips]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise ValueError(f"The Hub dataset {repo_id} has several clips named {clashes[0]}: rename them, then lay them out by hand.")
+    videos = Path(dataset_path) / "videos"
+    videos.mkdir(parents=True, exist_ok=True)
+    placed = 0
+    for clip in clips:
+        target = videos / clip.name
+        if not target.exists():
+            with atomic_write(target) as f, open(clip, "rb") as source:  # a cut copy never looks like a clip
+                shutil.copyfileobj(source, f)
+            placed += 1
+    logger.info("Placed %d of %d clips from %s in %s", placed, len(clips), repo_id, videos)
+    return placed
 
 
 def write_missing_captions(dataset_path: Path, prompt: str) -> int:
@@ -102,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset_path", required=True, help="folder holding videos/*.mp4")
     parser.add_argument("--prompt", default=None, help="caption for videos without metas/<name>.txt")
     parser.add_argument(
+        "--hub_dataset", default=None,
+        help="first fetch this Hub dataset's mp4s into videos/ (e.g. nvidia/Cosmos-NeMo-Assets)",
+    )
+    parser.add_argument(
         "--text_encoder",
         default=DEFAULT_TEXT_ENCODER,
         help="T5 encoder: Hub id or local folder (default T5-XXL), or `tiny` for the tiny preset's encoder",
@@ -115,10 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.hub_dataset:
+            download_hub_dataset(args.hub_dataset, args.dataset_path)
         usable, written = prepare_dataset(
             args.dataset_path, args.prompt, args.text_encoder, args.num_frames, args.batch_size, args.max_length
         )
-    except (NoUsableVideosError, FileNotFoundError) as exc:
+    except (NoUsableVideosError, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 1
     except PermissionError as exc:  # a read-only dataset folder

@@ -197,3 +197,30 @@ def test_nothing_usable_raises_with_every_reason(tmp_path):
     assert "a.mp4" in str(info.value) and "b.mp4" in str(info.value)
     with pytest.raises(FileNotFoundError, match="videos"):
         load_video2world_dataset(tmp_path / "nowhere")
+
+
+def test_prepare_data_fetches_a_hub_dataset_into_videos_offline(video_paths, tmp_path, monkeypatch):
+    """The real huggingface_hub client, offline, against a Hugging Face cache laid out as a download leaves it."""
+    from cosmos_v2w_diffusers import prepare_data
+
+    cache, commit = tmp_path / "hub", "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / "datasets--nvidia--Cosmos-NeMo-Assets"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit / "nemo_diffusion_example_data"
+    snapshot.mkdir(parents=True)
+    for name, path in video_paths.items():
+        shutil.copy(path, snapshot / f"{name}.mp4")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(
+        prepare_data, "download_hub_dataset",
+        lambda repo_id, dataset_path, cache_dir=None, _real=prepare_data.download_hub_dataset: _real(repo_id, dataset_path, cache),
+    )
+    root = tmp_path / "datasets" / "cosmos_nemo_assets"
+    assert prepare_data.main(
+        ["--dataset_path", str(root), "--hub_dataset", "nvidia/Cosmos-NeMo-Assets", "--prompt", PROMPT,
+         "--text_encoder", "tiny", "--num_frames", "17"]
+    ) == 0
+    assert sorted(p.name for p in (root / "videos").iterdir()) == ["bigbuckbunny.mp4", "bikes.mp4"]
+    assert (root / "videos" / "bikes.mp4").read_bytes() == video_paths["bikes"].read_bytes()
+    assert sorted(p.name for p in (root / "t5_xxl").iterdir()) == ["bigbuckbunny.pickle", "bikes.pickle"]
