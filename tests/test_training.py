@@ -238,25 +238,59 @@ def test_demo_command_trains_on_the_builtin_sample(tmp_path):
     assert exported.config.num_layers == get_preset("tiny").transformer_config["num_layers"]
 
 
-def test_push_to_hub_uploads_the_export_with_a_model_card(tmp_path, monkeypatch):
-    import huggingface_hub
+def test_push_to_hub_uploads_in_the_background_at_every_save_and_survives_failures(bikes_dataset, tmp_path, monkeypatch):
+    """The real huggingface_hub client builds the commits; only the two network calls are replaced."""
+    from huggingface_hub import HfApi, RepoUrl
 
-    from cosmos_v2w_diffusers.training import export
+    commits, repos, failures = [], [], {1}
 
-    calls = {}
+    def create_repo(self, repo_id, private=False, exist_ok=False, **kwargs):
+        repos.append((repo_id, private))
+        return RepoUrl(f"https://huggingface.co/someone/{repo_id}")
 
-    class Repo:
-        repo_id = "someone/tiny_demo"
+    def create_commit(self, repo_id, operations, commit_message, **kwargs):
+        commits.append((repo_id, commit_message, sorted(op.path_in_repo for op in operations)))
+        if len(commits) in failures:
+            raise OSError("503 Service Unavailable")
 
-    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, exist_ok: calls.setdefault("repo", repo_id) and Repo())
-    monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **kwargs: calls.setdefault("upload", kwargs))
-    folder = tmp_path / "transformer"
-    folder.mkdir()
-    config = TrainConfig(model="tiny", output_dir=str(tmp_path / "tiny_demo"), push_to_hub=True).resolved()
-    assert export.push_to_hub(folder, config) == "someone/tiny_demo"
-    assert calls["repo"] == "tiny_demo" and calls["upload"]["folder_path"] == str(folder)
-    card = (folder / "README.md").read_text()
-    assert "Cosmos-Predict2 tiny Video2World" in card and "video2world" in card
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    trainer = Trainer(_config(bikes_dataset, tmp_path / "tiny_run", max_iter=3, save_iter=1, push_to_hub=True,
+                              hub_private=True, train_architecture="lora"))
+    trainer.uploader.busy = lambda: trainer.uploader.wait() or False  # deterministic order for the test
+    losses = trainer.train()  # the first upload fails: training goes on, and the next save uploads again
+    assert len(losses) == 3
+    assert repos[0] == ("tiny_run", True)
+    assert [message for _, message, _ in commits] == [f"Post-training: iteration {i}" for i in (1, 2, 3)]
+    assert all(repo == "someone/tiny_run" for repo, _, _ in commits)
+    assert commits[-1][2] == ["README.md", "pytorch_lora_weights.safetensors", "pytorch_lora_weights_ema.safetensors"]
+    card = (tmp_path / "tiny_run" / "lora" / "README.md").read_text()
+    assert "base_model" not in card.split("---")[1] or "tiny" in card  # the tiny preset has no Hub base
+    assert all(tag in card for tag in ("cosmos", "video2world", "lora"))
+    assert "| `learning_rate` |" in card and "## Command" in card
+
+
+def test_a_slow_upload_never_blocks_a_step(bikes_dataset, tmp_path, monkeypatch):
+    import threading
+
+    from huggingface_hub import HfApi, RepoUrl
+
+    release, commits = threading.Event(), []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/someone/{repo_id}"))
+
+    def stuck_commit(self, repo_id, operations, commit_message, **kwargs):
+        assert release.wait(timeout=120), "the upload was never released"
+        commits.append(commit_message)
+
+    monkeypatch.setattr(HfApi, "create_commit", stuck_commit)
+    trainer = Trainer(_config(bikes_dataset, tmp_path / "run", max_iter=3, save_iter=1, push_to_hub=True))
+    steps_done = []
+    # Every step runs while the first upload is stuck; the last one lets it go.
+    trainer.after_step = lambda step: (steps_done.append(step), step == 2 and release.set())
+    trainer.train()
+    assert steps_done == [0, 1, 2]
+    # Iteration 1 was being uploaded during iteration 2's save, which was skipped; the final one went up.
+    assert commits == ["Post-training: iteration 1", "Post-training: iteration 3"]
 
 
 def test_two_process_data_parallel_run_resumes_exactly(prepared_dataset, tmp_path):

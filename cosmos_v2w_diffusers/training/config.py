@@ -131,8 +131,13 @@ class TrainConfig:
     )
 
     report_to: str = _f("none", "experiment tracker through accelerate", choices=["tensorboard", "wandb", "none"])
-    push_to_hub: bool = _f(False, "upload the final export to the Hub")
+    push_to_hub: bool = _f(
+        False, "upload what the pipeline loads (the diffusers transformer or the LoRA adapter) at every checkpoint "
+        "and at the end, in the background, with a model card"
+    )
     hub_model_id: str | None = _f(None, "Hub repo for --push_to_hub (default: the output folder's name)")
+    hub_token: str | None = _f(None, "Hub token for --push_to_hub (default: the logged-in one)")
+    hub_private: bool = _f(False, "create the --push_to_hub repo as private")
 
     def _check_values(self) -> None:
         """Refuse values no run can use, before any work (a 0 is refused, not replaced by the default)."""

@@ -1,5 +1,4 @@
-"""Final exports of a run: a diffusers transformer folder (full) or a diffusers LoRA file (LoRA),
-and the optional Hub upload with a model card."""
+"""Exports of a run: a diffusers transformer folder (full) or a diffusers LoRA file (LoRA)."""
 
 from __future__ import annotations
 
@@ -8,12 +7,10 @@ from pathlib import Path
 
 import torch
 from diffusers.loaders.lora_pipeline import CosmosLoraLoaderMixin
-from diffusers.utils.hub_utils import load_or_create_model_card, populate_model_card
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from ..io_utils import publish_folder
-from ..presets import get_preset
 
 logger = logging.getLogger(__name__)
 
@@ -64,27 +61,3 @@ def export_final(transformer, state_dict: dict[str, torch.Tensor], ema_state: di
         write_diffusers_transformer(out / "transformer_ema", transformer, ema_state)
     logger.info("Exported the diffusers transformer to %s", out / "transformer")
     return out / "transformer"
-
-
-def push_to_hub(folder: Path, config) -> str:
-    """Upload an export folder with a model card; returns the repo id."""
-    from huggingface_hub import create_repo, upload_folder
-
-    repo_id = create_repo(config.hub_model_id or Path(config.output_dir).name, exist_ok=True).repo_id
-    base = config.pretrained_model_name_or_path or get_preset(config.model).hub_id
-    card = load_or_create_model_card(
-        repo_id,
-        from_training=True,
-        base_model=base,
-        model_description=(
-            f"Cosmos-Predict2 {config.model} Video2World, {config.train_architecture} post-trained with "
-            f"cosmos_v2w_diffusers for {config.max_iter} steps on `{config.dataset_path or 'the built-in sample'}`."
-        ),
-        license="other",
-    )
-    populate_model_card(card, tags=["cosmos", "video2world", "diffusers", config.train_architecture]).save(
-        Path(folder) / "README.md"
-    )
-    upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload post-trained Video2World weights")
-    logger.info("Pushed %s to https://huggingface.co/%s", folder, repo_id)
-    return repo_id

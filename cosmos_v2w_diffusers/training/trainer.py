@@ -46,7 +46,8 @@ from ..presets import get_preset, load_transformer, load_vae
 from .checkpoint import CheckpointDir, rng_state, set_rng_state, stored_config
 from .config import TrainConfig
 from .demo_data import demo_dataset_path
-from .export import export_final, push_to_hub
+from .export import export_final
+from .hub import HubUploader
 from .guards import RunGuards
 from .memory import plan_gpu_memory, set_allocator_defaults, with_device_defaults
 from .metrics import throughput_summary
@@ -196,6 +197,8 @@ class Trainer:
         ema_device = "cpu" if c.ema_device == "cpu" else None
         self.ema = PowerEMA(self.trainable, c.ema_gamma, self.compute_dtype, ema_device) if c.ema else None
         self.start_iter = self._maybe_resume()
+        base_model = c.pretrained_model_name_or_path or self.preset.hub_id
+        self.uploader = HubUploader(c, base_model) if c.push_to_hub and self.accelerator.is_main_process else None
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -258,6 +261,9 @@ class Trainer:
             )
             if self.config.checkpoints_total_limit:
                 self.checkpoints.prune(self.config.checkpoints_total_limit)
+            if self.uploader and iteration < self.config.max_iter and not self.uploader.busy():
+                # What the pipeline loads goes up in the background (the final one after the loop).
+                self.uploader.upload(export_final(self._unwrapped(), state, ema, self.config), iteration)
         self.accelerator.wait_for_everyone()
 
     def _maybe_resume(self) -> int:
@@ -408,8 +414,8 @@ class Trainer:
         ema = self._gathered_ema()
         if self.accelerator.is_main_process:
             export_dir = export_final(self._unwrapped(), state, ema, c)
-            if c.push_to_hub:
-                push_to_hub(export_dir, c)
+            if self.uploader:
+                self.uploader.finish(export_dir, c.max_iter)
         self.accelerator.wait_for_everyone()
         return self.history
 
