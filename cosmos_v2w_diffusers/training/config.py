@@ -25,7 +25,8 @@ DEVICE_DEPENDENT_FIELDS = ("mixed_precision", "compile", "ema_device")
 _AT_LEAST = {
     "max_iter": 1, "save_iter": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "num_frames": 1, "height": 16,
     "width": 16, "lora_rank": 1, "lora_alpha": 1, "lr_decay_steps": 1, "cache_windows_per_clip": 1,
-    "max_nonfinite_steps": 1, "checkpoints_total_limit": 1, "dataloader_num_workers": 0, "max_skipped_clips": 0, "selective_checkpointing_blocks": 0,
+    "max_nonfinite_steps": 1, "checkpoints_total_limit": 1, "validation_steps": 1, "validation_num_frames": 1,
+    "validation_num_inference_steps": 1, "dataloader_num_workers": 0, "max_skipped_clips": 0, "selective_checkpointing_blocks": 0,
 }
 
 
@@ -131,6 +132,18 @@ class TrainConfig:
     )
 
     report_to: str = _f("none", "experiment tracker through accelerate", choices=["tensorboard", "wandb", "none"])
+    validation_prompt: str | None = _f(None, "generate a validation video with this prompt every --validation_steps")
+    validation_image: str | None = _f(
+        None, "image the validation video continues (default: the first frame of --validation_video or of a clip)"
+    )
+    validation_video: str | None = _f(
+        None, "a held-out clip: the validation continues its first frame and is scored (PSNR, SSIM) against it"
+    )
+    validation_steps: int | None = _f(None, "validate every N steps (default: at every checkpoint)")
+    validation_num_frames: int | None = _f(None, "frames of the validation video (default: --num_frames)")
+    validation_num_inference_steps: int = _f(35, "sampling steps of the validation video")
+    validation_live: bool = _f(False, "also validate the live weights, not only the EMA")
+
     push_to_hub: bool = _f(
         False, "upload what the pipeline loads (the diffusers transformer or the LoRA adapter) at every checkpoint "
         "and at the end, in the background, with a model card"
@@ -187,6 +200,11 @@ class TrainConfig:
             raise ValueError("--low_vram offloads what full recompute keeps: drop --activation_checkpointing.")
         if c.cache_windows_per_clip < 1:
             raise ValueError(f"--cache_windows_per_clip must be at least 1, got {c.cache_windows_per_clip}.")
+        c.validation_steps = c.validation_steps or c.save_iter
+        if c.validation_num_frames is not None and (c.validation_num_frames - 1) % 4:
+            raise ValueError(f"--validation_num_frames must be 4k+1, got {c.validation_num_frames}.")
+        if (c.validation_image or c.validation_video) and not c.validation_prompt:
+            raise ValueError("--validation_image/--validation_video need a --validation_prompt.")
         if (c.num_frames - 1) % 4:
             raise ValueError(f"--num_frames must be 4k+1 (the VAE's temporal stride), got {c.num_frames}.")
         if c.height % 16 or c.width % 16:

@@ -52,6 +52,7 @@ from .guards import RunGuards
 from .memory import plan_gpu_memory, set_allocator_defaults, with_device_defaults
 from .metrics import throughput_summary
 from .run_lock import RunLock
+from .validation import Validator
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
 from .parallel import apply_activation_checkpointing, apply_lora, full_tensor, like
 
@@ -197,6 +198,9 @@ class Trainer:
         ema_device = "cpu" if c.ema_device == "cpu" else None
         self.ema = PowerEMA(self.trainable, c.ema_gamma, self.compute_dtype, ema_device) if c.ema else None
         self.start_iter = self._maybe_resume()
+        self.validator = None
+        if c.validation_prompt and self.accelerator.is_main_process:
+            self.validator = Validator(c, self.preset, self.vae, table[0]["video_path"], self.compute_dtype, self.device)
         base_model = c.pretrained_model_name_or_path or self.preset.hub_id
         self.uploader = HubUploader(c, base_model) if c.push_to_hub and self.accelerator.is_main_process else None
 
@@ -401,6 +405,8 @@ class Trainer:
                 stop = self.guards.check(micro_batches)
                 if (step + 1) % c.save_iter == 0 or step + 1 == c.max_iter or stop:
                     self.save_checkpoint(step + 1)
+                if c.validation_prompt and (step + 1) % c.validation_steps == 0:
+                    self.validate(step + 1)
                 self.after_step(step)
                 if stop:
                     self.preempted = True
@@ -418,6 +424,37 @@ class Trainer:
                 self.uploader.finish(export_dir, c.max_iter)
         self.accelerator.wait_for_everyone()
         return self.history
+
+    def validate(self, iteration: int) -> None:
+        """Generate and score a validation video from the EMA (and, with --validation_live, the live) weights.
+
+        Gathering the weights is a collective under FSDP; the main process generates while the others wait."""
+        state = self.accelerator.get_state_dict(self.transformer)
+        ema = self._gathered_ema()
+        if self.validator is not None:
+            runs = [("ema", {**state, **ema})] if ema else [("live", state)]
+            if ema and self.config.validation_live:
+                runs.append(("live", state))
+            for name, weights in runs:
+                path, frames, metrics = self.validator.run(iteration, weights, name)
+                self.accelerator.log(metrics, step=iteration)
+                self._log_video(name, path, frames, iteration)
+            if self.uploader:
+                self.uploader.validation = self.validator.last
+        self.accelerator.wait_for_everyone()
+
+    def _log_video(self, name: str, path: Path, frames: torch.Tensor, iteration: int) -> None:
+        """The validation video to TensorBoard (`add_video`) or W&B (`wandb.Video`), as the run reports to."""
+        for tracker in self.accelerator.trackers:
+            try:
+                if tracker.name == "tensorboard":
+                    tracker.writer.add_video(f"validation/{name}", frames[None], iteration, fps=16)
+                elif tracker.name == "wandb":
+                    import wandb
+
+                    tracker.log({f"validation/{name}": wandb.Video(str(path))}, step=iteration)
+            except Exception as exc:  # a tracker's optional video support (moviepy, ...) must not stop training
+                logger.warning("Could not log the validation video to %s (%s); it is at %s", tracker.name, exc, path)
 
     def _log_summary(self, clips_per_step: int) -> None:
         finite = [x for x in self.history if math.isfinite(x)]

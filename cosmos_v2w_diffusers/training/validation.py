@@ -1,0 +1,129 @@
+"""Validation during training: a video from the EMA (and, if asked, the live) weights every
+`--validation_steps`, written to `<output_dir>/validation/step_{N:09d}.mp4` and logged to the trackers.
+
+With `--validation_video` (a held-out clip) the generation continues the clip's first frame and is scored
+against the clip's real frames (PSNR and SSIM over the generated frames), so a run shows whether
+post-training helps or hurts. The generating transformer is a second copy, built once, that receives the
+weights at each validation and lives on the CPU in between: validation takes no GPU memory from training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import decord
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.utils import export_to_video
+from torchvision.transforms.v2 import functional as TF
+
+from ..pipeline import DEFAULT_NEGATIVE_PROMPT, CosmosVideo2WorldPipeline, to_rgb
+from ..presets import load_text_encoder, load_transformer, resolve_pretrained
+from ..scheduler import CosmosMultistepScheduler
+from ..text_encoding import embed_prompts
+from .parallel import apply_lora
+
+logger = logging.getLogger(__name__)
+
+
+def psnr(generated: torch.Tensor, real: torch.Tensor) -> float:
+    """PSNR in dB of frames in [0, 1] (any shape)."""
+    mse = float(((generated.double() - real.double()) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def ssim(generated: torch.Tensor, real: torch.Tensor) -> float:
+    """Mean SSIM (Wang et al. 2004: Gaussian window 11, sigma 1.5) of frames `[T, C, H, W]` in [0, 1].
+
+    Written here because neither torchmetrics nor scikit-image is a dependency; torchvision's Gaussian blur
+    gives the local statistics.
+    """
+    c1, c2 = 0.01**2, 0.03**2
+    x, y = generated.double(), real.double()
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return TF.gaussian_blur(t, kernel_size=[11, 11], sigma=[1.5, 1.5])
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x, var_y = blur(x * x) - mu_x**2, blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    score = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return float(score.mean())
+
+
+def read_clip(path: str, num_frames: int, height: int, width: int) -> torch.Tensor:
+    """The first `num_frames` frames of a clip, resized as training samples are: float `[T, 3, H, W]` in [0, 1]."""
+    reader = decord.VideoReader(path, ctx=decord.cpu(0))
+    if len(reader) < num_frames:
+        raise ValueError(f"--validation_video {path} has {len(reader)} frames; it needs {num_frames} (--validation_num_frames).")
+    frames = torch.from_numpy(reader.get_batch(list(range(num_frames))).asnumpy()).permute(0, 3, 1, 2)
+    return TF.resize(frames, [height, width], antialias=True).float() / 255
+
+
+class Validator:
+    """Builds what validation needs once (text embeddings, a second transformer, the pipeline), then `run`s."""
+
+    def __init__(self, config, preset, vae, first_clip: str, compute_dtype: torch.dtype, device: torch.device):
+        c = self.config = config
+        self.device, self.dtype = device, compute_dtype
+        self.num_frames = c.validation_num_frames or c.num_frames
+        self.folder = Path(c.output_dir) / "validation"
+        self.real = read_clip(c.validation_video, self.num_frames, c.height, c.width) if c.validation_video else None
+        if c.validation_image:
+            self.image = to_rgb(PIL.Image.open(c.validation_image))
+        else:  # the first frame of the held-out clip, or of the first training clip
+            source = c.validation_video or first_clip
+            self.image = PIL.Image.fromarray(decord.VideoReader(source, ctx=decord.cpu(0))[0].asnumpy())
+        # The prompts are encoded once; the text encoder is freed right after (T5-XXL is 11B parameters).
+        pretrained = resolve_pretrained(preset, c.pretrained_model_name_or_path)
+        tokenizer, encoder = load_text_encoder(pretrained, torch_dtype=torch.float32)
+        self.prompt_embeds, self.negative_embeds = embed_prompts(
+            [c.validation_prompt, DEFAULT_NEGATIVE_PROMPT], tokenizer, encoder
+        ).split(1)
+        del tokenizer, encoder
+        transformer = load_transformer(preset, c.pretrained_model_name_or_path, compute_dtype)
+        if c.train_architecture == "lora":
+            apply_lora(transformer, c.lora_rank, c.lora_alpha, c.lora_target_modules.split(","))
+        self.pipe = CosmosVideo2WorldPipeline(
+            text_encoder=None, tokenizer=None, transformer=transformer.eval(), vae=vae,
+            scheduler=CosmosMultistepScheduler(), disable_guardrail=True,
+        )
+        self.pipe.set_progress_bar_config(disable=True)
+
+    def run(self, step: int, weights: dict[str, torch.Tensor], name: str) -> tuple[Path, torch.Tensor, dict[str, float]]:
+        """Generate with `weights` (a full state dict of the training transformer) and write the video.
+
+        Returns its path, its frames `[T, 3, H, W]` in [0, 1], and its metrics (none without `--validation_video`).
+        """
+        transformer, vae = self.pipe.transformer, self.pipe.vae
+        transformer.load_state_dict(weights)
+        vae_device = vae.device
+        transformer.to(self.device)
+        vae.to(self.device)
+        try:
+            frames = self.pipe(
+                image=self.image, prompt_embeds=self.prompt_embeds, negative_prompt_embeds=self.negative_embeds,
+                height=self.config.height, width=self.config.width, num_frames=self.num_frames,
+                num_inference_steps=self.config.validation_num_inference_steps,
+                generator=torch.Generator(self.device).manual_seed(self.config.seed), output_type="pt",
+            ).frames[0].cpu()  # [T, 3, H, W] in [0, 1]
+        finally:
+            transformer.to("cpu")
+            vae.to(vae_device)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        suffix = "" if name == "ema" else f"_{name}"
+        path = self.folder / f"step_{step:09d}{suffix}.mp4"
+        export_to_video(list(frames.permute(0, 2, 3, 1).numpy()), str(path), fps=16)
+        metrics = {}
+        if self.real is not None:  # the generated frames against the real ones (the conditioning frame left out)
+            metrics = {f"validation/{name}/psnr": psnr(frames[1:], self.real[1:]),
+                       f"validation/{name}/ssim": ssim(frames[1:], self.real[1:])}
+        logger.info("Validation (%s weights) at step %d: %s %s", name, step, path,
+                    " ".join(f"{k.rsplit('/', 1)[1]}={v:.3f}" for k, v in metrics.items()))
+        self.last = {"video": str(path), **metrics}
+        return path, frames, metrics
