@@ -316,6 +316,7 @@ def test_two_process_data_parallel_run_resumes_exactly(prepared_dataset, tmp_pat
     log = run(tmp_path / "stopped", 6, 29533)
     assert log.count("Resumed from") == 2, "both ranks resume"
     assert log.count("Saved checkpoint") == 1, "only the main process writes"
+    assert log.count("Transformer tiny (full)") == 1, "the trainer logs on the main process only"
 
     def masters(folder, iteration):
         path = folder / "checkpoints" / "optim" / f"iter_{iteration:09d}.pt"
