@@ -471,7 +471,7 @@ class Trainer:
             )
             self.summary = summary
             logger.info(
-                "Throughput: %.2f s/step, %.3f clips/s, %.0f model TFLOP/s per device (3x forward)%s",
+                "Throughput: %.2f s/step, %.3f clips/s, %.3g model TFLOP/s per device (3x forward)%s",
                 summary["s_per_step"], summary["clips_per_s"], summary["model_tflops_per_s_per_device"],
                 f", peak GPU memory {summary['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in summary else "",
             )
