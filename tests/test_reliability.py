@@ -283,7 +283,9 @@ def test_a_resume_with_other_run_defining_flags_is_refused_before_any_model_load
     def no_model_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before the run was checked")
 
-    monkeypatch.setattr(trainer_module, "load_transformer", no_model_loading)
+    from cosmos_v2w_diffusers.training import parallel
+
+    monkeypatch.setattr(parallel, "load_transformer", no_model_loading)
     with pytest.raises(ValueError, match="--lora_rank 4 -> 8") as error:
         Trainer(_config(prepared_dataset, out, max_iter=2, train_architecture="lora", lora_rank=8, num_frames=9))
     assert "--num_frames 17 -> 9" in str(error.value)

@@ -155,3 +155,37 @@ class Video2WorldTrainDataset(torch.utils.data.Dataset):
             f"draw {index}: {MAX_REPLACEMENTS + 1} clips in a row failed to decode (last: {skipped[-1]}); "
             f"check the dataset folder: most of its videos seem broken."
         )
+
+
+class DrawSampler:
+    """This rank's draw indices from optimizer step `start_step` on (see the module docstring).
+
+    Step s, micro-step m, rank r, slot b reads draw `((s * accum + m) * world + r) * batch + b`: the global
+    stream is split across ranks without gaps or overlap, and starts mid-run without replaying anything.
+    """
+
+    def __init__(self, start_step: int, end_step: int, accum: int, world: int, rank: int, batch: int):
+        self.steps, self.accum, self.world, self.rank, self.batch = range(start_step, end_step), accum, world, rank, batch
+
+    def __iter__(self):
+        for step in self.steps:
+            for micro in range(self.accum):
+                first = ((step * self.accum + micro) * self.world + self.rank) * self.batch
+                yield from range(first, first + self.batch)
+
+    def __len__(self) -> int:
+        return len(self.steps) * self.accum * self.batch
+
+    def step_batches(self, samples: torch.utils.data.Dataset, num_workers: int, pin_memory: bool):
+        """Batches of `samples` read through a DataLoader, grouped into one list of micro-batches per step.
+
+        The DataLoader is not `accelerator.prepare`d: this sampler already splits the stream by rank, and
+        accelerate's skip-ahead on resume would decode every skipped clip again.
+        """
+        loader = torch.utils.data.DataLoader(
+            samples, batch_size=self.batch, sampler=self, num_workers=num_workers, pin_memory=pin_memory,
+            persistent_workers=False,
+        )
+        batches = iter(loader)
+        for _ in self.steps:
+            yield [next(batches) for _ in range(self.accum)]

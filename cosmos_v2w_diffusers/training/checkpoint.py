@@ -179,6 +179,19 @@ class CheckpointDir:
                 f"corrupt or not ours: {way_out}."
             ) from None
 
+    def check_same_run(self, iteration: int, run_definition: dict) -> None:
+        """Refuse a resume whose run-defining flags differ from those stored with checkpoint `iteration`
+        (other flags may change; checkpoints from before the config was stored are not checked)."""
+        stored = stored_config(self.load_part("trainer", iteration))
+        if stored is None:
+            return
+        changed = [f"--{k} {stored.get(k)} -> {v}" for k, v in run_definition.items() if stored.get(k) != v]
+        if changed:
+            raise ValueError(
+                f"{self.path('trainer', iteration)} was written by a run with other run-defining flags "
+                f"({'; '.join(changed)}): use the checkpoint's values, a new --output_dir, or --no-resume."
+            )
+
     def load(self, iteration: int) -> dict[str, dict]:
         return {part: self.load_part(part, iteration) for part in PARTS}
 

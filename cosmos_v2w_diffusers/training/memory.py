@@ -78,6 +78,13 @@ class MemoryPlan:
     estimated_peak_bytes: int | None = None
     capacity_bytes: int | None = None
 
+    def describe(self, n_blocks: int) -> str:
+        return (
+            f"Activation checkpointing: {self.selective_blocks} of {n_blocks} blocks keep their attention outputs; "
+            f"EMA on the {self.ema_device.upper()} (estimated peak {self.estimated_peak_bytes / GIB:.1f} GiB of "
+            f"{self.capacity_bytes / GIB:.1f} GiB)"
+        )
+
 
 def set_allocator_defaults() -> None:
     """Expandable segments unless the user configured the CUDA allocator: without them, fragmentation of

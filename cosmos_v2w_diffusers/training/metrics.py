@@ -5,6 +5,7 @@ Model FLOPs follow the MFU convention: a training step is 3 forwards, whatever i
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import torch
@@ -41,3 +42,21 @@ def throughput_summary(
     if device.type == "cuda":
         summary["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return summary
+
+
+def describe_throughput(summary: dict[str, float]) -> str:
+    memory = f", peak GPU memory {summary['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in summary else ""
+    return (
+        f"Throughput: {summary['s_per_step']:.2f} s/step, {summary['clips_per_s']:.3f} clips/s, "
+        f"{summary['model_tflops_per_s_per_device']:.3g} model TFLOP/s per device (3x forward){memory}"
+    )
+
+
+def loss_trend(losses: list[float]) -> str | None:
+    """The mean loss of the first and last tenth of a run's finite losses (None for fewer than 10 steps)."""
+    finite = [x for x in losses if math.isfinite(x)]
+    if len(finite) < 10:
+        return None
+    window = max(5, len(finite) // 10)
+    first, last = statistics.fmean(finite[:window]), statistics.fmean(finite[-window:])
+    return f"Mean loss of the first {window} steps {first:.4f} -> of the last {window} steps {last:.4f}"

@@ -1,5 +1,5 @@
-"""Transformations applied to the single-device transformer before accelerate wraps it:
-activation checkpointing and LoRA. Data/model parallelism itself (DDP, FSDP, DeepSpeed) is accelerate's,
+"""The single-device transformer a run trains, and the transformations applied to it before accelerate
+wraps it: activation checkpointing and LoRA. Data/model parallelism itself (DDP, FSDP, DeepSpeed) is accelerate's,
 chosen by the accelerate config (`accelerate_configs/`)."""
 
 from __future__ import annotations
@@ -8,9 +8,13 @@ from functools import partial
 
 import torch
 from diffusers import CosmosTransformer3DModel
+from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+from ..checkpoint_format import load_into_transformer, load_native_checkpoint
+from ..presets import load_transformer
 
 # Attention is ~85% of a block's FLOPs but its output is small: keeping it and recomputing the cheap
 # rest (norms, RoPE, MLP, projections) saves a re-run of attention per block (measured on an H100:
@@ -99,6 +103,20 @@ def apply_lora(transformer: CosmosTransformer3DModel, rank: int, alpha: int, tar
     transformer.add_adapter(
         LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=target_modules)
     )
+
+
+def load_trainable_transformer(preset, config, compute_dtype: torch.dtype) -> CosmosTransformer3DModel:
+    """The transformer a run trains: the preset's (or `--pretrained_model_name_or_path`'s), initialised from
+    `--dit_path` if given. Full post-training keeps fp32 master weights (compute under autocast); LoRA keeps
+    its frozen base in the compute dtype (bf16, as NVIDIA does: half the memory) and its adapter in fp32."""
+    lora = config.train_architecture == "lora"
+    transformer = load_transformer(preset, config.pretrained_model_name_or_path, compute_dtype if lora else torch.float32)
+    if config.dit_path:
+        load_into_transformer(transformer, load_native_checkpoint(config.dit_path, config.load_ema), config.dit_path)
+    if lora:
+        apply_lora(transformer, config.lora_rank, config.lora_alpha, config.lora_target_modules.split(","))
+        cast_training_params(transformer, torch.float32)
+    return transformer
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:

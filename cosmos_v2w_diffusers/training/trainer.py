@@ -21,7 +21,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, ProjectConfiguration, parse_flag_from_env
-from diffusers.training_utils import cast_training_params
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_optimizer_state_dict,
@@ -30,54 +29,29 @@ from torch.distributed.checkpoint.state_dict import (
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..checkpoint_format import (
-    from_native_state_dict,
-    load_into_transformer,
-    load_native_checkpoint,
-    to_native_state_dict,
-)
+from ..checkpoint_format import from_native_state_dict, to_native_state_dict
 from ..compile import compile_blocks
 from ..data.hf_dataset import load_video2world_dataset
 from ..data.latent_cache import build_latent_cache
-from ..data.samples import Video2WorldTrainDataset
+from ..data.samples import DrawSampler, Video2WorldTrainDataset
 from ..latents import encode_video, num_latent_frames, use_channels_last_3d
 from ..objective import draw_training_randomness, video2world_loss
-from ..presets import get_preset, load_transformer, load_vae
-from .checkpoint import CheckpointDir, rng_state, set_rng_state, stored_config
+from ..presets import get_preset, load_vae
+from .checkpoint import CheckpointDir, rng_state, set_rng_state
 from .config import TrainConfig
 from .demo_data import demo_dataset_path
 from .export import export_final
-from .hub import HubUploader
 from .guards import RunGuards
+from .hub import HubUploader
 from .memory import plan_gpu_memory, set_allocator_defaults, with_device_defaults
-from .metrics import throughput_summary
+from .metrics import describe_throughput, loss_trend, throughput_summary
+from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
+from .parallel import apply_activation_checkpointing, full_tensor, like, load_trainable_transformer
 from .run_lock import RunLock
 from .validation import Validator
-from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
-from .parallel import apply_activation_checkpointing, apply_lora, full_tensor, like
 
 # accelerate's logger: the main process logs (per-rank facts say `main_process_only=False`).
 logger = get_logger(__name__)
-
-
-class DrawSampler:
-    """This rank's draw indices from optimizer step `start_step` on (see `Video2WorldTrainDataset`).
-
-    Step s, micro-step m, rank r, slot b reads draw `((s * accum + m) * world + r) * batch + b`: the global
-    stream is split across ranks without gaps or overlap, and starts mid-run without replaying anything.
-    """
-
-    def __init__(self, start_step: int, end_step: int, accum: int, world: int, rank: int, batch: int):
-        self.steps, self.accum, self.world, self.rank, self.batch = range(start_step, end_step), accum, world, rank, batch
-
-    def __iter__(self):
-        for step in self.steps:
-            for micro in range(self.accum):
-                first = ((step * self.accum + micro) * self.world + self.rank) * self.batch
-                yield from range(first, first + self.batch)
-
-    def __len__(self) -> int:
-        return len(self.steps) * self.accum * self.batch
 
 
 def _step_seed(*parts: int) -> int:
@@ -137,17 +111,8 @@ class Trainer:
         max_skipped = c.max_skipped_clips if c.max_skipped_clips is not None else max(1, len(table) // 10)
         self.guards = RunGuards(self.accelerator, c.output_dir, max_skipped)
 
-        # 2. Models. Full post-training keeps fp32 master weights under autocast; LoRA keeps its frozen base
-        # in the compute dtype (bf16, as NVIDIA does: half the memory) and its adapter in fp32.
-        lora = c.train_architecture == "lora"
-        transformer = load_transformer(
-            self.preset, c.pretrained_model_name_or_path, self.compute_dtype if lora else torch.float32
-        )
-        if c.dit_path:
-            load_into_transformer(transformer, load_native_checkpoint(c.dit_path, c.load_ema), c.dit_path)
-        if lora:
-            apply_lora(transformer, c.lora_rank, c.lora_alpha, c.lora_target_modules.split(","))
-            cast_training_params(transformer, torch.float32)
+        # 2. Models.
+        transformer = load_trainable_transformer(self.preset, c, self.compute_dtype)
         self.vae = load_vae(self.preset, c.pretrained_model_name_or_path, self.compute_dtype)
         self.vae.to(self.device).eval().requires_grad_(False)
         if self.device.type == "cuda":
@@ -173,11 +138,7 @@ class Trainer:
             plan = plan_gpu_memory(transformer, self.vae, c, self.device, self.tokens, self.compute_dtype)
             self.selective_blocks, c.ema_device = plan.selective_blocks, plan.ema_device
             if plan.estimated_peak_bytes is not None:
-                logger.info(
-                    "Activation checkpointing: %d of %d blocks keep their attention outputs; EMA on the %s "
-                    "(estimated peak %.1f GiB of %.1f GiB)", plan.selective_blocks, len(transformer.transformer_blocks),
-                    plan.ema_device.upper(), plan.estimated_peak_bytes / 2**30, plan.capacity_bytes / 2**30,
-                )
+                logger.info(plan.describe(len(transformer.transformer_blocks)))
             apply_activation_checkpointing(transformer, c.activation_checkpointing, self.selective_blocks, c.low_vram)
         if c.compile:
             compile_blocks(transformer)
@@ -207,21 +168,11 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def _check_resumable(self) -> int | None:
-        """The checkpoint this run resumes from, after checking, before any heavy work, that it was written
-        by the same run: its stored run-defining flags must equal ours (other flags may change)."""
+        """The checkpoint this run resumes from, checked before any heavy work to come from the same run."""
         c = self.config
         iteration = self.checkpoints.resolve(c.resume_from_checkpoint) if c.resume else None
-        if iteration is None:
-            return None
-        stored = stored_config(self.checkpoints.load_part("trainer", iteration))
-        if stored is not None:
-            ours = c.run_definition()
-            changed = [f"--{k} {stored.get(k)} -> {v}" for k, v in ours.items() if stored.get(k) != v]
-            if changed:
-                raise ValueError(
-                    f"{self.checkpoints.path('trainer', iteration)} was written by a run with other run-defining flags "
-                    f"({'; '.join(changed)}): use the checkpoint's values, a new --output_dir, or --no-resume."
-                )
+        if iteration is not None:
+            self.checkpoints.check_same_run(iteration, c.run_definition())
         return iteration
 
     def _unwrapped(self) -> torch.nn.Module:
@@ -340,20 +291,13 @@ class Trainer:
         return mean_loss
 
     def _micro_batches(self):
+        """This rank's micro-batches, a list per optimizer step, from `start_iter` on."""
         c = self.config
         sampler = DrawSampler(
             self.start_iter, c.max_iter, c.gradient_accumulation_steps, self.accelerator.num_processes,
             self.accelerator.process_index, c.batch_size,
         )
-        # Not `accelerator.prepare`d: the sampler already splits the stream by rank, and accelerate's
-        # skip-ahead on resume would decode every skipped clip again.
-        loader = torch.utils.data.DataLoader(
-            self.samples, batch_size=c.batch_size, sampler=sampler, num_workers=c.dataloader_num_workers,
-            pin_memory=self.device.type == "cuda", persistent_workers=False,
-        )
-        batches = iter(loader)
-        for _ in sampler.steps:
-            yield [next(batches) for _ in range(c.gradient_accumulation_steps)]
+        return sampler.step_batches(self.samples, c.dataloader_num_workers, pin_memory=self.device.type == "cuda")
 
     def after_step(self, step: int) -> None:
         """Called after optimizer step `step` (0-based) has been taken and checkpointed."""
@@ -426,55 +370,26 @@ class Trainer:
         return self.history
 
     def validate(self, iteration: int) -> None:
-        """Generate and score a validation video from the EMA (and, with --validation_live, the live) weights.
-
-        Gathering the weights is a collective under FSDP; the main process generates while the others wait."""
+        """Validation videos from the EMA (and, with --validation_live, the live) weights. Gathering the
+        weights is a collective under FSDP; the main process generates while the others wait."""
         state = self.accelerator.get_state_dict(self.transformer)
         ema = self._gathered_ema()
         if self.validator is not None:
-            runs = [("ema", {**state, **ema})] if ema else [("live", state)]
-            if ema and self.config.validation_live:
-                runs.append(("live", state))
-            for name, weights in runs:
-                path, frames, metrics = self.validator.run(iteration, weights, name)
-                self.accelerator.log(metrics, step=iteration)
-                self._log_video(name, path, frames, iteration)
+            self.validator.validate(iteration, state, ema, self.accelerator)
             if self.uploader:
                 self.uploader.validation = self.validator.last
         self.accelerator.wait_for_everyone()
 
-    def _log_video(self, name: str, path: Path, frames: torch.Tensor, iteration: int) -> None:
-        """The validation video to TensorBoard (`add_video`) or W&B (`wandb.Video`), as the run reports to."""
-        for tracker in self.accelerator.trackers:
-            try:
-                if tracker.name == "tensorboard":
-                    tracker.writer.add_video(f"validation/{name}", frames[None], iteration, fps=16)
-                elif tracker.name == "wandb":
-                    import wandb
-
-                    tracker.log({f"validation/{name}": wandb.Video(str(path))}, step=iteration)
-            except Exception as exc:  # a tracker's optional video support (moviepy, ...) must not stop training
-                logger.warning("Could not log the validation video to %s (%s); it is at %s", tracker.name, exc, path)
-
     def _log_summary(self, clips_per_step: int) -> None:
-        finite = [x for x in self.history if math.isfinite(x)]
-        if len(finite) >= 10:
-            window = max(5, len(finite) // 10)
-            logger.info(
-                "Mean loss of the first %d steps %.4f -> of the last %d steps %.4f",
-                window, np.mean(finite[:window]), window, np.mean(finite[-window:]),
-            )
+        trend = loss_trend(self.history)
+        if trend:
+            logger.info(trend)
         if self.step_seconds:
-            summary = throughput_summary(
+            self.summary = throughput_summary(
                 self.step_seconds, clips_per_step, self.accelerator.num_processes,
                 self._unwrapped().config, self.tokens, self.device,
             )
-            self.summary = summary
-            logger.info(
-                "Throughput: %.2f s/step, %.3f clips/s, %.3g model TFLOP/s per device (3x forward)%s",
-                summary["s_per_step"], summary["clips_per_s"], summary["model_tflops_per_s_per_device"],
-                f", peak GPU memory {summary['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in summary else "",
-            )
+            logger.info(describe_throughput(self.summary))
 
     def close(self) -> None:
         """Finish the trackers, release the output folder and leave the process group: the last call of a

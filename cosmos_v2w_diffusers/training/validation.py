@@ -127,3 +127,28 @@ class Validator:
                     " ".join(f"{k.rsplit('/', 1)[1]}={v:.3f}" for k, v in metrics.items()))
         self.last = {"video": str(path), **metrics}
         return path, frames, metrics
+
+    def validate(self, iteration: int, state: dict, ema: dict | None, accelerator) -> None:
+        """Run validation with the EMA weights (`state` with the EMA's tensors) and, with `--validation_live`
+        or without an EMA, the live ones; log the metrics and videos to the run's trackers."""
+        runs = [("ema", {**state, **ema})] if ema else [("live", state)]
+        if ema and self.config.validation_live:
+            runs.append(("live", state))
+        for name, weights in runs:
+            path, frames, metrics = self.run(iteration, weights, name)
+            accelerator.log(metrics, step=iteration)
+            for tracker in accelerator.trackers:
+                log_video(tracker, name, path, frames, iteration)
+
+
+def log_video(tracker, name: str, path: Path, frames: torch.Tensor, iteration: int) -> None:
+    """A validation video to TensorBoard (`add_video`) or W&B (`wandb.Video`)."""
+    try:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_video(f"validation/{name}", frames[None], iteration, fps=16)
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({f"validation/{name}": wandb.Video(str(path))}, step=iteration)
+    except Exception as exc:  # a tracker's optional video support (moviepy, ...) must not stop training
+        logger.warning("Could not log the validation video to %s (%s); it is at %s", tracker.name, exc, path)
