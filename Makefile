@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   install into .venv, then train the tiny model on the built-in sample (CPU, < 3 minutes)
+#   make demo   install into .venv, then post-train the tiny model on the built-in sample and show the result (CPU, < 5 minutes)
 #   make test   install into .venv, then run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -21,9 +21,13 @@ $(VENV)/.installed: setup.py
 
 install: $(VENV)/.installed
 
+# Post-train the shipped tiny model on the built-in sample clips, then continue a held-out clip's first frame
+# before and after: outputs/demo/{generated.mp4,comparison.png,demo_metrics.json}.
+DEMO_RUN := outputs/demo/run
 demo: install
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		train_video2world.py --model tiny
+		train_video2world.py --model tiny --output_dir $(DEMO_RUN) --cache_latents --cache_windows_per_clip 4
+	$(PY) -m cosmos_v2w_diffusers.demo --run_dir $(DEMO_RUN) --output_dir outputs/demo
 
 test: install
 	$(PY) -m pytest -q tests

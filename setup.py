@@ -7,6 +7,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["cosmos_v2w_diffusers", "cosmos_v2w_diffusers.*"]),
+    # The tiny model (trained VAE, text encoder, transformer) the demo and the tests load.
+    package_data={"cosmos_v2w_diffusers": ["assets/tiny_video2world/*", "assets/tiny_video2world/*/*"]},
     python_requires=">=3.10",
     install_requires=[
         # torch is pinned by the Makefile/CI (a bare `torch` would pull a multi-GB CUDA build here);

@@ -42,9 +42,7 @@ def write_result(name: str, result: dict) -> Path:
 
 def make_dataset(root: Path, num_clips: int, num_frames: int, height: int, width: int, embed_dim: int) -> Path:
     """An NVIDIA-layout folder of synthetic clips with random T5-shaped pickles (no text encoder needed)."""
-    from diffusers.utils import export_to_video
-
-    from cosmos_v2w_diffusers.training.demo_data import render_clip
+    from cosmos_v2w_diffusers.training.demo_data import export_clip, render_clip
 
     for sub in ("videos", "metas", "t5_xxl"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -52,7 +50,7 @@ def make_dataset(root: Path, num_clips: int, num_frames: int, height: int, width
     for i in range(num_clips):
         name = f"clip_{i}"
         if not (root / "videos" / f"{name}.mp4").exists():
-            export_to_video(render_clip(num_frames, height, width, seed=i), str(root / "videos" / f"{name}.mp4"), fps=16)
+            export_clip(render_clip(num_frames, height, width, seed=i), root / "videos" / f"{name}.mp4")
         (root / "metas" / f"{name}.txt").write_text("A video of sks teal robot.")
         with open(root / "t5_xxl" / f"{name}.pickle", "wb") as f:
             pickle.dump([rng.standard_normal((12, embed_dim)).astype(np.float16)], f)

@@ -2,9 +2,10 @@
 
 A preset is a plain record of numbers (architecture, sample size, training defaults) plus the code that
 turns it into diffusers/transformers components. Real weights always go through `from_pretrained`
-(a Hub id or a local folder in diffusers layout). The tiny preset has no weights anywhere: it is built
-deterministically on first use, saved in the same layout to a cache folder, and then loaded with the
-very same `from_pretrained` code, so the tests exercise the loading path real weights take.
+(a Hub id or a local folder in diffusers layout). The tiny preset's weights ship with the package, in the
+same layout (`assets/tiny_video2world/`: a trained VAE, see `tiny_vae.py`, and a fixed random text encoder
+and transformer), and load with the very same `from_pretrained` code, so the tests exercise the loading
+path real weights take.
 
 Numbers: NVIDIA's recipe (its network and optimisation settings, listed in the README); configs are diffusers'
 `scripts/convert_cosmos_to_diffusers.py` entries `Cosmos-2.0-Diffusion-{2B,14B}-Video2World`.
@@ -23,7 +24,6 @@ import torch
 from diffusers import AutoencoderKLWan, CosmosTransformer3DModel, FlowMatchEulerDiscreteScheduler
 from transformers import T5Config, T5EncoderModel, T5Tokenizer, T5TokenizerFast
 
-from .io_utils import build_folder_once
 
 logger = logging.getLogger(__name__)
 
@@ -112,28 +112,27 @@ _register(
         name="tiny",
         transformer_config=dict(
             _SHARED_TRANSFORMER_CONFIG,
-            num_attention_heads=2,
+            num_attention_heads=4,
             attention_head_dim=32,
-            num_layers=2,
+            num_layers=4,
             text_embed_dim=_TINY_TEXT_DIM,
-            adaln_lora_dim=16,
+            adaln_lora_dim=32,
             rope_scale=(1.0, 3.0, 3.0),
         ),
         hub_id=None,
         num_frames=17,
         height=64,
         width=112,
-        # A randomly initialised network needs a larger step than fine-tuning a pre-trained one for its
-        # loss to fall within the CPU demo's few dozen steps.
+        # The tiny base model is far from converged: fine-tuning it takes a larger step than the real ones.
         learning_rate=1e-3,
         weight_decay=0.1,
         lr_f_max=0.6,
         lora_rank=4,
         lora_alpha=4,
-        # The CPU demo: a few dozen steps, finishing well inside 3 minutes on 2 cores.
-        max_iter=200,
-        save_iter=100,
-        save_iter_lora=100,
+        # The CPU demo: 1,500 steps on cached latents (about 2.5 minutes on 2 cores).
+        max_iter=1500,
+        save_iter=500,
+        save_iter_lora=500,
         text_embed_dim=_TINY_TEXT_DIM,
     )
 )
@@ -182,18 +181,20 @@ def _tiny_text_encoder(vocab_size: int) -> T5EncoderModel:
     return T5EncoderModel(config)
 
 
-def _tiny_vae() -> AutoencoderKLWan:
-    # Same temporal (4x) and spatial (8x) compression and 16 latent channels as the Wan 2.1 VAE, with the
-    # real per-channel latent statistics (the class defaults), at 1/12 of the width.
-    return AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1)
+# The tiny VAE: the Wan 2.1 VAE's structure (4x temporal, 8x spatial compression, 16 latent channels) at
+# 1/6 of its width. 2.6 M parameters: 5 MB in float16; a 17x64x112 clip encodes and decodes in about a
+# second on one CPU core. The shipped one is trained (`tiny_vae.py`); `save_tiny_pretrained` builds it random.
+TINY_VAE_CONFIG = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1)
 
 
-def save_tiny_pretrained(folder: str | Path, seed: int = 0) -> Path:
+def save_tiny_pretrained(folder: str | Path, seed: int = 0, vae: AutoencoderKLWan | None = None) -> Path:
     """Write the tiny preset's components to `folder` in the diffusers Video2World layout.
 
-    The weights depend only on `seed`: the global RNG is forked, so callers' random state is untouched.
-    The layout (`transformer/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`, `model_index.json`)
-    is the one of `nvidia/Cosmos-Predict2-2B-Video2World`, so every loader reads it as it reads real weights.
+    Every component is random, from `seed` (the global RNG is forked, so callers' random state is
+    untouched), except `vae` when one is given: `tiny_vae.py` passes its trained one to build the folder the
+    package ships. The layout (`transformer/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`,
+    `model_index.json`) is the one of `nvidia/Cosmos-Predict2-2B-Video2World`, so every loader reads it as it
+    reads real weights.
     """
     folder = Path(folder)
     preset = get_preset("tiny")
@@ -202,12 +203,12 @@ def save_tiny_pretrained(folder: str | Path, seed: int = 0) -> Path:
         tokenizer = _tiny_tokenizer()
         text_encoder = _tiny_text_encoder(len(tokenizer))
         transformer = build_transformer(preset)
-        vae = _tiny_vae()
+        random_vae = AutoencoderKLWan(**TINY_VAE_CONFIG)
     scheduler = FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True)
     folder.mkdir(parents=True, exist_ok=True)
     for name, component in [
         ("transformer", transformer),
-        ("vae", vae),
+        ("vae", vae if vae is not None else random_vae),
         ("text_encoder", text_encoder),
         ("tokenizer", tokenizer),
         ("scheduler", scheduler),
@@ -226,18 +227,24 @@ def save_tiny_pretrained(folder: str | Path, seed: int = 0) -> Path:
     return folder
 
 
-# Bump when the tiny preset's architecture or layout changes, so stale cached folders are not reused.
-_TINY_VERSION = "v1"
+# The tiny model the package ships: `save_tiny_pretrained(seed=0)` with the trained VAE, written by
+# `python -m cosmos_v2w_diffusers.tiny_vae` (its report, `tiny_vae_report.json`, lies beside it).
+TINY_PRETRAINED_DIR = Path(__file__).parent / "assets" / "tiny_video2world"
 
 
 def cache_root() -> Path:
-    """Where generated assets (the tiny model, the built-in sample) live; `$COSMOS_V2W_CACHE` overrides."""
+    """Where generated assets (the built-in sample, its latents) live; `$COSMOS_V2W_CACHE` overrides."""
     return Path(os.environ.get("COSMOS_V2W_CACHE", Path.home() / ".cache" / "cosmos_v2w_diffusers"))
 
 
 def tiny_pretrained_path() -> Path:
-    """The cached tiny model folder, created on first use."""
-    return build_folder_once(cache_root() / f"tiny-{_TINY_VERSION}", save_tiny_pretrained, "model_index.json")
+    """The tiny model folder shipped with the package."""
+    if not (TINY_PRETRAINED_DIR / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"{TINY_PRETRAINED_DIR}: the tiny model shipped with the package is missing; reinstall the package "
+            f"(pip install -e .) or rebuild it with `python -m cosmos_v2w_diffusers.tiny_vae --install`."
+        )
+    return TINY_PRETRAINED_DIR
 
 
 def resolve_pretrained(preset: ModelPreset, pretrained_model_name_or_path: str | None = None) -> str:

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import PROMPT, make_dataset_folder
-from diffusers.utils import export_to_video
 
 from cosmos_v2w_diffusers import Video2WorldTrainDataset, load_video2world_dataset
 from cosmos_v2w_diffusers.data.folder import NoUsableVideosError
@@ -16,6 +15,7 @@ from cosmos_v2w_diffusers.data.samples import resize_frames
 from cosmos_v2w_diffusers.latents import to_model_range
 from cosmos_v2w_diffusers.presets import get_preset, load_text_encoder
 from cosmos_v2w_diffusers.text_encoding import read_t5_pickle, write_t5_pickle
+from cosmos_v2w_diffusers.training.demo_data import export_clip
 
 TINY = get_preset("tiny")
 TINY_DIM = TINY.text_embed_dim
@@ -141,7 +141,7 @@ def _make_bad_inputs(root, video_paths):
     (videos / "empty.mp4").write_bytes(b"")
     (videos / "notes.mp4").write_text("these are my notes, not a video")
     reader = decord.VideoReader(str(video_paths["bikes"]))
-    export_to_video(list(reader.get_batch(list(range(20))).asnumpy()), str(videos / "short.mp4"), fps=25)
+    export_clip(list(reader.get_batch(list(range(20))).asnumpy()), videos / "short.mp4", fps=25)
     for name in ("wrong_shape", "wrong_dtype", "no_caption", "empty_caption"):
         shutil.copy(video_paths["bigbuckbunny"], videos / f"{name}.mp4")
     for name in ("truncated", "empty", "notes", "short", "wrong_shape", "wrong_dtype", "empty_caption"):

@@ -11,6 +11,8 @@ from conftest import make_dataset_folder
 from diffusers import CosmosTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_cosmos_transformer_checkpoint_to_diffusers
 
+from cosmos_v2w_diffusers.latents import encode_video
+from cosmos_v2w_diffusers.objective import draw_training_randomness, video2world_loss
 from cosmos_v2w_diffusers.presets import get_preset, load_transformer
 from cosmos_v2w_diffusers.training.checkpoint import CheckpointDir
 from cosmos_v2w_diffusers.training.config import TrainConfig, edm2_ema_gamma
@@ -78,11 +80,26 @@ def test_schedule_and_ema_formulas():
     torch.testing.assert_close(ema.shadow["w"], torch.full((2,), beta * 5 + (1 - beta) * 1.0))
 
 
+def _loss_on_fixed_draws(transformer, latents: torch.Tensor, text: torch.Tensor, draws: int = 16) -> float:
+    """The training loss averaged over the same `draws` noise/sigma/conditioning draws, whatever the weights."""
+    generator = torch.Generator().manual_seed(0)
+    total = 0.0
+    with torch.no_grad():
+        for _ in range(draws):
+            d = draw_training_randomness(tuple(latents.shape), generator)
+            total += video2world_loss(transformer, latents, d.noise, d.sigma, d.num_cond_frames, text, d.drop_text).item()
+    return total / draws
+
+
 def test_loss_falls_on_one_real_clip(bikes_dataset, tmp_path):
     trainer = Trainer(_config(bikes_dataset, tmp_path / "run", max_iter=40, save_iter=1000))
+    sample = trainer.samples[0]
+    latents = encode_video(trainer.vae, sample["video"][None])
+    text = sample["t5_text_embeddings"][None]
+    before = _loss_on_fixed_draws(trainer._unwrapped(), latents, text)
     losses = trainer.train()
     assert len(losses) == 40 and all(np.isfinite(losses))
-    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
+    assert _loss_on_fixed_draws(trainer._unwrapped(), latents, text) < 0.8 * before
 
 
 def test_checkpoint_layout_and_round_trip(bikes_dataset, tmp_path):
@@ -219,23 +236,6 @@ def test_dit_path_initialises_from_a_native_checkpoint(bikes_dataset, tmp_path):
             torch.testing.assert_close(p, source[name].float(), rtol=0, atol=0 if use_ema else 1e-2)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Trainer(_config(bikes_dataset, tmp_path / "c", dit_path=str(tmp_path / "missing.pt")))
-
-
-def test_demo_command_trains_on_the_builtin_sample(tmp_path):
-    """The README's demo: `accelerate launch train_video2world.py --model tiny` (fewer steps here)."""
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "train_video2world.py"),
-        "--model", "tiny", "--max_iter", "30", "--save_iter", "15",
-    ]
-    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = tmp_path / "checkpoints" / "posttraining" / "video2world" / "tiny_demo"
-    assert (out / "checkpoints" / "latest_checkpoint.txt").read_text() == "iter_000000030.pt\n"
-    assert (out / "transformer" / "config.json").is_file() and (out / "transformer_ema" / "config.json").is_file()
-    assert "Mean loss of the first" in result.stderr
-    exported = CosmosTransformer3DModel.from_pretrained(out / "transformer")
-    assert exported.config.num_layers == get_preset("tiny").transformer_config["num_layers"]
 
 
 def test_push_to_hub_uploads_in_the_background_at_every_save_and_survives_failures(bikes_dataset, tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from diffusers.utils import export_to_video
 
 from ..io_utils import build_folder_once
@@ -20,18 +21,23 @@ from ..presets import ModelPreset, cache_root, resolve_pretrained
 logger = logging.getLogger(__name__)
 
 DEMO_PROMPT = "A video of sks teal robot."
-NUM_CLIPS = 4
-_DEMO_VERSION = "v1"
+NUM_CLIPS = 16
+_DEMO_VERSION = "v4"
+
+
+# Every clip shows the same scene, as a user's clips of one robot do: this floor's colour, a teal square.
+FLOOR_TINT = (0.9, 0.75, 0.95)
 
 
 def render_clip(num_frames: int, height: int, width: int, seed: int) -> list[np.ndarray]:
-    """Frames (uint8 HxWx3) of a teal square moving on a straight line over a vertical gradient."""
+    """Frames (uint8 HxWx3) of a teal square moving on a straight line over a vertical gradient; its start
+    and velocity (up to a 48th of the frame per frame) depend on `seed` only."""
     rng = np.random.default_rng(seed)
-    floor = np.linspace(40, 200, height, dtype=np.float32)[:, None, None] * rng.uniform(0.6, 1.0, 3)
+    floor = np.linspace(40, 200, height, dtype=np.float32)[:, None, None] * np.array(FLOOR_TINT, dtype=np.float32)
     floor = np.broadcast_to(floor, (height, width, 3))
     side = max(4, min(height, width) // 4)
     start = rng.uniform([0, 0], [height - side, width - side])
-    velocity = rng.uniform(-1, 1, 2) * np.array([height, width]) / num_frames
+    velocity = rng.uniform(-1, 1, 2) * np.array([height, width]) / 48
     frames = []
     for i in range(num_frames):
         y, x = np.clip(start + velocity * i, 0, [height - side, width - side]).astype(int)
@@ -41,15 +47,28 @@ def render_clip(num_frames: int, height: int, width: int, seed: int) -> list[np.
     return frames
 
 
+def export_clip(frames: list[np.ndarray], path: Path | str, fps: int = 16) -> None:
+    """Write uint8 HxWx3 frames as an mp4. diffusers' `export_to_video` multiplies numpy frames by 255
+    (it expects floats in [0, 1]), which wraps uint8 values around; PIL images go through unscaled."""
+    export_to_video([Image.fromarray(frame) for frame in frames], str(path), fps=fps)
+
+
 def demo_dataset_path(preset: ModelPreset) -> Path:
-    """The built-in sample for `preset`, rendered and prepared on first use."""
+    """The built-in sample for `preset`, rendered and prepared on first use. Beside its `videos/`, one more
+    clip in `held_out/` (`held_out_clip_path`) is never trained on: the demo continues it."""
 
     def build(folder: Path) -> None:
         (folder / "videos").mkdir()
-        for i in range(NUM_CLIPS):
+        (folder / "held_out").mkdir()
+        for i in range(NUM_CLIPS + 1):
             frames = render_clip(preset.num_frames + 16, preset.height, preset.width, seed=i)
-            export_to_video(frames, str(folder / "videos" / f"robot_{i}.mp4"), fps=16)
+            export_clip(frames, folder / ("videos" if i < NUM_CLIPS else "held_out") / f"robot_{i}.mp4")
         prepare_dataset(folder, prompt=DEMO_PROMPT, text_encoder=resolve_pretrained(preset), num_frames=preset.num_frames)
         logger.info("Rendered the built-in sample clips")
 
     return build_folder_once(cache_root() / f"demo-{preset.short_name}-{_DEMO_VERSION}", build, "t5_xxl")
+
+
+def held_out_clip_path(preset: ModelPreset) -> Path:
+    """The built-in sample's clip that training never sees."""
+    return demo_dataset_path(preset) / "held_out" / f"robot_{NUM_CLIPS}.mp4"

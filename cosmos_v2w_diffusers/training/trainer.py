@@ -324,6 +324,11 @@ class Trainer:
             total=c.max_iter, initial=self.start_iter, desc="Post-training", disable=not self.accelerator.is_main_process
         )
         bad_steps = 0
+        if self.start_iter >= c.max_iter:
+            logger.info(
+                "The run is already complete: %s holds iteration %d of --max_iter %d. Raise --max_iter to train "
+                "on, or pass --no-resume (or another --output_dir) to start afresh.", c.output_dir, self.start_iter, c.max_iter,
+            )
         with self.guards, progress, logging_redirect_tqdm():
             last = time.perf_counter()
             for step, micro_batches in zip(range(self.start_iter, c.max_iter), self._micro_batches()):

@@ -1,0 +1,80 @@
+"""The demo a newcomer runs (`make demo`) and the tiny model the package ships for it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cosmos_v2w_diffusers.data.samples import read_frames, resize_frames
+from cosmos_v2w_diffusers.presets import get_preset, load_text_encoder, load_vae
+from cosmos_v2w_diffusers.text_encoding import embed_prompts
+from cosmos_v2w_diffusers.tiny_model import reconstruction_psnr
+from cosmos_v2w_diffusers.training.demo_data import export_clip, render_clip
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_exported_clips_keep_their_colours(tmp_path):
+    """uint8 frames straight into diffusers' export_to_video are multiplied by 255 and wrap around."""
+    frames = render_clip(17, 64, 112, seed=0)
+    export_clip(frames, tmp_path / "clip.mp4")
+    decoded = read_frames(str(tmp_path / "clip.mp4"), 0, 17).permute(0, 2, 3, 1).numpy().astype(float)
+    assert np.abs(decoded - np.stack(frames)).mean() < 6  # mp4 compression only
+
+
+def test_the_shipped_tiny_vae_reconstructs_footage_it_never_saw(video_paths):
+    vae = load_vae(get_preset("tiny"))
+    bikes = resize_frames(read_frames(str(video_paths["bikes"]), 100, 17), 64, 112)[None]
+    demo = torch.from_numpy(np.stack(render_clip(17, 64, 112, seed=99))).permute(3, 0, 1, 2)[None]
+    # A random VAE of the same shape scores about 11 dB on both.
+    assert reconstruction_psnr(vae, bikes) > 17
+    assert reconstruction_psnr(vae, demo) > 25
+
+
+def test_the_tiny_text_encoder_tells_prompts_apart():
+    tokenizer, encoder = load_text_encoder("tiny")
+    robot, car, empty = embed_prompts(
+        ["A video of sks teal robot.", "A red car drives on a road.", ""], tokenizer, encoder, 512
+    )
+    first_tokens = slice(0, 8)
+    assert (robot[first_tokens] - car[first_tokens]).norm() > 0.5 * robot[first_tokens].norm()
+    assert (robot - empty).norm() > 0.5 * robot.norm()
+
+
+def test_make_demo_writes_a_video_a_comparison_and_metrics_and_a_rerun_is_complete(tmp_path):
+    """The two commands of `make demo`, with fewer steps."""
+    run_dir = tmp_path / "outputs" / "demo" / "run"
+    train = [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "train_video2world.py"),
+        "--model", "tiny", "--output_dir", str(run_dir), "--cache_latents", "--cache_windows_per_clip", "1",
+        "--max_iter", "20", "--save_iter", "10",
+    ]
+    demo = [sys.executable, "-m", "cosmos_v2w_diffusers.demo", "--run_dir", str(run_dir), "--output_dir", "outputs/demo"]
+    result = subprocess.run(train, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Mean loss of the first" in result.stderr
+    shown = subprocess.run(demo, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+
+    out = tmp_path / "outputs" / "demo"
+    metrics = json.loads((out / "demo_metrics.json").read_text())
+    assert 5 < metrics["psnr_before"] < 60 and 5 < metrics["psnr_after"] < 60
+    assert metrics["psnr_before"] != metrics["psnr_after"]
+    frames = read_frames(str(out / "generated.mp4"), 0, 17)
+    assert frames.shape[0] == 17 and frames.float().std() > 1
+    preset = get_preset("tiny")
+    comparison = Image.open(out / "comparison.png")
+    assert comparison.height >= 3 * preset.height and comparison.width >= 5 * preset.width
+    for name in ("generated.mp4", "comparison.png", "demo_metrics.json", "infer_video2world.py"):
+        assert name in shown.stdout
+
+    (out / "generated.mp4").unlink()
+    again = subprocess.run(train, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "already complete" in again.stderr
+    assert subprocess.run(demo, cwd=tmp_path, capture_output=True, text=True, timeout=600).returncode == 0
+    assert (out / "generated.mp4").is_file()
