@@ -18,12 +18,14 @@ import decord
 import numpy as np
 import PIL.Image
 import torch
+import torch.distributed as dist
 from diffusers import CosmosTransformer3DModel, FlowMatchEulerDiscreteScheduler
 from diffusers.utils import export_to_video
 from tqdm.auto import tqdm
 
 from .checkpoint_format import check_checkpoint_matches, load_into_transformer, load_native_checkpoint
 from .compile import compile_blocks
+from .context_parallel import enable_context_parallel
 from .latents import use_channels_last_3d
 from .pipeline import DEFAULT_NEGATIVE_PROMPT, CosmosVideo2WorldPipeline, to_rgb
 from .presets import build_transformer, check_transformer_matches, get_preset, resolve_pretrained
@@ -67,6 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--offload_text_encoder", action="store_true", help="keep the T5 encoder on the CPU (about 11 GB of GPU memory in bf16)")
     p.add_argument("--offload_guardrail", action="store_true", help="keep the guardrail models on the CPU")
     p.add_argument("--offload_model", action="store_true", help="diffusers' model CPU offload of every component")
+    p.add_argument(
+        "--num_gpus", type=int, default=1,
+        help="shard each generation's latent tokens over this many processes started together "
+        "(torchrun --nproc_per_node N; NVIDIA's flag); rank 0 writes the video",
+    )
     p.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=None,
         help="torch.compile each transformer block (default: on with CUDA; about 30 s once, pays off over a 35-step video)",
@@ -142,8 +149,8 @@ def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
     weights = load_post_trained_weights(args.dit_path, args.load_ema, args.model_size) if args.dit_path else None
     if args.lora_path and not Path(args.lora_path).exists():
         raise FileNotFoundError(f"--lora_path {args.lora_path} does not exist.")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    device = _device(args.num_gpus)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     kwargs = {"dtype": dtype, "disable_guardrail": args.disable_guardrail}
     if args.scheduler == "euler":
         kwargs["scheduler"] = FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True)
@@ -155,21 +162,41 @@ def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
         load_into_transformer(pipe.transformer, weights, args.dit_path)
     if args.lora_path:
         pipe.load_lora_weights(args.lora_path)
-    if device == "cuda":
+    if args.num_gpus > 1:
+        enable_context_parallel(pipe.transformer, args.num_gpus, device)
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes within a generation: the VAE's convolutions autotune once
-    if args.compile if args.compile is not None else device == "cuda":
+    if args.compile if args.compile is not None else device.type == "cuda":
         compile_blocks(pipe.transformer)
     if args.offload_model:
         pipe.enable_model_cpu_offload()
         return pipe
     pipe.to(device)
-    if device == "cuda":
+    if device.type == "cuda":
         use_channels_last_3d(pipe.vae)
     if args.offload_text_encoder:
         pipe.text_encoder.to("cpu")
     if args.offload_guardrail and pipe.safety_checker is not None:
         pipe.safety_checker.to("cpu")
     return pipe
+
+
+def _device(num_gpus: int) -> torch.device:
+    """This process's device; with `--num_gpus N > 1`, after joining the N processes torchrun started."""
+    if num_gpus < 1:
+        raise ValueError(f"--num_gpus must be at least 1, got {num_gpus}.")
+    if num_gpus == 1:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if "LOCAL_RANK" not in os.environ:
+        raise ValueError(f"--num_gpus {num_gpus}: start the processes with `torchrun --nproc_per_node {num_gpus} infer_video2world.py ...`.")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.get_world_size() != num_gpus:
+        raise ValueError(f"--num_gpus {num_gpus} but {dist.get_world_size()} processes were started: make them equal.")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
 
 
 def jobs_from_args(args: argparse.Namespace) -> list[dict]:
@@ -227,6 +254,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
             output_type="np",
         ).frames[0]
         save_path = Path(job["save_path"])
+        if args.num_gpus > 1 and dist.get_rank() != 0:  # every rank holds the whole video; one writes it
+            continue
         save_path.parent.mkdir(parents=True, exist_ok=True)
         # Written beside the target and renamed, so an existing video is never left half-overwritten.
         partial = save_path.with_name(f".{save_path.stem}.partial{save_path.suffix}")
@@ -234,4 +263,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
         os.replace(partial, save_path)
         logger.info("Wrote %s (%d frames, %dx%d, %d fps)", save_path, len(frames), width, height, args.fps)
         written.append(save_path)
+    if args.num_gpus > 1:
+        dist.destroy_process_group()
     return written

@@ -27,6 +27,7 @@ _AT_LEAST = {
     "width": 16, "lora_rank": 1, "lora_alpha": 1, "lr_decay_steps": 1, "cache_windows_per_clip": 1,
     "max_nonfinite_steps": 1, "checkpoints_total_limit": 1, "validation_steps": 1, "validation_num_frames": 1,
     "validation_num_inference_steps": 1, "dataloader_num_workers": 0, "max_skipped_clips": 0, "selective_checkpointing_blocks": 0,
+    "context_parallel_size": 1,
 }
 
 
@@ -101,6 +102,11 @@ class TrainConfig:
     )
     selective_checkpointing_blocks: int | None = _f(
         None, "with selective checkpointing: how many blocks keep their attention outputs (default: as many as fit)"
+    )
+    context_parallel_size: int = _f(
+        1,
+        "shard each sample's latent tokens over this many processes (Ulysses attention); the data-parallel degree "
+        "is processes / N, and N must divide the attention heads and the tokens",
     )
     low_vram: bool = _f(
         False,

@@ -46,6 +46,7 @@ from .hub import HubUploader
 from .memory import plan_gpu_memory, set_allocator_defaults, with_device_defaults
 from .metrics import describe_throughput, loss_trend, throughput_summary
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
+from ..context_parallel import enable_context_parallel
 from .parallel import apply_activation_checkpointing, full_tensor, like, load_trainable_transformer
 from .run_lock import RunLock
 from .validation import Validator
@@ -126,8 +127,18 @@ class Trainer:
             self.vae.to("cpu")  # no longer needed on the GPU
         self.samples = Video2WorldTrainDataset(table, c.num_frames, c.height, c.width, seed=c.seed, latent_table=latent_table)
         self.tokens = num_latent_frames(c.num_frames) * (c.height // 16) * (c.width // 16)
+        # Context parallelism: groups of `cp` consecutive ranks share a sample, each holding 1/cp of its tokens.
+        self.cp = c.context_parallel_size
+        self.dp_rank, self.dp_size = self.accelerator.process_index // self.cp, self.accelerator.num_processes // self.cp
+        if self.cp > 1:
+            if self.tokens % self.cp:
+                raise ValueError(f"--context_parallel_size {self.cp} must divide the {self.tokens} latent tokens of a sample.")
+            enable_context_parallel(transformer, self.cp, self.device)
+            logger.info("Context parallel: %d ranks per sample, %d of its %d tokens each", self.cp, self.tokens // self.cp, self.tokens)
         self.selective_blocks: int | None = 0
         if self.accelerator.distributed_type == DistributedType.FSDP:
+            if self.cp > 1:
+                raise ValueError("--context_parallel_size is not supported under FSDP yet: use DDP (the default config).")
             # Under FSDP2 the checkpoint must sit inside each sharded block, which accelerate's own
             # activation checkpointing does (full recompute); diffusers' checkpointing wraps the sharded
             # call instead and its recompute then sees unsharded, un-cast inputs.
@@ -135,7 +146,7 @@ class Trainer:
                 logger.warning("Under FSDP, --activation_checkpointing selective falls back to full recompute.")
             self.accelerator.state.fsdp_plugin.activation_checkpointing = c.activation_checkpointing != "none"
         else:
-            plan = plan_gpu_memory(transformer, self.vae, c, self.device, self.tokens, self.compute_dtype)
+            plan = plan_gpu_memory(transformer, self.vae, c, self.device, self.tokens // self.cp, self.compute_dtype)
             self.selective_blocks, c.ema_device = plan.selective_blocks, plan.ema_device
             if plan.estimated_peak_bytes is not None:
                 logger.info(plan.describe(len(transformer.transformer_blocks)))
@@ -263,7 +274,7 @@ class Trainer:
                 else:
                     latents = encode_video(self.vae, batch["video"])
                 generator = torch.Generator().manual_seed(
-                    _step_seed(self.config.seed, step, micro, self.accelerator.process_index)
+                    _step_seed(self.config.seed, step, micro, self.dp_rank)  # a context-parallel group draws alike
                 )
                 draws = draw_training_randomness(tuple(latents.shape), generator)
                 with self.accelerator.autocast():
@@ -276,7 +287,9 @@ class Trainer:
                         batch["t5_text_embeddings"].to(self.device),
                         draws.drop_text,
                     )
-                self.accelerator.backward(loss)
+                # Each rank of a context-parallel group holds the gradient of its own tokens only, and DDP
+                # averages over all ranks: scaling by cp makes that average the data-parallel mean.
+                self.accelerator.backward(loss * self.cp)
             losses.append(loss.detach())
         mean_loss = float(self.accelerator.reduce(torch.stack(losses).mean(), reduction="mean"))  # one host sync
         if math.isfinite(mean_loss):
@@ -294,8 +307,7 @@ class Trainer:
         """This rank's micro-batches, a list per optimizer step, from `start_iter` on."""
         c = self.config
         sampler = DrawSampler(
-            self.start_iter, c.max_iter, c.gradient_accumulation_steps, self.accelerator.num_processes,
-            self.accelerator.process_index, c.batch_size,
+            self.start_iter, c.max_iter, c.gradient_accumulation_steps, self.dp_size, self.dp_rank, c.batch_size,
         )
         return sampler.step_batches(self.samples, c.dataloader_num_workers, pin_memory=self.device.type == "cuda")
 
@@ -319,7 +331,7 @@ class Trainer:
     def _train(self) -> list[float]:
         c = self.config
         self.accelerator.init_trackers("cosmos_v2w_posttraining", config={k: str(v) for k, v in vars(c).items()})
-        clips_per_step = c.batch_size * c.gradient_accumulation_steps * self.accelerator.num_processes
+        clips_per_step = c.batch_size * c.gradient_accumulation_steps * self.dp_size
         progress = tqdm(
             total=c.max_iter, initial=self.start_iter, desc="Post-training", disable=not self.accelerator.is_main_process
         )

@@ -1,0 +1,37 @@
+"""Run by test_context_parallel under torchrun: one denoiser call and its backward, sharded over the ranks,
+against the same call unsharded in each process. Writes `<argv[1]>/rank<R>.json`."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from cosmos_v2w_diffusers.preconditioning import conditioning_mask, denoise
+from cosmos_v2w_diffusers.presets import get_preset, load_transformer
+from cosmos_v2w_diffusers.context_parallel import enable_context_parallel
+
+dist.init_process_group("gloo")
+sharded, reference = load_transformer(get_preset("tiny")), load_transformer(get_preset("tiny"))
+enable_context_parallel(sharded, dist.get_world_size(), torch.device("cpu"))
+tokens_seen = []
+sharded.transformer_blocks[0].attn1.register_forward_pre_hook(lambda m, args: tokens_seen.append(args[0].shape[1]))
+generator = torch.Generator().manual_seed(1)
+latents = torch.randn(1, 16, 5, 8, 14, generator=generator)  # 5 x 4 x 7 = 140 tokens
+text = torch.randn(1, 512, 32, generator=generator)
+noisy = latents + 2.0 * torch.randn(latents.shape, generator=generator)
+cond = conditioning_mask(torch.tensor([1]), 5)
+outputs = [denoise(model, noisy, torch.tensor([2.0]), latents, cond, text) for model in (sharded, reference)]
+for out in outputs:
+    (out**2).mean().backward()
+grads = [torch.cat([p.grad.flatten() for p in model.parameters()]) for model in (sharded, reference)]
+summed = grads[0].clone()
+dist.all_reduce(summed)
+Path(sys.argv[1], f"rank{dist.get_rank()}.json").write_text(json.dumps({
+    "tokens_seen": tokens_seen[0],
+    "output_max_diff": (outputs[0] - outputs[1]).abs().max().item(),
+    "summed_grad_rel_diff": ((summed - grads[1]).norm() / grads[1].norm()).item(),
+    "own_grad_rel_diff": ((grads[0] - grads[1]).norm() / grads[1].norm()).item(),
+}))
+dist.destroy_process_group()
