@@ -1,7 +1,7 @@
 """Post-train Cosmos-Predict2 Video2World (full or LoRA) with NVIDIA's recipe.
 
-    # the built-in sample on the tiny model (CPU, about 2 minutes)
-    accelerate launch train_video2world.py --model tiny
+    # the built-in sample on the tiny model (CPU, about 3 minutes; `make demo` also shows the result)
+    accelerate launch train_video2world.py --model tiny --cache_latents --cache_windows_per_clip 4
     # 2B on one node; 14B across nodes with FSDP
     accelerate launch --config_file accelerate_configs/single_node_8gpu.yaml train_video2world.py \
         --model 2B --dataset_path datasets/cosmos_nemo_assets
