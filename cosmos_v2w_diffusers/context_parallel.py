@@ -71,8 +71,11 @@ def cosmos_cp_plan(num_blocks: int) -> dict:
     return plan
 
 
-def enable_context_parallel(transformer: CosmosTransformer3DModel, cp_size: int, device: torch.device) -> ParallelConfig:
-    """Shard `transformer`'s sequence over groups of `cp_size` consecutive ranks (Ulysses).
+def enable_context_parallel(
+    transformer: CosmosTransformer3DModel, cp_size: int, device: torch.device, tokens: int
+) -> ParallelConfig:
+    """Shard `transformer`'s sequence of `tokens` latent tokens over groups of `cp_size` consecutive ranks
+    (Ulysses).
 
     Ranks `[k * cp_size, (k + 1) * cp_size)` form data-parallel rank `k`'s group: they must see the same
     sample and the same noise. Call before wrapping the model (DDP/FSDP) and before `torch.compile`.
@@ -85,6 +88,8 @@ def enable_context_parallel(transformer: CosmosTransformer3DModel, cp_size: int,
     world, rank = dist.get_world_size(), dist.get_rank()
     if world % cp_size:
         raise ValueError(f"--context_parallel_size {cp_size} must divide the number of processes ({world}).")
+    if tokens % cp_size:
+        raise ValueError(f"--context_parallel_size {cp_size} must divide the {tokens} latent tokens of a sample.")
     heads = transformer.config.num_attention_heads
     if heads % cp_size:
         raise ValueError(f"--context_parallel_size {cp_size} must divide the model's {heads} attention heads.")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -114,10 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run_dir", type=Path, required=True, help="the tiny run's --output_dir")
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/demo"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # On stdout: the summary is the command's result, which a newcomer reads and scripts capture.
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     metrics = run_demo(args.run_dir, args.output_dir)
     out = args.output_dir
-    print(
+    logger.info(
         f"\nPSNR of the continuation against the real clip: {metrics['psnr_before']:.2f} dB before post-training, "
         f"{metrics['psnr_after']:.2f} dB after.\n"
         f"  {out / 'generated.mp4'}\n  {out / 'comparison.png'}   (rows: real, before, after)\n"

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .checkpoint_format import check_checkpoint_matches, load_into_transformer, load_native_checkpoint
 from .compile import compile_blocks
 from .context_parallel import enable_context_parallel
-from .latents import use_channels_last_3d
+from .latents import num_latent_frames, use_channels_last_3d
 from .pipeline import DEFAULT_NEGATIVE_PROMPT, CosmosVideo2WorldPipeline, to_rgb
 from .presets import build_transformer, check_transformer_matches, get_preset, resolve_pretrained
 
@@ -163,7 +163,9 @@ def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
     if args.lora_path:
         pipe.load_lora_weights(args.lora_path)
     if args.num_gpus > 1:
-        enable_context_parallel(pipe.transformer, args.num_gpus, device)
+        height, width, num_frames = sample_size(args)
+        tokens = num_latent_frames(num_frames) * (height // 16) * (width // 16)
+        enable_context_parallel(pipe.transformer, args.num_gpus, device, tokens)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes within a generation: the VAE's convolutions autotune once
     if args.compile if args.compile is not None else device.type == "cuda":

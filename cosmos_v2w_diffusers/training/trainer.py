@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..checkpoint_format import from_native_state_dict, to_native_state_dict
-from ..compile import compile_blocks
 from ..data.hf_dataset import load_video2world_dataset
 from ..data.latent_cache import build_latent_cache
 from ..data.samples import DrawSampler, Video2WorldTrainDataset
@@ -43,11 +42,10 @@ from .demo_data import demo_dataset_path
 from .export import export_final
 from .guards import RunGuards
 from .hub import HubUploader
-from .memory import plan_gpu_memory, set_allocator_defaults, with_device_defaults
+from .memory import set_allocator_defaults, with_device_defaults
 from .metrics import describe_throughput, loss_trend, throughput_summary
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
-from ..context_parallel import enable_context_parallel
-from .parallel import apply_activation_checkpointing, full_tensor, like, load_trainable_transformer
+from .parallel import full_tensor, like, load_trainable_transformer, prepare_for_wrapping
 from .run_lock import RunLock
 from .validation import Validator
 
@@ -130,29 +128,8 @@ class Trainer:
         # Context parallelism: groups of `cp` consecutive ranks share a sample, each holding 1/cp of its tokens.
         self.cp = c.context_parallel_size
         self.dp_rank, self.dp_size = self.accelerator.process_index // self.cp, self.accelerator.num_processes // self.cp
-        if self.cp > 1:
-            if self.tokens % self.cp:
-                raise ValueError(f"--context_parallel_size {self.cp} must divide the {self.tokens} latent tokens of a sample.")
-            enable_context_parallel(transformer, self.cp, self.device)
-            logger.info("Context parallel: %d ranks per sample, %d of its %d tokens each", self.cp, self.tokens // self.cp, self.tokens)
-        self.selective_blocks: int | None = 0
-        if self.accelerator.distributed_type == DistributedType.FSDP:
-            if self.cp > 1:
-                raise ValueError("--context_parallel_size is not supported under FSDP yet: use DDP (the default config).")
-            # Under FSDP2 the checkpoint must sit inside each sharded block, which accelerate's own
-            # activation checkpointing does (full recompute); diffusers' checkpointing wraps the sharded
-            # call instead and its recompute then sees unsharded, un-cast inputs.
-            if c.activation_checkpointing == "selective":
-                logger.warning("Under FSDP, --activation_checkpointing selective falls back to full recompute.")
-            self.accelerator.state.fsdp_plugin.activation_checkpointing = c.activation_checkpointing != "none"
-        else:
-            plan = plan_gpu_memory(transformer, self.vae, c, self.device, self.tokens // self.cp, self.compute_dtype)
-            self.selective_blocks, c.ema_device = plan.selective_blocks, plan.ema_device
-            if plan.estimated_peak_bytes is not None:
-                logger.info(plan.describe(len(transformer.transformer_blocks)))
-            apply_activation_checkpointing(transformer, c.activation_checkpointing, self.selective_blocks, c.low_vram)
-        if c.compile:
-            compile_blocks(transformer)
+        fsdp = self.accelerator.distributed_type == DistributedType.FSDP
+        self.selective_blocks = prepare_for_wrapping(transformer, self.vae, c, self.accelerator, self.tokens, self.compute_dtype, fsdp)
         transformer.train()
 
         # 3. Optimisation state.
