@@ -28,5 +28,9 @@ setup(
         "imageio-ffmpeg",
         "tqdm",
     ],
-    extras_require={"dev": ["pytest", "scikit-video", "tensorboard"]},
+    extras_require={
+        "dev": ["pytest", "scikit-video", "tensorboard"],
+        # FlashAttention-4 (CuTe DSL, compiled on first use): Hopper/Blackwell GPUs, torch >= 2.11 (SDPA's FA4 hook).
+        "flash4": ["flash-attn-4[cu13]==4.0.0b36"],
+    },
 )

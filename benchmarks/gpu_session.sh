@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements behind BENCHMARKS.md, in groups that each fit one device call (< 10 minutes).
-#   bash benchmarks/gpu_session.sh train|small|encode|generate [DATA]
+#   bash benchmarks/gpu_session.sh train|small|encode|generate|attention|generate_flash4|h200_14b [DATA]
 # Each row runs in its own process (clean allocator, its own peak); results land in $OUT or benchmarks/results/.
 set -uo pipefail
 group=$1
@@ -30,5 +30,21 @@ encode)  # the VAE encode, the on-the-fly step, and the defaults against the uno
   $tb --steps 7 --name losses_unoptimised_bf16 -- $small --no-compile --activation_checkpointing full --ema_device gpu
   $tb --steps 7 --name losses_unoptimised_fp32 -- $small --no-compile --activation_checkpointing full --ema_device gpu \
       --mixed_precision no
+  ;;
+attention)  # the kernels, then the rows of issue 7's table with FlashAttention-4 (the `flash4` extra installed)
+  python benchmarks/attention.py
+  $tb --name train_step_2b_lora_cached_flash4 -- --model 2B --train_architecture lora --cache_latents \
+      --cache_windows_per_clip 2 --attention_backend flash4
+  $tb --name train_step_2b_full_cached_flash4 -- --model 2B --cache_latents --cache_windows_per_clip 2 \
+      --attention_backend flash4
+  ;;
+generate_flash4)  # a forward, kernel by kernel; the whole 720p generation; the on-the-fly step
+  python benchmarks/profile_forward.py --attention_backend flash4
+  python benchmarks/inference.py --model 2B --attention_backend flash4 --name generation_2b_720p_flash4
+  $tb --name train_step_2b_full_on_the_fly_flash4 -- --model 2B --attention_backend flash4
+  ;;
+h200_14b)  # on nvidia-h200: 14B LoRA at 720p on one GPU (issue 9)
+  $tb --steps 2 --name train_step_14b_lora_720p_h200 -- --model 14B --train_architecture lora --cache_latents \
+      --cache_windows_per_clip 1 --activation_checkpointing full
   ;;
 esac

@@ -19,6 +19,7 @@ from diffusers import AutoencoderKLWan
 
 from benchmarks.common import write_result
 from cosmos_v2w_diffusers import CosmosMultistepScheduler, CosmosVideo2WorldPipeline
+from cosmos_v2w_diffusers.attention import BACKENDS, set_attention_backend
 from cosmos_v2w_diffusers.compile import compile_blocks
 from cosmos_v2w_diffusers.latents import use_channels_last_3d
 from cosmos_v2w_diffusers.presets import build_transformer, get_preset
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=35)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--name", default=None)
+    parser.add_argument("--attention_backend", default="auto", choices=BACKENDS)
     args = parser.parse_args()
     preset = get_preset(args.model)
     pipe = CosmosVideo2WorldPipeline(
@@ -38,6 +40,7 @@ def main() -> None:
     )
     torch.backends.cudnn.benchmark = True  # as infer_video2world.py sets it on CUDA, with channels-last VAE weights
     use_channels_last_3d(pipe.vae)
+    backend = set_attention_backend(pipe.transformer, args.attention_backend, torch.device("cuda"))
     if args.compile:
         compile_blocks(pipe.transformer)
     text = torch.randn(1, 512, preset.text_embed_dim, device="cuda", dtype=torch.bfloat16)
@@ -65,6 +68,7 @@ def main() -> None:
             "num_inference_steps": args.steps,
             "guidance": True,
             "compiled_blocks": args.compile,
+            "attention_backend": backend,
             "seconds": round(total, 2),
             "warmup_call_seconds_incl_compile": round(warmup, 1),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),

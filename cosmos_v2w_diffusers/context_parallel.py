@@ -8,9 +8,9 @@ templated all-to-all attention); this module supplies what diffusers 0.42 lacks 
   (`[B, THW, C]` when each latent frame has its own timestep, as in Video2World) at every block and at
   `norm_out`, because the model's forward hands the same full tensors to each of them; the output is
   gathered after `proj_out`.
-- a self-attention processor that passes the parallel config to `dispatch_attention_fn`: diffusers'
-  `CosmosAttnProcessor2_0` does not, so its attention would stay local. Cross-attention keeps diffusers'
-  processor: each rank's queries attend to the whole (unsharded) text.
+- a self-attention processor that passes the parallel config to `dispatch_attention_fn`
+  (`attention.CosmosAttnProcessor`): diffusers' `CosmosAttnProcessor2_0` does not, so its attention
+  would stay local. Cross-attention stays local: each rank's queries attend to the whole (unsharded) text.
 - the set-up itself: `ModelMixin.enable_parallelism` computes `rank % torch.accelerator.device_count()`,
   which divides by zero on a machine without an accelerator (our CPU tests), and builds a mesh over all
   ranks, where data parallelism needs one context-parallel group per data-parallel rank.
@@ -28,36 +28,9 @@ from diffusers.models._modeling_parallel import (
     ContextParallelOutput,
     ParallelConfig,
 )
-from diffusers.models.attention_dispatch import dispatch_attention_fn
-from diffusers.models.embeddings import apply_rotary_emb
 from torch.distributed.device_mesh import init_device_mesh
 
-
-class CosmosContextParallelSelfAttnProcessor:
-    """diffusers' `CosmosAttnProcessor2_0` for self-attention (no GQA, no mask), with the attention routed
-    through the model's parallel config: each rank holds `S / N` tokens of all heads, Ulysses exchanges
-    them for all tokens of `heads / N` heads around the attention."""
-
-    _attention_backend = None
-    _parallel_config = None
-
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None,
-                 image_rotary_emb=None) -> torch.Tensor:
-        # [B, S/N, heads * D] -> [B, heads, S/N, D]
-        query, key, value = (
-            proj(hidden_states).unflatten(2, (attn.heads, -1)).transpose(1, 2)
-            for proj in (attn.to_q, attn.to_k, attn.to_v)
-        )
-        query, key = attn.norm_q(query), attn.norm_k(key)
-        if image_rotary_emb is not None:  # this rank's rows of the RoPE tables
-            query = apply_rotary_emb(query, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
-            key = apply_rotary_emb(key, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
-        out = dispatch_attention_fn(
-            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-            backend=self._attention_backend, parallel_config=self._parallel_config,
-        )
-        out = out.flatten(2, 3).type_as(query)
-        return attn.to_out[1](attn.to_out[0](out))
+from .attention import attention_processors
 
 
 def cosmos_cp_plan(num_blocks: int) -> dict:
@@ -96,10 +69,8 @@ def enable_context_parallel(
     mesh = init_device_mesh(device.type, (world // cp_size, 1, cp_size), mesh_dim_names=("dp", "ring", "ulysses"))
     config = ParallelConfig(context_parallel_config=ContextParallelConfig(ulysses_degree=cp_size))
     config.context_parallel_config.setup(rank, world, device, mesh["ring", "ulysses"])
-    for block in transformer.transformer_blocks:
-        processor = CosmosContextParallelSelfAttnProcessor()
+    for processor in attention_processors(transformer, "self"):
         processor._parallel_config = config
-        block.attn1.set_processor(processor)
     apply_context_parallel(transformer, config.context_parallel_config, cosmos_cp_plan(len(transformer.transformer_blocks)))
     transformer._parallel_config = config
     return config

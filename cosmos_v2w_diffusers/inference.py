@@ -24,6 +24,7 @@ from diffusers.utils import export_to_video
 from tqdm.auto import tqdm
 
 from .checkpoint_format import check_checkpoint_matches, load_into_transformer, load_native_checkpoint
+from .attention import BACKENDS, set_attention_backend
 from .compile import compile_blocks
 from .context_parallel import enable_context_parallel
 from .latents import num_latent_frames, use_channels_last_3d
@@ -77,6 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=None,
         help="torch.compile each transformer block (default: on with CUDA; about 30 s once, pays off over a 35-step video)",
+    )
+    p.add_argument(
+        "--attention_backend", default="auto", choices=BACKENDS,
+        help="self-attention kernel: cudnn, flash4 (FlashAttention-4), native (torch's choice), or auto (the fastest installed)",
     )
     return p.parse_args(argv)
 
@@ -162,6 +167,7 @@ def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
         load_into_transformer(pipe.transformer, weights, args.dit_path)
     if args.lora_path:
         pipe.load_lora_weights(args.lora_path)
+    set_attention_backend(pipe.transformer, args.attention_backend, device)
     if args.num_gpus > 1:
         height, width, num_frames = sample_size(args)
         tokens = num_latent_frames(num_frames) * (height // 16) * (width // 16)

@@ -1,10 +1,13 @@
-"""The speed and memory levers change nothing they should not: cached latents are bit-exact, and every
-activation-checkpointing plan (selective, full, per-block mix, CPU-offloaded) gives the same gradients."""
+"""The speed and memory levers change nothing they should not: cached latents are bit-exact, every
+activation-checkpointing plan (selective, full, per-block mix, CPU-offloaded) gives the same gradients, and
+routing attention through our processors leaves the output and gradients unchanged."""
 
+import pytest
 import torch
 from conftest import make_dataset_folder
 
 from cosmos_v2w_diffusers import load_video2world_dataset
+from cosmos_v2w_diffusers.attention import CosmosAttnProcessor, resolve_attention_backend, set_attention_backend
 from cosmos_v2w_diffusers.data import latent_cache
 from cosmos_v2w_diffusers.data.latent_cache import build_latent_cache
 from cosmos_v2w_diffusers.data.samples import Video2WorldTrainDataset, read_frames, resize_frames
@@ -80,3 +83,29 @@ def test_memory_plan_keeps_attention_outputs_only_where_they_fit():
     roomy = selective_blocks_that_fit(transformer, 10 * tokens, 16 * gib, 0, True, torch.bfloat16)
     crowded = selective_blocks_that_fit(transformer, 10 * tokens, 16 * gib, 2 * gib, True, torch.bfloat16)
     assert crowded <= roomy
+
+
+def test_attention_backend_routing_keeps_outputs_and_gradients():
+    reference_loss, reference = _loss_and_grads("selective")
+    torch.manual_seed(0)
+    transformer = load_transformer(TINY).train()
+    assert set_attention_backend(transformer, "auto", torch.device("cpu")) == "native"
+    blocks = transformer.transformer_blocks
+    for attn in [b.attn1 for b in blocks] + [b.attn2 for b in blocks]:
+        assert isinstance(attn.processor, CosmosAttnProcessor) and attn.processor._attention_backend == "native"
+    apply_activation_checkpointing(transformer, "selective")
+    latents = torch.randn(1, 16, 5, 8, 14)
+    draws = draw_training_randomness(tuple(latents.shape), torch.Generator().manual_seed(1))
+    text = torch.randn(1, 512, TINY.text_embed_dim)
+    loss = video2world_loss(transformer, latents, draws.noise, draws.sigma, draws.num_cond_frames, text, draws.drop_text)
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), reference_loss, rtol=1e-6, atol=0)
+    for name, p in transformer.named_parameters():
+        torch.testing.assert_close(p.grad, reference[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_attention_backends_that_cannot_run_say_what_to_use():
+    with pytest.raises(ValueError, match="needs a CUDA GPU: use native"):
+        resolve_attention_backend("flash4", torch.device("cpu"))
+    with pytest.raises(ValueError, match="Unknown attention backend 'fa3'"):
+        resolve_attention_backend("fa3", torch.device("cpu"))

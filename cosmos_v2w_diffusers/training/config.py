@@ -20,7 +20,7 @@ RUN_DEFINING_FIELDS = (
     "model", "train_architecture", "num_frames", "height", "width", "lora_rank", "lora_alpha", "lora_target_modules",
 )
 # Resolved for the device a run starts on, so not carried over when a run is rebuilt from its checkpoint.
-DEVICE_DEPENDENT_FIELDS = ("mixed_precision", "compile", "ema_device")
+DEVICE_DEPENDENT_FIELDS = ("mixed_precision", "compile", "ema_device", "attention_backend")
 # Flags that must be at least 1 (or 0), checked before any default replaces them.
 _AT_LEAST = {
     "max_iter": 1, "save_iter": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "num_frames": 1, "height": 16,
@@ -128,6 +128,12 @@ class TrainConfig:
     )
     compile: bool | None = _f(
         None, "torch.compile each transformer block (~40 s of compilation, faster steps; default: on with CUDA)"
+    )
+    attention_backend: str = _f(
+        "auto",
+        "self-attention kernel: cudnn, flash4 (FlashAttention-4, the flash4 extra; Hopper/Blackwell), native "
+        "(torch's choice), or auto (the fastest installed; native on the CPU)",
+        choices=["auto", "cudnn", "flash4", "native"],
     )
 
     max_skipped_clips: int | None = _f(
@@ -263,8 +269,9 @@ class TrainConfig:
         stored = config_of_checkpoint(checkpoint)
         if stored is None:
             return config
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
         for name in DEVICE_DEPENDENT_FIELDS:  # chosen again for the device this run is on
-            stored[name] = None
+            stored[name] = defaults[name]
         given = vars(cls.parser(defaults=False).parse_args(argv))
         rebuilt = {name: value for name, value in stored.items() if name in {f.name for f in dataclasses.fields(cls)}}
         rebuilt["output_dir"] = str(checkpoint.absolute().parents[2])  # <output_dir>/checkpoints/<part>/iter_N.pt

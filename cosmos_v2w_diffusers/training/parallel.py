@@ -1,5 +1,5 @@
 """The single-device transformer a run trains, and the transformations applied to it before accelerate
-wraps it: LoRA, context parallelism, activation checkpointing and compilation. Data/model parallelism itself
+wraps it: LoRA, the attention kernel, context parallelism, activation checkpointing and compilation. Data/model parallelism itself
 (DDP, FSDP, DeepSpeed) is accelerate's, chosen by the accelerate config (`accelerate_configs/`)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from peft import LoraConfig
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from ..attention import set_attention_backend
 from ..checkpoint_format import load_into_transformer, load_native_checkpoint
 from ..compile import compile_blocks
 from ..context_parallel import enable_context_parallel
@@ -128,7 +129,8 @@ def load_trainable_transformer(preset, config, compute_dtype: torch.dtype) -> Co
 def prepare_for_wrapping(
     transformer: CosmosTransformer3DModel, vae, config, accelerator, tokens: int, compute_dtype: torch.dtype, fsdp: bool
 ) -> int | None:
-    """Context parallelism, activation checkpointing and compilation, before accelerate wraps `transformer`.
+    """The attention kernel, context parallelism, activation checkpointing and compilation, before accelerate
+    wraps `transformer`.
 
     Returns how many blocks keep their attention outputs (None: all of them). Off FSDP, `plan_gpu_memory`
     decides it from a rank's share of the `tokens`, and also fixes `config.ema_device`. Under FSDP2 the
@@ -137,6 +139,8 @@ def prepare_for_wrapping(
     unsharded, un-cast inputs.
     """
     c, cp = config, config.context_parallel_size
+    c.attention_backend = set_attention_backend(transformer, c.attention_backend, accelerator.device)
+    logger.info("Attention kernel: %s", c.attention_backend)
     if cp > 1:
         if fsdp:
             raise ValueError("--context_parallel_size is not supported under FSDP yet: use DDP (the default config).")

@@ -1,0 +1,142 @@
+"""Which kernel runs the transformer's attention, chosen through diffusers' attention dispatcher.
+
+Self-attention over the latent tokens is about 85% of the transformer's FLOPs at 720p, so its kernel sets
+the speed of training and sampling alike; cross-attention to the 512 text tokens uses the same kernel. The choices (`--attention_backend`):
+
+- `cudnn`: torch's cuDNN SDPA kernel (diffusers' `_native_cudnn`), the fastest that ships with torch on an
+  H100 (BENCHMARKS.md, "Attention kernels");
+- `flash4`: FlashAttention-4 (`pip install -e ".[flash4]"`), routed by torch's SDPA (its FA4 hook,
+  `torch.nn.attention.activate_flash_attention_impl`) and diffusers' `_native_flash`; Hopper and Blackwell
+  only;
+- `native`: whatever `scaled_dot_product_attention` picks (the only choice on the CPU);
+- `auto` (the default): FlashAttention-4 where it is installed and the GPU supports it, else `native`.
+
+diffusers' `ModelMixin.set_attention_backend` records the backend on each processor, but its
+`CosmosAttnProcessor2_0` never passes it to `dispatch_attention_fn`, so the choice would not reach the
+kernel; `CosmosAttnProcessor` below does pass it (and, for self-attention, the context-parallel config).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+from diffusers import CosmosTransformer3DModel
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.embeddings import apply_rotary_emb
+
+BACKENDS = ("auto", "cudnn", "flash4", "native")
+_DISPATCH_NAME = {"cudnn": "_native_cudnn", "flash4": "_native_flash", "native": "native"}
+# Fastest first, as measured at 84,480 tokens on an H100 (benchmarks/attention.py): FlashAttention-4 701
+# TFLOP/s forward and 661 forward+backward, cuDNN 642 and 568. `native` lets SDPA choose, which is cuDNN on
+# Hopper (torch 2.11 and later) and FlashAttention-2 on older GPUs.
+_AUTO_ORDER = ("flash4", "native")
+
+
+class CosmosAttnProcessor:
+    """diffusers' `CosmosAttnProcessor2_0` (no GQA, no mask: Cosmos uses neither), with the attention routed
+    through this processor's backend and, for self-attention, the model's parallel config: under context
+    parallelism each rank holds `S / N` tokens of all heads, and Ulysses exchanges them for all tokens of
+    `heads / N` heads around the attention."""
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None,
+                 image_rotary_emb=None) -> torch.Tensor:
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        # [B, S, heads * D] -> [B, heads, S, D]
+        query, key, value = (
+            proj(x).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+            for proj, x in ((attn.to_q, hidden_states), (attn.to_k, context), (attn.to_v, context))
+        )
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        if image_rotary_emb is not None:  # under context parallelism: this rank's rows of the RoPE tables
+            query = apply_rotary_emb(query, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
+            key = apply_rotary_emb(key, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
+        out = dispatch_attention_fn(
+            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+            backend=self._attention_backend, parallel_config=self._parallel_config,
+        )
+        out = out.flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def attention_processors(transformer: CosmosTransformer3DModel, which: str = "all") -> list[CosmosAttnProcessor]:
+    """The blocks' attention processors (`which`: "self", "cross" or "all"), replaced by
+    `CosmosAttnProcessor`s where they are diffusers'."""
+    names = {"self": ("attn1",), "cross": ("attn2",), "all": ("attn1", "attn2")}[which]
+    processors = []
+    for block in transformer.transformer_blocks:
+        for attn in (getattr(block, name) for name in names):
+            if not isinstance(attn.processor, CosmosAttnProcessor):
+                attn.set_processor(CosmosAttnProcessor())
+            processors.append(attn.processor)
+    return processors
+
+
+def _flash_attn_fwd(*args, **kwargs):
+    """FlashAttention-4's forward as torch's SDPA hook unpacks it: `(out, lse)`. flash-attn-4 4.0.0b36
+    returns more values, which torch 2.11 (our benchmark machine's) cannot unpack; torch 2.14 ignores the rest."""
+    from flash_attn.cute.interface import _flash_attn_fwd as forward
+
+    out, lse, *_ = forward(*args, **kwargs)
+    return out, lse
+
+
+def _flash_attn_bwd(*args, **kwargs):
+    from flash_attn.cute.interface import _flash_attn_bwd as backward
+
+    return backward(*args, **kwargs)
+
+
+def activate_flash4() -> None:
+    """Route torch's flash SDPA kernels to FlashAttention-4, through this module's two functions above
+    (torch's `activate_flash_attention_impl("FA4")` would load flash-attn-4's own, whose forward it
+    unpacks wrongly before torch 2.14)."""
+    from torch.nn.attention import _fa4, _registry
+
+    register = functools.partial(_fa4.register_flash_attention_fa4, module_path=__name__)
+    _registry.register_flash_attention_impl("FA4", register_fn=register)
+    torch.nn.attention.activate_flash_attention_impl("FA4")
+
+
+def flash4_available(device: torch.device) -> bool:
+    """FlashAttention-4 is installed, torch can route SDPA to it, and `device` is a Hopper or Blackwell GPU."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] not in (9, 10):
+        return False
+    if not hasattr(torch.nn.attention, "activate_flash_attention_impl"):
+        return False
+    return importlib.util.find_spec("flash_attn") is not None and importlib.util.find_spec("flash_attn.cute") is not None
+
+
+def resolve_attention_backend(backend: str, device: torch.device) -> str:
+    """`backend` with `auto` replaced by the fastest available on `device`; an actionable error when the
+    one asked for cannot run there."""
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown attention backend {backend!r}: use one of {', '.join(BACKENDS)}.")
+    if device.type != "cuda":
+        if backend not in ("auto", "native"):
+            raise ValueError(f"--attention_backend {backend} needs a CUDA GPU: use native (or auto) on the {device.type}.")
+        return "native"
+    available = {"cudnn": True, "native": True, "flash4": flash4_available(device)}
+    if backend == "auto":
+        return next(name for name in _AUTO_ORDER if available[name])
+    if not available[backend]:
+        raise ValueError(
+            "--attention_backend flash4 needs FlashAttention-4 on a Hopper or Blackwell GPU: "
+            '`pip install -e ".[flash4]"`, or use --attention_backend cudnn.'
+        )
+    return backend
+
+
+def set_attention_backend(transformer: CosmosTransformer3DModel, backend: str, device: torch.device) -> str:
+    """Route `transformer`'s attention to `backend` (see the module docstring); returns the backend in
+    use. Call before `torch.compile`."""
+    backend = resolve_attention_backend(backend, device)
+    if backend == "flash4":
+        activate_flash4()
+    for processor in attention_processors(transformer):
+        processor._attention_backend = _DISPATCH_NAME[backend]
+    return backend
