@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements behind BENCHMARKS.md, in groups that each fit one device call (< 10 minutes).
-#   bash benchmarks/gpu_session.sh train|small|encode|generate|attention|generate_flash4|h200_14b [DATA]
+#   bash benchmarks/gpu_session.sh train|small|encode|generate|attention|generate_flash4|h200_14b|fsdp [DATA]
+# (fsdp also reads TINY_DATA: a prepared tiny-preset folder, e.g. the demo sample in ~/.cache/cosmos_v2w_diffusers)
 # Each row runs in its own process (clean allocator, its own peak); results land in $OUT or benchmarks/results/.
 set -uo pipefail
 group=$1
@@ -46,5 +47,13 @@ generate_flash4)  # a forward, kernel by kernel; the whole 720p generation; the 
 h200_14b)  # on nvidia-h200: 14B LoRA at 720p on one GPU (issue 9)
   $tb --steps 2 --name train_step_14b_lora_720p_h200 -- --model 14B --train_architecture lora --cache_latents \
       --cache_windows_per_clip 1 --activation_checkpointing full
+  ;;
+fsdp)  # FSDP2 on one GPU (the trainer's FSDP2 path), and rows of the 14B table checked with a slice
+  fsdp1="accelerate launch --config_file accelerate_configs/fsdp_8gpu.yaml --num_processes 1"
+  $fsdp1 benchmarks/check_resume.py --dataset_path "$TINY_DATA" --name fsdp_1gpu
+  $fsdp1 benchmarks/train_step.py --data $data --name train_step_2b_full_cached_fsdp2_1gpu_planned -- --model 2B \
+      --cache_latents --cache_windows_per_clip 2
+  PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python benchmarks/check_row_14b.py \
+      --rows 8:full:4:selective 8:full:8:selective 8:lora:2:full 8:lora:4:selective
   ;;
 esac

@@ -56,7 +56,8 @@ def enable_context_parallel(
     if not (dist.is_available() and dist.is_initialized()):
         raise ValueError(
             f"--context_parallel_size {cp_size} needs {cp_size} or more processes started together: "
-            f"`accelerate launch --multi_gpu --num_processes N ...`, or on CPUs `ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N ...`."
+            f"`accelerate launch --multi_gpu --num_processes N ...`; on CPUs `ACCELERATE_USE_CPU=1 accelerate launch "
+            f"--multi_gpu --num_processes N ...` (`accelerate launch --cpu` starts several processes only through MPI)."
         )
     world, rank = dist.get_world_size(), dist.get_rank()
     if world % cp_size:

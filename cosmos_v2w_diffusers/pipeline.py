@@ -304,7 +304,7 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
 
         # 3. Sampling: one guided x0 per step, handed to the scheduler (Euler takes the velocity).
         scheduler = self._sampling_scheduler(num_inference_steps, device)
-        sigmas = scheduler.sigmas
+        sigmas = scheduler.sigmas.to(device)  # copied once: a CPU sigma per step would be a host-to-device sync
         euler = isinstance(scheduler, FlowMatchEulerDiscreteScheduler)
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
             x0 = self._guided_x0(x, sigmas[i].float(), clean, cond_mask, text, negative_text, guidance_scale, transformer_fps)

@@ -12,6 +12,8 @@ from diffusers import CosmosTransformer3DModel
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.fsdp import MixedPrecisionPolicy
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from ..attention import set_attention_backend
@@ -126,36 +128,77 @@ def load_trainable_transformer(preset, config, compute_dtype: torch.dtype) -> Co
     return transformer
 
 
+def wrap_blocks_for_fsdp(transformer: CosmosTransformer3DModel, mode: str, n_selective: int | None) -> None:
+    """Activation checkpointing under FSDP2, as torchtitan applies it: each block is replaced by a
+    `checkpoint_wrapper` of itself before it is sharded, selective in the first `n_selective` blocks (all
+    by default) and full in the rest.
+
+    accelerate's own FSDP2 checkpointing (`fsdp_activation_checkpointing`) wraps the blocks the same way but
+    passes no `context_fn`, so it can only recompute in full. The wrapper adds `._checkpoint_wrapped_module`
+    to parameter names; state dicts drop it (torch's hook), and `canonical_name` drops it elsewhere.
+    """
+    n_blocks = len(transformer.transformer_blocks)
+    if mode == "none":
+        return
+    n_selective = 0 if mode == "full" else n_blocks if n_selective is None else n_selective
+    selective = {"context_fn": partial(create_selective_checkpoint_contexts, _keep_attention_outputs)}
+    for i, block in enumerate(transformer.transformer_blocks):
+        # Full recompute passes no context_fn: torch.compile cannot trace torch's default one.
+        kwargs = selective if i < n_selective else {}
+        transformer.transformer_blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False, **kwargs)
+
+
+def canonical_name(name: str) -> str:
+    """A parameter's name without the activation-checkpoint wrapper's part (the name of the plain model)."""
+    return name.replace("._checkpoint_wrapped_module", "")
+
+
+def fsdp_mixed_precision(compute_dtype: torch.dtype) -> MixedPrecisionPolicy:
+    """NVIDIA's regime under FSDP2: the gathered weights in the compute dtype (bf16), gradients reduced in
+    fp32, fp32 shards as master weights. Inputs are not cast (autocast does that per op, as without FSDP):
+    FSDP's default cast would turn the timestep embedding's input into bf16. accelerate's own policy for
+    `mixed_precision=bf16` reduces in bf16."""
+    param_dtype = None if compute_dtype == torch.float32 else compute_dtype
+    return MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
+
+
 def prepare_for_wrapping(
     transformer: CosmosTransformer3DModel, vae, config, accelerator, tokens: int, compute_dtype: torch.dtype, fsdp: bool
 ) -> int | None:
     """The attention kernel, context parallelism, activation checkpointing and compilation, before accelerate
-    wraps `transformer`.
+    wraps `transformer` (DDP, or FSDP2 with the mixed-precision policy set here).
 
-    Returns how many blocks keep their attention outputs (None: all of them). Off FSDP, `plan_gpu_memory`
-    decides it from a rank's share of the `tokens`, and also fixes `config.ema_device`. Under FSDP2 the
-    checkpoint must sit inside each sharded block, which accelerate's own activation checkpointing does
-    (full recompute); diffusers' checkpointing wraps the sharded call instead, and its recompute then sees
-    unsharded, un-cast inputs.
+    Returns how many blocks keep their attention outputs (None: all of them). On a GPU, `plan_gpu_memory`
+    decides it from a rank's share of the `tokens` and of the sharded states, and also fixes
+    `config.ema_device`. Off FSDP, diffusers' gradient checkpointing runs the plan; under FSDP2 the
+    checkpoint wraps each block before it is sharded (`wrap_blocks_for_fsdp`).
     """
     c, cp = config, config.context_parallel_size
     c.attention_backend = set_attention_backend(transformer, c.attention_backend, accelerator.device)
     logger.info("Attention kernel: %s", c.attention_backend)
     if cp > 1:
-        if fsdp:
-            raise ValueError("--context_parallel_size is not supported under FSDP yet: use DDP (the default config).")
         enable_context_parallel(transformer, cp, accelerator.device, tokens)
         logger.info("Context parallel: %d ranks per sample, %d of its %d tokens each", cp, tokens // cp, tokens)
-    selective_blocks = 0
+    shards = accelerator.num_processes if fsdp else None
+    plan = plan_gpu_memory(transformer, vae, c, accelerator.device, tokens // cp, compute_dtype, shards)
+    selective_blocks, c.ema_device = plan.selective_blocks, plan.ema_device
+    if plan.estimated_peak_bytes is not None:
+        logger.info(plan.describe(len(transformer.transformer_blocks)))
     if fsdp:
-        if c.activation_checkpointing == "selective":
-            logger.warning("Under FSDP, --activation_checkpointing selective falls back to full recompute.")
-        accelerator.state.fsdp_plugin.activation_checkpointing = c.activation_checkpointing != "none"
+        if c.low_vram:
+            raise ValueError("--low_vram is for one GPU: under FSDP the sharded states already leave room; drop it.")
+        plugin = accelerator.state.fsdp_plugin
+        plugin.activation_checkpointing = False  # ours, per block (accelerate's would recompute in full)
+        plugin.mixed_precision_policy = fsdp_mixed_precision(compute_dtype)
+        wrap_blocks_for_fsdp(transformer, c.activation_checkpointing, selective_blocks)
+        n_blocks = len(transformer.transformer_blocks)
+        n_selective = 0 if c.activation_checkpointing != "selective" else n_blocks if selective_blocks is None else selective_blocks
+        logger.info(
+            "FSDP2 over %d processes: %s checkpointing in %d of %d blocks (each wrapped before sharding); weights "
+            "gathered in %s, gradients reduced in fp32", shards, c.activation_checkpointing, n_selective, n_blocks,
+            str(compute_dtype).removeprefix("torch."),
+        )
     else:
-        plan = plan_gpu_memory(transformer, vae, c, accelerator.device, tokens // cp, compute_dtype)
-        selective_blocks, c.ema_device = plan.selective_blocks, plan.ema_device
-        if plan.estimated_peak_bytes is not None:
-            logger.info(plan.describe(len(transformer.transformer_blocks)))
         apply_activation_checkpointing(transformer, c.activation_checkpointing, selective_blocks, c.low_vram)
     if c.compile:
         compile_blocks(transformer)

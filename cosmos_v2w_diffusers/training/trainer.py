@@ -45,7 +45,7 @@ from .hub import HubUploader
 from .memory import set_allocator_defaults, with_device_defaults
 from .metrics import describe_throughput, loss_trend, throughput_summary
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
-from .parallel import full_tensor, like, load_trainable_transformer, prepare_for_wrapping
+from .parallel import canonical_name, full_tensor, like, load_trainable_transformer, prepare_for_wrapping
 from .run_lock import RunLock
 from .validation import Validator
 
@@ -143,7 +143,7 @@ class Trainer:
         self.lr_scheduler = build_lr_scheduler(optimizer, c)
         self.transformer, self.optimizer = self.accelerator.prepare(transformer, optimizer)
         # FSDP swaps parameters for sharded ones: take them (and the EMA's shape) from the prepared model.
-        self.trainable = {n: p for n, p in self._unwrapped().named_parameters() if p.requires_grad}
+        self.trainable = {canonical_name(n): p for n, p in self._unwrapped().named_parameters() if p.requires_grad}
         ema_device = "cpu" if c.ema_device == "cpu" else None
         self.ema = PowerEMA(self.trainable, c.ema_gamma, self.compute_dtype, ema_device) if c.ema else None
         self.start_iter = self._maybe_resume()
