@@ -128,10 +128,10 @@ def load_trainable_transformer(preset, config, compute_dtype: torch.dtype) -> Co
     return transformer
 
 
-def wrap_blocks_for_fsdp(transformer: CosmosTransformer3DModel, mode: str, n_selective: int | None) -> None:
+def wrap_blocks_for_fsdp(transformer: CosmosTransformer3DModel, mode: str, n_selective: int | None) -> int:
     """Activation checkpointing under FSDP2, as torchtitan applies it: each block is replaced by a
     `checkpoint_wrapper` of itself before it is sharded, selective in the first `n_selective` blocks (all
-    by default) and full in the rest.
+    by default) and full in the rest. Returns how many blocks are selective.
 
     accelerate's own FSDP2 checkpointing (`fsdp_activation_checkpointing`) wraps the blocks the same way but
     passes no `context_fn`, so it can only recompute in full. The wrapper adds `._checkpoint_wrapped_module`
@@ -139,13 +139,14 @@ def wrap_blocks_for_fsdp(transformer: CosmosTransformer3DModel, mode: str, n_sel
     """
     n_blocks = len(transformer.transformer_blocks)
     if mode == "none":
-        return
+        return 0
     n_selective = 0 if mode == "full" else n_blocks if n_selective is None else n_selective
     selective = {"context_fn": partial(create_selective_checkpoint_contexts, _keep_attention_outputs)}
     for i, block in enumerate(transformer.transformer_blocks):
         # Full recompute passes no context_fn: torch.compile cannot trace torch's default one.
         kwargs = selective if i < n_selective else {}
         transformer.transformer_blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False, **kwargs)
+    return n_selective
 
 
 def canonical_name(name: str) -> str:
@@ -190,13 +191,11 @@ def prepare_for_wrapping(
         plugin = accelerator.state.fsdp_plugin
         plugin.activation_checkpointing = False  # ours, per block (accelerate's would recompute in full)
         plugin.mixed_precision_policy = fsdp_mixed_precision(compute_dtype)
-        wrap_blocks_for_fsdp(transformer, c.activation_checkpointing, selective_blocks)
-        n_blocks = len(transformer.transformer_blocks)
-        n_selective = 0 if c.activation_checkpointing != "selective" else n_blocks if selective_blocks is None else selective_blocks
+        n_selective = wrap_blocks_for_fsdp(transformer, c.activation_checkpointing, selective_blocks)
         logger.info(
-            "FSDP2 over %d processes: %s checkpointing in %d of %d blocks (each wrapped before sharding); weights "
-            "gathered in %s, gradients reduced in fp32", shards, c.activation_checkpointing, n_selective, n_blocks,
-            str(compute_dtype).removeprefix("torch."),
+            "FSDP2 over %d processes: blocks checkpointed (%s) before sharding, %d of %d keep their attention "
+            "outputs; weights gathered in %s, gradients reduced in fp32", shards, c.activation_checkpointing,
+            n_selective, len(transformer.transformer_blocks), str(compute_dtype).removeprefix("torch."),
         )
     else:
         apply_activation_checkpointing(transformer, c.activation_checkpointing, selective_blocks, c.low_vram)
