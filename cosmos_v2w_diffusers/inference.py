@@ -76,6 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(torchrun --nproc_per_node N; NVIDIA's flag); rank 0 writes the video",
     )
     p.add_argument(
+        "--guidance_parallel", action="store_true",
+        help="with --num_gpus 2: each process evaluates one side of classifier-free guidance (conditional, "
+        "unconditional) instead of holding half of the tokens; no communication inside the transformer",
+    )
+    p.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=None,
         help="torch.compile each transformer block (default: on with CUDA; about 30 s once, pays off over a 35-step video)",
     )
@@ -83,7 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--attention_backend", default="auto", choices=BACKENDS,
         help="self-attention kernel: cudnn, flash4 (FlashAttention-4), native (torch's choice), or auto (the fastest installed)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.guidance_parallel and (args.num_gpus != 2 or args.guidance == 0):
+        p.error("--guidance_parallel splits the two sides of guidance over 2 processes: pass --num_gpus 2 "
+                "(under torchrun --nproc_per_node 2) and a non-zero --guidance.")
+    return args
 
 
 def sample_size(args: argparse.Namespace) -> tuple[int, int, int]:
@@ -168,7 +177,9 @@ def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
     if args.lora_path:
         pipe.load_lora_weights(args.lora_path)
     set_attention_backend(pipe.transformer, args.attention_backend, device)
-    if args.num_gpus > 1:
+    if args.guidance_parallel:
+        pipe.enable_guidance_parallel()
+    elif args.num_gpus > 1:
         height, width, num_frames = sample_size(args)
         tokens = num_latent_frames(num_frames) * (height // 16) * (width // 16)
         enable_context_parallel(pipe.transformer, args.num_gpus, device, tokens)

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import PIL.Image
 import torch
+import torch.distributed as dist
 from diffusers import (
     AutoencoderKLWan,
     CosmosTransformer3DModel,
@@ -194,13 +195,29 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
 
     # ------------------------------------------------------------------ sampling
 
+    def enable_guidance_parallel(self, group: dist.ProcessGroup | None = None) -> None:
+        """Split classifier-free guidance over the 2 processes of `group` (default: all, which must be 2):
+        rank 0 evaluates the conditional x0, rank 1 the unconditional one, and one all-gather of the two
+        latents per step gives both ranks the same guided x0. Every rank holds the whole model; no
+        collective runs inside the transformer (context parallelism runs four per block)."""
+        if dist.get_world_size(group) != 2:
+            raise ValueError(f"Guidance parallelism needs exactly 2 processes, got {dist.get_world_size(group)}.")
+        self._guidance_group = group or dist.group.WORLD
+
     def _guided_x0(self, x, sigma, clean, cond_mask, text, negative_text, guidance_scale, fps) -> torch.Tensor:
         """Classifier-free-guided x0: `x0_cond + w * (x0_cond - x0_uncond)`; conditioning frames stay in both."""
         sigma = torch.as_tensor(sigma, device=x.device).expand(x.shape[0])
-        x0 = denoise(self.transformer, x, sigma, clean, cond_mask, text, fps)
+        group = getattr(self, "_guidance_group", None)
         if negative_text is None:
-            return x0
-        x0_uncond = denoise(self.transformer, x, sigma, clean, cond_mask, negative_text, fps)
+            return denoise(self.transformer, x, sigma, clean, cond_mask, text, fps)
+        if group is None:
+            x0 = denoise(self.transformer, x, sigma, clean, cond_mask, text, fps)
+            x0_uncond = denoise(self.transformer, x, sigma, clean, cond_mask, negative_text, fps)
+        else:  # this rank's side of the guidance, then both sides on every rank
+            side = negative_text if dist.get_rank(group) == 1 else text
+            mine = denoise(self.transformer, x, sigma, clean, cond_mask, side, fps).contiguous()
+            x0, x0_uncond = torch.empty_like(mine), torch.empty_like(mine)
+            dist.all_gather([x0, x0_uncond], mine, group=group)
         return x0 + guidance_scale * (x0 - x0_uncond)
 
     def _sampling_scheduler(self, num_inference_steps: int, device):

@@ -95,8 +95,9 @@ def test_fsdp2_alone_and_with_context_parallel_trains_like_the_unsharded_model(t
 
 
 def test_num_gpus_2_generation_writes_the_one_process_video(tmp_path):
-    """`torchrun --nproc_per_node 2 infer_video2world.py --num_gpus 2` against one process (same thread count:
-    a different one changes float rounding, which a few sampling steps amplify)."""
+    """`torchrun --nproc_per_node 2 infer_video2world.py --num_gpus 2`, its tokens sharded or its guidance split
+    (`--guidance_parallel`), against one process (same thread count: a different one changes float rounding,
+    which a few sampling steps amplify)."""
     image = tmp_path / "first.png"
     Image.fromarray(render_clip(1, 64, 112, seed=3)[0]).save(image)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -104,8 +105,12 @@ def test_num_gpus_2_generation_writes_the_one_process_video(tmp_path):
              "--disable_guardrail", "--num_inference_steps", "4"]
     one = [sys.executable, str(REPO / "infer_video2world.py"), *flags, "--save_path", str(tmp_path / "one.mp4")]
     two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29538",
-           str(REPO / "infer_video2world.py"), *flags, "--num_gpus", "2", "--save_path", str(tmp_path / "two.mp4")]
-    for cmd in (one, two):
+           str(REPO / "infer_video2world.py"), *flags, "--num_gpus", "2"]
+    runs = {"one": one, "cp": [*two, "--save_path", str(tmp_path / "cp.mp4")],
+            "guidance": [*two, "--guidance_parallel", "--save_path", str(tmp_path / "guidance.mp4")]}
+    for cmd in runs.values():
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
-    assert torch.equal(read_frames(str(tmp_path / "one.mp4"), 0, 17), read_frames(str(tmp_path / "two.mp4"), 0, 17))
+    videos = {name: read_frames(str(tmp_path / f"{name}.mp4"), 0, 17) for name in runs}
+    assert torch.equal(videos["one"], videos["cp"])
+    assert torch.equal(videos["one"], videos["guidance"])
