@@ -1,7 +1,8 @@
 """Which kernel runs the transformer's attention, chosen through diffusers' attention dispatcher.
 
 Self-attention over the latent tokens is about 85% of the transformer's FLOPs at 720p, so its kernel sets
-the speed of training and sampling alike; cross-attention to the 512 text tokens uses the same kernel. The choices (`--attention_backend`):
+the speed of training and sampling alike; cross-attention to the 512 text tokens uses the same kernel.
+The choices (`--attention_backend`):
 
 - `cudnn`: torch's cuDNN SDPA kernel (diffusers' `_native_cudnn`), the fastest that ships with torch on an
   H100 (BENCHMARKS.md, "Attention kernels");
