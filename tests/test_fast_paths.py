@@ -14,7 +14,7 @@ from cosmos_v2w_diffusers.data.samples import Video2WorldTrainDataset, read_fram
 from cosmos_v2w_diffusers.latents import encode_video
 from cosmos_v2w_diffusers.objective import draw_training_randomness, video2world_loss
 from cosmos_v2w_diffusers.presets import get_preset, load_transformer, load_vae
-from cosmos_v2w_diffusers.training.memory import selective_blocks_that_fit
+from cosmos_v2w_diffusers.training.memory import selective_blocks_that_fit, step_bytes_without_selective
 from cosmos_v2w_diffusers.training.parallel import apply_activation_checkpointing
 
 TINY = get_preset("tiny")
@@ -83,6 +83,13 @@ def test_memory_plan_keeps_attention_outputs_only_where_they_fit():
     roomy = selective_blocks_that_fit(transformer, 10 * tokens, 16 * gib, 0, True, torch.bfloat16)
     crowded = selective_blocks_that_fit(transformer, 10 * tokens, 16 * gib, 2 * gib, True, torch.bfloat16)
     assert crowded <= roomy
+    # Under FSDP a rank adds FSDP's own buffers, and holds 1/N of the gradients and optimizer moments.
+    plain = step_bytes_without_selective(transformer, tokens, 0, True, torch.float32)
+    one_rank = step_bytes_without_selective(transformer, tokens, 0, True, torch.float32, fsdp_shards=1)
+    eight = step_bytes_without_selective(transformer, tokens, 0, True, torch.float32, fsdp_shards=8)
+    states = 3 * 4 * sum(p.numel() for p in transformer.parameters())  # fp32 gradients and two moments
+    assert one_rank > plain
+    assert one_rank - eight == pytest.approx(states * 7 / 8, rel=1e-6)
 
 
 def test_attention_backend_routing_keeps_outputs_and_gradients():
