@@ -8,27 +8,13 @@ and gradients. FLOPs: 4 S^2 D per head forward; forward+backward counted as 3.5x
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from benchmarks.common import write_result
+from benchmarks.common import median_seconds, write_result
 from cosmos_v2w_diffusers.attention import activate_flash4, flash4_available
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up (and FA4's JIT compilation)
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
-    return statistics.median(times)
 
 
 def measure(backend: SDPBackend, q, k, v, grad, repeats: int) -> dict:
@@ -41,7 +27,8 @@ def measure(backend: SDPBackend, q, k, v, grad, repeats: int) -> dict:
         return out, torch.autograd.grad(out, (q, k, v), grad)
 
     flops = 4 * q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * q.shape[3]
-    fwd, fwd_bwd = timed(forward, repeats), timed(forward_backward, repeats)
+    # The warm-up call also JIT-compiles FlashAttention-4.
+    fwd, fwd_bwd = median_seconds(forward, repeats), median_seconds(forward_backward, repeats)
     out, grads = forward_backward()
     return {
         "forward_s": round(fwd, 4),

@@ -6,6 +6,8 @@ import json
 import os
 import pickle
 import platform
+import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,21 @@ def environment() -> dict:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cudnn"] = torch.backends.cudnn.version()
     return info
+
+
+def median_seconds(fn, repeats: int = 3, warmup: bool = True) -> float:
+    """Median wall time of `fn()` over `repeats` calls, the GPU synchronised around each; `warmup` runs it once
+    untimed first (compilation, cuDNN's autotuning)."""
+    if warmup:
+        fn()
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def write_result(name: str, result: dict) -> Path:

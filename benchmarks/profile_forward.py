@@ -10,30 +10,17 @@ from __future__ import annotations
 
 import argparse
 import collections
-import statistics
-import time
 
 import torch
 from diffusers import AutoencoderKLWan
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import write_result
+from benchmarks.common import median_seconds, write_result
 from cosmos_v2w_diffusers.attention import BACKENDS, set_attention_backend
 from cosmos_v2w_diffusers.compile import compile_blocks
 from cosmos_v2w_diffusers.latents import decode_latents, encode_video, use_channels_last_3d
 from cosmos_v2w_diffusers.preconditioning import conditioning_mask, denoise
 from cosmos_v2w_diffusers.presets import build_transformer, get_preset
-
-
-def seconds(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def category(name: str) -> str:
@@ -67,7 +54,7 @@ def main() -> None:
         return denoise(transformer, x, sigma, clean, mask, text)
 
     forward()  # compilation
-    forward_seconds = seconds(forward)
+    forward_seconds = median_seconds(forward, warmup=False)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         forward()
         torch.cuda.synchronize()
@@ -84,8 +71,8 @@ def main() -> None:
     use_channels_last_3d(vae)
     pixels = torch.zeros(1, 3, preset.num_frames, preset.height, preset.width, device=device)
     with torch.no_grad():
-        encode_seconds = seconds(lambda: encode_video(vae, pixels), 2)
-        decode_seconds = seconds(lambda: decode_latents(vae, clean), 2)
+        encode_seconds = median_seconds(lambda: encode_video(vae, pixels), 2, warmup=False)
+        decode_seconds = median_seconds(lambda: decode_latents(vae, clean), 2, warmup=False)
     write_result(
         args.name or f"profile_forward_2b_720p_{backend}",
         {

@@ -8,25 +8,16 @@ shape and keeps the fastest); channels-last-3d memory format; both.
 
 from __future__ import annotations
 
-import time
-
 import torch
 from diffusers import AutoencoderKLWan
 
-from benchmarks.common import write_result
+from benchmarks.common import median_seconds, write_result
 from cosmos_v2w_diffusers.latents import encode_video
 
 
-def timed(vae, video, repeats: int = 3) -> float:
-    encode_video(vae, video)  # warm-up (and cuDNN's autotuning, when on)
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        encode_video(vae, video)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+def timed(vae, video) -> float:
+    """Median seconds of an encode, after a warm-up (and cuDNN's autotuning, when on)."""
+    return median_seconds(lambda: encode_video(vae, video))
 
 
 def main() -> None:

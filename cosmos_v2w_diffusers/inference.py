@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--attention_backend", default="auto", choices=BACKENDS,
-        help="self-attention kernel: cudnn, flash4 (FlashAttention-4), native (torch's choice), or auto (the fastest installed)",
+        help="attention kernel: cudnn, flash4 (FlashAttention-4), native (torch's choice), or auto (the fastest installed)",
     )
     args = p.parse_args(argv)
     if args.guidance_parallel and (args.num_gpus != 2 or args.guidance == 0):

@@ -129,6 +129,7 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
             safety_checker=safety_checker,
         )
         self.register_to_config(disable_guardrail=disable_guardrail)
+        self._guidance_group = None  # set by enable_guidance_parallel
         self.video_processor = VideoProcessor(vae_scale_factor=8)
 
     @classmethod
@@ -207,7 +208,7 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
     def _guided_x0(self, x, sigma, clean, cond_mask, text, negative_text, guidance_scale, fps) -> torch.Tensor:
         """Classifier-free-guided x0: `x0_cond + w * (x0_cond - x0_uncond)`; conditioning frames stay in both."""
         sigma = torch.as_tensor(sigma, device=x.device).expand(x.shape[0])
-        group = getattr(self, "_guidance_group", None)
+        group = self._guidance_group
         if negative_text is None:
             return denoise(self.transformer, x, sigma, clean, cond_mask, text, fps)
         if group is None:

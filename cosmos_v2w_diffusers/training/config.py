@@ -131,7 +131,7 @@ class TrainConfig:
     )
     attention_backend: str = _f(
         "auto",
-        "self-attention kernel: cudnn, flash4 (FlashAttention-4, the flash4 extra; Hopper/Blackwell), native "
+        "attention kernel: cudnn, flash4 (FlashAttention-4, the flash4 extra; Hopper/Blackwell), native "
         "(torch's choice), or auto (the fastest installed; native on the CPU)",
         choices=["auto", "cudnn", "flash4", "native"],
     )

@@ -58,11 +58,10 @@ def step_bytes_without_selective(
     autocast_copies = sum(
         p.numel() * 2 for p in transformer.parameters() if p.dtype == torch.float32 and compute_dtype != torch.float32
     ) // state_shards
-    if fsdp:
-        autocast_copies += 2 * 2 * sum(p.numel() for p in transformer.transformer_blocks[0].parameters())
+    gathered_blocks = 2 * 2 * sum(p.numel() for p in transformer.transformer_blocks[0].parameters()) if fsdp else 0
     block_inputs = n_blocks * tokens * hidden * (2 if compute_dtype != torch.float32 else 4)
     one_block = tokens * hidden * (BLOCK_PEAK_BYTES[compiled] + (FSDP_EXTRA_BYTES if fsdp else 0))
-    return int(resident_bytes + optimizer_and_grads + autocast_copies + block_inputs + one_block)
+    return int(resident_bytes + optimizer_and_grads + autocast_copies + gathered_blocks + block_inputs + one_block)
 
 
 def selective_blocks_that_fit(

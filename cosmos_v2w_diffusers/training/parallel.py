@@ -40,12 +40,15 @@ def _keep_attention_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
     return CheckpointPolicy.MUST_SAVE if op in _ATTENTION_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
+_KEEP_ATTENTION_OUTPUTS = partial(create_selective_checkpoint_contexts, _keep_attention_outputs)
+
+
 def _selective_checkpoint(module: torch.nn.Module, *args):
     return checkpoint(
         module.__call__,
         *args,
         use_reentrant=False,
-        context_fn=partial(create_selective_checkpoint_contexts, _keep_attention_outputs),
+        context_fn=_KEEP_ATTENTION_OUTPUTS,
     )
 
 
@@ -141,10 +144,9 @@ def wrap_blocks_for_fsdp(transformer: CosmosTransformer3DModel, mode: str, n_sel
     if mode == "none":
         return 0
     n_selective = 0 if mode == "full" else n_blocks if n_selective is None else n_selective
-    selective = {"context_fn": partial(create_selective_checkpoint_contexts, _keep_attention_outputs)}
     for i, block in enumerate(transformer.transformer_blocks):
         # Full recompute passes no context_fn: torch.compile cannot trace torch's default one.
-        kwargs = selective if i < n_selective else {}
+        kwargs = {"context_fn": _KEEP_ATTENTION_OUTPUTS} if i < n_selective else {}
         transformer.transformer_blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False, **kwargs)
     return n_selective
 
