@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements behind BENCHMARKS.md, in groups that each fit one device call (< 10 minutes).
-#   bash benchmarks/gpu_session.sh train|small|encode|generate|attention|generate_flash4|h200_14b|fsdp [DATA]
+#   bash benchmarks/gpu_session.sh train|small|encode|generate|attention|generate_flash4|h200_14b|fsdp|deepspeed|deepspeed_zero3 [DATA]
 # (fsdp also reads TINY_DATA: a prepared tiny-preset folder, e.g. the demo sample in ~/.cache/cosmos_v2w_diffusers)
 # Each row runs in its own process (clean allocator, its own peak); results land in $OUT or benchmarks/results/.
 set -uo pipefail
@@ -55,5 +55,18 @@ fsdp)  # FSDP2 on one GPU (the trainer's FSDP2 path), and rows of the 14B table 
       --cache_latents --cache_windows_per_clip 2
   PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python benchmarks/check_row_14b.py \
       --rows 8:full:4:selective 8:full:8:selective 8:lora:2:full 8:lora:4:selective
+  ;;
+deepspeed)  # issue 9: ZeRO-2 on one GPU, a 2B step and a checkpoint; the tiny model's exact resume under ZeRO-2 and -3
+  # (the `deepspeed` extra installed; TINY_DATA as for fsdp)
+  zero="accelerate launch --num_processes 1 --config_file accelerate_configs/deepspeed"
+  ${zero}_zero2.yaml benchmarks/train_step.py --data $data --name train_step_2b_full_cached_zero2_1gpu \
+      --save_checkpoint -- --model 2B --cache_latents --cache_windows_per_clip 2
+  ${zero}_zero2.yaml benchmarks/check_resume.py --dataset_path "$TINY_DATA" --name zero2_1gpu
+  ${zero}_zero3.yaml benchmarks/check_resume.py --dataset_path "$TINY_DATA" --name zero3_1gpu
+  ;;
+deepspeed_zero3)  # issue 9: ZeRO-3 on one GPU, a 2B step and a checkpoint
+  accelerate launch --num_processes 1 --config_file accelerate_configs/deepspeed_zero3.yaml benchmarks/train_step.py \
+      --data $data --name train_step_2b_full_cached_zero3_1gpu --save_checkpoint -- --model 2B --cache_latents \
+      --cache_windows_per_clip 2
   ;;
 esac

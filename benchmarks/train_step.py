@@ -9,6 +9,9 @@ downloaded on the benchmark machine); timing does not depend on their values.
     python benchmarks/train_step.py --name lora_720p_low_vram --memory_fraction 0.30 -- \
         --model 2B --train_architecture lora --low_vram
 
+`--save_checkpoint` times one checkpoint after the steps (then deletes it) and checks what it holds: under
+DeepSpeed or FSDP that is the gathering of every shard into NVIDIA's layout.
+
 `--memory_fraction` caps the process with `torch.cuda.set_per_process_memory_fraction`, to show that a
 configuration fits a smaller card. The first step (compilation, allocator warm-up) is left out of the
 median. The latent cache is built before the timed steps; its time is reported apart.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,6 +43,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/cosmos_bench", help="weights and data are made here once")
     parser.add_argument("--data", default=None, help="an NVIDIA-layout folder of clips (default: rendered here)")
     parser.add_argument("--memory_fraction", type=float, default=None)
+    parser.add_argument("--save_checkpoint", action="store_true", help="time one checkpoint after the steps")
     argv = sys.argv[1:]
     ours, trainer_argv = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     args = parser.parse_args(ours)
@@ -86,6 +91,7 @@ def main() -> None:
         losses.append(loss)
         print(f"step {step}: {times[-1]:.3f} s, loss {loss:.4f}", flush=True)
     c = trainer.config
+    checkpoint = save_and_check_checkpoint(trainer, args.steps + 1) if args.save_checkpoint else None
     summary = throughput_summary(times, c.batch_size, 1, trainer._unwrapped().config, trainer.tokens, trainer.device)
     write_result(
         args.name,
@@ -111,8 +117,36 @@ def main() -> None:
             "resident_before_step_gib": round(before, 2),
             "model_tflops_per_s": round(summary["model_tflops_per_s_per_device"], 1),
             "losses": [round(x, 5) for x in losses],
+            "distributed_type": str(trainer.accelerator.distributed_type),
+            "checkpoint": checkpoint,
         },
     )
+
+
+def save_and_check_checkpoint(trainer: Trainer, iteration: int) -> dict:
+    """Seconds to write checkpoint `iteration`, its size, and whether it holds every trainable tensor as an
+    fp32 master, with its AdamW moments; the folder is deleted afterwards (a 2B checkpoint is ~36 GB)."""
+    start = time.perf_counter()
+    trainer.save_checkpoint(iteration)
+    seconds = time.perf_counter() - start
+    root = trainer.checkpoints.root
+    sizes = {part: trainer.checkpoints.path(part, iteration).stat().st_size / 2**30 for part in ("model", "optim")}
+    optim = torch.load(trainer.checkpoints.path("optim", iteration), weights_only=True, mmap=True)
+    model = torch.load(trainer.checkpoints.path("model", iteration), weights_only=True, mmap=True)
+    masters, moments = optim["master_weights"], optim["optimizer"]["state"]
+    result = {
+        "seconds": round(seconds, 1),
+        "gib": {part: round(size, 2) for part, size in sizes.items()},
+        "masters_fp32_complete": set(masters) == set(trainer.trainable)
+        and all(t.dtype == torch.float32 for t in masters.values()),
+        "moments_complete": set(moments) == set(trainer.trainable)
+        and all({"exp_avg", "exp_avg_sq", "step"} <= set(m) for m in moments.values()),
+        "net_tensors_bf16": sum(k.startswith("net.") and v.dtype == torch.bfloat16 for k, v in model.items()),
+        "net_ema_tensors_fp32": sum(k.startswith("net_ema.") and v.dtype == torch.float32 for k, v in model.items()),
+    }
+    del optim, model, masters, moments
+    shutil.rmtree(root)
+    return result
 
 
 if __name__ == "__main__":

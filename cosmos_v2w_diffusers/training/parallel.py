@@ -108,13 +108,19 @@ def apply_activation_checkpointing(
     transformer.enable_gradient_checkpointing(_PerBlockCheckpoint(transformer, n_selective, offload))
 
 
-def apply_lora(transformer: CosmosTransformer3DModel, rank: int, alpha: int, target_modules: list[str]) -> None:
+def apply_lora(
+    transformer: CosmosTransformer3DModel, rank: int, alpha: int, target_modules: list[str], seed: int
+) -> None:
     """Freeze the base weights and add a PEFT LoRA adapter (fp32, as diffusers' LoRA examples keep it;
-    NVIDIA keeps bf16 live LoRA weights with fp32 masters: under bf16 autocast the compute is the same)."""
+    NVIDIA keeps bf16 live LoRA weights with fp32 masters: under bf16 autocast the compute is the same).
+    PEFT draws the random half of each pair from the global RNG; it is seeded here (and forked, so the
+    caller's state is untouched), so a run's initial adapter depends on `--seed` alone."""
     transformer.requires_grad_(False)
-    transformer.add_adapter(
-        LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=target_modules)
-    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer.add_adapter(
+            LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=target_modules)
+        )
 
 
 def load_trainable_transformer(preset, config, compute_dtype: torch.dtype) -> CosmosTransformer3DModel:
@@ -126,7 +132,7 @@ def load_trainable_transformer(preset, config, compute_dtype: torch.dtype) -> Co
     if config.dit_path:
         load_into_transformer(transformer, load_native_checkpoint(config.dit_path, config.load_ema), config.dit_path)
     if lora:
-        apply_lora(transformer, config.lora_rank, config.lora_alpha, config.lora_target_modules.split(","))
+        apply_lora(transformer, config.lora_rank, config.lora_alpha, config.lora_target_modules.split(","), config.seed)
         cast_training_params(transformer, torch.float32)
     return transformer
 
@@ -204,6 +210,38 @@ def prepare_for_wrapping(
     if c.compile:
         compile_blocks(transformer)
     return selective_blocks
+
+
+def configure_deepspeed(plugin, config) -> None:
+    """Settle accelerate's DeepSpeed config from the run's flags, before `accelerator.prepare`.
+
+    The trainer feeds its own micro-batches (no DataLoader goes through `prepare`), so the micro-batch size
+    is set here; gradient clipping follows `--max_grad_norm` (DeepSpeed clips inside its step); ZeRO-3 must
+    gather its 16-bit weights for checkpoints and exports. Context parallelism is refused: its gradient
+    scaling is tested under DDP and FSDP2 only. torch.compile is left off under ZeRO-3, whose per-module
+    hooks gather each block's weights in the middle of what would be the compiled graph. The memory planner
+    does not model DeepSpeed's buffers, so without `--selective_checkpointing_blocks` every block
+    recomputes in full.
+    """
+    c, ds = config, plugin.deepspeed_config
+    if c.context_parallel_size > 1:
+        raise ValueError(
+            "--context_parallel_size is supported under DDP and FSDP2, not DeepSpeed: use "
+            "accelerate_configs/fsdp_8gpu.yaml, or drop --context_parallel_size."
+        )
+    ds["train_micro_batch_size_per_gpu"] = c.batch_size
+    ds["gradient_clipping"] = c.max_grad_norm
+    if plugin.zero_stage == 3:
+        ds.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
+        if c.compile:
+            logger.info("DeepSpeed ZeRO-3: blocks are not compiled (its hooks gather weights inside each block)")
+        c.compile = False
+    if c.activation_checkpointing == "selective" and c.selective_checkpointing_blocks is None:
+        c.selective_checkpointing_blocks = 0
+    logger.info(
+        "DeepSpeed ZeRO-%d: %d clip(s) per micro-step, gradients clipped to %s", plugin.zero_stage, c.batch_size,
+        c.max_grad_norm,
+    )
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:

@@ -21,11 +21,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, ProjectConfiguration, parse_flag_from_env
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
-)
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -45,8 +40,9 @@ from .hub import HubUploader
 from .memory import set_allocator_defaults, with_device_defaults
 from .metrics import describe_throughput, loss_trend, throughput_summary
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
-from .parallel import canonical_name, full_tensor, like, load_trainable_transformer, prepare_for_wrapping
+from .parallel import canonical_name, configure_deepspeed, load_trainable_transformer, prepare_for_wrapping
 from .run_lock import RunLock
+from .state import train_state
 from .validation import Validator
 
 # accelerate's logger: the main process logs (per-rank facts say `main_process_only=False`).
@@ -129,6 +125,9 @@ class Trainer:
         self.cp = c.context_parallel_size
         self.dp_rank, self.dp_size = self.accelerator.process_index // self.cp, self.accelerator.num_processes // self.cp
         fsdp = self.accelerator.distributed_type == DistributedType.FSDP
+        self.deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
+        if self.deepspeed:
+            configure_deepspeed(self.accelerator.state.deepspeed_plugin, c)
         self.selective_blocks = prepare_for_wrapping(transformer, self.vae, c, self.accelerator, self.tokens, self.compute_dtype, fsdp)
         transformer.train()
 
@@ -142,10 +141,11 @@ class Trainer:
         optimizer = build_optimizer(trainable, c)
         self.lr_scheduler = build_lr_scheduler(optimizer, c)
         self.transformer, self.optimizer = self.accelerator.prepare(transformer, optimizer)
-        # FSDP swaps parameters for sharded ones: take them (and the EMA's shape) from the prepared model.
+        # FSDP and DeepSpeed swap parameters for sharded or bf16 ones: take them from the prepared model.
         self.trainable = {canonical_name(n): p for n, p in self._unwrapped().named_parameters() if p.requires_grad}
+        self.state = train_state(self.accelerator, self.transformer, self.optimizer, self.trainable)
         ema_device = "cpu" if c.ema_device == "cpu" else None
-        self.ema = PowerEMA(self.trainable, c.ema_gamma, self.compute_dtype, ema_device) if c.ema else None
+        self.ema = PowerEMA(self.state.ema_sources, c.ema_gamma, self.compute_dtype, ema_device) if c.ema else None
         self.start_iter = self._maybe_resume()
         self.validator = None
         if c.validation_prompt and self.accelerator.is_main_process:
@@ -166,28 +166,39 @@ class Trainer:
     def _unwrapped(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.transformer)
 
+    def _on_main(self, tensors) -> dict[str, torch.Tensor]:
+        """CPU copies, on the main process only, of the (name, tensor) pairs a gathering iterator yields.
+        Every rank runs the gathers, one tensor at a time, so none holds the whole state on its GPU."""
+        main = self.accelerator.is_main_process
+        return {name: tensor.detach().cpu() for name, tensor in tensors if main}
+
     def _gathered_ema(self) -> dict[str, torch.Tensor] | None:
-        """The whole EMA (a collective under FSDP: every rank calls it; only the main process uses it)."""
-        return {n: full_tensor(t) for n, t in self.ema.state_dict().items()} if self.ema else None
+        """The whole EMA on the main process (a collective under FSDP and ZeRO-3: every rank calls it)."""
+        if self.ema is None:
+            return None
+        return self._on_main((n, self.state.full_ema(n, t)) for n, t in self.ema.state_dict().items())
 
     def save_checkpoint(self, iteration: int) -> None:
         """Write checkpoint `iteration` (= optimizer steps done) in NVIDIA's layout."""
         # Collective calls first, on every rank: they gather FSDP/DeepSpeed shards.
-        bad = [n for n, p in self.trainable.items() if not torch.isfinite(p).all()]
+        bad = []
+
+        def checked_masters():
+            for name, master in self.state.full_masters():
+                if not torch.isfinite(master).all():  # the same answer on every rank: the tensor is whole
+                    bad.append(name)
+                yield name, master.float()
+
+        masters = self._on_main(checked_masters())
         if bad:  # never name a diverged state "latest": the previous checkpoint stays the one to resume from
             raise FloatingPointError(
                 f"Not saving checkpoint {iteration}: {len(bad)} weight tensors hold NaN/Inf (e.g. {bad[0]}); "
                 f"resume from {self.checkpoints.root / 'latest_checkpoint.txt'} with a lower --learning_rate."
             )
         state = self.accelerator.get_state_dict(self.transformer)
-        masters = {n: full_tensor(p) for n, p in self.trainable.items()}
         ema = self._gathered_ema()
-        optimizer = get_optimizer_state_dict(
-            self.transformer, self.optimizer.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
+        optimizer = self.state.optimizer_state_dict()
         if self.accelerator.is_main_process:
-            # Only the main process copies to the CPU: the other ranks' copies would be thrown away.
-            masters = {n: t.detach().float().cpu() for n, t in masters.items()}
             config = self._unwrapped().config
             model = to_native_state_dict({k: v.cpu() for k, v in state.items()}, config, "net.", torch.bfloat16)
             if ema is not None:
@@ -220,17 +231,11 @@ class Trainer:
                 f"{self.checkpoints.root}: checkpoint {latest} was written by a different run (its trainable "
                 f"tensors differ: full vs LoRA, or another model). Use a new --output_dir or --no-resume."
             )
-        with torch.no_grad():
-            for name, param in self.trainable.items():
-                param.copy_(like(param, masters[name]))
-        set_optimizer_state_dict(
-            self.transformer, self.optimizer.optimizer, parts["optim"]["optimizer"],
-            options=StateDictOptions(full_state_dict=True),
-        )
+        self.state.load(masters, parts["optim"]["optimizer"])
         self.lr_scheduler.load_state_dict(parts["scheduler"])
         if self.ema is not None:
             ema = from_native_state_dict(parts["model"], "net_ema.")
-            self.ema.load_state_dict({n: like(t, ema[n]) for n, t in self.ema.state_dict().items()})
+            self.ema.load_state_dict({n: self.state.local_ema(n, t, ema[n]) for n, t in self.ema.state_dict().items()})
         set_rng_state(parts["trainer"]["rng"])
         logger.info("Resumed from %s", self.checkpoints.path("model", latest), main_process_only=False)
         return parts["trainer"]["iteration"]
@@ -254,7 +259,7 @@ class Trainer:
                     _step_seed(self.config.seed, step, micro, self.dp_rank)  # a context-parallel group draws alike
                 )
                 draws = draw_training_randomness(tuple(latents.shape), generator)
-                with self.accelerator.autocast():
+                with self._autocast():
                     loss = video2world_loss(
                         self.transformer,
                         latents,
@@ -279,6 +284,14 @@ class Trainer:
         if self.ema is not None and math.isfinite(mean_loss):
             self.ema.update(step)
         return mean_loss
+
+    def _autocast(self):
+        """accelerate's autocast, except under DeepSpeed: there accelerate leaves precision to DeepSpeed,
+        which keeps the module in bf16 but casts no inputs, so the forward runs under torch's autocast as
+        everywhere else (fp32 inputs, bf16 matmuls, fp32 norms)."""
+        if self.deepspeed and self.compute_dtype != torch.float32:
+            return torch.autocast(self.device.type, dtype=self.compute_dtype)
+        return self.accelerator.autocast()
 
     def _micro_batches(self):
         """This rank's micro-batches, a list per optimizer step, from `start_iter` on."""

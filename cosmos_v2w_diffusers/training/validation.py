@@ -86,7 +86,7 @@ class Validator:
         del tokenizer, encoder
         transformer = load_transformer(preset, c.pretrained_model_name_or_path, compute_dtype)
         if c.train_architecture == "lora":
-            apply_lora(transformer, c.lora_rank, c.lora_alpha, c.lora_target_modules.split(","))
+            apply_lora(transformer, c.lora_rank, c.lora_alpha, c.lora_target_modules.split(","), c.seed)
         self.pipe = CosmosVideo2WorldPipeline(
             text_encoder=None, tokenizer=None, transformer=transformer.eval(), vae=vae,
             scheduler=CosmosMultistepScheduler(), disable_guardrail=True,

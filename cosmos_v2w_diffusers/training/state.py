@@ -1,0 +1,181 @@
+"""Whole tensors of a run's training state, wherever accelerate's engine keeps them.
+
+A checkpoint in NVIDIA's layout holds whole fp32 master weights, AdamW moments and EMA. Where those live
+depends on the engine:
+- one GPU or DDP: whole tensors on every rank;
+- FSDP2: DTensor shards of the parameters themselves (the EMA is sharded alike), and torch's
+  `get/set_optimizer_state_dict` gather and scatter the moments;
+- DeepSpeed ZeRO-2/3: the module's parameters are in the compute dtype (bf16), and the fp32 masters and
+  moments sit in flat partitions inside DeepSpeed's optimizer, reached through DeepSpeed's
+  `safe_get_full_*` / `safe_set_full_*`.
+
+`train_state` picks the class for the engine; the trainer sees one interface. Every method that gathers or
+scatters is a collective: call it on every rank, in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+
+from .parallel import full_tensor, like
+
+
+class TorchTrainState:
+    """One GPU, DDP and FSDP2: the trainable parameters are the fp32 masters (DTensor shards under FSDP2)."""
+
+    def __init__(self, model: torch.nn.Module, optimizer, trainable: dict[str, torch.nn.Parameter]):
+        self.model, self.optimizer, self.trainable = model, optimizer, trainable
+        # What the EMA averages, by name: the live weights (sharded under FSDP2, so the EMA is too).
+        self.ema_sources: dict[str, torch.Tensor] = trainable
+
+    def full_masters(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, whole fp32 master weight), one tensor gathered at a time."""
+        for name, param in self.trainable.items():
+            yield name, full_tensor(param)
+
+    def full_ema(self, name: str, shadow: torch.Tensor) -> torch.Tensor:
+        return full_tensor(shadow)
+
+    def local_ema(self, name: str, shadow: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+        """The part of the whole EMA tensor `full` that this rank keeps, placed like its `shadow`."""
+        return like(shadow, full)
+
+    def optimizer_state_dict(self) -> dict:
+        """torch's full optimizer state dict (parameter names as keys), on the CPU of rank 0."""
+        return get_optimizer_state_dict(
+            self.model, self.optimizer.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+
+    def load(self, masters: dict[str, torch.Tensor], optimizer_state: dict) -> None:
+        with torch.no_grad():
+            for name, param in self.trainable.items():
+                param.copy_(like(param, masters[name]))
+        set_optimizer_state_dict(
+            self.model, self.optimizer.optimizer, optimizer_state, options=StateDictOptions(full_state_dict=True)
+        )
+
+
+class ZeroTrainState:
+    """DeepSpeed ZeRO-2 or ZeRO-3 (through accelerate): bf16 module parameters, fp32 masters and moments
+    partitioned inside DeepSpeed's optimizer. The optimizer state is written in torch's full format (the
+    same names and keys as `TorchTrainState`'s), so a checkpoint resumes under any engine.
+
+    The EMA averages the bf16 live weights, as it does elsewhere (`PowerEMA` rounds to bf16 first). Under
+    ZeRO-2 every rank holds them whole, and so the whole EMA; under ZeRO-3 each rank averages its own
+    partition of them, so the EMA is partitioned like the weights.
+    """
+
+    def __init__(self, optimizer, trainable: dict[str, torch.nn.Parameter]):
+        self.trainable = trainable
+        self.zero = optimizer.optimizer  # DeepSpeed's ZeRO optimizer (accelerate wraps it once more)
+        self.adamw = self.zero.optimizer  # our AdamW, over DeepSpeed's flat fp32 partitions
+        self.stage3 = hasattr(next(iter(trainable.values())), "ds_id")
+        self.ema_sources = {n: p.ds_tensor for n, p in trainable.items()} if self.stage3 else trainable
+
+    def full_masters(self) -> Iterator[tuple[str, torch.Tensor]]:
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        for name, param in self.trainable.items():
+            yield name, safe_get_full_fp32_param(param)
+
+    def full_ema(self, name: str, shadow: torch.Tensor) -> torch.Tensor:
+        if not self.stage3:
+            return shadow
+        # ZeRO-3 splits the flattened tensor into equal parts by rank, the last part padded.
+        param = self.trainable[name]
+        parts = [torch.empty_like(shadow) for _ in range(dist.get_world_size(param.ds_process_group))]
+        dist.all_gather(parts, shadow, group=param.ds_process_group)
+        return torch.cat(parts)[: param.ds_numel].view(param.ds_shape)
+
+    def local_ema(self, name: str, shadow: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+        part = self._partition(self.trainable[name], full) if self.stage3 else full
+        return part.to(shadow.device, shadow.dtype)
+
+    @staticmethod
+    def _partition(param: torch.nn.Parameter, full: torch.Tensor) -> torch.Tensor:
+        """This rank's ZeRO-3 part of the flattened `full`, zero-padded to the part's size."""
+        size = param.ds_tensor.numel()
+        start = dist.get_rank(param.ds_process_group) * size
+        part = torch.zeros(size, dtype=full.dtype, device=full.device)
+        piece = full.flatten()[start : start + size]
+        part[: piece.numel()] = piece
+        return part
+
+    def _moment_keys(self) -> list[str]:
+        """The per-element optimizer state (AdamW: exp_avg, exp_avg_sq), as DeepSpeed maps it per parameter."""
+        state = next(iter(self.adamw.state.values()), {})
+        return [k for k, v in state.items() if torch.is_tensor(v) and v.dim() > 0]
+
+    def optimizer_state_dict(self) -> dict:
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        keys = self._moment_keys()
+        step = next(iter(self.adamw.state.values()), {}).get("step")
+        state = {}
+        if keys:  # no state before the first optimizer step
+            main = dist.get_rank() == 0
+            for name, param in self.trainable.items():
+                moments = {k: safe_get_full_optimizer_state(param, k) for k in keys}
+                if main:
+                    state[name] = {"step": step.detach().cpu().clone(), **{k: v.cpu() for k, v in moments.items()}}
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": list(self.trainable)} for g in self.adamw.param_groups]
+        return {"state": state, "param_groups": groups}
+
+    def load(self, masters: dict[str, torch.Tensor], optimizer_state: dict) -> None:
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+        saved = optimizer_state["state"]
+        if saved:
+            self._create_optimizer_state(next(iter(saved.values())))
+        device = self._flat_partitions()[0].device
+        with torch.no_grad():
+            for name, param in self.trainable.items():
+                master = masters[name].to(device, torch.float32)
+                safe_set_full_fp32_param(param, master)
+                # The bf16 live weights: DeepSpeed's rounding of the masters (it refreshes them after each step).
+                if self.stage3:
+                    param.ds_tensor.copy_(self._partition(param, master))
+                else:
+                    param.copy_(master)
+                for key, value in saved.get(name, {}).items():
+                    if value.dim() > 0:
+                        safe_set_full_optimizer_state(param, value.to(device, torch.float32), key)
+        for group, saved_group in zip(self.adamw.param_groups, optimizer_state["param_groups"]):
+            group.update({k: saved_group[k] for k in ("lr", "initial_lr") if k in saved_group})
+
+    def _flat_partitions(self) -> list[torch.Tensor]:
+        """The flat fp32 master partitions of this rank, which AdamW's state is keyed by. DeepSpeed names them
+        differently in ZeRO-1/2 and ZeRO-3 and exposes neither publicly."""
+        return self.zero.fp32_partitioned_groups_flat if self.stage3 else self.zero.single_partition_of_fp32_groups
+
+    def _create_optimizer_state(self, saved: dict[str, torch.Tensor]) -> None:
+        """AdamW creates its state at its first step, and DeepSpeed offers no public call that sets it before:
+        so it is created here as AdamW would (the moments as zeros, the step where AdamW keeps it), with the
+        saved step count, for `safe_set_full_optimizer_state` to fill. ZeRO-1/2 then links each parameter to
+        its slice of it (`_lazy_init_hp_params_optimizer_state`, which its own step calls the same way)."""
+        group = self.adamw.param_groups[0]
+        for flat in self._flat_partitions():
+            step_device = flat.device if group.get("fused") or group.get("capturable") else "cpu"
+            self.adamw.state[flat] = {
+                key: value.to(step_device) if value.dim() == 0 else torch.zeros_like(flat)
+                for key, value in saved.items()
+            }
+        if not self.stage3:
+            self.zero._lazy_init_hp_params_optimizer_state()
+
+
+def train_state(accelerator, model, optimizer, trainable: dict[str, torch.nn.Parameter]):
+    """The state access for accelerate's engine: `ZeroTrainState` under DeepSpeed, else `TorchTrainState`."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return ZeroTrainState(optimizer, trainable)
+    return TorchTrainState(model, optimizer, trainable)

@@ -1,0 +1,89 @@
+"""DeepSpeed ZeRO-2/3 through accelerate (`pip install -e ".[deepspeed]"`), in one CPU process.
+
+accelerate cannot start several DeepSpeed processes on CPUs (each comes up as rank 0 of 1), so these runs
+use one: they check what the trainer adds to DeepSpeed's engine. Under ZeRO the fp32 masters and AdamW
+moments live inside DeepSpeed's optimizer; a checkpoint must still hold them whole in NVIDIA's layout and
+resume exactly. In fp32 a ZeRO run follows the plain run up to rounding (DeepSpeed clips by `max/norm`,
+torch by `max/(norm + 1e-6)`), so its checkpoint is compared with a plain run's, key by key.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("deepspeed")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _train(dataset: Path, output_dir: Path, max_iter: int, config: str | None, *extra: str) -> str:
+    """A tiny fp32 run to `max_iter` (checkpoints every step, a 3-step schedule); returns its log."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if config is None:
+        env["ACCELERATE_USE_CPU"] = "true"  # no DeepSpeed: the plain one-process run
+    launch = ["--config_file", str(REPO / "accelerate_configs" / f"deepspeed_{config}.yaml")] if config else []
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_processes", "1",
+           "--mixed_precision", "no", str(REPO / "train_video2world.py"), "--model", "tiny", "--dataset_path",
+           str(dataset), "--output_dir", str(output_dir), "--max_iter", str(max_iter), "--lr_decay_steps", "3",
+           "--save_iter", "1", "--cache_latents", "--dataloader_num_workers", "0", *extra]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stderr
+
+
+def _part(run: Path, part: str, iteration: int) -> dict:
+    return torch.load(run / "checkpoints" / part / f"iter_{iteration:09d}.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("stage,architecture", [("zero2", "full"), ("zero3", "full"), ("zero3", "lora")])
+def test_zero_checkpoints_hold_whole_fp32_state_in_nvidia_layout_and_resume(prepared_dataset, tmp_path, stage, architecture):
+    """2 ZeRO steps, then a resumed third, against 3 plain steps: the same tensors under the same names in
+    every part (weights, EMA, fp32 masters, AdamW moments and step, learning rate), equal up to rounding."""
+    flags = ("--train_architecture", architecture)
+    _train(prepared_dataset, tmp_path / "plain", 3, None, *flags)
+    log = _train(prepared_dataset, tmp_path / "zero", 2, stage, *flags)
+    assert f"DeepSpeed ZeRO-{stage[-1]}" in log
+    assert "Resumed from" in _train(prepared_dataset, tmp_path / "zero", 3, stage, *flags)
+
+    zero, plain = _part(tmp_path / "zero", "optim", 3), _part(tmp_path / "plain", "optim", 3)
+    masters, reference = zero["master_weights"], plain["master_weights"]
+    assert masters.keys() == reference.keys()
+    assert all(t.dtype == torch.float32 for t in masters.values())
+    first = _part(tmp_path / "plain", "optim", 1)["master_weights"]
+    moved = max((reference[n] - first[n]).abs().max().item() for n in reference)
+    assert moved > 1e-4, "the weights must move for the comparison to mean anything"
+    scale = max(t.abs().max().item() for t in reference.values())
+    for name in reference:
+        torch.testing.assert_close(masters[name], reference[name], rtol=0, atol=1e-4 * scale, msg=name)
+
+    state, reference_state = zero["optimizer"]["state"], plain["optimizer"]["state"]
+    assert state.keys() == reference_state.keys() == reference.keys()
+    for name, moments in reference_state.items():
+        assert state[name].keys() == moments.keys()
+        assert state[name]["step"].item() == moments["step"].item() == 3
+        for key in ("exp_avg", "exp_avg_sq"):
+            big = moments[key].abs().max().item()
+            torch.testing.assert_close(state[name][key], moments[key], rtol=0, atol=1e-4 * big + 1e-12, msg=name)
+    assert zero["optimizer"]["param_groups"][0]["lr"] == pytest.approx(plain["optimizer"]["param_groups"][0]["lr"])
+
+    model, reference_model = _part(tmp_path / "zero", "model", 3), _part(tmp_path / "plain", "model", 3)
+    assert model.keys() == reference_model.keys()
+    for key, tensor in reference_model.items():
+        assert model[key].dtype == tensor.dtype, key
+        if tensor.is_floating_point():  # net.* in bf16: one bf16 step apart at most
+            torch.testing.assert_close(model[key].float(), tensor.float(), rtol=1e-2, atol=1e-3 * scale, msg=key)
+
+
+def test_deepspeed_refuses_context_parallelism_and_names_the_config_to_use(prepared_dataset, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "accelerate_configs" / "deepspeed_zero2.yaml"), "--num_processes", "1",
+           str(REPO / "train_video2world.py"), "--model", "tiny", "--dataset_path", str(prepared_dataset),
+           "--output_dir", str(tmp_path / "run"), "--context_parallel_size", "2"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "fsdp_8gpu.yaml" in result.stderr
