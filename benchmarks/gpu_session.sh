@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements behind BENCHMARKS.md, in groups that each fit one device call (< 10 minutes).
-#   bash benchmarks/gpu_session.sh train|small|encode|generate|attention|generate_flash4|h200_14b|fsdp|deepspeed|deepspeed_zero3 [DATA]
+#   bash benchmarks/gpu_session.sh train|small|encode|generate|attention|generate_flash4|h200_14b|fsdp|deepspeed|deepspeed_more [DATA]
 # (fsdp also reads TINY_DATA: a prepared tiny-preset folder, e.g. the demo sample in ~/.cache/cosmos_v2w_diffusers)
 # Each row runs in its own process (clean allocator, its own peak); results land in $OUT or benchmarks/results/.
 set -uo pipefail
@@ -64,9 +64,11 @@ deepspeed)  # issue 9: ZeRO-2 on one GPU, a 2B step and a checkpoint; the tiny m
   ${zero}_zero2.yaml benchmarks/check_resume.py --dataset_path "$TINY_DATA" --name zero2_1gpu
   ${zero}_zero3.yaml benchmarks/check_resume.py --dataset_path "$TINY_DATA" --name zero3_1gpu
   ;;
-deepspeed_zero3)  # issue 9: ZeRO-3 on one GPU, a 2B step and a checkpoint
-  accelerate launch --num_processes 1 --config_file accelerate_configs/deepspeed_zero3.yaml benchmarks/train_step.py \
-      --data $data --name train_step_2b_full_cached_zero3_1gpu --save_checkpoint -- --model 2B --cache_latents \
-      --cache_windows_per_clip 2
+deepspeed_more)  # issue 9: ZeRO-3 on one GPU (a 2B step and a checkpoint); ZeRO-2 with 22 blocks keeping attention outputs
+  zero="accelerate launch --num_processes 1 --config_file accelerate_configs/deepspeed"
+  ${zero}_zero3.yaml benchmarks/train_step.py --data $data --name train_step_2b_full_cached_zero3_1gpu --save_checkpoint \
+      -- --model 2B --cache_latents --cache_windows_per_clip 2
+  ${zero}_zero2.yaml benchmarks/train_step.py --data $data --name train_step_2b_full_cached_zero2_1gpu_selective22 \
+      -- --model 2B --cache_latents --cache_windows_per_clip 2 --selective_checkpointing_blocks 22
   ;;
 esac
