@@ -3,7 +3,7 @@
     # the built-in sample on the tiny model (CPU, about 3 minutes; `make demo` also shows the result)
     accelerate launch train_video2world.py --model tiny --cache_latents --cache_windows_per_clip 4
     # 2B on one node; 14B across nodes with FSDP
-    accelerate launch --config_file accelerate_configs/single_node_8gpu.yaml train_video2world.py \
+    accelerate launch --config_file accelerate_configs/fsdp_8gpu.yaml train_video2world.py \
         --model 2B --dataset_path datasets/cosmos_nemo_assets
     accelerate launch --config_file accelerate_configs/fsdp_multinode.yaml train_video2world.py \
         --model 14B --dataset_path datasets/cosmos_nemo_assets

@@ -39,21 +39,37 @@ def _part(run: Path, part: str, iteration: int) -> dict:
     return torch.load(run / "checkpoints" / part / f"iter_{iteration:09d}.pt", weights_only=True)
 
 
+@pytest.fixture(scope="module")
+def plain_run(prepared_dataset, tmp_path_factory):
+    """The plain one-process run of 3 steps for an architecture (made once per module)."""
+    runs = {}
+
+    def run(architecture: str) -> Path:
+        if architecture not in runs:
+            runs[architecture] = tmp_path_factory.mktemp(f"plain_{architecture}")
+            _train(prepared_dataset, runs[architecture], 3, None, "--train_architecture", architecture)
+        return runs[architecture]
+
+    return run
+
+
 @pytest.mark.parametrize("stage,architecture", [("zero2", "full"), ("zero3", "full"), ("zero3", "lora")])
-def test_zero_checkpoints_hold_whole_fp32_state_in_nvidia_layout_and_resume(prepared_dataset, tmp_path, stage, architecture):
+def test_zero_checkpoints_hold_whole_fp32_state_in_nvidia_layout_and_resume(
+    prepared_dataset, plain_run, tmp_path, stage, architecture
+):
     """2 ZeRO steps, then a resumed third, against 3 plain steps: the same tensors under the same names in
     every part (weights, EMA, fp32 masters, AdamW moments and step, learning rate), equal up to rounding."""
     flags = ("--train_architecture", architecture)
-    _train(prepared_dataset, tmp_path / "plain", 3, None, *flags)
+    plain_dir = plain_run(architecture)
     log = _train(prepared_dataset, tmp_path / "zero", 2, stage, *flags)
     assert f"DeepSpeed ZeRO-{stage[-1]}" in log
     assert "Resumed from" in _train(prepared_dataset, tmp_path / "zero", 3, stage, *flags)
 
-    zero, plain = _part(tmp_path / "zero", "optim", 3), _part(tmp_path / "plain", "optim", 3)
+    zero, plain = _part(tmp_path / "zero", "optim", 3), _part(plain_dir, "optim", 3)
     masters, reference = zero["master_weights"], plain["master_weights"]
     assert masters.keys() == reference.keys()
     assert all(t.dtype == torch.float32 for t in masters.values())
-    first = _part(tmp_path / "plain", "optim", 1)["master_weights"]
+    first = _part(plain_dir, "optim", 1)["master_weights"]
     moved = max((reference[n] - first[n]).abs().max().item() for n in reference)
     assert moved > 1e-4, "the weights must move for the comparison to mean anything"
     scale = max(t.abs().max().item() for t in reference.values())
@@ -70,7 +86,7 @@ def test_zero_checkpoints_hold_whole_fp32_state_in_nvidia_layout_and_resume(prep
             torch.testing.assert_close(state[name][key], moments[key], rtol=0, atol=1e-4 * big + 1e-12, msg=name)
     assert zero["optimizer"]["param_groups"][0]["lr"] == pytest.approx(plain["optimizer"]["param_groups"][0]["lr"])
 
-    model, reference_model = _part(tmp_path / "zero", "model", 3), _part(tmp_path / "plain", "model", 3)
+    model, reference_model = _part(tmp_path / "zero", "model", 3), _part(plain_dir, "model", 3)
     assert model.keys() == reference_model.keys()
     for key, tensor in reference_model.items():
         assert model[key].dtype == tensor.dtype, key

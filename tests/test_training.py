@@ -17,6 +17,7 @@ from cosmos_v2w_diffusers.presets import get_preset, load_transformer
 from cosmos_v2w_diffusers.training.checkpoint import CheckpointDir
 from cosmos_v2w_diffusers.training.config import TrainConfig, edm2_ema_gamma
 from cosmos_v2w_diffusers.training.optim import PowerEMA, linear_decay_factor
+from cosmos_v2w_diffusers.training.parallel import apply_lora
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -223,6 +224,27 @@ def test_lora_trains_only_the_adapter(bikes_dataset, tmp_path):
     assert model["net_ema.blocks.0.self_attn.q_proj.lora_A.default.weight"].dtype == torch.float32
     assert not any(k.startswith("net_ema.") and "base_layer" in k for k in model)
     assert (tmp_path / "lora" / "lora" / "pytorch_lora_weights_ema.safetensors").is_file()
+
+
+def test_the_initial_lora_adapter_depends_on_the_seed_alone():
+    """PEFT draws each pair's random half from the global RNG; the trainer seeds it from --seed, so two runs
+    (or engines) with one seed start from one adapter, and the caller's random state is left as it was."""
+    def adapter(seed: int) -> dict[str, torch.Tensor]:
+        transformer = load_transformer(get_preset("tiny"))
+        apply_lora(transformer, 4, 4, ["to_q"], seed)
+        return {n: p.detach().clone() for n, p in transformer.named_parameters() if "lora_A" in n}
+
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = adapter(0)
+    torch.rand(5)  # a different global state
+    again, other = adapter(0), adapter(1)
+    assert first and all(torch.equal(first[n], again[n]) for n in first)
+    assert not any(torch.equal(first[n], other[n]) for n in first)
+    torch.manual_seed(123)
+    adapter(0)
+    assert torch.equal(torch.rand(3), expected_next)
 
 
 def test_dit_path_initialises_from_a_native_checkpoint(bikes_dataset, tmp_path):

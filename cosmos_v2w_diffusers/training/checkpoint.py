@@ -8,9 +8,9 @@
                                     config as JSON, so a resume with different run-defining flags is refused)
         latest_checkpoint.txt       "iter_{N:09d}.pt\\n", written last
 
-Our live weights are fp32 masters (accelerate's bf16 autocast), while NVIDIA's model file stores bf16;
-so, as in NVIDIA's trainer, the exact fp32 weights travel with the optimizer state, and resume reads them
-from there. Every file is written atomically and `latest_checkpoint.txt` only after all of them, so a kill
+NVIDIA's model file stores bf16 weights, while training keeps fp32 masters (our live weights under
+accelerate's bf16 autocast, or DeepSpeed's partitions); so, as in NVIDIA's trainer, the exact fp32 weights
+travel with the optimizer state, and resume reads them from there (`state.py` gathers and scatters them). Every file is written atomically and `latest_checkpoint.txt` only after all of them, so a kill
 or a full disk at any moment leaves the previous checkpoint whole and named.
 """
 

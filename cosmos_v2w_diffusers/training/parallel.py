@@ -236,12 +236,16 @@ def configure_deepspeed(plugin, config) -> None:
         if c.compile:
             logger.info("DeepSpeed ZeRO-3: blocks are not compiled (its hooks gather weights inside each block)")
         c.compile = False
-    if c.activation_checkpointing == "selective" and c.selective_checkpointing_blocks is None:
-        c.selective_checkpointing_blocks = 0
     logger.info(
         "DeepSpeed ZeRO-%d: %d clip(s) per micro-step, gradients clipped to %s", plugin.zero_stage, c.batch_size,
         c.max_grad_norm,
     )
+    if c.activation_checkpointing == "selective" and c.selective_checkpointing_blocks is None:
+        c.selective_checkpointing_blocks = 0
+        logger.info(
+            "DeepSpeed: every block recomputes in full; --selective_checkpointing_blocks N keeps the attention "
+            "outputs of N blocks (22 fit a 2B ZeRO-2 step at 93x704x1280 on one 80 GB GPU)"
+        )
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
