@@ -8,6 +8,7 @@ from functools import partial
 
 import torch
 from accelerate.logging import get_logger
+from accelerate.utils import DistributedType
 from diffusers import CosmosTransformer3DModel
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
@@ -172,10 +173,11 @@ def fsdp_mixed_precision(compute_dtype: torch.dtype) -> MixedPrecisionPolicy:
 
 
 def prepare_for_wrapping(
-    transformer: CosmosTransformer3DModel, vae, config, accelerator, tokens: int, compute_dtype: torch.dtype, fsdp: bool
+    transformer: CosmosTransformer3DModel, vae, config, accelerator, tokens: int, compute_dtype: torch.dtype
 ) -> int | None:
     """The attention kernel, context parallelism, activation checkpointing and compilation, before accelerate
-    wraps `transformer` (DDP, or FSDP2 with the mixed-precision policy set here).
+    wraps `transformer` (DDP; FSDP2 with the mixed-precision policy set here; DeepSpeed with the config
+    `configure_deepspeed` settles).
 
     Returns how many blocks keep their attention outputs (None: all of them). On a GPU, `plan_gpu_memory`
     decides it from a rank's share of the `tokens` and of the sharded states, and also fixes
@@ -183,6 +185,9 @@ def prepare_for_wrapping(
     checkpoint wraps each block before it is sharded (`wrap_blocks_for_fsdp`).
     """
     c, cp = config, config.context_parallel_size
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        configure_deepspeed(accelerator.state.deepspeed_plugin, c)
     c.attention_backend = set_attention_backend(transformer, c.attention_backend, accelerator.device)
     logger.info("Attention kernel: %s", c.attention_backend)
     if cp > 1:

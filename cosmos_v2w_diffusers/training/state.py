@@ -28,7 +28,32 @@ from torch.distributed.checkpoint.state_dict import (
 from .parallel import full_tensor, like
 
 
-class TorchTrainState:
+class _TrainState:
+    """What both engines share: copying gathered tensors to the main process's CPU, one at a time, so no rank
+    ever holds the whole state on its GPU. Subclasses define `full_masters` and `full_ema`."""
+
+    def masters_on_main(self, main: bool) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """The whole fp32 masters (on the CPU of the main process; empty elsewhere), and the names of those
+        holding NaN/Inf (the same on every rank: each tensor is whole)."""
+        masters, bad = {}, []
+        for name, master in self.full_masters():
+            if not torch.isfinite(master).all():
+                bad.append(name)
+            if main:
+                masters[name] = master.detach().float().cpu()
+        return masters, bad
+
+    def ema_on_main(self, shadows: dict[str, torch.Tensor], main: bool) -> dict[str, torch.Tensor]:
+        """The whole EMA from each rank's `shadows`, on the CPU of the main process (empty elsewhere)."""
+        whole = {}
+        for name, shadow in shadows.items():
+            tensor = self.full_ema(name, shadow)
+            if main:
+                whole[name] = tensor.detach().cpu()
+        return whole
+
+
+class TorchTrainState(_TrainState):
     """One GPU, DDP and FSDP2: the trainable parameters are the fp32 masters (DTensor shards under FSDP2)."""
 
     def __init__(self, model: torch.nn.Module, optimizer, trainable: dict[str, torch.nn.Parameter]):
@@ -63,7 +88,7 @@ class TorchTrainState:
         )
 
 
-class ZeroTrainState:
+class ZeroTrainState(_TrainState):
     """DeepSpeed ZeRO-2 or ZeRO-3 (through accelerate): bf16 module parameters, fp32 masters and moments
     partitioned inside DeepSpeed's optimizer. The optimizer state is written in torch's full format (the
     same names and keys as `TorchTrainState`'s), so a checkpoint resumes under any engine.
@@ -109,16 +134,14 @@ class ZeroTrainState:
         part[: piece.numel()] = piece
         return part
 
-    def _moment_keys(self) -> list[str]:
-        """The per-element optimizer state (AdamW: exp_avg, exp_avg_sq), as DeepSpeed maps it per parameter."""
-        state = next(iter(self.adamw.state.values()), {})
-        return [k for k, v in state.items() if torch.is_tensor(v) and v.dim() > 0]
-
     def optimizer_state_dict(self) -> dict:
         from deepspeed.utils import safe_get_full_optimizer_state
 
-        keys = self._moment_keys()
-        step = next(iter(self.adamw.state.values()), {}).get("step")
+        # AdamW's state of any flat partition: its per-element moments (which DeepSpeed maps per parameter)
+        # and its step count (the same for all).
+        first = next(iter(self.adamw.state.values()), {})
+        keys = [k for k, v in first.items() if torch.is_tensor(v) and v.dim() > 0]
+        step = first.get("step")
         state = {}
         if keys:  # no state before the first optimizer step
             main = dist.get_rank() == 0
@@ -126,7 +149,10 @@ class ZeroTrainState:
                 moments = {k: safe_get_full_optimizer_state(param, k) for k in keys}
                 if main:
                     state[name] = {"step": step.detach().cpu().clone(), **{k: v.cpu() for k, v in moments.items()}}
-        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": list(self.trainable)} for g in self.adamw.param_groups]
+        groups = [
+            {**{k: v for k, v in g.items() if k != "params"}, "params": list(self.trainable)}
+            for g in self.adamw.param_groups
+        ]
         return {"state": state, "param_groups": groups}
 
     def load(self, masters: dict[str, torch.Tensor], optimizer_state: dict) -> None:

@@ -40,7 +40,7 @@ from .hub import HubUploader
 from .memory import set_allocator_defaults, with_device_defaults
 from .metrics import describe_throughput, loss_trend, throughput_summary
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
-from .parallel import canonical_name, configure_deepspeed, load_trainable_transformer, prepare_for_wrapping
+from .parallel import canonical_name, load_trainable_transformer, prepare_for_wrapping
 from .run_lock import RunLock
 from .state import train_state
 from .validation import Validator
@@ -124,11 +124,8 @@ class Trainer:
         # Context parallelism: groups of `cp` consecutive ranks share a sample, each holding 1/cp of its tokens.
         self.cp = c.context_parallel_size
         self.dp_rank, self.dp_size = self.accelerator.process_index // self.cp, self.accelerator.num_processes // self.cp
-        fsdp = self.accelerator.distributed_type == DistributedType.FSDP
         self.deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
-        if self.deepspeed:
-            configure_deepspeed(self.accelerator.state.deepspeed_plugin, c)
-        self.selective_blocks = prepare_for_wrapping(transformer, self.vae, c, self.accelerator, self.tokens, self.compute_dtype, fsdp)
+        self.selective_blocks = prepare_for_wrapping(transformer, self.vae, c, self.accelerator, self.tokens, self.compute_dtype)
         transformer.train()
 
         # 3. Optimisation state.
@@ -166,30 +163,14 @@ class Trainer:
     def _unwrapped(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.transformer)
 
-    def _on_main(self, tensors) -> dict[str, torch.Tensor]:
-        """CPU copies, on the main process only, of the (name, tensor) pairs a gathering iterator yields.
-        Every rank runs the gathers, one tensor at a time, so none holds the whole state on its GPU."""
-        main = self.accelerator.is_main_process
-        return {name: tensor.detach().cpu() for name, tensor in tensors if main}
-
     def _gathered_ema(self) -> dict[str, torch.Tensor] | None:
         """The whole EMA on the main process (a collective under FSDP and ZeRO-3: every rank calls it)."""
-        if self.ema is None:
-            return None
-        return self._on_main((n, self.state.full_ema(n, t)) for n, t in self.ema.state_dict().items())
+        return self.state.ema_on_main(self.ema.state_dict(), self.accelerator.is_main_process) if self.ema else None
 
     def save_checkpoint(self, iteration: int) -> None:
         """Write checkpoint `iteration` (= optimizer steps done) in NVIDIA's layout."""
         # Collective calls first, on every rank: they gather FSDP/DeepSpeed shards.
-        bad = []
-
-        def checked_masters():
-            for name, master in self.state.full_masters():
-                if not torch.isfinite(master).all():  # the same answer on every rank: the tensor is whole
-                    bad.append(name)
-                yield name, master.float()
-
-        masters = self._on_main(checked_masters())
+        masters, bad = self.state.masters_on_main(self.accelerator.is_main_process)
         if bad:  # never name a diverged state "latest": the previous checkpoint stays the one to resume from
             raise FloatingPointError(
                 f"Not saving checkpoint {iteration}: {len(bad)} weight tensors hold NaN/Inf (e.g. {bad[0]}); "
@@ -202,7 +183,7 @@ class Trainer:
             config = self._unwrapped().config
             model = to_native_state_dict({k: v.cpu() for k, v in state.items()}, config, "net.", torch.bfloat16)
             if ema is not None:
-                model.update(to_native_state_dict({k: v.cpu() for k, v in ema.items()}, config, "net_ema.", torch.float32))
+                model.update(to_native_state_dict(ema, config, "net_ema.", torch.float32))  # already on the CPU
             rng = rng_state()
             self.checkpoints.save(
                 iteration,
