@@ -9,11 +9,13 @@ Every flag: `python infer_video2world.py --help`.
 import logging
 import sys
 
+from safetensors import SafetensorError
+
 from cosmos_v2w_diffusers.inference import main
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         main()
-    except (ValueError, FileNotFoundError, ImportError) as exc:
+    except (ValueError, OSError, ImportError, SafetensorError) as exc:  # bad input: one line naming it
         sys.exit(f"error: {exc}")

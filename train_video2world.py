@@ -22,8 +22,12 @@ from cosmos_v2w_diffusers.training.config import TrainConfig
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = TrainConfig.from_args()  # before the heavy imports below, so `--help` answers at once
+    try:
+        config = TrainConfig.from_args()  # before the heavy imports below, so `--help` answers at once
+    except (ValueError, OSError) as exc:  # a flag no run can use, or a checkpoint file that is not one
+        sys.exit(f"error: {exc}")
     from cosmos_v2w_diffusers.data.folder import NoUsableVideosError
+    from cosmos_v2w_diffusers.io_utils import describe_os_error
     from cosmos_v2w_diffusers.training.checkpoint import CheckpointSpaceError
     from cosmos_v2w_diffusers.training.guards import EXIT_PREEMPTED
     from cosmos_v2w_diffusers.training.run_lock import OutputDirInUseError
@@ -32,8 +36,12 @@ def main() -> None:
     try:  # bad input, a busy output folder, a full disk: one line that says what and how to fix
         trainer = Trainer(config)
         trainer.train()
-    except (NoUsableVideosError, FileNotFoundError, ValueError, OutputDirInUseError, CheckpointSpaceError) as exc:
+    except (
+        NoUsableVideosError, FileNotFoundError, ValueError, OutputDirInUseError, CheckpointSpaceError, FloatingPointError
+    ) as exc:
         sys.exit(f"error: {exc}")
+    except OSError as exc:  # a full disk, a read-only or missing folder: one line naming the file
+        sys.exit(f"error: {describe_os_error(exc, 'the output folder or a cache')}")
     trainer.close()
     if trainer.preempted:  # SIGTERM/SIGINT: a checkpoint was saved; run the same command to resume
         sys.exit(EXIT_PREEMPTED)

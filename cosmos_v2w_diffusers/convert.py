@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from diffusers import CosmosTransformer3DModel
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .checkpoint_format import (
@@ -30,13 +31,12 @@ from .checkpoint_format import (
     to_native_key,
     to_native_state_dict,
 )
-from .io_utils import atomic_write
+from .io_utils import atomic_write, current_umask
 from .presets import PRESETS
-from .training.export import LORA_EMA_WEIGHTS_NAME, WEIGHTS_NAME, write_diffusers_transformer
+from .training.export import LORA_EMA_WEIGHTS_NAME, LORA_WEIGHTS_NAME, WEIGHTS_NAME, write_diffusers_transformer
 
 logger = logging.getLogger(__name__)
 
-LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 _PEFT_ADAPTER = ".default"  # PEFT's adapter name inside module names, absent from diffusers LoRA files
 
 
@@ -52,6 +52,8 @@ def _preset_config(state_dict: dict[str, torch.Tensor], source: str) -> dict:
 
 
 def _save_pt(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    if path.exists() or path.is_symlink():  # it may be the user's only copy of a checkpoint
+        raise ValueError(f"--output {path} already exists; pass a new file name, or move it away first.")
     with atomic_write(path) as f:
         torch.save(tensors, f)
 
@@ -71,6 +73,26 @@ def diffusers_to_native(folder: Path, output: Path) -> Path:
     return output
 
 
+def _lora_metadata_of(path: Path, layers: dict[str, torch.Tensor]) -> dict:
+    """The adapter config (rank, alpha, targets) of a native LoRA checkpoint, for the exported file's metadata.
+
+    A native file holds tensors only; our training checkpoints keep the run's flags in the sibling
+    `trainer/iter_N.pt`. Without one (NVIDIA's files), alpha is taken equal to the rank, NVIDIA's default,
+    and the log says so."""
+    from .training.checkpoint import CheckpointDir, stored_config
+
+    rank = next(v.shape[0] for k, v in layers.items() if ".lora_A" in k)
+    targets = sorted({k.split(".lora_")[0] for k in layers})  # the wrapped modules' full names
+    stored = None
+    if path.parent.name == "model" and (path.parents[1] / "trainer" / path.name).is_file():
+        checkpoints = CheckpointDir(path.parents[2])
+        stored = stored_config(checkpoints.load_part("trainer", checkpoints.resolve(str(path))))
+    if stored and stored.get("lora_alpha"):
+        return {"r": stored["lora_rank"], "lora_alpha": stored["lora_alpha"], "target_modules": stored["lora_target_modules"].split(",")}
+    logger.warning("%s: no stored run config beside it, so the LoRA alpha is taken equal to the rank (%d).", path, rank)
+    return {"r": rank, "lora_alpha": rank, "target_modules": targets}
+
+
 def lora_native_to_diffusers(path: Path, output: Path, use_ema: bool = False) -> Path:
     from diffusers.loaders.lora_pipeline import CosmosLoraLoaderMixin
 
@@ -84,7 +106,11 @@ def lora_native_to_diffusers(path: Path, output: Path, use_ema: bool = False) ->
     layers = {k.replace(_PEFT_ADAPTER, ""): v for k, v in renamed.items()}
     output.mkdir(parents=True, exist_ok=True)
     name = LORA_EMA_WEIGHTS_NAME if use_ema else LORA_WEIGHTS_NAME
-    CosmosLoraLoaderMixin.save_lora_weights(output, transformer_lora_layers=layers, weight_name=name)
+    CosmosLoraLoaderMixin.save_lora_weights(
+        output, transformer_lora_layers=layers, weight_name=name,
+        transformer_lora_adapter_metadata=_lora_metadata_of(path, layers),
+    )
+    (output / name).chmod(0o666 & ~current_umask())  # safetensors writes 0600 whatever the umask
     return output / name
 
 
@@ -121,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             written = lora_native_to_diffusers(source, output, args.load_ema)
         else:
             written = lora_diffusers_to_native(source, output)
-    except (ValueError, FileNotFoundError, OSError) as exc:
+    except (ValueError, OSError, SafetensorError) as exc:  # bad or hostile input, an output we must not replace
         logger.error("%s", exc)
         return 1
     logger.info("Wrote %s", written)

@@ -17,6 +17,7 @@ from pathlib import Path
 import decord
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
 import torch.distributed as dist
 from diffusers import CosmosTransformer3DModel, FlowMatchEulerDiscreteScheduler
@@ -26,6 +27,8 @@ from tqdm.auto import tqdm
 from .checkpoint_format import check_checkpoint_matches, load_into_transformer, load_native_checkpoint
 from .attention import BACKENDS, set_attention_backend
 from .compile import compile_blocks
+from .data.folder import presented_frame_count
+from .io_utils import read_regular_file
 from .context_parallel import enable_context_parallel
 from .latents import num_latent_frames, use_channels_last_3d
 from .pipeline import DEFAULT_NEGATIVE_PROMPT, CosmosVideo2WorldPipeline, to_rgb
@@ -114,23 +117,27 @@ def sample_size(args: argparse.Namespace) -> tuple[int, int, int]:
     return height, width, frames
 
 
-def read_conditioning(path: str) -> tuple[PIL.Image.Image | None, list[PIL.Image.Image] | None]:
-    """(image, None) or (None, video frames); a clear error for a missing, unsupported or unreadable file."""
+def read_conditioning(path: str, num_frames: int = 5) -> tuple[PIL.Image.Image | None, list[PIL.Image.Image] | None]:
+    """(image, None) or (None, the video's last `num_frames` frames); a clear error for a missing,
+    unsupported or unreadable file. Only the frames used are decoded (a minute of 720p video decoded whole
+    takes about 12 GB); an image is turned as its EXIF orientation says, as a viewer shows it."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"--input_path {file} does not exist.")
     suffix = file.suffix.lower()
     if suffix in IMAGE_EXTENSIONS:
         try:
-            return to_rgb(PIL.Image.open(file)), None
-        except (OSError, PIL.UnidentifiedImageError) as exc:
-            raise ValueError(f"--input_path {file} cannot be read as an image ({exc}).") from exc
+            with PIL.Image.open(file) as image:
+                return to_rgb(PIL.ImageOps.exif_transpose(image)), None
+        except (OSError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError) as exc:
+            raise ValueError(f"--input_path {file} cannot be read as an image ({exc}).") from None
     if suffix in VIDEO_EXTENSIONS:
         try:
             reader = decord.VideoReader(str(file), ctx=decord.cpu(0))
-            frames = reader.get_batch(list(range(len(reader)))).asnumpy()
+            total = presented_frame_count(reader)
+            frames = reader.get_batch(list(range(max(0, total - num_frames), total))).asnumpy()
         except (decord.DECORDError, RuntimeError) as exc:
-            raise ValueError(f"--input_path {file} cannot be decoded as a video ({str(exc).splitlines()[0]}).") from exc
+            raise ValueError(f"--input_path {file} cannot be decoded as a video ({str(exc).splitlines()[0]}).") from None
         return None, [PIL.Image.fromarray(f) for f in frames]
     raise ValueError(
         f"--input_path {file}: unsupported file type {suffix or '(none)'}; use an image "
@@ -219,11 +226,18 @@ def _device(num_gpus: int) -> torch.device:
 
 
 def jobs_from_args(args: argparse.Namespace) -> list[dict]:
+    """The generations to run, each checked (prompt, input, a writable `.mp4` save path) before any model loads."""
     if args.batch_input_json:
-        entries = json.loads(Path(args.batch_input_json).read_text())
+        source = Path(args.batch_input_json)
+        try:
+            entries = json.loads(read_regular_file(source, max_bytes=64 * 2**20))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--batch_input_json {source} cannot be read as JSON ({exc}).") from None
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ValueError(f"--batch_input_json {source} must hold a list of {{\"prompt\", \"input_path\", \"save_path\"}} objects.")
         jobs = [
             {
-                "prompt": e["prompt"],
+                "prompt": e.get("prompt"),
                 "input_path": e.get("input_path") or e.get("input_video"),
                 "save_path": e.get("save_path") or e.get("output_video"),
             }
@@ -234,7 +248,18 @@ def jobs_from_args(args: argparse.Namespace) -> list[dict]:
     for job in jobs:
         if not job["prompt"] or not job["input_path"] or not job["save_path"]:
             raise ValueError(f"Each generation needs a prompt, an input_path and a save_path; got {job}.")
+        check_save_path(Path(job["save_path"]))
     return jobs
+
+
+def check_save_path(path: Path) -> None:
+    """Refuse a save path that would fail only after the whole generation: a folder, or not `.mp4`."""
+    if path.is_dir():
+        raise ValueError(f"--save_path {path} is a folder: pass a file name ending in .mp4 inside it.")
+    if path.suffix.lower() != ".mp4":
+        raise ValueError(f"--save_path {path} does not end in .mp4: the video is written as MP4.")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ValueError(f"--save_path {path}: {path.parent} is a file, not a folder.")
 
 
 def nvidia_initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -246,7 +271,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     height, width, num_frames = sample_size(args)
     jobs = jobs_from_args(args)
-    inputs = [read_conditioning(job["input_path"]) for job in jobs]  # fail before loading any model
+    inputs = [read_conditioning(job["input_path"], args.num_conditional_frames) for job in jobs]  # fail before loading any model
     for job, (_, video) in zip(jobs, inputs):
         if video is not None and len(video) < args.num_conditional_frames:
             raise ValueError(

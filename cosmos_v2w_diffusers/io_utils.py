@@ -1,13 +1,72 @@
-"""Crash-safe file writes: nothing already on disk is lost or half-written by a kill or a full disk."""
+"""Crash-safe file writes: nothing already on disk is lost or half-written by a kill or a full disk.
+
+Also the two rules every file we create or read by name follows: created files get the modes the user's
+umask gives (0644 / 0755 under 022), though `tempfile` makes them private; and a file read by name is opened
+only if it is a regular file, without blocking (a FIFO would hang the reader) and within a size cap.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Callable, Iterator
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask (the only way to read it is to set it, so briefly, under a lock)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def apply_umask(folder: Path) -> None:
+    """Give every file and folder under `folder` the modes the umask gives new ones. safetensors writes its
+    files 0600 whatever the umask, which would hide an export from the user's group on shared storage."""
+    mask = current_umask()
+    for path in [Path(folder), *Path(folder).rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def describe_os_error(exc: OSError, place: str) -> str:
+    """One line for a failed write or read: the file, what went wrong and what to do about it."""
+    where = exc.filename or place
+    if exc.errno == errno.ENOSPC:
+        return f"No space left on the device writing {where}: free space there (files already written are whole), then run the same command again."
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (
+            f"Cannot write {where} ({exc.strerror}): {place} is read-only to us. Prepare a writable copy of a dataset "
+            f"folder (training then reads it read-only); point --output_dir or HF_DATASETS_CACHE somewhere writable."
+        )
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return f"{where}: {exc.strerror}; a file stands where a folder is needed (or the other way round): move it, or pass another path."
+    return f"{where}: {exc.strerror or exc}"
+
+
+def read_regular_file(path: str | os.PathLike, max_bytes: int, follow_symlinks: bool = True) -> bytes:
+    """The bytes of `path` if it is a regular file of at most `max_bytes`; `OSError` or `ValueError` naming
+    it otherwise. Opened without blocking, so a FIFO or device under a data file's name cannot hang us."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_symlinks else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path} is not a regular file (a directory, FIFO or device); replace it with a file")
+        if info.st_size > max_bytes:
+            raise ValueError(f"{path} is {info.st_size:,} bytes, more than the {max_bytes:,} such a file may hold")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(max_bytes + 1)[:max_bytes]
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -21,6 +80,7 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would hide the file from the user's group
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -40,18 +100,43 @@ def build_folder_once(target: Path, build: Callable[[Path], None], marker: str) 
     return target
 
 
-def publish_folder(target: Path, build: Callable[[Path], None]) -> Path:
+class FolderInUseError(ValueError):
+    """A folder to be replaced holds files we did not write; the message names one."""
+
+
+def check_replaceable(target: Path, replaceable: frozenset[str] | set[str]) -> None:
+    """Refuse to replace `target` unless it is absent, empty, or holds only entries named in `replaceable`
+    (what an earlier export of the same kind wrote): a user's folder is never deleted because it was named
+    as an output."""
+    target = Path(target)
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise FolderInUseError(f"{target} exists and is not a folder; pass a new or empty folder as the output.")
+    if not target.exists():
+        return
+    foreign = sorted(p.name for p in target.iterdir() if p.name not in replaceable or not p.is_file() or p.is_symlink())
+    if foreign:
+        raise FolderInUseError(
+            f"{target} already holds files we did not write (e.g. {foreign[0]}); pass a new or empty folder as "
+            f"the output, or move them away first."
+        )
+
+
+def publish_folder(target: Path, build: Callable[[Path], None], replaceable: frozenset[str] | set[str] = frozenset()) -> Path:
     """Build a folder in a temp folder beside `target`, then swap it into place whole.
 
     A crash mid-build leaves any previous `target` untouched and no half-made folder; a previous
-    `target` is only removed once the new one is in place.
+    `target` is only removed once the new one is in place, and only if it holds nothing but the files
+    named in `replaceable` (`check_replaceable`).
     """
     target = Path(target)
+    check_replaceable(target, replaceable)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     retired = target.with_name(f".{target.name}.old")
     try:
         build(staging)
+        apply_umask(staging)  # mkdtemp's 0700 and safetensors' 0600 would hide the export from the user's group
+        check_replaceable(target, replaceable)  # nothing foreign appeared while building
         shutil.rmtree(retired, ignore_errors=True)
         if target.exists():
             os.rename(target, retired)

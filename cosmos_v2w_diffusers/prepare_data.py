@@ -23,8 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.folder import NoUsableVideosError, list_videos, raise_if_empty, report_skipped, scan_dataset_folder
-from .io_utils import atomic_write
-from .text_encoding import MAX_TEXT_TOKENS, encode_prompts, write_t5_pickle
+from .io_utils import atomic_write, describe_os_error
+from .text_encoding import MAX_TEXT_TOKENS, encode_prompts, stale_embedding_reason, write_t5_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def prepare_dataset(
     if prompt is not None:
         logger.info("Wrote %d caption files", write_missing_captions(dataset_path, prompt))
     embed_dim = get_preset("tiny").text_embed_dim if text_encoder == "tiny" else T5_XXL_WIDTH
-    rows, skipped = scan_dataset_folder(dataset_path, min_frames=1, embed_dim=embed_dim)
+    rows, skipped = scan_dataset_folder(dataset_path, min_frames=1, embed_dim=embed_dim, check_stale=False)
     report_skipped(skipped)
     raise_if_empty(rows, skipped, dataset_path)
     for row in rows:
@@ -105,6 +105,11 @@ def prepare_dataset(
                 row["video_path"], row["num_frames"], num_frames, num_frames, row["num_frames"],
             )
 
+    for row in rows:  # a pickle whose caption (or encoder) changed since we wrote it is encoded again
+        stale = row["t5_path"] and stale_embedding_reason(row["t5_path"], row["caption"], text_encoder)
+        if stale:
+            logger.warning("Re-encoding: %s", stale.split(";")[0])
+            row["t5_path"] = ""
     todo = [row for row in rows if not row["t5_path"]]
     if not todo:
         logger.info("All %d usable videos already have T5 embeddings", len(rows))
@@ -124,7 +129,8 @@ def prepare_dataset(
             embeddings.update(zip(chunk, encode_prompts(chunk, tokenizer, encoder, max_length)))
             progress.update(len(chunk))
     for row in tqdm(todo, desc="Writing t5_xxl pickles", unit="file"):
-        write_t5_pickle(dataset_path / "t5_xxl" / f"{Path(row['video_path']).stem}.pickle", embeddings[row["caption"]])
+        pickle_path = dataset_path / "t5_xxl" / f"{Path(row['video_path']).stem}.pickle"
+        write_t5_pickle(pickle_path, embeddings[row["caption"]], row["caption"], text_encoder)
     return len(rows), len(todo)
 
 
@@ -158,12 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     except (NoUsableVideosError, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 1
-    except PermissionError as exc:  # a read-only dataset folder
-        logger.error(
-            "Cannot write %s (%s): the dataset folder is read-only. Run prepare_data on a writable copy; training "
-            "then reads the finished folder read-only (its caches live under HF_DATASETS_CACHE).",
-            exc.filename, exc.strerror,
-        )
+    except OSError as exc:
+        logger.error("%s", describe_os_error(exc, "the dataset folder"))
         return 1
     logger.info("%d usable videos; wrote %d T5 pickles under %s", usable, written, Path(args.dataset_path) / "t5_xxl")
     return 0

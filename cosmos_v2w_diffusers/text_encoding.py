@@ -6,10 +6,18 @@ for training and the same prompt embedded for sampling are bit-identical.
 NVIDIA's pickle (cosmos-predict2 `scripts/get_t5_embeddings_from_cosmos_nemo_assets.py`): a Python list
 holding one float16 array of shape `[n_tokens, 1024]`, trimmed to the prompt's real token count (EOS
 included). Loading zero-pads it to 512 rows.
+
+Beside each pickle we write, `<name>.json` records what it encodes: hashes of the caption and of the pickle,
+and the text encoder. NVIDIA's format has no room for it, and without it a caption edited after
+`prepare_data` would keep its old embedding unnoticed. Pickles without a record (NVIDIA's script's) are
+taken as they are.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import pickle
 from pathlib import Path
@@ -17,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io_utils import atomic_write
+from .io_utils import atomic_write, read_regular_file
 
 MAX_TEXT_TOKENS = 512
 
@@ -83,12 +91,16 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def _max_pickle_bytes(embed_dim: int) -> int:
+    return MAX_TEXT_TOKENS * embed_dim * 4 + 65536  # a float32 array of the most tokens, plus pickle framing
+
+
 def read_t5_pickle(path: str | os.PathLike, embed_dim: int) -> np.ndarray:
     """Read and validate an NVIDIA T5 pickle; returns the trimmed `[n_tokens, embed_dim]` array."""
     fix = "delete it and re-run `python -m cosmos_v2w_diffusers.prepare_data` to re-encode the caption"
     try:
-        with open(path, "rb") as f:
-            content = _ArrayOnlyUnpickler(f).load()
+        data = read_regular_file(path, _max_pickle_bytes(embed_dim))  # a FIFO or a huge file is refused, not read
+        content = _ArrayOnlyUnpickler(io.BytesIO(data)).load()
     except Exception as exc:  # any failure to unpickle is the same problem for the user: a broken file
         raise InvalidEmbeddingError(f"{path}: cannot be read as a T5 embedding pickle ({exc}); {fix}") from exc
     if not isinstance(content, (list, tuple)) or len(content) != 1 or not isinstance(content[0], np.ndarray):
@@ -108,7 +120,41 @@ def read_t5_pickle(path: str | os.PathLike, embed_dim: int) -> np.ndarray:
     return array
 
 
-def write_t5_pickle(path: str | os.PathLike, embedding: np.ndarray) -> None:
-    """Write one trimmed embedding in NVIDIA's format, atomically."""
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def embedding_record_path(pickle_path: str | os.PathLike) -> Path:
+    """`t5_xxl/<name>.json`: what `t5_xxl/<name>.pickle` encodes (see the module docstring)."""
+    return Path(pickle_path).with_suffix(".json")
+
+
+def write_t5_pickle(path: str | os.PathLike, embedding: np.ndarray, caption: str | None = None, text_encoder: str | None = None) -> None:
+    """Write one trimmed embedding in NVIDIA's format, atomically; with `caption`, also its record."""
+    data = pickle.dumps([np.asarray(embedding, dtype=np.float16)])
     with atomic_write(Path(path)) as f:
-        pickle.dump([np.asarray(embedding, dtype=np.float16)], f)
+        f.write(data)
+    if caption is not None:
+        record = {"caption_sha256": _sha256(caption.encode()), "pickle_sha256": _sha256(data), "text_encoder": text_encoder}
+        with atomic_write(embedding_record_path(path), "w") as f:
+            json.dump(record, f)
+
+
+def stale_embedding_reason(path: str | os.PathLike, caption: str, text_encoder: str | None = None) -> str | None:
+    """Why the pickle at `path` no longer encodes `caption` (with `text_encoder`: by that encoder), or None.
+
+    Only a record that belongs to the pickle (its hash matches) is believed: a pickle replaced by another
+    tool, or one that never had a record, is taken as it is."""
+    try:
+        record = json.loads(read_regular_file(embedding_record_path(path), max_bytes=4096))
+        pickle_hash = _sha256(read_regular_file(path, max_bytes=_max_pickle_bytes(4096)))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("pickle_sha256") != pickle_hash:
+        return None
+    fix = "re-run `python -m cosmos_v2w_diffusers.prepare_data` to re-encode it"
+    if record.get("caption_sha256") != _sha256(caption.encode()):
+        return f"{path} encodes an earlier caption, not the one in its metas/ file now; {fix}"
+    if text_encoder is not None and record.get("text_encoder") != text_encoder:
+        return f"{path} was encoded by {record.get('text_encoder')}, not {text_encoder}; {fix}"
+    return None

@@ -59,7 +59,10 @@ def _assert_same_masters(workdir: Path, run: str, reference: str, iteration: int
     ours, theirs = _masters(workdir / run, iteration), _masters(workdir / reference, iteration)
     assert ours.keys() == theirs.keys()
     for name in theirs:
-        torch.testing.assert_close(ours[name], theirs[name], rtol=rtol, atol=rtol / 10, msg=f"{run} vs {reference}: {name}")
+        # fp32 rounding over a few steps is relative to the tensor's scale, not to each element: an element near
+        # zero may differ by rtol times the tensor's largest value (1.6e-6 of 65,536 was seen on a 2-core machine).
+        atol = rtol * theirs[name].abs().max().item()
+        torch.testing.assert_close(ours[name], theirs[name], rtol=rtol, atol=atol, msg=f"{run} vs {reference}: {name}")
 
 
 def test_context_parallel_2_trains_like_one_process_and_resumes_in_one(prepared_dataset, tmp_path):

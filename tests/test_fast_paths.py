@@ -4,7 +4,6 @@ routing attention through our processors leaves the output and gradients unchang
 
 import pytest
 import torch
-from conftest import make_dataset_folder
 
 from cosmos_v2w_diffusers import load_video2world_dataset
 from cosmos_v2w_diffusers.attention import CosmosAttnProcessor, resolve_attention_backend, set_attention_backend

@@ -26,7 +26,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from ..latents import encode_video, num_latent_frames
-from .hf_dataset import file_signature, weights_checksum
+from .hf_dataset import file_signature, weights_hash
 from .samples import read_frames, resize_frames
 
 
@@ -37,7 +37,7 @@ def window_start(seed: int, row: int, window: int, clip_frames: int, num_frames:
 
 def _vae_identity(vae: AutoencoderKLWan) -> str:
     """What cached latents depend on: the VAE's config, dtype and weights."""
-    return f"{vae.config}|{vae.dtype}|{weights_checksum(vae, n_tensors=8)!r}"
+    return f"{vae.config}|{vae.dtype}|{weights_hash(vae)}"
 
 
 def _encode_windows(batch: dict, vae: AutoencoderKLWan, num_frames: int, height: int, width: int) -> dict:
@@ -87,17 +87,23 @@ def build_latent_cache(
     cache_file = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "cosmos_v2w_latents" / f"{fingerprint}.arrow"
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     source = datasets.Dataset.from_dict(windows)
-    return source.map(
-        _encode_windows,
-        batched=True,
-        batch_size=batch_size,
-        # Each row is tens of MB: write them out a few at a time instead of datasets' 1,000.
-        writer_batch_size=8,
-        fn_kwargs=dict(vae=vae, num_frames=num_frames, height=height, width=width),
-        features=datasets.Features({**source.features, "latents": datasets.Array4D(shape=shape, dtype="float32")}),
-        new_fingerprint=fingerprint,
-        cache_file_name=str(cache_file),
-        desc="Encoding latent windows",
-    )
+    before = set(cache_file.parent.iterdir())
+    try:
+        return source.map(
+            _encode_windows,
+            batched=True,
+            batch_size=batch_size,
+            # Each row is tens of MB: write them out a few at a time instead of datasets' 1,000.
+            writer_batch_size=8,
+            fn_kwargs=dict(vae=vae, num_frames=num_frames, height=height, width=width),
+            features=datasets.Features({**source.features, "latents": datasets.Array4D(shape=shape, dtype="float32")}),
+            new_fingerprint=fingerprint,
+            cache_file_name=str(cache_file),
+            desc="Encoding latent windows",
+        )
+    except OSError:  # a full disk, say: datasets leaves its partial files behind, and they are ours to remove
+        for path in set(cache_file.parent.iterdir()) - before:
+            path.unlink(missing_ok=True)
+        raise
 
 

@@ -24,6 +24,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from ..text_encoding import MAX_TEXT_TOKENS, pad_embedding
+from .folder import presented_frame_count
 from .hf_dataset import T5_COLUMN
 
 logger = logging.getLogger(__name__)
@@ -40,10 +41,15 @@ def read_frames(path: str, start: int, num_frames: int) -> torch.Tensor:
     """Decode `num_frames` consecutive frames from `start` with decord: uint8 `[T, 3, H, W]`."""
     try:
         reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-        total = len(reader)
-        if start < 0 or start + num_frames > total:
-            raise ValueError(f"{path}: frames [{start}, {start + num_frames}) are outside its {total} frames.")
+        total = presented_frame_count(reader)
+        if start < 0 or start + num_frames > total:  # re-encoded or replaced since the scan: skip it like a broken one
+            raise ClipDecodeError(
+                f"{path}: frames [{start}, {start + num_frames}) are outside its {total} frames (was it replaced "
+                f"or re-encoded shorter during the run?); restore it, or remove it and restart to rescan."
+            )
         frames = reader.get_batch(list(range(start, start + num_frames))).asnumpy()  # [T, H, W, 3]
+    except ClipDecodeError:
+        raise
     except (decord.DECORDError, RuntimeError) as exc:  # decord raises both for broken input
         raise ClipDecodeError(
             f"{path}: decoding frames [{start}, {start + num_frames}) failed ({str(exc).splitlines()[0]}); "

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io_utils import atomic_write
+from ..io_utils import atomic_write, read_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +65,15 @@ class CheckpointDir:
     def latest_iteration(self) -> int | None:
         """The iteration named by `latest_checkpoint.txt`, or None when there is none."""
         marker = self.root / LATEST
-        if not marker.exists():
+        if not marker.exists() and not marker.is_symlink():
             return None
-        name = marker.read_text().strip()
+        fix = f"write the name of a complete checkpoint into it ({self._complete_list()}), or delete it to start afresh"
+        try:
+            name = read_regular_file(marker, max_bytes=256).decode("ascii").strip()
+        except (OSError, ValueError):
+            raise ValueError(f"{marker} is not a short text file naming iter_NNNNNNNNN.pt; {fix}.") from None
         if not (name.startswith("iter_") and name.endswith(".pt") and name[5:-3].isdigit()):
-            raise ValueError(f"{marker} holds {name!r}, not iter_NNNNNNNNN.pt; fix or delete it to start afresh.")
+            raise ValueError(f"{marker} holds {name[:40]!r}, not iter_NNNNNNNNN.pt; {fix}.")
         missing = [part for part in PARTS if not (self.root / part / name).exists()]
         if missing:
             raise FileNotFoundError(
@@ -114,6 +118,23 @@ class CheckpointDir:
                 for part in PARTS:
                     self.path(part, iteration).unlink(missing_ok=True)
                 logger.info("Removed checkpoint %s (--checkpoints_total_limit %d)", checkpoint_name(iteration), keep)
+
+    def retract_latest(self, iteration: int) -> None:
+        """If checkpoint `iteration` is the latest, point `latest_checkpoint.txt` back at the newest complete
+        earlier one (or remove it): the weights it holds have since given a non-finite loss. Its files stay."""
+        marker = self.root / LATEST
+        if self.latest_iteration() != iteration:
+            return
+        earlier = [i for i in self.complete_iterations() if i < iteration]
+        if earlier:
+            with atomic_write(marker, "w") as f:
+                f.write(checkpoint_name(earlier[-1]) + "\n")
+        else:
+            marker.unlink()
+        logger.warning(
+            "Checkpoint %d is no longer the latest: its weights gave a non-finite loss; %s.",
+            iteration, f"resume from {checkpoint_name(earlier[-1])}" if earlier else "no earlier checkpoint exists",
+        )
 
     def _complete_list(self) -> str:
         done = self.complete_iterations()
@@ -200,6 +221,11 @@ def config_of_checkpoint(path: str | Path) -> dict | None:
     """The run config stored with a checkpoint, given the path of any of its files
     (`<output_dir>/checkpoints/<part>/iter_N.pt`)."""
     path = Path(path).absolute()
+    if len(path.parents) < 3 or path.parent.name not in PARTS or path.parents[1].name != "checkpoints":
+        raise ValueError(
+            f"--resume_from_checkpoint {path}: a checkpoint file lives in <output_dir>/checkpoints/<{'|'.join(PARTS)}>/, "
+            f"beside its other three parts; copy the whole checkpoints/ folder and pass the file there."
+        )
     checkpoints = CheckpointDir(path.parents[2])
     return stored_config(checkpoints.load_part("trainer", checkpoints.resolve(str(path))))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +20,19 @@ LORA_TARGET_MODULES = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
 RUN_DEFINING_FIELDS = (
     "model", "train_architecture", "num_frames", "height", "width", "lora_rank", "lora_alpha", "lora_target_modules",
 )
-# Resolved for the device a run starts on, so not carried over when a run is rebuilt from its checkpoint.
-DEVICE_DEPENDENT_FIELDS = ("mixed_precision", "compile", "ema_device", "attention_backend")
+# What a run rebuilt from a checkpoint file (`--resume_from_checkpoint <path>`) takes from the config stored
+# there: what the run is and the numbers of its recipe. Where weights are read from, where the run uploads or
+# logs to, and any secret always come from the user's own flags: a checkpoint received from someone else must
+# not be able to redirect an upload or load other weights.
+RESUMED_FIELDS = RUN_DEFINING_FIELDS + (
+    "max_iter", "save_iter", "batch_size", "gradient_accumulation_steps", "seed", "learning_rate", "weight_decay",
+    "lr_f_max", "lr_decay_steps", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "ema",
+    "ema_relative_std", "cache_latents", "cache_windows_per_clip",
+)
+# Flags whose values are secrets: never stored in a checkpoint, a tracker, a log or a model card.
+SECRET_FIELDS = ("hub_token",)
+# A Hugging Face access token anywhere in a command line (a value given to some other flag, say).
+_HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{20,}")
 # Flags that must be at least 1 (or 0), checked before any default replaces them.
 _AT_LEAST = {
     "max_iter": 1, "save_iter": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "num_frames": 1, "height": 16,
@@ -33,6 +45,23 @@ _AT_LEAST = {
 
 def _f(default, help: str, **kwargs):
     return field(default=default, metadata={"help": help, **kwargs})
+
+
+def redacted_command(argv: list[str]) -> list[str]:
+    """A command line safe to write down: the values of secret flags and anything shaped like a Hub token
+    are replaced by `***`."""
+    flags = {f"--{name}" for name in SECRET_FIELDS}
+    out, hide_next = [], False
+    for arg in argv:
+        flag, equals, _ = arg.partition("=")
+        if hide_next:
+            out.append("***")
+        elif equals and flag in flags:
+            out.append(f"{flag}=***")
+        else:
+            out.append(_HF_TOKEN.sub("***", arg))
+        hide_next = not equals and arg in flags
+    return out
 
 
 def edm2_ema_gamma(relative_std: float) -> float:
@@ -161,7 +190,11 @@ class TrainConfig:
         "and at the end, in the background, with a model card"
     )
     hub_model_id: str | None = _f(None, "Hub repo for --push_to_hub (default: the output folder's name)")
-    hub_token: str | None = _f(None, "Hub token for --push_to_hub (default: the logged-in one)")
+    hub_token: str | None = field(  # a secret: kept out of repr(), checkpoints, trackers and the model card
+        default=None, repr=False,
+        metadata={"help": "Hub token for --push_to_hub (default: HF_TOKEN or the logged-in one, which we prefer: a "
+                          "token on the command line is visible to other users of the machine)"},
+    )
     hub_private: bool = _f(False, "create the --push_to_hub repo as private")
 
     def _check_values(self) -> None:
@@ -178,13 +211,29 @@ class TrainConfig:
             raise ValueError("--load_ema picks the EMA weights of --dit_path: pass --dit_path too, or drop --load_ema.")
         if self.selective_checkpointing_blocks is not None and self.activation_checkpointing not in (None, "selective"):
             raise ValueError("--selective_checkpointing_blocks needs --activation_checkpointing selective.")
+        if self.hub_token and self.report_to == "wandb":  # as diffusers' examples: W&B would upload the token
+            raise ValueError(
+                "--hub_token with --report_to wandb would expose the token; log in with `hf auth login` (or set "
+                "HF_TOKEN) and drop --hub_token."
+            )
+        if self.output_dir and self.pretrained_model_name_or_path:
+            output, base = Path(self.output_dir).absolute(), Path(self.pretrained_model_name_or_path).absolute()
+            if output == base or (base.exists() and output.exists() and output.samefile(base)):
+                raise ValueError(
+                    f"--output_dir {self.output_dir} is the base model's folder (--pretrained_model_name_or_path): the "
+                    f"run's export would replace its transformer/. Pass another --output_dir."
+                )
 
     def run_definition(self) -> dict:
         """The run-defining flags of a resolved config (`RUN_DEFINING_FIELDS`)."""
         return {name: getattr(self, name) for name in RUN_DEFINING_FIELDS}
 
+    def public_dict(self) -> dict:
+        """Every flag but the secrets: what checkpoints store and trackers log."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in SECRET_FIELDS}
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return json.dumps(self.public_dict(), sort_keys=True)
 
     def resolved(self) -> "TrainConfig":
         """A copy with every preset-dependent default filled in."""
@@ -257,9 +306,10 @@ class TrainConfig:
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> "TrainConfig":
-        """The config of a command line. With `--resume_from_checkpoint <path to a checkpoint file>`, the run is
-        rebuilt from the config stored in that checkpoint (its output folder included), and only the flags
-        given on the command line change it."""
+        """The config of a command line. With `--resume_from_checkpoint <path to a checkpoint file>`, the run
+        continues in that checkpoint's output folder with the `RESUMED_FIELDS` stored there (what the run is
+        and its recipe's numbers), changed only by the flags given on the command line. Everything else (the
+        dataset, the base weights, trackers, the Hub) comes from the command line alone."""
         config = cls(**vars(cls.parser().parse_args(argv)))
         checkpoint = Path(config.resume_from_checkpoint)
         if config.resume_from_checkpoint == "latest" or not checkpoint.is_file():
@@ -269,11 +319,13 @@ class TrainConfig:
         stored = config_of_checkpoint(checkpoint)
         if stored is None:
             return config
-        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-        for name in DEVICE_DEPENDENT_FIELDS:  # chosen again for the device this run is on
-            stored[name] = defaults[name]
         given = vars(cls.parser(defaults=False).parse_args(argv))
-        rebuilt = {name: value for name, value in stored.items() if name in {f.name for f in dataclasses.fields(cls)}}
+        if stored.get("dataset_path") and "dataset_path" not in given:
+            raise ValueError(
+                f"{checkpoint} was trained on --dataset_path {stored['dataset_path']}: pass --dataset_path (that "
+                f"folder, or another) to continue it; a checkpoint never chooses what a run reads."
+            )
+        rebuilt = {name: stored[name] for name in RESUMED_FIELDS if name in stored}
         rebuilt["output_dir"] = str(checkpoint.absolute().parents[2])  # <output_dir>/checkpoints/<part>/iter_N.pt
-        return cls(**{**rebuilt, **given})
+        return dataclasses.replace(config, **{**rebuilt, **given})
 

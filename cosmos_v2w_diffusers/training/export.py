@@ -16,6 +16,12 @@ logger = logging.getLogger(__name__)
 
 # diffusers' own file name, so `CosmosTransformer3DModel.from_pretrained(folder)` reads it.
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+LORA_EMA_WEIGHTS_NAME = "pytorch_lora_weights_ema.safetensors"
+# What an export folder may hold for a new export to replace it (README.md: the Hub upload's model card);
+# a folder holding anything else is refused, never deleted.
+TRANSFORMER_FILES = frozenset({"config.json", WEIGHTS_NAME, "README.md"})
+LORA_FILES = frozenset({LORA_WEIGHTS_NAME, LORA_EMA_WEIGHTS_NAME, "README.md"})
 
 
 def write_diffusers_transformer(folder: Path, transformer, state_dict: dict[str, torch.Tensor]) -> Path:
@@ -29,10 +35,7 @@ def write_diffusers_transformer(folder: Path, transformer, state_dict: dict[str,
         transformer.save_config(staging)
         save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, staging / WEIGHTS_NAME)
 
-    return publish_folder(folder, build)
-
-
-LORA_EMA_WEIGHTS_NAME = "pytorch_lora_weights_ema.safetensors"
+    return publish_folder(folder, build, TRANSFORMER_FILES)
 
 
 def export_final(transformer, state_dict: dict[str, torch.Tensor], ema_state: dict | None, config) -> Path:
@@ -42,15 +45,19 @@ def export_final(transformer, state_dict: dict[str, torch.Tensor], ema_state: di
     if config.train_architecture == "lora":
         lora_layers = get_peft_model_state_dict(transformer, state_dict=state_dict)
         ema_layers = get_peft_model_state_dict(transformer, state_dict=ema_state) if ema_state is not None else None
+        # The adapter's config (rank, alpha, targets) goes into the file's metadata, as diffusers' LoRA examples
+        # save it: without it every loader assumes alpha = rank and applies the adapter at the wrong scale.
+        metadata = transformer.peft_config["default"].to_dict()
 
         def build(staging: Path) -> None:
-            CosmosLoraLoaderMixin.save_lora_weights(staging, transformer_lora_layers=lora_layers)
-            if ema_layers is not None:
-                CosmosLoraLoaderMixin.save_lora_weights(
-                    staging, transformer_lora_layers=ema_layers, weight_name=LORA_EMA_WEIGHTS_NAME
-                )
+            for layers, name in ((lora_layers, LORA_WEIGHTS_NAME), (ema_layers, LORA_EMA_WEIGHTS_NAME)):
+                if layers is not None:
+                    CosmosLoraLoaderMixin.save_lora_weights(
+                        staging, transformer_lora_layers=layers, weight_name=name,
+                        transformer_lora_adapter_metadata=metadata,
+                    )
 
-        publish_folder(out / "lora", build)
+        publish_folder(out / "lora", build, LORA_FILES)
         logger.info(
             "Exported the LoRA adapter to %s (pipeline.load_lora_weights%s)",
             out / "lora", f"; the EMA: weight_name={LORA_EMA_WEIGHTS_NAME!r}" if ema_layers is not None else "",

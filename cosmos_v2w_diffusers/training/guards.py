@@ -3,12 +3,20 @@
 Both need the ranks to agree (all stop after the same step; all know every skipped clip), so the trainer
 asks `RunGuards.check` once per step: one small all-reduce carries both counts, and the list of skipped
 clips itself is gathered only in the rare step where some rank replaced one.
+
+Under a launcher (`accelerate launch`, `torchrun`) a signal may reach the launcher alone: accelerate's
+one-process launcher dies of SIGTERM without passing it on, and exits at once on Ctrl-C. Neither launcher
+has a setting for it, so each training process asks the kernel for `LAUNCHER_GONE` when its launcher exits
+(Linux `PR_SET_PDEATHSIG`) and treats it as a stop request: it finishes the step, saves and exits 75
+instead of training on as an orphan. That signal never counts as the "second signal" that stops at once.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+import sys
 from pathlib import Path
 
 import torch
@@ -24,6 +32,25 @@ logger = get_logger(__name__)
 # to resume). `train_video2world.py` exits with it; schedulers can requeue on it.
 EXIT_PREEMPTED = 75
 SKIPPED_CLIPS_FILE = "skipped_clips.txt"
+# Sent by the kernel to a training process whose launcher has exited (see the module docstring).
+LAUNCHER_GONE = signal.SIGUSR2
+_PR_SET_PDEATHSIG = 1
+_LAUNCHERS = ("accelerate", "torchrun", "torch.distributed.run", "torch.distributed.launch", "accelerate.commands.launch")
+
+
+def _parent_is_launcher() -> bool:
+    """Whether this process was started by `accelerate launch` or `torchrun` (read from /proc, Linux only)."""
+    try:
+        argv = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return any(Path(arg).name in _LAUNCHERS for arg in argv[:3])
+
+
+def _set_parent_death_signal(signum: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
 
 
 class RunGuards:
@@ -35,17 +62,31 @@ class RunGuards:
         self.skipped_clips: set[str] = set()
         self.signal_received: int | None = None
         self._previous_handlers: dict = {}
+        self._launcher = os.getppid() if _parent_is_launcher() else None
 
     def __enter__(self) -> "RunGuards":
-        self._previous_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        signals = (signal.SIGTERM, signal.SIGINT, LAUNCHER_GONE)
+        self._previous_handlers = {s: signal.signal(s, self._on_signal) for s in signals}
+        if self._launcher is not None and _set_parent_death_signal(LAUNCHER_GONE) and os.getppid() != self._launcher:
+            self._on_signal(LAUNCHER_GONE, None)  # it exited before we asked
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._launcher is not None:
+            _set_parent_death_signal(0)
         for sig, handler in self._previous_handlers.items():
             signal.signal(sig, handler)
 
     def _on_signal(self, signum: int, frame) -> None:
-        if self.signal_received is not None:  # a second signal: stop at once
+        if signum == LAUNCHER_GONE:
+            if self.signal_received is None:
+                self.signal_received = signum
+            logger.warning(
+                "The launcher (PID %s) has exited: finishing this step, saving a checkpoint, then exiting.",
+                self._launcher, main_process_only=False,
+            )
+            return
+        if self.signal_received not in (None, LAUNCHER_GONE):  # a second signal: stop at once
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
@@ -54,6 +95,11 @@ class RunGuards:
             "Received %s: finishing this step, saving a checkpoint, then exiting (send it again to stop at once).",
             signal.Signals(signum).name, main_process_only=False,
         )
+
+    def stop_requested(self) -> bool:
+        """True when any rank has received a stop signal (a collective: every rank calls it)."""
+        flag = torch.tensor([float(self.signal_received is not None)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
     def check(self, micro_batches) -> bool:
         """Record this step's skipped clips (from every rank); True when any rank received a stop signal.

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 
+from .config import redacted_command
+
 logger = logging.getLogger(__name__)
 
 HYPERPARAMETERS = (
@@ -78,7 +80,7 @@ class HubUploader:
         self.config, self.base_model = config, base_model
         self.api = HfApi(token=config.hub_token)  # None: the logged-in token
         self.repo_id = config.hub_model_id or Path(config.output_dir).name
-        self.command = [Path(sys.argv[0]).name] + sys.argv[1:]
+        self.command = redacted_command([Path(sys.argv[0]).name] + sys.argv[1:])
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-upload")
         self._pending: Future | None = None
         self.validation: dict | None = None  # the latest validation figures, for the card

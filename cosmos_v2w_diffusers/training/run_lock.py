@@ -3,7 +3,8 @@
 `filelock` supplies the lock itself (an OS lock on `<output_dir>/.run.lock`, released by the kernel when its
 process dies, so a crashed run never blocks the next). It cannot say who holds a lock, so the holder's PID
 and host are written beside it, in `.run.owner`; a run that finds an owner file whose process is gone takes
-over with a notice.
+over with a notice. A received run folder may hold anything under these names (a symlink to a user's file,
+a FIFO), so the owner file is read without following links or blocking, and replaced, never written through.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import socket
 from pathlib import Path
 
 import filelock
+
+from ..io_utils import atomic_write, read_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +46,10 @@ class RunLock:
 
     def _owner(self) -> dict:
         try:
-            return json.loads(self.owner_file.read_text())
+            owner = json.loads(read_regular_file(self.owner_file, max_bytes=4096))
         except (OSError, ValueError):
             return {}
+        return owner if isinstance(owner, dict) else {}
 
     def acquire(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -65,7 +69,8 @@ class RunLock:
                 "Taking over %s from a run that %s (PID %s on host %s).",
                 self.folder, gone, previous.get("pid"), previous.get("host"),
             )
-        self.owner_file.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+        with atomic_write(self.owner_file, "w") as f:  # a rename replaces a planted symlink, not its target
+            f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
 
     def release(self) -> None:
         if self._lock.is_locked:

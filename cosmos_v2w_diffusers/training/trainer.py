@@ -301,12 +301,12 @@ class Trainer:
 
     def _train(self) -> list[float]:
         c = self.config
-        self.accelerator.init_trackers("cosmos_v2w_posttraining", config={k: str(v) for k, v in vars(c).items()})
+        self.accelerator.init_trackers("cosmos_v2w_posttraining", config={k: str(v) for k, v in c.public_dict().items()})
         clips_per_step = c.batch_size * c.gradient_accumulation_steps * self.dp_size
         progress = tqdm(
             total=c.max_iter, initial=self.start_iter, desc="Post-training", disable=not self.accelerator.is_main_process
         )
-        bad_steps = 0
+        bad_steps = 0  # consecutive steps with a non-finite loss, ending at the current one
         if self.start_iter >= c.max_iter:
             logger.info(
                 "The run is already complete: %s holds iteration %d of --max_iter %d. Raise --max_iter to train "
@@ -319,14 +319,7 @@ class Trainer:
                 loss = self.train_step(step, micro_batches)
                 bad_steps = 0 if math.isfinite(loss) else bad_steps + 1
                 if bad_steps:
-                    clips = ", ".join(p for batch in micro_batches for p in batch["video_path"])
-                    logger.warning("Step %d: loss is %s; update skipped (clips: %s).", step, loss, clips)
-                    if bad_steps >= c.max_nonfinite_steps:
-                        raise FloatingPointError(
-                            f"{bad_steps} consecutive steps had a non-finite loss (--max_nonfinite_steps "
-                            f"{c.max_nonfinite_steps}), the last at step {step}: lower --learning_rate or check the "
-                            f"clips named above; the last checkpoint holds the weights from before."
-                        )
+                    self._on_nonfinite_step(step, loss, bad_steps, micro_batches)
                 self.history.append(loss)
                 now = time.perf_counter()
                 seconds, last = now - last, now
@@ -335,10 +328,14 @@ class Trainer:
                 progress.update()
                 self.accelerator.log({"loss": loss, "lr": lr, "clips_per_s": clips_per_step / seconds}, step=step + 1)
                 stop = self.guards.check(micro_batches)
-                if (step + 1) % c.save_iter == 0 or step + 1 == c.max_iter or stop:
-                    self.save_checkpoint(step + 1)
-                if c.validation_prompt and (step + 1) % c.validation_steps == 0:
+                saved = ((step + 1) % c.save_iter == 0 or step + 1 == c.max_iter or stop) and self._save_if_finite(
+                    step + 1, bad_steps
+                )
+                if c.validation_prompt and (step + 1) % c.validation_steps == 0 and not stop:
                     self.validate(step + 1)
+                    stop = self.guards.stop_requested()  # a signal during validation stops now, not a step later
+                    if stop and not saved:
+                        self._save_if_finite(step + 1, bad_steps)
                 self.after_step(step)
                 if stop:
                     self.preempted = True
@@ -347,6 +344,11 @@ class Trainer:
                         main_process_only=False,
                     )
                     return self.history
+        if bad_steps:
+            raise FloatingPointError(
+                f"The run ended with {bad_steps} steps of non-finite loss: its weights were not exported. Lower "
+                f"--learning_rate (this run: {c.learning_rate:g}) and resume from {self.checkpoints.root / 'latest_checkpoint.txt'}."
+            )
         self._log_summary(clips_per_step)
         state = self.accelerator.get_state_dict(self.transformer)
         ema = self._gathered_ema()
@@ -356,6 +358,37 @@ class Trainer:
                 self.uploader.finish(export_dir, c.max_iter)
         self.accelerator.wait_for_everyone()
         return self.history
+
+    def _on_nonfinite_step(self, step: int, loss: float, bad_steps: int, micro_batches) -> None:
+        """Report a skipped step; stop the run when it can no longer take a finite one.
+
+        The weights of checkpoint `step` (saved after the previous step) have now given a non-finite loss,
+        so that checkpoint stops being the one to resume from."""
+        c = self.config
+        clips = ", ".join(p for batch in micro_batches for p in batch["video_path"])
+        logger.warning("Step %d: loss is %s; update skipped (clips: %s).", step, loss, clips)
+        if self.accelerator.is_main_process:
+            self.checkpoints.retract_latest(step)
+        if bad_steps >= c.max_nonfinite_steps:
+            latest = self.checkpoints.latest_iteration()
+            raise FloatingPointError(
+                f"{bad_steps} consecutive steps had a non-finite loss (--max_nonfinite_steps {c.max_nonfinite_steps}), "
+                f"the last at step {step}: the run has diverged. Lower --learning_rate (this run: {c.learning_rate:g}) "
+                f"or check the clips named above; "
+                + (f"checkpoint {latest} holds the last weights that gave a finite loss." if latest else "no checkpoint was kept.")
+            )
+
+    def _save_if_finite(self, iteration: int, bad_steps: int) -> bool:
+        """Save checkpoint `iteration`, unless the current weights have just given a non-finite loss (a
+        diverged state must never become the one to resume from); returns whether it saved."""
+        if bad_steps:
+            logger.warning(
+                "Not saving checkpoint %d: the last %d steps had a non-finite loss; %s stays the one to resume from.",
+                iteration, bad_steps, self.checkpoints.root / "latest_checkpoint.txt",
+            )
+            return False
+        self.save_checkpoint(iteration)
+        return True
 
     def validate(self, iteration: int) -> None:
         """Validation videos from the EMA (and, with --validation_live, the live) weights. Gathering the
@@ -372,6 +405,8 @@ class Trainer:
         trend = loss_trend(self.history)
         if trend:
             logger.info(trend)
+        skipped = sum(not math.isfinite(loss) for loss in self.history)
+        logger.info("%d of %d steps were skipped for a non-finite loss.", skipped, len(self.history))
         if self.step_seconds:
             self.summary = throughput_summary(
                 self.step_seconds, clips_per_step, self.accelerator.num_processes,

@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 
 import decord
-import numpy as np
 import PIL.Image
 import torch
 from diffusers.utils import export_to_video
