@@ -15,18 +15,25 @@ DeepSpeed or FSDP that is the gathering of every shard into NVIDIA's layout.
 `--memory_fraction` caps the process with `torch.cuda.set_per_process_memory_fraction`, to show that a
 configuration fits a smaller card. The first step (compilation, allocator warm-up) is left out of the
 median. The latent cache is built before the timed steps; its time is reported apart.
+
+Several GPUs: start it with accelerate (`accelerate launch --num_processes 4 [--config_file ...]
+benchmarks/train_step.py ...`). The row then counts the clips of a step over every data-parallel rank,
+the GPU-seconds per clip (`seconds * num_gpus / clips_per_step`, the figure that compares layouts), and
+the highest peak of any rank.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from diffusers import AutoencoderKLWan
 
 from benchmarks.common import make_dataset, write_result
@@ -55,14 +62,15 @@ def main() -> None:
     preset = get_preset(config.model)
     work = Path(args.workdir)
     weights = work / f"weights_{preset.short_name}"
-    if not (weights / "transformer").exists():
-        # Initialised on the GPU: a 14B model's fp32 initialisation on the CPU takes minutes.
-        build_transformer(preset, "cuda").to(torch.bfloat16).save_pretrained(weights / "transformer")
-        AutoencoderKLWan().save_pretrained(weights / "vae")
     resolved = config.resolved()
-    data = Path(args.data) if args.data else make_dataset(
-        work / "data", 2, resolved.num_frames + 8, resolved.height, resolved.width, preset.text_embed_dim
-    )
+    with PartialState().main_process_first():  # one process makes the weights and clips, the others read them
+        if not (weights / "transformer").exists():
+            # Initialised on the GPU: a 14B model's fp32 initialisation on the CPU takes minutes.
+            build_transformer(preset, "cuda").to(torch.bfloat16).save_pretrained(weights / "transformer")
+            AutoencoderKLWan().save_pretrained(weights / "vae")
+        data = Path(args.data) if args.data else make_dataset(
+            work / "data", 2, resolved.num_frames + 8, resolved.height, resolved.width, preset.text_embed_dim
+        )
     config.pretrained_model_name_or_path = str(weights)
     config.dataset_path = str(data)
     config.output_dir = str(work / "runs" / args.name)
@@ -90,37 +98,49 @@ def main() -> None:
         times.append(time.perf_counter() - start)
         losses.append(loss)
         print(f"step {step}: {times[-1]:.3f} s, loss {loss:.4f}", flush=True)
-    c = trainer.config
+    c, accelerator = trainer.config, trainer.accelerator
     checkpoint = save_and_check_checkpoint(trainer, args.steps + 1) if args.save_checkpoint else None
-    summary = throughput_summary(times, c.batch_size, 1, trainer._unwrapped().config, trainer.tokens, trainer.device)
-    write_result(
-        args.name,
-        {
-            "command": "python benchmarks/train_step.py " + " ".join(argv),
-            "model": preset.name,
-            "sample": [c.num_frames, c.height, c.width],
-            "tokens": trainer.tokens,
-            "train_architecture": c.train_architecture,
-            "mixed_precision": c.mixed_precision,
-            "compile": c.compile,
-            "attention_backend": c.attention_backend,
-            "activation_checkpointing": c.activation_checkpointing,
-            "selective_blocks": trainer.selective_blocks,
-            "ema_device": c.ema_device if c.ema else None,
-            "cache_latents": c.cache_latents,
-            "low_vram": c.low_vram,
-            "memory_fraction": args.memory_fraction,
-            "setup_seconds_incl_latent_cache": round(setup_seconds, 1),
-            "seconds": round(summary["s_per_step"], 3),
-            "seconds_per_step_all": [round(t, 3) for t in times],
-            "peak_gib": round(summary["peak_memory_gib"], 2),
-            "resident_before_step_gib": round(before, 2),
-            "model_tflops_per_s": round(summary["model_tflops_per_s_per_device"], 1),
-            "losses": [round(x, 5) for x in losses],
-            "distributed_type": str(trainer.accelerator.distributed_type),
-            "checkpoint": checkpoint,
-        },
-    )
+    clips_per_step = c.batch_size * c.gradient_accumulation_steps * trainer.dp_size
+    num_gpus = accelerator.num_processes
+    summary = throughput_summary(times, clips_per_step, num_gpus, trainer._unwrapped().config, trainer.tokens, trainer.device)
+    peak = float(accelerator.gather(torch.tensor([summary["peak_memory_gib"]], device=trainer.device)).max())
+    # The launch command, as benchmarks/multi_gpu.sh passes it (the script alone when run with python).
+    launcher = os.environ.get("BENCH_LAUNCHER", "python")
+    if accelerator.is_main_process:
+        write_result(
+            args.name,
+            {
+                "command": f"{launcher} benchmarks/train_step.py " + " ".join(argv),
+                "date": time.strftime("%Y-%m-%d"),
+                "model": preset.name,
+                "sample": [c.num_frames, c.height, c.width],
+                "tokens": trainer.tokens,
+                "num_gpus": num_gpus,
+                "distributed_type": str(accelerator.distributed_type),
+                "context_parallel_size": c.context_parallel_size,
+                "clips_per_step": clips_per_step,
+                "train_architecture": c.train_architecture,
+                "mixed_precision": c.mixed_precision,
+                "compile": c.compile,
+                "attention_backend": c.attention_backend,
+                "activation_checkpointing": c.activation_checkpointing,
+                "selective_blocks": trainer.selective_blocks,
+                "ema_device": c.ema_device if c.ema else None,
+                "cache_latents": c.cache_latents,
+                "low_vram": c.low_vram,
+                "memory_fraction": args.memory_fraction,
+                "setup_seconds_incl_latent_cache": round(setup_seconds, 1),
+                "seconds": round(summary["s_per_step"], 3),
+                "seconds_per_step_all": [round(t, 3) for t in times],
+                "gpu_seconds_per_clip": round(summary["s_per_step"] * num_gpus / clips_per_step, 3),
+                "peak_gib": round(peak, 2),
+                "resident_before_step_gib": round(before, 2),
+                "model_tflops_per_s": round(summary["model_tflops_per_s_per_device"], 1),
+                "losses": [round(x, 5) for x in losses],
+                "checkpoint": checkpoint,
+            },
+        )
+    trainer.close()
 
 
 def save_and_check_checkpoint(trainer: Trainer, iteration: int) -> dict:

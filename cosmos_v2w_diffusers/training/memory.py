@@ -31,6 +31,10 @@ HEADROOM_BYTES = 3 * GIB
 # and gradients, fp32 reduction buffers, what checkpoint wrappers keep): measured 6.8 GiB over the estimate
 # for 2B at 84,480 tokens on one H100 (FSDP2 over one process, 16 selective blocks: 72.9 GiB).
 FSDP_EXTRA_BYTES = 42.0
+# Bytes per trainable parameter that DDP over several processes holds beyond one GPU's step: one gradient-sized
+# buffer. Measured on 4x H200 (2B, 93x704x1280, 28 selective blocks, EMA on the GPU): 80.7 GiB per rank under
+# DDP against 73.4 GiB for the one-GPU step, 7.3 GiB for 1.96e9 parameters, with gradient_as_bucket_view on.
+DDP_EXTRA_BYTES_PER_PARAMETER = 4
 
 
 def step_bytes_without_selective(
@@ -143,13 +147,15 @@ def plan_gpu_memory(
     tokens: int,
     compute_dtype: torch.dtype,
     fsdp_shards: int | None = None,
+    ddp: bool = False,
 ) -> MemoryPlan:
     """Blocks that keep their attention outputs and the EMA's device ("gpu" or "cpu").
 
     The flag `--selective_checkpointing_blocks` wins; off the GPU, or without selective checkpointing,
     nothing is planned. Otherwise the EMA stays on the GPU unless it costs selective blocks there: its CPU
     update is hidden behind a long step (2B at 720p) but not behind a short one, which would wait for it.
-    Under FSDP, `fsdp_shards` ranks share the weights, EMA and optimizer state.
+    Under FSDP, `fsdp_shards` ranks share the weights, EMA and optimizer state; under DDP of several
+    processes (`ddp`) its gradient-sized buffer (`DDP_EXTRA_BYTES_PER_PARAMETER`) is counted too.
     """
     state_shards = fsdp_shards or 1
     c = config
@@ -158,6 +164,8 @@ def plan_gpu_memory(
         return MemoryPlan(c.selective_checkpointing_blocks, c.ema_device or "gpu")
     resident = sum(p.numel() * p.element_size() for p in transformer.parameters()) // state_shards
     resident += 0 if c.cache_latents else sum(p.numel() * p.element_size() for p in vae.parameters())
+    trainable_params = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
+    resident += DDP_EXTRA_BYTES_PER_PARAMETER * trainable_params if ddp else 0
     ema_bytes = 4 * sum(p.numel() for p in transformer.parameters() if p.requires_grad) // state_shards if c.ema else 0
 
     capacity = _capacity_bytes(device)

@@ -194,7 +194,8 @@ def prepare_for_wrapping(
         enable_context_parallel(transformer, cp, accelerator.device, tokens)
         logger.info("Context parallel: %d ranks per sample, %d of its %d tokens each", cp, tokens // cp, tokens)
     shards = accelerator.num_processes if fsdp else None
-    plan = plan_gpu_memory(transformer, vae, c, accelerator.device, tokens // cp, compute_dtype, shards)
+    ddp = accelerator.distributed_type == DistributedType.MULTI_GPU and accelerator.num_processes > 1
+    plan = plan_gpu_memory(transformer, vae, c, accelerator.device, tokens // cp, compute_dtype, shards, ddp)
     selective_blocks, c.ema_device = plan.selective_blocks, plan.ema_device
     if plan.estimated_peak_bytes is not None:
         logger.info(plan.describe(len(transformer.transformer_blocks)))
@@ -213,6 +214,12 @@ def prepare_for_wrapping(
     else:
         apply_activation_checkpointing(transformer, c.activation_checkpointing, selective_blocks, c.low_vram)
     if c.compile:
+        if accelerator.distributed_type == DistributedType.MULTI_GPU:
+            # Dynamo's DDPOptimizer splits a compiled graph at DDP's bucket boundaries, and cannot split one that
+            # holds an activation checkpoint (pytorch#104674): with selectively checkpointed blocks the first
+            # step fails with "self is on meta". Each block is its own graph here, so there is nothing to split:
+            # DDP's hooks bucket the gradients as each block's backward produces them.
+            torch._dynamo.config.optimize_ddp = False
         compile_blocks(transformer)
     return selective_blocks
 

