@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   install into .venv, then post-train the tiny model on the built-in sample and show the result (CPU, < 5 minutes)
-#   make test   install into .venv, then run the test suite
+#   make test   install into .venv, then run the test suite (slow end-to-end variants: make test-all)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch is pinned to the wheels this project is tested with; on x86_64 CPU machines they come from the
@@ -11,7 +11,7 @@ else
 TORCH := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install demo test
+.PHONY: install demo test test-all
 
 $(VENV)/.installed: setup.py
 	python3 -m venv $(VENV)
@@ -29,5 +29,9 @@ demo: install
 		train_video2world.py --model tiny --output_dir $(DEMO_RUN) --cache_latents --cache_windows_per_clip 4
 	$(PY) -m cosmos_v2w_diffusers.demo --run_dir $(DEMO_RUN) --output_dir outputs/demo
 
+# One of each kind of case (~6 minutes on 2 cores); test-all adds the slower end-to-end variants (CI runs both).
 test: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: install
 	$(PY) -m pytest -q tests

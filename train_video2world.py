@@ -30,6 +30,7 @@ def main() -> None:
     from cosmos_v2w_diffusers.io_utils import describe_os_error
     from cosmos_v2w_diffusers.training.checkpoint import CheckpointSpaceError
     from cosmos_v2w_diffusers.training.guards import EXIT_PREEMPTED
+    from cosmos_v2w_diffusers.training.hub import HubUploadError
     from cosmos_v2w_diffusers.training.run_lock import OutputDirInUseError
     from cosmos_v2w_diffusers.training.trainer import Trainer
 
@@ -37,7 +38,8 @@ def main() -> None:
         trainer = Trainer(config)
         trainer.train()
     except (
-        NoUsableVideosError, FileNotFoundError, ValueError, OutputDirInUseError, CheckpointSpaceError, FloatingPointError
+        NoUsableVideosError, FileNotFoundError, ValueError, OutputDirInUseError, CheckpointSpaceError, FloatingPointError,
+        HubUploadError,
     ) as exc:
         sys.exit(f"error: {exc}")
     except OSError as exc:  # a full disk, a read-only or missing folder: one line naming the file

@@ -33,7 +33,8 @@ def apply_umask(folder: Path) -> None:
     files 0600 whatever the umask, which would hide an export from the user's group on shared storage."""
     mask = current_umask()
     for path in [Path(folder), *Path(folder).rglob("*")]:
-        if not path.is_symlink():
+        # A hard link to a file elsewhere (a cached base model's weights) is not ours to change.
+        if not path.is_symlink() and (path.is_dir() or path.stat().st_nlink == 1):
             path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
@@ -105,15 +106,15 @@ class FolderInUseError(ValueError):
 
 
 def check_replaceable(target: Path, replaceable: frozenset[str] | set[str]) -> None:
-    """Refuse to replace `target` unless it is absent, empty, or holds only entries named in `replaceable`
-    (what an earlier export of the same kind wrote): a user's folder is never deleted because it was named
-    as an output."""
+    """Refuse to replace `target` unless it is absent, empty, or holds only entries (files or folders) named in
+    `replaceable` (what an earlier export of the same kind wrote): a user's folder is never deleted because it
+    was named as an output."""
     target = Path(target)
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise FolderInUseError(f"{target} exists and is not a folder; pass a new or empty folder as the output.")
     if not target.exists():
         return
-    foreign = sorted(p.name for p in target.iterdir() if p.name not in replaceable or not p.is_file() or p.is_symlink())
+    foreign = sorted(p.name for p in target.iterdir() if p.name not in replaceable or p.is_symlink())
     if foreign:
         raise FolderInUseError(
             f"{target} already holds files we did not write (e.g. {foreign[0]}); pass a new or empty folder as "

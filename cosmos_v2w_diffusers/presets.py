@@ -214,17 +214,25 @@ def save_tiny_pretrained(folder: str | Path, seed: int = 0, vae: AutoencoderKLWa
         ("scheduler", scheduler),
     ]:
         component.save_pretrained(folder / name)
-    model_index = {
-        "_class_name": "Cosmos2VideoToWorldPipeline",
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "T5EncoderModel"],
-        "tokenizer": ["transformers", "T5TokenizerFast"],
-        "transformer": ["diffusers", "CosmosTransformer3DModel"],
-        "vae": ["diffusers", "AutoencoderKLWan"],
-        "safety_checker": [None, None],
-    }
-    (folder / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
+    write_stock_model_index(folder)
     return folder
+
+
+# The `model_index.json` of diffusers' stock pipeline (NVIDIA's repos use it): `DiffusionPipeline` builds
+# `Cosmos2VideoToWorldPipeline` from it, and `CosmosVideo2WorldPipeline.from_pretrained` reads it as well.
+STOCK_MODEL_INDEX = {
+    "_class_name": "Cosmos2VideoToWorldPipeline",
+    "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "T5EncoderModel"],
+    "tokenizer": ["transformers", "T5TokenizerFast"],
+    "transformer": ["diffusers", "CosmosTransformer3DModel"],
+    "vae": ["diffusers", "AutoencoderKLWan"],
+    "safety_checker": [None, None],
+}
+
+
+def write_stock_model_index(folder: Path) -> None:
+    (Path(folder) / "model_index.json").write_text(json.dumps(STOCK_MODEL_INDEX, indent=2) + "\n")
 
 
 # The tiny model the package ships: `save_tiny_pretrained(seed=0)` with the trained VAE, written by
@@ -242,7 +250,7 @@ def tiny_pretrained_path() -> Path:
     if not (TINY_PRETRAINED_DIR / "model_index.json").is_file():
         raise FileNotFoundError(
             f"{TINY_PRETRAINED_DIR}: the tiny model shipped with the package is missing; reinstall the package "
-            f"(pip install -e .) or rebuild it with `python -m cosmos_v2w_diffusers.tiny_vae --install`."
+            f"(pip install -e .) or rebuild it with `python -m cosmos_v2w_diffusers.tiny_model`."
         )
     return TINY_PRETRAINED_DIR
 

@@ -53,7 +53,10 @@ def plain_run(prepared_dataset, tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("stage,architecture", [("zero2", "full"), ("zero3", "full"), ("zero3", "lora")])
+@pytest.mark.parametrize(
+    "stage,architecture",
+    [("zero2", "full"), pytest.param("zero3", "full", marks=pytest.mark.slow), pytest.param("zero3", "lora", marks=pytest.mark.slow)],
+)
 def test_zero_checkpoints_hold_whole_fp32_state_in_nvidia_layout_and_resume(
     prepared_dataset, plain_run, tmp_path, stage, architecture
 ):

@@ -292,6 +292,23 @@ def test_push_to_hub_uploads_in_the_background_at_every_save_and_survives_failur
     assert "| `learning_rate` |" in card and "## Command" in card
 
 
+def test_a_failed_final_upload_fails_the_run_and_names_the_folder(bikes_dataset, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi, RepoUrl
+
+    from cosmos_v2w_diffusers.training.hub import HubUploadError
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/someone/{repo_id}"))
+
+    def failing_commit(self, repo_id, operations, commit_message, **kwargs):
+        raise OSError("503 Service Unavailable")
+
+    monkeypatch.setattr(HfApi, "create_commit", failing_commit)
+    trainer = Trainer(_config(bikes_dataset, tmp_path / "run", max_iter=1, push_to_hub=True, train_architecture="lora"))
+    with pytest.raises(HubUploadError, match=f"hf upload run {tmp_path / 'run' / 'lora'} ."):
+        trainer.train()
+    assert (tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+
 def test_a_slow_upload_never_blocks_a_step(bikes_dataset, tmp_path, monkeypatch):
     import threading
 
@@ -315,6 +332,7 @@ def test_a_slow_upload_never_blocks_a_step(bikes_dataset, tmp_path, monkeypatch)
     assert commits == ["Post-training: iteration 1", "Post-training: iteration 3"]
 
 
+@pytest.mark.slow  # two processes also train in the default run (tests/test_context_parallel.py)
 def test_two_process_data_parallel_run_resumes_exactly(prepared_dataset, tmp_path):
     """Two CPU processes under DDP (torchrun starts the ranks; accelerate joins them with gloo): a run
     stopped at step 3 and continued to 6 by the same command ends with the straight run's exact weights."""
@@ -423,3 +441,13 @@ def test_psnr_and_ssim():
     assert ssim(frames, frames) == pytest.approx(1.0) and psnr(frames, frames) == float("inf")
     assert psnr(frames, (frames + 0.1).clamp(0, 1)) == pytest.approx(20.0, abs=0.6)
     assert ssim(frames, torch.rand(3, 3, 32, 32)) < 0.2
+
+
+def test_a_tracker_that_is_not_installed_is_refused_before_any_work(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    with pytest.raises(ValueError, match="--report_to wandb needs the wandb package"):
+        TrainConfig(model="tiny", report_to="wandb").resolved()
+    assert TrainConfig(model="tiny", report_to="all").resolved().report_to == "all"

@@ -300,7 +300,7 @@ def _training_flags(dataset: Path, out: Path) -> list[str]:
             "--save_iter", "100000", "--dataloader_num_workers", "0"]
 
 
-@pytest.mark.parametrize("how", ["sigterm_to_the_launcher", "ctrl_c"])
+@pytest.mark.parametrize("how", ["sigterm_to_the_launcher", pytest.param("ctrl_c", marks=pytest.mark.slow)])
 def test_a_run_under_accelerate_launch_saves_and_stops_on_a_signal_to_the_launcher(prepared_dataset, tmp_path, how):
     out = tmp_path / "run"
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
@@ -324,6 +324,7 @@ def test_a_run_under_accelerate_launch_saves_and_stops_on_a_signal_to_the_launch
     assert saved is not None and f"iter_{saved:09d}.pt" in text
 
 
+@pytest.mark.slow  # the default run signals one rank under torchrun (tests/test_reliability.py)
 def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step_with_one_checkpoint(prepared_dataset, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import re
 from dataclasses import dataclass, field
@@ -172,7 +173,9 @@ class TrainConfig:
         5, "stop after this many consecutive steps with a NaN/Inf loss (each such step is skipped, not applied)"
     )
 
-    report_to: str = _f("none", "experiment tracker through accelerate", choices=["tensorboard", "wandb", "none"])
+    report_to: str = _f(
+        "none", "experiment tracker through accelerate (all: every one installed)", choices=["tensorboard", "wandb", "all", "none"]
+    )
     validation_prompt: str | None = _f(None, "generate a validation video with this prompt every --validation_steps")
     validation_image: str | None = _f(
         None, "image the validation video continues (default: the first frame of --validation_video or of a clip)"
@@ -185,6 +188,9 @@ class TrainConfig:
     validation_num_inference_steps: int = _f(35, "sampling steps of the validation video")
     validation_live: bool = _f(False, "also validate the live weights, not only the EMA")
 
+    export_live_weights: bool = _f(
+        False, "full runs: the exported pipeline/ takes the live weights instead of the EMA's (transformer/ holds them too)"
+    )
     push_to_hub: bool = _f(
         False, "upload what the pipeline loads (the diffusers transformer or the LoRA adapter) at every checkpoint "
         "and at the end, in the background, with a model card"
@@ -211,10 +217,16 @@ class TrainConfig:
             raise ValueError("--load_ema picks the EMA weights of --dit_path: pass --dit_path too, or drop --load_ema.")
         if self.selective_checkpointing_blocks is not None and self.activation_checkpointing not in (None, "selective"):
             raise ValueError("--selective_checkpointing_blocks needs --activation_checkpointing selective.")
-        if self.hub_token and self.report_to == "wandb":  # as diffusers' examples: W&B would upload the token
+        if self.hub_token and self.report_to in ("wandb", "all"):  # as diffusers' examples: W&B would upload the token
             raise ValueError(
                 "--hub_token with --report_to wandb would expose the token; log in with `hf auth login` (or set "
                 "HF_TOKEN) and drop --hub_token."
+            )
+        tracker_package = {"wandb": "wandb", "tensorboard": "tensorboard"}.get(self.report_to)
+        if tracker_package and importlib.util.find_spec(tracker_package) is None:  # accelerate would only warn
+            raise ValueError(
+                f"--report_to {self.report_to} needs the {tracker_package} package: `pip install {tracker_package}`, or "
+                f"pick another tracker."
             )
         if self.output_dir and self.pretrained_model_name_or_path:
             output, base = Path(self.output_dir).absolute(), Path(self.pretrained_model_name_or_path).absolute()

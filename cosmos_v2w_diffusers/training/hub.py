@@ -3,7 +3,7 @@
 At every checkpoint and at the end the trainer exports the diffusers transformer (full runs) or the LoRA
 adapter, and hands the folder to `HubUploader`. The upload runs on a worker thread with the real
 `huggingface_hub` client, so it never blocks a step. A failed upload logs a warning; the next save uploads
-again. A save that finds the previous upload still running skips its own (the export folder is replaced
+again. A failed final upload fails the run (`HubUploadError`), naming the folder to upload by hand. A save that finds the previous upload still running skips its own (the export folder is replaced
 at each save, so two uploads of it must not overlap); the end of training waits for the last one.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import shutil
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,10 @@ from .config import redacted_command
 
 logger = logging.getLogger(__name__)
 
+class HubUploadError(RuntimeError):
+    """The final upload failed; the message names the folder and how to upload it by hand."""
+
+
 HYPERPARAMETERS = (
     "model", "train_architecture", "max_iter", "learning_rate", "weight_decay", "lr_f_max", "batch_size",
     "gradient_accumulation_steps", "num_frames", "height", "width", "lora_rank", "lora_alpha", "ema", "seed",
@@ -28,21 +33,42 @@ HYPERPARAMETERS = (
 
 
 def model_card(config, base_model: str | None, command: list[str], validation: dict | None = None) -> ModelCard:
-    """The card of an upload: base model, license, tags, the command, the hyper-parameters, the dataset and,
-    when there is one, the latest validation video and metrics."""
+    """The card of an upload: base model, license, pipeline tag and tags, how to load it (with our pipeline
+    and with diffusers' stock one), the command, the hyper-parameters, the dataset and, when there is one,
+    the latest validation video (`validation.mp4` beside the card) and metrics."""
     lora = config.train_architecture == "lora"
     data = ModelCardData(
         base_model=base_model,
         license="other",
         license_name="nvidia-open-model-license",
         library_name="diffusers",
-        tags=["cosmos", "video2world", "text-to-video", "diffusers"] + (["lora"] if lora else []),
+        pipeline_tag="image-to-video",
+        tags=["cosmos", "video2world", "image-to-video", "video-to-video", "diffusers"] + (["lora"] if lora else []),
     )
     rows = "\n".join(f"| `{name}` | {getattr(config, name)} |" for name in HYPERPARAMETERS)
-    load = (
-        "pipe.load_lora_weights(repo_id)  # pytorch_lora_weights_ema.safetensors: the EMA adapter"
-        if lora else 'transformer = CosmosTransformer3DModel.from_pretrained(repo_id)'
-    )
+    base = base_model or "<the base Cosmos-Predict2 Video2World pipeline>"
+    if lora:
+        load = f"""import torch
+from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline
+
+pipe = CosmosVideo2WorldPipeline.from_pretrained("{base}", dtype=torch.bfloat16)  # NVIDIA's sampler
+pipe.load_lora_weights(repo_id)  # weight_name="pytorch_lora_weights_ema.safetensors": the EMA adapter
+
+# or diffusers' stock pipeline (its Euler sampler):
+from diffusers import Cosmos2VideoToWorldPipeline
+
+pipe = Cosmos2VideoToWorldPipeline.from_pretrained("{base}", dtype=torch.bfloat16)
+pipe.transformer.load_lora_adapter(repo_id, weight_name="pytorch_lora_weights.safetensors", prefix="transformer")"""
+    else:
+        load = """import torch
+from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline
+
+pipe = CosmosVideo2WorldPipeline.from_pretrained(repo_id, dtype=torch.bfloat16)  # NVIDIA's sampler
+
+# or diffusers alone (its stock Cosmos2VideoToWorldPipeline and Euler sampler):
+from diffusers import DiffusionPipeline
+
+pipe = DiffusionPipeline.from_pretrained(repo_id, dtype=torch.bfloat16)"""
     text = f"""---
 {data.to_yaml()}
 ---
@@ -50,7 +76,7 @@ def model_card(config, base_model: str | None, command: list[str], validation: d
 # Cosmos-Predict2 {config.model} Video2World, {config.train_architecture} post-trained
 
 Post-trained from {f"[{base_model}](https://huggingface.co/{base_model})" if base_model else f"the {config.model} preset"} with `cosmos_v2w_diffusers` on
-`{config.dataset_path or 'the built-in sample clips'}`.
+`{config.dataset_path or 'the built-in sample clips'}`. It continues an image or the last frames of a video.
 
 ```python
 {load}
@@ -69,7 +95,11 @@ Post-trained from {f"[{base_model}](https://huggingface.co/{base_model})" if bas
 {rows}
 """
     if validation:
-        text += "\n## Latest validation\n\n" + "\n".join(f"- {k}: {v}" for k, v in validation.items()) + "\n"
+        metrics = {k: v for k, v in validation.items() if k != "video"}
+        text += "\n## Latest validation\n\n"
+        if validation.get("video"):
+            text += "<video controls src=\"validation.mp4\"></video>\n\n"
+        text += "\n".join(f"- {k}: {v}" for k, v in metrics.items()) + "\n"
     return ModelCard(text)
 
 
@@ -96,6 +126,8 @@ class HubUploader:
             logger.info("Hub upload of an earlier save is still running; iteration %d goes up with a later save.", iteration)
             return
         model_card(self.config, self.base_model, self.command, self.validation).save(Path(folder) / "README.md")
+        if self.validation and Path(self.validation.get("video", "")).is_file():
+            shutil.copyfile(self.validation["video"], Path(folder) / "validation.mp4")
         self._pending = self._worker.submit(self._push, Path(folder), iteration)
 
     def _push(self, folder: Path, iteration: int) -> str:
@@ -125,10 +157,19 @@ class HubUploader:
             self._report_finished()
 
     def finish(self, folder: Path, iteration: int) -> None:
-        """Upload the final export and wait for it."""
+        """Upload the final export and wait for it. A failed final upload fails the run: no later save would
+        retry it, so the error names the folder and the command that uploads it by hand."""
         self.wait()
         self.upload(folder, iteration)
-        self.wait()
-        self._worker.shutdown()
+        final, self._pending = self._pending, None
+        self._worker.shutdown()  # waits for the upload
+        failure = final.exception() if final is not None else None
+        if final is not None and failure is None:
+            logger.info("Uploaded to https://huggingface.co/%s", final.result())
+        if failure is not None:
+            raise HubUploadError(
+                f"The final upload of {folder} to {self.repo_id} failed ({str(failure).splitlines()[0]}); the export "
+                f"is complete on disk: upload it with `hf upload {self.repo_id} {folder} .`"
+            )
 
 

@@ -30,7 +30,7 @@ from ..data.latent_cache import build_latent_cache
 from ..data.samples import DrawSampler, Video2WorldTrainDataset
 from ..latents import encode_video, num_latent_frames, use_channels_last_3d
 from ..objective import draw_training_randomness, video2world_loss
-from ..presets import get_preset, load_vae
+from ..presets import get_preset, load_vae, resolve_pretrained
 from .checkpoint import CheckpointDir, rng_state, set_rng_state
 from .config import TrainConfig
 from .demo_data import demo_dataset_path
@@ -150,6 +150,7 @@ class Trainer:
         self.validator = None
         if c.validation_prompt and self.accelerator.is_main_process:
             self.validator = Validator(c, self.preset, self.vae, table[0]["video_path"], self.compute_dtype, self.device)
+        self.base_model = resolve_pretrained(self.preset, c.pretrained_model_name_or_path)  # what exports build on
         base_model = c.pretrained_model_name_or_path or self.preset.hub_id
         self.uploader = HubUploader(c, base_model) if c.push_to_hub and self.accelerator.is_main_process else None
 
@@ -201,7 +202,7 @@ class Trainer:
                 self.checkpoints.prune(self.config.checkpoints_total_limit)
             if self.uploader and iteration < self.config.max_iter and not self.uploader.busy():
                 # What the pipeline loads goes up in the background (the final one after the loop).
-                self.uploader.upload(export_final(self._unwrapped(), state, ema, self.config), iteration)
+                self.uploader.upload(export_final(self._unwrapped(), state, ema, self.config, self.base_model), iteration)
         self.accelerator.wait_for_everyone()
 
     def _maybe_resume(self) -> int:
@@ -356,7 +357,7 @@ class Trainer:
         state = self.accelerator.get_state_dict(self.transformer)
         ema = self._gathered_ema()
         if self.accelerator.is_main_process:
-            export_dir = export_final(self._unwrapped(), state, ema, c)
+            export_dir = export_final(self._unwrapped(), state, ema, c, self.base_model)
             if self.uploader:
                 self.uploader.finish(export_dir, c.max_iter)
         self.accelerator.wait_for_everyone()
