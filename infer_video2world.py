@@ -9,11 +9,14 @@ Every flag: `python infer_video2world.py --help`.
 import logging
 import sys
 
-from safetensors import SafetensorError
-
-from cosmos_v2w_diffusers.inference import main
+from cosmos_v2w_diffusers.generation_flags import parse_args
 
 if __name__ == "__main__":
+    parse_args()  # before the heavy imports below, so `--help` and flag errors answer at once
+    from safetensors import SafetensorError
+
+    from cosmos_v2w_diffusers.inference import main
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         main()

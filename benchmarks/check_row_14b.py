@@ -15,7 +15,12 @@ import json
 import torch
 
 from benchmarks.common import write_result
-from benchmarks.memory_table_14b import CLUSTERS, HEADROOM_GIB, RESULTS, activation_model
+from benchmarks.memory_table_14b import (
+    CLUSTERS,
+    HEADROOM_GIB,
+    RESULTS,
+    activation_model,
+)
 from benchmarks.slice_14b import GIB, measure
 from cosmos_v2w_diffusers.presets import build_transformer, get_preset
 

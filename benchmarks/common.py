@@ -59,7 +59,7 @@ def write_result(name: str, result: dict) -> Path:
 
 def make_dataset(root: Path, num_clips: int, num_frames: int, height: int, width: int, embed_dim: int) -> Path:
     """An NVIDIA-layout folder of synthetic clips with random T5-shaped pickles (no text encoder needed)."""
-    from cosmos_v2w_diffusers.training.demo_data import export_clip, render_clip
+    from cosmos_v2w_diffusers.data.demo_clips import export_clip, render_clip
 
     for sub in ("videos", "metas", "t5_xxl"):
         (root / sub).mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,8 @@ from diffusers import CosmosTransformer3DModel
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 
-BACKENDS = ("auto", "cudnn", "flash4", "native")
+from .generation_flags import ATTENTION_BACKENDS as BACKENDS
+
 _DISPATCH_NAME = {"cudnn": "_native_cudnn", "flash4": "_native_flash", "native": "native"}
 # Fastest first, as measured at 84,480 tokens on an H100 (benchmarks/attention.py): FlashAttention-4 701
 # TFLOP/s forward and 661 forward+backward, cuDNN 642 and 568. `native` lets SDPA choose, which is cuDNN on

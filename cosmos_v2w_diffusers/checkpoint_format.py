@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 from diffusers import CosmosTransformer3DModel
-from diffusers.loaders.single_file_utils import convert_cosmos_transformer_checkpoint_to_diffusers
+from diffusers.loaders.single_file_utils import (
+    convert_cosmos_transformer_checkpoint_to_diffusers,
+)
 
 # diffusers name fragment -> NVIDIA name fragment, applied in order (the reverse of diffusers'
 # TRANSFORMER_KEYS_RENAME_DICT_COSMOS_2_0).

@@ -8,9 +8,7 @@
     python -m cosmos_v2w_diffusers.convert lora_to_diffusers --input model/iter_000000200.pt --output lora/
     python -m cosmos_v2w_diffusers.convert lora_to_native --input lora/pytorch_lora_weights.safetensors --output lora.pt
 
-The model size is read from the tensors' shapes. Round trips of our files are bit-exact: names are mapped
-(`checkpoint_format`, diffusers' own single-file converter one way) and no tensor is cast. Every input is
-read with `weights_only=True` or as safetensors: no file can run code.
+The model size is read from the tensors' shapes; round trips of our files are bit-exact (`conversion.py`).
 """
 
 from __future__ import annotations
@@ -20,110 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-from diffusers import CosmosTransformer3DModel
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-
-from .checkpoint_format import (
-    from_native_state_dict,
-    load_native_checkpoint,
-    to_native_key,
-    to_native_state_dict,
-)
-from .io_utils import atomic_write, current_umask
-from .presets import PRESETS
-from .training.export import LORA_EMA_WEIGHTS_NAME, LORA_WEIGHTS_NAME, WEIGHTS_NAME, write_diffusers_transformer
-
 logger = logging.getLogger(__name__)
-
-_PEFT_ADAPTER = ".default"  # PEFT's adapter name inside module names, absent from diffusers LoRA files
-
-
-def _preset_config(state_dict: dict[str, torch.Tensor], source: str) -> dict:
-    """The transformer config of the preset whose shapes these diffusers-named weights have."""
-    hidden = state_dict["patch_embed.proj.weight"].shape[0]
-    blocks = len({k.split(".")[1] for k in state_dict if k.startswith("transformer_blocks.")})
-    for preset in PRESETS.values():
-        config = preset.transformer_config
-        if config["num_attention_heads"] * config["attention_head_dim"] == hidden and config["num_layers"] == blocks:
-            return config
-    raise ValueError(f"{source}: {blocks} blocks of width {hidden} match no model size ({', '.join(PRESETS)}).")
-
-
-def _save_pt(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    if path.exists() or path.is_symlink():  # it may be the user's only copy of a checkpoint
-        raise ValueError(f"--output {path} already exists; pass a new file name, or move it away first.")
-    with atomic_write(path) as f:
-        torch.save(tensors, f)
-
-
-def native_to_diffusers(path: Path, output: Path, use_ema: bool = False) -> Path:
-    weights = load_native_checkpoint(path, use_ema)
-    config = _preset_config(weights, str(path))
-    with torch.device("meta"):
-        transformer = CosmosTransformer3DModel(**config)
-    return write_diffusers_transformer(output, transformer, weights)
-
-
-def diffusers_to_native(folder: Path, output: Path) -> Path:
-    config = CosmosTransformer3DModel.load_config(folder)
-    weights = load_file(folder / WEIGHTS_NAME)
-    _save_pt(to_native_state_dict(weights, argparse.Namespace(**config)), output)
-    return output
-
-
-def _lora_metadata_of(path: Path, layers: dict[str, torch.Tensor]) -> dict:
-    """The adapter config (rank, alpha, targets) of a native LoRA checkpoint, for the exported file's metadata.
-
-    A native file holds tensors only; our training checkpoints keep the run's flags in the sibling
-    `trainer/iter_N.pt`. Without one (NVIDIA's files), alpha is taken equal to the rank, NVIDIA's default,
-    and the log says so."""
-    from .training.checkpoint import CheckpointDir, stored_config
-
-    rank = next(v.shape[0] for k, v in layers.items() if ".lora_A" in k)
-    targets = sorted({k.split(".lora_")[0] for k in layers})  # the wrapped modules' full names
-    stored = None
-    if path.parent.name == "model" and (path.parents[1] / "trainer" / path.name).is_file():
-        checkpoints = CheckpointDir(path.parents[2])
-        stored = stored_config(checkpoints.load_part("trainer", checkpoints.resolve(str(path))))
-    if stored and stored.get("lora_alpha"):
-        return {"r": stored["lora_rank"], "lora_alpha": stored["lora_alpha"], "target_modules": stored["lora_target_modules"].split(",")}
-    logger.warning("%s: no stored run config beside it, so the LoRA alpha is taken equal to the rank (%d).", path, rank)
-    return {"r": rank, "lora_alpha": rank, "target_modules": targets}
-
-
-def lora_native_to_diffusers(path: Path, output: Path, use_ema: bool = False) -> Path:
-    from diffusers.loaders.lora_pipeline import CosmosLoraLoaderMixin
-
-    native = torch.load(path, map_location="cpu", weights_only=True)
-    prefix = "net_ema." if use_ema else "net."
-    lora = {k: v for k, v in native.items() if k.startswith(prefix) and ".lora_" in k}
-    if not lora:
-        raise ValueError(f"{path} holds no `{prefix}*lora_*` tensors: not a LoRA training checkpoint.")
-    # diffusers' converter maps the module names; PEFT's adapter name is dropped as diffusers' files do.
-    renamed = from_native_state_dict({"net." + k[len(prefix):]: v for k, v in lora.items()})
-    layers = {k.replace(_PEFT_ADAPTER, ""): v for k, v in renamed.items()}
-    output.mkdir(parents=True, exist_ok=True)
-    name = LORA_EMA_WEIGHTS_NAME if use_ema else LORA_WEIGHTS_NAME
-    CosmosLoraLoaderMixin.save_lora_weights(
-        output, transformer_lora_layers=layers, weight_name=name,
-        transformer_lora_adapter_metadata=_lora_metadata_of(path, layers),
-    )
-    (output / name).chmod(0o666 & ~current_umask())  # safetensors writes 0600 whatever the umask
-    return output / name
-
-
-def lora_diffusers_to_native(path: Path, output: Path) -> Path:
-    layers = load_file(path)
-    native = {}
-    for key, value in layers.items():
-        name = key.removeprefix("transformer.")
-        for part in (".lora_A", ".lora_B"):
-            name = name.replace(part + ".", part + _PEFT_ADAPTER + ".")
-        native["net." + to_native_key(name)] = value
-    _save_pt(native, output)
-    return output
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True, help="a native .pt, a diffusers folder, or a LoRA .safetensors")
     parser.add_argument("--output", required=True, help="the folder or .pt file to write")
     parser.add_argument("--load_ema", action="store_true", help="from a native file: take the net_ema.* weights")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # before the heavy imports below, so `--help` answers at once
+    from safetensors import SafetensorError
+
+    from .conversion import (
+        diffusers_to_native,
+        lora_diffusers_to_native,
+        lora_native_to_diffusers,
+        native_to_diffusers,
+    )
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     source, output = Path(args.input), Path(args.output)
     try:

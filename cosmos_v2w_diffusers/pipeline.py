@@ -33,6 +33,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import T5EncoderModel, T5TokenizerFast
 
+from .generation_flags import DEFAULT_NEGATIVE_PROMPT
 from .latents import decode_latents, encode_video, num_latent_frames
 from .preconditioning import conditioning_mask, denoise
 from .scheduler import CosmosMultistepScheduler
@@ -40,15 +41,6 @@ from .text_encoding import MAX_TEXT_TOKENS, embed_prompts
 
 logger = logging.getLogger(__name__)
 
-# NVIDIA's default negative prompt (the same text as diffusers' DEFAULT_NEGATIVE_PROMPT).
-DEFAULT_NEGATIVE_PROMPT = (
-    "The video captures a series of frames showing ugly scenes, static with no motion, motion blur, "
-    "over-saturation, shaky footage, low resolution, grainy texture, pixelated images, poorly lit areas, "
-    "underexposed and overexposed scenes, poor color balance, washed out colors, choppy sequences, "
-    "jerky movements, low frame rate, artifacting, color banding, unnatural transitions, outdated special effects, "
-    "fake elements, unconvincing visuals, poorly edited content, jump cuts, visual noise, and flickering. "
-    "Overall, the video is of poor quality."
-)
 SIGMA_MAX = 80.0
 SIGMA_MIN = 0.002
 GUARDRAIL_NOTICE = (

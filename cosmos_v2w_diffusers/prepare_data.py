@@ -22,9 +22,20 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data.folder import NoUsableVideosError, list_videos, raise_if_empty, report_skipped, scan_dataset_folder
+from .data.folder import (
+    NoUsableVideosError,
+    list_videos,
+    raise_if_empty,
+    report_skipped,
+    scan_dataset_folder,
+)
 from .io_utils import atomic_write, describe_os_error
-from .text_encoding import MAX_TEXT_TOKENS, encode_prompts, stale_embedding_reason, write_t5_pickle
+from .text_encoding import (
+    MAX_TEXT_TOKENS,
+    encode_prompts,
+    stale_embedding_reason,
+    write_t5_pickle,
+)
 
 logger = logging.getLogger(__name__)
 

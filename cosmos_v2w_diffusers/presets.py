@@ -21,9 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLWan, CosmosTransformer3DModel, FlowMatchEulerDiscreteScheduler
+from diffusers import (
+    AutoencoderKLWan,
+    CosmosTransformer3DModel,
+    FlowMatchEulerDiscreteScheduler,
+)
 from transformers import T5Config, T5EncoderModel, T5Tokenizer, T5TokenizerFast
-
 
 logger = logging.getLogger(__name__)
 

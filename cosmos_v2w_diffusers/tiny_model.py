@@ -45,11 +45,11 @@ import torch
 from diffusers import AutoencoderKLWan
 from tqdm.auto import tqdm
 
+from .data.demo_clips import export_clip, render_clip
 from .data.samples import read_frames, resize_frames
 from .latents import to_model_range
 from .presets import TINY_PRETRAINED_DIR, TINY_VAE_CONFIG, save_tiny_pretrained
-from .training.demo_data import export_clip, render_clip
-from .training.validation import psnr
+from .video_metrics import psnr
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from cosmos_v2w_diffusers.data.demo_clips import render_clip
 from cosmos_v2w_diffusers.data.samples import read_frames
-from cosmos_v2w_diffusers.training.demo_data import render_clip
 
 REPO = Path(__file__).resolve().parents[1]
 

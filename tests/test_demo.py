@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cosmos_v2w_diffusers.data.demo_clips import export_clip, render_clip
 from cosmos_v2w_diffusers.data.samples import read_frames, resize_frames
 from cosmos_v2w_diffusers.presets import get_preset, load_text_encoder, load_vae
 from cosmos_v2w_diffusers.text_encoding import embed_prompts
 from cosmos_v2w_diffusers.tiny_model import reconstruction_psnr
-from cosmos_v2w_diffusers.training.demo_data import export_clip, render_clip
 
 REPO = Path(__file__).resolve().parents[1]
 

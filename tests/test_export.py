@@ -7,9 +7,9 @@ from conftest import PROMPT
 from safetensors.torch import load_file
 
 from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline
+from cosmos_v2w_diffusers.exports import WEIGHTS_NAME
 from cosmos_v2w_diffusers.scheduler import CosmosMultistepScheduler
 from cosmos_v2w_diffusers.training.config import TrainConfig
-from cosmos_v2w_diffusers.training.export import WEIGHTS_NAME
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
 
@@ -26,7 +26,11 @@ class PassingSafetyChecker(torch.nn.Module):
 
 
 def test_a_full_run_exports_a_pipeline_that_diffusers_and_ours_load_and_run(prepared_dataset, tmp_path):
-    from diffusers import Cosmos2VideoToWorldPipeline, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+    from diffusers import (
+        Cosmos2VideoToWorldPipeline,
+        DiffusionPipeline,
+        FlowMatchEulerDiscreteScheduler,
+    )
 
     out = tmp_path / "run"
     trainer = Trainer(TrainConfig(model="tiny", dataset_path=str(prepared_dataset), output_dir=str(out), max_iter=2,

@@ -6,14 +6,25 @@ import pytest
 import torch
 
 from cosmos_v2w_diffusers import load_video2world_dataset
-from cosmos_v2w_diffusers.attention import CosmosAttnProcessor, resolve_attention_backend, set_attention_backend
+from cosmos_v2w_diffusers.attention import (
+    CosmosAttnProcessor,
+    resolve_attention_backend,
+    set_attention_backend,
+)
 from cosmos_v2w_diffusers.data import latent_cache
 from cosmos_v2w_diffusers.data.latent_cache import build_latent_cache
-from cosmos_v2w_diffusers.data.samples import Video2WorldTrainDataset, read_frames, resize_frames
+from cosmos_v2w_diffusers.data.samples import (
+    Video2WorldTrainDataset,
+    read_frames,
+    resize_frames,
+)
 from cosmos_v2w_diffusers.latents import encode_video
 from cosmos_v2w_diffusers.objective import draw_training_randomness, video2world_loss
 from cosmos_v2w_diffusers.presets import get_preset, load_transformer, load_vae
-from cosmos_v2w_diffusers.training.memory import selective_blocks_that_fit, step_bytes_without_selective
+from cosmos_v2w_diffusers.training.memory import (
+    selective_blocks_that_fit,
+    step_bytes_without_selective,
+)
 from cosmos_v2w_diffusers.training.parallel import apply_activation_checkpointing
 
 TINY = get_preset("tiny")

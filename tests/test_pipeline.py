@@ -16,7 +16,11 @@ from cosmos_v2w_diffusers import CosmosMultistepScheduler, CosmosVideo2WorldPipe
 from cosmos_v2w_diffusers.checkpoint_format import to_native_state_dict
 from cosmos_v2w_diffusers.inference import load_post_trained_weights
 from cosmos_v2w_diffusers.latents import encode_video
-from cosmos_v2w_diffusers.presets import get_preset, save_tiny_pretrained, tiny_pretrained_path
+from cosmos_v2w_diffusers.presets import (
+    get_preset,
+    save_tiny_pretrained,
+    tiny_pretrained_path,
+)
 from cosmos_v2w_diffusers.training.config import TrainConfig
 from cosmos_v2w_diffusers.training.trainer import Trainer
 

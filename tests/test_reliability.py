@@ -2,7 +2,6 @@
 
 import pickle
 import shutil
-
 import signal
 import subprocess
 import sys
@@ -17,7 +16,11 @@ from conftest import make_dataset_folder
 
 from cosmos_v2w_diffusers import load_video2world_dataset
 from cosmos_v2w_diffusers.data.folder import probe_video
-from cosmos_v2w_diffusers.data.samples import ClipDecodeError, Video2WorldTrainDataset, read_frames
+from cosmos_v2w_diffusers.data.samples import (
+    ClipDecodeError,
+    Video2WorldTrainDataset,
+    read_frames,
+)
 from cosmos_v2w_diffusers.presets import get_preset
 from cosmos_v2w_diffusers.text_encoding import InvalidEmbeddingError, read_t5_pickle
 from cosmos_v2w_diffusers.training import trainer as trainer_module

@@ -9,7 +9,9 @@ import pytest
 import torch
 from conftest import make_dataset_folder
 from diffusers import CosmosTransformer3DModel
-from diffusers.loaders.single_file_utils import convert_cosmos_transformer_checkpoint_to_diffusers
+from diffusers.loaders.single_file_utils import (
+    convert_cosmos_transformer_checkpoint_to_diffusers,
+)
 
 from cosmos_v2w_diffusers.latents import encode_video
 from cosmos_v2w_diffusers.objective import draw_training_randomness, video2world_loss
@@ -435,7 +437,7 @@ def test_validation_writes_a_video_and_scores_it_against_a_held_out_clip(bikes_d
 
 
 def test_psnr_and_ssim():
-    from cosmos_v2w_diffusers.training.validation import psnr, ssim
+    from cosmos_v2w_diffusers.video_metrics import psnr, ssim
 
     frames = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert ssim(frames, frames) == pytest.approx(1.0) and psnr(frames, frames) == float("inf")

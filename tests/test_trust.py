@@ -19,8 +19,17 @@ import torch
 from conftest import PROMPT
 
 from cosmos_v2w_diffusers import load_video2world_dataset
-from cosmos_v2w_diffusers.data.folder import BadVideoError, probe_video, read_caption, scan_dataset_folder
-from cosmos_v2w_diffusers.data.samples import ClipDecodeError, Video2WorldTrainDataset, read_frames
+from cosmos_v2w_diffusers.data.folder import (
+    BadVideoError,
+    probe_video,
+    read_caption,
+    scan_dataset_folder,
+)
+from cosmos_v2w_diffusers.data.samples import (
+    ClipDecodeError,
+    Video2WorldTrainDataset,
+    read_frames,
+)
 from cosmos_v2w_diffusers.presets import get_preset
 from cosmos_v2w_diffusers.training.checkpoint import CheckpointDir
 from cosmos_v2w_diffusers.training.config import TrainConfig
@@ -514,10 +523,10 @@ def test_bad_generation_inputs_are_one_line_errors_before_any_model_loads(tmp_pa
 
 def test_the_lora_export_keeps_alpha_for_every_documented_loader(tiny_run, tmp_path):
     """Rank 4, alpha 16: every loader must scale the adapter by 4 (it was read as alpha 4: scale 1)."""
-    from cosmos_v2w_diffusers import convert, inference
+    from cosmos_v2w_diffusers import conversion, inference
 
     native = tiny_run / "checkpoints" / "model" / "iter_000000001.pt"
-    converted = convert.lora_native_to_diffusers(native, tmp_path / "converted")
+    converted = conversion.lora_native_to_diffusers(native, tmp_path / "converted")
     for lora_folder, weight_name in ((tiny_run / "lora", None), (converted.parent, converted.name)):
         args = inference.parse_args(["--model_size", "tiny", "--disable_guardrail", "--lora_path", str(lora_folder), "--no-compile"])
         pipe = inference.build_pipeline(args) if weight_name is None else None

@@ -17,7 +17,11 @@ from pathlib import Path
 import decord
 
 from ..io_utils import read_regular_file
-from ..text_encoding import InvalidEmbeddingError, read_t5_pickle, stale_embedding_reason
+from ..text_encoding import (
+    InvalidEmbeddingError,
+    read_t5_pickle,
+    stale_embedding_reason,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..generation_flags import ATTENTION_BACKENDS
+
 LORA_TARGET_MODULES = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
 # What a checkpoint's weights and optimizer state depend on: a resume must not change these.
 RUN_DEFINING_FIELDS = (
@@ -163,7 +165,7 @@ class TrainConfig:
         "auto",
         "attention kernel: cudnn, flash4 (FlashAttention-4, the flash4 extra; Hopper/Blackwell), native "
         "(torch's choice), or auto (the fastest installed; native on the CPU)",
-        choices=["auto", "cudnn", "flash4", "native"],
+        choices=list(ATTENTION_BACKENDS),
     )
 
     max_skipped_clips: int | None = _f(
@@ -249,7 +251,9 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A copy with every preset-dependent default filled in."""
-        from ..presets import get_preset  # diffusers and transformers: kept out of `--help`
+        from ..presets import (
+            get_preset,  # diffusers and transformers: kept out of `--help`
+        )
 
         self._check_values()
         preset = get_preset(self.model)

@@ -12,10 +12,16 @@ from accelerate.utils import DistributedType
 from diffusers import CosmosTransformer3DModel
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
-from torch.distributed.tensor import DTensor, distribute_tensor
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    checkpoint_wrapper,
+)
 from torch.distributed.fsdp import MixedPrecisionPolicy
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+)
 
 from ..attention import set_attention_backend
 from ..checkpoint_format import load_into_transformer, load_native_checkpoint

@@ -156,7 +156,10 @@ class ZeroTrainState(_TrainState):
         return {"state": state, "param_groups": groups}
 
     def load(self, masters: dict[str, torch.Tensor], optimizer_state: dict) -> None:
-        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+        from deepspeed.utils import (
+            safe_set_full_fp32_param,
+            safe_set_full_optimizer_state,
+        )
 
         saved = optimizer_state["state"]
         if saved:

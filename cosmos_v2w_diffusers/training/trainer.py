@@ -20,21 +20,26 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedDataParallelKwargs, DistributedType, ProjectConfiguration, parse_flag_from_env
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    DistributedType,
+    ProjectConfiguration,
+    parse_flag_from_env,
+)
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..checkpoint_format import from_native_state_dict, to_native_state_dict
+from ..data.demo_clips import demo_dataset_path
 from ..data.hf_dataset import load_video2world_dataset
 from ..data.latent_cache import build_latent_cache
 from ..data.samples import DrawSampler, Video2WorldTrainDataset
+from ..exports import export_final
 from ..latents import encode_video, num_latent_frames, use_channels_last_3d
 from ..objective import draw_training_randomness, video2world_loss
 from ..presets import get_preset, load_vae, resolve_pretrained
 from .checkpoint import CheckpointDir, rng_state, set_rng_state
 from .config import TrainConfig
-from .demo_data import demo_dataset_path
-from .export import export_final
 from .guards import RunGuards
 from .hub import HubUploader
 from .memory import set_allocator_defaults, with_device_defaults

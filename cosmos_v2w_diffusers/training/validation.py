@@ -10,7 +10,6 @@ weights at each validation and lives on the CPU in between: validation takes no 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import decord
@@ -23,34 +22,10 @@ from ..pipeline import DEFAULT_NEGATIVE_PROMPT, CosmosVideo2WorldPipeline, to_rg
 from ..presets import load_text_encoder, load_transformer, resolve_pretrained
 from ..scheduler import CosmosMultistepScheduler
 from ..text_encoding import embed_prompts
+from ..video_metrics import psnr, ssim
 from .parallel import apply_lora
 
 logger = logging.getLogger(__name__)
-
-
-def psnr(generated: torch.Tensor, real: torch.Tensor) -> float:
-    """PSNR in dB of frames in [0, 1] (any shape)."""
-    mse = float(((generated.double() - real.double()) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
-def ssim(generated: torch.Tensor, real: torch.Tensor) -> float:
-    """Mean SSIM (Wang et al. 2004: Gaussian window 11, sigma 1.5) of frames `[T, C, H, W]` in [0, 1].
-
-    Written here because neither torchmetrics nor scikit-image is a dependency; torchvision's Gaussian blur
-    gives the local statistics.
-    """
-    c1, c2 = 0.01**2, 0.03**2
-    x, y = generated.double(), real.double()
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return TF.gaussian_blur(t, kernel_size=[11, 11], sigma=[1.5, 1.5])
-
-    mu_x, mu_y = blur(x), blur(y)
-    var_x, var_y = blur(x * x) - mu_x**2, blur(y * y) - mu_y**2
-    cov = blur(x * y) - mu_x * mu_y
-    score = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return float(score.mean())
 
 
 def read_clip(path: str, num_frames: int, height: int, width: int) -> torch.Tensor:

@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from diffusers.utils import export_to_video
+from PIL import Image
 
 from ..io_utils import build_folder_once
 from ..prepare_data import prepare_dataset

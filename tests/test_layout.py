@@ -1,0 +1,43 @@
+"""The architecture the README's layout describes, checked: the library layer never imports `training/`."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "cosmos_v2w_diffusers"
+# Tools that run the trainer, and so sit above it.
+TRAINER_TOOLS = {"tiny_model.py"}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            names.add("." * node.level + (node.module or ""))
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_no_module_outside_training_imports_training():
+    library = [p for p in PACKAGE.rglob("*.py") if "training" not in p.relative_to(PACKAGE).parts and p.name not in TRAINER_TOOLS]
+    assert len(library) > 20
+    offenders = {
+        str(p.relative_to(PACKAGE)): sorted(m for m in _imported_modules(p) if "training" in m.split("."))
+        for p in library
+    }
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_every_cli_answers_help_without_importing_torch_diffusers_or_transformers():
+    import subprocess
+    import sys
+
+    heavy = "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    runs = {
+        "infer_video2world.py": "runpy.run_path('infer_video2world.py', run_name='__main__')",
+        "convert": "runpy.run_module('cosmos_v2w_diffusers.convert', run_name='__main__')",
+    }
+    for name, run in runs.items():
+        probe = f"import runpy, sys\nsys.argv = ['{name}', '--help']\ntry:\n    {run}\nexcept SystemExit:\n    pass\n{heavy}"
+        result = subprocess.run([sys.executable, "-c", probe], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=60)
+        assert "--help" in result.stdout and result.stdout.strip().endswith("[]"), (name, result.stdout[-500:], result.stderr[-500:])
