@@ -122,6 +122,7 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         )
         self.register_to_config(disable_guardrail=disable_guardrail)
         self._guidance_group = None  # set by enable_guidance_parallel
+        self._guidance_scale, self._num_timesteps, self._interrupt = 7.0, 0, False  # those of the last generation
         self.video_processor = VideoProcessor(vae_scale_factor=8)
 
     @classmethod
@@ -215,7 +216,13 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
 
     def _sampling_scheduler(self, num_inference_steps: int, device):
         """The scheduler with its timesteps set. The user's scheduler config is never changed: the Euler
-        scheduler gets diffusers' Cosmos-Predict2 settings on a copy."""
+        scheduler gets diffusers' Cosmos-Predict2 settings on a copy. Any other scheduler is refused: the
+        sampling loop hands it x0 predictions (or velocities, for Euler), which no other one takes."""
+        if not isinstance(self.scheduler, (CosmosMultistepScheduler, FlowMatchEulerDiscreteScheduler)):
+            raise ValueError(
+                f"{type(self.scheduler).__name__} cannot drive this pipeline: use CosmosMultistepScheduler (NVIDIA's "
+                f"sampler, the default) or FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True)."
+            )
         if not isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler):
             self.scheduler.set_timesteps(num_inference_steps, device=device)
             return self.scheduler
@@ -227,6 +234,53 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         scheduler.set_timesteps(sigmas=torch.linspace(0, 1, num_inference_steps, dtype=torch.float64), device=device)
         scheduler.sigmas[-1] = scheduler.sigmas[-2]
         return scheduler
+
+    @property
+    def guidance_scale(self) -> float:
+        """The scale of the generation under way (or the last): `x0_cond + w (x0_cond - x0_uncond)`."""
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale != 0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` (from `callback_on_step_end`, say) to stop after the current step."""
+        return self._interrupt
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        negative_prompt: str | list[str] | None = None,
+        do_classifier_free_guidance: bool = True,
+        num_videos_per_prompt: int = 1,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        max_sequence_length: int = MAX_TEXT_TOKENS,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`[B * num_videos_per_prompt, max_sequence_length, d]` embeddings of the prompts and, with guidance, of
+        the negative prompts (NVIDIA's by default), zero past each prompt's length, as diffusers' Cosmos pipeline
+        returns them."""
+        device = device or self._execution_device
+        dtype = dtype or self.transformer.dtype
+        if prompt_embeds is None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            prompt_embeds = embed_prompts(prompts, self.tokenizer, self.text_encoder, max_sequence_length)
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            negative = negative_prompt if negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT
+            negatives = [negative] * prompt_embeds.shape[0] if isinstance(negative, str) else list(negative)
+            negative_prompt_embeds = embed_prompts(negatives, self.tokenizer, self.text_encoder, max_sequence_length)
+        text = prompt_embeds.to(device, dtype).repeat_interleave(num_videos_per_prompt, dim=0)
+        if not do_classifier_free_guidance:
+            return text, None
+        return text, negative_prompt_embeds.to(device, dtype).repeat_interleave(num_videos_per_prompt, dim=0)
 
     @torch.no_grad()
     def __call__(
@@ -288,17 +342,13 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
                     raise ValueError(f"Cosmos guardrail rejected the prompt: {text!r}.")
 
         # 1. Text.
-        dtype = self.transformer.dtype
-        if prompt_embeds is None:
-            prompt_embeds = embed_prompts([prompt] if isinstance(prompt, str) else prompt, self.tokenizer, self.text_encoder, max_sequence_length)
-        guided = guidance_scale != 0
-        if guided and negative_prompt_embeds is None:
-            negative = negative_prompt if negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT
-            negative_prompt_embeds = embed_prompts([negative] * prompt_embeds.shape[0], self.tokenizer, self.text_encoder, max_sequence_length)
+        self._guidance_scale, self._interrupt = guidance_scale, False
         if num_videos_per_prompt < 1:
             raise ValueError(f"num_videos_per_prompt must be at least 1, got {num_videos_per_prompt}.")
-        text = prompt_embeds.to(device, dtype).repeat_interleave(num_videos_per_prompt, dim=0)
-        negative_text = negative_prompt_embeds.to(device, dtype).repeat_interleave(num_videos_per_prompt, dim=0) if guided else None
+        text, negative_text = self.encode_prompt(
+            prompt, negative_prompt, self.do_classifier_free_guidance, num_videos_per_prompt, prompt_embeds,
+            negative_prompt_embeds, max_sequence_length, device,
+        )
 
         # 2. Conditioning latents, then the initial noise (diffusers draws its VAE sample first).
         if diffusers_compat:
@@ -316,12 +366,15 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         scheduler = self._sampling_scheduler(num_inference_steps, device)
         sigmas = scheduler.sigmas.to(device)  # copied once: a CPU sigma per step would be a host-to-device sync
         euler = isinstance(scheduler, FlowMatchEulerDiscreteScheduler)
+        self._num_timesteps = len(scheduler.timesteps)
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
+            if self.interrupt:
+                break
             x0 = self._guided_x0(x, sigmas[i].float(), clean, cond_mask, text, negative_text, guidance_scale, transformer_fps)
             model_output = (x - x0) / sigmas[i].float() if euler else x0
             x = scheduler.step(model_output, t, x, return_dict=False)[0]
             if callback_on_step_end is not None:
-                available = {"latents": x, "x0": x0}
+                available = {"latents": x, "x0": x0, "prompt_embeds": text, "negative_prompt_embeds": negative_text}
                 returned = callback_on_step_end(self, i, t, {k: available[k] for k in callback_on_step_end_tensor_inputs})
                 x = (returned or {}).get("latents", x)
         if not diffusers_compat:

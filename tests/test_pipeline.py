@@ -373,3 +373,31 @@ def test_num_videos_per_prompt_and_callback_on_step_end(pipe):
     assert not torch.equal(videos, untouched), "the latents the callback returned were used"
     with pytest.raises(ValueError, match="num_videos_per_prompt"):
         _generate(pipe, image=_image(), num_videos_per_prompt=0)
+
+
+def test_the_pipeline_speaks_diffusers_encode_prompt_interrupt_and_refuses_foreign_schedulers(pipe):
+    from diffusers import DPMSolverMultistepScheduler
+
+    text, negative = pipe.encode_prompt("A video of sks teal robot.", num_videos_per_prompt=2)
+    assert text.shape == negative.shape == (2, 512, TINY.text_embed_dim)
+    assert pipe.encode_prompt("a", do_classifier_free_guidance=False)[1] is None
+    seen = []
+
+    def stop_after_two(pipe, i, t, tensors):
+        seen.append(sorted(tensors))
+        pipe._interrupt = i == 1
+        return {}
+
+    pipe(image=PIL.Image.new("RGB", (112, 64)), prompt="a", height=64, width=112, num_frames=17, num_inference_steps=6,
+              guidance_scale=3.0, callback_on_step_end=stop_after_two, callback_on_step_end_tensor_inputs=("latents", "prompt_embeds"),
+              output_type="latent")
+    assert len(seen) == 2 and seen[0] == ["latents", "prompt_embeds"]
+    assert (pipe.guidance_scale, pipe.num_timesteps, pipe.interrupt) == (3.0, 6, True)
+    scheduler = pipe.scheduler
+    pipe.scheduler = DPMSolverMultistepScheduler()
+    try:
+        with pytest.raises(ValueError, match="DPMSolverMultistepScheduler cannot drive this pipeline"):
+            pipe(image=PIL.Image.new("RGB", (112, 64)), prompt="a", height=64, width=112, num_frames=17,
+                      num_inference_steps=2, output_type="latent")
+    finally:
+        pipe.scheduler = scheduler
