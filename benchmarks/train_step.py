@@ -100,7 +100,7 @@ def main() -> None:
         print(f"step {step}: {times[-1]:.3f} s, loss {loss:.4f}", flush=True)
     c, accelerator = trainer.config, trainer.accelerator
     checkpoint = save_and_check_checkpoint(trainer, args.steps + 1) if args.save_checkpoint else None
-    clips_per_step = c.batch_size * c.gradient_accumulation_steps * trainer.dp_size
+    clips_per_step = trainer.dims.clips_per_step(c.batch_size, c.gradient_accumulation_steps)
     num_gpus = accelerator.num_processes
     summary = throughput_summary(times, clips_per_step, num_gpus, trainer._unwrapped().config, trainer.tokens, trainer.device)
     peak = float(accelerator.gather(torch.tensor([summary["peak_memory_gib"]], device=trainer.device)).max())

@@ -41,3 +41,27 @@ def test_every_cli_answers_help_without_importing_torch_diffusers_or_transformer
         probe = f"import runpy, sys\nsys.argv = ['{name}', '--help']\ntry:\n    {run}\nexcept SystemExit:\n    pass\n{heavy}"
         result = subprocess.run([sys.executable, "-c", probe], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=60)
         assert "--help" in result.stdout and result.stdout.strip().endswith("[]"), (name, result.stdout[-500:], result.stderr[-500:])
+
+
+def test_parallel_dims_describe_the_layout_once():
+    from types import SimpleNamespace
+
+    import pytest
+    from accelerate.utils import DistributedType
+
+    from cosmos_v2w_diffusers.training.parallel_dims import ParallelDims
+
+    def accelerator(kind, world, rank):
+        return SimpleNamespace(distributed_type=kind, num_processes=world, process_index=rank,
+                               state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)))
+
+    dims = ParallelDims.from_accelerator(accelerator(DistributedType.FSDP, 8, 5), context_parallel_size=2)
+    assert (dims.engine, dims.dp_size, dims.dp_rank, dims.state_shards) == ("fsdp", 4, 2, 8)
+    assert dims.clips_per_step(batch_size=1, gradient_accumulation_steps=2) == 8
+    ddp = ParallelDims.from_accelerator(accelerator(DistributedType.MULTI_GPU, 4, 3))
+    assert (ddp.engine, ddp.dp_size, ddp.dp_rank, ddp.state_shards) == ("ddp", 4, 3, None)
+    zero = ParallelDims.from_accelerator(accelerator(DistributedType.DEEPSPEED, 2, 0))
+    assert (zero.engine, zero.zero_stage) == ("deepspeed", 3)
+    assert ParallelDims.from_accelerator(accelerator(DistributedType.NO, 1, 0)).engine == "single"
+    with pytest.raises(ValueError, match="must divide the number of processes"):
+        ParallelDims.from_accelerator(accelerator(DistributedType.FSDP, 6, 0), context_parallel_size=4)

@@ -53,7 +53,7 @@ def test_recipe_defaults_per_preset():
     # Device-dependent defaults: bf16 and compiled blocks on a GPU only.
     from cosmos_v2w_diffusers.training.memory import with_device_defaults
 
-    gpu, cpu = with_device_defaults(two, True, False), with_device_defaults(TrainConfig(model="tiny").resolved(), False, False)
+    gpu, cpu = with_device_defaults(two, True), with_device_defaults(TrainConfig(model="tiny").resolved(), False)
     assert (gpu.mixed_precision, gpu.compile, cpu.mixed_precision, cpu.compile) == ("bf16", True, "no", False)
     assert fourteen.output_dir == "checkpoints/posttraining/video2world_lora/14b_x"
     with pytest.raises(ValueError, match="4k\\+1"):

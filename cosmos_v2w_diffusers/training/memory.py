@@ -116,15 +116,15 @@ def set_allocator_defaults() -> None:
         os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
 
 
-def with_device_defaults(config, on_gpu: bool, fsdp: bool):
+def with_device_defaults(config, on_gpu: bool):
     """Fill the defaults that depend on the device: bf16 and compiled blocks on a GPU. The EMA's place is
-    fixed here where it is forced (beside the weights off the GPU or under FSDP, where it is sharded like
-    them; the CPU with --low_vram); otherwise `plan_gpu_memory` chooses it."""
+    fixed here where it is forced (beside the weights off the GPU; the CPU with --low_vram); otherwise
+    `plan_gpu_memory` chooses it."""
     if config.mixed_precision is None:
         config.mixed_precision = "bf16" if on_gpu else "no"
     if config.compile is None:
         config.compile = on_gpu
-    if config.ema_device is None and (not on_gpu or fsdp):
+    if config.ema_device is None and not on_gpu:
         config.ema_device = "gpu"
     if config.ema_device is None and config.low_vram:
         config.ema_device = "cpu"
@@ -173,7 +173,7 @@ def plan_gpu_memory(
     def fit(resident_bytes: int) -> int:
         return selective_blocks_that_fit(transformer, tokens, capacity, resident_bytes, c.compile, compute_dtype, fsdp_shards)
 
-    ema_device = c.ema_device
+    ema_device = c.ema_device or ("gpu" if fsdp_shards else None)  # under FSDP it is sharded like the weights
     if ema_device is None:
         all_blocks = len(transformer.transformer_blocks)
         ema_device = "gpu" if not ema_bytes or fit(resident + ema_bytes) == all_blocks else "cpu"

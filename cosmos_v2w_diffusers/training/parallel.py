@@ -8,7 +8,6 @@ from functools import partial
 
 import torch
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedType
 from diffusers import CosmosTransformer3DModel
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
@@ -179,7 +178,7 @@ def fsdp_mixed_precision(compute_dtype: torch.dtype) -> MixedPrecisionPolicy:
 
 
 def prepare_for_wrapping(
-    transformer: CosmosTransformer3DModel, vae, config, accelerator, tokens: int, compute_dtype: torch.dtype
+    transformer: CosmosTransformer3DModel, vae, config, accelerator, dims, tokens: int, compute_dtype: torch.dtype
 ) -> int | None:
     """The attention kernel, context parallelism, activation checkpointing and compilation, before accelerate
     wraps `transformer` (DDP; FSDP2 with the mixed-precision policy set here; DeepSpeed with the config
@@ -188,20 +187,20 @@ def prepare_for_wrapping(
     Returns how many blocks keep their attention outputs (None: all of them). On a GPU, `plan_gpu_memory`
     decides it from a rank's share of the `tokens` and of the sharded states, and also fixes
     `config.ema_device`. Off FSDP, diffusers' gradient checkpointing runs the plan; under FSDP2 the
-    checkpoint wraps each block before it is sharded (`wrap_blocks_for_fsdp`).
+    checkpoint wraps each block before it is sharded (`wrap_blocks_for_fsdp`). `dims` (`ParallelDims`) says
+    which engine wraps it and how the ranks share the sequence and the states.
     """
-    c, cp = config, config.context_parallel_size
-    fsdp = accelerator.distributed_type == DistributedType.FSDP
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+    c, cp = config, dims.cp
+    fsdp = dims.engine == "fsdp"
+    if dims.engine == "deepspeed":
         configure_deepspeed(accelerator.state.deepspeed_plugin, c)
     c.attention_backend = set_attention_backend(transformer, c.attention_backend, accelerator.device)
     logger.info("Attention kernel: %s", c.attention_backend)
     if cp > 1:
         enable_context_parallel(transformer, cp, accelerator.device, tokens)
         logger.info("Context parallel: %d ranks per sample, %d of its %d tokens each", cp, tokens // cp, tokens)
-    shards = accelerator.num_processes if fsdp else None
-    ddp = accelerator.distributed_type == DistributedType.MULTI_GPU and accelerator.num_processes > 1
-    plan = plan_gpu_memory(transformer, vae, c, accelerator.device, tokens // cp, compute_dtype, shards, ddp)
+    shards = dims.state_shards
+    plan = plan_gpu_memory(transformer, vae, c, accelerator.device, tokens // cp, compute_dtype, shards, dims.engine == "ddp")
     selective_blocks, c.ema_device = plan.selective_blocks, plan.ema_device
     if plan.estimated_peak_bytes is not None:
         logger.info(plan.describe(len(transformer.transformer_blocks)))
@@ -220,7 +219,7 @@ def prepare_for_wrapping(
     else:
         apply_activation_checkpointing(transformer, c.activation_checkpointing, selective_blocks, c.low_vram)
     if c.compile:
-        if accelerator.distributed_type == DistributedType.MULTI_GPU:
+        if dims.engine == "ddp":
             # Dynamo's DDPOptimizer splits a compiled graph at DDP's bucket boundaries, and cannot split one that
             # holds an activation checkpoint (pytorch#104674): with selectively checkpointed blocks the first
             # step fails with "self is on meta". Each block is its own graph here, so there is nothing to split:
@@ -235,18 +234,13 @@ def configure_deepspeed(plugin, config) -> None:
 
     The trainer feeds its own micro-batches (no DataLoader goes through `prepare`), so the micro-batch size
     is set here; gradient clipping follows `--max_grad_norm` (DeepSpeed clips inside its step); ZeRO-3 must
-    gather its 16-bit weights for checkpoints and exports. Context parallelism is refused: its gradient
-    scaling is tested under DDP and FSDP2 only. torch.compile is left off under ZeRO-3, whose per-module
+    gather its 16-bit weights for checkpoints and exports (context parallelism is refused by `ParallelDims`).
+    torch.compile is left off under ZeRO-3, whose per-module
     hooks gather each block's weights in the middle of what would be the compiled graph. The memory planner
     does not model DeepSpeed's buffers, so without `--selective_checkpointing_blocks` every block
     recomputes in full.
     """
     c, ds = config, plugin.deepspeed_config
-    if c.context_parallel_size > 1:
-        raise ValueError(
-            "--context_parallel_size is supported under DDP and FSDP2, not DeepSpeed: use "
-            "accelerate_configs/fsdp_8gpu.yaml, or drop --context_parallel_size."
-        )
     ds["train_micro_batch_size_per_gpu"] = c.batch_size
     ds["gradient_clipping"] = c.max_grad_norm
     if plugin.zero_stage == 3:

@@ -98,11 +98,11 @@ class ZeroTrainState(_TrainState):
     partition of them, so the EMA is partitioned like the weights.
     """
 
-    def __init__(self, optimizer, trainable: dict[str, torch.nn.Parameter]):
+    def __init__(self, optimizer, trainable: dict[str, torch.nn.Parameter], stage3: bool):
         self.trainable = trainable
         self.zero = optimizer.optimizer  # DeepSpeed's ZeRO optimizer (accelerate wraps it once more)
         self.adamw = self.zero.optimizer  # our AdamW, over DeepSpeed's flat fp32 partitions
-        self.stage3 = hasattr(next(iter(trainable.values())), "ds_id")
+        self.stage3 = stage3
         self.ema_sources = {n: p.ds_tensor for n, p in trainable.items()} if self.stage3 else trainable
 
     def full_masters(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -201,10 +201,9 @@ class ZeroTrainState(_TrainState):
             self.zero._lazy_init_hp_params_optimizer_state()
 
 
-def train_state(accelerator, model, optimizer, trainable: dict[str, torch.nn.Parameter]):
-    """The state access for accelerate's engine: `ZeroTrainState` under DeepSpeed, else `TorchTrainState`."""
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        return ZeroTrainState(optimizer, trainable)
+def train_state(dims, model, optimizer, trainable: dict[str, torch.nn.Parameter]):
+    """The state access for the run's engine (`ParallelDims.engine`): `ZeroTrainState` under DeepSpeed, else
+    `TorchTrainState`."""
+    if dims.engine == "deepspeed":
+        return ZeroTrainState(optimizer, trainable, stage3=dims.zero_stage == 3)
     return TorchTrainState(model, optimizer, trainable)

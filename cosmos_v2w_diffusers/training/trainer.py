@@ -22,7 +22,6 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import (
     DistributedDataParallelKwargs,
-    DistributedType,
     ProjectConfiguration,
     parse_flag_from_env,
 )
@@ -46,6 +45,7 @@ from .memory import set_allocator_defaults, with_device_defaults
 from .metrics import describe_throughput, loss_trend, throughput_summary
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
 from .parallel import canonical_name, load_trainable_transformer, prepare_for_wrapping
+from .parallel_dims import ParallelDims
 from .run_lock import RunLock
 from .state import train_state
 from .validation import Validator
@@ -65,8 +65,7 @@ class Trainer:
         # settings as accelerate reads them; building accelerate's state here, before the Accelerator,
         # would leave out `--cpu` and make every rank a main process.
         on_gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
-        fsdp = parse_flag_from_env("ACCELERATE_USE_FSDP")
-        self.config = c = with_device_defaults(config.resolved(), on_gpu, fsdp)
+        self.config = c = with_device_defaults(config.resolved(), on_gpu)
         self.preset = get_preset(c.model)
         self.accelerator = Accelerator(
             mixed_precision=c.mixed_precision,
@@ -130,10 +129,10 @@ class Trainer:
         self.samples = Video2WorldTrainDataset(table, c.num_frames, c.height, c.width, seed=c.seed, latent_table=latent_table)
         self.tokens = num_latent_frames(c.num_frames) * (c.height // 16) * (c.width // 16)
         # Context parallelism: groups of `cp` consecutive ranks share a sample, each holding 1/cp of its tokens.
-        self.cp = c.context_parallel_size
-        self.dp_rank, self.dp_size = self.accelerator.process_index // self.cp, self.accelerator.num_processes // self.cp
-        self.deepspeed = self.accelerator.distributed_type == DistributedType.DEEPSPEED
-        self.selective_blocks = prepare_for_wrapping(transformer, self.vae, c, self.accelerator, self.tokens, self.compute_dtype)
+        self.dims = ParallelDims.from_accelerator(self.accelerator, c.context_parallel_size)
+        self.selective_blocks = prepare_for_wrapping(
+            transformer, self.vae, c, self.accelerator, self.dims, self.tokens, self.compute_dtype
+        )
         transformer.train()
 
         # 3. Optimisation state.
@@ -148,7 +147,7 @@ class Trainer:
         self.transformer, self.optimizer = self.accelerator.prepare(transformer, optimizer)
         # FSDP and DeepSpeed swap parameters for sharded or bf16 ones: take them from the prepared model.
         self.trainable = {canonical_name(n): p for n, p in self._unwrapped().named_parameters() if p.requires_grad}
-        self.state = train_state(self.accelerator, self.transformer, self.optimizer, self.trainable)
+        self.state = train_state(self.dims, self.transformer, self.optimizer, self.trainable)
         ema_device = "cpu" if c.ema_device == "cpu" else None
         self.ema = PowerEMA(self.state.ema_sources, c.ema_gamma, self.compute_dtype, ema_device) if c.ema else None
         self.start_iter = self._maybe_resume()
@@ -246,7 +245,7 @@ class Trainer:
                 else:
                     latents = encode_video(self.vae, batch["video"])
                 generator = torch.Generator().manual_seed(
-                    _step_seed(self.config.seed, step, micro, self.dp_rank)  # a context-parallel group draws alike
+                    _step_seed(self.config.seed, step, micro, self.dims.dp_rank)  # a context-parallel group draws alike
                 )
                 draws = draw_training_randomness(tuple(latents.shape), generator)
                 with self._autocast():
@@ -261,7 +260,7 @@ class Trainer:
                     )
                 # Each rank of a context-parallel group holds the gradient of its own tokens only, and DDP
                 # averages over all ranks: scaling by cp makes that average the data-parallel mean.
-                self.accelerator.backward(loss * self.cp)
+                self.accelerator.backward(loss * self.dims.cp)
             losses.append(loss.detach())
         mean_loss = float(self.accelerator.reduce(torch.stack(losses).mean(), reduction="mean"))  # one host sync
         if math.isfinite(mean_loss):
@@ -279,7 +278,7 @@ class Trainer:
         """accelerate's autocast, except under DeepSpeed: there accelerate leaves precision to DeepSpeed,
         which keeps the module in bf16 but casts no inputs, so the forward runs under torch's autocast as
         everywhere else (fp32 inputs, bf16 matmuls, fp32 norms)."""
-        if self.deepspeed and self.compute_dtype != torch.float32:
+        if self.dims.engine == "deepspeed" and self.compute_dtype != torch.float32:
             return torch.autocast(self.device.type, dtype=self.compute_dtype)
         return self.accelerator.autocast()
 
@@ -287,7 +286,7 @@ class Trainer:
         """This rank's micro-batches, a list per optimizer step, from `start_iter` on."""
         c = self.config
         sampler = DrawSampler(
-            self.start_iter, c.max_iter, c.gradient_accumulation_steps, self.dp_size, self.dp_rank, c.batch_size,
+            self.start_iter, c.max_iter, c.gradient_accumulation_steps, self.dims.dp_size, self.dims.dp_rank, c.batch_size,
         )
         return sampler.step_batches(self.samples, c.dataloader_num_workers, pin_memory=self.device.type == "cuda")
 
@@ -311,7 +310,7 @@ class Trainer:
     def _train(self) -> list[float]:
         c = self.config
         self.accelerator.init_trackers("cosmos_v2w_posttraining", config={k: str(v) for k, v in c.public_dict().items()})
-        clips_per_step = c.batch_size * c.gradient_accumulation_steps * self.dp_size
+        clips_per_step = self.dims.clips_per_step(c.batch_size, c.gradient_accumulation_steps)
         progress = tqdm(
             total=c.max_iter, initial=self.start_iter, desc="Post-training", disable=not self.accelerator.is_main_process
         )
