@@ -59,10 +59,10 @@ def main() -> None:
         torch.cuda.set_per_process_memory_fraction(args.memory_fraction)
 
     config = TrainConfig.from_args(trainer_argv)
-    preset = get_preset(config.model)
+    resolved = config.resolved()
+    preset = get_preset(resolved.model)
     work = Path(args.workdir)
     weights = work / f"weights_{preset.short_name}"
-    resolved = config.resolved()
     with PartialState().main_process_first():  # one process makes the weights and clips, the others read them
         if not (weights / "transformer").exists():
             # Initialised on the GPU: a 14B model's fp32 initialisation on the CPU takes minutes.

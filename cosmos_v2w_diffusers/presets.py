@@ -284,9 +284,27 @@ def load_transformer(
     return transformer
 
 
+_ARCHITECTURE_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels", "text_embed_dim")
+
+
+def preset_of_pretrained(source: str) -> ModelPreset | None:
+    """The preset whose architecture `source`'s transformer has (`transformer/config.json` of a local folder,
+    or of a Hub id through the cache); None when there is no config to read. A transformer of no preset's
+    architecture is refused."""
+    try:
+        config = CosmosTransformer3DModel.load_config(source, subfolder="transformer")
+    except (OSError, ValueError):  # no such folder or file: loading the weights says so, with its own message
+        return None
+    for preset in PRESETS.values():
+        if all(preset.transformer_config[key] == config.get(key) for key in _ARCHITECTURE_KEYS):
+            return preset
+    shape = ", ".join(f"{key}={config.get(key)}" for key in _ARCHITECTURE_KEYS)
+    raise ValueError(f"{source}: its transformer ({shape}) is none of the model sizes {', '.join(PRESETS)}.")
+
+
 def check_transformer_matches(transformer: CosmosTransformer3DModel, preset: ModelPreset, source: str) -> None:
     """Refuse a transformer whose size is not the preset's, before any heavy work uses it."""
-    for key in ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels", "text_embed_dim"):
+    for key in _ARCHITECTURE_KEYS:
         expected, found = preset.transformer_config[key], transformer.config[key]
         if expected != found:
             raise ValueError(

@@ -453,3 +453,13 @@ def test_a_tracker_that_is_not_installed_is_refused_before_any_work(monkeypatch)
     with pytest.raises(ValueError, match="--report_to wandb needs the wandb package"):
         TrainConfig(model="tiny", report_to="wandb").resolved()
     assert TrainConfig(model="tiny", report_to="all").resolved().report_to == "all"
+
+
+def test_the_model_size_comes_from_the_weights_and_a_contradicting_one_is_refused():
+    from cosmos_v2w_diffusers.presets import tiny_pretrained_path
+
+    base = str(tiny_pretrained_path())
+    assert TrainConfig(pretrained_model_name_or_path=base).resolved().model == "tiny"
+    assert TrainConfig().resolved().model == "2B"  # no weights named: NVIDIA's 2B
+    with pytest.raises(ValueError, match="--model 2B contradicts .* the tiny architecture: pass --model tiny"):
+        TrainConfig(model="2B", pretrained_model_name_or_path=base).resolved()

@@ -76,7 +76,10 @@ def edm2_ema_gamma(relative_std: float) -> float:
 
 @dataclass
 class TrainConfig:
-    model: str = _f("2B", "model preset: 2B, 14B or tiny", choices=["2B", "14B", "tiny"])
+    model: str | None = _f(
+        None, "model size: 2B, 14B or tiny (default: the architecture of --pretrained_model_name_or_path's "
+        "transformer, else 2B; a --model that contradicts the weights is refused)", choices=["2B", "14B", "tiny"],
+    )
     pretrained_model_name_or_path: str | None = _f(None, "Hub id or local diffusers folder (default: the preset's)")
     dataset_path: str | None = _f(None, "NVIDIA-layout dataset folder (default: the built-in sample clips)")
     output_dir: str | None = _f(
@@ -251,12 +254,17 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A copy with every preset-dependent default filled in."""
-        from ..presets import (
-            get_preset,  # diffusers and transformers: kept out of `--help`
-        )
+        from ..presets import get_preset, preset_of_pretrained  # diffusers and transformers: kept out of `--help`
 
         self._check_values()
-        preset = get_preset(self.model)
+        asked = get_preset(self.model) if self.model else None
+        found = preset_of_pretrained(self.pretrained_model_name_or_path) if self.pretrained_model_name_or_path else None
+        if asked and found and asked.name != found.name:
+            raise ValueError(
+                f"--model {self.model} contradicts --pretrained_model_name_or_path {self.pretrained_model_name_or_path}, "
+                f"whose transformer is the {found.name} architecture: pass --model {found.name}, or drop --model."
+            )
+        preset = asked or found or get_preset("2B")
         lora = self.train_architecture == "lora"
         c = dataclasses.replace(self, model=preset.name)
         c.lora_rank = c.lora_rank or preset.lora_rank
