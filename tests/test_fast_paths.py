@@ -74,6 +74,29 @@ def _loss_and_grads(mode: str, n_selective=None, offload=False):
     return loss.detach(), {n: p.grad.clone() for n, p in transformer.named_parameters()}
 
 
+def test_selective_checkpointing_keeps_every_attention_output_it_promises(monkeypatch):
+    """The policy must recognise the attention kernel actually run: were the op list to stop matching, "selective"
+    would silently recompute everything and the gradients would still agree."""
+    from functools import partial
+
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    from cosmos_v2w_diffusers.training import parallel
+
+    kept = []
+
+    def recording_policy(ctx, op, *args, **kwargs):
+        policy = parallel._keep_attention_outputs(ctx, op, *args, **kwargs)
+        if not ctx.is_recompute and policy == CheckpointPolicy.MUST_SAVE:
+            kept.append(op)
+        return policy
+
+    monkeypatch.setattr(parallel, "_KEEP_ATTENTION_OUTPUTS", partial(create_selective_checkpoint_contexts, recording_policy))
+    n_selective = 2
+    _loss_and_grads("selective", n_selective)
+    assert len(kept) == 2 * n_selective  # self- and cross-attention in each selective block, nothing else
+
+
 def test_every_checkpointing_plan_gives_the_same_gradients():
     reference_loss, reference = _loss_and_grads("none")
     for plan in [("full",), ("selective",), ("selective", 1), ("full", None, True)]:
@@ -93,13 +116,35 @@ def test_memory_plan_keeps_attention_outputs_only_where_they_fit():
     roomy = selective_blocks_that_fit(transformer, 10 * tokens, 16 * gib, 0, True, torch.bfloat16)
     crowded = selective_blocks_that_fit(transformer, 10 * tokens, 16 * gib, 2 * gib, True, torch.bfloat16)
     assert crowded <= roomy
-    # Under FSDP a rank adds FSDP's own buffers, and holds 1/N of the gradients and optimizer moments.
+    # Under FSDP a rank adds FSDP's own buffers and holds less of the states the more ranks share them
+    # (the estimate against measured peaks: test_memory_plan_estimates_measured_2b_steps).
     plain = step_bytes_without_selective(transformer, tokens, 0, True, torch.float32)
     one_rank = step_bytes_without_selective(transformer, tokens, 0, True, torch.float32, fsdp_shards=1)
     eight = step_bytes_without_selective(transformer, tokens, 0, True, torch.float32, fsdp_shards=8)
-    states = 3 * 4 * sum(p.numel() for p in transformer.parameters())  # fp32 gradients and two moments
-    assert one_rank > plain
-    assert one_rank - eight == pytest.approx(states * 7 / 8, rel=1e-6)
+    assert plain < one_rank and eight < one_rank
+
+
+def test_memory_plan_estimates_measured_2b_steps(monkeypatch):
+    """Against independent numbers: the peaks measured on 4x H200 (2B, 93x704x1280, 28 selective blocks, EMA on
+    the GPU), one GPU and DDP, within 1 GiB. (FSDP2 over 4 ranks measured 58.2 GiB against an estimate of
+    50.9: its per-rank overhead is not yet modelled beyond one rank.)"""
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from cosmos_v2w_diffusers.presets import build_transformer
+    from cosmos_v2w_diffusers.training import memory
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    transformer = build_transformer(get_preset("2B"), device="meta")
+    monkeypatch.setattr(memory, "_capacity_bytes", lambda device: 140 * 2**30)
+    config = SimpleNamespace(activation_checkpointing="selective", selective_checkpointing_blocks=None, cache_latents=True,
+                             ema=True, compile=True, ema_device="gpu")
+    for ddp, name in ((False, "train_step_2b_full_cached_1gpu_same_host"), (True, "train_step_2b_full_cached_ddp_4gpu")):
+        measured = json.loads((results / f"{name}.json").read_text())
+        plan = memory.plan_gpu_memory(transformer, None, config, torch.device("cuda"), measured["tokens"], torch.bfloat16, ddp=ddp)
+        assert plan.selective_blocks == measured["selective_blocks"] == 28
+        assert abs(plan.estimated_peak_bytes / 2**30 - measured["peak_gib"]) < 1.0, (name, plan.estimated_peak_bytes / 2**30)
 
 
 def test_memory_plan_under_ddp_counts_its_gradient_sized_buffer(monkeypatch):
