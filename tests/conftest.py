@@ -36,6 +36,14 @@ def make_dataset_folder(root: Path, video_paths: dict[str, Path], prepare: bool 
     return root
 
 
+def tiny_config(dataset, output_dir, **overrides):
+    """A tiny-preset training config on `dataset`, writing to `output_dir`, with no DataLoader workers."""
+    from cosmos_v2w_diffusers.training.config import TrainConfig
+
+    base = dict(model="tiny", dataset_path=str(dataset), output_dir=str(output_dir), dataloader_num_workers=0)
+    return TrainConfig(**{**base, **overrides})
+
+
 @pytest.fixture(scope="session")
 def prepared_dataset(video_paths, tmp_path_factory) -> Path:
     """A folder in NVIDIA's layout made by prepare_data with the tiny text encoder. Treat as read-only."""

@@ -79,7 +79,10 @@ def test_selective_checkpointing_keeps_every_attention_output_it_promises(monkey
     would silently recompute everything and the gradients would still agree."""
     from functools import partial
 
-    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+    from torch.utils.checkpoint import (
+        CheckpointPolicy,
+        create_selective_checkpoint_contexts,
+    )
 
     from cosmos_v2w_diffusers.training import parallel
 

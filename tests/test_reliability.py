@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset_folder
+from conftest import make_dataset_folder, tiny_config
 
 from cosmos_v2w_diffusers import load_video2world_dataset
 from cosmos_v2w_diffusers.data.folder import probe_video
@@ -69,21 +69,16 @@ def test_a_clip_corrupted_mid_file_is_reported_and_replaced_deterministically(co
     assert torch.equal(item["video"], again["video"]) and item["video_path"] == again["video_path"]
 
 
-def _config(dataset, output_dir, **overrides) -> TrainConfig:
-    base = dict(model="tiny", dataset_path=str(dataset), output_dir=str(output_dir), dataloader_num_workers=0)
-    return TrainConfig(**{**base, **overrides})
-
-
 def test_training_skips_the_bad_clip_lists_it_and_stops_when_too_many_fail(corrupted_dataset, tmp_path):
     bad = str(corrupted_dataset / "videos" / "bikes.mp4")
-    probe = Trainer(_config(corrupted_dataset, tmp_path / "probe", max_iter=1))
+    probe = Trainer(tiny_config(corrupted_dataset, tmp_path / "probe", max_iter=1))
     steps = _failing_draw(probe.samples, bad) + 1
-    trainer = Trainer(_config(corrupted_dataset, tmp_path / "run", max_iter=steps, save_iter=1000))
+    trainer = Trainer(tiny_config(corrupted_dataset, tmp_path / "run", max_iter=steps, save_iter=1000))
     losses = trainer.train()
     assert len(losses) == steps and all(np.isfinite(losses))
     assert (tmp_path / "run" / "skipped_clips.txt").read_text() == bad + "\n"
 
-    strict = Trainer(_config(corrupted_dataset, tmp_path / "strict", max_iter=steps, max_skipped_clips=0))
+    strict = Trainer(tiny_config(corrupted_dataset, tmp_path / "strict", max_iter=steps, max_skipped_clips=0))
     with pytest.raises(RuntimeError, match="skipped_clips.txt"):
         strict.train()
 
@@ -99,7 +94,7 @@ def test_a_nan_loss_skips_the_update_and_repeated_nans_stop_the_run(prepared_dat
         return loss * float("nan") if len(calls) - 1 in poisoned_calls else loss
 
     monkeypatch.setattr(trainer_module, "video2world_loss", loss_with_nans)
-    trainer = Trainer(_config(prepared_dataset, tmp_path / "run", max_iter=3, save_iter=2))
+    trainer = Trainer(tiny_config(prepared_dataset, tmp_path / "run", max_iter=3, save_iter=2))
     before = {}
     trainer.after_step = lambda step: before.setdefault(step, {n: p.detach().clone() for n, p in trainer.trainable.items()})
     losses = trainer.train()
@@ -113,7 +108,7 @@ def test_a_nan_loss_skips_the_update_and_repeated_nans_stop_the_run(prepared_dat
 
     poisoned_calls.update(range(100))
     calls.clear()
-    stopping = Trainer(_config(prepared_dataset, tmp_path / "diverged", max_iter=10, max_nonfinite_steps=2))
+    stopping = Trainer(tiny_config(prepared_dataset, tmp_path / "diverged", max_iter=10, max_nonfinite_steps=2))
     with pytest.raises(FloatingPointError, match="2 consecutive steps"):
         stopping.train()
     assert CheckpointDir(tmp_path / "diverged").latest_iteration() is None
@@ -175,12 +170,12 @@ class _RunsCode:
 @pytest.mark.parametrize("part", ["model", "optim", "scheduler", "trainer"])
 def test_a_hostile_pickle_in_any_checkpoint_part_is_refused_with_its_name(prepared_dataset, tmp_path, part, capsys):
     out = tmp_path / "run"
-    Trainer(_config(prepared_dataset, out, max_iter=1, save_iter=1)).train()
+    Trainer(tiny_config(prepared_dataset, out, max_iter=1, save_iter=1)).train()
     target = out / "checkpoints" / part / "iter_000000001.pt"
     torch.save({"payload": _RunsCode()}, target)
     capsys.readouterr()
     with pytest.raises(ValueError, match=f"{part}/iter_000000001.pt cannot be read"):
-        Trainer(_config(prepared_dataset, out, max_iter=2))
+        Trainer(tiny_config(prepared_dataset, out, max_iter=2))
     assert "pwned" not in capsys.readouterr().out
 
 
@@ -188,10 +183,10 @@ def test_resume_restores_rng_states_from_plain_tensors(prepared_dataset, tmp_pat
     import random
 
     out = tmp_path / "run"
-    Trainer(_config(prepared_dataset, out, max_iter=1, save_iter=1)).train()
+    Trainer(tiny_config(prepared_dataset, out, max_iter=1, save_iter=1)).train()
     saved = torch.load(out / "checkpoints" / "trainer" / "iter_000000001.pt", weights_only=True)["rng"]
     random.random(), np.random.rand(), torch.rand(1)  # move every generator on
-    Trainer(_config(prepared_dataset, out, max_iter=2))
+    Trainer(tiny_config(prepared_dataset, out, max_iter=2))
     assert torch.equal(torch.get_rng_state(), saved["torch"])
     assert list(random.getstate()[1]) == saved["python"]["state"]
     assert np.array_equal(np.random.get_state()[1], saved["numpy"]["keys"].numpy())
@@ -228,10 +223,10 @@ def test_a_second_run_on_the_same_output_dir_is_refused_and_a_dead_holder_is_tak
     )
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(OutputDirInUseError, match=f"PID {holder.pid} on host {socket.gethostname()}"):
-        Trainer(_config(prepared_dataset, out, max_iter=1))
+        Trainer(tiny_config(prepared_dataset, out, max_iter=1))
     holder.kill()  # kill -9: the kernel drops its lock, its owner file stays behind
     holder.wait()
-    trainer = Trainer(_config(prepared_dataset, out, max_iter=1))
+    trainer = Trainer(tiny_config(prepared_dataset, out, max_iter=1))
     assert f"no longer running (PID {holder.pid}" in caplog.text
     trainer.train()
 
@@ -250,7 +245,7 @@ def test_a_kill_during_saving_leaves_the_last_checkpoint_whole_and_temp_files_ar
     assert latest is not None and checkpoints.load(latest)["trainer"]["iteration"] == latest
     stale = out / "checkpoints" / "optim" / ".iter_000000999.pt.abcd.tmp"  # as a kill mid-write leaves one
     stale.write_bytes(b"x" * 1000)
-    resumed = Trainer(_config(prepared_dataset, out, max_iter=latest + 1))
+    resumed = Trainer(tiny_config(prepared_dataset, out, max_iter=latest + 1))
     assert not stale.exists() and "temp files left by an interrupted save" in caplog.text
     assert not list((out / "checkpoints").rglob("*.tmp"))
     assert resumed.start_iter == latest
@@ -262,7 +257,7 @@ def test_too_little_disk_space_is_one_line_naming_the_folder_and_leaves_no_file(
     from cosmos_v2w_diffusers.training.checkpoint import CheckpointSpaceError
 
     out = tmp_path / "run"
-    trainer = Trainer(_config(prepared_dataset, out, max_iter=2, save_iter=1))
+    trainer = Trainer(tiny_config(prepared_dataset, out, max_iter=2, save_iter=1))
     real_usage = shutil_module.disk_usage
     calls = []
 
@@ -283,7 +278,7 @@ def test_too_little_disk_space_is_one_line_naming_the_folder_and_leaves_no_file(
 
 def test_a_resume_with_other_run_defining_flags_is_refused_before_any_model_loads(prepared_dataset, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    Trainer(_config(prepared_dataset, out, max_iter=1, save_iter=1, train_architecture="lora", lora_rank=4)).train()
+    Trainer(tiny_config(prepared_dataset, out, max_iter=1, save_iter=1, train_architecture="lora", lora_rank=4)).train()
 
     def no_model_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before the run was checked")
@@ -292,27 +287,27 @@ def test_a_resume_with_other_run_defining_flags_is_refused_before_any_model_load
 
     monkeypatch.setattr(parallel, "load_transformer", no_model_loading)
     with pytest.raises(ValueError, match="--lora_rank 4 -> 8") as error:
-        Trainer(_config(prepared_dataset, out, max_iter=2, train_architecture="lora", lora_rank=8, num_frames=9))
+        Trainer(tiny_config(prepared_dataset, out, max_iter=2, train_architecture="lora", lora_rank=8, num_frames=9))
     assert "--num_frames 17 -> 9" in str(error.value)
     monkeypatch.undo()
     # Flags that do not define the run may change.
-    resumed = Trainer(_config(prepared_dataset, out, max_iter=2, train_architecture="lora", lora_rank=4, learning_rate=1e-4))
+    resumed = Trainer(tiny_config(prepared_dataset, out, max_iter=2, train_architecture="lora", lora_rank=4, learning_rate=1e-4))
     assert resumed.start_iter == 1
 
 
 def test_resume_from_a_named_checkpoint_and_a_truncated_one_names_the_earlier(prepared_dataset, tmp_path):
     out = tmp_path / "run"
-    Trainer(_config(prepared_dataset, out, max_iter=3, save_iter=1)).train()
-    earlier = Trainer(_config(prepared_dataset, out, max_iter=3, resume_from_checkpoint="iter_2"))
+    Trainer(tiny_config(prepared_dataset, out, max_iter=3, save_iter=1)).train()
+    earlier = Trainer(tiny_config(prepared_dataset, out, max_iter=3, resume_from_checkpoint="iter_2"))
     assert earlier.start_iter == 2
     earlier._release_lock()
-    by_path = Trainer(_config(prepared_dataset, out, max_iter=3, resume_from_checkpoint=str(out / "checkpoints" / "model" / "iter_000000001.pt")))
+    by_path = Trainer(tiny_config(prepared_dataset, out, max_iter=3, resume_from_checkpoint=str(out / "checkpoints" / "model" / "iter_000000001.pt")))
     assert by_path.start_iter == 1
     by_path._release_lock()
     model = out / "checkpoints" / "model" / "iter_000000003.pt"
     model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
     with pytest.raises(ValueError, match="model/iter_000000003.pt cannot be read.*--resume_from_checkpoint iter_2"):
-        Trainer(_config(prepared_dataset, out, max_iter=4))
+        Trainer(tiny_config(prepared_dataset, out, max_iter=4))
 
 
 def test_impossible_flags_are_refused_before_any_work():
@@ -426,9 +421,9 @@ def test_a_dit_path_folder_without_config_is_named(tmp_path):
         load_native_checkpoint(folder)
 
 
-def test_resume_from_checkpoint_rebuilds_the_run_from_its_stored_config(prepared_dataset, tmp_path):
+def test_resume_from_checkpoint_rebuilds_the_run_from_its_storedtiny_config(prepared_dataset, tmp_path):
     out = tmp_path / "run"
-    Trainer(_config(prepared_dataset, out, max_iter=2, save_iter=1, train_architecture="lora", lora_rank=4,
+    Trainer(tiny_config(prepared_dataset, out, max_iter=2, save_iter=1, train_architecture="lora", lora_rank=4,
                     num_frames=9, learning_rate=5e-4)).train()
     model_file = out / "checkpoints" / "model" / "iter_000000001.pt"
     config = TrainConfig.from_args(

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset_folder
+from conftest import make_dataset_folder, tiny_config
 from diffusers import CosmosTransformer3DModel
 from diffusers.loaders.single_file_utils import (
     convert_cosmos_transformer_checkpoint_to_diffusers,
@@ -28,11 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def bikes_dataset(video_paths, tmp_path_factory):
     return make_dataset_folder(tmp_path_factory.mktemp("bikes"), {"bikes": video_paths["bikes"]})
-
-
-def _config(dataset, output_dir, **overrides) -> TrainConfig:
-    base = dict(model="tiny", dataset_path=str(dataset), output_dir=str(output_dir), dataloader_num_workers=0)
-    return TrainConfig(**{**base, **overrides})
 
 
 def test_recipe_defaults_per_preset():
@@ -95,7 +90,7 @@ def _loss_on_fixed_draws(transformer, latents: torch.Tensor, text: torch.Tensor,
 
 
 def test_loss_falls_on_one_real_clip(bikes_dataset, tmp_path):
-    trainer = Trainer(_config(bikes_dataset, tmp_path / "run", max_iter=40, save_iter=1000))
+    trainer = Trainer(tiny_config(bikes_dataset, tmp_path / "run", max_iter=40, save_iter=1000))
     sample = trainer.samples[0]
     latents = encode_video(trainer.vae, sample["video"][None])
     text = sample["t5_text_embeddings"][None]
@@ -107,7 +102,7 @@ def test_loss_falls_on_one_real_clip(bikes_dataset, tmp_path):
 
 def test_checkpoint_layout_and_round_trip(bikes_dataset, tmp_path):
     out = tmp_path / "run"
-    trainer = Trainer(_config(bikes_dataset, out, max_iter=2, save_iter=1))
+    trainer = Trainer(tiny_config(bikes_dataset, out, max_iter=2, save_iter=1))
     trainer.train()
     root = out / "checkpoints"
     assert (root / "latest_checkpoint.txt").read_text() == "iter_000000002.pt\n"
@@ -135,7 +130,7 @@ def test_checkpoint_layout_and_round_trip(bikes_dataset, tmp_path):
     assert all(torch.equal(single.state_dict()[k], live[k].to(torch.bfloat16)) for k in live)
 
     # Restoring: a new trainer on the same folder resumes with identical fp32 weights, EMA and optimizer.
-    resumed = Trainer(_config(bikes_dataset, out, max_iter=2, save_iter=1))
+    resumed = Trainer(tiny_config(bikes_dataset, out, max_iter=2, save_iter=1))
     assert resumed.start_iter == 2
     for name, p in resumed.trainable.items():
         assert torch.equal(p, trainer.trainable[name]), name
@@ -151,10 +146,10 @@ class _Crash(Exception):
 
 def test_interrupted_run_resumes_exactly(bikes_dataset, tmp_path):
     settings = dict(max_iter=6, save_iter=3, gradient_accumulation_steps=2)
-    straight = Trainer(_config(bikes_dataset, tmp_path / "straight", **settings))
+    straight = Trainer(tiny_config(bikes_dataset, tmp_path / "straight", **settings))
     expected = straight.train()
 
-    crashing = Trainer(_config(bikes_dataset, tmp_path / "crashed", **settings))
+    crashing = Trainer(tiny_config(bikes_dataset, tmp_path / "crashed", **settings))
 
     def crash(step):
         if step == 4:  # mid-way between the checkpoint at 3 and the next at 6
@@ -165,7 +160,7 @@ def test_interrupted_run_resumes_exactly(bikes_dataset, tmp_path):
         crashing.train()
     assert CheckpointDir(tmp_path / "crashed").latest_iteration() == 3
 
-    resumed = Trainer(_config(bikes_dataset, tmp_path / "crashed", **settings))
+    resumed = Trainer(tiny_config(bikes_dataset, tmp_path / "crashed", **settings))
     assert resumed.start_iter == 3
     assert resumed.train() == expected[3:]
     for name, p in resumed.trainable.items():
@@ -180,7 +175,7 @@ def test_interrupted_run_resumes_exactly(bikes_dataset, tmp_path):
 
 def test_a_failed_save_keeps_the_previous_checkpoint(bikes_dataset, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    trainer = Trainer(_config(bikes_dataset, out, max_iter=2, save_iter=1))
+    trainer = Trainer(tiny_config(bikes_dataset, out, max_iter=2, save_iter=1))
     real_save = torch.save
     calls = []
 
@@ -202,7 +197,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(bikes_dataset, tmp_path, mo
 
 def test_lora_trains_only_the_adapter(bikes_dataset, tmp_path):
     base = load_transformer(get_preset("tiny")).state_dict()
-    trainer = Trainer(_config(bikes_dataset, tmp_path / "lora", train_architecture="lora", max_iter=3, save_iter=3))
+    trainer = Trainer(tiny_config(bikes_dataset, tmp_path / "lora", train_architecture="lora", max_iter=3, save_iter=3))
     targets = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
     expected = 0
     for name, module in load_transformer(get_preset("tiny")).named_modules():
@@ -250,16 +245,16 @@ def test_the_initial_lora_adapter_depends_on_the_seed_alone():
 
 
 def test_dit_path_initialises_from_a_native_checkpoint(bikes_dataset, tmp_path):
-    first = Trainer(_config(bikes_dataset, tmp_path / "a", max_iter=2, save_iter=2))
+    first = Trainer(tiny_config(bikes_dataset, tmp_path / "a", max_iter=2, save_iter=2))
     first.train()
     native = tmp_path / "a" / "checkpoints" / "model" / "iter_000000002.pt"
     for use_ema in (False, True):
-        second = Trainer(_config(bikes_dataset, tmp_path / f"b{use_ema}", dit_path=str(native), load_ema=use_ema, max_iter=1))
+        second = Trainer(tiny_config(bikes_dataset, tmp_path / f"b{use_ema}", dit_path=str(native), load_ema=use_ema, max_iter=1))
         source = first.ema.shadow if use_ema else {n: p.to(torch.bfloat16).float() for n, p in first.trainable.items()}
         for name, p in second.trainable.items():
             torch.testing.assert_close(p, source[name].float(), rtol=0, atol=0 if use_ema else 1e-2)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        Trainer(_config(bikes_dataset, tmp_path / "c", dit_path=str(tmp_path / "missing.pt")))
+        Trainer(tiny_config(bikes_dataset, tmp_path / "c", dit_path=str(tmp_path / "missing.pt")))
 
 
 def test_push_to_hub_uploads_in_the_background_at_every_save_and_survives_failures(bikes_dataset, tmp_path, monkeypatch):
@@ -279,7 +274,7 @@ def test_push_to_hub_uploads_in_the_background_at_every_save_and_survives_failur
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
-    trainer = Trainer(_config(bikes_dataset, tmp_path / "tiny_run", max_iter=3, save_iter=1, push_to_hub=True,
+    trainer = Trainer(tiny_config(bikes_dataset, tmp_path / "tiny_run", max_iter=3, save_iter=1, push_to_hub=True,
                               hub_private=True, train_architecture="lora"))
     trainer.uploader.busy = lambda: trainer.uploader.wait() or False  # deterministic order for the test
     losses = trainer.train()  # the first upload fails: training goes on, and the next save uploads again
@@ -305,7 +300,7 @@ def test_a_failed_final_upload_fails_the_run_and_names_the_folder(bikes_dataset,
         raise OSError("503 Service Unavailable")
 
     monkeypatch.setattr(HfApi, "create_commit", failing_commit)
-    trainer = Trainer(_config(bikes_dataset, tmp_path / "run", max_iter=1, push_to_hub=True, train_architecture="lora"))
+    trainer = Trainer(tiny_config(bikes_dataset, tmp_path / "run", max_iter=1, push_to_hub=True, train_architecture="lora"))
     with pytest.raises(HubUploadError, match=f"hf upload run {tmp_path / 'run' / 'lora'} ."):
         trainer.train()
     assert (tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors").is_file()
@@ -324,7 +319,7 @@ def test_a_slow_upload_never_blocks_a_step(bikes_dataset, tmp_path, monkeypatch)
         commits.append(commit_message)
 
     monkeypatch.setattr(HfApi, "create_commit", stuck_commit)
-    trainer = Trainer(_config(bikes_dataset, tmp_path / "run", max_iter=3, save_iter=1, push_to_hub=True))
+    trainer = Trainer(tiny_config(bikes_dataset, tmp_path / "run", max_iter=3, save_iter=1, push_to_hub=True))
     steps_done = []
     # Every step runs while the first upload is stuck; the last one lets it go.
     trainer.after_step = lambda step: (steps_done.append(step), step == 2 and release.set())
@@ -390,7 +385,7 @@ def test_flags_a_diffusers_user_guesses_and_a_fast_help():
 
 def test_checkpoints_total_limit_keeps_the_newest(bikes_dataset, tmp_path):
     out = tmp_path / "run"
-    Trainer(_config(bikes_dataset, out, max_iter=4, save_iter=1, checkpoints_total_limit=2)).train()
+    Trainer(tiny_config(bikes_dataset, out, max_iter=4, save_iter=1, checkpoints_total_limit=2)).train()
     assert CheckpointDir(out).complete_iterations() == [3, 4]
     assert sorted(p.name for p in (out / "checkpoints" / "optim").iterdir()) == ["iter_000000003.pt", "iter_000000004.pt"]
 
@@ -400,9 +395,9 @@ def test_a_lora_run_resumes_its_ema_and_the_ema_adapter_loads_into_the_pipeline(
     from cosmos_v2w_diffusers.presets import tiny_pretrained_path
 
     out = tmp_path / "lora"
-    first = Trainer(_config(bikes_dataset, out, train_architecture="lora", max_iter=2, save_iter=2))
+    first = Trainer(tiny_config(bikes_dataset, out, train_architecture="lora", max_iter=2, save_iter=2))
     first.train()
-    resumed = Trainer(_config(bikes_dataset, out, train_architecture="lora", max_iter=3, save_iter=3))
+    resumed = Trainer(tiny_config(bikes_dataset, out, train_architecture="lora", max_iter=3, save_iter=3))
     assert resumed.start_iter == 2
     for name, shadow in first.ema.state_dict().items():
         assert torch.equal(resumed.ema.state_dict()[name], shadow), name

@@ -16,7 +16,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import PROMPT
+from conftest import PROMPT, tiny_config
 
 from cosmos_v2w_diffusers import load_video2world_dataset
 from cosmos_v2w_diffusers.data.folder import (
@@ -40,11 +40,6 @@ TINY = get_preset("tiny")
 TOKEN = "hf_" + "Secret0Token1Never2Written3"
 
 
-def _config(dataset, output_dir, **overrides) -> TrainConfig:
-    base = dict(model="tiny", dataset_path=str(dataset), output_dir=str(output_dir), dataloader_num_workers=0)
-    return TrainConfig(**{**base, **overrides})
-
-
 def _ffmpeg(*args: str) -> None:
     subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", *args], check=True)
 
@@ -58,7 +53,7 @@ def _frames_ffmpeg_shows(path: Path) -> int:
 def tiny_run(prepared_dataset, tmp_path_factory) -> Path:
     """One LoRA step (rank 4, alpha 16) with a Hub token and TensorBoard, checkpointed: treat as read-only."""
     out = tmp_path_factory.mktemp("trust") / "run"
-    config = _config(prepared_dataset, out, max_iter=1, save_iter=1, train_architecture="lora", lora_rank=4,
+    config = tiny_config(prepared_dataset, out, max_iter=1, save_iter=1, train_architecture="lora", lora_rank=4,
                      lora_alpha=16, hub_token=TOKEN, report_to="tensorboard")
     trainer = Trainer(config)
     trainer.train()
@@ -263,7 +258,7 @@ def test_bad_caption_files_are_reported_by_name(tmp_path, video_paths):
 
 
 def test_a_divergent_run_stops_naming_the_learning_rate_and_leaves_no_diverged_latest(prepared_dataset, tmp_path):
-    trainer = Trainer(_config(prepared_dataset, tmp_path / "run", max_iter=20, save_iter=1, learning_rate=1e30,
+    trainer = Trainer(tiny_config(prepared_dataset, tmp_path / "run", max_iter=20, save_iter=1, learning_rate=1e30,
                               max_nonfinite_steps=3))
     with pytest.raises(FloatingPointError, match=r"--learning_rate \(this run: 1e\+30\)"):
         trainer.train()
@@ -364,7 +359,7 @@ def test_sigterm_during_validation_stops_without_another_step_or_validation(prep
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(validation.Validator, "validate", validate_then_get_preempted)
-    trainer = Trainer(_config(prepared_dataset, tmp_path / "run", max_iter=50, save_iter=1, validation_prompt=PROMPT,
+    trainer = Trainer(tiny_config(prepared_dataset, tmp_path / "run", max_iter=50, save_iter=1, validation_prompt=PROMPT,
                               validation_steps=1, validation_num_inference_steps=1))
     losses = trainer.train()
     assert calls == [1] and len(losses) == 1 and trainer.preempted
