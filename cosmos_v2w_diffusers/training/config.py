@@ -254,7 +254,8 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A copy with every preset-dependent default filled in."""
-        from ..presets import get_preset, preset_of_pretrained  # diffusers and transformers: kept out of `--help`
+        # diffusers and transformers: imported here, kept out of `--help`
+        from ..presets import get_preset, preset_of_pretrained
 
         self._check_values()
         asked = get_preset(self.model) if self.model else None

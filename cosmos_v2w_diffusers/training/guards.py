@@ -1,4 +1,5 @@
-"""What keeps a long run going and lets it stop cleanly: SIGTERM/SIGINT handling and the skipped-clip log.
+"""What keeps a long run going and lets it stop cleanly: SIGTERM/SIGINT handling, the skipped-clip log, and
+what a run does with steps whose loss is not finite (`NonFiniteSteps`).
 
 Both need the ranks to agree (all stop after the same step; all know every skipped clip), so the trainer
 asks `RunGuards.check` once per step: one small all-reduce carries both counts, and the list of skipped
@@ -14,6 +15,7 @@ instead of training on as an orphan. That signal never counts as the "second sig
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import signal
 import sys
@@ -126,4 +128,53 @@ class RunGuards:
                 f"{len(self.skipped_clips)} clips failed to decode during training (more than --max_skipped_clips "
                 f"{self.max_skipped_clips}); they are listed in {self.skipped_file}: "
                 f"re-encode or remove them, then run the same command again to resume."
+            )
+
+
+class NonFiniteSteps:
+    """The run of consecutive steps with a non-finite loss. Each is reported (its update was skipped); the
+    checkpoint saved just before one stops being the latest, since its weights gave it; nothing is saved while
+    the run lasts; `max_steps` of them in a row, or a run that ends in one, stop training with an error that
+    names the learning rate."""
+
+    def __init__(self, checkpoints, max_steps: int, learning_rate: float, is_main_process: bool):
+        self.checkpoints, self.max_steps, self.learning_rate = checkpoints, max_steps, learning_rate
+        self.is_main_process = is_main_process
+        self.streak = 0
+
+    def record(self, step: int, loss: float, micro_batches) -> None:
+        if math.isfinite(loss):
+            self.streak = 0
+            return
+        self.streak += 1
+        clips = ", ".join(p for batch in micro_batches for p in batch["video_path"])
+        logger.warning("Step %d: loss is %s; update skipped (clips: %s).", step, loss, clips)
+        if self.is_main_process:
+            self.checkpoints.retract_latest(step)
+        if self.streak >= self.max_steps:
+            latest = self.checkpoints.latest_iteration()
+            raise FloatingPointError(
+                f"{self.streak} consecutive steps had a non-finite loss (--max_nonfinite_steps {self.max_steps}), the "
+                f"last at step {step}: the run has diverged. Lower --learning_rate (this run: {self.learning_rate:g}) "
+                f"or check the clips named above; "
+                + (f"checkpoint {latest} holds the last weights that gave a finite loss." if latest else "no checkpoint was kept.")
+            )
+
+    def allow_saving(self, iteration: int) -> bool:
+        """Whether checkpoint `iteration` may be written: not while the current weights have just given a
+        non-finite loss (a diverged state must never become the one to resume from)."""
+        if self.streak:
+            logger.warning(
+                "Not saving checkpoint %d: the last %d steps had a non-finite loss; %s stays the one to resume from.",
+                iteration, self.streak, self.checkpoints.root / "latest_checkpoint.txt",
+            )
+        return not self.streak
+
+    def check_end(self) -> None:
+        """At the end of training: a run whose last steps were not finite is not exported."""
+        if self.streak:
+            raise FloatingPointError(
+                f"The run ended with {self.streak} steps of non-finite loss: its weights were not exported. Lower "
+                f"--learning_rate (this run: {self.learning_rate:g}) and resume from "
+                f"{self.checkpoints.root / 'latest_checkpoint.txt'}."
             )

@@ -3,8 +3,9 @@
 At every checkpoint and at the end the trainer exports the diffusers transformer (full runs) or the LoRA
 adapter, and hands the folder to `HubUploader`. The upload runs on a worker thread with the real
 `huggingface_hub` client, so it never blocks a step. A failed upload logs a warning; the next save uploads
-again. A failed final upload fails the run (`HubUploadError`), naming the folder to upload by hand. A save that finds the previous upload still running skips its own (the export folder is replaced
-at each save, so two uploads of it must not overlap); the end of training waits for the last one.
+again; a failed final upload fails the run (`HubUploadError`), naming the folder to upload by hand. A save
+that finds the previous upload still running skips its own (the export folder is replaced at each save, so
+two uploads of it must not overlap); the end of training waits for the last one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 from .config import redacted_command
 
 logger = logging.getLogger(__name__)
+
 
 class HubUploadError(RuntimeError):
     """The final upload failed; the message names the folder and how to upload it by hand."""

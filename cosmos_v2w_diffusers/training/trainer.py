@@ -39,7 +39,7 @@ from ..objective import draw_training_randomness, video2world_loss
 from ..presets import get_preset, load_vae, resolve_pretrained
 from .checkpoint import CheckpointDir, rng_state, set_rng_state
 from .config import TrainConfig
-from .guards import RunGuards
+from .guards import NonFiniteSteps, RunGuards
 from .hub import HubUploader
 from .memory import set_allocator_defaults, with_device_defaults
 from .metrics import describe_throughput, loss_trend, throughput_summary
@@ -154,7 +154,7 @@ class Trainer:
         self.validator = None
         if c.validation_prompt and self.accelerator.is_main_process:
             self.validator = Validator(c, self.preset, self.vae, table[0]["video_path"], self.compute_dtype, self.device)
-        self.base_model = resolve_pretrained(self.preset, c.pretrained_model_name_or_path)  # what exports build on
+        self.base_pipeline = resolve_pretrained(self.preset, c.pretrained_model_name_or_path)  # exports take its components
         base_model = c.pretrained_model_name_or_path or self.preset.hub_id
         self.uploader = HubUploader(c, base_model) if c.push_to_hub and self.accelerator.is_main_process else None
 
@@ -206,7 +206,7 @@ class Trainer:
                 self.checkpoints.prune(self.config.checkpoints_total_limit)
             if self.uploader and iteration < self.config.max_iter and not self.uploader.busy():
                 # What the pipeline loads goes up in the background (the final one after the loop).
-                self.uploader.upload(export_final(self._unwrapped(), state, ema, self.config, self.base_model), iteration)
+                self.uploader.upload(export_final(self._unwrapped(), state, ema, self.config, self.base_pipeline), iteration)
         self.accelerator.wait_for_everyone()
 
     def _maybe_resume(self) -> int:
@@ -314,7 +314,7 @@ class Trainer:
         progress = tqdm(
             total=c.max_iter, initial=self.start_iter, desc="Post-training", disable=not self.accelerator.is_main_process
         )
-        bad_steps = 0  # consecutive steps with a non-finite loss, ending at the current one
+        self.nonfinite = NonFiniteSteps(self.checkpoints, c.max_nonfinite_steps, c.learning_rate, self.accelerator.is_main_process)
         if self.start_iter >= c.max_iter:
             logger.info(
                 "The run is already complete: %s holds iteration %d of --max_iter %d. Raise --max_iter to train "
@@ -325,9 +325,7 @@ class Trainer:
             for step, micro_batches in zip(range(self.start_iter, c.max_iter), self._micro_batches()):
                 lr = self.lr_scheduler.get_last_lr()[0]
                 loss = self.train_step(step, micro_batches)
-                bad_steps = 0 if math.isfinite(loss) else bad_steps + 1
-                if bad_steps:
-                    self._on_nonfinite_step(step, loss, bad_steps, micro_batches)
+                self.nonfinite.record(step, loss, micro_batches)
                 self.history.append(loss)
                 now = time.perf_counter()
                 seconds, last = now - last, now
@@ -336,14 +334,12 @@ class Trainer:
                 progress.update()
                 self.accelerator.log({"loss": loss, "lr": lr, "clips_per_s": clips_per_step / seconds}, step=step + 1)
                 stop = self.guards.check(micro_batches)
-                saved = ((step + 1) % c.save_iter == 0 or step + 1 == c.max_iter or stop) and self._save_if_finite(
-                    step + 1, bad_steps
-                )
+                saved = ((step + 1) % c.save_iter == 0 or step + 1 == c.max_iter or stop) and self._save_if_finite(step + 1)
                 if c.validation_prompt and (step + 1) % c.validation_steps == 0 and not stop:
                     self.validate(step + 1)
                     stop = self.guards.stop_requested()  # a signal during validation stops now, not a step later
                     if stop and not saved:
-                        self._save_if_finite(step + 1, bad_steps)
+                        self._save_if_finite(step + 1)
                 self.after_step(step)
                 if stop:
                     self.preempted = True
@@ -352,48 +348,21 @@ class Trainer:
                         main_process_only=False,
                     )
                     return self.history
-        if bad_steps:
-            raise FloatingPointError(
-                f"The run ended with {bad_steps} steps of non-finite loss: its weights were not exported. Lower "
-                f"--learning_rate (this run: {c.learning_rate:g}) and resume from {self.checkpoints.root / 'latest_checkpoint.txt'}."
-            )
+        self.nonfinite.check_end()
         self._log_summary(clips_per_step)
         state = self.accelerator.get_state_dict(self.transformer)
         ema = self._gathered_ema()
         if self.accelerator.is_main_process:
-            export_dir = export_final(self._unwrapped(), state, ema, c, self.base_model)
+            export_dir = export_final(self._unwrapped(), state, ema, c, self.base_pipeline)
             if self.uploader:
                 self.uploader.finish(export_dir, c.max_iter)
         self.accelerator.wait_for_everyone()
         return self.history
 
-    def _on_nonfinite_step(self, step: int, loss: float, bad_steps: int, micro_batches) -> None:
-        """Report a skipped step; stop the run when it can no longer take a finite one.
-
-        The weights of checkpoint `step` (saved after the previous step) have now given a non-finite loss,
-        so that checkpoint stops being the one to resume from."""
-        c = self.config
-        clips = ", ".join(p for batch in micro_batches for p in batch["video_path"])
-        logger.warning("Step %d: loss is %s; update skipped (clips: %s).", step, loss, clips)
-        if self.accelerator.is_main_process:
-            self.checkpoints.retract_latest(step)
-        if bad_steps >= c.max_nonfinite_steps:
-            latest = self.checkpoints.latest_iteration()
-            raise FloatingPointError(
-                f"{bad_steps} consecutive steps had a non-finite loss (--max_nonfinite_steps {c.max_nonfinite_steps}), "
-                f"the last at step {step}: the run has diverged. Lower --learning_rate (this run: {c.learning_rate:g}) "
-                f"or check the clips named above; "
-                + (f"checkpoint {latest} holds the last weights that gave a finite loss." if latest else "no checkpoint was kept.")
-            )
-
-    def _save_if_finite(self, iteration: int, bad_steps: int) -> bool:
-        """Save checkpoint `iteration`, unless the current weights have just given a non-finite loss (a
-        diverged state must never become the one to resume from); returns whether it saved."""
-        if bad_steps:
-            logger.warning(
-                "Not saving checkpoint %d: the last %d steps had a non-finite loss; %s stays the one to resume from.",
-                iteration, bad_steps, self.checkpoints.root / "latest_checkpoint.txt",
-            )
+    def _save_if_finite(self, iteration: int) -> bool:
+        """Save checkpoint `iteration` unless the current weights have just given a non-finite loss; returns
+        whether it saved."""
+        if not self.nonfinite.allow_saving(iteration):
             return False
         self.save_checkpoint(iteration)
         return True
