@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements behind BENCHMARKS.md, in groups that each fit one device call (< 10 minutes).
-#   bash benchmarks/gpu_session.sh train|small|encode|generate|attention|generate_flash4|h200_14b|fsdp|deepspeed|deepspeed_more [DATA]
+#   bash benchmarks/gpu_session.sh train|small|encode|generate|attention|generate_flash4|h200_14b|fsdp|deepspeed|deepspeed_more|offload|fsdp_profile [DATA]
 # (fsdp also reads TINY_DATA: a prepared tiny-preset folder, e.g. the demo sample in ~/.cache/cosmos_v2w_diffusers)
 # Each row runs in its own process (clean allocator, its own peak); results land in $OUT or benchmarks/results/.
 set -uo pipefail
@@ -70,5 +70,15 @@ deepspeed_more)  # issue 9: ZeRO-3 on one GPU (a 2B step and a checkpoint); ZeRO
       -- --model 2B --cache_latents --cache_windows_per_clip 2
   ${zero}_zero2.yaml benchmarks/train_step.py --data $data --name train_step_2b_full_cached_zero2_1gpu_selective22 \
       -- --model 2B --cache_latents --cache_windows_per_clip 2 --selective_checkpointing_blocks 22
+  ;;
+offload)  # issue 20: both CPU offloads generate what the GPU pipeline does (tiny), and their peaks at 2B 720p
+  HF_HUB_OFFLINE=1 python -m pytest -q -p no:cacheprovider --noconftest tests/test_offload_gpu.py  # conftest needs scikit-video
+  python benchmarks/offload.py --steps 3
+  ;;
+fsdp_profile)  # issue 19: where FSDP2's per-GPU overhead goes, on one GPU against the plain path (same selective blocks)
+  same="--model 2B --cache_latents --cache_windows_per_clip 2 --selective_checkpointing_blocks 20"
+  $tb --profile --name profile_2b_plain_1gpu -- $same
+  accelerate launch --config_file accelerate_configs/fsdp_8gpu.yaml --num_processes 1 benchmarks/train_step.py \
+      --data $data --profile --name profile_2b_fsdp2_1gpu -- $same
   ;;
 esac

@@ -21,8 +21,9 @@ from benchmarks.common import write_result
 from cosmos_v2w_diffusers import CosmosMultistepScheduler, CosmosVideo2WorldPipeline
 from cosmos_v2w_diffusers.attention import BACKENDS, set_attention_backend
 from cosmos_v2w_diffusers.compile import compile_blocks
+from cosmos_v2w_diffusers.components import build_transformer
 from cosmos_v2w_diffusers.latents import use_channels_last_3d
-from cosmos_v2w_diffusers.presets import build_transformer, get_preset
+from cosmos_v2w_diffusers.presets import get_preset
 
 
 def main() -> None:

@@ -5,10 +5,15 @@ states each rank holds plus the activations of one CP shard measured by `slice_1
   and checkpointing mode, what each block keeps for the backward (the slope), what the model keeps
   outside its blocks (the intercept: timestep embeddings, patch embedding, output) and one block's
   recompute-and-backward peak on top; 36 blocks are added up from these.
-- States (per rank, sharded over all W ranks by FSDP): full post-training keeps fp32 weights, fp32
-  gradients, AdamW's two fp32 moments and the fp32 EMA, 20 bytes a parameter; LoRA keeps the frozen base
-  in bf16, 2 bytes a parameter (its adapter is negligible). FSDP adds the bf16 blocks it gathers (the one
-  running and the one prefetched) and a block's gradient buffer.
+- States, FSDP's buffers and the headroom left free are the trainer's own memory model
+  (`cosmos_v2w_diffusers/training/memory.py`: `state_bytes`, `fsdp_buffer_bytes`, `HEADROOM_BYTES`), counted on
+  the 14B transformer built on the meta device, with the LoRA adapter of a LoRA run: full post-training keeps
+  fp32 weights, gradients, AdamW's two moments and the fp32 EMA (20 bytes a parameter; FSDP gathers bf16
+  weights itself, so autocast makes no copies); LoRA the frozen bf16 base plus the adapter's states. All are
+  sharded over the W ranks; FSDP adds two gathered bf16 blocks and a block's fp32 gradient.
+- The activations are 14B's own, measured: the planner's per-token constants were measured on 2B and fall
+  short for 14B (one uncompiled 14B block's backward needs 125 bytes per token and channel against 2B's 95,
+  and 14B keeps 22 more outside its blocks), so its 14B plans would be optimistic.
 
     python benchmarks/memory_table_14b.py   # reads results/slice_14b*.json, writes results/memory_table_14b.json
 """
@@ -18,13 +23,35 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from benchmarks.common import write_result
+from cosmos_v2w_diffusers.components import build_transformer
+from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.training.config import LORA_TARGET_MODULES
+from cosmos_v2w_diffusers.training.memory import HEADROOM_BYTES, fsdp_buffer_bytes, state_bytes
+from cosmos_v2w_diffusers.training.model import apply_lora
 
 RESULTS = Path(__file__).parent / "results"
+LORA_TARGETS = LORA_TARGET_MODULES.split(",")
 GIB = 2**30
 # (GPUs, the card, its memory in GiB as torch reports it: an H100 80GB has 79.6 GiB, an H200 140.4 GiB)
 CLUSTERS = [(8, "80 GB", 79.6), (32, "80 GB", 79.6), (8, "141 GB", 140.4)]
-HEADROOM_GIB = 4  # the allocator's slack and the CUDA context
+HEADROOM_GIB = HEADROOM_BYTES / GIB
+
+
+def transformer_14b(train_architecture: str) -> torch.nn.Module:
+    """The 14B transformer as a run of `train_architecture` holds it, on the meta device: fp32 for full runs, a
+    bf16 base with an fp32 LoRA adapter (rank 32, the 14B preset's) for LoRA runs."""
+    preset = get_preset("14B")
+    transformer = build_transformer(preset, device="meta")
+    if train_architecture == "lora":
+        transformer.to(torch.bfloat16)
+        apply_lora(transformer, preset.lora_rank, preset.lora_alpha, LORA_TARGETS, seed=0)
+        for p in transformer.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    return transformer
 
 
 def activation_model() -> dict[tuple[int, str], dict[str, float]]:
@@ -47,13 +74,13 @@ def activation_model() -> dict[tuple[int, str], dict[str, float]]:
 def main() -> None:
     first = json.loads((RESULTS / "slice_14b.json").read_text())
     params, blocks = first["parameters_14b"], first["num_blocks_14b"]
-    block_params = params / blocks
     activations = activation_model()
+    models = {arch: transformer_14b(arch) for arch in ("full", "lora")}
     rows = []
     for gpus, card, capacity in CLUSTERS:
-        for arch, bytes_per_param in (("full", 20), ("lora", 2)):
-            states = bytes_per_param * params / gpus / GIB
-            fsdp_buffers = (2 * 2 + (4 if arch == "full" else 0)) * block_params / GIB
+        for arch, transformer in models.items():
+            states = sum(state_bytes(transformer, torch.bfloat16, ema=True, fsdp_shards=gpus).values()) / GIB
+            fsdp_buffers = fsdp_buffer_bytes(transformer) / GIB
             for cp in (1, 2, 4, 8):
                 per_mode = {}
                 for mode in ("selective", "full"):

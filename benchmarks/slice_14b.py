@@ -18,9 +18,10 @@ import dataclasses
 import torch
 
 from benchmarks.common import write_result
+from cosmos_v2w_diffusers.components import build_transformer
 from cosmos_v2w_diffusers.preconditioning import conditioning_mask, denoise
-from cosmos_v2w_diffusers.presets import build_transformer, get_preset
-from cosmos_v2w_diffusers.training.parallel import apply_activation_checkpointing
+from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.training.activation_checkpointing import apply_activation_checkpointing
 
 GIB = 2**30
 LATENT_FRAMES, LATENT_HEIGHT, LATENT_WIDTH = 24, 88, 160  # 93x704x1280

@@ -25,6 +25,7 @@ the highest peak of any rank.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shutil
@@ -35,12 +36,27 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from diffusers import AutoencoderKLWan
+from torch.profiler import ProfilerActivity
 
 from benchmarks.common import make_dataset, write_result
-from cosmos_v2w_diffusers.presets import build_transformer, get_preset
+from cosmos_v2w_diffusers.components import build_transformer
+from cosmos_v2w_diffusers.presets import get_preset
 from cosmos_v2w_diffusers.training.config import TrainConfig
 from cosmos_v2w_diffusers.training.metrics import throughput_summary
 from cosmos_v2w_diffusers.training.trainer import Trainer
+
+
+def write_profile(name: str, profiler: torch.profiler.profile) -> None:
+    """The profiled step's busiest ops, by GPU time and by CPU time, as text beside the JSON result (rank 0)."""
+    if PartialState().process_index != 0:
+        return
+    averages = profiler.key_averages()
+    text = "\n\n".join(
+        averages.table(sort_by=key, row_limit=40, max_name_column_width=90)
+        for key in ("self_cuda_time_total", "cpu_time_total")
+    )
+    folder = Path(os.environ.get("OUT") or Path(__file__).parent / "results")
+    (folder / f"{name}_profile.txt").write_text(text)
 
 
 def main() -> None:
@@ -51,6 +67,10 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="an NVIDIA-layout folder of clips (default: rendered here)")
     parser.add_argument("--memory_fraction", type=float, default=None)
     parser.add_argument("--save_checkpoint", action="store_true", help="time one checkpoint after the steps")
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="profile one more step after the timed ones with torch.profiler: <name>_profile.txt beside the JSON",
+    )
     argv = sys.argv[1:]
     ours, trainer_argv = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     args = parser.parse_args(ours)
@@ -71,13 +91,16 @@ def main() -> None:
         data = Path(args.data) if args.data else make_dataset(
             work / "data", 2, resolved.num_frames + 8, resolved.height, resolved.width, preset.text_embed_dim
         )
-    config.pretrained_model_name_or_path = str(weights)
-    config.dataset_path = str(data)
-    config.output_dir = str(work / "runs" / args.name)
-    config.max_iter = args.steps + 1
-    config.save_iter = 10**6  # no checkpoint inside the timed steps (the last step still writes one; not timed)
-    config.resume = False
-    config.dataloader_num_workers = 4
+    config = dataclasses.replace(
+        config,
+        pretrained_model_name_or_path=str(weights),
+        dataset_path=str(data),
+        output_dir=str(work / "runs" / args.name),
+        max_iter=args.steps + 1 + args.profile,
+        save_iter=10**6,  # no checkpoint inside the timed steps (the last step still writes one; not timed)
+        resume=False,
+        dataloader_num_workers=4,
+    )
 
     setup_start = time.perf_counter()
     trainer = Trainer(config)
@@ -87,18 +110,26 @@ def main() -> None:
     before = torch.cuda.memory_allocated() / 2**30
     times, losses = [], []
     batches = trainer._micro_batches()
-    for step in range(args.steps + 1):
+    for step in range(args.steps + 1 + args.profile):
         micro = next(batches)
         torch.cuda.synchronize()
+        profiling = step == args.steps + 1  # one more step after the timed ones, left out of them
+        profiler = torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) if profiling else None
+        if profiler:
+            profiler.start()
         start = time.perf_counter()
         loss = trainer.train_step(step, micro)
         # An overlapped CPU EMA update runs on while the next step starts, as in training; the next update
         # waits for it, so any part of it that the step does not hide is counted there.
         torch.cuda.synchronize()
+        if profiler:
+            profiler.stop()
+            write_profile(args.name, profiler)
+            continue
         times.append(time.perf_counter() - start)
         losses.append(loss)
         print(f"step {step}: {times[-1]:.3f} s, loss {loss:.4f}", flush=True)
-    c, accelerator = trainer.config, trainer.accelerator
+    c, plan, accelerator = trainer.config, trainer.plan, trainer.accelerator
     checkpoint = save_and_check_checkpoint(trainer, args.steps + 1) if args.save_checkpoint else None
     clips_per_step = trainer.dims.clips_per_step(c.batch_size, c.gradient_accumulation_steps)
     num_gpus = accelerator.num_processes
@@ -120,12 +151,12 @@ def main() -> None:
                 "context_parallel_size": c.context_parallel_size,
                 "clips_per_step": clips_per_step,
                 "train_architecture": c.train_architecture,
-                "mixed_precision": c.mixed_precision,
-                "compile": c.compile,
-                "attention_backend": c.attention_backend,
+                "mixed_precision": plan.mixed_precision,
+                "compile": plan.compile,
+                "attention_backend": plan.attention_backend,
                 "activation_checkpointing": c.activation_checkpointing,
-                "selective_blocks": trainer.selective_blocks,
-                "ema_device": c.ema_device if c.ema else None,
+                "selective_blocks": plan.selective_blocks,
+                "ema_device": plan.ema_device if c.ema else None,
                 "cache_latents": c.cache_latents,
                 "low_vram": c.low_vram,
                 "memory_fraction": args.memory_fraction,

@@ -27,10 +27,11 @@ from diffusers import CosmosTransformer3DModel
 from diffusers.utils import export_to_video
 from PIL import Image, ImageDraw
 
+from .components import tiny_pretrained_path
 from .data.demo_clips import DEMO_PROMPT, held_out_clip_path
 from .data.samples import read_frames, resize_frames
 from .pipeline import CosmosVideo2WorldPipeline
-from .presets import ModelPreset, get_preset, tiny_pretrained_path
+from .presets import ModelPreset, get_preset
 from .video_metrics import psnr
 
 logger = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from diffusers.loaders.lora_pipeline import CosmosLoraLoaderMixin
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from .components import write_stock_model_index
 from .io_utils import publish_folder
-from .presets import write_stock_model_index
 
 logger = logging.getLogger(__name__)
 

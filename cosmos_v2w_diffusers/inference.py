@@ -31,18 +31,15 @@ from .checkpoint_format import (
     load_native_checkpoint,
 )
 from .compile import compile_blocks
+from .components import build_transformer, check_transformer_matches, resolve_pretrained
 from .context_parallel import enable_context_parallel
 from .data.folder import presented_frame_count
 from .generation_flags import NUM_FRAMES_BY_FPS, RESOLUTIONS, parse_args
 from .io_utils import read_regular_file
-from .latents import num_latent_frames, use_channels_last_3d
-from .pipeline import CosmosVideo2WorldPipeline, to_rgb
-from .presets import (
-    build_transformer,
-    check_transformer_matches,
-    get_preset,
-    resolve_pretrained,
-)
+from .latents import use_channels_last_3d
+from .pipeline import CosmosVideo2WorldPipeline, check_conditioning_frames, to_rgb
+from .presets import get_preset
+from .sample_shape import SPACE_STRIDE, check_sample_shape, latent_tokens, num_latent_frames
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +57,7 @@ def sample_size(args: argparse.Namespace) -> tuple[int, int, int]:
         width, height = table.get(args.aspect_ratio, (args.width, args.height))
         frames = NUM_FRAMES_BY_FPS[args.fps]
     height, width, frames = args.height or height, args.width or width, args.num_frames or frames
-    if height % 16 or width % 16:
-        raise ValueError(f"--height and --width must be divisible by 16, got {height}x{width}.")
-    if frames < 1 or (frames - 1) % 4:
-        raise ValueError(f"--num_frames must be of the form 4k+1 (93, 61, ...), got {frames}.")
+    check_sample_shape(frames, height, width, "--num_frames", "--height and --width")
     return height, width, frames
 
 
@@ -138,7 +132,7 @@ def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
         pipe.enable_guidance_parallel()
     elif args.num_gpus > 1:
         height, width, num_frames = sample_size(args)
-        tokens = num_latent_frames(num_frames) * (height // 16) * (width // 16)
+        tokens = latent_tokens(num_frames, height, width)
         enable_context_parallel(pipe.transformer, args.num_gpus, device, tokens)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes within a generation: the VAE's convolutions autotune once
@@ -223,15 +217,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
     jobs = jobs_from_args(args)
     inputs = [read_conditioning(job["input_path"], args.num_conditional_frames) for job in jobs]  # fail before loading any model
     for job, (_, video) in zip(jobs, inputs):
-        if video is not None and len(video) < args.num_conditional_frames:
-            raise ValueError(
-                f"--input_path {job['input_path']} has {len(video)} frames, fewer than --num_conditional_frames "
-                f"{args.num_conditional_frames}: pass a longer video, or use --num_conditional_frames 1."
-            )
+        if video is not None:
+            check_conditioning_frames(len(video), args.num_conditional_frames, f"--input_path {job['input_path']}", "--num_conditional_frames")
     pipe = build_pipeline(args)
     written = []
     for job, (image, video) in tqdm(list(zip(jobs, inputs)), desc="Videos", disable=len(jobs) == 1):
-        shape = (1, pipe.vae.config.z_dim, 1 + (num_frames - 1) // 4, height // 8, width // 8)
+        shape = (1, pipe.vae.config.z_dim, num_latent_frames(num_frames), height // SPACE_STRIDE, width // SPACE_STRIDE)
         frames = pipe(
             image=image,
             video=video,

@@ -10,11 +10,6 @@ import torch
 from diffusers import AutoencoderKLWan
 
 
-def num_latent_frames(num_frames: int) -> int:
-    """The Wan VAE keeps the first frame and compresses the rest 4x in time (93 -> 24)."""
-    return 1 + (num_frames - 1) // 4
-
-
 def _statistics(vae: AutoencoderKLWan, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     shape = (1, vae.config.z_dim, 1, 1, 1)
     mean = torch.tensor(vae.config.latents_mean, device=like.device, dtype=torch.float32).view(shape)
@@ -44,17 +39,23 @@ def use_channels_last_3d(vae: AutoencoderKLWan) -> AutoencoderKLWan:
 
 @torch.no_grad()
 def encode_video(
-    vae: AutoencoderKLWan, video: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None
+    vae: AutoencoderKLWan,
+    video: torch.Tensor,
+    sample: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
     """`[B, 3, F, H, W]` in [-1, 1] (or uint8 in [0, 255]) -> normalised float32 latents
-    `[B, 16, 1 + (F-1)//4, H/8, W/8]`.
+    `[B, 16, 1 + (F-1)//4, H/8, W/8]`, computed on `device` (default: the VAE's; an offloaded VAE's weights sit
+    on the CPU or the meta device until its forward moves them, so a pipeline passes its execution device).
 
     The posterior mean, as NVIDIA encodes; `sample=True` draws from the posterior with `generator`
     instead, as diffusers' pipeline does.
     """
+    device = device or vae.device
     if video.dtype == torch.uint8:
-        video = to_model_range(video.to(vae.device, non_blocking=True))
-    posterior = vae.encode(video.to(device=vae.device, dtype=vae.dtype)).latent_dist
+        video = to_model_range(video.to(device, non_blocking=True))
+    posterior = vae.encode(video.to(device=device, dtype=vae.dtype)).latent_dist
     latents = (posterior.sample(generator) if sample else posterior.mode()).float()
     mean, std = _statistics(vae, latents)
     return (latents - mean) / std

@@ -34,8 +34,9 @@ from diffusers.video_processor import VideoProcessor
 from transformers import T5EncoderModel, T5TokenizerFast
 
 from .generation_flags import DEFAULT_NEGATIVE_PROMPT
-from .latents import decode_latents, encode_video, num_latent_frames
+from .latents import decode_latents, encode_video
 from .preconditioning import conditioning_mask, denoise
+from .sample_shape import check_sample_shape, num_latent_frames
 from .scheduler import CosmosMultistepScheduler
 from .text_encoding import MAX_TEXT_TOKENS, embed_prompts
 
@@ -60,6 +61,17 @@ def default_safety_checker():
     from cosmos_guardrail import CosmosSafetyChecker
 
     return CosmosSafetyChecker()
+
+
+def check_conditioning_frames(
+    available: int, num_conditional_frames: int, source: str = "the conditioning video", argument: str = "num_conditional_frames"
+) -> None:
+    """Refuse a conditioning video shorter than the frames it must give, naming `source` and the `argument` to change."""
+    if available < num_conditional_frames:
+        raise ValueError(
+            f"{source} has {available} frames, fewer than {argument}={num_conditional_frames}: pass a longer video, "
+            f"or condition on its last frame ({argument}=1)."
+        )
 
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
@@ -140,19 +152,13 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
 
     @staticmethod
     def check_inputs(height: int, width: int, num_frames: int, image, video, num_conditional_frames: int) -> None:
-        if height % 16 or width % 16:
-            raise ValueError(f"height and width must be divisible by 16, got {height}x{width}.")
-        if num_frames < 1 or (num_frames - 1) % 4:
-            raise ValueError(f"num_frames must be of the form 4k+1 (e.g. 93 or 61), got {num_frames}.")
+        check_sample_shape(num_frames, height, width)
         if (image is None) == (video is None):
             raise ValueError("Pass exactly one of `image` or `video` as the conditioning input.")
         if video is not None and num_conditional_frames not in (1, 5):
             raise ValueError(f"num_conditional_frames must be 1 or 5, got {num_conditional_frames}.")
-        if video is not None and len(video) < num_conditional_frames:
-            raise ValueError(
-                f"the conditioning video has {len(video)} frames, fewer than num_conditional_frames={num_conditional_frames}: "
-                f"pass a longer video, or condition on its last frame (num_conditional_frames=1)."
-            )
+        if video is not None:
+            check_conditioning_frames(len(video), num_conditional_frames)
 
     def _pixels(self, frames, height: int, width: int, crop: bool) -> torch.Tensor:
         """A list of frames (PIL, arrays or tensors) -> `[1, 3, F, H, W]` in [-1, 1].
@@ -172,7 +178,8 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         cond = self._pixels(frames, height, width, crop=True)
         pixels = cond.new_full((1, 3, num_frames, height, width), -1.0)  # black
         pixels[:, :, : cond.shape[2]] = cond
-        return encode_video(self.vae, pixels.to(self._execution_device)), num_latent_frames(cond.shape[2])
+        device = self._execution_device
+        return encode_video(self.vae, pixels, device=device), num_latent_frames(cond.shape[2])
 
     def _diffusers_conditioning(self, image, video, height, width, num_frames, generator):
         """diffusers' `Cosmos2VideoToWorldPipeline.prepare_latents`: the whole input as conditioning, padded
@@ -184,7 +191,7 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
             cond_latent_frames = num_latent_frames(cond.shape[2])
             pad = cond[:, :, -1:].repeat(1, 1, num_frames - cond.shape[2], 1, 1)
             pixels = torch.cat([cond, pad], dim=2)
-        clean = encode_video(self.vae, pixels.to(self._execution_device), sample=True, generator=generator)
+        clean = encode_video(self.vae, pixels, sample=True, generator=generator, device=self._execution_device)
         return clean, cond_latent_frames
 
     # ------------------------------------------------------------------ sampling
@@ -272,11 +279,11 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         dtype = dtype or self.transformer.dtype
         if prompt_embeds is None:
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            prompt_embeds = embed_prompts(prompts, self.tokenizer, self.text_encoder, max_sequence_length)
+            prompt_embeds = embed_prompts(prompts, self.tokenizer, self.text_encoder, max_sequence_length, device)
         if do_classifier_free_guidance and negative_prompt_embeds is None:
             negative = negative_prompt if negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT
             negatives = [negative] * prompt_embeds.shape[0] if isinstance(negative, str) else list(negative)
-            negative_prompt_embeds = embed_prompts(negatives, self.tokenizer, self.text_encoder, max_sequence_length)
+            negative_prompt_embeds = embed_prompts(negatives, self.tokenizer, self.text_encoder, max_sequence_length, device)
         text = prompt_embeds.to(device, dtype).repeat_interleave(num_videos_per_prompt, dim=0)
         if not do_classifier_free_guidance:
             return text, None

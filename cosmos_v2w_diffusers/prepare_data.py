@@ -99,7 +99,8 @@ def prepare_dataset(
     prepared, with a warning that training at that length will skip them. Existing pickles that training
     would refuse (wrong shape or dtype, NaN/Inf) are reported with the fix.
     """
-    from .presets import get_preset, load_text_encoder
+    from .components import load_text_encoder
+    from .presets import get_preset
 
     dataset_path = Path(dataset_path)
     if prompt is not None:

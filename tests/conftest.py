@@ -44,6 +44,21 @@ def tiny_config(dataset, output_dir, **overrides):
     return TrainConfig(**{**base, **overrides})
 
 
+def before_each_forward(monkeypatch, hook) -> None:
+    """Call `hook(n)` before the trainer's n-th training forward (0-based; `gradient_accumulation_steps` of
+    them per optimizer step): a way into a running loop through what it calls, not through its internals."""
+    from cosmos_v2w_diffusers.training import trainer
+
+    real_loss, calls = trainer.video2world_loss, []
+
+    def loss(*args, **kwargs):
+        hook(len(calls))
+        calls.append(1)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "video2world_loss", loss)
+
+
 @pytest.fixture(scope="session")
 def prepared_dataset(video_paths, tmp_path_factory) -> Path:
     """A folder in NVIDIA's layout made by prepare_data with the tiny text encoder. Treat as read-only."""

@@ -10,11 +10,12 @@ import torch
 from conftest import PROMPT, make_dataset_folder
 
 from cosmos_v2w_diffusers import Video2WorldTrainDataset, load_video2world_dataset
+from cosmos_v2w_diffusers.components import load_text_encoder
 from cosmos_v2w_diffusers.data.demo_clips import export_clip
 from cosmos_v2w_diffusers.data.folder import NoUsableVideosError
 from cosmos_v2w_diffusers.data.samples import resize_frames
 from cosmos_v2w_diffusers.latents import to_model_range
-from cosmos_v2w_diffusers.presets import get_preset, load_text_encoder
+from cosmos_v2w_diffusers.presets import get_preset
 from cosmos_v2w_diffusers.text_encoding import read_t5_pickle, write_t5_pickle
 
 TINY = get_preset("tiny")

@@ -65,7 +65,7 @@ def test_lora_exports_load_into_the_stock_pipeline_and_combine_on_ours(prepared_
     `load_lora_adapter` takes our file. Ours loads several and mixes them with `set_adapters`."""
     from diffusers import Cosmos2VideoToWorldPipeline
 
-    from cosmos_v2w_diffusers.presets import tiny_pretrained_path
+    from cosmos_v2w_diffusers.components import tiny_pretrained_path
 
     folders = {}
     for name, seed in (("robot", 0), ("arm", 1)):

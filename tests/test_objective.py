@@ -1,12 +1,13 @@
-"""The objective against RECIPE.md's formulas, written out here independently of the package."""
+"""The objective against docs/recipe.md's formulas, written out here independently of the package."""
 
 import math
 
 import pytest
 import torch
 
+from cosmos_v2w_diffusers.components import load_transformer
 from cosmos_v2w_diffusers.objective import draw_training_randomness, video2world_loss
-from cosmos_v2w_diffusers.presets import get_preset, load_transformer
+from cosmos_v2w_diffusers.presets import get_preset
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def transformer():
 
 
 def _recipe_loss(transformer, x0, eps, sigma, n_cond, text, drop):
-    """RECIPE.md, spelled out with plain tensors, one sample at a time."""
+    """docs/recipe.md, spelled out with plain tensors, one sample at a time."""
     losses = []
     for b in range(x0.shape[0]):
         s = float(sigma[b])

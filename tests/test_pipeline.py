@@ -1,4 +1,4 @@
-"""Sampling on CPU with the tiny preset: the scheduler against RECIPE.md, diffusers parity, inputs, weights, CLI."""
+"""Sampling on CPU with the tiny preset: the scheduler against docs/recipe.md, diffusers parity, inputs, weights, CLI."""
 
 import logging
 import subprocess
@@ -14,13 +14,10 @@ from diffusers import Cosmos2VideoToWorldPipeline, FlowMatchEulerDiscreteSchedul
 
 from cosmos_v2w_diffusers import CosmosMultistepScheduler, CosmosVideo2WorldPipeline
 from cosmos_v2w_diffusers.checkpoint_format import to_native_state_dict
+from cosmos_v2w_diffusers.components import save_tiny_pretrained, tiny_pretrained_path
 from cosmos_v2w_diffusers.inference import load_post_trained_weights
 from cosmos_v2w_diffusers.latents import encode_video
-from cosmos_v2w_diffusers.presets import (
-    get_preset,
-    save_tiny_pretrained,
-    tiny_pretrained_path,
-)
+from cosmos_v2w_diffusers.presets import get_preset
 from cosmos_v2w_diffusers.training.config import TrainConfig
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
@@ -165,7 +162,7 @@ def test_precomputed_embeddings_equal_prompts(pipe):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(height=60), "divisible by 16"),
+        (dict(height=60), "multiples of 16"),
         (dict(num_frames=16), "4k\\+1"),
         (dict(image=None), "exactly one"),
     ],
@@ -285,7 +282,7 @@ def test_cli_refuses_bad_input_before_loading_models(tmp_path, monkeypatch):
         (["--input_path", str(tmp_path / "notes.txt")], ValueError, "unsupported file type"),
         (["--input_path", str(tmp_path / "broken.png")], ValueError, "cannot be read as an image"),
         (["--input_path", str(tmp_path / "missing.png")], FileNotFoundError, "does not exist"),
-        (["--input_path", str(tmp_path / "ok.png"), "--height", "50"], ValueError, "divisible by 16"),
+        (["--input_path", str(tmp_path / "ok.png"), "--height", "50"], ValueError, "multiples of 16"),
         (["--input_path", str(tmp_path / "ok.png"), "--num_frames", "20"], ValueError, "4k\\+1"),
     ]
     for extra, error, match in cases:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset_folder, tiny_config
+from conftest import before_each_forward, make_dataset_folder, tiny_config
 
 from cosmos_v2w_diffusers import load_video2world_dataset
 from cosmos_v2w_diffusers.data.folder import probe_video
@@ -95,12 +95,13 @@ def test_a_nan_loss_skips_the_update_and_repeated_nans_stop_the_run(prepared_dat
 
     monkeypatch.setattr(trainer_module, "video2world_loss", loss_with_nans)
     trainer = Trainer(tiny_config(prepared_dataset, tmp_path / "run", max_iter=3, save_iter=2))
-    before = {}
-    trainer.after_step = lambda step: before.setdefault(step, {n: p.detach().clone() for n, p in trainer.trainable.items()})
+    weights_before = {}  # the weights each step starts from
+    before_each_forward(monkeypatch, lambda step: weights_before.setdefault(step, {n: p.detach().clone() for n, p in trainer.trainable.items()}))
     losses = trainer.train()
     assert np.isnan(losses[1]) and np.isfinite(losses[0]) and np.isfinite(losses[2])
-    for name in trainer.trainable:  # step 1 changed nothing
-        assert torch.equal(before[0][name], before[1][name]), name
+    for name in trainer.trainable:  # step 1 changed nothing, step 0 did
+        assert torch.equal(weights_before[1][name], weights_before[2][name]), name
+    assert any(not torch.equal(weights_before[0][n], weights_before[1][n]) for n in trainer.trainable)
     # Checkpoint 2 falls right after the NaN step, so it waits for a finite one: the end of the run.
     assert not (tmp_path / "run" / "checkpoints" / "model" / "iter_000000002.pt").exists()
     saved = torch.load(tmp_path / "run" / "checkpoints" / "model" / "iter_000000003.pt", weights_only=True)
@@ -242,7 +243,7 @@ def test_a_kill_during_saving_leaves_the_last_checkpoint_whole_and_temp_files_ar
     process.wait()
     checkpoints = CheckpointDir(out)
     latest = checkpoints.latest_iteration()
-    assert latest is not None and checkpoints.load(latest)["trainer"]["iteration"] == latest
+    assert latest is not None and checkpoints.load_part("trainer", latest)["iteration"] == latest
     stale = out / "checkpoints" / "optim" / ".iter_000000999.pt.abcd.tmp"  # as a kill mid-write leaves one
     stale.write_bytes(b"x" * 1000)
     resumed = Trainer(tiny_config(prepared_dataset, out, max_iter=latest + 1))
@@ -283,9 +284,9 @@ def test_a_resume_with_other_run_defining_flags_is_refused_before_any_model_load
     def no_model_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before the run was checked")
 
-    from cosmos_v2w_diffusers.training import parallel
+    from cosmos_v2w_diffusers.training import model
 
-    monkeypatch.setattr(parallel, "load_transformer", no_model_loading)
+    monkeypatch.setattr(model, "load_transformer", no_model_loading)
     with pytest.raises(ValueError, match="--lora_rank 4 -> 8") as error:
         Trainer(tiny_config(prepared_dataset, out, max_iter=2, train_architecture="lora", lora_rank=8, num_frames=9))
     assert "--num_frames 17 -> 9" in str(error.value)

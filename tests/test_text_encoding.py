@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cosmos_v2w_diffusers.presets import load_text_encoder
+from cosmos_v2w_diffusers.components import load_text_encoder
 from cosmos_v2w_diffusers.text_encoding import (
     InvalidEmbeddingError,
     embed_prompts,

@@ -1,5 +1,6 @@
 """Training on CPU with the tiny preset: steps, checkpoints, resume, LoRA, formats."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -7,19 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset_folder, tiny_config
+from conftest import before_each_forward, make_dataset_folder, tiny_config
 from diffusers import CosmosTransformer3DModel
 from diffusers.loaders.single_file_utils import (
     convert_cosmos_transformer_checkpoint_to_diffusers,
 )
 
+from cosmos_v2w_diffusers.components import load_transformer
 from cosmos_v2w_diffusers.latents import encode_video
 from cosmos_v2w_diffusers.objective import draw_training_randomness, video2world_loss
-from cosmos_v2w_diffusers.presets import get_preset, load_transformer
+from cosmos_v2w_diffusers.presets import get_preset
 from cosmos_v2w_diffusers.training.checkpoint import CheckpointDir
 from cosmos_v2w_diffusers.training.config import TrainConfig, edm2_ema_gamma
+from cosmos_v2w_diffusers.training.model import apply_lora
 from cosmos_v2w_diffusers.training.optim import PowerEMA, linear_decay_factor
-from cosmos_v2w_diffusers.training.parallel import apply_lora
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,11 +47,14 @@ def test_recipe_defaults_per_preset():
     assert TrainConfig(model="2B", low_vram=True).resolved().activation_checkpointing == "full"
     with pytest.raises(ValueError, match="low_vram"):
         TrainConfig(model="2B", low_vram=True, activation_checkpointing="selective").resolved()
-    # Device-dependent defaults: bf16 and compiled blocks on a GPU only.
-    from cosmos_v2w_diffusers.training.memory import with_device_defaults
+    # Device-dependent defaults are the plan's, not the config's: bf16 on a GPU only.
+    from cosmos_v2w_diffusers.training.parallel import default_mixed_precision
 
-    gpu, cpu = with_device_defaults(two, True), with_device_defaults(TrainConfig(model="tiny").resolved(), False)
-    assert (gpu.mixed_precision, gpu.compile, cpu.mixed_precision, cpu.compile) == ("bf16", True, "no", False)
+    assert (default_mixed_precision(two, True), default_mixed_precision(two, False)) == ("bf16", "no")
+    assert two.mixed_precision is None and two.compile is None and two.ema_device is None
+    # Resolved once, then frozen: nothing may change a field afterwards.
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        two.learning_rate = 1.0
     assert fourteen.output_dir == "checkpoints/posttraining/video2world_lora/14b_x"
     with pytest.raises(ValueError, match="4k\\+1"):
         TrainConfig(model="tiny", num_frames=18).resolved()
@@ -121,7 +126,7 @@ def test_checkpoint_layout_and_round_trip(bikes_dataset, tmp_path):
     assert set(converted) == set(live)
     assert all(torch.equal(converted[k], live[k].to(torch.bfloat16)) for k in live)
     # ... and diffusers' from_single_file recognises and loads the file as a Cosmos-Predict2 model.
-    from cosmos_v2w_diffusers.presets import tiny_pretrained_path
+    from cosmos_v2w_diffusers.components import tiny_pretrained_path
 
     single = CosmosTransformer3DModel.from_single_file(
         str(root / "model" / "iter_000000002.pt"), config=str(tiny_pretrained_path()), subfolder="transformer",
@@ -144,20 +149,21 @@ class _Crash(Exception):
     pass
 
 
-def test_interrupted_run_resumes_exactly(bikes_dataset, tmp_path):
+def test_interrupted_run_resumes_exactly(bikes_dataset, tmp_path, monkeypatch):
     settings = dict(max_iter=6, save_iter=3, gradient_accumulation_steps=2)
     straight = Trainer(tiny_config(bikes_dataset, tmp_path / "straight", **settings))
     expected = straight.train()
 
     crashing = Trainer(tiny_config(bikes_dataset, tmp_path / "crashed", **settings))
 
-    def crash(step):
-        if step == 4:  # mid-way between the checkpoint at 3 and the next at 6
+    def crash(forward):
+        if forward == 2 * 5:  # in step 5, after step 4: mid-way between the checkpoint at 3 and the next at 6
             raise _Crash
 
-    crashing.after_step = crash
-    with pytest.raises(_Crash):
-        crashing.train()
+    with monkeypatch.context() as patch:
+        before_each_forward(patch, crash)
+        with pytest.raises(_Crash):
+            crashing.train()
     assert CheckpointDir(tmp_path / "crashed").latest_iteration() == 3
 
     resumed = Trainer(tiny_config(bikes_dataset, tmp_path / "crashed", **settings))
@@ -320,11 +326,11 @@ def test_a_slow_upload_never_blocks_a_step(bikes_dataset, tmp_path, monkeypatch)
 
     monkeypatch.setattr(HfApi, "create_commit", stuck_commit)
     trainer = Trainer(tiny_config(bikes_dataset, tmp_path / "run", max_iter=3, save_iter=1, push_to_hub=True))
-    steps_done = []
+    steps_started = []
     # Every step runs while the first upload is stuck; the last one lets it go.
-    trainer.after_step = lambda step: (steps_done.append(step), step == 2 and release.set())
+    before_each_forward(monkeypatch, lambda step: (steps_started.append(step), step == 2 and release.set()))
     trainer.train()
-    assert steps_done == [0, 1, 2]
+    assert steps_started == [0, 1, 2]
     # Iteration 1 was being uploaded during iteration 2's save, which was skipped; the final one went up.
     assert commits == ["Post-training: iteration 1", "Post-training: iteration 3"]
 
@@ -392,7 +398,7 @@ def test_checkpoints_total_limit_keeps_the_newest(bikes_dataset, tmp_path):
 
 def test_a_lora_run_resumes_its_ema_and_the_ema_adapter_loads_into_the_pipeline(bikes_dataset, tmp_path):
     from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline
-    from cosmos_v2w_diffusers.presets import tiny_pretrained_path
+    from cosmos_v2w_diffusers.components import tiny_pretrained_path
 
     out = tmp_path / "lora"
     first = Trainer(tiny_config(bikes_dataset, out, train_architecture="lora", max_iter=2, save_iter=2))
@@ -451,7 +457,7 @@ def test_a_tracker_that_is_not_installed_is_refused_before_any_work(monkeypatch)
 
 
 def test_the_model_size_comes_from_the_weights_and_a_contradicting_one_is_refused():
-    from cosmos_v2w_diffusers.presets import tiny_pretrained_path
+    from cosmos_v2w_diffusers.components import tiny_pretrained_path
 
     base = str(tiny_pretrained_path())
     assert TrainConfig(pretrained_model_name_or_path=base).resolved().model == "tiny"

@@ -151,7 +151,7 @@ def test_convert_never_deletes_a_folder_it_did_not_write(tiny_run, tmp_path):
 
 
 def test_an_output_dir_that_is_the_base_model_folder_is_refused_up_front(tmp_path):
-    from cosmos_v2w_diffusers.presets import tiny_pretrained_path
+    from cosmos_v2w_diffusers.components import tiny_pretrained_path
 
     base = tmp_path / "base"
     shutil.copytree(tiny_pretrained_path(), base)
@@ -196,8 +196,8 @@ def test_an_edited_caption_is_reported_in_training_and_re_encoded_by_prepare_dat
 
 
 def test_the_latent_cache_key_covers_every_weight_of_the_vae():
+    from cosmos_v2w_diffusers.components import load_vae
     from cosmos_v2w_diffusers.data.latent_cache import _vae_identity
-    from cosmos_v2w_diffusers.presets import load_vae
 
     vae = load_vae(TINY, None, torch.float32)
     before = _vae_identity(vae)
@@ -527,7 +527,7 @@ def test_the_lora_export_keeps_alpha_for_every_documented_loader(tiny_run, tmp_p
         pipe = inference.build_pipeline(args) if weight_name is None else None
         if pipe is None:  # the converted file, through diffusers' own loader
             from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline
-            from cosmos_v2w_diffusers.presets import tiny_pretrained_path
+            from cosmos_v2w_diffusers.components import tiny_pretrained_path
 
             pipe = CosmosVideo2WorldPipeline.from_pretrained(str(tiny_pretrained_path()), disable_guardrail=True)
             pipe.load_lora_weights(str(lora_folder), weight_name=weight_name)

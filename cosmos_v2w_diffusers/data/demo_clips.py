@@ -14,9 +14,10 @@ import numpy as np
 from diffusers.utils import export_to_video
 from PIL import Image
 
+from ..components import cache_root, resolve_pretrained
 from ..io_utils import build_folder_once
 from ..prepare_data import prepare_dataset
-from ..presets import ModelPreset, cache_root, resolve_pretrained
+from ..presets import ModelPreset
 
 logger = logging.getLogger(__name__)
 

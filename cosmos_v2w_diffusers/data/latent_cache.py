@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKLWan
 
-from ..latents import encode_video, num_latent_frames
+from ..latents import encode_video
+from ..sample_shape import num_latent_frames
 from .hf_dataset import file_signature, weights_hash
 from .samples import read_frames, resize_frames
 

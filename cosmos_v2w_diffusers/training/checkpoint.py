@@ -5,7 +5,7 @@
         optim/iter_{N:09d}.pt       optimizer state + the fp32 master weights
         scheduler/iter_{N:09d}.pt   learning-rate scheduler state
         trainer/iter_{N:09d}.pt     {"grad_scaler": ..., "iteration": N} (+ our RNG states and the run's
-                                    config as JSON, so a resume with different run-defining flags is refused)
+                                    flags as JSON, so a resume with different run-defining flags is refused)
         latest_checkpoint.txt       "iter_{N:09d}.pt\\n", written last
 
 NVIDIA's model file stores bf16 weights, while training keeps fp32 masters (our live weights under
@@ -200,38 +200,27 @@ class CheckpointDir:
                 f"corrupt or not ours: {way_out}."
             ) from None
 
-    def check_same_run(self, iteration: int, run_definition: dict) -> None:
-        """Refuse a resume whose run-defining flags differ from those stored with checkpoint `iteration`
-        (other flags may change; checkpoints from before the config was stored are not checked)."""
-        stored = stored_config(self.load_part("trainer", iteration))
-        if stored is None:
-            return
-        changed = [f"--{k} {stored.get(k)} -> {v}" for k, v in run_definition.items() if stored.get(k) != v]
-        if changed:
-            raise ValueError(
-                f"{self.path('trainer', iteration)} was written by a run with other run-defining flags "
-                f"({'; '.join(changed)}): use the checkpoint's values, a new --output_dir, or --no-resume."
-            )
-
-    def load(self, iteration: int) -> dict[str, dict]:
-        return {part: self.load_part(part, iteration) for part in PARTS}
 
 
-def config_of_checkpoint(path: str | Path) -> dict | None:
-    """The run config stored with a checkpoint, given the path of any of its files
-    (`<output_dir>/checkpoints/<part>/iter_N.pt`)."""
-    path = Path(path).absolute()
+def output_dir_of(checkpoint_file: str | Path) -> Path:
+    """The run folder a checkpoint file belongs to: `<output_dir>/checkpoints/<part>/iter_N.pt`."""
+    path = Path(checkpoint_file).absolute()
     if len(path.parents) < 3 or path.parent.name not in PARTS or path.parents[1].name != "checkpoints":
         raise ValueError(
             f"--resume_from_checkpoint {path}: a checkpoint file lives in <output_dir>/checkpoints/<{'|'.join(PARTS)}>/, "
             f"beside its other three parts; copy the whole checkpoints/ folder and pass the file there."
         )
-    checkpoints = CheckpointDir(path.parents[2])
-    return stored_config(checkpoints.load_part("trainer", checkpoints.resolve(str(path))))
+    return path.parents[2]
+
+
+def config_of_checkpoint(checkpoint_file: str | Path) -> dict | None:
+    """The run config stored with a checkpoint, given the path of any of its files."""
+    checkpoints = CheckpointDir(output_dir_of(checkpoint_file))
+    return stored_config(checkpoints.load_part("trainer", checkpoints.resolve(str(checkpoint_file))))
 
 
 def stored_config(trainer_part: dict) -> dict | None:
-    """The run config a checkpoint was written with (None for checkpoints from before it was stored)."""
+    """The run config a checkpoint was written with (None for NVIDIA's, whose trainer part holds none)."""
     return json.loads(trainer_part["config"]) if "config" in trainer_part else None
 
 

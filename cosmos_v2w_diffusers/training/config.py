@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..generation_flags import ATTENTION_BACKENDS
+from ..sample_shape import check_sample_shape
 
 LORA_TARGET_MODULES = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
 # What a checkpoint's weights and optimizer state depend on: a resume must not change these.
@@ -74,7 +75,7 @@ def edm2_ema_gamma(relative_std: float) -> float:
     return float(max(r.real for r in roots if abs(r.imag) < 1e-9))
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     model: str | None = _f(
         None, "model size: 2B, 14B or tiny (default: the architecture of --pretrained_model_name_or_path's "
@@ -255,7 +256,8 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """A copy with every preset-dependent default filled in."""
         # diffusers and transformers: imported here, kept out of `--help`
-        from ..presets import get_preset, preset_of_pretrained
+        from ..components import preset_of_pretrained
+        from ..presets import get_preset
 
         self._check_values()
         asked = get_preset(self.model) if self.model else None
@@ -267,38 +269,44 @@ class TrainConfig:
             )
         preset = asked or found or get_preset("2B")
         lora = self.train_architecture == "lora"
-        c = dataclasses.replace(self, model=preset.name)
-        c.lora_rank = c.lora_rank or preset.lora_rank
-        c.lora_alpha = c.lora_alpha or c.lora_rank
-        c.max_iter = c.max_iter or preset.max_iter
-        c.save_iter = c.save_iter or (preset.save_iter_lora if lora else preset.save_iter)
-        c.num_frames = c.num_frames or preset.num_frames
-        c.height = c.height or preset.height
-        c.width = c.width or preset.width
-        c.learning_rate = c.learning_rate if c.learning_rate is not None else preset.learning_rate
-        c.weight_decay = c.weight_decay if c.weight_decay is not None else preset.weight_decay
-        c.lr_f_max = c.lr_f_max if c.lr_f_max is not None else preset.lr_f_max
-        c.lr_decay_steps = c.lr_decay_steps or c.max_iter
+
+        def given_or(name: str, default):
+            value = getattr(self, name)
+            return default if value is None else value
+
+        rank = self.lora_rank or preset.lora_rank
+        max_iter = self.max_iter or preset.max_iter
+        save_iter = self.save_iter or (preset.save_iter_lora if lora else preset.save_iter)
         # Selective checkpointing is the default: the trainer keeps attention outputs in as many blocks as
         # the GPU has memory for and recomputes the rest in full (`training/memory.py`).
-        c.activation_checkpointing = c.activation_checkpointing or ("full" if c.low_vram else "selective")
+        recompute = self.activation_checkpointing or ("full" if self.low_vram else "selective")
+        dataset = Path(self.dataset_path).resolve().name if self.dataset_path else "demo"
+        group = "video2world_lora" if lora else "video2world"
+        c = dataclasses.replace(
+            self,
+            model=preset.name,
+            lora_rank=rank,
+            lora_alpha=self.lora_alpha or rank,
+            max_iter=max_iter,
+            save_iter=save_iter,
+            num_frames=self.num_frames or preset.num_frames,
+            height=self.height or preset.height,
+            width=self.width or preset.width,
+            learning_rate=given_or("learning_rate", preset.learning_rate),
+            weight_decay=given_or("weight_decay", preset.weight_decay),
+            lr_f_max=given_or("lr_f_max", preset.lr_f_max),
+            lr_decay_steps=self.lr_decay_steps or max_iter,
+            activation_checkpointing=recompute,
+            validation_steps=self.validation_steps or save_iter,
+            output_dir=self.output_dir or str(Path("checkpoints", "posttraining", group, f"{preset.short_name}_{dataset}")),
+        )
         if c.low_vram and c.activation_checkpointing != "full":
             raise ValueError("--low_vram offloads what full recompute keeps: drop --activation_checkpointing.")
-        if c.cache_windows_per_clip < 1:
-            raise ValueError(f"--cache_windows_per_clip must be at least 1, got {c.cache_windows_per_clip}.")
-        c.validation_steps = c.validation_steps or c.save_iter
         if c.validation_num_frames is not None and (c.validation_num_frames - 1) % 4:
             raise ValueError(f"--validation_num_frames must be 4k+1, got {c.validation_num_frames}.")
         if (c.validation_image or c.validation_video) and not c.validation_prompt:
             raise ValueError("--validation_image/--validation_video need a --validation_prompt.")
-        if (c.num_frames - 1) % 4:
-            raise ValueError(f"--num_frames must be 4k+1 (the VAE's temporal stride), got {c.num_frames}.")
-        if c.height % 16 or c.width % 16:
-            raise ValueError(f"--height and --width must be multiples of 16, got {c.height}x{c.width}.")
-        if c.output_dir is None:
-            dataset = Path(c.dataset_path).resolve().name if c.dataset_path else "demo"
-            group = "video2world_lora" if lora else "video2world"
-            c.output_dir = str(Path("checkpoints", "posttraining", group, f"{preset.short_name}_{dataset}"))
+        check_sample_shape(c.num_frames, c.height, c.width, "--num_frames", "--height and --width")
         return c
 
     @property
@@ -339,7 +347,7 @@ class TrainConfig:
         checkpoint = Path(config.resume_from_checkpoint)
         if config.resume_from_checkpoint == "latest" or not checkpoint.is_file():
             return config
-        from .checkpoint import config_of_checkpoint  # torch: kept out of `--help`
+        from .checkpoint import config_of_checkpoint, output_dir_of  # torch: kept out of `--help`
 
         stored = config_of_checkpoint(checkpoint)
         if stored is None:
@@ -351,6 +359,6 @@ class TrainConfig:
                 f"folder, or another) to continue it; a checkpoint never chooses what a run reads."
             )
         rebuilt = {name: stored[name] for name in RESUMED_FIELDS if name in stored}
-        rebuilt["output_dir"] = str(checkpoint.absolute().parents[2])  # <output_dir>/checkpoints/<part>/iter_N.pt
+        rebuilt["output_dir"] = str(output_dir_of(checkpoint))
         return dataclasses.replace(config, **{**rebuilt, **given})
 

@@ -1,4 +1,4 @@
-"""Where a training step's memory goes: allocator settings, device defaults, and how many transformer blocks
+"""Where a training step's memory goes: allocator settings, and how many transformer blocks
 can keep their attention outputs (with where the EMA lives), from a GPU-memory estimate of one step.
 
 Selective checkpointing (keep each block's attention output, recompute the cheap rest) saves a re-run of
@@ -27,14 +27,41 @@ SELECTIVE_BYTES = 4.0
 BLOCK_PEAK_BYTES = {True: 42.0, False: 95.0}
 # Leave this much of the card free: the allocator's slack and what other libraries hold.
 HEADROOM_BYTES = 3 * GIB
-# Bytes per (token x hidden channel) that FSDP2 adds to a step beyond the formula (its unsharded bf16 weights
-# and gradients, fp32 reduction buffers, what checkpoint wrappers keep): measured 6.8 GiB over the estimate
-# for 2B at 84,480 tokens on one H100 (FSDP2 over one process, 16 selective blocks: 72.9 GiB).
-FSDP_EXTRA_BYTES = 42.0
+# Bytes per (token x hidden channel) that FSDP2 adds to a step beyond the formula (what its checkpoint
+# wrappers keep, its copies around the gathered blocks): 2B at 84,480 tokens over one process on one H100,
+# 16 selective blocks, peaked at 72.9 GiB, 10.2 GiB above the rest of the estimate.
+FSDP_EXTRA_BYTES = 63.0
 # Bytes per trainable parameter that DDP over several processes holds beyond one GPU's step: one gradient-sized
 # buffer. Measured on 4x H200 (2B, 93x704x1280, 28 selective blocks, EMA on the GPU): 80.7 GiB per rank under
 # DDP against 73.4 GiB for the one-GPU step, 7.3 GiB for 1.96e9 parameters, with gradient_as_bucket_view on.
 DDP_EXTRA_BYTES_PER_PARAMETER = 4
+
+
+def state_bytes(
+    transformer: torch.nn.Module, compute_dtype: torch.dtype, ema: bool, fsdp_shards: int | None = None
+) -> dict[str, int]:
+    """What a rank holds for the whole run besides activations, by part: the weights as stored, the trainable
+    tensors' gradients and AdamW's two moments (3x their bytes), autocast's compute-dtype copies of fp32
+    weights, and the fp32 EMA of the trainable tensors. Under FSDP each is split over `fsdp_shards` ranks,
+    and there are no autocast copies: FSDP gathers the weights in the compute dtype itself."""
+    params = list(transformer.parameters())
+    trainable_bytes = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+    low_precision = compute_dtype != torch.float32 and fsdp_shards is None
+    parts = {
+        "weights": sum(p.numel() * p.element_size() for p in params),
+        "gradients_and_moments": 3 * trainable_bytes,
+        "autocast_copies": sum(p.numel() * 2 for p in params if p.dtype == torch.float32 and low_precision),
+        "ema": 4 * sum(p.numel() for p in params if p.requires_grad) if ema else 0,
+    }
+    return {name: n // (fsdp_shards or 1) for name, n in parts.items()}
+
+
+def fsdp_buffer_bytes(transformer: torch.nn.Module) -> int:
+    """What FSDP2 holds beyond a rank's shards: two whole bf16 blocks (the one computing and the one
+    prefetched) and, for trainable blocks, one block's fp32 gradient before its reduce-scatter."""
+    block = list(transformer.transformer_blocks[0].parameters())
+    gathered = 2 * 2 * sum(p.numel() for p in block)
+    return gathered + 4 * sum(p.numel() for p in block if p.requires_grad)
 
 
 def step_bytes_without_selective(
@@ -48,24 +75,19 @@ def step_bytes_without_selective(
     """Estimated peak of one step with full recompute in every block.
 
     `resident_bytes` is what is on the GPU before the first step (weights, EMA, VAE). To it come the
-    optimizer's two moments and the gradients of the trainable tensors, bf16 copies of fp32 weights made by
-    autocast, every block's saved input and one block's recompute at a time. Under FSDP (`fsdp_shards`
-    ranks share the states) a rank holds its share of the moments, gradients and bf16 copies, plus two
-    whole bf16 blocks (the one computing and the one prefetched) and FSDP's own buffers.
+    gradients and optimizer moments of the trainable tensors and autocast's bf16 copies of fp32 weights
+    (`state_bytes`), every block's saved input and one block's recompute at a time. Under FSDP (`fsdp_shards`
+    ranks share the states) a rank holds its share of the states, plus `fsdp_buffer_bytes` and FSDP's
+    per-token overhead.
     """
     fsdp = fsdp_shards is not None
-    state_shards = fsdp_shards or 1
+    states = state_bytes(transformer, compute_dtype, ema=False, fsdp_shards=fsdp_shards)
     hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
     n_blocks = len(transformer.transformer_blocks)
-    trainable = sum(p.numel() * p.element_size() for p in transformer.parameters() if p.requires_grad)
-    optimizer_and_grads = 3 * trainable // state_shards
-    autocast_copies = sum(
-        p.numel() * 2 for p in transformer.parameters() if p.dtype == torch.float32 and compute_dtype != torch.float32
-    ) // state_shards
-    gathered_blocks = 2 * 2 * sum(p.numel() for p in transformer.transformer_blocks[0].parameters()) if fsdp else 0
     block_inputs = n_blocks * tokens * hidden * (2 if compute_dtype != torch.float32 else 4)
     one_block = tokens * hidden * (BLOCK_PEAK_BYTES[compiled] + (FSDP_EXTRA_BYTES if fsdp else 0))
-    return int(resident_bytes + optimizer_and_grads + autocast_copies + gathered_blocks + block_inputs + one_block)
+    step_states = states["gradients_and_moments"] + states["autocast_copies"] + (fsdp_buffer_bytes(transformer) if fsdp else 0)
+    return int(resident_bytes + step_states + block_inputs + one_block)
 
 
 def selective_blocks_that_fit(
@@ -87,7 +109,7 @@ def _selective_bytes_per_block(transformer: torch.nn.Module, tokens: int) -> flo
     return tokens * transformer.config.num_attention_heads * transformer.config.attention_head_dim * SELECTIVE_BYTES
 
 
-@dataclass
+@dataclass(frozen=True)
 class MemoryPlan:
     """What `plan_gpu_memory` decided: blocks keeping attention outputs (None: all), the EMA's device, and,
     when it was estimated, the step's estimated peak and the memory it had to fit in."""
@@ -116,21 +138,6 @@ def set_allocator_defaults() -> None:
         os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
 
 
-def with_device_defaults(config, on_gpu: bool):
-    """Fill the defaults that depend on the device: bf16 and compiled blocks on a GPU. The EMA's place is
-    fixed here where it is forced (beside the weights off the GPU; the CPU with --low_vram); otherwise
-    `plan_gpu_memory` chooses it."""
-    if config.mixed_precision is None:
-        config.mixed_precision = "bf16" if on_gpu else "no"
-    if config.compile is None:
-        config.compile = on_gpu
-    if config.ema_device is None and not on_gpu:
-        config.ema_device = "gpu"
-    if config.ema_device is None and config.low_vram:
-        config.ema_device = "cpu"
-    return config
-
-
 def _capacity_bytes(device: torch.device) -> int:
     index = device.index if device.index is not None else torch.cuda.current_device()
     capacity = torch.cuda.get_device_properties(index).total_memory
@@ -146,39 +153,44 @@ def plan_gpu_memory(
     device: torch.device,
     tokens: int,
     compute_dtype: torch.dtype,
+    *,
+    compiled: bool,
+    selective_blocks: int | None,
+    ema_device: str | None,
     fsdp_shards: int | None = None,
     ddp: bool = False,
 ) -> MemoryPlan:
     """Blocks that keep their attention outputs and the EMA's device ("gpu" or "cpu").
 
-    The flag `--selective_checkpointing_blocks` wins; off the GPU, or without selective checkpointing,
-    nothing is planned. Otherwise the EMA stays on the GPU unless it costs selective blocks there: its CPU
-    update is hidden behind a long step (2B at 720p) but not behind a short one, which would wait for it.
-    Under FSDP, `fsdp_shards` ranks share the weights, EMA and optimizer state; under DDP of several
-    processes (`ddp`) its gradient-sized buffer (`DDP_EXTRA_BYTES_PER_PARAMETER`) is counted too.
+    `selective_blocks` and `ema_device` are what the flags (or the engine) already fixed; None leaves them to
+    the plan. Off the GPU, or without selective checkpointing (`config.activation_checkpointing`), nothing is
+    planned. Otherwise the EMA stays on the GPU unless it costs selective blocks there: its CPU update is
+    hidden behind a long step (2B at 720p) but not behind a short one, which would wait for it. Under FSDP,
+    `fsdp_shards` ranks share the weights, EMA and optimizer state; under DDP of several processes (`ddp`) its
+    gradient-sized buffer (`DDP_EXTRA_BYTES_PER_PARAMETER`) is counted too.
     """
-    state_shards = fsdp_shards or 1
     c = config
-    planned = device.type == "cuda" and c.activation_checkpointing == "selective" and c.selective_checkpointing_blocks is None
+    planned = device.type == "cuda" and c.activation_checkpointing == "selective" and selective_blocks is None
     if not planned:
-        return MemoryPlan(c.selective_checkpointing_blocks, c.ema_device or "gpu")
-    resident = sum(p.numel() * p.element_size() for p in transformer.parameters()) // state_shards
+        return MemoryPlan(selective_blocks, ema_device or "gpu")
+    states = state_bytes(transformer, compute_dtype, c.ema, fsdp_shards)
+    resident = states["weights"]
     resident += 0 if c.cache_latents else sum(p.numel() * p.element_size() for p in vae.parameters())
     trainable_params = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
     resident += DDP_EXTRA_BYTES_PER_PARAMETER * trainable_params if ddp else 0
-    ema_bytes = 4 * sum(p.numel() for p in transformer.parameters() if p.requires_grad) // state_shards if c.ema else 0
+    ema_bytes = states["ema"]
 
     capacity = _capacity_bytes(device)
 
     def fit(resident_bytes: int) -> int:
-        return selective_blocks_that_fit(transformer, tokens, capacity, resident_bytes, c.compile, compute_dtype, fsdp_shards)
+        return selective_blocks_that_fit(transformer, tokens, capacity, resident_bytes, compiled, compute_dtype, fsdp_shards)
 
-    ema_device = c.ema_device or ("gpu" if fsdp_shards else None)  # under FSDP it is sharded like the weights
+    ema_device = ema_device or ("gpu" if fsdp_shards else None)  # under FSDP it is sharded like the weights
     if ema_device is None:
         all_blocks = len(transformer.transformer_blocks)
         ema_device = "gpu" if not ema_bytes or fit(resident + ema_bytes) == all_blocks else "cpu"
     resident += ema_bytes if ema_device == "gpu" else 0
     n_selective = fit(resident)
-    peak = step_bytes_without_selective(transformer, tokens, resident, c.compile, compute_dtype, fsdp_shards)
+    peak = step_bytes_without_selective(transformer, tokens, resident, compiled, compute_dtype, fsdp_shards)
     peak += int(n_selective * _selective_bytes_per_block(transformer, tokens))
     return MemoryPlan(n_selective, ema_device, peak, capacity)

@@ -28,23 +28,26 @@ from accelerate.utils import (
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..checkpoint_format import from_native_state_dict, to_native_state_dict
+from ..components import load_vae, resolve_pretrained
 from ..data.demo_clips import demo_dataset_path
 from ..data.hf_dataset import load_video2world_dataset
 from ..data.latent_cache import build_latent_cache
 from ..data.samples import DrawSampler, Video2WorldTrainDataset
 from ..exports import export_final
-from ..latents import encode_video, num_latent_frames, use_channels_last_3d
+from ..latents import encode_video, use_channels_last_3d
 from ..objective import draw_training_randomness, video2world_loss
-from ..presets import get_preset, load_vae, resolve_pretrained
-from .checkpoint import CheckpointDir, rng_state, set_rng_state
+from ..presets import get_preset
+from ..sample_shape import latent_tokens
+from .activation_checkpointing import canonical_name
+from .checkpointer import Checkpointer
 from .config import TrainConfig
-from .guards import NonFiniteSteps, RunGuards
+from .guards import RunGuards
 from .hub import HubUploader
-from .memory import set_allocator_defaults, with_device_defaults
+from .memory import set_allocator_defaults
 from .metrics import describe_throughput, loss_trend, throughput_summary
+from .model import load_trainable_transformer
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
-from .parallel import canonical_name, load_trainable_transformer, prepare_for_wrapping
+from .parallel import default_mixed_precision, prepare_for_wrapping
 from .parallel_dims import ParallelDims
 from .run_lock import RunLock
 from .state import train_state
@@ -65,10 +68,10 @@ class Trainer:
         # settings as accelerate reads them; building accelerate's state here, before the Accelerator,
         # would leave out `--cpu` and make every rank a main process.
         on_gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
-        self.config = c = with_device_defaults(config.resolved(), on_gpu)
+        self.config = c = config.resolved()
         self.preset = get_preset(c.model)
         self.accelerator = Accelerator(
-            mixed_precision=c.mixed_precision,
+            mixed_precision=default_mixed_precision(c, on_gpu),
             gradient_accumulation_steps=c.gradient_accumulation_steps,
             log_with=None if c.report_to == "none" else c.report_to,
             project_config=ProjectConfiguration(project_dir=c.output_dir, logging_dir=str(Path(c.output_dir) / "logs")),
@@ -84,7 +87,7 @@ class Trainer:
         self.compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
             self.accelerator.mixed_precision, torch.float32
         )
-        self.checkpoints = CheckpointDir(c.output_dir)
+        self.checkpointer = Checkpointer(c, self.accelerator)
         self.lock = RunLock(c.output_dir) if self.accelerator.is_main_process else None
         if self.lock:
             self.lock.acquire()
@@ -98,8 +101,8 @@ class Trainer:
         """Everything after the output folder is ours: checks, data, models, optimisation state, resume."""
         c = self.config
         if self.lock:
-            self.checkpoints.remove_stale_temp_files()
-        self.resume_iteration = self._check_resumable()
+            self.checkpointer.folder.remove_stale_temp_files()
+        self.checkpointer.resume_point()  # before any heavy work: a resume must come from the same run
         self.history: list[float] = []  # mean loss of each optimizer step run by this process
         self.step_seconds: list[float] = []
         self.preempted = False  # True once a run stopped early on a signal, on every rank
@@ -127,10 +130,10 @@ class Trainer:
                 )
             self.vae.to("cpu")  # no longer needed on the GPU
         self.samples = Video2WorldTrainDataset(table, c.num_frames, c.height, c.width, seed=c.seed, latent_table=latent_table)
-        self.tokens = num_latent_frames(c.num_frames) * (c.height // 16) * (c.width // 16)
+        self.tokens = latent_tokens(c.num_frames, c.height, c.width)
         # Context parallelism: groups of `cp` consecutive ranks share a sample, each holding 1/cp of its tokens.
         self.dims = ParallelDims.from_accelerator(self.accelerator, c.context_parallel_size)
-        self.selective_blocks = prepare_for_wrapping(
+        self.plan = prepare_for_wrapping(
             transformer, self.vae, c, self.accelerator, self.dims, self.tokens, self.compute_dtype
         )
         transformer.train()
@@ -148,25 +151,17 @@ class Trainer:
         # FSDP and DeepSpeed swap parameters for sharded or bf16 ones: take them from the prepared model.
         self.trainable = {canonical_name(n): p for n, p in self._unwrapped().named_parameters() if p.requires_grad}
         self.state = train_state(self.dims, self.transformer, self.optimizer, self.trainable)
-        ema_device = "cpu" if c.ema_device == "cpu" else None
+        ema_device = "cpu" if self.plan.ema_device == "cpu" else None
         self.ema = PowerEMA(self.state.ema_sources, c.ema_gamma, self.compute_dtype, ema_device) if c.ema else None
-        self.start_iter = self._maybe_resume()
-        self.validator = None
-        if c.validation_prompt and self.accelerator.is_main_process:
-            self.validator = Validator(c, self.preset, self.vae, table[0]["video_path"], self.compute_dtype, self.device)
+        self.start_iter = self.checkpointer.load(self.state, self.lr_scheduler, self.ema, self.trainable)
+        self.validator = Validator(
+            c, self.preset, self.vae, table[0]["video_path"], self.compute_dtype, self.device, self.accelerator.is_main_process
+        )
         self.base_pipeline = resolve_pretrained(self.preset, c.pretrained_model_name_or_path)  # exports take its components
         base_model = c.pretrained_model_name_or_path or self.preset.hub_id
         self.uploader = HubUploader(c, base_model) if c.push_to_hub and self.accelerator.is_main_process else None
 
     # ------------------------------------------------------------------ checkpoints
-
-    def _check_resumable(self) -> int | None:
-        """The checkpoint this run resumes from, checked before any heavy work to come from the same run."""
-        c = self.config
-        iteration = self.checkpoints.resolve(c.resume_from_checkpoint) if c.resume else None
-        if iteration is not None:
-            self.checkpoints.check_same_run(iteration, c.run_definition())
-        return iteration
 
     def _unwrapped(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.transformer)
@@ -175,59 +170,10 @@ class Trainer:
         """The whole EMA on the main process (a collective under FSDP and ZeRO-3: every rank calls it)."""
         return self.state.ema_on_main(self.ema.state_dict(), self.accelerator.is_main_process) if self.ema else None
 
-    def save_checkpoint(self, iteration: int) -> None:
-        """Write checkpoint `iteration` (= optimizer steps done) in NVIDIA's layout."""
-        # Collective calls first, on every rank: they gather FSDP/DeepSpeed shards.
-        masters, bad = self.state.masters_on_main(self.accelerator.is_main_process)
-        if bad:  # never name a diverged state "latest": the previous checkpoint stays the one to resume from
-            raise FloatingPointError(
-                f"Not saving checkpoint {iteration}: {len(bad)} weight tensors hold NaN/Inf (e.g. {bad[0]}); "
-                f"resume from {self.checkpoints.root / 'latest_checkpoint.txt'} with a lower --learning_rate."
-            )
-        state = self.accelerator.get_state_dict(self.transformer)
-        ema = self._gathered_ema()
-        optimizer = self.state.optimizer_state_dict()
-        if self.accelerator.is_main_process:
-            config = self._unwrapped().config
-            model = to_native_state_dict({k: v.cpu() for k, v in state.items()}, config, "net.", torch.bfloat16)
-            if ema is not None:
-                model.update(to_native_state_dict(ema, config, "net_ema.", torch.float32))  # already on the CPU
-            rng = rng_state()
-            self.checkpoints.save(
-                iteration,
-                {
-                    "model": model,
-                    "optim": {"optimizer": optimizer, "master_weights": masters},
-                    "scheduler": self.lr_scheduler.state_dict(),
-                    "trainer": {"grad_scaler": {}, "iteration": iteration, "rng": rng, "config": self.config.to_json()},
-                },
-            )
-            if self.config.checkpoints_total_limit:
-                self.checkpoints.prune(self.config.checkpoints_total_limit)
-            if self.uploader and iteration < self.config.max_iter and not self.uploader.busy():
-                # What the pipeline loads goes up in the background (the final one after the loop).
-                self.uploader.upload(export_final(self._unwrapped(), state, ema, self.config, self.base_pipeline), iteration)
-        self.accelerator.wait_for_everyone()
-
-    def _maybe_resume(self) -> int:
-        latest = self.resume_iteration
-        if latest is None:
-            return 0
-        parts = self.checkpoints.load(latest)
-        masters = parts["optim"]["master_weights"]
-        if set(masters) != set(self.trainable):
-            raise ValueError(
-                f"{self.checkpoints.root}: checkpoint {latest} was written by a different run (its trainable "
-                f"tensors differ: full vs LoRA, or another model). Use a new --output_dir or --no-resume."
-            )
-        self.state.load(masters, parts["optim"]["optimizer"])
-        self.lr_scheduler.load_state_dict(parts["scheduler"])
-        if self.ema is not None:
-            ema = from_native_state_dict(parts["model"], "net_ema.")
-            self.ema.load_state_dict({n: self.state.local_ema(n, t, ema[n]) for n, t in self.ema.state_dict().items()})
-        set_rng_state(parts["trainer"]["rng"])
-        logger.info("Resumed from %s", self.checkpoints.path("model", latest), main_process_only=False)
-        return parts["trainer"]["iteration"]
+    def _upload(self, iteration: int, weights: dict, ema: dict | None) -> None:
+        """Send what the pipeline loads to the Hub in the background, unless an upload is still running."""
+        if not self.uploader.busy():
+            self.uploader.upload(export_final(self._unwrapped(), weights, ema, self.config, self.base_pipeline), iteration)
 
     # ------------------------------------------------------------------ training
 
@@ -290,9 +236,6 @@ class Trainer:
         )
         return sampler.step_batches(self.samples, c.dataloader_num_workers, pin_memory=self.device.type == "cuda")
 
-    def after_step(self, step: int) -> None:
-        """Called after optimizer step `step` (0-based) has been taken and checkpointed."""
-
     def train(self) -> list[float]:
         """Train to `--max_iter` (or until a stop signal), checkpointing and exporting; returns the step losses.
 
@@ -314,7 +257,6 @@ class Trainer:
         progress = tqdm(
             total=c.max_iter, initial=self.start_iter, desc="Post-training", disable=not self.accelerator.is_main_process
         )
-        self.nonfinite = NonFiniteSteps(self.checkpoints, c.max_nonfinite_steps, c.learning_rate, self.accelerator.is_main_process)
         if self.start_iter >= c.max_iter:
             logger.info(
                 "The run is already complete: %s holds iteration %d of --max_iter %d. Raise --max_iter to train "
@@ -325,7 +267,7 @@ class Trainer:
             for step, micro_batches in zip(range(self.start_iter, c.max_iter), self._micro_batches()):
                 lr = self.lr_scheduler.get_last_lr()[0]
                 loss = self.train_step(step, micro_batches)
-                self.nonfinite.record(step, loss, micro_batches)
+                self.checkpointer.record_loss(step, loss, micro_batches)
                 self.history.append(loss)
                 now = time.perf_counter()
                 seconds, last = now - last, now
@@ -334,13 +276,12 @@ class Trainer:
                 progress.update()
                 self.accelerator.log({"loss": loss, "lr": lr, "clips_per_s": clips_per_step / seconds}, step=step + 1)
                 stop = self.guards.check(micro_batches)
-                saved = ((step + 1) % c.save_iter == 0 or step + 1 == c.max_iter or stop) and self._save_if_finite(step + 1)
-                if c.validation_prompt and (step + 1) % c.validation_steps == 0 and not stop:
+                saved = self._save(step + 1, force=stop)
+                if self.validator.should_validate(step + 1) and not stop:
                     self.validate(step + 1)
                     stop = self.guards.stop_requested()  # a signal during validation stops now, not a step later
                     if stop and not saved:
-                        self._save_if_finite(step + 1)
-                self.after_step(step)
+                        self._save(step + 1, force=True)
                 if stop:
                     self.preempted = True
                     logger.warning(
@@ -348,7 +289,7 @@ class Trainer:
                         main_process_only=False,
                     )
                     return self.history
-        self.nonfinite.check_end()
+        self.checkpointer.check_end()
         self._log_summary(clips_per_step)
         state = self.accelerator.get_state_dict(self.transformer)
         ema = self._gathered_ema()
@@ -359,23 +300,20 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         return self.history
 
-    def _save_if_finite(self, iteration: int) -> bool:
-        """Save checkpoint `iteration` unless the current weights have just given a non-finite loss; returns
-        whether it saved."""
-        if not self.nonfinite.allow_saving(iteration):
-            return False
-        self.save_checkpoint(iteration)
-        return True
+    def _save(self, iteration: int, force: bool = False) -> bool:
+        return self.checkpointer.save(
+            iteration, self.state, self.transformer, self.lr_scheduler, self.ema, last_step=iteration == self.config.max_iter,
+            force=force, upload=self._upload if self.uploader else None,
+        )
 
     def validate(self, iteration: int) -> None:
         """Validation videos from the EMA (and, with --validation_live, the live) weights. Gathering the
         weights is a collective under FSDP; the main process generates while the others wait."""
         state = self.accelerator.get_state_dict(self.transformer)
         ema = self._gathered_ema()
-        if self.validator is not None:
-            self.validator.validate(iteration, state, ema, self.accelerator)
-            if self.uploader:
-                self.uploader.validation = self.validator.last
+        self.validator.validate(iteration, state, ema, self.accelerator)
+        if self.uploader:
+            self.uploader.validation = self.validator.last
         self.accelerator.wait_for_everyone()
 
     def _log_summary(self, clips_per_step: int) -> None:

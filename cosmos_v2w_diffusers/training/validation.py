@@ -18,12 +18,12 @@ import torch
 from diffusers.utils import export_to_video
 from torchvision.transforms.v2 import functional as TF
 
+from ..components import load_text_encoder, load_transformer, resolve_pretrained
 from ..pipeline import DEFAULT_NEGATIVE_PROMPT, CosmosVideo2WorldPipeline, to_rgb
-from ..presets import load_text_encoder, load_transformer, resolve_pretrained
 from ..scheduler import CosmosMultistepScheduler
 from ..text_encoding import embed_prompts
 from ..video_metrics import psnr, ssim
-from .parallel import apply_lora
+from .model import apply_lora
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +38,18 @@ def read_clip(path: str, num_frames: int, height: int, width: int) -> torch.Tens
 
 
 class Validator:
-    """Builds what validation needs once (text embeddings, a second transformer, the pipeline), then `run`s."""
+    """When to validate (`should_validate`), and what: on the main process it builds what generation needs once
+    (text embeddings, a second transformer, the pipeline), then `validate`s. Built on every rank, since the
+    weights it generates with are gathered by all of them."""
 
-    def __init__(self, config, preset, vae, first_clip: str, compute_dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self, config, preset, vae, first_clip: str, compute_dtype: torch.dtype, device: torch.device, is_main_process: bool
+    ):
         c = self.config = config
+        self.generates = bool(c.validation_prompt) and is_main_process
+        self.last: dict | None = None  # the latest validation's video and metrics, for the model card
+        if not self.generates:
+            return
         self.device, self.dtype = device, compute_dtype
         self.num_frames = c.validation_num_frames or c.num_frames
         self.folder = Path(c.output_dir) / "validation"
@@ -66,6 +74,10 @@ class Validator:
             scheduler=CosmosMultistepScheduler(), disable_guardrail=True,
         )
         self.pipe.set_progress_bar_config(disable=True)
+
+    def should_validate(self, step: int) -> bool:
+        """Whether validation follows optimizer step `step` (1-based): every `--validation_steps` with a prompt."""
+        return bool(self.config.validation_prompt) and step % self.config.validation_steps == 0
 
     def run(self, step: int, weights: dict[str, torch.Tensor], name: str) -> tuple[Path, torch.Tensor, dict[str, float]]:
         """Generate with `weights` (a full state dict of the training transformer) and write the video.
@@ -104,7 +116,10 @@ class Validator:
 
     def validate(self, iteration: int, state: dict, ema: dict | None, accelerator) -> None:
         """Run validation with the EMA weights (`state` with the EMA's tensors) and, with `--validation_live`
-        or without an EMA, the live ones; log the metrics and videos to the run's trackers."""
+        or without an EMA, the live ones; log the metrics and videos to the run's trackers. Only the main
+        process generates."""
+        if not self.generates:
+            return
         runs = [("ema", {**state, **ema})] if ema else [("live", state)]
         if ema and self.config.validation_live:
             runs.append(("live", state))

@@ -1,0 +1,126 @@
+"""The run's checkpointing, as one component the training loop calls once a step (torchtitan's checkpointer is
+the model): which checkpoint a run resumes from, when to save, what a checkpoint holds, pruning, and which
+saves go to the Hub. The files and their layout are `checkpoint.py`'s.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from accelerate.logging import get_logger
+
+from ..checkpoint_format import from_native_state_dict, to_native_state_dict
+from .checkpoint import PARTS, CheckpointDir, rng_state, set_rng_state, stored_config
+from .guards import NonFiniteSteps
+
+logger = get_logger(__name__)
+
+
+class Checkpointer:
+    """Saves and restores a run's state in NVIDIA's layout under `<output_dir>/checkpoints/`.
+
+    `resume_point()` settles, before any heavy work, which checkpoint the run continues from and that it
+    comes from the same run; `load(...)` restores it once the model and optimizer exist. In the loop,
+    `save(iteration, last_step, force)` writes a checkpoint every `--save_iter` steps, at the last step and
+    when `force`d (a stop signal), unless the weights have just given a non-finite loss (`NonFiniteSteps`);
+    it keeps `--checkpoints_total_limit` of them and hands what the pipeline loads to the Hub uploader.
+    """
+
+    def __init__(self, config, accelerator):
+        self.config, self.accelerator = config, accelerator
+        self.folder = CheckpointDir(config.output_dir)
+        self.nonfinite = NonFiniteSteps(self.folder, config.max_nonfinite_steps, config.learning_rate, accelerator.is_main_process)
+        self._resume_iteration: int | None = None
+        self._trainer_part: dict | None = None  # the resume point's trainer part, read once
+
+    def resume_point(self) -> int | None:
+        """The iteration this run resumes from (None: it starts afresh), refused if its run-defining flags differ."""
+        c = self.config
+        iteration = self.folder.resolve(c.resume_from_checkpoint) if c.resume else None
+        if iteration is not None:
+            self._trainer_part = self.folder.load_part("trainer", iteration)
+            stored = stored_config(self._trainer_part)
+            changed = [] if stored is None else [  # NVIDIA's trainer stores no config: nothing to compare
+                f"--{k} {stored.get(k)} -> {v}" for k, v in c.run_definition().items() if stored.get(k) != v
+            ]
+            if changed:
+                raise ValueError(
+                    f"{self.folder.path('trainer', iteration)} was written by a run with other run-defining flags "
+                    f"({'; '.join(changed)}): use the checkpoint's values, a new --output_dir, or --no-resume."
+                )
+        self._resume_iteration = iteration
+        return iteration
+
+    def load(self, state, lr_scheduler, ema, trainable: dict[str, torch.nn.Parameter]) -> int:
+        """Restore the resume point into the train state, the schedule, the EMA and the RNGs; returns the
+        iteration to continue from (0 when there is none)."""
+        iteration = self._resume_iteration
+        if iteration is None:
+            return 0
+        parts = {part: self.folder.load_part(part, iteration) for part in PARTS if part != "trainer"}
+        masters = parts["optim"]["master_weights"]
+        if set(masters) != set(trainable):
+            raise ValueError(
+                f"{self.folder.root}: checkpoint {iteration} was written by a different run (its trainable tensors "
+                f"differ: full vs LoRA, or another model). Use a new --output_dir or --no-resume."
+            )
+        state.load(masters, parts["optim"]["optimizer"])
+        lr_scheduler.load_state_dict(parts["scheduler"])
+        if ema is not None:
+            shadows = from_native_state_dict(parts["model"], "net_ema.")
+            ema.load_state_dict({n: state.local_ema(n, t, shadows[n]) for n, t in ema.state_dict().items()})
+        set_rng_state(self._trainer_part["rng"])
+        logger.info("Resumed from %s", self.folder.path("model", iteration), main_process_only=False)
+        return self._trainer_part["iteration"]
+
+    def record_loss(self, step: int, loss: float, micro_batches) -> None:
+        """Report a non-finite step (and retract the checkpoint whose weights gave it); raise on divergence."""
+        self.nonfinite.record(step, loss, micro_batches)
+
+    def save(
+        self, iteration: int, state, transformer, lr_scheduler, ema, last_step: bool = False, force: bool = False,
+        upload: Callable[[int, dict, dict | None], None] | None = None,
+    ) -> bool:
+        """Checkpoint `iteration` (= optimizer steps done) if it is due (every `--save_iter`, `last_step`, or
+        `force`) and the weights are finite; returns whether it saved. A collective: every rank calls it.
+        `upload(iteration, weights, ema)`, on the main process, sends what the pipeline loads to the Hub."""
+        due = iteration % self.config.save_iter == 0 or last_step or force
+        if not due or not self.nonfinite.allow_saving(iteration):
+            return False
+        main = self.accelerator.is_main_process
+        # Collective calls first, on every rank: they gather FSDP/DeepSpeed shards.
+        masters, bad = state.masters_on_main(main)
+        if bad:  # never name a diverged state "latest": the previous checkpoint stays the one to resume from
+            raise FloatingPointError(
+                f"Not saving checkpoint {iteration}: {len(bad)} weight tensors hold NaN/Inf (e.g. {bad[0]}); "
+                f"resume from {self.folder.root / 'latest_checkpoint.txt'} with a lower --learning_rate."
+            )
+        weights = self.accelerator.get_state_dict(transformer)
+        shadows = state.ema_on_main(ema.state_dict(), main) if ema is not None else None
+        optimizer = state.optimizer_state_dict()
+        if main:
+            model_config = self.accelerator.unwrap_model(transformer).config
+            model = to_native_state_dict({k: v.cpu() for k, v in weights.items()}, model_config, "net.", torch.bfloat16)
+            if shadows is not None:
+                model.update(to_native_state_dict(shadows, model_config, "net_ema.", torch.float32))
+            trainer_part = {"grad_scaler": {}, "iteration": iteration, "rng": rng_state(), "config": self.config.to_json()}
+            self.folder.save(
+                iteration,
+                {
+                    "model": model,
+                    "optim": {"optimizer": optimizer, "master_weights": masters},
+                    "scheduler": lr_scheduler.state_dict(),
+                    "trainer": trainer_part,
+                },
+            )
+            if self.config.checkpoints_total_limit:
+                self.folder.prune(self.config.checkpoints_total_limit)
+            if upload is not None and iteration < self.config.max_iter:  # the final upload follows the export
+                upload(iteration, weights, shadows)
+        self.accelerator.wait_for_everyone()
+        return True
+
+    def check_end(self) -> None:
+        """At the end of training: a run whose last steps were not finite is not exported."""
+        self.nonfinite.check_end()

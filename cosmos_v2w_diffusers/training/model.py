@@ -1,0 +1,41 @@
+"""The transformer a run trains: loaded from the base weights (and `--dit_path`), with a LoRA adapter for
+LoRA runs, in the precision each kind of run keeps its weights in."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import CosmosTransformer3DModel
+from diffusers.training_utils import cast_training_params
+from peft import LoraConfig
+
+from ..checkpoint_format import load_into_transformer, load_native_checkpoint
+from ..components import load_transformer
+
+
+def apply_lora(
+    transformer: CosmosTransformer3DModel, rank: int, alpha: int, target_modules: list[str], seed: int
+) -> None:
+    """Freeze the base weights and add a PEFT LoRA adapter (fp32, as diffusers' LoRA examples keep it;
+    NVIDIA keeps bf16 live LoRA weights with fp32 masters: under bf16 autocast the compute is the same).
+    PEFT draws the random half of each pair from the global RNG; it is seeded here (and forked, so the
+    caller's state is untouched), so a run's initial adapter depends on `--seed` alone."""
+    transformer.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer.add_adapter(
+            LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=target_modules)
+        )
+
+
+def load_trainable_transformer(preset, config, compute_dtype: torch.dtype) -> CosmosTransformer3DModel:
+    """The transformer a run trains: the preset's (or `--pretrained_model_name_or_path`'s), initialised from
+    `--dit_path` if given. Full post-training keeps fp32 master weights (compute under autocast); LoRA keeps
+    its frozen base in the compute dtype (bf16, as NVIDIA does: half the memory) and its adapter in fp32."""
+    lora = config.train_architecture == "lora"
+    transformer = load_transformer(preset, config.pretrained_model_name_or_path, compute_dtype if lora else torch.float32)
+    if config.dit_path:
+        load_into_transformer(transformer, load_native_checkpoint(config.dit_path, config.load_ema), config.dit_path)
+    if lora:
+        apply_lora(transformer, config.lora_rank, config.lora_alpha, config.lora_target_modules.split(","), config.seed)
+        cast_training_params(transformer, torch.float32)
+    return transformer
