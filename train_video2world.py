@@ -38,7 +38,12 @@ def main() -> None:
         trainer = Trainer(config)
         trainer.train()
     except (
-        NoUsableVideosError, FileNotFoundError, ValueError, OutputDirInUseError, CheckpointSpaceError, FloatingPointError,
+        NoUsableVideosError,
+        FileNotFoundError,
+        ValueError,
+        OutputDirInUseError,
+        CheckpointSpaceError,
+        FloatingPointError,
         HubUploadError,
     ) as exc:
         sys.exit(f"error: {exc}")

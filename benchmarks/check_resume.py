@@ -34,10 +34,19 @@ def main() -> None:
     work = Path(tempfile.mkdtemp())
 
     def config(out):
-        return TrainConfig(model="tiny", dataset_path=args.dataset_path, output_dir=str(work / out), max_iter=6, save_iter=3, dataloader_num_workers=0)
+        return TrainConfig(
+            model="tiny",
+            dataset_path=args.dataset_path,
+            output_dir=str(work / out),
+            max_iter=6,
+            save_iter=3,
+            dataloader_num_workers=0,
+        )
 
     def final_masters(trainer):
-        return torch.load(Path(trainer.config.output_dir) / "checkpoints" / "optim" / "iter_000000006.pt", weights_only=True)["master_weights"]
+        return torch.load(
+            Path(trainer.config.output_dir) / "checkpoints" / "optim" / "iter_000000006.pt", weights_only=True
+        )["master_weights"]
 
     a = Trainer(config("a"))
     losses_a = a.train()

@@ -43,23 +43,37 @@ def main() -> None:
     checks = []
     for spec in args.rows:
         gpus, arch, cp, mode = spec.split(":")
-        row = next(r for r in table if r["gpus"] == int(gpus) and r["card"] == "80 GB"
-                   and r["train_architecture"] == arch and r["cp"] == int(cp))
+        row = next(
+            r
+            for r in table
+            if r["gpus"] == int(gpus)
+            and r["card"] == "80 GB"
+            and r["train_architecture"] == arch
+            and r["cp"] == int(cp)
+        )
         computed = row["selective_gib" if mode == "selective" else "full_recompute_gib"]
         a = activations[(int(cp), mode)]
         slice_own = SLICE_BLOCKS * a["per_block"] + a["outside_blocks"] + a["working"]
         rest = torch.empty(int((computed - slice_own) * GIB), dtype=torch.uint8, device="cuda")
         measured = measure(transformer, int(cp), mode)
         peak = (torch.cuda.max_memory_allocated() - slice_weights) / GIB
-        checks.append({
-            "row": spec, "computed_gib": computed, "allocated_for_the_rest_gib": round(rest.numel() / GIB, 2),
-            "measured_gib": round(peak, 2), "reserved_peak_gib": round(torch.cuda.max_memory_reserved() / GIB, 2),
-            "fits_80gb_card": peak + HEADROOM_GIB <= CAPACITY_80GB, "slice": measured,
-        })
+        checks.append(
+            {
+                "row": spec,
+                "computed_gib": computed,
+                "allocated_for_the_rest_gib": round(rest.numel() / GIB, 2),
+                "measured_gib": round(peak, 2),
+                "reserved_peak_gib": round(torch.cuda.max_memory_reserved() / GIB, 2),
+                "fits_80gb_card": peak + HEADROOM_GIB <= CAPACITY_80GB,
+                "slice": measured,
+            }
+        )
         print(checks[-1], flush=True)
         del rest
         torch.cuda.empty_cache()
-    write_result(args.name, {"slice_blocks": SLICE_BLOCKS, "slice_weights_gib": round(slice_weights / GIB, 2), "checks": checks})
+    write_result(
+        args.name, {"slice_blocks": SLICE_BLOCKS, "slice_weights_gib": round(slice_weights / GIB, 2), "checks": checks}
+    )
 
 
 if __name__ == "__main__":

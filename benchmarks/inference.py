@@ -36,8 +36,12 @@ def main() -> None:
     args = parser.parse_args()
     preset = get_preset(args.model)
     pipe = CosmosVideo2WorldPipeline(
-        text_encoder=None, tokenizer=None, transformer=build_transformer(preset, "cuda").to(torch.bfloat16),
-        vae=AutoencoderKLWan().to("cuda", torch.bfloat16), scheduler=CosmosMultistepScheduler(), disable_guardrail=True,
+        text_encoder=None,
+        tokenizer=None,
+        transformer=build_transformer(preset, "cuda").to(torch.bfloat16),
+        vae=AutoencoderKLWan().to("cuda", torch.bfloat16),
+        scheduler=CosmosMultistepScheduler(),
+        disable_guardrail=True,
     )
     torch.backends.cudnn.benchmark = True  # as infer_video2world.py sets it on CUDA, with channels-last VAE weights
     use_channels_last_3d(pipe.vae)
@@ -46,8 +50,15 @@ def main() -> None:
         compile_blocks(pipe.transformer)
     text = torch.randn(1, 512, preset.text_embed_dim, device="cuda", dtype=torch.bfloat16)
     image = PIL.Image.new("RGB", (preset.width, preset.height), (0, 128, 128))
-    kwargs = dict(image=image, prompt_embeds=text, negative_prompt_embeds=text.flip(1), height=preset.height,
-                  width=preset.width, num_frames=preset.num_frames, generator=torch.Generator("cuda").manual_seed(0))
+    kwargs = dict(
+        image=image,
+        prompt_embeds=text,
+        negative_prompt_embeds=text.flip(1),
+        height=preset.height,
+        width=preset.width,
+        num_frames=preset.num_frames,
+        generator=torch.Generator("cuda").manual_seed(0),
+    )
 
     # Compilation apart: a one-step call compiles the blocks (and warms cuDNN); then the whole generation.
     torch.cuda.synchronize()

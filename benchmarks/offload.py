@@ -27,8 +27,16 @@ from cosmos_v2w_diffusers.components import build_transformer, load_text_encoder
 from cosmos_v2w_diffusers.presets import get_preset
 
 # t5-11b's encoder (google-t5/t5-11b config.json), the text encoder Cosmos-Predict2 uses.
-T5_11B = dict(d_model=1024, d_ff=65536, d_kv=128, num_heads=128, num_layers=24, vocab_size=32128,
-              feed_forward_proj="relu", relative_attention_num_buckets=32)
+T5_11B = dict(
+    d_model=1024,
+    d_ff=65536,
+    d_kv=128,
+    num_heads=128,
+    num_layers=24,
+    vocab_size=32128,
+    feed_forward_proj="relu",
+    relative_attention_num_buckets=32,
+)
 
 
 def build_pipeline(preset) -> CosmosVideo2WorldPipeline:
@@ -37,9 +45,11 @@ def build_pipeline(preset) -> CosmosVideo2WorldPipeline:
         text_encoder = T5EncoderModel(T5Config(**T5_11B)).to(torch.bfloat16)
     tokenizer, _ = load_text_encoder("tiny")
     return CosmosVideo2WorldPipeline(
-        text_encoder=text_encoder.cpu(), tokenizer=tokenizer,
+        text_encoder=text_encoder.cpu(),
+        tokenizer=tokenizer,
         transformer=build_transformer(preset, "cuda").to(torch.bfloat16).cpu(),
-        vae=AutoencoderKLWan().to("cuda", torch.bfloat16).cpu(), scheduler=CosmosMultistepScheduler(),
+        vae=AutoencoderKLWan().to("cuda", torch.bfloat16).cpu(),
+        scheduler=CosmosMultistepScheduler(),
         disable_guardrail=True,
     )
 
@@ -64,9 +74,16 @@ def main() -> None:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        frames = pipe(image=image, prompt="A robot arm picks up a cup.", height=preset.height, width=preset.width,
-                      num_frames=preset.num_frames, num_inference_steps=args.steps, output_type="np",
-                      generator=torch.Generator("cuda").manual_seed(0)).frames[0]
+        frames = pipe(
+            image=image,
+            prompt="A robot arm picks up a cup.",
+            height=preset.height,
+            width=preset.width,
+            num_frames=preset.num_frames,
+            num_inference_steps=args.steps,
+            output_type="np",
+            generator=torch.Generator("cuda").manual_seed(0),
+        ).frames[0]
         torch.cuda.synchronize()
         rows[mode] = {
             "seconds": round(time.perf_counter() - start, 1),
@@ -77,13 +94,19 @@ def main() -> None:
         print(mode, rows[mode], flush=True)
         del pipe
         torch.cuda.empty_cache()
-    write_result(args.name, {
-        "command": "python benchmarks/offload.py " + " ".join(sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d"),
-        "model": preset.name, "sample": [preset.num_frames, preset.height, preset.width],
-        "num_inference_steps": args.steps, "guidance": True, "text_encoder": "t5-11b encoder shape, bf16",
-        "rows": rows,
-    })
+    write_result(
+        args.name,
+        {
+            "command": "python benchmarks/offload.py " + " ".join(sys.argv[1:]),
+            "date": time.strftime("%Y-%m-%d"),
+            "model": preset.name,
+            "sample": [preset.num_frames, preset.height, preset.width],
+            "num_inference_steps": args.steps,
+            "guidance": True,
+            "text_encoder": "t5-11b encoder shape, bf16",
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -38,16 +38,27 @@ def measure(transformer, cp: int, mode: str) -> dict:
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     with torch.autocast("cuda", torch.bfloat16):
-        x0 = denoise(transformer, latents + 3.0 * torch.randn_like(latents), torch.tensor([3.0]).cuda(), latents,
-                     conditioning_mask(torch.tensor([1]).cuda(), frames), text)
+        x0 = denoise(
+            transformer,
+            latents + 3.0 * torch.randn_like(latents),
+            torch.tensor([3.0]).cuda(),
+            latents,
+            conditioning_mask(torch.tensor([1]).cuda(), frames),
+            text,
+        )
         loss = x0.square().mean()
     kept = torch.cuda.memory_allocated() - base
     loss.backward()
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - base
     transformer.zero_grad(set_to_none=True)
-    return {"cp": cp, "mode": mode, "tokens_per_rank": frames * LATENT_HEIGHT * LATENT_WIDTH // 4,
-            "kept_gib": kept / GIB, "backward_peak_gib": peak / GIB}
+    return {
+        "cp": cp,
+        "mode": mode,
+        "tokens_per_rank": frames * LATENT_HEIGHT * LATENT_WIDTH // 4,
+        "kept_gib": kept / GIB,
+        "backward_peak_gib": peak / GIB,
+    }
 
 
 def main() -> None:
@@ -65,11 +76,18 @@ def main() -> None:
         row["kept_per_block_gib"] = row["kept_gib"] / args.blocks
         row["working_peak_gib"] = row["backward_peak_gib"] - row["kept_gib"]
     full_model = build_transformer(preset, device="meta")
-    write_result(args.name, {
-        "blocks": args.blocks, "sample": [93, 704, 1280], "weights": "bf16", "autocast": "bf16",
-        "parameters_14b": sum(p.numel() for p in full_model.parameters()),
-        "num_blocks_14b": preset.transformer_config["num_layers"], "rows": rows,
-    })
+    write_result(
+        args.name,
+        {
+            "blocks": args.blocks,
+            "sample": [93, 704, 1280],
+            "weights": "bf16",
+            "autocast": "bf16",
+            "parameters_14b": sum(p.numel() for p in full_model.parameters()),
+            "num_blocks_14b": preset.transformer_config["num_layers"],
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

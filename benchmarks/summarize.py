@@ -28,16 +28,27 @@ ROWS = {
 
 
 # Several GPUs of one host (issue 19): efficiency = the same host's one-GPU GPU-seconds per clip / the row's.
-# row name -> (result file, must, goal); every row is compared with SCALING_BASELINE from the same machine.
-SCALING_BASELINE = "train_step_2b_full_cached_1gpu_same_host"
-SCALING_ROWS = {
-    "train_step_2b_full_cached_ddp_4gpu": ("train_step_2b_full_cached_ddp_4gpu", 0.95, 0.98),
-    "train_step_2b_full_cached_fsdp2_4gpu": ("train_step_2b_full_cached_fsdp2_4gpu", 0.93, 0.97),
-    "train_step_2b_full_cached_fsdp2_cp2_4gpu": ("train_step_2b_full_cached_fsdp2_cp2_4gpu", 0.85, 0.92),
+# baseline (the one-GPU run on that host, in the same call) -> {row name: (must, goal)}; the issue's musts are for
+# 4 GPUs, so the 2-GPU rows (measured while no 4-GPU machine was lent) and superseded rows carry efficiency only.
+SCALING = {
+    "train_step_2b_full_cached_1gpu_same_host": {
+        "train_step_2b_full_cached_ddp_4gpu": (0.95, 0.98),
+        "train_step_2b_full_cached_fsdp2_4gpu_eager_blocks": (None, None),  # before FSDP2's blocks compiled
+        "train_step_2b_full_cached_fsdp2_cp2_4gpu": (0.85, 0.92),
+    },
+    "train_step_2b_full_cached_1gpu_same_host_fsdp2_rerun": {  # 4x H200 again, the FSDP2 row after the fix
+        "train_step_2b_full_cached_fsdp2_4gpu": (0.93, 0.97),
+    },
+    "train_step_2b_full_cached_1gpu_same_host_2gpu_host": {
+        "train_step_2b_full_cached_ddp_2gpu": (None, None),
+        "train_step_2b_full_cached_fsdp2_2gpu": (None, None),
+        "train_step_2b_full_cached_fsdp2_cp2_2gpu": (None, None),
+    },
 }
 
 
-def _scaling_row(name: str, result: dict, baseline: dict, must: float | None, goal: float | None) -> dict:
+def _scaling_row(name: str, result: dict, baseline: dict | None, must: float | None, goal: float | None) -> dict:
+    """A row of the scaling table; `baseline` None for a baseline itself."""
     row = {
         "name": name,
         "seconds": result["seconds"],
@@ -50,9 +61,10 @@ def _scaling_row(name: str, result: dict, baseline: dict, must: float | None, go
         "date": result["date"],
         "result": f"benchmarks/results/{name}.json",
     }
+    if baseline is not None:
+        row["efficiency"] = round(baseline["gpu_seconds_per_clip"] / result["gpu_seconds_per_clip"], 3)
     if must is not None:
-        efficiency = round(baseline["gpu_seconds_per_clip"] / result["gpu_seconds_per_clip"], 3)
-        row.update(efficiency=efficiency, must=must, goal=goal, meets_must=efficiency >= must, meets_goal=efficiency >= goal)
+        row.update(must=must, goal=goal, meets_must=row["efficiency"] >= must, meets_goal=row["efficiency"] >= goal)
     return row
 
 
@@ -75,10 +87,13 @@ def main() -> None:
                 "result": f"benchmarks/results/{file}.json",
             }
         )
-    baseline = json.loads((RESULTS / f"{SCALING_BASELINE}.json").read_text())
-    summary.append(_scaling_row(SCALING_BASELINE, baseline, baseline, None, None))
-    for name, (file, must, goal) in SCALING_ROWS.items():
-        summary.append(_scaling_row(name, json.loads((RESULTS / f"{file}.json").read_text()), baseline, must, goal))
+    for baseline_name, rows in SCALING.items():
+        baseline = json.loads((RESULTS / f"{baseline_name}.json").read_text())
+        summary.append(_scaling_row(baseline_name, baseline, None, None, None))
+        for name, (must, goal) in rows.items():
+            summary.append(
+                _scaling_row(name, json.loads((RESULTS / f"{name}.json").read_text()), baseline, must, goal)
+            )
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for row in summary:
         measured = row.get("efficiency", row.get("seconds", row.get("peak_gib")))

@@ -68,7 +68,8 @@ def main() -> None:
     parser.add_argument("--memory_fraction", type=float, default=None)
     parser.add_argument("--save_checkpoint", action="store_true", help="time one checkpoint after the steps")
     parser.add_argument(
-        "--profile", action="store_true",
+        "--profile",
+        action="store_true",
         help="profile one more step after the timed ones with torch.profiler: <name>_profile.txt beside the JSON",
     )
     argv = sys.argv[1:]
@@ -88,8 +89,12 @@ def main() -> None:
             # Initialised on the GPU: a 14B model's fp32 initialisation on the CPU takes minutes.
             build_transformer(preset, "cuda").to(torch.bfloat16).save_pretrained(weights / "transformer")
             AutoencoderKLWan().save_pretrained(weights / "vae")
-        data = Path(args.data) if args.data else make_dataset(
-            work / "data", 2, resolved.num_frames + 8, resolved.height, resolved.width, preset.text_embed_dim
+        data = (
+            Path(args.data)
+            if args.data
+            else make_dataset(
+                work / "data", 2, resolved.num_frames + 8, resolved.height, resolved.width, preset.text_embed_dim
+            )
         )
     config = dataclasses.replace(
         config,
@@ -114,7 +119,9 @@ def main() -> None:
         micro = next(batches)
         torch.cuda.synchronize()
         profiling = step == args.steps + 1  # one more step after the timed ones, left out of them
-        profiler = torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) if profiling else None
+        profiler = (
+            torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) if profiling else None
+        )
         if profiler:
             profiler.start()
         start = time.perf_counter()
@@ -133,7 +140,9 @@ def main() -> None:
     checkpoint = save_and_check_checkpoint(trainer, args.steps + 1) if args.save_checkpoint else None
     clips_per_step = trainer.dims.clips_per_step(c.batch_size, c.gradient_accumulation_steps)
     num_gpus = accelerator.num_processes
-    summary = throughput_summary(times, clips_per_step, num_gpus, trainer._unwrapped().config, trainer.tokens, trainer.device)
+    summary = throughput_summary(
+        times, clips_per_step, num_gpus, trainer._unwrapped().config, trainer.tokens, trainer.device
+    )
     peak = float(accelerator.gather(torch.tensor([summary["peak_memory_gib"]], device=trainer.device)).max())
     # The launch command, as benchmarks/multi_gpu.sh passes it (the script alone when run with python).
     launcher = os.environ.get("BENCH_LAUNCHER", "python")

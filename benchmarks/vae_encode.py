@@ -32,8 +32,10 @@ def main() -> None:
     results["cudnn_benchmark_channels_last_3d"] = timed(vae, video)
     torch.backends.cudnn.benchmark = False
     results["channels_last_3d"] = timed(vae, video)
-    write_result("vae_encode_2b_720p", {"command": "python benchmarks/vae_encode.py",
-                                         "seconds": {k: round(v, 3) for k, v in results.items()}})
+    write_result(
+        "vae_encode_2b_720p",
+        {"command": "python benchmarks/vae_encode.py", "seconds": {k: round(v, 3) for k, v in results.items()}},
+    )
 
 
 if __name__ == "__main__":

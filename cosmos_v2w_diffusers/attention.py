@@ -45,8 +45,9 @@ class CosmosAttnProcessor:
     _attention_backend = None
     _parallel_config = None
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None,
-                 image_rotary_emb=None) -> torch.Tensor:
+    def __call__(
+        self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None
+    ) -> torch.Tensor:
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         # [B, S, heads * D] -> [B, heads, S, D]
         query, key, value = (
@@ -58,8 +59,11 @@ class CosmosAttnProcessor:
             query = apply_rotary_emb(query, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
             key = apply_rotary_emb(key, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
         out = dispatch_attention_fn(
-            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-            backend=self._attention_backend, parallel_config=self._parallel_config,
+            query.transpose(1, 2),
+            key.transpose(1, 2),
+            value.transpose(1, 2),
+            backend=self._attention_backend,
+            parallel_config=self._parallel_config,
         )
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
@@ -110,7 +114,9 @@ def flash4_available(device: torch.device) -> bool:
         return False
     if not hasattr(torch.nn.attention, "activate_flash_attention_impl"):
         return False
-    return importlib.util.find_spec("flash_attn") is not None and importlib.util.find_spec("flash_attn.cute") is not None
+    return (
+        importlib.util.find_spec("flash_attn") is not None and importlib.util.find_spec("flash_attn.cute") is not None
+    )
 
 
 def resolve_attention_backend(backend: str, device: torch.device) -> str:
@@ -120,7 +126,9 @@ def resolve_attention_backend(backend: str, device: torch.device) -> str:
         raise ValueError(f"Unknown attention backend {backend!r}: use one of {', '.join(BACKENDS)}.")
     if device.type != "cuda":
         if backend not in ("auto", "native"):
-            raise ValueError(f"--attention_backend {backend} needs a CUDA GPU: use native (or auto) on the {device.type}.")
+            raise ValueError(
+                f"--attention_backend {backend} needs a CUDA GPU: use native (or auto) on the {device.type}."
+            )
         return "native"
     available = {"cudnn": True, "native": True, "flash4": flash4_available(device)}
     if backend == "auto":

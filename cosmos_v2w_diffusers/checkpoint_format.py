@@ -127,10 +127,14 @@ def load_native_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> di
         return from_native_state_dict(native, prefix)
     except KeyError:
         hint = " (this file has no EMA weights: drop --load_ema)" if use_ema else ""
-        raise ValueError(f"{path} holds no `{prefix}*` tensors: not a Cosmos-Predict2 native checkpoint{hint}.") from None
+        raise ValueError(
+            f"{path} holds no `{prefix}*` tensors: not a Cosmos-Predict2 native checkpoint{hint}."
+        ) from None
 
 
-def check_checkpoint_matches(transformer: CosmosTransformer3DModel, state_dict: dict[str, torch.Tensor], source: str) -> None:
+def check_checkpoint_matches(
+    transformer: CosmosTransformer3DModel, state_dict: dict[str, torch.Tensor], source: str
+) -> None:
     """Refuse weights of another model size or layout with a clear message (works on a meta-device model)."""
     own = transformer.state_dict()
     for key, value in state_dict.items():
@@ -148,7 +152,9 @@ def check_checkpoint_matches(transformer: CosmosTransformer3DModel, state_dict: 
         )
 
 
-def load_into_transformer(transformer: CosmosTransformer3DModel, state_dict: dict[str, torch.Tensor], source: str) -> None:
+def load_into_transformer(
+    transformer: CosmosTransformer3DModel, state_dict: dict[str, torch.Tensor], source: str
+) -> None:
     """Load diffusers-named weights after `check_checkpoint_matches`."""
     check_checkpoint_matches(transformer, state_dict, source)
     transformer.load_state_dict(state_dict, strict=True)

@@ -143,10 +143,14 @@ def load_transformer(
     preset: ModelPreset,
     pretrained_model_name_or_path: str | None = None,
     torch_dtype: torch.dtype = torch.float32,
+    **hub_kwargs,
 ) -> CosmosTransformer3DModel:
-    """Load the transformer and check that it is the preset's architecture."""
+    """Load the transformer and check that it is the preset's architecture. `hub_kwargs`: `revision`, `variant`,
+    `cache_dir`, as `from_pretrained` takes them."""
     source = resolve_pretrained(preset, pretrained_model_name_or_path)
-    transformer = CosmosTransformer3DModel.from_pretrained(source, subfolder="transformer", dtype=torch_dtype)
+    transformer = CosmosTransformer3DModel.from_pretrained(
+        source, subfolder="transformer", dtype=torch_dtype, **hub_kwargs
+    )
     check_transformer_matches(transformer, preset, source)
     return transformer
 
@@ -154,12 +158,13 @@ def load_transformer(
 _ARCHITECTURE_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels", "text_embed_dim")
 
 
-def preset_of_pretrained(source: str) -> ModelPreset | None:
+def preset_of_pretrained(source: str, **hub_kwargs) -> ModelPreset | None:
     """The preset whose architecture `source`'s transformer has (`transformer/config.json` of a local folder,
     or of a Hub id through the cache); None when there is no config to read. A transformer of no preset's
     architecture is refused."""
     try:
-        config = CosmosTransformer3DModel.load_config(source, subfolder="transformer")
+        where = {k: v for k, v in hub_kwargs.items() if k in ("revision", "cache_dir")}  # configs have no variant
+        config = CosmosTransformer3DModel.load_config(source, subfolder="transformer", **where)
     except (OSError, ValueError):  # no such folder or file: loading the weights says so, with its own message
         return None
     for preset in PRESETS.values():
@@ -181,14 +186,17 @@ def check_transformer_matches(transformer: CosmosTransformer3DModel, preset: Mod
 
 
 def load_vae(
-    preset: ModelPreset, pretrained_model_name_or_path: str | None = None, torch_dtype: torch.dtype = torch.float32
+    preset: ModelPreset,
+    pretrained_model_name_or_path: str | None = None,
+    torch_dtype: torch.dtype = torch.float32,
+    **hub_kwargs,
 ) -> AutoencoderKLWan:
     source = resolve_pretrained(preset, pretrained_model_name_or_path)
-    return AutoencoderKLWan.from_pretrained(source, subfolder="vae", dtype=torch_dtype)
+    return AutoencoderKLWan.from_pretrained(source, subfolder="vae", dtype=torch_dtype, **hub_kwargs)
 
 
 def load_text_encoder(
-    name_or_path: str, torch_dtype: torch.dtype = torch.float32
+    name_or_path: str, torch_dtype: torch.dtype = torch.float32, **hub_kwargs
 ) -> tuple[T5TokenizerFast, T5EncoderModel]:
     """Tokenizer and T5 encoder from a model folder/Hub id.
 
@@ -201,9 +209,10 @@ def load_text_encoder(
         p.hub_id for p in PRESETS.values()
     }
     subfolder = {"tokenizer": "tokenizer", "text_encoder": "text_encoder"} if pipeline_layout else {}
-    tokenizer = T5TokenizerFast.from_pretrained(name_or_path, subfolder=subfolder.get("tokenizer", ""))
+    where = {k: v for k, v in hub_kwargs.items() if k in ("revision", "cache_dir")}  # a tokenizer has no variant
+    tokenizer = T5TokenizerFast.from_pretrained(name_or_path, subfolder=subfolder.get("tokenizer", ""), **where)
     encoder = T5EncoderModel.from_pretrained(
-        name_or_path, subfolder=subfolder.get("text_encoder", ""), dtype=torch_dtype
+        name_or_path, subfolder=subfolder.get("text_encoder", ""), dtype=torch_dtype, **hub_kwargs
     )
     encoder.eval().requires_grad_(False)
     return tokenizer, encoder

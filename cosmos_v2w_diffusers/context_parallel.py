@@ -57,7 +57,8 @@ def enable_context_parallel(
         raise ValueError(
             f"--context_parallel_size {cp_size} needs {cp_size} or more processes started together: "
             f"`accelerate launch --multi_gpu --num_processes N ...`; on CPUs `ACCELERATE_USE_CPU=1 accelerate launch "
-            f"--multi_gpu --num_processes N ...` (`accelerate launch --cpu` starts several processes only through MPI)."
+            f"--multi_gpu --num_processes N ...` (`accelerate launch --cpu` starts several processes only "
+            f"through MPI)."
         )
     world, rank = dist.get_world_size(), dist.get_rank()
     if world % cp_size:
@@ -72,6 +73,8 @@ def enable_context_parallel(
     config.context_parallel_config.setup(rank, world, device, mesh["ring", "ulysses"])
     for processor in attention_processors(transformer, "self"):
         processor._parallel_config = config
-    apply_context_parallel(transformer, config.context_parallel_config, cosmos_cp_plan(len(transformer.transformer_blocks)))
+    apply_context_parallel(
+        transformer, config.context_parallel_config, cosmos_cp_plan(len(transformer.transformer_blocks))
+    )
     transformer._parallel_config = config
     return config

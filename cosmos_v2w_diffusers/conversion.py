@@ -87,8 +87,14 @@ def _lora_metadata_of(path: Path, layers: dict[str, torch.Tensor]) -> dict:
         except Exception as exc:  # unreadable: the same as no stored config, said in the log
             logger.warning("%s cannot be read (%s)", trainer_part, str(exc).splitlines()[0][:200])
     if stored and stored.get("lora_alpha"):
-        return {"r": stored["lora_rank"], "lora_alpha": stored["lora_alpha"], "target_modules": stored["lora_target_modules"].split(",")}
-    logger.warning("%s: no stored run config beside it, so the LoRA alpha is taken equal to the rank (%d).", path, rank)
+        return {
+            "r": stored["lora_rank"],
+            "lora_alpha": stored["lora_alpha"],
+            "target_modules": stored["lora_target_modules"].split(","),
+        }
+    logger.warning(
+        "%s: no stored run config beside it, so the LoRA alpha is taken equal to the rank (%d).", path, rank
+    )
     return {"r": rank, "lora_alpha": rank, "target_modules": targets}
 
 
@@ -101,12 +107,14 @@ def lora_native_to_diffusers(path: Path, output: Path, use_ema: bool = False) ->
     if not lora:
         raise ValueError(f"{path} holds no `{prefix}*lora_*` tensors: not a LoRA training checkpoint.")
     # diffusers' converter maps the module names; PEFT's adapter name is dropped as diffusers' files do.
-    renamed = from_native_state_dict({"net." + k[len(prefix):]: v for k, v in lora.items()})
+    renamed = from_native_state_dict({"net." + k[len(prefix) :]: v for k, v in lora.items()})
     layers = {k.replace(_PEFT_ADAPTER, ""): v for k, v in renamed.items()}
     output.mkdir(parents=True, exist_ok=True)
     name = LORA_EMA_WEIGHTS_NAME if use_ema else LORA_WEIGHTS_NAME
     CosmosLoraLoaderMixin.save_lora_weights(
-        output, transformer_lora_layers=layers, weight_name=name,
+        output,
+        transformer_lora_layers=layers,
+        weight_name=name,
         transformer_lora_adapter_metadata=_lora_metadata_of(path, layers),
     )
     (output / name).chmod(0o666 & ~current_umask())  # safetensors writes 0600 whatever the umask

@@ -6,7 +6,8 @@
     python -m cosmos_v2w_diffusers.convert to_native --input transformer/ --output model.pt
     # the LoRA adapter of a native LoRA checkpoint -> a diffusers LoRA file, and back
     python -m cosmos_v2w_diffusers.convert lora_to_diffusers --input model/iter_000000200.pt --output lora/
-    python -m cosmos_v2w_diffusers.convert lora_to_native --input lora/pytorch_lora_weights.safetensors --output lora.pt
+    python -m cosmos_v2w_diffusers.convert lora_to_native \
+        --input lora/pytorch_lora_weights.safetensors --output lora.pt
 
 The model size is read from the tensors' shapes; round trips of our files are bit-exact (`conversion.py`).
 """
@@ -24,7 +25,8 @@ logger = logging.getLogger(__name__)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "direction", choices=["to_diffusers", "to_native", "lora_to_diffusers", "lora_to_native"],
+        "direction",
+        choices=["to_diffusers", "to_native", "lora_to_diffusers", "lora_to_native"],
         help="what to convert (see the module docstring)",
     )
     parser.add_argument("--input", required=True, help="a native .pt, a diffusers folder, or a LoRA .safetensors")

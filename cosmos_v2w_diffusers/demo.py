@@ -8,7 +8,9 @@ the run started from and once with the post-trained EMA weights, and writes to `
 - `comparison.png`: frames 0, 4, 8, 12 and 16 of the real clip, of the continuation before post-training,
   and after;
 - `demo_metrics.json`: `psnr_before` and `psnr_after`, the PSNR (dB) of the generated frames against
-  the real continuation (the conditioning frame left out).
+  the real continuation (the conditioning frame left out);
+- `first_frame.png`: the frame it continues. The generation is the one `infer_video2world.py` makes from it
+  (NVIDIA's initial noise from `--seed`), so the printed command reproduces `generated.mp4`.
 
     python -m cosmos_v2w_diffusers.demo --run_dir outputs/demo/run --output_dir outputs/demo
 """
@@ -30,8 +32,10 @@ from PIL import Image, ImageDraw
 from .components import tiny_pretrained_path
 from .data.demo_clips import DEMO_PROMPT, held_out_clip_path
 from .data.samples import read_frames, resize_frames
+from .inference import nvidia_initial_noise
 from .pipeline import CosmosVideo2WorldPipeline
 from .presets import ModelPreset, get_preset
+from .sample_shape import SPACE_STRIDE, num_latent_frames
 from .video_metrics import psnr
 
 logger = logging.getLogger(__name__)
@@ -50,17 +54,35 @@ def held_out_clip(preset: ModelPreset) -> torch.Tensor:
     return resize_frames(frames, preset.height, preset.width).permute(1, 0, 2, 3).float() / 255
 
 
+def first_frame(real: torch.Tensor) -> Image.Image:
+    """The frame the demo continues: `real[0]` as an 8-bit image (what a user would pass as --input_path)."""
+    return Image.fromarray((real[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
 def continue_first_frame(pipe: CosmosVideo2WorldPipeline, real: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """The pipeline's continuation of `real[0]`: float `[T, 3, H, W]` in [0, 1]."""
+    """The pipeline's continuation of `real[0]`, from NVIDIA's initial noise for `seed` as
+    `infer_video2world.py --seed` draws it: float `[T, 3, H, W]` in [0, 1]."""
     frames, _, height, width = real.shape
-    first = Image.fromarray((real[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-    return pipe(
-        image=first, prompt=DEMO_PROMPT, height=height, width=width, num_frames=frames, guidance_scale=GUIDANCE_SCALE,
-        generator=torch.Generator().manual_seed(seed), output_type="pt",
-    ).frames[0].cpu()
+    shape = (1, pipe.vae.config.z_dim, num_latent_frames(frames), height // SPACE_STRIDE, width // SPACE_STRIDE)
+    return (
+        pipe(
+            image=first_frame(real),
+            prompt=DEMO_PROMPT,
+            height=height,
+            width=width,
+            num_frames=frames,
+            guidance_scale=GUIDANCE_SCALE,
+            latents=nvidia_initial_noise(seed, shape),
+            output_type="pt",
+        )
+        .frames[0]
+        .cpu()
+    )
 
 
-def comparison_image(rows: dict[str, torch.Tensor], frames: tuple[int, ...] = SHOWN_FRAMES, zoom: int = 3) -> Image.Image:
+def comparison_image(
+    rows: dict[str, torch.Tensor], frames: tuple[int, ...] = SHOWN_FRAMES, zoom: int = 3
+) -> Image.Image:
     """One row of `frames` per video (`[T, 3, H, W]` in [0, 1]), top to bottom in `rows`' order, each frame
     enlarged `zoom` times (nearest neighbour: the pixels as generated), with a label strip on the left."""
     height, width = (zoom * size for size in next(iter(rows.values())).shape[-2:])
@@ -107,6 +129,7 @@ def run_demo(run_dir: str | Path, output_dir: str | Path = "outputs/demo") -> di
     output_dir.mkdir(parents=True, exist_ok=True)
     export_to_video(list(after.permute(0, 2, 3, 1).numpy()), str(output_dir / "generated.mp4"), fps=16)
     comparison_image({"real": real, "before": before, "after": after}).save(output_dir / "comparison.png")
+    first_frame(real).save(output_dir / "first_frame.png")
     (output_dir / "demo_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -125,9 +148,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{metrics['psnr_after']:.2f} dB after.\n"
         f"  {out / 'generated.mp4'}\n  {out / 'comparison.png'}   (rows: real, before, after)\n"
         f"  {out / 'demo_metrics.json'}\n"
-        f"Next: continue the held-out clip yourself, or any clip of yours (--input_path: an image or a video):\n"
+        f"Next: this command makes generated.mp4 again; pass any image or video of yours as --input_path:\n"
         f"  python infer_video2world.py --model_size tiny --dit_path {args.run_dir / 'transformer_ema'} "
-        f"--input_path {held_out_clip_path(get_preset('tiny'))} --prompt \"{DEMO_PROMPT}\" "
+        f'--input_path {out / "first_frame.png"} --prompt "{DEMO_PROMPT}" --guidance {GUIDANCE_SCALE:g} --seed 0 '
         f"--disable_guardrail --save_path {out / 'my_video.mp4'}"
     )
 

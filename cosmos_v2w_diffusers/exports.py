@@ -54,15 +54,15 @@ def write_diffusers_transformer(folder: Path, transformer, state_dict: dict[str,
     return publish_folder(folder, build, TRANSFORMER_FILES)
 
 
-def base_pipeline_folder(base: str) -> Path:
-    """A local folder holding the base pipeline's components: `base` itself, or its Hub snapshot (from the
-    cache; downloaded once if missing)."""
+def base_pipeline_folder(base: str, revision: str | None = None, cache_dir: str | None = None) -> Path:
+    """A local folder holding the base pipeline's components: `base` itself, or its Hub snapshot at `revision`
+    (from the cache; downloaded once if missing)."""
     if Path(base).is_dir():
         return Path(base)
     from huggingface_hub import snapshot_download
 
     patterns = ["model_index.json", *(f"{name}/*" for name in BASE_COMPONENTS)]
-    return Path(snapshot_download(base, allow_patterns=patterns))
+    return Path(snapshot_download(base, allow_patterns=patterns, revision=revision, cache_dir=cache_dir))
 
 
 def _link_or_copy(source: str, target: str) -> None:
@@ -73,14 +73,20 @@ def _link_or_copy(source: str, target: str) -> None:
         shutil.copy2(source, target)
 
 
-def write_diffusers_pipeline(folder: Path, base: str, transformer, state_dict: dict[str, torch.Tensor]) -> Path:
+def write_diffusers_pipeline(
+    folder: Path, base: str, transformer, state_dict: dict[str, torch.Tensor], revision=None, cache_dir=None
+) -> Path:
     """A pipeline folder that diffusers' `DiffusionPipeline`, its stock `Cosmos2VideoToWorldPipeline` and our
     `CosmosVideo2WorldPipeline` load: the base model's text encoder, tokenizer and VAE, the scheduler the stock
-    pipeline samples with, and `transformer/` from `state_dict` (see the module docstring)."""
-    source = base_pipeline_folder(base)
+    pipeline samples with, and `transformer/` from `state_dict` (see the module docstring). `revision` and
+    `cache_dir` say where a Hub base is read from."""
+    source = base_pipeline_folder(base, revision, cache_dir)
     missing = [name for name in BASE_COMPONENTS if not (source / name).is_dir()]
     if missing:
-        raise FileNotFoundError(f"{base} has no {', '.join(missing)}/ folder: pass a diffusers pipeline as --pretrained_model_name_or_path.")
+        raise FileNotFoundError(
+            f"{base} has no {', '.join(missing)}/ folder: pass a diffusers pipeline as "
+            f"--pretrained_model_name_or_path."
+        )
 
     def build(staging: Path) -> None:
         for name in BASE_COMPONENTS:
@@ -89,15 +95,15 @@ def write_diffusers_pipeline(folder: Path, base: str, transformer, state_dict: d
         # sampler, which the stock pipeline cannot drive).
         FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True).save_config(staging / "scheduler")
         transformer.save_config(staging / "transformer")
-        save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, staging / "transformer" / WEIGHTS_NAME)
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, staging / "transformer" / WEIGHTS_NAME
+        )
         write_stock_model_index(staging)
 
     return publish_folder(folder, build, PIPELINE_ENTRIES)
 
 
-def export_final(
-    transformer, state_dict: dict[str, torch.Tensor], ema_state: dict | None, config, base: str
-) -> Path:
+def export_final(transformer, state_dict: dict[str, torch.Tensor], ema_state: dict | None, config, base: str) -> Path:
     """Write, for a full run, `<output_dir>/pipeline` (the transformer from the EMA weights, or the live ones
     without an EMA or with `--export_live_weights`) and `<output_dir>/transformer` (+ `transformer_ema`);
     for LoRA, `<output_dir>/lora` (`pytorch_lora_weights.safetensors`, + `pytorch_lora_weights_ema.safetensors`
@@ -114,23 +120,29 @@ def export_final(
             for layers, name in ((lora_layers, LORA_WEIGHTS_NAME), (ema_layers, LORA_EMA_WEIGHTS_NAME)):
                 if layers is not None:
                     CosmosLoraLoaderMixin.save_lora_weights(
-                        staging, transformer_lora_layers=layers, weight_name=name,
+                        staging,
+                        transformer_lora_layers=layers,
+                        weight_name=name,
                         transformer_lora_adapter_metadata=metadata,
                     )
 
         publish_folder(out / "lora", build, LORA_FILES)
         logger.info(
             "Exported the LoRA adapter to %s (pipeline.load_lora_weights%s)",
-            out / "lora", f"; the EMA: weight_name={LORA_EMA_WEIGHTS_NAME!r}" if ema_layers is not None else "",
+            out / "lora",
+            f"; the EMA: weight_name={LORA_EMA_WEIGHTS_NAME!r}" if ema_layers is not None else "",
         )
         return out / "lora"
     write_diffusers_transformer(out / "transformer", transformer, state_dict)
     if ema_state is not None:
         write_diffusers_transformer(out / "transformer_ema", transformer, ema_state)
     live = ema_state is None or config.export_live_weights
-    write_diffusers_pipeline(out / "pipeline", base, transformer, state_dict if live else ema_state)
+    weights = state_dict if live else ema_state
+    write_diffusers_pipeline(out / "pipeline", base, transformer, weights, config.revision, config.cache_dir)
     logger.info(
         "Exported the diffusers pipeline (%s weights) to %s, and the transformer to %s",
-        "live" if live else "EMA", out / "pipeline", out / "transformer",
+        "live" if live else "EMA",
+        out / "pipeline",
+        out / "transformer",
     )
     return out / "pipeline"

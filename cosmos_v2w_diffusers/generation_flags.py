@@ -28,15 +28,25 @@ NUM_FRAMES_BY_FPS = {16: 93, 10: 61}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Cosmos-Predict2 Video2World generation")
     p.add_argument("--model_size", default="2B", choices=["2B", "14B", "tiny"])
-    p.add_argument("--pretrained_model_name_or_path", default=None, help="Hub id or diffusers folder (default: the preset's)")
-    p.add_argument("--dit_path", default=None, help="post-trained transformer: native iter_N.pt, NVIDIA's .pt, or our diffusers export folder")
+    p.add_argument(
+        "--pretrained_model_name_or_path", default=None, help="Hub id or diffusers folder (default: the preset's)"
+    )
+    p.add_argument(
+        "--dit_path",
+        default=None,
+        help="post-trained transformer: native iter_N.pt, NVIDIA's .pt, or our diffusers export folder",
+    )
     p.add_argument("--load_ema", action="store_true", help="with a native --dit_path: use its net_ema.* weights")
     p.add_argument("--lora_path", default=None, help="LoRA adapter from our training (<output_dir>/lora)")
     p.add_argument("--prompt", default=None)
     p.add_argument("--negative_prompt", default=DEFAULT_NEGATIVE_PROMPT)
     p.add_argument("--input_path", default=None, help="conditioning image or video")
-    p.add_argument("--num_conditional_frames", type=int, default=1, choices=[1, 5], help="a video's last N frames condition")
-    p.add_argument("--guidance", type=float, default=7.0)
+    p.add_argument(
+        "--num_conditional_frames", type=int, default=1, choices=[1, 5], help="a video's last N frames condition"
+    )
+    p.add_argument(
+        "--guidance", type=float, default=7.0, help="classifier-free guidance scale; 1 or less: no guidance"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", default="720", choices=sorted(RESOLUTIONS))
     p.add_argument("--aspect_ratio", default="16:9", choices=["16:9", "9:16", "1:1", "4:3", "3:4"])
@@ -45,33 +55,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=None, help="override the resolution table (multiple of 16)")
     p.add_argument("--num_frames", type=int, default=None, help="override the frame count (4k+1)")
     p.add_argument("--num_inference_steps", type=int, default=35)
-    p.add_argument("--scheduler", default="cosmos", choices=["cosmos", "euler"], help="NVIDIA's sampler or diffusers' Euler")
+    p.add_argument(
+        "--scheduler", default="cosmos", choices=["cosmos", "euler"], help="NVIDIA's sampler or diffusers' Euler"
+    )
     p.add_argument("--save_path", default="output/generated_video.mp4")
-    p.add_argument("--batch_input_json", default=None, help='JSON list of {"prompt", "input_path", "save_path"} (NVIDIA: input_video, output_video)')
+    p.add_argument(
+        "--batch_input_json",
+        default=None,
+        help='JSON list of {"prompt", "input_path", "save_path"} (NVIDIA: input_video, output_video)',
+    )
     p.add_argument("--disable_guardrail", action="store_true", help="run without cosmos_guardrail")
-    p.add_argument("--offload_text_encoder", action="store_true", help="keep the T5 encoder on the CPU (about 11 GB of GPU memory in bf16)")
+    p.add_argument(
+        "--offload_text_encoder",
+        action="store_true",
+        help="keep the T5 encoder on the CPU (about 11 GB of GPU memory in bf16)",
+    )
     p.add_argument("--offload_guardrail", action="store_true", help="keep the guardrail models on the CPU")
     p.add_argument("--offload_model", action="store_true", help="diffusers' model CPU offload of every component")
     p.add_argument(
-        "--num_gpus", type=int, default=1,
+        "--num_gpus",
+        type=int,
+        default=1,
         help="shard each generation's latent tokens over this many processes started together "
         "(torchrun --nproc_per_node N; NVIDIA's flag); rank 0 writes the video",
     )
     p.add_argument(
-        "--guidance_parallel", action="store_true",
+        "--guidance_parallel",
+        action="store_true",
         help="with --num_gpus 2: each process evaluates one side of classifier-free guidance (conditional, "
         "unconditional) instead of holding half of the tokens; no communication inside the transformer",
     )
     p.add_argument(
-        "--compile", action=argparse.BooleanOptionalAction, default=None,
-        help="torch.compile each transformer block (default: on with CUDA; about 30 s once, pays off over a 35-step video)",
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile each transformer block (default: on with CUDA; about 30 s once, pays off over a "
+        "35-step video)",
     )
     p.add_argument(
-        "--attention_backend", default="auto", choices=ATTENTION_BACKENDS,
-        help="attention kernel: cudnn, flash4 (FlashAttention-4), native (torch's choice), or auto (the fastest installed)",
+        "--attention_backend",
+        default="auto",
+        choices=ATTENTION_BACKENDS,
+        help="attention kernel: cudnn, flash4 (FlashAttention-4), native (torch's choice), or auto (the fastest "
+        "installed)",
     )
     args = p.parse_args(argv)
-    if args.guidance_parallel and (args.num_gpus != 2 or args.guidance == 0):
-        p.error("--guidance_parallel splits the two sides of guidance over 2 processes: pass --num_gpus 2 "
-                "(under torchrun --nproc_per_node 2) and a non-zero --guidance.")
+    if args.guidance_parallel and (args.num_gpus != 2 or args.guidance <= 1):
+        p.error(
+            "--guidance_parallel splits the two sides of guidance over 2 processes: pass --num_gpus 2 "
+            "(under torchrun --nproc_per_node 2) and a --guidance above 1."
+        )
     return args

@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
+
+
 def sample_size(args: argparse.Namespace) -> tuple[int, int, int]:
     """(height, width, num_frames) from the flags, refusing sizes the model cannot take."""
     preset = get_preset(args.model_size)
@@ -81,7 +83,9 @@ def read_conditioning(path: str, num_frames: int = 5) -> tuple[PIL.Image.Image |
             total = presented_frame_count(reader)
             frames = reader.get_batch(list(range(max(0, total - num_frames), total))).asnumpy()
         except (decord.DECORDError, RuntimeError) as exc:
-            raise ValueError(f"--input_path {file} cannot be decoded as a video ({str(exc).splitlines()[0]}).") from None
+            raise ValueError(
+                f"--input_path {file} cannot be decoded as a video ({str(exc).splitlines()[0]})."
+            ) from None
         return None, [PIL.Image.fromarray(f) for f in frames]
     raise ValueError(
         f"--input_path {file}: unsupported file type {suffix or '(none)'}; use an image "
@@ -89,7 +93,9 @@ def read_conditioning(path: str, num_frames: int = 5) -> tuple[PIL.Image.Image |
     )
 
 
-def load_post_trained_weights(dit_path: str, load_ema: bool, model_size: str) -> dict[str, torch.Tensor] | CosmosTransformer3DModel:
+def load_post_trained_weights(
+    dit_path: str, load_ema: bool, model_size: str
+) -> dict[str, torch.Tensor] | CosmosTransformer3DModel:
     """Read `--dit_path` and check it against the model size on the meta device, before loading any model."""
     preset = get_preset(model_size)
     path = Path(dit_path)
@@ -99,12 +105,16 @@ def load_post_trained_weights(dit_path: str, load_ema: bool, model_size: str) ->
             f"(<output_dir>/transformer) or a native model/iter_N.pt file."
         )
     if path.is_dir():
-        transformer = CosmosTransformer3DModel.from_pretrained(path, subfolder="transformer" if (path / "transformer").is_dir() else None)
+        transformer = CosmosTransformer3DModel.from_pretrained(
+            path, subfolder="transformer" if (path / "transformer").is_dir() else None
+        )
         check_transformer_matches(transformer, preset, str(path))
         return transformer
     state = load_native_checkpoint(path, use_ema=load_ema)
     if any("lora_A" in k for k in state):
-        raise ValueError(f"{path} is a LoRA training checkpoint: pass the adapter export instead (--lora_path <output_dir>/lora).")
+        raise ValueError(
+            f"{path} is a LoRA training checkpoint: pass the adapter export instead (--lora_path <output_dir>/lora)."
+        )
     check_checkpoint_matches(build_transformer(preset, device="meta"), state, str(path))
     return state
 
@@ -121,7 +131,9 @@ def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
         kwargs["scheduler"] = FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True)
     if isinstance(weights, CosmosTransformer3DModel):
         kwargs["transformer"] = weights.to(dtype)
-    pipe = CosmosVideo2WorldPipeline.from_pretrained(resolve_pretrained(preset, args.pretrained_model_name_or_path), **kwargs)
+    pipe = CosmosVideo2WorldPipeline.from_pretrained(
+        resolve_pretrained(preset, args.pretrained_model_name_or_path), **kwargs
+    )
     check_transformer_matches(pipe.transformer, preset, args.pretrained_model_name_or_path or "the base model")
     if isinstance(weights, dict):
         load_into_transformer(pipe.transformer, weights, args.dit_path)
@@ -158,7 +170,10 @@ def _device(num_gpus: int) -> torch.device:
     if num_gpus == 1:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if "LOCAL_RANK" not in os.environ:
-        raise ValueError(f"--num_gpus {num_gpus}: start the processes with `torchrun --nproc_per_node {num_gpus} infer_video2world.py ...`.")
+        raise ValueError(
+            f"--num_gpus {num_gpus}: start the processes with `torchrun --nproc_per_node {num_gpus} "
+            f"infer_video2world.py ...`."
+        )
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if dist.get_world_size() != num_gpus:
@@ -178,7 +193,9 @@ def jobs_from_args(args: argparse.Namespace) -> list[dict]:
         except (OSError, ValueError) as exc:
             raise ValueError(f"--batch_input_json {source} cannot be read as JSON ({exc}).") from None
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            raise ValueError(f"--batch_input_json {source} must hold a list of {{\"prompt\", \"input_path\", \"save_path\"}} objects.")
+            raise ValueError(
+                f'--batch_input_json {source} must hold a list of {{"prompt", "input_path", "save_path"}} objects.'
+            )
         jobs = [
             {
                 "prompt": e.get("prompt"),
@@ -215,14 +232,27 @@ def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     height, width, num_frames = sample_size(args)
     jobs = jobs_from_args(args)
-    inputs = [read_conditioning(job["input_path"], args.num_conditional_frames) for job in jobs]  # fail before loading any model
+    inputs = [
+        read_conditioning(job["input_path"], args.num_conditional_frames) for job in jobs
+    ]  # fail before loading any model
     for job, (_, video) in zip(jobs, inputs):
         if video is not None:
-            check_conditioning_frames(len(video), args.num_conditional_frames, f"--input_path {job['input_path']}", "--num_conditional_frames")
+            check_conditioning_frames(
+                len(video),
+                args.num_conditional_frames,
+                f"--input_path {job['input_path']}",
+                "--num_conditional_frames",
+            )
     pipe = build_pipeline(args)
     written = []
     for job, (image, video) in tqdm(list(zip(jobs, inputs)), desc="Videos", disable=len(jobs) == 1):
-        shape = (1, pipe.vae.config.z_dim, num_latent_frames(num_frames), height // SPACE_STRIDE, width // SPACE_STRIDE)
+        shape = (
+            1,
+            pipe.vae.config.z_dim,
+            num_latent_frames(num_frames),
+            height // SPACE_STRIDE,
+            width // SPACE_STRIDE,
+        )
         frames = pipe(
             image=image,
             video=video,

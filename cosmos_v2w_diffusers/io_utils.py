@@ -42,14 +42,20 @@ def describe_os_error(exc: OSError, place: str) -> str:
     """One line for a failed write or read: the file, what went wrong and what to do about it."""
     where = exc.filename or place
     if exc.errno == errno.ENOSPC:
-        return f"No space left on the device writing {where}: free space there (files already written are whole), then run the same command again."
+        return (
+            f"No space left on the device writing {where}: free space there (files already written are whole), "
+            f"then run the same command again."
+        )
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return (
             f"Cannot write {where} ({exc.strerror}): {place} is read-only to us. Prepare a writable copy of a dataset "
             f"folder (training then reads it read-only); point --output_dir or HF_DATASETS_CACHE somewhere writable."
         )
     if exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
-        return f"{where}: {exc.strerror}; a file stands where a folder is needed (or the other way round): move it, or pass another path."
+        return (
+            f"{where}: {exc.strerror}; a file stands where a folder is needed (or the other way round): move it, or "
+            f"pass another path."
+        )
     return f"{where}: {exc.strerror or exc}"
 
 
@@ -122,7 +128,9 @@ def check_replaceable(target: Path, replaceable: frozenset[str] | set[str]) -> N
         )
 
 
-def publish_folder(target: Path, build: Callable[[Path], None], replaceable: frozenset[str] | set[str] = frozenset()) -> Path:
+def publish_folder(
+    target: Path, build: Callable[[Path], None], replaceable: frozenset[str] | set[str] = frozenset()
+) -> Path:
     """Build a folder in a temp folder beside `target`, then swap it into place whole.
 
     A crash mid-build leaves any previous `target` untouched and no half-made folder; a previous

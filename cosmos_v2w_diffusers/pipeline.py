@@ -8,6 +8,10 @@ Differences from diffusers' `Cosmos2VideoToWorldPipeline` (docs/recipe.md, "Infe
 `diffusers_compat=True` reproduces diffusers' pipeline step for step instead (fps passed, last-frame
 padding, a posterior sample, the plain final latents), which the tests use to prove parity.
 
+`guidance_scale` means what it means in diffusers in both modes: `x0_cond + w (x0_cond - x0_uncond)` for w > 1,
+and no guidance (the conditional x0 alone, one transformer call a step) for w <= 1. NVIDIA's sampler also mixes
+for 0 < w <= 1; nobody asks for that in practice (its default is 7), and diffusers' users expect 1 to mean off.
+
 The denoiser is `preconditioning.denoise`, the very function the training loss calls.
 """
 
@@ -64,9 +68,13 @@ def default_safety_checker():
 
 
 def check_conditioning_frames(
-    available: int, num_conditional_frames: int, source: str = "the conditioning video", argument: str = "num_conditional_frames"
+    available: int,
+    num_conditional_frames: int,
+    source: str = "the conditioning video",
+    argument: str = "num_conditional_frames",
 ) -> None:
-    """Refuse a conditioning video shorter than the frames it must give, naming `source` and the `argument` to change."""
+    """Refuse a conditioning video shorter than the frames it must give, naming `source` and the `argument` to
+    change."""
     if available < num_conditional_frames:
         raise ValueError(
             f"{source} has {available} frames, fewer than {argument}={num_conditional_frames}: pass a longer video, "
@@ -237,7 +245,9 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         # final step), as diffusers' Cosmos-Predict2 pipeline sets them.
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config)
         # Not `from_config` arguments: these keys exist only in the config, which set_timesteps reads.
-        scheduler.register_to_config(sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN, sigma_data=1.0, final_sigmas_type="sigma_min")
+        scheduler.register_to_config(
+            sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN, sigma_data=1.0, final_sigmas_type="sigma_min"
+        )
         scheduler.set_timesteps(sigmas=torch.linspace(0, 1, num_inference_steps, dtype=torch.float64), device=device)
         scheduler.sigmas[-1] = scheduler.sigmas[-2]
         return scheduler
@@ -249,7 +259,8 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale != 0
+        """Guidance runs for `guidance_scale > 1`, as in diffusers' pipelines."""
+        return self._guidance_scale > 1
 
     @property
     def num_timesteps(self) -> int:
@@ -283,7 +294,9 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         if do_classifier_free_guidance and negative_prompt_embeds is None:
             negative = negative_prompt if negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT
             negatives = [negative] * prompt_embeds.shape[0] if isinstance(negative, str) else list(negative)
-            negative_prompt_embeds = embed_prompts(negatives, self.tokenizer, self.text_encoder, max_sequence_length, device)
+            negative_prompt_embeds = embed_prompts(
+                negatives, self.tokenizer, self.text_encoder, max_sequence_length, device
+            )
         text = prompt_embeds.to(device, dtype).repeat_interleave(num_videos_per_prompt, dim=0)
         if not do_classifier_free_guidance:
             return text, None
@@ -322,7 +335,7 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
                 (1 or 5) condition the generation.
             prompt / prompt_embeds: the text, or its `(1, 512, d)` T5 embedding (zeros past its length).
             negative_prompt / negative_prompt_embeds: the unconditional text of classifier-free guidance
-                (default: NVIDIA's negative prompt). Guidance is skipped when `guidance_scale` is 0.
+                (default: NVIDIA's negative prompt). Guidance is skipped when `guidance_scale` is 1 or less.
             height, width: multiples of 16 (720p 16:9 is 704x1280). num_frames: 4k+1 (93 at 16 fps).
             fps: the video's frame rate. It does not reach the transformer unless `diffusers_compat`.
             generator / latents: the initial noise; `latents` (`(1, 16, T, H/8, W/8)`, standard normal) is
@@ -353,18 +366,30 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         if num_videos_per_prompt < 1:
             raise ValueError(f"num_videos_per_prompt must be at least 1, got {num_videos_per_prompt}.")
         text, negative_text = self.encode_prompt(
-            prompt, negative_prompt, self.do_classifier_free_guidance, num_videos_per_prompt, prompt_embeds,
-            negative_prompt_embeds, max_sequence_length, device,
+            prompt,
+            negative_prompt,
+            self.do_classifier_free_guidance,
+            num_videos_per_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            max_sequence_length,
+            device,
         )
 
         # 2. Conditioning latents, then the initial noise (diffusers draws its VAE sample first).
         if diffusers_compat:
             clean, cond_frames = self._diffusers_conditioning(image, video, height, width, num_frames, generator)
         else:
-            clean, cond_frames = self._nvidia_conditioning(image, video, num_conditional_frames, height, width, num_frames)
+            clean, cond_frames = self._nvidia_conditioning(
+                image, video, num_conditional_frames, height, width, num_frames
+            )
         shape = (text.shape[0], self.vae.config.z_dim, num_latent_frames(num_frames), height // 8, width // 8)
         clean = clean.expand(shape).to(device)
-        noise = latents.to(device, torch.float32) if latents is not None else randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        noise = (
+            latents.to(device, torch.float32)
+            if latents is not None
+            else randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        )
         x = noise * SIGMA_MAX
         cond_mask = conditioning_mask(torch.full((shape[0],), cond_frames, device=device), shape[2])
         transformer_fps = fps if diffusers_compat else None
@@ -377,12 +402,16 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
             if self.interrupt:
                 break
-            x0 = self._guided_x0(x, sigmas[i].float(), clean, cond_mask, text, negative_text, guidance_scale, transformer_fps)
+            x0 = self._guided_x0(
+                x, sigmas[i].float(), clean, cond_mask, text, negative_text, guidance_scale, transformer_fps
+            )
             model_output = (x - x0) / sigmas[i].float() if euler else x0
             x = scheduler.step(model_output, t, x, return_dict=False)[0]
             if callback_on_step_end is not None:
                 available = {"latents": x, "x0": x0, "prompt_embeds": text, "negative_prompt_embeds": negative_text}
-                returned = callback_on_step_end(self, i, t, {k: available[k] for k in callback_on_step_end_tensor_inputs})
+                returned = callback_on_step_end(
+                    self, i, t, {k: available[k] for k in callback_on_step_end_tensor_inputs}
+                )
                 x = (returned or {}).get("latents", x)
         if not diffusers_compat:
             # NVIDIA returns one more guided x0, evaluated at sigma_min.

@@ -59,7 +59,9 @@ def download_hub_dataset(repo_id: str, dataset_path: str | Path, cache_dir: str 
     names = [clip.name for clip in clips]
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
-        raise ValueError(f"The Hub dataset {repo_id} has several clips named {clashes[0]}: rename them, then lay them out by hand.")
+        raise ValueError(
+            f"The Hub dataset {repo_id} has several clips named {clashes[0]}: rename them, then lay them out by hand."
+        )
     videos = Path(dataset_path) / "videos"
     videos.mkdir(parents=True, exist_ok=True)
     placed = 0
@@ -114,7 +116,11 @@ def prepare_dataset(
             logger.warning(
                 "%s has %d frames, fewer than the %d a training sample takes: prepared, but training at %d frames "
                 "will skip it (train with a --num_frames of the form 4k+1 up to %d to use it).",
-                row["video_path"], row["num_frames"], num_frames, num_frames, row["num_frames"],
+                row["video_path"],
+                row["num_frames"],
+                num_frames,
+                num_frames,
+                row["num_frames"],
             )
 
     for row in rows:  # a pickle whose caption (or encoder) changed since we wrote it is encoded again
@@ -151,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset_path", required=True, help="folder holding videos/*.mp4")
     parser.add_argument("--prompt", default=None, help="caption for videos without metas/<name>.txt")
     parser.add_argument(
-        "--hub_dataset", default=None,
+        "--hub_dataset",
+        default=None,
         help="first fetch this Hub dataset's mp4s into videos/ (e.g. nvidia/Cosmos-NeMo-Assets)",
     )
     parser.add_argument(
@@ -160,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         help="T5 encoder: Hub id or local folder (default T5-XXL), or `tiny` for the tiny preset's encoder",
     )
     parser.add_argument(
-        "--num_frames", type=int, default=93,
+        "--num_frames",
+        type=int,
+        default=93,
         help="training's frame count: shorter clips are prepared, with a warning that training will skip them",
     )
     parser.add_argument("--batch_size", type=int, default=8, help="captions encoded per forward pass")

@@ -133,5 +133,6 @@ def get_preset(name: str) -> ModelPreset:
 
 # The tiny VAE: the Wan 2.1 VAE's structure (4x temporal, 8x spatial compression, 16 latent channels) at
 # 1/6 of its width. 2.6 M parameters: 5 MB in float16; a 17x64x112 clip encodes and decodes in about a
-# second on one CPU core. The shipped one is trained (`tiny_model.py`); `components.save_tiny_pretrained` builds it random.
+# second on one CPU core. The shipped one is trained (`tiny_model.py`); `components.save_tiny_pretrained` builds
+# it random.
 TINY_VAE_CONFIG = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1)

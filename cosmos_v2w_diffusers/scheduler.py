@@ -71,7 +71,11 @@ class CosmosMultistepScheduler(SchedulerMixin, ConfigMixin):
         self._x0_prev = None
 
     def step(
-        self, model_output: torch.Tensor, timestep: torch.Tensor | float, sample: torch.Tensor, return_dict: bool = True
+        self,
+        model_output: torch.Tensor,
+        timestep: torch.Tensor | float,
+        sample: torch.Tensor,
+        return_dict: bool = True,
     ) -> CosmosMultistepSchedulerOutput | tuple[torch.Tensor]:
         """Advance `sample` from sigma[i] to sigma[i+1] given the x0 prediction `model_output` at sigma[i]."""
         if self.sigmas is None:

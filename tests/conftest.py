@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -42,6 +44,25 @@ def tiny_config(dataset, output_dir, **overrides):
 
     base = dict(model="tiny", dataset_path=str(dataset), output_dir=str(output_dir), dataloader_num_workers=0)
     return TrainConfig(**{**base, **overrides})
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def launch_training(
+    output_dir: Path, *flags: str, launcher: tuple = (), cpu: bool = True, cwd: Path | None = None
+) -> str:
+    """`accelerate launch <launcher> train_video2world.py --model tiny ... <flags>` in a subprocess, one thread a
+    process (`cpu`: accelerate told to use the CPU, as without DeepSpeed); asserts that it succeeded and returns
+    its log (stderr)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({"ACCELERATE_USE_CPU": "true"} if cpu else {})}
+    command = [
+        *(sys.executable, "-m", "accelerate.commands.launch", *launcher, str(REPO / "train_video2world.py")),
+        *("--model", "tiny", "--dataloader_num_workers", "0", "--output_dir", str(output_dir), *flags),
+    ]
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stderr
 
 
 def before_each_forward(monkeypatch, hook) -> None:

@@ -29,10 +29,14 @@ for out in outputs:
 grads = [torch.cat([p.grad.flatten() for p in model.parameters()]) for model in (sharded, reference)]
 summed = grads[0].clone()
 dist.all_reduce(summed)
-Path(sys.argv[1], f"rank{dist.get_rank()}.json").write_text(json.dumps({
-    "tokens_seen": tokens_seen[0],
-    "output_max_diff": (outputs[0] - outputs[1]).abs().max().item(),
-    "summed_grad_rel_diff": ((summed - grads[1]).norm() / grads[1].norm()).item(),
-    "own_grad_rel_diff": ((grads[0] - grads[1]).norm() / grads[1].norm()).item(),
-}))
+Path(sys.argv[1], f"rank{dist.get_rank()}.json").write_text(
+    json.dumps(
+        {
+            "tokens_seen": tokens_seen[0],
+            "output_max_diff": (outputs[0] - outputs[1]).abs().max().item(),
+            "summed_grad_rel_diff": ((summed - grads[1]).norm() / grads[1].norm()).item(),
+            "own_grad_rel_diff": ((grads[0] - grads[1]).norm() / grads[1].norm()).item(),
+        }
+    )
+)
 dist.destroy_process_group()

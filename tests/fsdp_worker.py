@@ -58,12 +58,18 @@ for step in range(3):
         optimizer.zero_grad()
 
 weights = {canonical_name(n): full_tensor(p.detach()) for n, p in sharded.named_parameters()}
-worst = max(((weights[n] - p).abs().max() / p.abs().max().clamp_min(1e-12)).item() for n, p in reference.named_parameters())
-Path(sys.argv[1], f"rank{rank}.json").write_text(json.dumps({
-    "same_names": sorted(weights) == sorted(n for n, _ in reference.named_parameters()),
-    "sharded": all(type(p).__name__ == "DTensor" for p in sharded.parameters()),
-    "grad_rel_diff": grad_rel_diff,
-    "max_rel_weight_diff": worst,
-    "moved": max((p - initial[n]).abs().max().item() for n, p in reference.named_parameters()),
-}))
+worst = max(
+    ((weights[n] - p).abs().max() / p.abs().max().clamp_min(1e-12)).item() for n, p in reference.named_parameters()
+)
+Path(sys.argv[1], f"rank{rank}.json").write_text(
+    json.dumps(
+        {
+            "same_names": sorted(weights) == sorted(n for n, _ in reference.named_parameters()),
+            "sharded": all(type(p).__name__ == "DTensor" for p in sharded.parameters()),
+            "grad_rel_diff": grad_rel_diff,
+            "max_rel_weight_diff": worst,
+            "moved": max((p - initial[n]).abs().max().item() for n, p in reference.named_parameters()),
+        }
+    )
+)
 dist.destroy_process_group()

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import torch
+from conftest import launch_training
 from PIL import Image
 
 from cosmos_v2w_diffusers.data.demo_clips import render_clip
@@ -28,8 +29,17 @@ def _masters(folder: Path, iteration: int) -> dict[str, torch.Tensor]:
 
 def test_the_sharded_transformer_computes_the_unsharded_output_and_gradient(tmp_path):
     """Each rank holds half the tokens; outputs match; the ranks' gradients sum to the unsharded one."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29539",
-           str(REPO / "tests" / "cp_worker.py"), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29539",
+        str(REPO / "tests" / "cp_worker.py"),
+        str(tmp_path),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -44,15 +54,11 @@ def test_the_sharded_transformer_computes_the_unsharded_output_and_gradient(tmp_
 
 def _train(dataset: Path, workdir: Path, output_dir: str, max_iter: int, processes: int, *extra: str) -> str:
     """A tiny CPU run of `processes` ranks (3 steps to a checkpoint); returns its log."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    flags = ["--model", "tiny", "--dataset_path", str(dataset), "--save_iter", "3", "--lr_decay_steps", "6",
-             "--dataloader_num_workers", "0", "--output_dir", str(workdir / output_dir), "--max_iter", str(max_iter)]
-    launch = ["--multi_gpu", "--num_processes", str(processes), "--main_process_port", str(29540 + processes)]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *(launch if processes > 1 else []),
-           str(REPO / "train_video2world.py"), *flags, *extra]
-    result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stderr
+    launcher = ("--multi_gpu", "--num_processes", str(processes), "--main_process_port", str(29540 + processes))
+    flags = ("--dataset_path", str(dataset), "--save_iter", "3", "--lr_decay_steps", "6", "--max_iter", str(max_iter))
+    return launch_training(
+        workdir / output_dir, *flags, *extra, launcher=launcher if processes > 1 else (), cwd=workdir
+    )
 
 
 def _assert_same_masters(workdir: Path, run: str, reference: str, iteration: int, rtol: float) -> None:
@@ -84,9 +90,21 @@ def test_fsdp2_alone_and_with_context_parallel_trains_like_the_unsharded_model(t
     for cp in (1, 2):
         out = tmp_path / f"cp{cp}"
         out.mkdir()
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29560 + cp),
-               str(REPO / "tests" / "fsdp_worker.py"), str(out), str(cp)]
-        result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(29560 + cp),
+            str(REPO / "tests" / "fsdp_worker.py"),
+            str(out),
+            str(cp),
+        ]
+        result = subprocess.run(
+            cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         for rank in (json.loads((out / f"rank{r}.json").read_text()) for r in range(2)):
             assert rank["same_names"] and rank["sharded"], (cp, rank)
@@ -104,13 +122,36 @@ def test_num_gpus_2_generation_writes_the_one_process_video(tmp_path):
     image = tmp_path / "first.png"
     Image.fromarray(render_clip(1, 64, 112, seed=3)[0]).save(image)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    flags = ["--model_size", "tiny", "--input_path", str(image), "--prompt", "A video of sks teal robot.",
-             "--disable_guardrail", "--num_inference_steps", "4"]
+    flags = [
+        "--model_size",
+        "tiny",
+        "--input_path",
+        str(image),
+        "--prompt",
+        "A video of sks teal robot.",
+        "--disable_guardrail",
+        "--num_inference_steps",
+        "4",
+    ]
     one = [sys.executable, str(REPO / "infer_video2world.py"), *flags, "--save_path", str(tmp_path / "one.mp4")]
-    two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29538",
-           str(REPO / "infer_video2world.py"), *flags, "--num_gpus", "2"]
-    runs = {"one": one, "cp": [*two, "--save_path", str(tmp_path / "cp.mp4")],
-            "guidance": [*two, "--guidance_parallel", "--save_path", str(tmp_path / "guidance.mp4")]}
+    two = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29538",
+        str(REPO / "infer_video2world.py"),
+        *flags,
+        "--num_gpus",
+        "2",
+    ]
+    runs = {
+        "one": one,
+        "cp": [*two, "--save_path", str(tmp_path / "cp.mp4")],
+        "guidance": [*two, "--guidance_parallel", "--save_path", str(tmp_path / "guidance.mp4")],
+    }
     for cmd in runs.values():
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]

@@ -39,15 +39,26 @@ def test_prepare_data_cli_writes_nvidia_layout(tmp_path, video_paths):
     assert result.returncode == 0, result.stderr
     assert (root / "t5_xxl" / "bigbuckbunny.pickle").stat().st_mtime_ns == before
     tokenizer, encoder = load_text_encoder("tiny")
-    assert read_t5_pickle(root / "t5_xxl" / "bikes.pickle", TINY_DIM).shape[0] == len(tokenizer("Bikes riding by.").input_ids)
+    assert read_t5_pickle(root / "t5_xxl" / "bikes.pickle", TINY_DIM).shape[0] == len(
+        tokenizer("Bikes riding by.").input_ids
+    )
 
 
 def test_prepare_data_cli_fails_when_nothing_is_usable(tmp_path):
     (tmp_path / "videos").mkdir()
     (tmp_path / "videos" / "broken.mp4").write_bytes(b"")
     result = subprocess.run(
-        [sys.executable, "-m", "cosmos_v2w_diffusers.prepare_data", "--dataset_path", str(tmp_path), "--prompt", "x",
-         "--text_encoder", "tiny"],
+        [
+            sys.executable,
+            "-m",
+            "cosmos_v2w_diffusers.prepare_data",
+            "--dataset_path",
+            str(tmp_path),
+            "--prompt",
+            "x",
+            "--text_encoder",
+            "tiny",
+        ],
         capture_output=True,
         text=True,
     )
@@ -214,14 +225,30 @@ def test_prepare_data_fetches_a_hub_dataset_into_videos_offline(video_paths, tmp
         shutil.copy(path, snapshot / f"{name}.mp4")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(
-        prepare_data, "download_hub_dataset",
-        lambda repo_id, dataset_path, cache_dir=None, _real=prepare_data.download_hub_dataset: _real(repo_id, dataset_path, cache),
+        prepare_data,
+        "download_hub_dataset",
+        lambda repo_id, dataset_path, cache_dir=None, _real=prepare_data.download_hub_dataset: _real(
+            repo_id, dataset_path, cache
+        ),
     )
     root = tmp_path / "datasets" / "cosmos_nemo_assets"
-    assert prepare_data.main(
-        ["--dataset_path", str(root), "--hub_dataset", "nvidia/Cosmos-NeMo-Assets", "--prompt", PROMPT,
-         "--text_encoder", "tiny", "--num_frames", "17"]
-    ) == 0
+    assert (
+        prepare_data.main(
+            [
+                "--dataset_path",
+                str(root),
+                "--hub_dataset",
+                "nvidia/Cosmos-NeMo-Assets",
+                "--prompt",
+                PROMPT,
+                "--text_encoder",
+                "tiny",
+                "--num_frames",
+                "17",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (root / "videos").iterdir()) == ["bigbuckbunny.mp4", "bikes.mp4"]
     assert (root / "videos" / "bikes.mp4").read_bytes() == video_paths["bikes"].read_bytes()
     assert sorted(p.name for p in (root / "t5_xxl").glob("*.pickle")) == ["bigbuckbunny.pickle", "bikes.pickle"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import launch_training
 
 pytest.importorskip("deepspeed")
 
@@ -21,18 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _train(dataset: Path, output_dir: Path, max_iter: int, config: str | None, *extra: str) -> str:
-    """A tiny fp32 run to `max_iter` (checkpoints every step, a 3-step schedule); returns its log."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if config is None:
-        env["ACCELERATE_USE_CPU"] = "true"  # no DeepSpeed: the plain one-process run
-    launch = ["--config_file", str(REPO / "accelerate_configs" / f"deepspeed_{config}.yaml")] if config else []
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_processes", "1",
-           "--mixed_precision", "no", str(REPO / "train_video2world.py"), "--model", "tiny", "--dataset_path",
-           str(dataset), "--output_dir", str(output_dir), "--max_iter", str(max_iter), "--lr_decay_steps", "3",
-           "--save_iter", "1", "--cache_latents", "--dataloader_num_workers", "0", *extra]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stderr
+    """A tiny fp32 run to `max_iter` (checkpoints every step, a 3-step schedule); returns its log. `config`: a
+    DeepSpeed stage (zero2, zero3), or None for the plain one-process run."""
+    deepspeed = ("--config_file", str(REPO / "accelerate_configs" / f"deepspeed_{config}.yaml")) if config else ()
+    launcher = (*deepspeed, "--num_processes", "1", "--mixed_precision", "no")
+    flags = ("--dataset_path", str(dataset), "--max_iter", str(max_iter), "--lr_decay_steps", "3", "--save_iter", "1")
+    return launch_training(output_dir, *flags, "--cache_latents", *extra, launcher=launcher, cpu=config is None)
 
 
 def _part(run: Path, part: str, iteration: int) -> dict:
@@ -55,7 +50,11 @@ def plain_run(prepared_dataset, tmp_path_factory):
 
 @pytest.mark.parametrize(
     "stage,architecture",
-    [("zero2", "full"), pytest.param("zero3", "full", marks=pytest.mark.slow), pytest.param("zero3", "lora", marks=pytest.mark.slow)],
+    [
+        ("zero2", "full"),
+        pytest.param("zero3", "full", marks=pytest.mark.slow),
+        pytest.param("zero3", "lora", marks=pytest.mark.slow),
+    ],
 )
 def test_zero_checkpoints_hold_whole_fp32_state_in_nvidia_layout_and_resume(
     prepared_dataset, plain_run, tmp_path, stage, architecture
@@ -99,10 +98,24 @@ def test_zero_checkpoints_hold_whole_fp32_state_in_nvidia_layout_and_resume(
 
 def test_deepspeed_refuses_context_parallelism_and_names_the_config_to_use(prepared_dataset, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(REPO / "accelerate_configs" / "deepspeed_zero2.yaml"), "--num_processes", "1",
-           str(REPO / "train_video2world.py"), "--model", "tiny", "--dataset_path", str(prepared_dataset),
-           "--output_dir", str(tmp_path / "run"), "--context_parallel_size", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "accelerate_configs" / "deepspeed_zero2.yaml"),
+        "--num_processes",
+        "1",
+        str(REPO / "train_video2world.py"),
+        "--model",
+        "tiny",
+        "--dataset_path",
+        str(prepared_dataset),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--context_parallel_size",
+        "2",
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
     assert "fsdp_8gpu.yaml" in result.stderr

@@ -1,6 +1,7 @@
 """The demo a newcomer runs (`make demo`) and the tiny model the package ships for it."""
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -51,12 +52,39 @@ def test_make_demo_writes_a_video_a_comparison_and_metrics_and_a_rerun_is_comple
     """The two commands of `make demo`, with fewer steps."""
     run_dir = tmp_path / "outputs" / "demo" / "run"
     train = [
-        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "train_video2world.py"),
-        "--model", "tiny", "--output_dir", str(run_dir), "--cache_latents", "--cache_windows_per_clip", "1",
-        "--max_iter", "20", "--save_iter", "10",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO / "train_video2world.py"),
+        "--model",
+        "tiny",
+        "--output_dir",
+        str(run_dir),
+        "--cache_latents",
+        "--cache_windows_per_clip",
+        "1",
+        "--max_iter",
+        "20",
+        "--save_iter",
+        "10",
     ]
-    demo = [sys.executable, "-m", "cosmos_v2w_diffusers.demo", "--run_dir", str(run_dir), "--output_dir", "outputs/demo"]
+    demo = [
+        sys.executable,
+        "-m",
+        "cosmos_v2w_diffusers.demo",
+        "--run_dir",
+        str(run_dir),
+        "--output_dir",
+        "outputs/demo",
+    ]
     result = subprocess.run(train, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Mean loss of the first" in result.stderr
@@ -80,6 +108,15 @@ def test_make_demo_writes_a_video_a_comparison_and_metrics_and_a_rerun_is_comple
     assert comparison.height >= 3 * preset.height and comparison.width >= 5 * preset.width
     for name in ("generated.mp4", "comparison.png", "demo_metrics.json", "infer_video2world.py"):
         assert name in shown.stdout
+
+    # The printed next command makes the demo's video again.
+    command = shlex.split(shown.stdout.split("Next:")[1].splitlines()[1])
+    assert command[:2] == ["python", "infer_video2world.py"]
+    command[:2] = [sys.executable, str(REPO / "infer_video2world.py")]
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    mine = read_frames(str(out / "my_video.mp4"), 0, 17).float()
+    assert (mine - frames.float()).abs().mean() < 1.0  # the same frames, through the same MP4 encoder
 
     (out / "generated.mp4").unlink()
     again = subprocess.run(train, cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -33,8 +33,11 @@ def test_a_full_run_exports_a_pipeline_that_diffusers_and_ours_load_and_run(prep
     )
 
     out = tmp_path / "run"
-    trainer = Trainer(TrainConfig(model="tiny", dataset_path=str(prepared_dataset), output_dir=str(out), max_iter=2,
-                                  dataloader_num_workers=0))
+    trainer = Trainer(
+        TrainConfig(
+            model="tiny", dataset_path=str(prepared_dataset), output_dir=str(out), max_iter=2, dataloader_num_workers=0
+        )
+    )
     trainer.train()
     trainer.close()
     folder = out / "pipeline"
@@ -42,9 +45,13 @@ def test_a_full_run_exports_a_pipeline_that_diffusers_and_ours_load_and_run(prep
     assert exported.keys() == ema.keys() and all(torch.equal(exported[k], ema[k]) for k in ema)  # the EMA by default
 
     image = PIL.Image.new("RGB", (112, 64), (0, 128, 128))
-    call = dict(image=image, prompt=PROMPT, height=64, width=112, num_frames=17, num_inference_steps=2, output_type="np")
+    call = dict(
+        image=image, prompt=PROMPT, height=64, width=112, num_frames=17, num_inference_steps=2, output_type="np"
+    )
     stock = DiffusionPipeline.from_pretrained(str(folder), safety_checker=PassingSafetyChecker())
-    assert isinstance(stock, Cosmos2VideoToWorldPipeline) and isinstance(stock.scheduler, FlowMatchEulerDiscreteScheduler)
+    assert isinstance(stock, Cosmos2VideoToWorldPipeline) and isinstance(
+        stock.scheduler, FlowMatchEulerDiscreteScheduler
+    )
     video = stock(**call, generator=torch.Generator().manual_seed(0)).frames[0]
     assert video.shape == (17, 64, 112, 3) and np.isfinite(video).all()
 
@@ -56,8 +63,12 @@ def test_a_full_run_exports_a_pipeline_that_diffusers_and_ours_load_and_run(prep
 
 
 def _lora_scales(transformer: torch.nn.Module) -> set[tuple[str, float]]:
-    return {(name, scale) for m in transformer.modules() if isinstance(getattr(m, "scaling", None), dict)
-            for name, scale in m.scaling.items()}
+    return {
+        (name, scale)
+        for m in transformer.modules()
+        if isinstance(getattr(m, "scaling", None), dict)
+        for name, scale in m.scaling.items()
+    }
 
 
 def test_lora_exports_load_into_the_stock_pipeline_and_combine_on_ours(prepared_dataset, tmp_path):
@@ -70,19 +81,40 @@ def test_lora_exports_load_into_the_stock_pipeline_and_combine_on_ours(prepared_
     folders = {}
     for name, seed in (("robot", 0), ("arm", 1)):
         out = tmp_path / name
-        trainer = Trainer(TrainConfig(model="tiny", dataset_path=str(prepared_dataset), output_dir=str(out), max_iter=1,
-                                      train_architecture="lora", lora_rank=4, lora_alpha=8, seed=seed, dataloader_num_workers=0))
+        trainer = Trainer(
+            TrainConfig(
+                model="tiny",
+                dataset_path=str(prepared_dataset),
+                output_dir=str(out),
+                max_iter=1,
+                train_architecture="lora",
+                lora_rank=4,
+                lora_alpha=8,
+                seed=seed,
+                dataloader_num_workers=0,
+            )
+        )
         trainer.train()
         trainer.close()
         folders[name] = str(out / "lora")
 
-    stock = Cosmos2VideoToWorldPipeline.from_pretrained(str(tiny_pretrained_path()), safety_checker=PassingSafetyChecker())
+    stock = Cosmos2VideoToWorldPipeline.from_pretrained(
+        str(tiny_pretrained_path()), safety_checker=PassingSafetyChecker()
+    )
     stock.transformer.load_lora_adapter(
         folders["robot"], weight_name="pytorch_lora_weights.safetensors", prefix="transformer", adapter_name="robot"
     )
     assert _lora_scales(stock.transformer) == {("robot", 2.0)}  # alpha 8 / rank 4, from the file's metadata
-    video = stock(image=PIL.Image.new("RGB", (112, 64)), prompt=PROMPT, height=64, width=112, num_frames=17,
-                  num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).frames[0]
+    video = stock(
+        image=PIL.Image.new("RGB", (112, 64)),
+        prompt=PROMPT,
+        height=64,
+        width=112,
+        num_frames=17,
+        num_inference_steps=2,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).frames[0]
     assert np.isfinite(video).all()
 
     ours = CosmosVideo2WorldPipeline.from_pretrained(str(tiny_pretrained_path()), disable_guardrail=True)

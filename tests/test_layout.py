@@ -19,7 +19,11 @@ def _imported_modules(path: Path) -> set[str]:
 
 
 def test_no_module_outside_training_imports_training():
-    library = [p for p in PACKAGE.rglob("*.py") if "training" not in p.relative_to(PACKAGE).parts and p.name not in TRAINER_TOOLS]
+    library = [
+        p
+        for p in PACKAGE.rglob("*.py")
+        if "training" not in p.relative_to(PACKAGE).parts and p.name not in TRAINER_TOOLS
+    ]
     assert len(library) > 20
     offenders = {
         str(p.relative_to(PACKAGE)): sorted(m for m in _imported_modules(p) if "training" in m.split("."))
@@ -38,9 +42,18 @@ def test_every_cli_answers_help_without_importing_torch_diffusers_or_transformer
         "convert": "runpy.run_module('cosmos_v2w_diffusers.convert', run_name='__main__')",
     }
     for name, run in runs.items():
-        probe = f"import runpy, sys\nsys.argv = ['{name}', '--help']\ntry:\n    {run}\nexcept SystemExit:\n    pass\n{heavy}"
-        result = subprocess.run([sys.executable, "-c", probe], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=60)
-        assert "--help" in result.stdout and result.stdout.strip().endswith("[]"), (name, result.stdout[-500:], result.stderr[-500:])
+        probe = (
+            f"import runpy, sys\nsys.argv = ['{name}', '--help']\ntry:\n    {run}\nexcept SystemExit:\n    pass\n"
+            f"{heavy}"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", probe], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=60
+        )
+        assert "--help" in result.stdout and result.stdout.strip().endswith("[]"), (
+            name,
+            result.stdout[-500:],
+            result.stderr[-500:],
+        )
 
 
 def test_parallel_dims_describe_the_layout_once():
@@ -52,8 +65,12 @@ def test_parallel_dims_describe_the_layout_once():
     from cosmos_v2w_diffusers.training.parallel_dims import ParallelDims
 
     def accelerator(kind, world, rank):
-        return SimpleNamespace(distributed_type=kind, num_processes=world, process_index=rank,
-                               state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)))
+        return SimpleNamespace(
+            distributed_type=kind,
+            num_processes=world,
+            process_index=rank,
+            state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)),
+        )
 
     dims = ParallelDims.from_accelerator(accelerator(DistributedType.FSDP, 8, 5), context_parallel_size=2)
     assert (dims.engine, dims.dp_size, dims.dp_rank, dims.state_shards) == ("fsdp", 4, 2, 8)

@@ -68,7 +68,9 @@ def test_loss_equals_recipe_formula(transformer):
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
     # Text dropout matters: the same draw without it gives another loss.
     with torch.no_grad():
-        assert not torch.isclose(ours, video2world_loss(transformer, x0, eps, sigma, n_cond, text, torch.zeros(3, dtype=torch.bool)))
+        assert not torch.isclose(
+            ours, video2world_loss(transformer, x0, eps, sigma, n_cond, text, torch.zeros(3, dtype=torch.bool))
+        )
 
 
 def test_training_draw_distribution():

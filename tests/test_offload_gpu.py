@@ -24,12 +24,24 @@ def _generate(offload: str) -> torch.Tensor:
         pipe.enable_sequential_cpu_offload()
     else:
         pipe.to("cuda")
-    image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (TINY.height, TINY.width, 3), dtype=np.uint8))
+    image = PIL.Image.fromarray(
+        np.random.default_rng(0).integers(0, 255, (TINY.height, TINY.width, 3), dtype=np.uint8)
+    )
     noise = torch.randn(1, 16, 5, TINY.height // 8, TINY.width // 8, generator=torch.Generator().manual_seed(0))
-    return pipe(
-        image=image, prompt="A video of sks teal robot.", height=TINY.height, width=TINY.width, num_frames=17,
-        num_inference_steps=4, latents=noise, output_type="pt",
-    ).frames[0].cpu()
+    return (
+        pipe(
+            image=image,
+            prompt="A video of sks teal robot.",
+            height=TINY.height,
+            width=TINY.width,
+            num_frames=17,
+            num_inference_steps=4,
+            latents=noise,
+            output_type="pt",
+        )
+        .frames[0]
+        .cpu()
+    )
 
 
 def test_model_and_sequential_cpu_offload_generate_what_the_gpu_pipeline_does():

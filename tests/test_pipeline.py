@@ -1,4 +1,5 @@
-"""Sampling on CPU with the tiny preset: the scheduler against docs/recipe.md, diffusers parity, inputs, weights, CLI."""
+"""Sampling on CPU with the tiny preset: the scheduler against docs/recipe.md, diffusers parity, inputs, weights,
+CLI."""
 
 import logging
 import subprocess
@@ -189,8 +190,14 @@ def trained(prepared_dataset, tmp_path_factory):
     for arch in ("full", "lora"):
         out = tmp_path_factory.mktemp(arch)
         config = TrainConfig(
-            model="tiny", dataset_path=str(prepared_dataset), output_dir=str(out), train_architecture=arch,
-            max_iter=3, save_iter=3, dataloader_num_workers=0, learning_rate=0.02,
+            model="tiny",
+            dataset_path=str(prepared_dataset),
+            output_dir=str(out),
+            train_architecture=arch,
+            max_iter=3,
+            save_iter=3,
+            dataloader_num_workers=0,
+            learning_rate=0.02,
         )
         trainer = Trainer(config)
         trainer.train()
@@ -201,7 +208,10 @@ def trained(prepared_dataset, tmp_path_factory):
 def test_native_and_ema_checkpoints_load(pipe, trained):
     out, trainer = trained["full"]
     native = out / "checkpoints" / "model" / "iter_000000003.pt"
-    for use_ema, source in ((False, {n: p.to(torch.bfloat16).float() for n, p in trainer.trainable.items()}), (True, trainer.ema.shadow)):
+    for use_ema, source in (
+        (False, {n: p.to(torch.bfloat16).float() for n, p in trainer.trainable.items()}),
+        (True, trainer.ema.shadow),
+    ):
         loaded = CosmosVideo2WorldPipeline.from_pretrained(str(tiny_pretrained_path()), disable_guardrail=True)
         from cosmos_v2w_diffusers.checkpoint_format import load_into_transformer
 
@@ -235,7 +245,9 @@ def test_wrong_size_and_missing_checkpoints_are_refused(tmp_path):
     torch.save(to_native_state_dict(other.state_dict(), other.config), tmp_path / "other.pt")
     with pytest.raises(ValueError, match="different model size"):
         load_post_trained_weights(str(tmp_path / "other.pt"), False, "tiny")
-    tiny_native = to_native_state_dict(CosmosTransformer3DModel.from_pretrained(wide / "transformer").state_dict(), other.config)
+    tiny_native = to_native_state_dict(
+        CosmosTransformer3DModel.from_pretrained(wide / "transformer").state_dict(), other.config
+    )
     torch.save(tiny_native, tmp_path / "tiny.pt")
     with pytest.raises(ValueError, match="different model size"):
         load_post_trained_weights(str(tmp_path / "tiny.pt"), False, "2B")
@@ -249,16 +261,29 @@ def test_wrong_size_and_missing_checkpoints_are_refused(tmp_path):
 
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, str(REPO / "infer_video2world.py"), *args], cwd=cwd, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, str(REPO / "infer_video2world.py"), *args], cwd=cwd, capture_output=True, text=True
+    )
 
 
 def test_cli_writes_a_playable_mp4(trained, tmp_path):
     out, _ = trained["full"]
     _image(size=(300, 200)).save(tmp_path / "in.png")
     result = _cli(
-        "--model_size", "tiny", "--dit_path", str(out / "checkpoints" / "model" / "iter_000000003.pt"),
-        "--input_path", str(tmp_path / "in.png"), "--prompt", PROMPT, "--save_path", str(tmp_path / "out.mp4"),
-        "--disable_guardrail", "--num_inference_steps", "4", cwd=tmp_path,
+        "--model_size",
+        "tiny",
+        "--dit_path",
+        str(out / "checkpoints" / "model" / "iter_000000003.pt"),
+        "--input_path",
+        str(tmp_path / "in.png"),
+        "--prompt",
+        PROMPT,
+        "--save_path",
+        str(tmp_path / "out.mp4"),
+        "--disable_guardrail",
+        "--num_inference_steps",
+        "4",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     reader = decord.VideoReader(str(tmp_path / "out.mp4"))
@@ -277,7 +302,15 @@ def test_cli_refuses_bad_input_before_loading_models(tmp_path, monkeypatch):
     (tmp_path / "notes.txt").write_text("hi")
     (tmp_path / "broken.png").write_bytes(b"not a png")
     _image().save(tmp_path / "ok.png")
-    common = ["--model_size", "tiny", "--prompt", PROMPT, "--disable_guardrail", "--save_path", str(tmp_path / "o.mp4")]
+    common = [
+        "--model_size",
+        "tiny",
+        "--prompt",
+        PROMPT,
+        "--disable_guardrail",
+        "--save_path",
+        str(tmp_path / "o.mp4"),
+    ]
     cases = [
         (["--input_path", str(tmp_path / "notes.txt")], ValueError, "unsupported file type"),
         (["--input_path", str(tmp_path / "broken.png")], ValueError, "cannot be read as an image"),
@@ -293,7 +326,9 @@ def test_cli_refuses_bad_input_before_loading_models(tmp_path, monkeypatch):
         inference.build_pipeline(inference.parse_args(common + ["--dit_path", str(tmp_path / "nope.pt")]))
     # The script turns these into a one-line error and a non-zero exit.
     result = _cli(*common, "--input_path", str(tmp_path / "notes.txt"), cwd=tmp_path)
-    assert result.returncode != 0 and "error: --input_path" in result.stderr and "unsupported file type" in result.stderr
+    assert (
+        result.returncode != 0 and "error: --input_path" in result.stderr and "unsupported file type" in result.stderr
+    )
 
 
 def test_pipeline_round_trips_through_save_pretrained(pipe, tmp_path):
@@ -317,12 +352,25 @@ def test_cli_batch_input_json_writes_every_video(tmp_path):
     export_to_video([f / 255.0 for f in frames], str(tmp_path / "b.mp4"), fps=16)
     jobs = [
         {"prompt": PROMPT, "input_path": str(tmp_path / "a.png"), "save_path": str(tmp_path / "out" / "a.mp4")},
-        {"prompt": "Another prompt.", "input_video": str(tmp_path / "b.mp4"), "output_video": str(tmp_path / "out" / "b.mp4")},
+        {
+            "prompt": "Another prompt.",
+            "input_video": str(tmp_path / "b.mp4"),
+            "output_video": str(tmp_path / "out" / "b.mp4"),
+        },
     ]
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     written = inference.main(
-        ["--model_size", "tiny", "--batch_input_json", str(tmp_path / "jobs.json"), "--disable_guardrail",
-         "--num_inference_steps", "2", "--num_conditional_frames", "5"]
+        [
+            "--model_size",
+            "tiny",
+            "--batch_input_json",
+            str(tmp_path / "jobs.json"),
+            "--disable_guardrail",
+            "--num_inference_steps",
+            "2",
+            "--num_conditional_frames",
+            "5",
+        ]
     )
     assert written == [tmp_path / "out" / "a.mp4", tmp_path / "out" / "b.mp4"]
     for path in written:
@@ -341,7 +389,9 @@ def test_a_saved_scheduler_and_its_config_survive_reloading_and_sampling(pipe, t
     assert isinstance(reloaded.scheduler, CosmosMultistepScheduler) and reloaded.scheduler.config.sigma_max == 60.0
 
     euler = CosmosVideo2WorldPipeline.from_pretrained(
-        str(tiny_pretrained_path()), disable_guardrail=True, scheduler=FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True, shift=2.0)
+        str(tiny_pretrained_path()),
+        disable_guardrail=True,
+        scheduler=FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True, shift=2.0),
     )
     before = dict(euler.scheduler.config)
     _generate(euler, image=_image(), output_type="latent", num_inference_steps=3)
@@ -361,8 +411,13 @@ def test_num_videos_per_prompt_and_callback_on_step_end(pipe):
         return {"latents": tensors["latents"] * 0} if i == 2 else {}
 
     videos = _generate(
-        pipe, image=_image(), output_type="latent", num_inference_steps=4, num_videos_per_prompt=2,
-        callback_on_step_end=callback, callback_on_step_end_tensor_inputs=("latents", "x0"),
+        pipe,
+        image=_image(),
+        output_type="latent",
+        num_inference_steps=4,
+        num_videos_per_prompt=2,
+        callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=("latents", "x0"),
     )
     assert videos.shape[0] == 2 and not torch.equal(videos[0], videos[1])  # each from its own noise
     assert [i for i, _, _ in seen] == [0, 1, 2, 3] and all(s[0] == 2 for _, s, _ in seen)
@@ -385,16 +440,56 @@ def test_the_pipeline_speaks_diffusers_encode_prompt_interrupt_and_refuses_forei
         pipe._interrupt = i == 1
         return {}
 
-    pipe(image=PIL.Image.new("RGB", (112, 64)), prompt="a", height=64, width=112, num_frames=17, num_inference_steps=6,
-              guidance_scale=3.0, callback_on_step_end=stop_after_two, callback_on_step_end_tensor_inputs=("latents", "prompt_embeds"),
-              output_type="latent")
+    pipe(
+        image=PIL.Image.new("RGB", (112, 64)),
+        prompt="a",
+        height=64,
+        width=112,
+        num_frames=17,
+        num_inference_steps=6,
+        guidance_scale=3.0,
+        callback_on_step_end=stop_after_two,
+        callback_on_step_end_tensor_inputs=("latents", "prompt_embeds"),
+        output_type="latent",
+    )
     assert len(seen) == 2 and seen[0] == ["latents", "prompt_embeds"]
     assert (pipe.guidance_scale, pipe.num_timesteps, pipe.interrupt) == (3.0, 6, True)
     scheduler = pipe.scheduler
     pipe.scheduler = DPMSolverMultistepScheduler()
     try:
         with pytest.raises(ValueError, match="DPMSolverMultistepScheduler cannot drive this pipeline"):
-            pipe(image=PIL.Image.new("RGB", (112, 64)), prompt="a", height=64, width=112, num_frames=17,
-                      num_inference_steps=2, output_type="latent")
+            pipe(
+                image=PIL.Image.new("RGB", (112, 64)),
+                prompt="a",
+                height=64,
+                width=112,
+                num_frames=17,
+                num_inference_steps=2,
+                output_type="latent",
+            )
     finally:
         pipe.scheduler = scheduler
+
+
+@pytest.mark.parametrize("diffusers_compat", [False, True])
+def test_a_guidance_scale_of_1_or_less_means_no_guidance_as_in_diffusers(pipe, diffusers_compat):
+    calls = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        outputs = {}
+        for scale in (0.0, 1.0, 3.0):
+            calls.clear()
+            outputs[scale] = _generate(
+                pipe,
+                image=_image(),
+                output_type="latent",
+                num_inference_steps=3,
+                guidance_scale=scale,
+                diffusers_compat=diffusers_compat,
+            )
+            outputs[scale, "calls"] = len(calls)
+    finally:
+        hook.remove()
+    steps = 3 + (not diffusers_compat)  # NVIDIA's sampler evaluates one more x0 at the end
+    assert outputs[0.0, "calls"] == outputs[1.0, "calls"] == steps and outputs[3.0, "calls"] == 2 * steps
+    assert torch.equal(outputs[0.0], outputs[1.0]) and not torch.equal(outputs[1.0], outputs[3.0])

@@ -2,7 +2,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cosmos_v2w_diffusers.components import build_transformer, load_text_encoder, load_transformer, load_vae, save_tiny_pretrained, tiny_pretrained_path
+from cosmos_v2w_diffusers.components import (
+    build_transformer,
+    load_text_encoder,
+    load_transformer,
+    load_vae,
+    save_tiny_pretrained,
+    tiny_pretrained_path,
+)
 from cosmos_v2w_diffusers.presets import get_preset
 
 

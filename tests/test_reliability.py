@@ -96,7 +96,10 @@ def test_a_nan_loss_skips_the_update_and_repeated_nans_stop_the_run(prepared_dat
     monkeypatch.setattr(trainer_module, "video2world_loss", loss_with_nans)
     trainer = Trainer(tiny_config(prepared_dataset, tmp_path / "run", max_iter=3, save_iter=2))
     weights_before = {}  # the weights each step starts from
-    before_each_forward(monkeypatch, lambda step: weights_before.setdefault(step, {n: p.detach().clone() for n, p in trainer.trainable.items()}))
+    before_each_forward(
+        monkeypatch,
+        lambda step: weights_before.setdefault(step, {n: p.detach().clone() for n, p in trainer.trainable.items()}),
+    )
     losses = trainer.train()
     assert np.isnan(losses[1]) and np.isfinite(losses[0]) and np.isfinite(losses[2])
     for name in trainer.trainable:  # step 1 changed nothing, step 0 did
@@ -126,8 +129,22 @@ def test_a_t5_pickle_with_nan_is_refused(tmp_path):
 
 
 def _train_process(dataset: Path, out: Path) -> subprocess.Popen:
-    command = [sys.executable, str(REPO / "train_video2world.py"), "--model", "tiny", "--dataset_path", str(dataset),
-               "--output_dir", str(out), "--max_iter", "100000", "--save_iter", "100000", "--dataloader_num_workers", "0"]
+    command = [
+        sys.executable,
+        str(REPO / "train_video2world.py"),
+        "--model",
+        "tiny",
+        "--dataset_path",
+        str(dataset),
+        "--output_dir",
+        str(out),
+        "--max_iter",
+        "100000",
+        "--save_iter",
+        "100000",
+        "--dataloader_num_workers",
+        "0",
+    ]
     return subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
 
 
@@ -159,8 +176,6 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_the_documented_code(prepared_
     process.send_signal(signal.SIGINT)
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) in (-signal.SIGINT, 128 + signal.SIGINT, EXIT_PREEMPTED)
-
-
 
 
 class _RunsCode:
@@ -211,16 +226,25 @@ def test_a_hostile_or_truncated_dit_path_is_refused_with_its_name(tmp_path, caps
 # ---------------------------------------------------------------- output folder, disk, run config
 
 
-def test_a_second_run_on_the_same_output_dir_is_refused_and_a_dead_holder_is_taken_over(prepared_dataset, tmp_path, caplog):
+def test_a_second_run_on_the_same_output_dir_is_refused_and_a_dead_holder_is_taken_over(
+    prepared_dataset, tmp_path, caplog
+):
     import socket
 
     from cosmos_v2w_diffusers.training.run_lock import OutputDirInUseError
 
     out = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from cosmos_v2w_diffusers.training.run_lock import RunLock; "
-         "lock = RunLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(600)", str(out)],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from cosmos_v2w_diffusers.training.run_lock import RunLock; "
+            "lock = RunLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(600)",
+            str(out),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(OutputDirInUseError, match=f"PID {holder.pid} on host {socket.gethostname()}"):
@@ -232,11 +256,30 @@ def test_a_second_run_on_the_same_output_dir_is_refused_and_a_dead_holder_is_tak
     trainer.train()
 
 
-def test_a_kill_during_saving_leaves_the_last_checkpoint_whole_and_temp_files_are_cleaned(prepared_dataset, tmp_path, caplog):
+def test_a_kill_during_saving_leaves_the_last_checkpoint_whole_and_temp_files_are_cleaned(
+    prepared_dataset, tmp_path, caplog
+):
     out = tmp_path / "run"
-    command = [sys.executable, str(REPO / "train_video2world.py"), "--model", "tiny", "--dataset_path", str(prepared_dataset),
-               "--output_dir", str(out), "--max_iter", "100000", "--save_iter", "1", "--dataloader_num_workers", "0"]
-    process, log = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True), []
+    command = [
+        sys.executable,
+        str(REPO / "train_video2world.py"),
+        "--model",
+        "tiny",
+        "--dataset_path",
+        str(prepared_dataset),
+        "--output_dir",
+        str(out),
+        "--max_iter",
+        "100000",
+        "--save_iter",
+        "1",
+        "--dataloader_num_workers",
+        "0",
+    ]
+    process, log = (
+        subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True),
+        [],
+    )
     _wait_for_steps(process, log)
     time.sleep(1.0)  # it saves after every step: the kill lands in or near a save
     process.kill()
@@ -252,7 +295,9 @@ def test_a_kill_during_saving_leaves_the_last_checkpoint_whole_and_temp_files_ar
     assert resumed.start_iter == latest
 
 
-def test_too_little_disk_space_is_one_line_naming_the_folder_and_leaves_no_file(prepared_dataset, tmp_path, monkeypatch):
+def test_too_little_disk_space_is_one_line_naming_the_folder_and_leaves_no_file(
+    prepared_dataset, tmp_path, monkeypatch
+):
     import shutil as shutil_module
 
     from cosmos_v2w_diffusers.training.checkpoint import CheckpointSpaceError
@@ -277,9 +322,13 @@ def test_too_little_disk_space_is_one_line_naming_the_folder_and_leaves_no_file(
     assert not list((out / "checkpoints").rglob("*.tmp"))
 
 
-def test_a_resume_with_other_run_defining_flags_is_refused_before_any_model_loads(prepared_dataset, tmp_path, monkeypatch):
+def test_a_resume_with_other_run_defining_flags_is_refused_before_any_model_loads(
+    prepared_dataset, tmp_path, monkeypatch
+):
     out = tmp_path / "run"
-    Trainer(tiny_config(prepared_dataset, out, max_iter=1, save_iter=1, train_architecture="lora", lora_rank=4)).train()
+    Trainer(
+        tiny_config(prepared_dataset, out, max_iter=1, save_iter=1, train_architecture="lora", lora_rank=4)
+    ).train()
 
     def no_model_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before the run was checked")
@@ -292,7 +341,9 @@ def test_a_resume_with_other_run_defining_flags_is_refused_before_any_model_load
     assert "--num_frames 17 -> 9" in str(error.value)
     monkeypatch.undo()
     # Flags that do not define the run may change.
-    resumed = Trainer(tiny_config(prepared_dataset, out, max_iter=2, train_architecture="lora", lora_rank=4, learning_rate=1e-4))
+    resumed = Trainer(
+        tiny_config(prepared_dataset, out, max_iter=2, train_architecture="lora", lora_rank=4, learning_rate=1e-4)
+    )
     assert resumed.start_iter == 1
 
 
@@ -302,7 +353,14 @@ def test_resume_from_a_named_checkpoint_and_a_truncated_one_names_the_earlier(pr
     earlier = Trainer(tiny_config(prepared_dataset, out, max_iter=3, resume_from_checkpoint="iter_2"))
     assert earlier.start_iter == 2
     earlier._release_lock()
-    by_path = Trainer(tiny_config(prepared_dataset, out, max_iter=3, resume_from_checkpoint=str(out / "checkpoints" / "model" / "iter_000000001.pt")))
+    by_path = Trainer(
+        tiny_config(
+            prepared_dataset,
+            out,
+            max_iter=3,
+            resume_from_checkpoint=str(out / "checkpoints" / "model" / "iter_000000001.pt"),
+        )
+    )
     assert by_path.start_iter == 1
     by_path._release_lock()
     model = out / "checkpoints" / "model" / "iter_000000003.pt"
@@ -339,7 +397,9 @@ def test_a_symlinked_clip_keeps_its_own_name(video_paths, tmp_path):
     assert table["video_path"] == [str((root / "videos" / "robot.mp4").absolute())]
 
 
-def test_prepare_data_warns_about_short_clips_but_prepares_them_and_reports_bad_pickles(prepared_dataset, tmp_path, caplog):
+def test_prepare_data_warns_about_short_clips_but_prepares_them_and_reports_bad_pickles(
+    prepared_dataset, tmp_path, caplog
+):
     from cosmos_v2w_diffusers.prepare_data import prepare_dataset
 
     root = tmp_path / "data"
@@ -373,7 +433,9 @@ def test_prepare_data_on_a_read_only_folder_says_so(prepared_dataset, tmp_path, 
     assert "the dataset folder is read-only" in caplog.text and "bikes.pickle" in caplog.text
 
 
-@pytest.mark.parametrize("mode", ["1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "I", "I;16", "F"])
+@pytest.mark.parametrize(
+    "mode", ["1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "I", "I;16", "F"]
+)
 def test_images_of_every_mode_reach_the_model_with_their_values(mode):
     import PIL.Image
 
@@ -424,8 +486,18 @@ def test_a_dit_path_folder_without_config_is_named(tmp_path):
 
 def test_resume_from_checkpoint_rebuilds_the_run_from_its_storedtiny_config(prepared_dataset, tmp_path):
     out = tmp_path / "run"
-    Trainer(tiny_config(prepared_dataset, out, max_iter=2, save_iter=1, train_architecture="lora", lora_rank=4,
-                    num_frames=9, learning_rate=5e-4)).train()
+    Trainer(
+        tiny_config(
+            prepared_dataset,
+            out,
+            max_iter=2,
+            save_iter=1,
+            train_architecture="lora",
+            lora_rank=4,
+            num_frames=9,
+            learning_rate=5e-4,
+        )
+    ).train()
     model_file = out / "checkpoints" / "model" / "iter_000000001.pt"
     config = TrainConfig.from_args(
         ["--resume_from_checkpoint", str(model_file), "--max_iter", "3", "--dataset_path", str(prepared_dataset)]
@@ -455,17 +527,43 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(prepared_datas
 
     out = tmp_path / "run"
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-               str(REPO / "train_video2world.py"), "--model", "tiny", "--dataset_path", str(prepared_dataset),
-               "--output_dir", str(out), "--max_iter", "100000", "--save_iter", "100000", "--dataloader_num_workers", "0"]
-    process, log = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True), []
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29541",
+        str(REPO / "train_video2world.py"),
+        "--model",
+        "tiny",
+        "--dataset_path",
+        str(prepared_dataset),
+        "--output_dir",
+        str(out),
+        "--max_iter",
+        "100000",
+        "--save_iter",
+        "100000",
+        "--dataloader_num_workers",
+        "0",
+    ]
+    process, log = (
+        subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True),
+        [],
+    )
     _wait_for_steps(process, log)
     workers = _children(process.pid)
     assert len(workers) == 2, workers
     os.kill(max(workers), signal.SIGTERM)  # one rank only, as a scheduler preempting one node would
     process.wait(timeout=120)
     text = "".join(log)
-    stops = [line.split("after step ")[1].split(";")[0] for line in text.splitlines() if "Stopped by a signal after step" in line]
+    stops = [
+        line.split("after step ")[1].split(";")[0]
+        for line in text.splitlines()
+        if "Stopped by a signal after step" in line
+    ]
     assert len(stops) == 2 and stops[0] == stops[1], text[-3000:]
     assert CheckpointDir(out).latest_iteration() == int(stops[0])
     assert text.count("Saved checkpoint") == 1
@@ -488,9 +586,15 @@ def test_a_disk_that_fills_up_during_the_write_gives_the_same_one_line_error(tmp
         checkpoints.save(1, {part: {"x": torch.zeros(10)} for part in ("model", "optim", "scheduler", "trainer")})
         real_usage = shutil_module.disk_usage
         answers = iter([10**12])  # the check before writing is told there is room; the write finds out otherwise
-        monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda p: real_usage(p)._replace(free=next(answers, real_usage(p).free)))
+        monkeypatch.setattr(
+            checkpoint_module.shutil,
+            "disk_usage",
+            lambda p: real_usage(p)._replace(free=next(answers, real_usage(p).free)),
+        )
         with pytest.raises(CheckpointSpaceError, match="No space left for checkpoint 2"):
-            checkpoints.save(2, {part: {"x": torch.zeros(400_000)} for part in ("model", "optim", "scheduler", "trainer")})
+            checkpoints.save(
+                2, {part: {"x": torch.zeros(400_000)} for part in ("model", "optim", "scheduler", "trainer")}
+            )
         assert checkpoints.latest_iteration() == 1
         assert sorted(p.name for p in (small / "run" / "checkpoints").rglob("*")) == sorted(
             ["model", "optim", "scheduler", "trainer", "latest_checkpoint.txt"] + ["iter_000000001.pt"] * 4

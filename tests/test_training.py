@@ -1,6 +1,7 @@
 """Training on CPU with the tiny preset: steps, checkpoints, resume, LoRA, formats."""
 
 import dataclasses
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,12 @@ def test_recipe_defaults_per_preset():
     two = TrainConfig(model="2B", dataset_path="datasets/cosmos_nemo_assets").resolved()
     assert (two.learning_rate, two.weight_decay, two.lr_f_max) == (2**-14.5, 0.1, 0.6)
     assert (two.max_iter, two.save_iter, two.lr_decay_steps, two.num_frames, two.height, two.width) == (
-        1000, 500, 1000, 93, 704, 1280,
+        1000,
+        500,
+        1000,
+        93,
+        704,
+        1280,
     )
     assert (two.adam_beta1, two.adam_beta2, two.adam_epsilon, two.max_grad_norm) == (0.9, 0.99, 1e-8, 1.0)
     assert two.ema and two.output_dir == "checkpoints/posttraining/video2world/2b_cosmos_nemo_assets"
@@ -90,7 +96,9 @@ def _loss_on_fixed_draws(transformer, latents: torch.Tensor, text: torch.Tensor,
     with torch.no_grad():
         for _ in range(draws):
             d = draw_training_randomness(tuple(latents.shape), generator)
-            total += video2world_loss(transformer, latents, d.noise, d.sigma, d.num_cond_frames, text, d.drop_text).item()
+            total += video2world_loss(
+                transformer, latents, d.noise, d.sigma, d.num_cond_frames, text, d.drop_text
+            ).item()
     return total / draws
 
 
@@ -122,14 +130,18 @@ def test_checkpoint_layout_and_round_trip(bikes_dataset, tmp_path):
 
     # diffusers' own single-file converter maps our net.* keys exactly onto the transformer's state dict.
     live = trainer._unwrapped().state_dict()
-    converted = convert_cosmos_transformer_checkpoint_to_diffusers({k: v for k, v in model.items() if k.startswith("net.")})
+    converted = convert_cosmos_transformer_checkpoint_to_diffusers(
+        {k: v for k, v in model.items() if k.startswith("net.")}
+    )
     assert set(converted) == set(live)
     assert all(torch.equal(converted[k], live[k].to(torch.bfloat16)) for k in live)
     # ... and diffusers' from_single_file recognises and loads the file as a Cosmos-Predict2 model.
     from cosmos_v2w_diffusers.components import tiny_pretrained_path
 
     single = CosmosTransformer3DModel.from_single_file(
-        str(root / "model" / "iter_000000002.pt"), config=str(tiny_pretrained_path()), subfolder="transformer",
+        str(root / "model" / "iter_000000002.pt"),
+        config=str(tiny_pretrained_path()),
+        subfolder="transformer",
         dtype=torch.bfloat16,
     )
     assert all(torch.equal(single.state_dict()[k], live[k].to(torch.bfloat16)) for k in live)
@@ -203,7 +215,9 @@ def test_a_failed_save_keeps_the_previous_checkpoint(bikes_dataset, tmp_path, mo
 
 def test_lora_trains_only_the_adapter(bikes_dataset, tmp_path):
     base = load_transformer(get_preset("tiny")).state_dict()
-    trainer = Trainer(tiny_config(bikes_dataset, tmp_path / "lora", train_architecture="lora", max_iter=3, save_iter=3))
+    trainer = Trainer(
+        tiny_config(bikes_dataset, tmp_path / "lora", train_architecture="lora", max_iter=3, save_iter=3)
+    )
     targets = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
     expected = 0
     for name, module in load_transformer(get_preset("tiny")).named_modules():
@@ -232,6 +246,7 @@ def test_lora_trains_only_the_adapter(bikes_dataset, tmp_path):
 def test_the_initial_lora_adapter_depends_on_the_seed_alone():
     """PEFT draws each pair's random half from the global RNG; the trainer seeds it from --seed, so two runs
     (or engines) with one seed start from one adapter, and the caller's random state is left as it was."""
+
     def adapter(seed: int) -> dict[str, torch.Tensor]:
         transformer = load_transformer(get_preset("tiny"))
         apply_lora(transformer, 4, 4, ["to_q"], seed)
@@ -255,7 +270,9 @@ def test_dit_path_initialises_from_a_native_checkpoint(bikes_dataset, tmp_path):
     first.train()
     native = tmp_path / "a" / "checkpoints" / "model" / "iter_000000002.pt"
     for use_ema in (False, True):
-        second = Trainer(tiny_config(bikes_dataset, tmp_path / f"b{use_ema}", dit_path=str(native), load_ema=use_ema, max_iter=1))
+        second = Trainer(
+            tiny_config(bikes_dataset, tmp_path / f"b{use_ema}", dit_path=str(native), load_ema=use_ema, max_iter=1)
+        )
         source = first.ema.shadow if use_ema else {n: p.to(torch.bfloat16).float() for n, p in first.trainable.items()}
         for name, p in second.trainable.items():
             torch.testing.assert_close(p, source[name].float(), rtol=0, atol=0 if use_ema else 1e-2)
@@ -263,7 +280,9 @@ def test_dit_path_initialises_from_a_native_checkpoint(bikes_dataset, tmp_path):
         Trainer(tiny_config(bikes_dataset, tmp_path / "c", dit_path=str(tmp_path / "missing.pt")))
 
 
-def test_push_to_hub_uploads_in_the_background_at_every_save_and_survives_failures(bikes_dataset, tmp_path, monkeypatch):
+def test_push_to_hub_uploads_in_the_background_at_every_save_and_survives_failures(
+    bikes_dataset, tmp_path, monkeypatch
+):
     """The real huggingface_hub client builds the commits; only the two network calls are replaced."""
     from huggingface_hub import HfApi, RepoUrl
 
@@ -280,8 +299,17 @@ def test_push_to_hub_uploads_in_the_background_at_every_save_and_survives_failur
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
-    trainer = Trainer(tiny_config(bikes_dataset, tmp_path / "tiny_run", max_iter=3, save_iter=1, push_to_hub=True,
-                              hub_private=True, train_architecture="lora"))
+    trainer = Trainer(
+        tiny_config(
+            bikes_dataset,
+            tmp_path / "tiny_run",
+            max_iter=3,
+            save_iter=1,
+            push_to_hub=True,
+            hub_private=True,
+            train_architecture="lora",
+        )
+    )
     trainer.uploader.busy = lambda: trainer.uploader.wait() or False  # deterministic order for the test
     losses = trainer.train()  # the first upload fails: training goes on, and the next save uploads again
     assert len(losses) == 3
@@ -300,13 +328,17 @@ def test_a_failed_final_upload_fails_the_run_and_names_the_folder(bikes_dataset,
 
     from cosmos_v2w_diffusers.training.hub import HubUploadError
 
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/someone/{repo_id}"))
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/someone/{repo_id}")
+    )
 
     def failing_commit(self, repo_id, operations, commit_message, **kwargs):
         raise OSError("503 Service Unavailable")
 
     monkeypatch.setattr(HfApi, "create_commit", failing_commit)
-    trainer = Trainer(tiny_config(bikes_dataset, tmp_path / "run", max_iter=1, push_to_hub=True, train_architecture="lora"))
+    trainer = Trainer(
+        tiny_config(bikes_dataset, tmp_path / "run", max_iter=1, push_to_hub=True, train_architecture="lora")
+    )
     with pytest.raises(HubUploadError, match=f"hf upload run {tmp_path / 'run' / 'lora'} ."):
         trainer.train()
     assert (tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors").is_file()
@@ -318,7 +350,9 @@ def test_a_slow_upload_never_blocks_a_step(bikes_dataset, tmp_path, monkeypatch)
     from huggingface_hub import HfApi, RepoUrl
 
     release, commits = threading.Event(), []
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/someone/{repo_id}"))
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/someone/{repo_id}")
+    )
 
     def stuck_commit(self, repo_id, operations, commit_message, **kwargs):
         assert release.wait(timeout=120), "the upload was never released"
@@ -345,10 +379,28 @@ def test_two_process_data_parallel_run_resumes_exactly(prepared_dataset, tmp_pat
 
     def run(output_dir, max_iter, port):
         cmd = [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-            str(REPO / "train_video2world.py"), "--model", "tiny", "--dataset_path", str(prepared_dataset),
-            "--output_dir", str(output_dir), "--max_iter", str(max_iter), "--lr_decay_steps", "6",
-            "--save_iter", "3", "--dataloader_num_workers", "0",
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(port),
+            str(REPO / "train_video2world.py"),
+            "--model",
+            "tiny",
+            "--dataset_path",
+            str(prepared_dataset),
+            "--output_dir",
+            str(output_dir),
+            "--max_iter",
+            str(max_iter),
+            "--lr_decay_steps",
+            "6",
+            "--save_iter",
+            "3",
+            "--dataloader_num_workers",
+            "0",
         ]
         result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -372,16 +424,42 @@ def test_two_process_data_parallel_run_resumes_exactly(prepared_dataset, tmp_pat
 
 def test_flags_a_diffusers_user_guesses_and_a_fast_help():
     aliased = TrainConfig.from_args(
-        ["--model", "tiny", "--max_train_steps", "7", "--checkpointing_steps", "3", "--rank", "2", "--train_architecture",
-         "lora", "--train_batch_size", "2", "--gradient_checkpointing", "--checkpoints_total_limit", "2",
-         "--mixed_precision", "no", "--resume_from_checkpoint", "iter_3"]
+        [
+            "--model",
+            "tiny",
+            "--max_train_steps",
+            "7",
+            "--checkpointing_steps",
+            "3",
+            "--rank",
+            "2",
+            "--train_architecture",
+            "lora",
+            "--train_batch_size",
+            "2",
+            "--gradient_checkpointing",
+            "--checkpoints_total_limit",
+            "2",
+            "--mixed_precision",
+            "no",
+            "--resume_from_checkpoint",
+            "iter_3",
+        ]
     )
     assert (aliased.max_iter, aliased.save_iter, aliased.lora_rank, aliased.batch_size) == (7, 3, 2, 2)
-    assert (aliased.activation_checkpointing, aliased.checkpoints_total_limit, aliased.mixed_precision) == ("full", 2, "no")
+    assert (aliased.activation_checkpointing, aliased.checkpoints_total_limit, aliased.mixed_precision) == (
+        "full",
+        2,
+        "no",
+    )
     assert aliased.resume_from_checkpoint == "iter_3"
     assert TrainConfig.from_args(["--gradient_checkpointing", "selective"]).activation_checkpointing == "selective"
     # --help lists every default and answers without importing torch, diffusers or transformers.
-    probe = "import sys, runpy; sys.argv = ['train_video2world.py', '--help']\ntry:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit:\n    pass\nprint(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    probe = (
+        "import sys, runpy; sys.argv = ['train_video2world.py', '--help']\ntry:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().endswith("[]"), result.stdout[-500:] + result.stderr[-500:]
     text = " ".join(result.stdout.split())
@@ -393,7 +471,10 @@ def test_checkpoints_total_limit_keeps_the_newest(bikes_dataset, tmp_path):
     out = tmp_path / "run"
     Trainer(tiny_config(bikes_dataset, out, max_iter=4, save_iter=1, checkpoints_total_limit=2)).train()
     assert CheckpointDir(out).complete_iterations() == [3, 4]
-    assert sorted(p.name for p in (out / "checkpoints" / "optim").iterdir()) == ["iter_000000003.pt", "iter_000000004.pt"]
+    assert sorted(p.name for p in (out / "checkpoints" / "optim").iterdir()) == [
+        "iter_000000003.pt",
+        "iter_000000004.pt",
+    ]
 
 
 def test_a_lora_run_resumes_its_ema_and_the_ema_adapter_loads_into_the_pipeline(bikes_dataset, tmp_path):
@@ -419,10 +500,31 @@ def test_validation_writes_a_video_and_scores_it_against_a_held_out_clip(bikes_d
 
     out = tmp_path / "run"
     config = TrainConfig.from_args(
-        ["--model", "tiny", "--dataset_path", str(bikes_dataset), "--output_dir", str(out), "--dataloader_num_workers", "0",
-         "--validation_prompt", "A video of sks teal robot.", "--validation_steps", "2", "--max_train_steps", "4",
-         "--checkpointing_steps", "2", "--validation_video", str(video_paths["bigbuckbunny"]), "--validation_live",
-         "--validation_num_inference_steps", "4", "--report_to", "tensorboard"]
+        [
+            "--model",
+            "tiny",
+            "--dataset_path",
+            str(bikes_dataset),
+            "--output_dir",
+            str(out),
+            "--dataloader_num_workers",
+            "0",
+            "--validation_prompt",
+            "A video of sks teal robot.",
+            "--validation_steps",
+            "2",
+            "--max_train_steps",
+            "4",
+            "--checkpointing_steps",
+            "2",
+            "--validation_video",
+            str(video_paths["bigbuckbunny"]),
+            "--validation_live",
+            "--validation_num_inference_steps",
+            "4",
+            "--report_to",
+            "tensorboard",
+        ]
     )
     trainer = Trainer(config)
     trainer.train()
@@ -431,10 +533,19 @@ def test_validation_writes_a_video_and_scores_it_against_a_held_out_clip(bikes_d
         assert len(video) == 17 and video[0].shape == (64, 112, 3)
         assert (out / "validation" / f"step_{step}_live.mp4").is_file()
     assert set(trainer.validator.last) == {"video", "validation/live/psnr", "validation/live/ssim"}
-    assert 0 < trainer.validator.last["validation/live/psnr"] < 60 and -1 <= trainer.validator.last["validation/live/ssim"] <= 1
+    assert (
+        0 < trainer.validator.last["validation/live/psnr"] < 60
+        and -1 <= trainer.validator.last["validation/live/ssim"] <= 1
+    )
     # The second transformer waits on the CPU: validation holds no accelerator memory between runs.
     assert trainer.validator.pipe.transformer.device.type == "cpu"
-    assert list((out / "logs").rglob("events.out.tfevents*")), "metrics were logged to TensorBoard"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((out / "logs").rglob("events.out.tfevents*")).parent))
+    events.Reload()
+    assert {"validation/live/psnr", "validation/live/ssim"} <= set(events.Tags()["scalars"])
+    assert {"validation/ema", "validation/live"} <= set(events.Tags()["images"])  # the frames, as images
+    assert [e.step for e in events.Images("validation/ema")] == [2, 4]
 
 
 def test_psnr_and_ssim():
@@ -450,7 +561,9 @@ def test_a_tracker_that_is_not_installed_is_refused_before_any_work(monkeypatch)
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a)
+    )
     with pytest.raises(ValueError, match="--report_to wandb needs the wandb package"):
         TrainConfig(model="tiny", report_to="wandb").resolved()
     assert TrainConfig(model="tiny", report_to="all").resolved().report_to == "all"
@@ -464,3 +577,103 @@ def test_the_model_size_comes_from_the_weights_and_a_contradicting_one_is_refuse
     assert TrainConfig().resolved().model == "2B"  # no weights named: NVIDIA's 2B
     with pytest.raises(ValueError, match="--model 2B contradicts .* the tiny architecture: pass --model tiny"):
         TrainConfig(model="2B", pretrained_model_name_or_path=base).resolved()
+
+
+def test_diffusers_flags_parse_and_refuse_what_cannot_apply():
+    from cosmos_v2w_diffusers.training.optim import build_lr_scheduler
+
+    parsed = TrainConfig.from_args(
+        ["--model", "tiny", "--resolution", "64x112", "--adam_weight_decay", "0.03", "--lr_scheduler", "cosine"]
+        + ["--lr_warmup_steps", "2", "--lora_dropout", "0.1", "--allow_tf32", "--logging_dir", "tb"]
+        + ["--revision", "main", "--variant", "fp16", "--cache_dir", "hub", "--num_train_epochs", "3"]
+        + ["--validation_epochs", "1", "--num_validation_videos", "2", "--dataset_name", "me/clips"]
+    ).resolved()
+    assert (parsed.height, parsed.width, parsed.weight_decay, parsed.lora_dropout) == (64, 112, 0.03, 0.1)
+    assert parsed.allow_tf32 and parsed.logging_dir == "tb" and parsed.output_dir.endswith("tiny_clips")
+    assert parsed.hub_kwargs() == {"revision": "main", "variant": "fp16", "cache_dir": "hub"}
+    assert TrainConfig(model="tiny", resolution="64").resolved().width == 64
+    assert TrainConfig(model="tiny", num_train_epochs=3).resolved(steps_per_epoch=5).max_iter == 15
+    assert TrainConfig(model="tiny", num_train_epochs=3, max_iter=4).resolved(steps_per_epoch=5).max_iter == 4
+    # diffusers' schedules by name: a linear warm-up to --learning_rate, then the cosine.
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=parsed.learning_rate)
+    scheduler = build_lr_scheduler(optimizer, dataclasses.replace(parsed, lr_decay_steps=10))
+    lrs = []
+    for _ in range(4):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == 0 and lrs[2] == pytest.approx(parsed.learning_rate) and lrs[3] < lrs[2]
+    refused = {
+        "--resolution sets": dict(resolution="64", height=64),
+        "one size": dict(resolution="64xx"),
+        "has no warm-up": dict(lr_warmup_steps=5),
+        "pass one of them": dict(dataset_name="me/clips", dataset_path="clips"),
+        r"\[0, 1\)": dict(lora_dropout=1.0),
+        "both say when": dict(validation_epochs=1, validation_steps=2),
+    }
+    for message, flags in refused.items():
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(model="tiny", **flags).resolved()
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(ValueError, match="needs the bitsandbytes package"):
+            TrainConfig(model="tiny", use_8bit_adam=True).resolved()
+
+
+def test_a_run_in_epochs_from_a_hub_dataset_validates_per_epoch_and_logs_where_asked(
+    prepared_dataset, video_paths, tmp_path, monkeypatch
+):
+    """--dataset_name, --num_train_epochs, --validation_epochs, --num_validation_videos, --logging_dir,
+    --lr_scheduler and --lora_dropout in one LoRA run on the tiny model (2 clips: 2 steps an epoch)."""
+    import huggingface_hub
+
+    fetched = []
+
+    def snapshot_download(repo_id, repo_type=None, cache_dir=None, **kwargs):  # the Hub, offline
+        fetched.append((repo_id, repo_type, cache_dir))
+        return str(prepared_dataset)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    out, logs = tmp_path / "run", tmp_path / "tb"
+    config = tiny_config(None, out, dataset_path=None, dataset_name="me/robot-clips", cache_dir=str(tmp_path / "hub"))
+    config = dataclasses.replace(
+        config,
+        train_architecture="lora",
+        num_train_epochs=2,
+        validation_epochs=1,
+        num_validation_videos=2,
+        validation_prompt="A video of sks teal robot.",
+        validation_num_inference_steps=2,
+        logging_dir=str(logs),
+        report_to="tensorboard",
+        lr_scheduler="constant_with_warmup",
+        lr_warmup_steps=1,
+        lora_dropout=0.1,
+    )
+    trainer = Trainer(config)
+    assert fetched == [("me/robot-clips", "dataset", str(tmp_path / "hub"))]
+    assert (trainer.config.max_iter, trainer.config.validation_steps) == (4, 2)
+    dropouts = {m.p for n, m in trainer.transformer.named_modules() if n.endswith("lora_dropout.default")}
+    assert dropouts == {0.1}
+    losses = trainer.train()
+    assert len(losses) == 4
+    videos = sorted(p.name for p in (out / "validation").glob("*.mp4"))
+    assert videos == [f"step_00000000{s}{i}.mp4" for s in (2, 4) for i in ("", "_1")]
+    assert list(logs.rglob("events.out.tfevents*")) and not (out / "logs").exists()
+
+
+def test_variant_weights_of_a_local_base_load_with_variant(tmp_path):
+    import shutil
+
+    from cosmos_v2w_diffusers.components import load_vae, tiny_pretrained_path
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_pretrained_path(), base)
+    for name in ("transformer", "vae"):
+        weights = next((base / name).glob("*.safetensors"))
+        weights.rename(weights.with_name(weights.name.replace(".safetensors", ".fp16.safetensors")))
+    config = TrainConfig(model="tiny", pretrained_model_name_or_path=str(base), variant="fp16").resolved()
+    tiny = get_preset("tiny")
+    assert load_transformer(tiny, str(base), **config.hub_kwargs()).config.num_layers == 4
+    assert load_vae(tiny, str(base), **config.hub_kwargs()) is not None
+    with pytest.raises(OSError):  # without --variant the plain weights file is looked for
+        load_transformer(tiny, str(base))

@@ -45,7 +45,9 @@ def _ffmpeg(*args: str) -> None:
 
 
 def _frames_ffmpeg_shows(path: Path) -> int:
-    result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-i", str(path), "-f", "null", "-"], capture_output=True, text=True)
+    result = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-i", str(path), "-f", "null", "-"], capture_output=True, text=True
+    )
     return int(result.stderr.rsplit("frame=", 1)[1].split()[0])
 
 
@@ -53,8 +55,17 @@ def _frames_ffmpeg_shows(path: Path) -> int:
 def tiny_run(prepared_dataset, tmp_path_factory) -> Path:
     """One LoRA step (rank 4, alpha 16) with a Hub token and TensorBoard, checkpointed: treat as read-only."""
     out = tmp_path_factory.mktemp("trust") / "run"
-    config = tiny_config(prepared_dataset, out, max_iter=1, save_iter=1, train_architecture="lora", lora_rank=4,
-                     lora_alpha=16, hub_token=TOKEN, report_to="tensorboard")
+    config = tiny_config(
+        prepared_dataset,
+        out,
+        max_iter=1,
+        save_iter=1,
+        train_architecture="lora",
+        lora_rank=4,
+        lora_alpha=16,
+        hub_token=TOKEN,
+        report_to="tensorboard",
+    )
     trainer = Trainer(config)
     trainer.train()
     trainer.close()
@@ -75,7 +86,9 @@ def test_the_hub_token_is_never_written_to_checkpoints_trackers_or_the_card(tiny
     assert TOKEN not in repr(config) and TOKEN not in config.to_json()
     from cosmos_v2w_diffusers.training.config import redacted_command
 
-    command = redacted_command(["train_video2world.py", "--hub_token", TOKEN, f"--hub_token={TOKEN}", "--prompt", TOKEN])
+    command = redacted_command(
+        ["train_video2world.py", "--hub_token", TOKEN, f"--hub_token={TOKEN}", "--prompt", TOKEN]
+    )
     assert command == ["train_video2world.py", "--hub_token", "***", "--hub_token=***", "--prompt", "***"]
     card = str(model_card(config.resolved(), None, command))
     assert TOKEN not in card and "--hub_token '***'" in card
@@ -89,12 +102,21 @@ def test_a_received_checkpoint_cannot_redirect_uploads_trackers_or_weights(tiny_
     trainer_file = received / "checkpoints" / "trainer" / "iter_000000001.pt"
     part = torch.load(trainer_file, weights_only=True)
     stored = json.loads(part["config"])
-    stored.update(push_to_hub=True, hub_model_id="attacker/repo", hub_private=False, report_to="wandb",
-                  pretrained_model_name_or_path="attacker/model", dit_path="/tmp/attacker.pt", load_ema=True)
+    stored.update(
+        push_to_hub=True,
+        hub_model_id="attacker/repo",
+        hub_private=False,
+        report_to="wandb",
+        pretrained_model_name_or_path="attacker/model",
+        dit_path="/tmp/attacker.pt",
+        load_ema=True,
+    )
     part["config"] = json.dumps(stored)
     torch.save(part, trainer_file)
 
-    config = TrainConfig.from_args(["--resume_from_checkpoint", str(trainer_file), "--dataset_path", str(prepared_dataset)])
+    config = TrainConfig.from_args(
+        ["--resume_from_checkpoint", str(trainer_file), "--dataset_path", str(prepared_dataset)]
+    )
     assert (config.push_to_hub, config.hub_model_id, config.report_to) == (False, None, "none")
     assert (config.pretrained_model_name_or_path, config.dit_path, config.load_ema) == (None, None, False)
     assert (config.model, config.train_architecture, config.lora_rank, config.lora_alpha) == ("tiny", "lora", 4, 16)
@@ -229,8 +251,11 @@ def test_a_clip_re_encoded_shorter_during_a_run_is_skipped_and_listed(prepared_d
     _ffmpeg("-i", str(bikes), "-c", "copy", "-t", "0.8", str(shorter))
     os.replace(shorter, bikes)
     samples = Video2WorldTrainDataset(table, 17, 64, 112, seed=0)
-    index = next(i for i in range(100) if samples.table[samples.draw(i)[0]]["video_path"] == str(bikes.absolute())
-                 and samples.draw(i)[1] > 5)
+    index = next(
+        i
+        for i in range(100)
+        if samples.table[samples.draw(i)[0]]["video_path"] == str(bikes.absolute()) and samples.draw(i)[1] > 5
+    )
     item = samples[index]
     assert item["skipped_clips"] == str(bikes.absolute()) and item["video"].shape == (3, 17, 64, 112)
 
@@ -258,8 +283,11 @@ def test_bad_caption_files_are_reported_by_name(tmp_path, video_paths):
 
 
 def test_a_divergent_run_stops_naming_the_learning_rate_and_leaves_no_diverged_latest(prepared_dataset, tmp_path):
-    trainer = Trainer(tiny_config(prepared_dataset, tmp_path / "run", max_iter=20, save_iter=1, learning_rate=1e30,
-                              max_nonfinite_steps=3))
+    trainer = Trainer(
+        tiny_config(
+            prepared_dataset, tmp_path / "run", max_iter=20, save_iter=1, learning_rate=1e30, max_nonfinite_steps=3
+        )
+    )
     with pytest.raises(FloatingPointError, match=r"--learning_rate \(this run: 1e\+30\)"):
         trainer.train()
     assert CheckpointDir(tmp_path / "run").latest_iteration() is None  # checkpoint 1's weights gave NaN: retracted
@@ -288,8 +316,9 @@ def _alive(pid: int) -> bool:
 
 
 def _launch(command: list[str], env: dict, cwd: Path) -> tuple[subprocess.Popen, list[str]]:
-    process = subprocess.Popen(command, cwd=cwd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True
+    )
     log: list[str] = []
     threading.Thread(target=lambda: log.extend(iter(lambda: process.stderr.read(200), "")), daemon=True).start()
     deadline = time.time() + 240
@@ -300,17 +329,41 @@ def _launch(command: list[str], env: dict, cwd: Path) -> tuple[subprocess.Popen,
 
 
 def _training_flags(dataset: Path, out: Path) -> list[str]:
-    return ["--model", "tiny", "--dataset_path", str(dataset), "--output_dir", str(out), "--max_iter", "100000",
-            "--save_iter", "100000", "--dataloader_num_workers", "0"]
+    return [
+        "--model",
+        "tiny",
+        "--dataset_path",
+        str(dataset),
+        "--output_dir",
+        str(out),
+        "--max_iter",
+        "100000",
+        "--save_iter",
+        "100000",
+        "--dataloader_num_workers",
+        "0",
+    ]
 
 
 @pytest.mark.parametrize("how", ["sigterm_to_the_launcher", pytest.param("ctrl_c", marks=pytest.mark.slow)])
 def test_a_run_under_accelerate_launch_saves_and_stops_on_a_signal_to_the_launcher(prepared_dataset, tmp_path, how):
     out = tmp_path / "run"
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "train_video2world.py"),
-               *_training_flags(prepared_dataset, out)]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO / "train_video2world.py"),
+        *_training_flags(prepared_dataset, out),
+    ]
     launcher, log = _launch(command, env, tmp_path)
     [trainer] = _children(launcher.pid)
     if how == "ctrl_c":
@@ -332,8 +385,17 @@ def test_a_run_under_accelerate_launch_saves_and_stops_on_a_signal_to_the_launch
 def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step_with_one_checkpoint(prepared_dataset, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29543",
-               str(REPO / "train_video2world.py"), *_training_flags(prepared_dataset, out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29543",
+        str(REPO / "train_video2world.py"),
+        *_training_flags(prepared_dataset, out),
+    ]
     launcher, log = _launch(command, env, tmp_path)
     workers = _children(launcher.pid)
     launcher.send_signal(signal.SIGTERM)
@@ -343,7 +405,11 @@ def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step_with_one_check
         assert time.time() < deadline
         time.sleep(0.2)
     text = "".join(log)
-    stops = [line.split("after step ")[1].split(";")[0] for line in text.splitlines() if "Stopped by a signal after step" in line]
+    stops = [
+        line.split("after step ")[1].split(";")[0]
+        for line in text.splitlines()
+        if "Stopped by a signal after step" in line
+    ]
     assert len(stops) == 2 and stops[0] == stops[1], text[-3000:]
     assert CheckpointDir(out).latest_iteration() == int(stops[0]) and text.count("Saved checkpoint") == 1
 
@@ -359,8 +425,17 @@ def test_sigterm_during_validation_stops_without_another_step_or_validation(prep
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(validation.Validator, "validate", validate_then_get_preempted)
-    trainer = Trainer(tiny_config(prepared_dataset, tmp_path / "run", max_iter=50, save_iter=1, validation_prompt=PROMPT,
-                              validation_steps=1, validation_num_inference_steps=1))
+    trainer = Trainer(
+        tiny_config(
+            prepared_dataset,
+            tmp_path / "run",
+            max_iter=50,
+            save_iter=1,
+            validation_prompt=PROMPT,
+            validation_steps=1,
+            validation_num_inference_steps=1,
+        )
+    )
     losses = trainer.train()
     assert calls == [1] and len(losses) == 1 and trainer.preempted
     assert CheckpointDir(tmp_path / "run").latest_iteration() == 1
@@ -395,7 +470,9 @@ def test_fifos_broken_links_and_odd_names_are_reported_not_hung_on(prepared_data
     (root / "videos" / "loop.mp4").symlink_to(root / "videos" / "loop.mp4")
     shutil.copy(root / "videos" / "bigbuckbunny.mp4", root / "videos" / "two\nlines.mp4")
     result = {}
-    worker = threading.Thread(target=lambda: result.update(scan=scan_dataset_folder(root, 17, TINY.text_embed_dim)), daemon=True)
+    worker = threading.Thread(
+        target=lambda: result.update(scan=scan_dataset_folder(root, 17, TINY.text_embed_dim)), daemon=True
+    )
     worker.start()
     worker.join(timeout=60)
     assert not worker.is_alive(), "the scan hangs on a FIFO"
@@ -465,19 +542,30 @@ def _cli_error(monkeypatch, script: str, *args: str) -> str:
 def test_bad_run_folders_and_checkpoints_are_one_line_errors(tiny_run, prepared_dataset, tmp_path, monkeypatch):
     a_file = tmp_path / "not_a_folder"
     a_file.write_text("x")
-    flags = ["--model", "tiny", "--dataset_path", str(prepared_dataset), "--dataloader_num_workers", "0", "--max_iter", "1"]
+    flags = [
+        "--model",
+        "tiny",
+        "--dataset_path",
+        str(prepared_dataset),
+        "--dataloader_num_workers",
+        "0",
+        "--max_iter",
+        "1",
+    ]
     assert "not_a_folder" in _cli_error(monkeypatch, "train_video2world.py", *flags, "--output_dir", str(a_file))
 
     garbage = tmp_path / "garbage"
     (garbage / "checkpoints").mkdir(parents=True)
     (garbage / "checkpoints" / "latest_checkpoint.txt").write_bytes(os.urandom(5000))
     assert "latest_checkpoint.txt is not a short text file" in _cli_error(
-        monkeypatch, "train_video2world.py", *flags, "--output_dir", str(garbage))
+        monkeypatch, "train_video2world.py", *flags, "--output_dir", str(garbage)
+    )
 
     lone = tmp_path / "iter_000000001.pt"
     shutil.copy(tiny_run / "checkpoints" / "trainer" / "iter_000000001.pt", lone)
     assert "a checkpoint file lives in" in _cli_error(
-        monkeypatch, "train_video2world.py", "--resume_from_checkpoint", str(lone))
+        monkeypatch, "train_video2world.py", "--resume_from_checkpoint", str(lone)
+    )
 
 
 def test_bad_generation_inputs_are_one_line_errors_before_any_model_loads(tmp_path, monkeypatch):
@@ -494,8 +582,21 @@ def test_bad_generation_inputs_are_one_line_errors_before_any_model_loads(tmp_pa
     (hostile / "config.json").write_text(json.dumps(TINY.transformer_config))
     (hostile / "diffusion_pytorch_model.safetensors").write_bytes((2**62).to_bytes(8, "little") + b"{}")
     assert convert.main(["to_native", "--input", str(hostile), "--output", str(tmp_path / "x.pt")]) == 1
-    _cli_error(monkeypatch, "infer_video2world.py", "--model_size", "tiny", "--dit_path", str(hostile), "--input_path",
-               str(image), "--prompt", "p", "--save_path", str(tmp_path / "o.mp4"), "--disable_guardrail")
+    _cli_error(
+        monkeypatch,
+        "infer_video2world.py",
+        "--model_size",
+        "tiny",
+        "--dit_path",
+        str(hostile),
+        "--input_path",
+        str(image),
+        "--prompt",
+        "p",
+        "--save_path",
+        str(tmp_path / "o.mp4"),
+        "--disable_guardrail",
+    )
 
     bomb = tmp_path / "bomb.png"
     PIL.Image.new("1", (16384, 16384)).save(bomb)
@@ -508,7 +609,9 @@ def test_bad_generation_inputs_are_one_line_errors_before_any_model_loads(tmp_pa
     with pytest.raises(ValueError, match="needs a prompt"):
         inference.jobs_from_args(inference.parse_args([*base, "--batch_input_json", str(batch)]))
     for save_path, reason in ((tmp_path, "is a folder"), (tmp_path / "video.avi", "does not end in .mp4")):
-        args = inference.parse_args([*base, "--prompt", "p", "--input_path", str(image), "--save_path", str(save_path)])
+        args = inference.parse_args(
+            [*base, "--prompt", "p", "--input_path", str(image), "--save_path", str(save_path)]
+        )
         with pytest.raises(ValueError, match=reason):
             inference.jobs_from_args(args)
 
@@ -523,7 +626,9 @@ def test_the_lora_export_keeps_alpha_for_every_documented_loader(tiny_run, tmp_p
     native = tiny_run / "checkpoints" / "model" / "iter_000000001.pt"
     converted = conversion.lora_native_to_diffusers(native, tmp_path / "converted")
     for lora_folder, weight_name in ((tiny_run / "lora", None), (converted.parent, converted.name)):
-        args = inference.parse_args(["--model_size", "tiny", "--disable_guardrail", "--lora_path", str(lora_folder), "--no-compile"])
+        args = inference.parse_args(
+            ["--model_size", "tiny", "--disable_guardrail", "--lora_path", str(lora_folder), "--no-compile"]
+        )
         pipe = inference.build_pipeline(args) if weight_name is None else None
         if pipe is None:  # the converted file, through diffusers' own loader
             from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline
@@ -531,6 +636,10 @@ def test_the_lora_export_keeps_alpha_for_every_documented_loader(tiny_run, tmp_p
 
             pipe = CosmosVideo2WorldPipeline.from_pretrained(str(tiny_pretrained_path()), disable_guardrail=True)
             pipe.load_lora_weights(str(lora_folder), weight_name=weight_name)
-        scales = {scale for m in pipe.transformer.modules() if isinstance(getattr(m, "scaling", None), dict)
-                  for scale in m.scaling.values()}
+        scales = {
+            scale
+            for m in pipe.transformer.modules()
+            if isinstance(getattr(m, "scaling", None), dict)
+            for scale in m.scaling.values()
+        }
         assert scales == {4.0}, (lora_folder, scales)

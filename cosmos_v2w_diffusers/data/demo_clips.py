@@ -64,7 +64,9 @@ def demo_dataset_path(preset: ModelPreset) -> Path:
         for i in range(NUM_CLIPS + 1):
             frames = render_clip(preset.num_frames + 16, preset.height, preset.width, seed=i)
             export_clip(frames, folder / ("videos" if i < NUM_CLIPS else "held_out") / f"robot_{i}.mp4")
-        prepare_dataset(folder, prompt=DEMO_PROMPT, text_encoder=resolve_pretrained(preset), num_frames=preset.num_frames)
+        prepare_dataset(
+            folder, prompt=DEMO_PROMPT, text_encoder=resolve_pretrained(preset), num_frames=preset.num_frames
+        )
         logger.info("Rendered the built-in sample clips")
 
     return build_folder_once(cache_root() / f"demo-{preset.short_name}-{_DEMO_VERSION}", build, "t5_xxl")

@@ -108,7 +108,11 @@ def probe_video(path: Path, min_frames: int) -> VideoInfo:
         if num_frames < len(reader):
             logger.warning(
                 "%s: its edit list hides %d of its %d frames (a clip cut without re-encoding); using the %d a "
-                "player shows.", path, len(reader) - num_frames, len(reader), num_frames,
+                "player shows.",
+                path,
+                len(reader) - num_frames,
+                len(reader),
+                num_frames,
             )
         first = reader[0].shape
         reader[num_frames - 1].asnumpy()

@@ -129,8 +129,22 @@ def load_video2world_dataset(
         _add_embeddings,
         batched=True,
         batch_size=batch_size,
-        fn_kwargs=dict(tokenizer=tokenizer, text_encoder=text_encoder, max_length=max_text_tokens, embed_dim=embed_dim),
-        features=datasets.Features({**features, T5_COLUMN: datasets.Array2D(shape=(None, embed_dim), dtype="float16")}),
+        fn_kwargs=dict(
+            tokenizer=tokenizer, text_encoder=text_encoder, max_length=max_text_tokens, embed_dim=embed_dim
+        ),
+        features=datasets.Features(
+            {**features, T5_COLUMN: datasets.Array2D(shape=(None, embed_dim), dtype="float16")}
+        ),
         new_fingerprint=hashlib.sha256(identity.encode()).hexdigest()[:16],
         desc="T5 embeddings",
     )
+
+
+def hub_dataset_folder(repo_id: str, cache_dir: str | None = None) -> str:
+    """`--dataset_name`: a Hub dataset repo in NVIDIA's layout, as a local folder (downloaded once, then read from
+    huggingface_hub's cache) that `load_video2world_dataset` reads like any `--dataset_path`. datasets'
+    `load_dataset` reads tables, not a folder of mp4s beside their captions and T5 pickles, so the repo's files
+    are fetched as they are."""
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(repo_id, repo_type="dataset", cache_dir=cache_dir)

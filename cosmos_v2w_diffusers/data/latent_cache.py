@@ -44,8 +44,10 @@ def _vae_identity(vae: AutoencoderKLWan) -> str:
 def _encode_windows(batch: dict, vae: AutoencoderKLWan, num_frames: int, height: int, width: int) -> dict:
     """Batched `.map` function: decode, resize and encode each window; float32 latents `[16, T, h, w]`."""
     video = torch.stack(
-        [resize_frames(read_frames(path, start, num_frames), height, width)
-         for path, start in zip(batch["video_path"], batch["frame_start"])]
+        [
+            resize_frames(read_frames(path, start, num_frames), height, width)
+            for path, start in zip(batch["video_path"], batch["frame_start"])
+        ]
     )
     return {"latents": encode_video(vae, video).cpu().numpy()}
 
@@ -106,5 +108,3 @@ def build_latent_cache(
         for path in set(cache_file.parent.iterdir()) - before:
             path.unlink(missing_ok=True)
         raise
-
-

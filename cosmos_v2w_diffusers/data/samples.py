@@ -171,7 +171,13 @@ class DrawSampler:
     """
 
     def __init__(self, start_step: int, end_step: int, accum: int, world: int, rank: int, batch: int):
-        self.steps, self.accum, self.world, self.rank, self.batch = range(start_step, end_step), accum, world, rank, batch
+        self.steps, self.accum, self.world, self.rank, self.batch = (
+            range(start_step, end_step),
+            accum,
+            world,
+            rank,
+            batch,
+        )
 
     def __iter__(self):
         for step in self.steps:
@@ -189,7 +195,11 @@ class DrawSampler:
         accelerate's skip-ahead on resume would decode every skipped clip again.
         """
         loader = torch.utils.data.DataLoader(
-            samples, batch_size=self.batch, sampler=self, num_workers=num_workers, pin_memory=pin_memory,
+            samples,
+            batch_size=self.batch,
+            sampler=self,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
             persistent_workers=False,
         )
         batches = iter(loader)

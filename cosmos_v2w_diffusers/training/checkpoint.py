@@ -10,7 +10,8 @@
 
 NVIDIA's model file stores bf16 weights, while training keeps fp32 masters (our live weights under
 accelerate's bf16 autocast, or DeepSpeed's partitions); so, as in NVIDIA's trainer, the exact fp32 weights
-travel with the optimizer state, and resume reads them from there (`state.py` gathers and scatters them). Every file is written atomically and `latest_checkpoint.txt` only after all of them, so a kill
+travel with the optimizer state, and resume reads them from there (`state.py` gathers and scatters them).
+Every file is written atomically and `latest_checkpoint.txt` only after all of them, so a kill
 or a full disk at any moment leaves the previous checkpoint whole and named.
 """
 
@@ -67,7 +68,9 @@ class CheckpointDir:
         marker = self.root / LATEST
         if not marker.exists() and not marker.is_symlink():
             return None
-        fix = f"write the name of a complete checkpoint into it ({self._complete_list()}), or delete it to start afresh"
+        fix = (
+            f"write the name of a complete checkpoint into it ({self._complete_list()}), or delete it to start afresh"
+        )
         try:
             name = read_regular_file(marker, max_bytes=256).decode("ascii").strip()
         except (OSError, ValueError):
@@ -99,7 +102,9 @@ class CheckpointDir:
         name = Path(spec).name
         digits = name[5:].removesuffix(".pt") if name.startswith("iter_") else ""
         if not digits.isdigit():
-            raise ValueError(f"--resume_from_checkpoint {spec!r}: use latest, iter_N, or a path to a checkpoint's iter_N.pt.")
+            raise ValueError(
+                f"--resume_from_checkpoint {spec!r}: use latest, iter_N, or a path to a checkpoint's iter_N.pt."
+            )
         iteration = int(digits)
         missing = [part for part in PARTS if not self.path(part, iteration).is_file()]
         if missing:
@@ -133,7 +138,8 @@ class CheckpointDir:
             marker.unlink()
         logger.warning(
             "Checkpoint %d is no longer the latest: its weights gave a non-finite loss; %s.",
-            iteration, f"resume from {checkpoint_name(earlier[-1])}" if earlier else "no earlier checkpoint exists",
+            iteration,
+            f"resume from {checkpoint_name(earlier[-1])}" if earlier else "no earlier checkpoint exists",
         )
 
     def _complete_list(self) -> str:
@@ -149,7 +155,9 @@ class CheckpointDir:
             freed = sum(p.stat().st_size for p in stale)
             for path in stale:
                 path.unlink(missing_ok=True)
-            logger.warning("Removed %d temp files left by an interrupted save (%s) under %s", len(stale), _size(freed), self.root)
+            logger.warning(
+                "Removed %d temp files left by an interrupted save (%s) under %s", len(stale), _size(freed), self.root
+            )
 
     def save(self, iteration: int, parts: dict[str, dict]) -> Path:
         """Write each part atomically, then move `latest_checkpoint.txt` to this iteration.
@@ -194,12 +202,15 @@ class CheckpointDir:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated, corrupt or hostile: the same problem for the user
             earlier = [i for i in self.complete_iterations() if i < iteration]
-            way_out = f"resume from an earlier one with --resume_from_checkpoint iter_{earlier[-1]}" if earlier else "start afresh with --no-resume"
+            way_out = (
+                f"resume from an earlier one with --resume_from_checkpoint iter_{earlier[-1]}"
+                if earlier
+                else "start afresh with --no-resume"
+            )
             raise ValueError(
                 f"{path} cannot be read as a checkpoint ({str(exc).splitlines()[0][:200]}); it may be truncated, "
                 f"corrupt or not ours: {way_out}."
             ) from None
-
 
 
 def output_dir_of(checkpoint_file: str | Path) -> Path:
@@ -207,7 +218,8 @@ def output_dir_of(checkpoint_file: str | Path) -> Path:
     path = Path(checkpoint_file).absolute()
     if len(path.parents) < 3 or path.parent.name not in PARTS or path.parents[1].name != "checkpoints":
         raise ValueError(
-            f"--resume_from_checkpoint {path}: a checkpoint file lives in <output_dir>/checkpoints/<{'|'.join(PARTS)}>/, "
+            f"--resume_from_checkpoint {path}: a checkpoint file lives in "
+            f"<output_dir>/checkpoints/<{'|'.join(PARTS)}>/, "
             f"beside its other three parts; copy the whole checkpoints/ folder and pass the file there."
         )
     return path.parents[2]
@@ -230,8 +242,13 @@ def rng_state() -> dict:
     version, python_state, gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gauss)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gauss),
+        },
         "python": {"version": version, "state": list(python_state), "gauss": gauss},
     }
     if torch.cuda.is_available():
@@ -242,7 +259,9 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():

@@ -30,7 +30,9 @@ class Checkpointer:
     def __init__(self, config, accelerator):
         self.config, self.accelerator = config, accelerator
         self.folder = CheckpointDir(config.output_dir)
-        self.nonfinite = NonFiniteSteps(self.folder, config.max_nonfinite_steps, config.learning_rate, accelerator.is_main_process)
+        self.nonfinite = NonFiniteSteps(
+            self.folder, config.max_nonfinite_steps, config.learning_rate, accelerator.is_main_process
+        )
         self._resume_iteration: int | None = None
         self._trainer_part: dict | None = None  # the resume point's trainer part, read once
 
@@ -41,9 +43,13 @@ class Checkpointer:
         if iteration is not None:
             self._trainer_part = self.folder.load_part("trainer", iteration)
             stored = stored_config(self._trainer_part)
-            changed = [] if stored is None else [  # NVIDIA's trainer stores no config: nothing to compare
-                f"--{k} {stored.get(k)} -> {v}" for k, v in c.run_definition().items() if stored.get(k) != v
-            ]
+            changed = (
+                []
+                if stored is None
+                else [  # NVIDIA's trainer stores no config: nothing to compare
+                    f"--{k} {stored.get(k)} -> {v}" for k, v in c.run_definition().items() if stored.get(k) != v
+                ]
+            )
             if changed:
                 raise ValueError(
                     f"{self.folder.path('trainer', iteration)} was written by a run with other run-defining flags "
@@ -79,7 +85,14 @@ class Checkpointer:
         self.nonfinite.record(step, loss, micro_batches)
 
     def save(
-        self, iteration: int, state, transformer, lr_scheduler, ema, last_step: bool = False, force: bool = False,
+        self,
+        iteration: int,
+        state,
+        transformer,
+        lr_scheduler,
+        ema,
+        last_step: bool = False,
+        force: bool = False,
         upload: Callable[[int, dict, dict | None], None] | None = None,
     ) -> bool:
         """Checkpoint `iteration` (= optimizer steps done) if it is due (every `--save_iter`, `last_step`, or
@@ -101,10 +114,17 @@ class Checkpointer:
         optimizer = state.optimizer_state_dict()
         if main:
             model_config = self.accelerator.unwrap_model(transformer).config
-            model = to_native_state_dict({k: v.cpu() for k, v in weights.items()}, model_config, "net.", torch.bfloat16)
+            model = to_native_state_dict(
+                {k: v.cpu() for k, v in weights.items()}, model_config, "net.", torch.bfloat16
+            )
             if shadows is not None:
                 model.update(to_native_state_dict(shadows, model_config, "net_ema.", torch.float32))
-            trainer_part = {"grad_scaler": {}, "iteration": iteration, "rng": rng_state(), "config": self.config.to_json()}
+            trainer_part = {
+                "grad_scaler": {},
+                "iteration": iteration,
+                "rng": rng_state(),
+                "config": self.config.to_json(),
+            }
             self.folder.save(
                 iteration,
                 {

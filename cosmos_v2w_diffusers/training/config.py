@@ -22,16 +22,37 @@ from ..sample_shape import check_sample_shape
 LORA_TARGET_MODULES = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
 # What a checkpoint's weights and optimizer state depend on: a resume must not change these.
 RUN_DEFINING_FIELDS = (
-    "model", "train_architecture", "num_frames", "height", "width", "lora_rank", "lora_alpha", "lora_target_modules",
+    "model",
+    "train_architecture",
+    "num_frames",
+    "height",
+    "width",
+    "lora_rank",
+    "lora_alpha",
+    "lora_target_modules",
 )
 # What a run rebuilt from a checkpoint file (`--resume_from_checkpoint <path>`) takes from the config stored
 # there: what the run is and the numbers of its recipe. Where weights are read from, where the run uploads or
 # logs to, and any secret always come from the user's own flags: a checkpoint received from someone else must
 # not be able to redirect an upload or load other weights.
 RESUMED_FIELDS = RUN_DEFINING_FIELDS + (
-    "max_iter", "save_iter", "batch_size", "gradient_accumulation_steps", "seed", "learning_rate", "weight_decay",
-    "lr_f_max", "lr_decay_steps", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "ema",
-    "ema_relative_std", "cache_latents", "cache_windows_per_clip",
+    "max_iter",
+    "save_iter",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "seed",
+    "learning_rate",
+    "weight_decay",
+    "lr_f_max",
+    "lr_decay_steps",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "ema",
+    "ema_relative_std",
+    "cache_latents",
+    "cache_windows_per_clip",
 )
 # Flags whose values are secrets: never stored in a checkpoint, a tracker, a log or a model card.
 SECRET_FIELDS = ("hub_token",)
@@ -39,11 +60,30 @@ SECRET_FIELDS = ("hub_token",)
 _HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{20,}")
 # Flags that must be at least 1 (or 0), checked before any default replaces them.
 _AT_LEAST = {
-    "max_iter": 1, "save_iter": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "num_frames": 1, "height": 16,
-    "width": 16, "lora_rank": 1, "lora_alpha": 1, "lr_decay_steps": 1, "cache_windows_per_clip": 1,
-    "max_nonfinite_steps": 1, "checkpoints_total_limit": 1, "validation_steps": 1, "validation_num_frames": 1,
-    "validation_num_inference_steps": 1, "dataloader_num_workers": 0, "max_skipped_clips": 0, "selective_checkpointing_blocks": 0,
+    "max_iter": 1,
+    "save_iter": 1,
+    "batch_size": 1,
+    "gradient_accumulation_steps": 1,
+    "num_frames": 1,
+    "height": 16,
+    "width": 16,
+    "lora_rank": 1,
+    "lora_alpha": 1,
+    "lr_decay_steps": 1,
+    "cache_windows_per_clip": 1,
+    "max_nonfinite_steps": 1,
+    "checkpoints_total_limit": 1,
+    "validation_steps": 1,
+    "validation_num_frames": 1,
+    "validation_num_inference_steps": 1,
+    "dataloader_num_workers": 0,
+    "max_skipped_clips": 0,
+    "selective_checkpointing_blocks": 0,
     "context_parallel_size": 1,
+    "lr_warmup_steps": 0,
+    "num_train_epochs": 1,
+    "validation_epochs": 1,
+    "num_validation_videos": 1,
 }
 
 
@@ -68,6 +108,15 @@ def redacted_command(argv: list[str]) -> list[str]:
     return out
 
 
+def parse_resolution(resolution: str) -> tuple[int, int]:
+    """(height, width) of `--resolution`: `N` (a square, as diffusers' examples) or `HxW`."""
+    parts = resolution.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"--resolution {resolution!r}: pass one size (512) or height x width (704x1280).")
+    height, width = (int(parts[0]), int(parts[-1]))
+    return height, width
+
+
 def edm2_ema_gamma(relative_std: float) -> float:
     """EDM2's power-EMA exponent for a relative std: the largest real root of
     `g^3 + 7 g^2 + (16 - s^-2) g + (12 - s^-2)` (Karras et al. 2024, eq. 3); 6.9372 for s = 0.1."""
@@ -78,11 +127,22 @@ def edm2_ema_gamma(relative_std: float) -> float:
 @dataclass(frozen=True)
 class TrainConfig:
     model: str | None = _f(
-        None, "model size: 2B, 14B or tiny (default: the architecture of --pretrained_model_name_or_path's "
-        "transformer, else 2B; a --model that contradicts the weights is refused)", choices=["2B", "14B", "tiny"],
+        None,
+        "model size: 2B, 14B or tiny (default: the architecture of --pretrained_model_name_or_path's "
+        "transformer, else 2B; a --model that contradicts the weights is refused)",
+        choices=["2B", "14B", "tiny"],
     )
     pretrained_model_name_or_path: str | None = _f(None, "Hub id or local diffusers folder (default: the preset's)")
+    revision: str | None = _f(None, "Hub revision (branch, tag or commit) of --pretrained_model_name_or_path")
+    variant: str | None = _f(
+        None,
+        "weights variant of --pretrained_model_name_or_path, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors)",
+    )
+    cache_dir: str | None = _f(None, "where Hub downloads are cached (default: huggingface_hub's)")
     dataset_path: str | None = _f(None, "NVIDIA-layout dataset folder (default: the built-in sample clips)")
+    dataset_name: str | None = _f(
+        None, "a Hub dataset repo in NVIDIA's layout (videos/, metas/, t5_xxl/), downloaded and used as --dataset_path"
+    )
     output_dir: str | None = _f(
         None, "run folder (default: checkpoints/posttraining/<video2world|video2world_lora>/<model>_<dataset>)"
     )
@@ -97,8 +157,12 @@ class TrainConfig:
     lora_rank: int | None = _f(None, "LoRA rank (default: 16 for 2B, 32 for 14B)", aliases=["--rank"])
     lora_alpha: int | None = _f(None, "LoRA alpha (default: equal to the rank)")
     lora_target_modules: str = _f(LORA_TARGET_MODULES, "comma-separated diffusers module names LoRA wraps")
+    lora_dropout: float = _f(0.0, "dropout on the LoRA branch's input during training (NVIDIA's recipe: 0)")
 
     max_iter: int | None = _f(None, "optimizer steps (default 1000)", aliases=["--max_train_steps"])
+    num_train_epochs: int | None = _f(
+        None, "passes over the clips, which set --max_iter from the dataset's size (a --max_iter given wins)"
+    )
     save_iter: int | None = _f(
         None, "checkpoint every N steps (default 500 full, 200 LoRA)", aliases=["--checkpointing_steps"]
     )
@@ -110,11 +174,34 @@ class TrainConfig:
     num_frames: int | None = _f(None, "frames per sample (default 93)")
     height: int | None = _f(None, "sample height (default 704)")
     width: int | None = _f(None, "sample width (default 1280)")
+    resolution: str | None = _f(None, "sample size as diffusers' examples give it: N (N x N) or HxW, e.g. 704x1280")
 
     learning_rate: float | None = _f(None, "peak learning rate (default 2^-14.5)")
-    weight_decay: float | None = _f(None, "AdamW weight decay, on every trainable tensor (default 0.1 2B, 0.2 14B)")
-    lr_f_max: float | None = _f(None, "linear schedule's f_max: lr * f_max * (1 - step/decay) (default 0.6 2B, 0.25 14B)")
+    weight_decay: float | None = _f(
+        None,
+        "AdamW weight decay, on every trainable tensor (default 0.1 2B, 0.2 14B)",
+        aliases=["--adam_weight_decay"],
+    )
+    lr_f_max: float | None = _f(
+        None, "linear schedule's f_max: lr * f_max * (1 - step/decay) (default 0.6 2B, 0.25 14B)"
+    )
     lr_decay_steps: int | None = _f(None, "steps over which the factor falls to 0 (default: max_iter)")
+    lr_scheduler: str = _f(
+        "nvidia",
+        "learning-rate schedule: nvidia (the recipe's linear f_max decay) or one of diffusers' get_scheduler names",
+        choices=[
+            "nvidia",
+            "linear",
+            "cosine",
+            "cosine_with_restarts",
+            "polynomial",
+            "constant",
+            "constant_with_warmup",
+        ],
+    )
+    lr_warmup_steps: int = _f(0, "warm-up steps of --lr_scheduler (diffusers' schedules; nvidia has none)")
+    use_8bit_adam: bool = _f(False, "bitsandbytes' 8-bit AdamW (needs the bitsandbytes package and a CUDA GPU)")
+    allow_tf32: bool = _f(False, "allow TF32 matmuls and convolutions on Ampere and newer GPUs (fp32 runs go faster)")
     adam_beta1: float = _f(0.9, "AdamW beta1")
     adam_beta2: float = _f(0.99, "AdamW beta2")
     adam_epsilon: float = _f(1e-8, "AdamW epsilon")
@@ -179,8 +266,11 @@ class TrainConfig:
         5, "stop after this many consecutive steps with a NaN/Inf loss (each such step is skipped, not applied)"
     )
 
+    logging_dir: str | None = _f(None, "tracker logs (default: <output_dir>/logs)")
     report_to: str = _f(
-        "none", "experiment tracker through accelerate (all: every one installed)", choices=["tensorboard", "wandb", "all", "none"]
+        "none",
+        "experiment tracker through accelerate (all: every one installed)",
+        choices=["tensorboard", "wandb", "all", "none"],
     )
     validation_prompt: str | None = _f(None, "generate a validation video with this prompt every --validation_steps")
     validation_image: str | None = _f(
@@ -190,22 +280,29 @@ class TrainConfig:
         None, "a held-out clip: the validation continues its first frame and is scored (PSNR, SSIM) against it"
     )
     validation_steps: int | None = _f(None, "validate every N steps (default: at every checkpoint)")
+    validation_epochs: int | None = _f(None, "validate every N passes over the clips (instead of --validation_steps)")
+    num_validation_videos: int = _f(1, "videos per validation, from seeds --seed, --seed + 1, ...")
     validation_num_frames: int | None = _f(None, "frames of the validation video (default: --num_frames)")
     validation_num_inference_steps: int = _f(35, "sampling steps of the validation video")
     validation_live: bool = _f(False, "also validate the live weights, not only the EMA")
 
     export_live_weights: bool = _f(
-        False, "full runs: the exported pipeline/ takes the live weights instead of the EMA's (transformer/ holds them too)"
+        False,
+        "full runs: the exported pipeline/ takes the live weights instead of the EMA's (transformer/ holds them too)",
     )
     push_to_hub: bool = _f(
-        False, "upload what the pipeline loads (the diffusers transformer or the LoRA adapter) at every checkpoint "
-        "and at the end, in the background, with a model card"
+        False,
+        "upload what the pipeline loads (the diffusers transformer or the LoRA adapter) at every checkpoint "
+        "and at the end, in the background, with a model card",
     )
     hub_model_id: str | None = _f(None, "Hub repo for --push_to_hub (default: the output folder's name)")
     hub_token: str | None = field(  # a secret: kept out of repr(), checkpoints, trackers and the model card
-        default=None, repr=False,
-        metadata={"help": "Hub token for --push_to_hub (default: HF_TOKEN or the logged-in one, which we prefer: a "
-                          "token on the command line is visible to other users of the machine)"},
+        default=None,
+        repr=False,
+        metadata={
+            "help": "Hub token for --push_to_hub (default: HF_TOKEN or the logged-in one, which we prefer: a "
+            "token on the command line is visible to other users of the machine)"
+        },
     )
     hub_private: bool = _f(False, "create the --push_to_hub repo as private")
 
@@ -219,9 +316,29 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"--{name} must be positive, got {value}.")
+        if self.resolution and (self.height or self.width):
+            raise ValueError("--resolution sets --height and --width: pass one or the other.")
+        if self.validation_epochs and self.validation_steps:
+            raise ValueError("--validation_epochs and --validation_steps both say when to validate: pass one.")
+        if self.dataset_name and self.dataset_path:
+            raise ValueError("--dataset_name downloads the dataset --dataset_path names locally: pass one of them.")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        if self.lr_scheduler == "nvidia" and self.lr_warmup_steps:
+            raise ValueError(
+                "--lr_warmup_steps: NVIDIA's schedule (--lr_scheduler nvidia, the default) has no warm-up; pick one "
+                "of diffusers' schedules (e.g. --lr_scheduler constant_with_warmup) or drop --lr_warmup_steps."
+            )
+        if self.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError("--use_8bit_adam needs the bitsandbytes package: `pip install bitsandbytes`, or drop it.")
         if self.load_ema and not self.dit_path:
-            raise ValueError("--load_ema picks the EMA weights of --dit_path: pass --dit_path too, or drop --load_ema.")
-        if self.selective_checkpointing_blocks is not None and self.activation_checkpointing not in (None, "selective"):
+            raise ValueError(
+                "--load_ema picks the EMA weights of --dit_path: pass --dit_path too, or drop --load_ema."
+            )
+        if self.selective_checkpointing_blocks is not None and self.activation_checkpointing not in (
+            None,
+            "selective",
+        ):
             raise ValueError("--selective_checkpointing_blocks needs --activation_checkpointing selective.")
         if self.hub_token and self.report_to in ("wandb", "all"):  # as diffusers' examples: W&B would upload the token
             raise ValueError(
@@ -231,20 +348,26 @@ class TrainConfig:
         tracker_package = {"wandb": "wandb", "tensorboard": "tensorboard"}.get(self.report_to)
         if tracker_package and importlib.util.find_spec(tracker_package) is None:  # accelerate would only warn
             raise ValueError(
-                f"--report_to {self.report_to} needs the {tracker_package} package: `pip install {tracker_package}`, or "
+                f"--report_to {self.report_to} needs the {tracker_package} package: "
+                f"`pip install {tracker_package}`, or "
                 f"pick another tracker."
             )
         if self.output_dir and self.pretrained_model_name_or_path:
             output, base = Path(self.output_dir).absolute(), Path(self.pretrained_model_name_or_path).absolute()
             if output == base or (base.exists() and output.exists() and output.samefile(base)):
                 raise ValueError(
-                    f"--output_dir {self.output_dir} is the base model's folder (--pretrained_model_name_or_path): the "
+                    f"--output_dir {self.output_dir} is the base model's folder "
+                    f"(--pretrained_model_name_or_path): the "
                     f"run's export would replace its transformer/. Pass another --output_dir."
                 )
 
     def run_definition(self) -> dict:
         """The run-defining flags of a resolved config (`RUN_DEFINING_FIELDS`)."""
         return {name: getattr(self, name) for name in RUN_DEFINING_FIELDS}
+
+    def hub_kwargs(self) -> dict:
+        """What `from_pretrained` takes besides the name: --revision, --variant and --cache_dir, where given."""
+        return {k: getattr(self, k) for k in ("revision", "variant", "cache_dir") if getattr(self, k) is not None}
 
     def public_dict(self) -> dict:
         """Every flag but the secrets: what checkpoints store and trackers log."""
@@ -253,18 +376,28 @@ class TrainConfig:
     def to_json(self) -> str:
         return json.dumps(self.public_dict(), sort_keys=True)
 
-    def resolved(self) -> "TrainConfig":
-        """A copy with every preset-dependent default filled in."""
+    def resolved(self, steps_per_epoch: int | None = None) -> "TrainConfig":
+        """A frozen copy with every default that depends on the preset (and the weights) filled in.
+
+        `steps_per_epoch` (optimizer steps in one pass over the clips, which only the loaded dataset tells) turns
+        `--num_train_epochs` and `--validation_epochs` into steps; without it they are not applied. The trainer
+        resolves once for the run's folder and data, then again with the dataset's size; neither copy changes.
+        """
         # diffusers and transformers: imported here, kept out of `--help`
         from ..components import preset_of_pretrained
         from ..presets import get_preset
 
         self._check_values()
         asked = get_preset(self.model) if self.model else None
-        found = preset_of_pretrained(self.pretrained_model_name_or_path) if self.pretrained_model_name_or_path else None
+        found = (
+            preset_of_pretrained(self.pretrained_model_name_or_path, **self.hub_kwargs())
+            if self.pretrained_model_name_or_path
+            else None
+        )
         if asked and found and asked.name != found.name:
             raise ValueError(
-                f"--model {self.model} contradicts --pretrained_model_name_or_path {self.pretrained_model_name_or_path}, "
+                f"--model {self.model} contradicts --pretrained_model_name_or_path "
+                f"{self.pretrained_model_name_or_path}, "
                 f"whose transformer is the {found.name} architecture: pass --model {found.name}, or drop --model."
             )
         preset = asked or found or get_preset("2B")
@@ -275,12 +408,18 @@ class TrainConfig:
             return default if value is None else value
 
         rank = self.lora_rank or preset.lora_rank
-        max_iter = self.max_iter or preset.max_iter
+        height, width = parse_resolution(self.resolution) if self.resolution else (self.height, self.width)
+        epochs = self.num_train_epochs if steps_per_epoch else None
+        max_iter = self.max_iter or (epochs * steps_per_epoch if epochs else preset.max_iter)
+        every_epochs = self.validation_epochs * steps_per_epoch if self.validation_epochs and steps_per_epoch else None
         save_iter = self.save_iter or (preset.save_iter_lora if lora else preset.save_iter)
         # Selective checkpointing is the default: the trainer keeps attention outputs in as many blocks as
         # the GPU has memory for and recomputes the rest in full (`training/memory.py`).
         recompute = self.activation_checkpointing or ("full" if self.low_vram else "selective")
-        dataset = Path(self.dataset_path).resolve().name if self.dataset_path else "demo"
+        if self.dataset_path:
+            dataset = Path(self.dataset_path).resolve().name
+        else:
+            dataset = self.dataset_name.rsplit("/", 1)[-1] if self.dataset_name else "demo"
         group = "video2world_lora" if lora else "video2world"
         c = dataclasses.replace(
             self,
@@ -290,15 +429,17 @@ class TrainConfig:
             max_iter=max_iter,
             save_iter=save_iter,
             num_frames=self.num_frames or preset.num_frames,
-            height=self.height or preset.height,
-            width=self.width or preset.width,
+            height=height or preset.height,
+            width=width or preset.width,
+            resolution=None,  # now in --height and --width
             learning_rate=given_or("learning_rate", preset.learning_rate),
             weight_decay=given_or("weight_decay", preset.weight_decay),
             lr_f_max=given_or("lr_f_max", preset.lr_f_max),
             lr_decay_steps=self.lr_decay_steps or max_iter,
             activation_checkpointing=recompute,
-            validation_steps=self.validation_steps or save_iter,
-            output_dir=self.output_dir or str(Path("checkpoints", "posttraining", group, f"{preset.short_name}_{dataset}")),
+            validation_steps=self.validation_steps or every_epochs or save_iter,
+            output_dir=self.output_dir
+            or str(Path("checkpoints", "posttraining", group, f"{preset.short_name}_{dataset}")),
         )
         if c.low_vram and c.activation_checkpointing != "full":
             raise ValueError("--low_vram offloads what full recompute keeps: drop --activation_checkpointing.")
@@ -320,7 +461,9 @@ class TrainConfig:
         for f in dataclasses.fields(cls):
             # A None default is resolved from the preset or the device: the help text says how.
             shown = "" if f.default is None else " (default: %(default)s)"
-            kwargs = dict(default=f.default if defaults else argparse.SUPPRESS, help=f.metadata["help"] + shown, dest=f.name)
+            kwargs = dict(
+                default=f.default if defaults else argparse.SUPPRESS, help=f.metadata["help"] + shown, dest=f.name
+            )
             if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]
             kind = f.type.split(" |")[0]
@@ -331,8 +474,12 @@ class TrainConfig:
             parser.add_argument(f"--{f.name}", *f.metadata.get("aliases", []), **kwargs)
         # diffusers' examples switch full recompute on with a bare `--gradient_checkpointing`.
         parser.add_argument(
-            "--gradient_checkpointing", dest="activation_checkpointing", nargs="?", const="full",
-            choices=["full", "selective", "none"], default=argparse.SUPPRESS,
+            "--gradient_checkpointing",
+            dest="activation_checkpointing",
+            nargs="?",
+            const="full",
+            choices=["full", "selective", "none"],
+            default=argparse.SUPPRESS,
             help="alias of --activation_checkpointing; alone it means full",
         )
         return parser
@@ -361,4 +508,3 @@ class TrainConfig:
         rebuilt = {name: stored[name] for name in RESUMED_FIELDS if name in stored}
         rebuilt["output_dir"] = str(output_dir_of(checkpoint))
         return dataclasses.replace(config, **{**rebuilt, **given})
-

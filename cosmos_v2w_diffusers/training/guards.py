@@ -37,7 +37,13 @@ SKIPPED_CLIPS_FILE = "skipped_clips.txt"
 # Sent by the kernel to a training process whose launcher has exited (see the module docstring).
 LAUNCHER_GONE = signal.SIGUSR2
 _PR_SET_PDEATHSIG = 1
-_LAUNCHERS = ("accelerate", "torchrun", "torch.distributed.run", "torch.distributed.launch", "accelerate.commands.launch")
+_LAUNCHERS = (
+    "accelerate",
+    "torchrun",
+    "torch.distributed.run",
+    "torch.distributed.launch",
+    "accelerate.commands.launch",
+)
 
 
 def _parent_is_launcher() -> bool:
@@ -85,7 +91,8 @@ class RunGuards:
                 self.signal_received = signum
             logger.warning(
                 "The launcher (PID %s) has exited: finishing this step, saving a checkpoint, then exiting.",
-                self._launcher, main_process_only=False,
+                self._launcher,
+                main_process_only=False,
             )
             return
         if self.signal_received not in (None, LAUNCHER_GONE):  # a second signal: stop at once
@@ -95,7 +102,8 @@ class RunGuards:
         self.signal_received = signum
         logger.warning(
             "Received %s: finishing this step, saving a checkpoint, then exiting (send it again to stop at once).",
-            signal.Signals(signum).name, main_process_only=False,
+            signal.Signals(signum).name,
+            main_process_only=False,
         )
 
     def stop_requested(self) -> bool:
@@ -109,7 +117,9 @@ class RunGuards:
         Raises when more clips than `max_skipped_clips` have failed to decode.
         """
         local = [p for batch in micro_batches for entry in batch["skipped_clips"] for p in entry.split("\n") if p]
-        counts = torch.tensor([float(self.signal_received is not None), float(len(local))], device=self.accelerator.device)
+        counts = torch.tensor(
+            [float(self.signal_received is not None), float(len(local))], device=self.accelerator.device
+        )
         stop, any_skipped = (self.accelerator.reduce(counts, reduction="sum") > 0).tolist()
         if any_skipped:
             everyone = gather_object(local) if self.accelerator.num_processes > 1 else local
@@ -157,7 +167,11 @@ class NonFiniteSteps:
                 f"{self.streak} consecutive steps had a non-finite loss (--max_nonfinite_steps {self.max_steps}), the "
                 f"last at step {step}: the run has diverged. Lower --learning_rate (this run: {self.learning_rate:g}) "
                 f"or check the clips named above; "
-                + (f"checkpoint {latest} holds the last weights that gave a finite loss." if latest else "no checkpoint was kept.")
+                + (
+                    f"checkpoint {latest} holds the last weights that gave a finite loss."
+                    if latest
+                    else "no checkpoint was kept."
+                )
             )
 
     def allow_saving(self, iteration: int) -> bool:
@@ -166,7 +180,9 @@ class NonFiniteSteps:
         if self.streak:
             logger.warning(
                 "Not saving checkpoint %d: the last %d steps had a non-finite loss; %s stays the one to resume from.",
-                iteration, self.streak, self.checkpoints.root / "latest_checkpoint.txt",
+                iteration,
+                self.streak,
+                self.checkpoints.root / "latest_checkpoint.txt",
             )
         return not self.streak
 

@@ -29,8 +29,21 @@ class HubUploadError(RuntimeError):
 
 
 HYPERPARAMETERS = (
-    "model", "train_architecture", "max_iter", "learning_rate", "weight_decay", "lr_f_max", "batch_size",
-    "gradient_accumulation_steps", "num_frames", "height", "width", "lora_rank", "lora_alpha", "ema", "seed",
+    "model",
+    "train_architecture",
+    "max_iter",
+    "learning_rate",
+    "weight_decay",
+    "lr_f_max",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "num_frames",
+    "height",
+    "width",
+    "lora_rank",
+    "lora_alpha",
+    "ema",
+    "seed",
 )
 
 
@@ -71,14 +84,15 @@ pipe = CosmosVideo2WorldPipeline.from_pretrained(repo_id, dtype=torch.bfloat16) 
 from diffusers import DiffusionPipeline
 
 pipe = DiffusionPipeline.from_pretrained(repo_id, dtype=torch.bfloat16)"""
+    origin = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else f"the {config.model} preset"
     text = f"""---
 {data.to_yaml()}
 ---
 
 # Cosmos-Predict2 {config.model} Video2World, {config.train_architecture} post-trained
 
-Post-trained from {f"[{base_model}](https://huggingface.co/{base_model})" if base_model else f"the {config.model} preset"} with `cosmos_v2w_diffusers` on
-`{config.dataset_path or 'the built-in sample clips'}`. It continues an image or the last frames of a video.
+Post-trained from {origin} with `cosmos_v2w_diffusers` on
+`{config.dataset_path or "the built-in sample clips"}`. It continues an image or the last frames of a video.
 
 ```python
 {load}
@@ -100,7 +114,7 @@ Post-trained from {f"[{base_model}](https://huggingface.co/{base_model})" if bas
         metrics = {k: v for k, v in validation.items() if k != "video"}
         text += "\n## Latest validation\n\n"
         if validation.get("video"):
-            text += "<video controls src=\"validation.mp4\"></video>\n\n"
+            text += '<video controls src="validation.mp4"></video>\n\n'
         text += "\n".join(f"- {k}: {v}" for k, v in metrics.items()) + "\n"
     return ModelCard(text)
 
@@ -125,7 +139,9 @@ class HubUploader:
     def upload(self, folder: Path, iteration: int) -> None:
         """Start uploading `folder` (with its model card) in the background."""
         if self.busy():
-            logger.info("Hub upload of an earlier save is still running; iteration %d goes up with a later save.", iteration)
+            logger.info(
+                "Hub upload of an earlier save is still running; iteration %d goes up with a later save.", iteration
+            )
             return
         model_card(self.config, self.base_model, self.command, self.validation).save(Path(folder) / "README.md")
         if self.validation and Path(self.validation.get("video", "")).is_file():
@@ -138,9 +154,12 @@ class HubUploader:
         # whichever transfer backend (hf_xet or LFS) is installed.
         operations = [
             CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
-            for path in sorted(folder.rglob("*")) if path.is_file()
+            for path in sorted(folder.rglob("*"))
+            if path.is_file()
         ]
-        self.api.create_commit(repo_id=repo_id, operations=operations, commit_message=f"Post-training: iteration {iteration}")
+        self.api.create_commit(
+            repo_id=repo_id, operations=operations, commit_message=f"Post-training: iteration {iteration}"
+        )
         return repo_id
 
     def _report_finished(self) -> None:
@@ -173,5 +192,3 @@ class HubUploader:
                 f"The final upload of {folder} to {self.repo_id} failed ({str(failure).splitlines()[0]}); the export "
                 f"is complete on disk: upload it with `hf upload {self.repo_id} {folder} .`"
             )
-
-

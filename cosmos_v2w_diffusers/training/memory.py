@@ -86,7 +86,9 @@ def step_bytes_without_selective(
     n_blocks = len(transformer.transformer_blocks)
     block_inputs = n_blocks * tokens * hidden * (2 if compute_dtype != torch.float32 else 4)
     one_block = tokens * hidden * (BLOCK_PEAK_BYTES[compiled] + (FSDP_EXTRA_BYTES if fsdp else 0))
-    step_states = states["gradients_and_moments"] + states["autocast_copies"] + (fsdp_buffer_bytes(transformer) if fsdp else 0)
+    step_states = (
+        states["gradients_and_moments"] + states["autocast_copies"] + (fsdp_buffer_bytes(transformer) if fsdp else 0)
+    )
     return int(resident_bytes + step_states + block_inputs + one_block)
 
 
@@ -102,7 +104,9 @@ def selective_blocks_that_fit(
     """How many blocks can keep their attention outputs within `capacity_bytes` (0 to all of them)."""
     base = step_bytes_without_selective(transformer, tokens, resident_bytes, compiled, compute_dtype, fsdp_shards)
     spare = capacity_bytes - HEADROOM_BYTES - base
-    return max(0, min(len(transformer.transformer_blocks), int(spare // _selective_bytes_per_block(transformer, tokens))))
+    return max(
+        0, min(len(transformer.transformer_blocks), int(spare // _selective_bytes_per_block(transformer, tokens)))
+    )
 
 
 def _selective_bytes_per_block(transformer: torch.nn.Module, tokens: int) -> float:
@@ -183,7 +187,9 @@ def plan_gpu_memory(
     capacity = _capacity_bytes(device)
 
     def fit(resident_bytes: int) -> int:
-        return selective_blocks_that_fit(transformer, tokens, capacity, resident_bytes, compiled, compute_dtype, fsdp_shards)
+        return selective_blocks_that_fit(
+            transformer, tokens, capacity, resident_bytes, compiled, compute_dtype, fsdp_shards
+        )
 
     ema_device = ema_device or ("gpu" if fsdp_shards else None)  # under FSDP it is sharded like the weights
     if ema_device is None:

@@ -23,11 +23,18 @@ def forward_flops(transformer_config, tokens: int, text_tokens: int = TEXT_TOKEN
     d = transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"]
     layers = transformer_config["num_layers"]
     text_dim = transformer_config["text_embed_dim"]
-    return layers * (28 * d**2 * tokens + 4 * tokens**2 * d + 4 * tokens * text_tokens * d + 4 * text_tokens * text_dim * d)
+    return layers * (
+        28 * d**2 * tokens + 4 * tokens**2 * d + 4 * tokens * text_tokens * d + 4 * text_tokens * text_dim * d
+    )
 
 
 def throughput_summary(
-    step_seconds: list[float], clips_per_step: int, num_processes: int, transformer_config, tokens: int, device: torch.device
+    step_seconds: list[float],
+    clips_per_step: int,
+    num_processes: int,
+    transformer_config,
+    tokens: int,
+    device: torch.device,
 ) -> dict[str, float]:
     """Median s/step (the first step, which compiles, left out when there are others) and what follows from it."""
     timed = step_seconds[1:] if len(step_seconds) > 1 else step_seconds

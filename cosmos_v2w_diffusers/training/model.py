@@ -13,7 +13,12 @@ from ..components import load_transformer
 
 
 def apply_lora(
-    transformer: CosmosTransformer3DModel, rank: int, alpha: int, target_modules: list[str], seed: int
+    transformer: CosmosTransformer3DModel,
+    rank: int,
+    alpha: int,
+    target_modules: list[str],
+    seed: int,
+    dropout: float = 0.0,
 ) -> None:
     """Freeze the base weights and add a PEFT LoRA adapter (fp32, as diffusers' LoRA examples keep it;
     NVIDIA keeps bf16 live LoRA weights with fp32 masters: under bf16 autocast the compute is the same).
@@ -23,7 +28,9 @@ def apply_lora(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer.add_adapter(
-            LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=target_modules)
+            LoraConfig(
+                r=rank, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights=True, target_modules=target_modules
+            )
         )
 
 
@@ -32,10 +39,12 @@ def load_trainable_transformer(preset, config, compute_dtype: torch.dtype) -> Co
     `--dit_path` if given. Full post-training keeps fp32 master weights (compute under autocast); LoRA keeps
     its frozen base in the compute dtype (bf16, as NVIDIA does: half the memory) and its adapter in fp32."""
     lora = config.train_architecture == "lora"
-    transformer = load_transformer(preset, config.pretrained_model_name_or_path, compute_dtype if lora else torch.float32)
+    dtype = compute_dtype if lora else torch.float32
+    transformer = load_transformer(preset, config.pretrained_model_name_or_path, dtype, **config.hub_kwargs())
     if config.dit_path:
         load_into_transformer(transformer, load_native_checkpoint(config.dit_path, config.load_ema), config.dit_path)
     if lora:
-        apply_lora(transformer, config.lora_rank, config.lora_alpha, config.lora_target_modules.split(","), config.seed)
+        targets = config.lora_target_modules.split(",")
+        apply_lora(transformer, config.lora_rank, config.lora_alpha, targets, config.seed, config.lora_dropout)
         cast_training_params(transformer, torch.float32)
     return transformer

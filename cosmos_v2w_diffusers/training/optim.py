@@ -12,16 +12,22 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 
 
-def build_optimizer(params: list[torch.nn.Parameter], config) -> torch.optim.AdamW:
-    """AdamW with weight decay on every trainable tensor (NVIDIA uses no no-decay group)."""
-    return torch.optim.AdamW(
-        params,
+def build_optimizer(params: list[torch.nn.Parameter], config) -> torch.optim.Optimizer:
+    """AdamW with weight decay on every trainable tensor (NVIDIA uses no no-decay group); bitsandbytes' 8-bit
+    AdamW with `--use_8bit_adam`, as diffusers' examples offer it (CUDA only)."""
+    settings = dict(
         lr=config.learning_rate,
         betas=(config.adam_beta1, config.adam_beta2),
         eps=config.adam_epsilon,
         weight_decay=config.weight_decay,
-        fused=all(p.is_cuda for p in params) or None,
     )
+    if config.use_8bit_adam:
+        if not all(p.is_cuda for p in params):
+            raise ValueError("--use_8bit_adam: bitsandbytes' 8-bit AdamW runs on CUDA GPUs only; drop it here.")
+        import bitsandbytes
+
+        return bitsandbytes.optim.AdamW8bit(params, **settings)
+    return torch.optim.AdamW(params, **settings, fused=all(p.is_cuda for p in params) or None)
 
 
 def linear_decay_factor(step: int, f_max: float, decay_steps: int) -> float:
@@ -30,11 +36,23 @@ def linear_decay_factor(step: int, f_max: float, decay_steps: int) -> float:
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, config) -> torch.optim.lr_scheduler.LambdaLR:
-    """Stepped once per optimizer step by the trainer itself, with step counted from 0.
+    """NVIDIA's schedule (`--lr_scheduler nvidia`, the default), or diffusers' `get_scheduler` by name, with
+    `--lr_warmup_steps` and `--lr_decay_steps` as its training steps (diffusers' schedules peak at
+    `--learning_rate` itself; NVIDIA's at `lr_f_max` times it). Stepped once per optimizer step by the trainer
+    itself, with step counted from 0.
 
     Not passed through `accelerator.prepare`: its wrapper steps a scheduler once per process, which would
     run the schedule `num_processes` times too fast.
     """
+    if config.lr_scheduler != "nvidia":
+        from diffusers.optimization import get_scheduler
+
+        return get_scheduler(
+            config.lr_scheduler,
+            optimizer,
+            num_warmup_steps=config.lr_warmup_steps,
+            num_training_steps=config.lr_decay_steps,
+        )
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: linear_decay_factor(step, config.lr_f_max, config.lr_decay_steps)
     )

@@ -89,13 +89,26 @@ def prepare_for_wrapping(
         enable_context_parallel(transformer, cp, device, tokens)
         logger.info("Context parallel: %d ranks per sample, %d of its %d tokens each", cp, tokens // cp, tokens)
     memory = plan_gpu_memory(
-        transformer, vae, c, device, tokens // cp, compute_dtype, compiled=compiled, selective_blocks=selective_blocks,
-        ema_device=_forced_ema_device(c, on_gpu), fsdp_shards=dims.state_shards,
+        transformer,
+        vae,
+        c,
+        device,
+        tokens // cp,
+        compute_dtype,
+        compiled=compiled,
+        selective_blocks=selective_blocks,
+        ema_device=_forced_ema_device(c, on_gpu),
+        fsdp_shards=dims.state_shards,
         ddp=dims.engine == "ddp",
     )
     plan = DevicePlan(
-        accelerator.mixed_precision, compiled, attention_backend, memory.ema_device, memory.selective_blocks,
-        memory.estimated_peak_bytes, memory.capacity_bytes,
+        accelerator.mixed_precision,
+        compiled,
+        attention_backend,
+        memory.ema_device,
+        memory.selective_blocks,
+        memory.estimated_peak_bytes,
+        memory.capacity_bytes,
     )
     if plan.estimated_peak_bytes is not None:
         logger.info(memory.describe(len(transformer.transformer_blocks)))
@@ -108,8 +121,12 @@ def prepare_for_wrapping(
         n_selective = wrap_blocks_for_fsdp(transformer, c.activation_checkpointing, plan.selective_blocks)
         logger.info(
             "FSDP2 over %d processes: blocks checkpointed (%s) before sharding, %d of %d keep their attention "
-            "outputs; weights gathered in %s, gradients reduced in fp32", dims.state_shards, c.activation_checkpointing,
-            n_selective, len(transformer.transformer_blocks), str(compute_dtype).removeprefix("torch."),
+            "outputs; weights gathered in %s, gradients reduced in fp32",
+            dims.state_shards,
+            c.activation_checkpointing,
+            n_selective,
+            len(transformer.transformer_blocks),
+            str(compute_dtype).removeprefix("torch."),
         )
     else:
         apply_activation_checkpointing(transformer, c.activation_checkpointing, plan.selective_blocks, c.low_vram)
@@ -144,7 +161,9 @@ def configure_deepspeed(plugin, config, compiled: bool) -> tuple[bool, int | Non
             logger.info("DeepSpeed ZeRO-3: blocks are not compiled (its hooks gather weights inside each block)")
         compiled = False
     logger.info(
-        "DeepSpeed ZeRO-%d: %d clip(s) per micro-step, gradients clipped to %s", plugin.zero_stage, c.batch_size,
+        "DeepSpeed ZeRO-%d: %d clip(s) per micro-step, gradients clipped to %s",
+        plugin.zero_stage,
+        c.batch_size,
         c.max_grad_norm,
     )
     selective = c.selective_checkpointing_blocks

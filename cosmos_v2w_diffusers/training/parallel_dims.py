@@ -33,7 +33,9 @@ class ParallelDims:
                 "accelerate_configs/fsdp_8gpu.yaml, or drop --context_parallel_size."
             )
         if self.world_size % self.cp:
-            raise ValueError(f"--context_parallel_size {self.cp} must divide the number of processes ({self.world_size}).")
+            raise ValueError(
+                f"--context_parallel_size {self.cp} must divide the number of processes ({self.world_size})."
+            )
 
     @classmethod
     def from_accelerator(cls, accelerator, context_parallel_size: int = 1) -> "ParallelDims":
@@ -48,8 +50,11 @@ class ParallelDims:
             engine = "single"
         plugin = accelerator.state.deepspeed_plugin if engine == "deepspeed" else None
         return cls(
-            world_size=accelerator.num_processes, rank=accelerator.process_index, cp=context_parallel_size,
-            engine=engine, zero_stage=plugin.zero_stage if plugin else None,
+            world_size=accelerator.num_processes,
+            rank=accelerator.process_index,
+            cp=context_parallel_size,
+            engine=engine,
+            zero_stage=plugin.zero_stage if plugin else None,
         )
 
     @property
@@ -63,7 +68,8 @@ class ParallelDims:
 
     @property
     def state_shards(self) -> int | None:
-        """Ranks that share the weights, gradients, optimizer state and EMA (FSDP), or None when each holds them whole."""
+        """Ranks that share the weights, gradients, optimizer state and EMA (FSDP), or None when each holds them
+        whole."""
         return self.world_size if self.engine == "fsdp" else None
 
     def clips_per_step(self, batch_size: int, gradient_accumulation_steps: int) -> int:

@@ -58,16 +58,22 @@ class RunLock:
         except filelock.Timeout:
             owner = self._owner()
             raise OutputDirInUseError(
-                f"{self.folder} is in use by another run (PID {owner.get('pid', '?')} on host {owner.get('host', '?')}); "
+                f"{self.folder} is in use by another run (PID {owner.get('pid', '?')} on host "
+                f"{owner.get('host', '?')}); "
                 f"wait for it to finish, or pass another --output_dir."
             ) from None
         previous = self._owner()
         if previous and previous.get("pid") != os.getpid():
             same_host = previous.get("host") == socket.gethostname()
-            gone = "is no longer running" if same_host and not _process_alive(previous["pid"]) else "left its lock behind"
+            gone = (
+                "is no longer running" if same_host and not _process_alive(previous["pid"]) else "left its lock behind"
+            )
             logger.warning(
                 "Taking over %s from a run that %s (PID %s on host %s).",
-                self.folder, gone, previous.get("pid"), previous.get("host"),
+                self.folder,
+                gone,
+                previous.get("pid"),
+                previous.get("host"),
             )
         with atomic_write(self.owner_file, "w") as f:  # a rename replaces a planted symlink, not its target
             f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))

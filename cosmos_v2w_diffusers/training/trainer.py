@@ -30,7 +30,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..components import load_vae, resolve_pretrained
 from ..data.demo_clips import demo_dataset_path
-from ..data.hf_dataset import load_video2world_dataset
+from ..data.hf_dataset import hub_dataset_folder, load_video2world_dataset
 from ..data.latent_cache import build_latent_cache
 from ..data.samples import DrawSampler, Video2WorldTrainDataset
 from ..exports import export_final
@@ -68,13 +68,16 @@ class Trainer:
         # settings as accelerate reads them; building accelerate's state here, before the Accelerator,
         # would leave out `--cpu` and make every rank a main process.
         on_gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
+        self.flags = config  # as given: resolved again once the dataset's size is known (`_setup`)
         self.config = c = config.resolved()
         self.preset = get_preset(c.model)
         self.accelerator = Accelerator(
             mixed_precision=default_mixed_precision(c, on_gpu),
             gradient_accumulation_steps=c.gradient_accumulation_steps,
             log_with=None if c.report_to == "none" else c.report_to,
-            project_config=ProjectConfiguration(project_dir=c.output_dir, logging_dir=str(Path(c.output_dir) / "logs")),
+            project_config=ProjectConfiguration(
+                project_dir=c.output_dir, logging_dir=c.logging_dir or str(Path(c.output_dir) / "logs")
+            ),
             # Under DDP, gradients as views into the communication buckets, as DDP's docs advise for memory. A 2B
             # DDP step still peaked one gradient-sized buffer above one GPU's (4x H200), which the planner counts.
             kwargs_handlers=[DistributedDataParallelKwargs(gradient_as_bucket_view=True)],
@@ -84,10 +87,11 @@ class Trainer:
             # Every sample has the same shape, so cuDNN's one-time timing of its convolution algorithms
             # (the VAE encode's Conv3d) pays from the second step on.
             torch.backends.cudnn.benchmark = True
+            if c.allow_tf32:  # as diffusers' examples: fp32 matmuls and convolutions in TF32
+                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
             self.accelerator.mixed_precision, torch.float32
         )
-        self.checkpointer = Checkpointer(c, self.accelerator)
         self.lock = RunLock(c.output_dir) if self.accelerator.is_main_process else None
         if self.lock:
             self.lock.acquire()
@@ -98,11 +102,10 @@ class Trainer:
             raise
 
     def _setup(self) -> None:
-        """Everything after the output folder is ours: checks, data, models, optimisation state, resume."""
+        """Everything after the output folder is ours: data, checks, models, optimisation state, resume."""
         c = self.config
-        if self.lock:
-            self.checkpointer.folder.remove_stale_temp_files()
-        self.checkpointer.resume_point()  # before any heavy work: a resume must come from the same run
+        # Context parallelism: groups of `cp` consecutive ranks share a sample, each holding 1/cp of its tokens.
+        self.dims = ParallelDims.from_accelerator(self.accelerator, c.context_parallel_size)
         self.history: list[float] = []  # mean loss of each optimizer step run by this process
         self.step_seconds: list[float] = []
         self.preempted = False  # True once a run stopped early on a signal, on every rank
@@ -110,15 +113,30 @@ class Trainer:
 
         # 1. Data first: a folder with nothing usable fails before any model is loaded.
         with self.accelerator.main_process_first():  # one process fills the caches, the others read them
-            dataset_path = c.dataset_path or demo_dataset_path(self.preset)
+            if c.dataset_name:
+                dataset_path = hub_dataset_folder(c.dataset_name, c.cache_dir)
+            else:
+                dataset_path = c.dataset_path or demo_dataset_path(self.preset)
             table = load_video2world_dataset(dataset_path, c.num_frames, embed_dim=self.preset.text_embed_dim)
-        logger.info("Dataset %s: %d clips, %d x %d x %d samples", dataset_path, len(table), c.num_frames, c.height, c.width)
+        logger.info(
+            "Dataset %s: %d clips, %d x %d x %d samples", dataset_path, len(table), c.num_frames, c.height, c.width
+        )
+        if c.num_train_epochs or c.validation_epochs:  # epochs become steps now that the clips are counted
+            clips_per_step = self.dims.clips_per_step(c.batch_size, c.gradient_accumulation_steps)
+            self.config = c = self.flags.resolved(steps_per_epoch=math.ceil(len(table) / clips_per_step))
+            logger.info(
+                "%d steps to a pass over the clips: --max_iter %d", math.ceil(len(table) / clips_per_step), c.max_iter
+            )
+        self.checkpointer = Checkpointer(c, self.accelerator)
+        if self.lock:
+            self.checkpointer.folder.remove_stale_temp_files()
+        self.checkpointer.resume_point()  # before any model is loaded: a resume must come from the same run
         max_skipped = c.max_skipped_clips if c.max_skipped_clips is not None else max(1, len(table) // 10)
         self.guards = RunGuards(self.accelerator, c.output_dir, max_skipped)
 
         # 2. Models.
         transformer = load_trainable_transformer(self.preset, c, self.compute_dtype)
-        self.vae = load_vae(self.preset, c.pretrained_model_name_or_path, self.compute_dtype)
+        self.vae = load_vae(self.preset, c.pretrained_model_name_or_path, self.compute_dtype, **c.hub_kwargs())
         self.vae.to(self.device).eval().requires_grad_(False)
         if self.device.type == "cuda":
             use_channels_last_3d(self.vae)
@@ -129,10 +147,10 @@ class Trainer:
                     table, self.vae, c.num_frames, c.height, c.width, c.cache_windows_per_clip, c.seed
                 )
             self.vae.to("cpu")  # no longer needed on the GPU
-        self.samples = Video2WorldTrainDataset(table, c.num_frames, c.height, c.width, seed=c.seed, latent_table=latent_table)
+        self.samples = Video2WorldTrainDataset(
+            table, c.num_frames, c.height, c.width, seed=c.seed, latent_table=latent_table
+        )
         self.tokens = latent_tokens(c.num_frames, c.height, c.width)
-        # Context parallelism: groups of `cp` consecutive ranks share a sample, each holding 1/cp of its tokens.
-        self.dims = ParallelDims.from_accelerator(self.accelerator, c.context_parallel_size)
         self.plan = prepare_for_wrapping(
             transformer, self.vae, c, self.accelerator, self.dims, self.tokens, self.compute_dtype
         )
@@ -143,8 +161,16 @@ class Trainer:
         n_trainable, total = sum(p.numel() for p in trainable), sum(p.numel() for p in transformer.parameters())
         logger.info(
             "Transformer %s (%s): %s trainable of %s parameters (%.2f%%)",
-            self.preset.name, c.train_architecture, f"{n_trainable:,}", f"{total:,}", 100 * n_trainable / total,
+            self.preset.name,
+            c.train_architecture,
+            f"{n_trainable:,}",
+            f"{total:,}",
+            100 * n_trainable / total,
         )
+        if c.use_8bit_adam and self.dims.engine in ("fsdp", "deepspeed"):
+            raise ValueError(
+                f"--use_8bit_adam: bitsandbytes' optimizer does not run under {self.dims.engine}; drop it."
+            )
         optimizer = build_optimizer(trainable, c)
         self.lr_scheduler = build_lr_scheduler(optimizer, c)
         self.transformer, self.optimizer = self.accelerator.prepare(transformer, optimizer)
@@ -155,9 +181,17 @@ class Trainer:
         self.ema = PowerEMA(self.state.ema_sources, c.ema_gamma, self.compute_dtype, ema_device) if c.ema else None
         self.start_iter = self.checkpointer.load(self.state, self.lr_scheduler, self.ema, self.trainable)
         self.validator = Validator(
-            c, self.preset, self.vae, table[0]["video_path"], self.compute_dtype, self.device, self.accelerator.is_main_process
+            c,
+            self.preset,
+            self.vae,
+            table[0]["video_path"],
+            self.compute_dtype,
+            self.device,
+            self.accelerator.is_main_process,
         )
-        self.base_pipeline = resolve_pretrained(self.preset, c.pretrained_model_name_or_path)  # exports take its components
+        self.base_pipeline = resolve_pretrained(
+            self.preset, c.pretrained_model_name_or_path
+        )  # exports take its components
         base_model = c.pretrained_model_name_or_path or self.preset.hub_id
         self.uploader = HubUploader(c, base_model) if c.push_to_hub and self.accelerator.is_main_process else None
 
@@ -173,7 +207,9 @@ class Trainer:
     def _upload(self, iteration: int, weights: dict, ema: dict | None) -> None:
         """Send what the pipeline loads to the Hub in the background, unless an upload is still running."""
         if not self.uploader.busy():
-            self.uploader.upload(export_final(self._unwrapped(), weights, ema, self.config, self.base_pipeline), iteration)
+            self.uploader.upload(
+                export_final(self._unwrapped(), weights, ema, self.config, self.base_pipeline), iteration
+            )
 
     # ------------------------------------------------------------------ training
 
@@ -191,7 +227,9 @@ class Trainer:
                 else:
                     latents = encode_video(self.vae, batch["video"])
                 generator = torch.Generator().manual_seed(
-                    _step_seed(self.config.seed, step, micro, self.dims.dp_rank)  # a context-parallel group draws alike
+                    _step_seed(
+                        self.config.seed, step, micro, self.dims.dp_rank
+                    )  # a context-parallel group draws alike
                 )
                 draws = draw_training_randomness(tuple(latents.shape), generator)
                 with self._autocast():
@@ -232,7 +270,12 @@ class Trainer:
         """This rank's micro-batches, a list per optimizer step, from `start_iter` on."""
         c = self.config
         sampler = DrawSampler(
-            self.start_iter, c.max_iter, c.gradient_accumulation_steps, self.dims.dp_size, self.dims.dp_rank, c.batch_size,
+            self.start_iter,
+            c.max_iter,
+            c.gradient_accumulation_steps,
+            self.dims.dp_size,
+            self.dims.dp_rank,
+            c.batch_size,
         )
         return sampler.step_batches(self.samples, c.dataloader_num_workers, pin_memory=self.device.type == "cuda")
 
@@ -252,15 +295,23 @@ class Trainer:
 
     def _train(self) -> list[float]:
         c = self.config
-        self.accelerator.init_trackers("cosmos_v2w_posttraining", config={k: str(v) for k, v in c.public_dict().items()})
+        self.accelerator.init_trackers(
+            "cosmos_v2w_posttraining", config={k: str(v) for k, v in c.public_dict().items()}
+        )
         clips_per_step = self.dims.clips_per_step(c.batch_size, c.gradient_accumulation_steps)
         progress = tqdm(
-            total=c.max_iter, initial=self.start_iter, desc="Post-training", disable=not self.accelerator.is_main_process
+            total=c.max_iter,
+            initial=self.start_iter,
+            desc="Post-training",
+            disable=not self.accelerator.is_main_process,
         )
         if self.start_iter >= c.max_iter:
             logger.info(
                 "The run is already complete: %s holds iteration %d of --max_iter %d. Raise --max_iter to train "
-                "on, or pass --no-resume (or another --output_dir) to start afresh.", c.output_dir, self.start_iter, c.max_iter,
+                "on, or pass --no-resume (or another --output_dir) to start afresh.",
+                c.output_dir,
+                self.start_iter,
+                c.max_iter,
             )
         with self.guards, progress, logging_redirect_tqdm():
             last = time.perf_counter()
@@ -285,7 +336,8 @@ class Trainer:
                 if stop:
                     self.preempted = True
                     logger.warning(
-                        "Stopped by a signal after step %d; run the same command again to resume.", step + 1,
+                        "Stopped by a signal after step %d; run the same command again to resume.",
+                        step + 1,
                         main_process_only=False,
                     )
                     return self.history
@@ -302,8 +354,14 @@ class Trainer:
 
     def _save(self, iteration: int, force: bool = False) -> bool:
         return self.checkpointer.save(
-            iteration, self.state, self.transformer, self.lr_scheduler, self.ema, last_step=iteration == self.config.max_iter,
-            force=force, upload=self._upload if self.uploader else None,
+            iteration,
+            self.state,
+            self.transformer,
+            self.lr_scheduler,
+            self.ema,
+            last_step=iteration == self.config.max_iter,
+            force=force,
+            upload=self._upload if self.uploader else None,
         )
 
     def validate(self, iteration: int) -> None:
@@ -324,8 +382,12 @@ class Trainer:
         logger.info("%d of %d steps were skipped for a non-finite loss.", skipped, len(self.history))
         if self.step_seconds:
             self.summary = throughput_summary(
-                self.step_seconds, clips_per_step, self.accelerator.num_processes,
-                self._unwrapped().config, self.tokens, self.device,
+                self.step_seconds,
+                clips_per_step,
+                self.accelerator.num_processes,
+                self._unwrapped().config,
+                self.tokens,
+                self.device,
             )
             logger.info(describe_throughput(self.summary))
 

@@ -32,7 +32,9 @@ def read_clip(path: str, num_frames: int, height: int, width: int) -> torch.Tens
     """The first `num_frames` frames of a clip, resized as training samples are: float `[T, 3, H, W]` in [0, 1]."""
     reader = decord.VideoReader(path, ctx=decord.cpu(0))
     if len(reader) < num_frames:
-        raise ValueError(f"--validation_video {path} has {len(reader)} frames; it needs {num_frames} (--validation_num_frames).")
+        raise ValueError(
+            f"--validation_video {path} has {len(reader)} frames; it needs {num_frames} (--validation_num_frames)."
+        )
     frames = torch.from_numpy(reader.get_batch(list(range(num_frames))).asnumpy()).permute(0, 3, 1, 2)
     return TF.resize(frames, [height, width], antialias=True).float() / 255
 
@@ -43,7 +45,14 @@ class Validator:
     weights it generates with are gathered by all of them."""
 
     def __init__(
-        self, config, preset, vae, first_clip: str, compute_dtype: torch.dtype, device: torch.device, is_main_process: bool
+        self,
+        config,
+        preset,
+        vae,
+        first_clip: str,
+        compute_dtype: torch.dtype,
+        device: torch.device,
+        is_main_process: bool,
     ):
         c = self.config = config
         self.generates = bool(c.validation_prompt) and is_main_process
@@ -61,17 +70,21 @@ class Validator:
             self.image = PIL.Image.fromarray(decord.VideoReader(source, ctx=decord.cpu(0))[0].asnumpy())
         # The prompts are encoded once; the text encoder is freed right after (T5-XXL is 11B parameters).
         pretrained = resolve_pretrained(preset, c.pretrained_model_name_or_path)
-        tokenizer, encoder = load_text_encoder(pretrained, torch_dtype=torch.float32)
+        tokenizer, encoder = load_text_encoder(pretrained, torch.float32, **c.hub_kwargs())
         self.prompt_embeds, self.negative_embeds = embed_prompts(
             [c.validation_prompt, DEFAULT_NEGATIVE_PROMPT], tokenizer, encoder
         ).split(1)
         del tokenizer, encoder
-        transformer = load_transformer(preset, c.pretrained_model_name_or_path, compute_dtype)
+        transformer = load_transformer(preset, c.pretrained_model_name_or_path, compute_dtype, **c.hub_kwargs())
         if c.train_architecture == "lora":
             apply_lora(transformer, c.lora_rank, c.lora_alpha, c.lora_target_modules.split(","), c.seed)
         self.pipe = CosmosVideo2WorldPipeline(
-            text_encoder=None, tokenizer=None, transformer=transformer.eval(), vae=vae,
-            scheduler=CosmosMultistepScheduler(), disable_guardrail=True,
+            text_encoder=None,
+            tokenizer=None,
+            transformer=transformer.eval(),
+            vae=vae,
+            scheduler=CosmosMultistepScheduler(),
+            disable_guardrail=True,
         )
         self.pipe.set_progress_bar_config(disable=True)
 
@@ -79,10 +92,14 @@ class Validator:
         """Whether validation follows optimizer step `step` (1-based): every `--validation_steps` with a prompt."""
         return bool(self.config.validation_prompt) and step % self.config.validation_steps == 0
 
-    def run(self, step: int, weights: dict[str, torch.Tensor], name: str) -> tuple[Path, torch.Tensor, dict[str, float]]:
-        """Generate with `weights` (a full state dict of the training transformer) and write the video.
+    def run(
+        self, step: int, weights: dict[str, torch.Tensor], name: str
+    ) -> tuple[list[tuple[Path, torch.Tensor]], dict[str, float]]:
+        """Generate `--num_validation_videos` videos with `weights` (a full state dict of the training transformer),
+        from seeds `--seed`, `--seed + 1`, ..., and write them.
 
-        Returns its path, its frames `[T, 3, H, W]` in [0, 1], and its metrics (none without `--validation_video`).
+        Returns each video's path and frames `[T, 3, H, W]` in [0, 1], and their mean metrics (none without
+        `--validation_video`).
         """
         transformer, vae = self.pipe.transformer, self.pipe.vae
         transformer.load_state_dict(weights)
@@ -90,29 +107,52 @@ class Validator:
         transformer.to(self.device)
         vae.to(self.device)
         try:
-            frames = self.pipe(
-                image=self.image, prompt_embeds=self.prompt_embeds, negative_prompt_embeds=self.negative_embeds,
-                height=self.config.height, width=self.config.width, num_frames=self.num_frames,
-                num_inference_steps=self.config.validation_num_inference_steps,
-                generator=torch.Generator(self.device).manual_seed(self.config.seed), output_type="pt",
-            ).frames[0].cpu()  # [T, 3, H, W] in [0, 1]
+            videos = [self._generate(self.config.seed + i) for i in range(self.config.num_validation_videos)]
         finally:
             transformer.to("cpu")
             vae.to(vae_device)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
         self.folder.mkdir(parents=True, exist_ok=True)
-        suffix = "" if name == "ema" else f"_{name}"
-        path = self.folder / f"step_{step:09d}{suffix}.mp4"
-        export_to_video(list(frames.permute(0, 2, 3, 1).numpy()), str(path), fps=16)
+        written = []
+        for i, frames in enumerate(videos):
+            suffix = ("" if name == "ema" else f"_{name}") + (f"_{i}" if i else "")
+            path = self.folder / f"step_{step:09d}{suffix}.mp4"
+            export_to_video(list(frames.permute(0, 2, 3, 1).numpy()), str(path), fps=16)
+            written.append((path, frames))
         metrics = {}
         if self.real is not None:  # the generated frames against the real ones (the conditioning frame left out)
-            metrics = {f"validation/{name}/psnr": psnr(frames[1:], self.real[1:]),
-                       f"validation/{name}/ssim": ssim(frames[1:], self.real[1:])}
-        logger.info("Validation (%s weights) at step %d: %s %s", name, step, path,
-                    " ".join(f"{k.rsplit('/', 1)[1]}={v:.3f}" for k, v in metrics.items()))
-        self.last = {"video": str(path), **metrics}
-        return path, frames, metrics
+            metrics = {
+                f"validation/{name}/psnr": sum(psnr(f[1:], self.real[1:]) for f in videos) / len(videos),
+                f"validation/{name}/ssim": sum(ssim(f[1:], self.real[1:]) for f in videos) / len(videos),
+            }
+        logger.info(
+            "Validation (%s weights) at step %d: %s %s",
+            name,
+            step,
+            ", ".join(str(path) for path, _ in written),
+            " ".join(f"{k.rsplit('/', 1)[1]}={v:.3f}" for k, v in metrics.items()),
+        )
+        self.last = {"video": str(written[0][0]), **metrics}
+        return written, metrics
+
+    def _generate(self, seed: int) -> torch.Tensor:
+        """One validation video from `seed`: `[T, 3, H, W]` in [0, 1] on the CPU."""
+        return (
+            self.pipe(
+                image=self.image,
+                prompt_embeds=self.prompt_embeds,
+                negative_prompt_embeds=self.negative_embeds,
+                height=self.config.height,
+                width=self.config.width,
+                num_frames=self.num_frames,
+                num_inference_steps=self.config.validation_num_inference_steps,
+                generator=torch.Generator(self.device).manual_seed(seed),
+                output_type="pt",
+            )
+            .frames[0]
+            .cpu()
+        )
 
     def validate(self, iteration: int, state: dict, ema: dict | None, accelerator) -> None:
         """Run validation with the EMA weights (`state` with the EMA's tensors) and, with `--validation_live`
@@ -124,17 +164,26 @@ class Validator:
         if ema and self.config.validation_live:
             runs.append(("live", state))
         for name, weights in runs:
-            path, frames, metrics = self.run(iteration, weights, name)
+            written, metrics = self.run(iteration, weights, name)
             accelerator.log(metrics, step=iteration)
-            for tracker in accelerator.trackers:
-                log_video(tracker, name, path, frames, iteration)
+            for i, (path, frames) in enumerate(written):
+                for tracker in accelerator.trackers:
+                    log_video(tracker, name + (f"_{i}" if i else ""), path, frames, iteration)
+
+
+# Frames of a validation video shown in TensorBoard: every 4th, the first (the conditioning frame) included.
+TENSORBOARD_FRAME_STRIDE = 4
 
 
 def log_video(tracker, name: str, path: Path, frames: torch.Tensor, iteration: int) -> None:
-    """A validation video to TensorBoard (`add_video`) or W&B (`wandb.Video`)."""
+    """A validation video to TensorBoard (every `TENSORBOARD_FRAME_STRIDE`-th frame, as images) or W&B (`wandb.Video`).
+
+    torch's `SummaryWriter.add_video` needs `moviepy.editor`, which moviepy 2 removed; without it torch prints a
+    line and logs nothing. Its frames as images need nothing beyond tensorboard."""
     try:
         if tracker.name == "tensorboard":
-            tracker.writer.add_video(f"validation/{name}", frames[None], iteration, fps=16)
+            shown = frames[::TENSORBOARD_FRAME_STRIDE].clamp(0, 1)  # [N, 3, H, W]
+            tracker.writer.add_images(f"validation/{name}", shown, iteration, dataformats="NCHW")
         elif tracker.name == "wandb":
             import wandb
 
