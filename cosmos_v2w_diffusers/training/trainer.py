@@ -123,10 +123,9 @@ class Trainer:
         )
         if c.num_train_epochs or c.validation_epochs:  # epochs become steps now that the clips are counted
             clips_per_step = self.dims.clips_per_step(c.batch_size, c.gradient_accumulation_steps)
-            self.config = c = self.flags.resolved(steps_per_epoch=math.ceil(len(table) / clips_per_step))
-            logger.info(
-                "%d steps to a pass over the clips: --max_iter %d", math.ceil(len(table) / clips_per_step), c.max_iter
-            )
+            steps_per_epoch = math.ceil(len(table) / clips_per_step)
+            self.config = c = self.flags.resolved(steps_per_epoch)
+            logger.info("%d steps to a pass over the clips: --max_iter %d", steps_per_epoch, c.max_iter)
         self.checkpointer = Checkpointer(c, self.accelerator)
         if self.lock:
             self.checkpointer.folder.remove_stale_temp_files()
