@@ -82,8 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--guidance_parallel",
         action="store_true",
-        help="with --num_gpus 2: each process evaluates one side of classifier-free guidance (conditional, "
-        "unconditional) instead of holding half of the tokens; no communication inside the transformer",
+        help="with an even --num_gpus N: each half of the processes evaluates one side of classifier-free guidance "
+        "(conditional, unconditional), sharding the tokens over its N/2 processes (none inside the transformer "
+        "with N = 2)",
     )
     p.add_argument(
         "--compile",
@@ -100,9 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "installed)",
     )
     args = p.parse_args(argv)
-    if args.guidance_parallel and (args.num_gpus != 2 or args.guidance <= 1):
+    if args.guidance_parallel and (args.num_gpus < 2 or args.num_gpus % 2 or args.guidance <= 1):
         p.error(
-            "--guidance_parallel splits the two sides of guidance over 2 processes: pass --num_gpus 2 "
-            "(under torchrun --nproc_per_node 2) and a --guidance above 1."
+            "--guidance_parallel splits the two sides of guidance over two halves of the processes (each half "
+            "shards the tokens when it has several): pass an even --num_gpus (under torchrun --nproc_per_node N) "
+            "and a --guidance above 1."
         )
     return args

@@ -140,12 +140,12 @@ def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
     if args.lora_path:
         pipe.load_lora_weights(args.lora_path)
     set_attention_backend(pipe.transformer, args.attention_backend, device)
-    if args.guidance_parallel:
-        pipe.enable_guidance_parallel()
-    elif args.num_gpus > 1:
+    cp = args.num_gpus // 2 if args.guidance_parallel else args.num_gpus
+    if cp > 1:
         height, width, num_frames = sample_size(args)
-        tokens = latent_tokens(num_frames, height, width)
-        enable_context_parallel(pipe.transformer, args.num_gpus, device, tokens)
+        enable_context_parallel(pipe.transformer, cp, device, latent_tokens(num_frames, height, width))
+    if args.guidance_parallel:
+        pipe.enable_guidance_parallel(guidance_pair(cp))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes within a generation: the VAE's convolutions autotune once
     if args.compile if args.compile is not None else device.type == "cuda":
@@ -161,6 +161,17 @@ def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
     if args.offload_guardrail and pipe.safety_checker is not None:
         pipe.safety_checker.to("cpu")
     return pipe
+
+
+def guidance_pair(cp: int) -> dist.ProcessGroup:
+    """This rank's two processes of guidance parallelism over `2 * cp` ranks: context parallelism puts consecutive
+    ranks in a group (`context_parallel.py`), so ranks `i` and `i + cp` hold the same tokens, each for one side of
+    the guidance. Every rank creates every pair, as `new_group` requires."""
+    rank, mine = dist.get_rank(), None
+    for first in range(cp):
+        group = dist.new_group([first, first + cp])
+        mine = group if rank in (first, first + cp) else mine
+    return mine
 
 
 def _device(num_gpus: int) -> torch.device:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import launch_training
 from PIL import Image
@@ -158,3 +159,28 @@ def test_num_gpus_2_generation_writes_the_one_process_video(tmp_path):
     videos = {name: read_frames(str(tmp_path / f"{name}.mp4"), 0, 17) for name in runs}
     assert torch.equal(videos["one"], videos["cp"])
     assert torch.equal(videos["one"], videos["guidance"])
+
+
+@pytest.mark.slow
+def test_num_gpus_4_generation_with_cp_4_or_guidance_parallel_x_cp_2_writes_the_one_process_video(tmp_path):
+    """`--num_gpus 4`: the tokens over 4 processes, or each side of the guidance over 2 of them (CP 2 in each
+    half), against one process."""
+    image = tmp_path / "first.png"
+    Image.fromarray(render_clip(1, 64, 112, seed=3)[0]).save(image)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    flags = ["--model_size", "tiny", "--input_path", str(image), "--prompt", "A video of sks teal robot."]
+    flags += ["--disable_guardrail", "--num_inference_steps", "4"]
+    one = [sys.executable, str(REPO / "infer_video2world.py"), *flags, "--save_path", str(tmp_path / "one.mp4")]
+    four = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4", "--master_port", "29537"]
+    four += [str(REPO / "infer_video2world.py"), *flags, "--num_gpus", "4"]
+    runs = {
+        "one": one,
+        "cp4": [*four, "--save_path", str(tmp_path / "cp4.mp4")],
+        "guidance_cp2": [*four, "--guidance_parallel", "--save_path", str(tmp_path / "guidance_cp2.mp4")],
+    }
+    for cmd in runs.values():
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    videos = {name: read_frames(str(tmp_path / f"{name}.mp4"), 0, 17) for name in runs}
+    assert torch.equal(videos["one"], videos["cp4"])
+    assert torch.equal(videos["one"], videos["guidance_cp2"])
