@@ -231,6 +231,12 @@ class TrainConfig:
         "shard each sample's latent tokens over this many processes (Ulysses attention); the data-parallel degree "
         "is processes / N, and N must divide the attention heads and the tokens",
     )
+    base_precision: str = _f(
+        "bf16",
+        "LoRA runs: how the frozen base's block weights are stored. fp8: e4m3 with a scale per output channel, "
+        "dequantised in each forward (half bf16's memory; numerics differ, see BENCHMARKS.md). nf4 is not yet offered",
+        choices=["bf16", "fp8"],
+    )
     low_vram: bool = _f(
         False,
         "fit small GPUs: full recompute with each block's saved input offloaded to pinned CPU memory, EMA on the "
@@ -328,6 +334,11 @@ class TrainConfig:
             raise ValueError(
                 "--lr_warmup_steps: NVIDIA's schedule (--lr_scheduler nvidia, the default) has no warm-up; pick one "
                 "of diffusers' schedules (e.g. --lr_scheduler constant_with_warmup) or drop --lr_warmup_steps."
+            )
+        if self.base_precision != "bf16" and self.train_architecture != "lora":
+            raise ValueError(
+                f"--base_precision {self.base_precision} stores a frozen base: it is for --train_architecture lora "
+                f"(full post-training trains every weight in fp32)."
             )
         if self.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
             raise ValueError("--use_8bit_adam needs the bitsandbytes package: `pip install bitsandbytes`, or drop it.")

@@ -10,6 +10,7 @@ from peft import LoraConfig
 
 from ..checkpoint_format import load_into_transformer, load_native_checkpoint
 from ..components import load_transformer
+from .quantized_base import quantize_base_to_fp8
 
 
 def apply_lora(
@@ -37,13 +38,16 @@ def apply_lora(
 def load_trainable_transformer(preset, config, compute_dtype: torch.dtype) -> CosmosTransformer3DModel:
     """The transformer a run trains: the preset's (or `--pretrained_model_name_or_path`'s), initialised from
     `--dit_path` if given. Full post-training keeps fp32 master weights (compute under autocast); LoRA keeps
-    its frozen base in the compute dtype (bf16, as NVIDIA does: half the memory) and its adapter in fp32."""
+    its frozen base in the compute dtype (bf16, as NVIDIA does: half the memory), or its blocks' weights in fp8
+    with `--base_precision fp8` (`quantized_base.py`), and its adapter in fp32."""
     lora = config.train_architecture == "lora"
     dtype = compute_dtype if lora else torch.float32
     transformer = load_transformer(preset, config.pretrained_model_name_or_path, dtype, **config.hub_kwargs())
     if config.dit_path:
         load_into_transformer(transformer, load_native_checkpoint(config.dit_path, config.load_ema), config.dit_path)
     if lora:
+        if config.base_precision == "fp8":
+            quantize_base_to_fp8(transformer)
         targets = config.lora_target_modules.split(",")
         apply_lora(transformer, config.lora_rank, config.lora_alpha, targets, config.seed, config.lora_dropout)
         cast_training_params(transformer, torch.float32)

@@ -106,6 +106,8 @@ class Trainer:
         c = self.config
         # Context parallelism: groups of `cp` consecutive ranks share a sample, each holding 1/cp of its tokens.
         self.dims = ParallelDims.from_accelerator(self.accelerator, c.context_parallel_size)
+        if c.base_precision != "bf16" and self.dims.world_size > 1:
+            raise ValueError(f"--base_precision {c.base_precision} runs on one GPU for now; drop it for several.")
         self.history: list[float] = []  # mean loss of each optimizer step run by this process
         self.step_seconds: list[float] = []
         self.preempted = False  # True once a run stopped early on a signal, on every rank

@@ -102,7 +102,15 @@ class Validator:
         `--validation_video`).
         """
         transformer, vae = self.pipe.transformer, self.pipe.vae
-        transformer.load_state_dict(weights)
+        if self.config.train_architecture == "lora":
+            # Only the adapter changes; the base stays the one loaded from the weights (bf16 even when training
+            # stores it in fp8): users generate with the LoRA on the full-precision base.
+            adapter = {k: v for k, v in weights.items() if "lora_" in k}
+            missing, unexpected = transformer.load_state_dict(adapter, strict=False)
+            if unexpected or any("lora_" in k for k in missing):
+                raise RuntimeError(f"The validation copy's adapter does not match the run's: {unexpected or missing}")
+        else:
+            transformer.load_state_dict(weights)
         vae_device = vae.device
         transformer.to(self.device)
         vae.to(self.device)
