@@ -64,3 +64,38 @@ def test_lora_on_an_fp8_base_trains_like_the_full_precision_base(bikes_dataset, 
 def test_an_fp8_base_is_for_lora_runs():
     with pytest.raises(ValueError, match="for --train_architecture lora"):
         TrainConfig(model="tiny", base_precision="fp8").resolved()
+
+
+def test_a_run_that_cannot_fit_its_memory_budget_is_refused_before_any_weight_loads(
+    prepared_dataset, tmp_path, monkeypatch
+):
+    """`--memory_budget_gib`: the leanest step of the run (counted on a meta-device model) against the budget."""
+    from cosmos_v2w_diffusers.components import build_transformer
+    from cosmos_v2w_diffusers.presets import get_preset
+    from cosmos_v2w_diffusers.training import memory, model
+    from cosmos_v2w_diffusers.training.model import meta_trainable_transformer
+
+    def no_model_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the budget was checked")
+
+    monkeypatch.setattr(model, "load_transformer", no_model_loading)
+    with pytest.raises(ValueError, match="needs at least .* GiB of GPU memory at its leanest .* has 3.0 GiB"):
+        Trainer(tiny_config(prepared_dataset, tmp_path / "run", memory_budget_gib=3.0))
+    monkeypatch.undo()
+    # 2B at 93x704x1280 on a 24 GB card: full post-training cannot fit; LoRA on an fp8 base with --low_vram can.
+    two = get_preset("2B")
+    budget = 24 * 2**30
+    full = TrainConfig(model="2B").resolved()
+    with pytest.raises(ValueError, match="--train_architecture lora"):
+        memory.check_fits(meta_trainable_transformer(two, full, torch.bfloat16), full, 84_480, torch.bfloat16, budget)
+    lean = TrainConfig(model="2B", train_architecture="lora", base_precision="fp8", low_vram=True).resolved()
+    least = memory.check_fits(
+        meta_trainable_transformer(two, lean, torch.bfloat16), lean, 84_480, torch.bfloat16, budget
+    )
+    bf16_lora = TrainConfig(model="2B", train_architecture="lora", low_vram=True).resolved()
+    more = memory.check_fits(
+        meta_trainable_transformer(two, bf16_lora, torch.bfloat16), bf16_lora, 84_480, torch.bfloat16, budget
+    )
+    blocks = build_transformer(two, device="meta").transformer_blocks
+    block_weights = sum(p.numel() for p in blocks.parameters())
+    assert more - least == pytest.approx(block_weights, rel=0.02)  # fp8 saves a byte per block weight

@@ -231,6 +231,11 @@ class TrainConfig:
         "shard each sample's latent tokens over this many processes (Ulysses attention); the data-parallel degree "
         "is processes / N, and N must divide the attention heads and the tokens",
     )
+    memory_budget_gib: float | None = _f(
+        None,
+        "plan the step for this much GPU memory instead of the card's (a smaller card, or room for other work); a run "
+        "that cannot fit it is refused before any weight loads",
+    )
     base_precision: str = _f(
         "bf16",
         "LoRA runs: how the frozen base's block weights are stored. fp8: e4m3 with a scale per output channel, "
@@ -318,7 +323,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < least:
                 raise ValueError(f"--{name} must be at least {least}, got {value}.")
-        for name in ("learning_rate", "max_grad_norm", "ema_relative_std"):
+        for name in ("learning_rate", "max_grad_norm", "ema_relative_std", "memory_budget_gib"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"--{name} must be positive, got {value}.")

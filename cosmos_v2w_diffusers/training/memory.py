@@ -150,6 +150,37 @@ def _capacity_bytes(device: torch.device) -> int:
     return capacity
 
 
+def memory_budget_bytes(config, device: torch.device) -> int | None:
+    """The memory a run plans for: `--memory_budget_gib` (capped by the card's), or the card's; None off the GPU
+    without a budget."""
+    budget = int(config.memory_budget_gib * GIB) if config.memory_budget_gib else None
+    if device.type != "cuda":
+        return budget
+    return min(_capacity_bytes(device), budget) if budget else _capacity_bytes(device)
+
+
+def check_fits(transformer: torch.nn.Module, config, tokens: int, compute_dtype: torch.dtype, budget: int) -> int:
+    """Refuse, before any weight is loaded, a run whose leanest step cannot fit `budget` bytes; returns that
+    step's estimate. `transformer` is the run's model built on the meta device (its dtypes and trainable tensors
+    as the run will have them). The leanest step: full recompute, the EMA on the CPU, the block inputs on the CPU
+    with --low_vram, compiled blocks; the VAE is left out (its weights, 0.25 GiB, and without --cache_latents its
+    encode's own peak), so this is a lower bound: a run it lets through may still need the planner's fallbacks.
+    (2B LoRA with --low_vram at 720p: 13.8 GiB here; 20.9 GiB measured encoding on the fly.)"""
+    states = state_bytes(transformer, compute_dtype, ema=False)
+    least = step_bytes_without_selective(transformer, tokens, states["weights"], True, compute_dtype)
+    if config.low_vram:
+        hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+        least -= len(transformer.transformer_blocks) * tokens * hidden * (2 if compute_dtype != torch.float32 else 4)
+    if least + HEADROOM_BYTES > budget:
+        raise ValueError(
+            f"This run needs at least {(least + HEADROOM_BYTES) / GIB:.1f} GiB of GPU memory at its leanest (full "
+            f"recompute, EMA on the CPU), and has {budget / GIB:.1f} GiB: use --train_architecture lora, "
+            f"--base_precision fp8, --low_vram, fewer --num_frames or a smaller --height/--width, or shard it with "
+            f"an FSDP config (accelerate_configs/)."
+        )
+    return least
+
+
 def plan_gpu_memory(
     transformer: torch.nn.Module,
     vae: torch.nn.Module,
@@ -163,6 +194,7 @@ def plan_gpu_memory(
     ema_device: str | None,
     fsdp_shards: int | None = None,
     ddp: bool = False,
+    budget_bytes: int | None = None,
 ) -> MemoryPlan:
     """Blocks that keep their attention outputs and the EMA's device ("gpu" or "cpu").
 
@@ -171,7 +203,8 @@ def plan_gpu_memory(
     planned. Otherwise the EMA stays on the GPU unless it costs selective blocks there: its CPU update is
     hidden behind a long step (2B at 720p) but not behind a short one, which would wait for it. Under FSDP,
     `fsdp_shards` ranks share the weights, EMA and optimizer state; under DDP of several processes (`ddp`) its
-    gradient-sized buffer (`DDP_EXTRA_BYTES_PER_PARAMETER`) is counted too.
+    gradient-sized buffer (`DDP_EXTRA_BYTES_PER_PARAMETER`) is counted too. `budget_bytes` (`memory_budget_bytes`)
+    replaces the card's memory.
     """
     c = config
     planned = device.type == "cuda" and c.activation_checkpointing == "selective" and selective_blocks is None
@@ -184,7 +217,7 @@ def plan_gpu_memory(
     resident += DDP_EXTRA_BYTES_PER_PARAMETER * trainable_params if ddp else 0
     ema_bytes = states["ema"]
 
-    capacity = _capacity_bytes(device)
+    capacity = _capacity_bytes(device) if budget_bytes is None else budget_bytes
 
     def fit(resident_bytes: int) -> int:
         return selective_blocks_that_fit(

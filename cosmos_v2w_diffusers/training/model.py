@@ -9,7 +9,7 @@ from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 
 from ..checkpoint_format import load_into_transformer, load_native_checkpoint
-from ..components import load_transformer
+from ..components import build_transformer, load_transformer
 from .quantized_base import quantize_base_to_fp8
 
 
@@ -40,12 +40,23 @@ def load_trainable_transformer(preset, config, compute_dtype: torch.dtype) -> Co
     `--dit_path` if given. Full post-training keeps fp32 master weights (compute under autocast); LoRA keeps
     its frozen base in the compute dtype (bf16, as NVIDIA does: half the memory), or its blocks' weights in fp8
     with `--base_precision fp8` (`quantized_base.py`), and its adapter in fp32."""
-    lora = config.train_architecture == "lora"
-    dtype = compute_dtype if lora else torch.float32
+    dtype = compute_dtype if config.train_architecture == "lora" else torch.float32
     transformer = load_transformer(preset, config.pretrained_model_name_or_path, dtype, **config.hub_kwargs())
     if config.dit_path:
         load_into_transformer(transformer, load_native_checkpoint(config.dit_path, config.load_ema), config.dit_path)
-    if lora:
+    return _as_trained(transformer, config)
+
+
+def meta_trainable_transformer(preset, config, compute_dtype: torch.dtype) -> CosmosTransformer3DModel:
+    """The transformer as `load_trainable_transformer` makes it, on the meta device (no memory, no weights): what
+    the memory check counts before anything loads."""
+    dtype = compute_dtype if config.train_architecture == "lora" else torch.float32
+    return _as_trained(build_transformer(preset, device="meta").to(dtype), config)
+
+
+def _as_trained(transformer: CosmosTransformer3DModel, config) -> CosmosTransformer3DModel:
+    """A LoRA run's base frozen (in fp8 with --base_precision fp8) under an fp32 adapter; a full run unchanged."""
+    if config.train_architecture == "lora":
         if config.base_precision == "fp8":
             quantize_base_to_fp8(transformer)
         targets = config.lora_target_modules.split(",")

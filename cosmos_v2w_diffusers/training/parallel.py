@@ -22,7 +22,7 @@ from ..attention import set_attention_backend
 from ..compile import compile_blocks
 from ..context_parallel import enable_context_parallel
 from .activation_checkpointing import apply_activation_checkpointing, wrap_blocks_for_fsdp
-from .memory import plan_gpu_memory
+from .memory import memory_budget_bytes, plan_gpu_memory
 
 logger = get_logger(__name__)
 
@@ -100,6 +100,7 @@ def prepare_for_wrapping(
         ema_device=_forced_ema_device(c, on_gpu),
         fsdp_shards=dims.state_shards,
         ddp=dims.engine == "ddp",
+        budget_bytes=memory_budget_bytes(c, device),
     )
     plan = DevicePlan(
         accelerator.mixed_precision,

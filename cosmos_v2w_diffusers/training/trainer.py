@@ -43,9 +43,9 @@ from .checkpointer import Checkpointer
 from .config import TrainConfig
 from .guards import RunGuards
 from .hub import HubUploader
-from .memory import set_allocator_defaults
+from .memory import check_fits, memory_budget_bytes, set_allocator_defaults
 from .metrics import describe_throughput, loss_trend, throughput_summary
-from .model import load_trainable_transformer
+from .model import load_trainable_transformer, meta_trainable_transformer
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
 from .parallel import default_mixed_precision, prepare_for_wrapping
 from .parallel_dims import ParallelDims
@@ -135,7 +135,17 @@ class Trainer:
         max_skipped = c.max_skipped_clips if c.max_skipped_clips is not None else max(1, len(table) // 10)
         self.guards = RunGuards(self.accelerator, c.output_dir, max_skipped)
 
-        # 2. Models.
+        # 2. Models, once the leanest step is known to fit the memory the run has (a budget, or the card's).
+        self.tokens = latent_tokens(c.num_frames, c.height, c.width)
+        budget = memory_budget_bytes(c, self.device)
+        if budget is not None and self.dims.engine in ("single", "ddp"):
+            check_fits(
+                meta_trainable_transformer(self.preset, c, self.compute_dtype),
+                c,
+                self.tokens,
+                self.compute_dtype,
+                budget,
+            )
         transformer = load_trainable_transformer(self.preset, c, self.compute_dtype)
         self.vae = load_vae(self.preset, c.pretrained_model_name_or_path, self.compute_dtype, **c.hub_kwargs())
         self.vae.to(self.device).eval().requires_grad_(False)
@@ -151,7 +161,6 @@ class Trainer:
         self.samples = Video2WorldTrainDataset(
             table, c.num_frames, c.height, c.width, seed=c.seed, latent_table=latent_table
         )
-        self.tokens = latent_tokens(c.num_frames, c.height, c.width)
         self.plan = prepare_for_wrapping(
             transformer, self.vae, c, self.accelerator, self.dims, self.tokens, self.compute_dtype
         )
