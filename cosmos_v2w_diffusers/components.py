@@ -158,13 +158,17 @@ def load_transformer(
 _ARCHITECTURE_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels", "text_embed_dim")
 
 
+def _without_variant(hub_kwargs: dict) -> dict:
+    """`hub_kwargs` for what has no weights variant (a config, a tokenizer)."""
+    return {k: v for k, v in hub_kwargs.items() if k != "variant"}
+
+
 def preset_of_pretrained(source: str, **hub_kwargs) -> ModelPreset | None:
     """The preset whose architecture `source`'s transformer has (`transformer/config.json` of a local folder,
     or of a Hub id through the cache); None when there is no config to read. A transformer of no preset's
     architecture is refused."""
     try:
-        where = {k: v for k, v in hub_kwargs.items() if k in ("revision", "cache_dir")}  # configs have no variant
-        config = CosmosTransformer3DModel.load_config(source, subfolder="transformer", **where)
+        config = CosmosTransformer3DModel.load_config(source, subfolder="transformer", **_without_variant(hub_kwargs))
     except (OSError, ValueError):  # no such folder or file: loading the weights says so, with its own message
         return None
     for preset in PRESETS.values():
@@ -209,8 +213,9 @@ def load_text_encoder(
         p.hub_id for p in PRESETS.values()
     }
     subfolder = {"tokenizer": "tokenizer", "text_encoder": "text_encoder"} if pipeline_layout else {}
-    where = {k: v for k, v in hub_kwargs.items() if k in ("revision", "cache_dir")}  # a tokenizer has no variant
-    tokenizer = T5TokenizerFast.from_pretrained(name_or_path, subfolder=subfolder.get("tokenizer", ""), **where)
+    tokenizer = T5TokenizerFast.from_pretrained(
+        name_or_path, subfolder=subfolder.get("tokenizer", ""), **_without_variant(hub_kwargs)
+    )
     encoder = T5EncoderModel.from_pretrained(
         name_or_path, subfolder=subfolder.get("text_encoder", ""), dtype=torch_dtype, **hub_kwargs
     )

@@ -74,7 +74,12 @@ def _link_or_copy(source: str, target: str) -> None:
 
 
 def write_diffusers_pipeline(
-    folder: Path, base: str, transformer, state_dict: dict[str, torch.Tensor], revision=None, cache_dir=None
+    folder: Path,
+    base: str,
+    transformer,
+    state_dict: dict[str, torch.Tensor],
+    revision: str | None = None,
+    cache_dir: str | None = None,
 ) -> Path:
     """A pipeline folder that diffusers' `DiffusionPipeline`, its stock `Cosmos2VideoToWorldPipeline` and our
     `CosmosVideo2WorldPipeline` load: the base model's text encoder, tokenizer and VAE, the scheduler the stock

@@ -49,6 +49,18 @@ def tiny_config(dataset, output_dir, **overrides):
 REPO = Path(__file__).resolve().parents[1]
 
 
+def endless_run_flags(dataset: Path, output_dir: Path) -> list[str]:
+    """`train_video2world.py` flags of a tiny run that trains until it is stopped (no checkpoint before then)."""
+    return ["--model", "tiny", "--dataset_path", str(dataset), "--output_dir", str(output_dir)] + [
+        "--max_iter",
+        "100000",
+        "--save_iter",
+        "100000",
+        "--dataloader_num_workers",
+        "0",
+    ]
+
+
 def launch_training(
     output_dir: Path, *flags: str, launcher: tuple = (), cpu: bool = True, cwd: Path | None = None
 ) -> str:

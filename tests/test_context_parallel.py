@@ -116,71 +116,50 @@ def test_fsdp2_alone_and_with_context_parallel_trains_like_the_unsharded_model(t
             assert rank["max_rel_weight_diff"] < 1e-4, (cp, rank)
 
 
-def test_num_gpus_2_generation_writes_the_one_process_video(tmp_path):
-    """`torchrun --nproc_per_node 2 infer_video2world.py --num_gpus 2`, its tokens sharded or its guidance split
-    (`--guidance_parallel`), against one process (same thread count: a different one changes float rounding,
-    which a few sampling steps amplify)."""
+def _generations_match_one_process(tmp_path: Path, num_gpus: int, port: int, **layouts: list[str]) -> None:
+    """`torchrun --nproc_per_node num_gpus infer_video2world.py --num_gpus num_gpus` with each layout's extra flags
+    writes the video one process writes (same thread count: a different one changes float rounding, which a few
+    sampling steps amplify)."""
     image = tmp_path / "first.png"
     Image.fromarray(render_clip(1, 64, 112, seed=3)[0]).save(image)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    flags = [
-        "--model_size",
-        "tiny",
-        "--input_path",
-        str(image),
-        "--prompt",
-        "A video of sks teal robot.",
-        "--disable_guardrail",
-        "--num_inference_steps",
-        "4",
-    ]
-    one = [sys.executable, str(REPO / "infer_video2world.py"), *flags, "--save_path", str(tmp_path / "one.mp4")]
-    two = [
+    flags = ["--model_size", "tiny", "--input_path", str(image), "--prompt", "A video of sks teal robot."]
+    flags += ["--disable_guardrail", "--num_inference_steps", "4"]
+    script = str(REPO / "infer_video2world.py")
+    launch = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node",
-        "2",
+        str(num_gpus),
         "--master_port",
-        "29538",
-        str(REPO / "infer_video2world.py"),
-        *flags,
-        "--num_gpus",
-        "2",
+        str(port),
     ]
-    runs = {
-        "one": one,
-        "cp": [*two, "--save_path", str(tmp_path / "cp.mp4")],
-        "guidance": [*two, "--guidance_parallel", "--save_path", str(tmp_path / "guidance.mp4")],
-    }
-    for cmd in runs.values():
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    runs = {"one": [sys.executable, script, *flags]}
+    runs.update(
+        {name: [*launch, script, *flags, "--num_gpus", str(num_gpus), *extra] for name, extra in layouts.items()}
+    )
+    for name, command in runs.items():
+        result = subprocess.run(
+            [*command, "--save_path", str(tmp_path / f"{name}.mp4")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
     videos = {name: read_frames(str(tmp_path / f"{name}.mp4"), 0, 17) for name in runs}
-    assert torch.equal(videos["one"], videos["cp"])
-    assert torch.equal(videos["one"], videos["guidance"])
+    for name in layouts:
+        assert torch.equal(videos["one"], videos[name]), name
+
+
+def test_num_gpus_2_generation_writes_the_one_process_video(tmp_path):
+    """`--num_gpus 2`, its tokens sharded or its guidance split (`--guidance_parallel`), against one process."""
+    _generations_match_one_process(tmp_path, 2, 29538, cp=[], guidance=["--guidance_parallel"])
 
 
 @pytest.mark.slow
 def test_num_gpus_4_generation_with_cp_4_or_guidance_parallel_x_cp_2_writes_the_one_process_video(tmp_path):
     """`--num_gpus 4`: the tokens over 4 processes, or each side of the guidance over 2 of them (CP 2 in each
     half), against one process."""
-    image = tmp_path / "first.png"
-    Image.fromarray(render_clip(1, 64, 112, seed=3)[0]).save(image)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    flags = ["--model_size", "tiny", "--input_path", str(image), "--prompt", "A video of sks teal robot."]
-    flags += ["--disable_guardrail", "--num_inference_steps", "4"]
-    one = [sys.executable, str(REPO / "infer_video2world.py"), *flags, "--save_path", str(tmp_path / "one.mp4")]
-    four = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4", "--master_port", "29537"]
-    four += [str(REPO / "infer_video2world.py"), *flags, "--num_gpus", "4"]
-    runs = {
-        "one": one,
-        "cp4": [*four, "--save_path", str(tmp_path / "cp4.mp4")],
-        "guidance_cp2": [*four, "--guidance_parallel", "--save_path", str(tmp_path / "guidance_cp2.mp4")],
-    }
-    for cmd in runs.values():
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
-    videos = {name: read_frames(str(tmp_path / f"{name}.mp4"), 0, 17) for name in runs}
-    assert torch.equal(videos["one"], videos["cp4"])
-    assert torch.equal(videos["one"], videos["guidance_cp2"])
+    _generations_match_one_process(tmp_path, 4, 29537, cp4=[], guidance_cp2=["--guidance_parallel"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import before_each_forward, make_dataset_folder, tiny_config
+from conftest import before_each_forward, endless_run_flags, make_dataset_folder, tiny_config
 
 from cosmos_v2w_diffusers import load_video2world_dataset
 from cosmos_v2w_diffusers.data.folder import probe_video
@@ -130,22 +130,7 @@ def test_a_t5_pickle_with_nan_is_refused(tmp_path):
 
 
 def _train_process(dataset: Path, out: Path) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        str(REPO / "train_video2world.py"),
-        "--model",
-        "tiny",
-        "--dataset_path",
-        str(dataset),
-        "--output_dir",
-        str(out),
-        "--max_iter",
-        "100000",
-        "--save_iter",
-        "100000",
-        "--dataloader_num_workers",
-        "0",
-    ]
+    command = [sys.executable, str(REPO / "train_video2world.py"), *endless_run_flags(dataset, out)]
     return subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
 
 
@@ -537,18 +522,7 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(prepared_datas
         "--master_port",
         "29541",
         str(REPO / "train_video2world.py"),
-        "--model",
-        "tiny",
-        "--dataset_path",
-        str(prepared_dataset),
-        "--output_dir",
-        str(out),
-        "--max_iter",
-        "100000",
-        "--save_iter",
-        "100000",
-        "--dataloader_num_workers",
-        "0",
+        *endless_run_flags(prepared_dataset, out),
     ]
     process, log = (
         subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True),

@@ -17,7 +17,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import PROMPT, tiny_config
+from conftest import PROMPT, endless_run_flags, tiny_config
 
 from cosmos_v2w_diffusers import load_video2world_dataset
 from cosmos_v2w_diffusers.data.folder import (
@@ -329,23 +329,6 @@ def _launch(command: list[str], env: dict, cwd: Path) -> tuple[subprocess.Popen,
     return process, log
 
 
-def _training_flags(dataset: Path, out: Path) -> list[str]:
-    return [
-        "--model",
-        "tiny",
-        "--dataset_path",
-        str(dataset),
-        "--output_dir",
-        str(out),
-        "--max_iter",
-        "100000",
-        "--save_iter",
-        "100000",
-        "--dataloader_num_workers",
-        "0",
-    ]
-
-
 @pytest.mark.parametrize("how", ["sigterm_to_the_launcher", pytest.param("ctrl_c", marks=pytest.mark.slow)])
 def test_a_run_under_accelerate_launch_saves_and_stops_on_a_signal_to_the_launcher(prepared_dataset, tmp_path, how):
     out = tmp_path / "run"
@@ -363,7 +346,7 @@ def test_a_run_under_accelerate_launch_saves_and_stops_on_a_signal_to_the_launch
         "--dynamo_backend",
         "no",
         str(REPO / "train_video2world.py"),
-        *_training_flags(prepared_dataset, out),
+        *endless_run_flags(prepared_dataset, out),
     ]
     launcher, log = _launch(command, env, tmp_path)
     [trainer] = _children(launcher.pid)
@@ -395,7 +378,7 @@ def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step_with_one_check
         "--master_port",
         "29543",
         str(REPO / "train_video2world.py"),
-        *_training_flags(prepared_dataset, out),
+        *endless_run_flags(prepared_dataset, out),
     ]
     launcher, log = _launch(command, env, tmp_path)
     workers = _children(launcher.pid)

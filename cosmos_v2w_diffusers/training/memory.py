@@ -64,6 +64,12 @@ def fsdp_buffer_bytes(transformer: torch.nn.Module) -> int:
     return gathered + 4 * sum(p.numel() for p in block if p.requires_grad)
 
 
+def _block_input_bytes(transformer: torch.nn.Module, tokens: int, compute_dtype: torch.dtype) -> int:
+    """What full recompute keeps of one block: its input, `[tokens, hidden]` in the compute dtype."""
+    hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    return tokens * hidden * (2 if compute_dtype != torch.float32 else 4)
+
+
 def step_bytes_without_selective(
     transformer: torch.nn.Module,
     tokens: int,
@@ -84,7 +90,7 @@ def step_bytes_without_selective(
     states = state_bytes(transformer, compute_dtype, ema=False, fsdp_shards=fsdp_shards)
     hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
     n_blocks = len(transformer.transformer_blocks)
-    block_inputs = n_blocks * tokens * hidden * (2 if compute_dtype != torch.float32 else 4)
+    block_inputs = n_blocks * _block_input_bytes(transformer, tokens, compute_dtype)
     one_block = tokens * hidden * (BLOCK_PEAK_BYTES[compiled] + (FSDP_EXTRA_BYTES if fsdp else 0))
     step_states = (
         states["gradients_and_moments"] + states["autocast_copies"] + (fsdp_buffer_bytes(transformer) if fsdp else 0)
@@ -169,8 +175,7 @@ def check_fits(transformer: torch.nn.Module, config, tokens: int, compute_dtype:
     states = state_bytes(transformer, compute_dtype, ema=False)
     least = step_bytes_without_selective(transformer, tokens, states["weights"], True, compute_dtype)
     if config.low_vram:
-        hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
-        least -= len(transformer.transformer_blocks) * tokens * hidden * (2 if compute_dtype != torch.float32 else 4)
+        least -= len(transformer.transformer_blocks) * _block_input_bytes(transformer, tokens, compute_dtype)
     if least + HEADROOM_BYTES > budget:
         raise ValueError(
             f"This run needs at least {(least + HEADROOM_BYTES) / GIB:.1f} GiB of GPU memory at its leanest (full "
