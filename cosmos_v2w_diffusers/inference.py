@@ -124,7 +124,7 @@ def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
     weights = load_post_trained_weights(args.dit_path, args.load_ema, args.model_size) if args.dit_path else None
     if args.lora_path and not Path(args.lora_path).exists():
         raise FileNotFoundError(f"--lora_path {args.lora_path} does not exist.")
-    device = _device(args.num_gpus)
+    device = process_device(args.num_gpus)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     kwargs = {"dtype": dtype, "disable_guardrail": args.disable_guardrail}
     if args.scheduler == "euler":
@@ -174,7 +174,7 @@ def guidance_pair(cp: int) -> dist.ProcessGroup:
     return mine
 
 
-def _device(num_gpus: int) -> torch.device:
+def process_device(num_gpus: int) -> torch.device:
     """This process's device; with `--num_gpus N > 1`, after joining the N processes torchrun started."""
     if num_gpus < 1:
         raise ValueError(f"--num_gpus must be at least 1, got {num_gpus}.")

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from cosmos_v2w_diffusers import load_video2world_dataset
+from cosmos_v2w_diffusers import attention, load_video2world_dataset
 from cosmos_v2w_diffusers.attention import (
     CosmosAttnProcessor,
     resolve_attention_backend,
@@ -236,6 +236,17 @@ def test_attention_backends_that_cannot_run_say_what_to_use():
         resolve_attention_backend("flash4", torch.device("cpu"))
     with pytest.raises(ValueError, match="Unknown attention backend 'fa3'"):
         resolve_attention_backend("fa3", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("capability, expected", [((9, 0), "cudnn"), ((10, 0), "cudnn"), ((8, 0), "native")])
+def test_auto_attention_is_cudnn_from_hopper_on(monkeypatch, capability, expected):
+    """Under context parallelism diffusers' `native` Ulysses backward runs the attention forward again; `cudnn`
+    does not. From Hopper on, where SDPA itself picks cuDNN, `auto` names it (FlashAttention-4 not installed)."""
+    monkeypatch.setattr(attention, "flash4_available", lambda device: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert resolve_attention_backend("auto", torch.device("cuda", 0)) == expected
+    monkeypatch.setattr(attention, "flash4_available", lambda device: True)
+    assert resolve_attention_backend("auto", torch.device("cuda", 0)) == "flash4"
 
 
 _FSDP_COMPILE_SCRIPT = """
