@@ -18,14 +18,16 @@ bench() {  # bench NAME LAUNCHER... -- TRAINER FLAGS
   local launcher=()
   while [ "$1" != "--" ]; do launcher+=("$1"); shift; done
   shift
-  BENCH_LAUNCHER="${launcher[*]}" "${launcher[@]}" benchmarks/train_step.py "${data[@]}" --name "$name" -- "$@"
+  BENCH_LAUNCHER="${launcher[*]}" "${launcher[@]}" benchmarks/train_step.py "${data[@]}" --steps "${BENCH_STEPS:-3}" \
+    --name "$name" -- "$@"
 }
 case $group in
 train)
   host=$([ "$n" = 4 ] && echo "" || echo "_${n}gpu_host")  # the one-GPU baseline of this host
   bench train_step_2b_full_cached_1gpu_same_host$host python -- $rows
-  bench train_step_2b_full_cached_ddp_${n}gpu accelerate launch --multi_gpu --num_processes $n --main_process_port 29601 \
-    -- $rows
+  # DDP's steps vary by up to 0.9 s on 4x H200 (13.67, 12.93, 13.83 in one run): a median of 5
+  BENCH_STEPS=5 bench train_step_2b_full_cached_ddp_${n}gpu accelerate launch --multi_gpu --num_processes $n \
+    --main_process_port 29601 -- $rows
   bench train_step_2b_full_cached_fsdp2_${n}gpu accelerate launch --config_file accelerate_configs/fsdp_8gpu.yaml \
     --num_processes $n --main_process_port 29602 -- $rows
   bench train_step_2b_full_cached_fsdp2_cp2_${n}gpu accelerate launch --config_file accelerate_configs/fsdp_8gpu.yaml \

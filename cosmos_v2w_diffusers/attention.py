@@ -65,7 +65,8 @@ class CosmosAttnProcessor:
         if image_rotary_emb is not None:  # under context parallelism: this rank's rows of the RoPE tables
             query = apply_rotary_emb(query, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
             key = apply_rotary_emb(key, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
-        out = dispatch_attention_fn(
+        attend = dispatch_attention_fn if self._parallel_config is None else _ulysses_attention
+        out = attend(
             query.transpose(1, 2),
             key.transpose(1, 2),
             value.transpose(1, 2),
@@ -74,6 +75,18 @@ class CosmosAttnProcessor:
         )
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
+
+
+@torch.compiler.disable
+def _ulysses_attention(*args, **kwargs) -> torch.Tensor:
+    """`dispatch_attention_fn` under context parallelism, run eagerly between a compiled block's two graphs.
+
+    Traced by Dynamo inside a compiled block, diffusers' Ulysses `autograd.Function` (all-to-alls around the
+    cuDNN kernel) made selective checkpointing fail in the backward: the recomputed block saved tensors of other
+    shapes than the forward (`CheckpointError`, `[42240, 2048]` against `[1, 42240, 2048]`, 2B CP 2 on 4x
+    H200). Eager, selective checkpointing keeps the kernel's output as on one GPU.
+    """
+    return dispatch_attention_fn(*args, **kwargs)
 
 
 def attention_processors(transformer: CosmosTransformer3DModel, which: str = "all") -> list[CosmosAttnProcessor]:
