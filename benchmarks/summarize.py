@@ -12,6 +12,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 DATE = "2026-11-25"
+DATE_19 = "2026-11-27"  # the several-GPU results without a date of their own (generation)
 
 # row name -> (result file, measured key, must, goal)
 ROWS = {
@@ -64,51 +65,36 @@ GENERATION = {
 }
 
 
-def _scaling_row(name: str, result: dict, baseline: dict | None, must: float | None, goal: float | None) -> dict:
-    """A row of the scaling table; `baseline` None for a baseline itself."""
-    row = {
-        "name": name,
-        "seconds": result["seconds"],
-        "num_gpus": result["num_gpus"],
-        "clips_per_step": result["clips_per_step"],
-        "gpu_seconds_per_clip": result["gpu_seconds_per_clip"],
-        "peak_gib": result["peak_gib"],
-        "gpu": result["environment"]["gpu"],
-        "command": result["command"],
-        "date": result["date"],
-        "result": f"benchmarks/results/{name}.json",
-    }
-    if baseline is not None:
-        row["efficiency"] = round(baseline["gpu_seconds_per_clip"] / result["gpu_seconds_per_clip"], 3)
-    if must is not None:
-        row.update(must=must, goal=goal, meets_must=row["efficiency"] >= must, meets_goal=row["efficiency"] >= goal)
-    return row
-
-
 def _read(file: str) -> dict:
     return json.loads((RESULTS / f"{file}.json").read_text())
 
 
-def _generation_row(name: str, file: str, baseline: dict | None, must: float | None, goal: float | None) -> dict:
-    """A row of the generation table; `baseline` None for the one-GPU run itself."""
+def _several_gpus_row(
+    name: str,
+    file: str,
+    keys: tuple[str, ...],
+    measure: str | None,
+    baseline: dict | None,
+    must: float | None,
+    goal: float | None,
+) -> dict:
+    """A row of a several-GPU table: `keys` copied from the result; `measure` (efficiency or speed-up) against
+    `baseline`, None for a baseline itself."""
     result = _read(file)
-    row = {
-        "name": name,
-        "seconds": result["seconds"],
-        "num_gpus": result["num_gpus"],
-        "context_parallel_size": result["context_parallel_size"],
-        "guidance_parallel": result["guidance_parallel"],
-        "peak_gib": result["peak_gib"],
-        "gpu": result["environment"]["gpu"],
-        "command": result["command"],
-        "date": "2026-11-27",
-        "result": f"benchmarks/results/{file}.json",
-    }
-    if baseline is not None:
-        row["speedup"] = round(baseline["seconds"] / result["seconds"], 2)
+    row = {"name": name, **{key: result[key] for key in keys}, "peak_gib": result["peak_gib"]}
+    row |= {"gpu": result["environment"]["gpu"], "command": result["command"], "date": result.get("date", DATE_19)}
+    row["result"] = f"benchmarks/results/{file}.json"
+    if baseline is not None and measure == "efficiency":
+        row[measure] = round(baseline["gpu_seconds_per_clip"] / result["gpu_seconds_per_clip"], 3)
+    elif baseline is not None:
+        row[measure] = round(baseline["seconds"] / result["seconds"], 2)
     if must is not None:
-        row.update(must=must, goal=goal, meets_must=row["speedup"] >= must, meets_goal=row["speedup"] >= goal)
+        row.update(must=must, goal=goal, meets_must=row[measure] >= must, meets_goal=row[measure] >= goal)
     return row
+
+
+TRAINING_KEYS = ("seconds", "num_gpus", "clips_per_step", "gpu_seconds_per_clip")
+GENERATION_KEYS = ("seconds", "num_gpus", "context_parallel_size", "guidance_parallel")
 
 
 def main() -> None:
@@ -132,17 +118,17 @@ def main() -> None:
         )
     for baseline_name, rows in SCALING.items():
         baseline = _read(baseline_name)
-        summary.append(_scaling_row(baseline_name, baseline, None, None, None))
+        summary.append(_several_gpus_row(baseline_name, baseline_name, TRAINING_KEYS, None, None, None, None))
         for name, (must, goal) in rows.items():
-            summary.append(_scaling_row(name, _read(name), baseline, must, goal))
+            summary.append(_several_gpus_row(name, name, TRAINING_KEYS, "efficiency", baseline, must, goal))
     for name, (must, goal) in GPU_SECONDS_PER_CLIP.items():
-        row = _scaling_row(name, _read(name), None, None, None)
+        row = _several_gpus_row(name, name, TRAINING_KEYS, None, None, None, None)
         cost = row["gpu_seconds_per_clip"]
         summary.append(row | {"must": must, "goal": goal, "meets_must": cost <= must, "meets_goal": cost <= goal})
     baseline = _read(GENERATION_BASELINE)
-    summary.append(_generation_row(GENERATION_BASELINE, GENERATION_BASELINE, None, None, None))
+    summary.append(_several_gpus_row(GENERATION_BASELINE, GENERATION_BASELINE, GENERATION_KEYS, *[None] * 4))
     for name, (file, must, goal) in GENERATION.items():
-        summary.append(_generation_row(name, file, baseline, must, goal))
+        summary.append(_several_gpus_row(name, file, GENERATION_KEYS, "speedup", baseline, must, goal))
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for row in summary:
         measured = row.get("efficiency", row.get("speedup", row.get("gpu_seconds_per_clip", row.get("seconds"))))
