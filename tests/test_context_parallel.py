@@ -163,3 +163,36 @@ def test_num_gpus_4_generation_with_cp_4_or_guidance_parallel_x_cp_2_writes_the_
     """`--num_gpus 4`: the tokens over 4 processes, or each side of the guidance over 2 of them (CP 2 in each
     half), against one process."""
     _generations_match_one_process(tmp_path, 4, 29537, cp4=[], guidance_cp2=["--guidance_parallel"])
+
+
+def _check_several_gpus(tmp_path: Path, *args: str) -> dict:
+    """`benchmarks/check_several_gpus.py` on CPU processes (the script the GPU rows run); returns its result."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "OUT": str(tmp_path / "out")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    command = [sys.executable, str(REPO / "benchmarks" / "check_several_gpus.py"), *args, "--name", "cpu"]
+    command += ["--workdir", str(tmp_path / "runs")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [path] = (tmp_path / "out").glob("check_*_cpu.json")
+    return json.loads(path.read_text())
+
+
+@pytest.mark.slow
+def test_a_run_stopped_on_4_processes_continues_on_2_then_1_as_a_straight_run(prepared_dataset, tmp_path):
+    """Each stage one context-parallel group (one sample a step): the staged run's losses and fp32 weights are
+    the straight one-process run's, to fp32 rounding (the straight runs agree exactly on the CPU)."""
+    result = _check_several_gpus(tmp_path, "resume", "--dataset_path", str(prepared_dataset), "--sizes", "4", "2", "1")
+    steps = {"1": 4, "2": 4, "3": 2, "4": 2, "5": 1, "6": 1}
+    assert result["staged_world_sizes"] == steps and result["losses"]["staged"].keys() == steps.keys()
+    assert result["max_loss_diff_straight_vs_again"] == 0 and result["max_weight_diff_straight_vs_again"] == 0
+    assert result["max_weight_diff_straight_vs_staged"] < 1e-5
+    assert result["max_loss_diff_straight_vs_staged"] < 1e-5
+
+
+@pytest.mark.slow
+def test_sigterm_to_accelerate_launch_of_4_processes_stops_every_rank_after_one_step_with_one_checkpoint(
+    prepared_dataset, tmp_path
+):
+    result = _check_several_gpus(tmp_path, "signal", "--dataset_path", str(prepared_dataset), "--num_processes", "4")
+    assert len(result["stopped_after_steps"]) == 4, result
+    assert result["every_rank_stopped_after_the_same_step"] and result["one_checkpoint_of_that_step"], result
