@@ -22,7 +22,7 @@ from ..attention import set_attention_backend
 from ..compile import compile_blocks
 from ..context_parallel import enable_context_parallel
 from .activation_checkpointing import apply_activation_checkpointing, wrap_blocks_for_fsdp
-from .memory import memory_budget_bytes, plan_gpu_memory
+from .memory import context_parallel_advice, memory_budget_bytes, plan_gpu_memory
 
 logger = get_logger(__name__)
 
@@ -88,13 +88,7 @@ def prepare_for_wrapping(
     if cp > 1:
         enable_context_parallel(transformer, cp, device, tokens)
         logger.info("Context parallel: %d ranks per sample, %d of its %d tokens each", cp, tokens // cp, tokens)
-    memory = plan_gpu_memory(
-        transformer,
-        vae,
-        c,
-        device,
-        tokens // cp,
-        compute_dtype,
+    planner = dict(
         compiled=compiled,
         selective_blocks=selective_blocks,
         ema_device=_forced_ema_device(c, on_gpu),
@@ -102,6 +96,11 @@ def prepare_for_wrapping(
         ddp=dims.engine == "ddp",
         budget_bytes=memory_budget_bytes(c, device),
     )
+    memory = plan_gpu_memory(transformer, vae, c, device, tokens // cp, compute_dtype, **planner)
+    if cp > 1 and memory.estimated_peak_bytes is not None:
+        advice = context_parallel_advice(transformer, vae, c, device, tokens, compute_dtype, cp, **planner)
+        if advice:
+            logger.warning(advice)
     plan = DevicePlan(
         accelerator.mixed_precision,
         compiled,
