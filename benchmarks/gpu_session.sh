@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements behind BENCHMARKS.md, in groups that each fit one device call (< 10 minutes).
-#   bash benchmarks/gpu_session.sh train|small|encode|generate|attention|generate_flash4|h200_14b|fsdp|deepspeed|deepspeed_more|offload|fsdp_profile [DATA]
+#   bash benchmarks/gpu_session.sh train|small|encode|generate|attention|generate_flash4|h200_14b|fsdp|deepspeed|deepspeed_more|offload|fsdp_profile|workstation [DATA]
 # (fsdp also reads TINY_DATA: a prepared tiny-preset folder, e.g. the demo sample in ~/.cache/cosmos_v2w_diffusers)
 # Each row runs in its own process (clean allocator, its own peak); results land in $OUT or benchmarks/results/.
 set -uo pipefail
@@ -80,5 +80,16 @@ fsdp_profile)  # issue 19: where FSDP2's per-GPU overhead goes, on one GPU again
   $tb --profile --name profile_2b_plain_1gpu -- $same
   accelerate launch --config_file accelerate_configs/fsdp_8gpu.yaml --num_processes 1 benchmarks/train_step.py \
       --data $data --profile --name profile_2b_fsdp2_1gpu -- $same
+  ;;
+workstation)  # issue 22: LoRA rank 16 with the frozen base in fp8, each run capped to the card it stands for
+  # (set_per_process_memory_fraction of this GPU's memory; the planner plans for the cap). The leanest steps
+  # check_fits counts (lower bounds, with 3 GiB headroom): 14B 720p 34.5 GiB, 14B 480p 23.8, 2B 720p 12.0.
+  cap() { python -c "import torch; print(round($1 * 2**30 / torch.cuda.get_device_properties(0).total_memory, 4))"; }
+  lora="--train_architecture lora --lora_rank 16 --base_precision fp8 --low_vram --cache_latents"
+  $tb --steps 2 --memory_fraction "$(cap 76)" --name lora_14b_720p_one_gpu -- --model 14B $lora \
+      --cache_windows_per_clip 1
+  $tb --steps 2 --memory_fraction "$(cap 46)" --name lora_14b_480p_one_gpu -- --model 14B $lora \
+      --cache_windows_per_clip 1 --height 432 --width 768
+  $tb --memory_fraction "$(cap 15)" --name lora_2b_720p_small -- --model 2B $lora --cache_windows_per_clip 2
   ;;
 esac

