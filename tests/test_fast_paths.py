@@ -147,7 +147,7 @@ def test_memory_plan_estimates_measured_2b_steps(monkeypatch):
 
     results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     transformer = build_transformer(get_preset("2B"), device="meta")
-    config = SimpleNamespace(activation_checkpointing="selective", cache_latents=True, ema=True)
+    config = SimpleNamespace(activation_checkpointing="selective", cache_latents=True, ema=True, block_swap=False)
     rows = [  # (result, capacity in GiB, FSDP shards, DDP, the selective blocks to hold the plan to)
         ("train_step_2b_full_cached_1gpu_same_host", 140, None, False, None),
         ("train_step_2b_full_cached_ddp_4gpu", 140, None, True, None),
@@ -190,7 +190,7 @@ def test_context_parallelism_that_is_not_needed_is_named(monkeypatch):
     from cosmos_v2w_diffusers.training import memory
 
     transformer = build_transformer(get_preset("2B"), device="meta")
-    config = SimpleNamespace(activation_checkpointing="selective", cache_latents=True, ema=True)
+    config = SimpleNamespace(activation_checkpointing="selective", cache_latents=True, ema=True, block_swap=False)
     planner = dict(compiled=True, selective_blocks=None, ema_device="gpu", fsdp_shards=4)
     advice = {}
     for capacity_gib in (139.8, 40.0):
@@ -211,7 +211,7 @@ def test_memory_plan_under_ddp_counts_its_gradient_sized_buffer(monkeypatch):
 
     transformer, vae = load_transformer(TINY), torch.nn.Linear(1, 1)
     monkeypatch.setattr(memory, "_capacity_bytes", lambda device: 1000 * 2**30)
-    config = SimpleNamespace(activation_checkpointing="selective", cache_latents=True, ema=True)
+    config = SimpleNamespace(activation_checkpointing="selective", cache_latents=True, ema=True, block_swap=False)
     plans = [
         memory.plan_gpu_memory(
             transformer,

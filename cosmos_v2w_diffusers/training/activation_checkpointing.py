@@ -18,6 +18,8 @@ from torch.utils.checkpoint import (
     create_selective_checkpoint_contexts,
 )
 
+from .block_swap import BlockSwap
+
 # Attention is ~85% of a block's FLOPs but its output is small: keeping it and recomputing the cheap
 # rest (norms, RoPE, MLP, projections) saves a re-run of attention per block (measured on an H100:
 # 2B step 17.7 s -> ~14.9 s for ~13 GiB more). NVIDIA also uses a selective policy.
@@ -65,6 +67,24 @@ def _offloaded_checkpoint(module: torch.nn.Module, hidden_states: torch.Tensor, 
     return checkpoint(run, hidden_states.to("cpu", non_blocking=True), *args, use_reentrant=False)
 
 
+class _EnterInBackward(torch.autograd.Function):
+    """Identity on a block's output whose backward tells the block swap that the block is next: the gradient
+    reaches it before the block's own backward nodes, whose first saved tensor sets off the block's recompute.
+
+    The swap is told here, outside the checkpointed region, because selective checkpointing counts every op the
+    region runs and the swap's copies differ between the forward and the recompute."""
+
+    @staticmethod
+    def forward(ctx, output: torch.Tensor, block: torch.nn.Module, block_swap: BlockSwap) -> torch.Tensor:
+        ctx.block, ctx.block_swap = block, block_swap
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        ctx.block_swap.enter(ctx.block)
+        return grad, None, None
+
+
 class _PerBlockCheckpoint:
     """diffusers' `_gradient_checkpointing_func`: selective for the first `n_selective` blocks, full for the rest.
 
@@ -72,23 +92,33 @@ class _PerBlockCheckpoint:
     the earliest blocks keep them and the rest fall back to full recompute, so a step takes what fits.
     """
 
-    def __init__(self, transformer: CosmosTransformer3DModel, n_selective: int, offload: bool):
+    def __init__(
+        self, transformer: CosmosTransformer3DModel, n_selective: int, offload: bool, block_swap: BlockSwap | None
+    ):
         blocks = list(transformer.transformer_blocks)
         self.selective = {id(b) for b in blocks[:n_selective]}
         self.full = _offloaded_checkpoint if offload else _full_checkpoint
+        self.block_swap = block_swap
 
     def __call__(self, module: torch.nn.Module, *args):
-        if id(module) in self.selective:
-            return _selective_checkpoint(module, *args)
-        return self.full(module, *args)
+        checkpointed = _selective_checkpoint if id(module) in self.selective else self.full
+        if self.block_swap is None:
+            return checkpointed(module, *args)
+        self.block_swap.enter(module)
+        return _EnterInBackward.apply(checkpointed(module, *args), module, self.block_swap)
 
 
 def apply_activation_checkpointing(
-    transformer: CosmosTransformer3DModel, mode: str, n_selective: int | None = None, offload: bool = False
+    transformer: CosmosTransformer3DModel,
+    mode: str,
+    n_selective: int | None = None,
+    offload: bool = False,
+    block_swap: BlockSwap | None = None,
 ) -> None:
     """`full`: recompute every block in the backward; `selective`: keep attention outputs in the first
     `n_selective` blocks (default: all) and recompute the rest in full; `none`: keep everything (only viable
-    for small inputs). `offload` keeps what full recompute saves (each block's input) in CPU memory."""
+    for small inputs). `offload` keeps what full recompute saves (each block's input) in CPU memory;
+    `block_swap` is told before each block computes, in the forward and in the backward (`block_swap.py`)."""
     n_blocks = len(transformer.transformer_blocks)
     if mode == "none":
         return
@@ -98,7 +128,7 @@ def apply_activation_checkpointing(
         n_selective = n_blocks if n_selective is None else max(0, min(n_selective, n_blocks))
     else:
         raise ValueError(f"Unknown activation checkpointing mode {mode!r}: use full, selective or none.")
-    transformer.enable_gradient_checkpointing(_PerBlockCheckpoint(transformer, n_selective, offload))
+    transformer.enable_gradient_checkpointing(_PerBlockCheckpoint(transformer, n_selective, offload, block_swap))
 
 
 def wrap_blocks_for_fsdp(transformer: CosmosTransformer3DModel, mode: str, n_selective: int | None) -> int:

@@ -242,6 +242,12 @@ class TrainConfig:
         "dequantised in each forward (half bf16's memory; numerics differ, see BENCHMARKS.md). nf4 is not yet offered",
         choices=["bf16", "fp8"],
     )
+    block_swap: bool = _f(
+        False,
+        "LoRA runs on one GPU: keep the frozen base's block weights in pinned CPU memory and copy each block's to the "
+        "GPU while the block before it computes (a side stream), so the GPU holds two blocks' instead of all; same "
+        "results",
+    )
     low_vram: bool = _f(
         False,
         "fit small GPUs: full recompute with each block's saved input offloaded to pinned CPU memory, EMA on the "
@@ -339,6 +345,11 @@ class TrainConfig:
             raise ValueError(
                 "--lr_warmup_steps: NVIDIA's schedule (--lr_scheduler nvidia, the default) has no warm-up; pick one "
                 "of diffusers' schedules (e.g. --lr_scheduler constant_with_warmup) or drop --lr_warmup_steps."
+            )
+        if self.block_swap and self.train_architecture != "lora":
+            raise ValueError(
+                "--block_swap streams a frozen base: it is for --train_architecture lora (full post-training updates "
+                "every weight each step)."
             )
         if self.base_precision != "bf16" and self.train_architecture != "lora":
             raise ValueError(
@@ -457,6 +468,11 @@ class TrainConfig:
             output_dir=self.output_dir
             or str(Path("checkpoints", "posttraining", group, f"{preset.short_name}_{dataset}")),
         )
+        if c.block_swap and c.activation_checkpointing == "none":
+            raise ValueError(
+                "--block_swap drops a block's weights once it has run, so the backward must recompute the block: "
+                "drop --activation_checkpointing none."
+            )
         if c.low_vram and c.activation_checkpointing != "full":
             raise ValueError("--low_vram offloads what full recompute keeps: drop --activation_checkpointing.")
         if c.validation_num_frames is not None and (c.validation_num_frames - 1) % 4:

@@ -56,6 +56,14 @@ def state_bytes(
     return {name: n // (fsdp_shards or 1) for name, n in parts.items()}
 
 
+def swapped_weight_bytes(transformer: torch.nn.Module) -> int:
+    """What `--block_swap` keeps off the GPU: the frozen tensors of all blocks but the two on it (`block_swap.py`)."""
+    blocks = list(transformer.transformer_blocks)
+    frozen = sum(p.numel() * p.element_size() for p in blocks[0].parameters() if not p.requires_grad)
+    frozen += sum(b.numel() * b.element_size() for b in blocks[0].buffers())
+    return frozen * max(0, len(blocks) - 2)
+
+
 def fsdp_buffer_bytes(transformer: torch.nn.Module) -> int:
     """What FSDP2 holds beyond a rank's shards: two whole bf16 blocks (the one computing and the one
     prefetched) and, for trainable blocks, one block's fp32 gradient before its reduce-scatter."""
@@ -174,14 +182,15 @@ def check_fits(transformer: torch.nn.Module, config, tokens: int, compute_dtype:
     (2B LoRA with --low_vram at 720p: 13.8 GiB here; 20.9 GiB measured encoding on the fly.)"""
     states = state_bytes(transformer, compute_dtype, ema=False)
     least = step_bytes_without_selective(transformer, tokens, states["weights"], True, compute_dtype)
+    least -= swapped_weight_bytes(transformer) if config.block_swap else 0
     if config.low_vram:
         least -= len(transformer.transformer_blocks) * _block_input_bytes(transformer, tokens, compute_dtype)
     if least + HEADROOM_BYTES > budget:
         raise ValueError(
             f"This run needs at least {(least + HEADROOM_BYTES) / GIB:.1f} GiB of GPU memory at its leanest (full "
             f"recompute, EMA on the CPU), and has {budget / GIB:.1f} GiB: use --train_architecture lora, "
-            f"--base_precision fp8, --low_vram, fewer --num_frames or a smaller --height/--width, or shard it with "
-            f"an FSDP config (accelerate_configs/)."
+            f"--base_precision fp8, --block_swap, --low_vram, fewer --num_frames or a smaller --height/--width, or "
+            f"shard it with an FSDP config (accelerate_configs/)."
         )
     return least
 
@@ -216,7 +225,7 @@ def plan_gpu_memory(
     if not planned:
         return MemoryPlan(selective_blocks, ema_device or "gpu")
     states = state_bytes(transformer, compute_dtype, c.ema, fsdp_shards)
-    resident = states["weights"]
+    resident = states["weights"] - (swapped_weight_bytes(transformer) if c.block_swap else 0)
     resident += 0 if c.cache_latents else sum(p.numel() * p.element_size() for p in vae.parameters())
     trainable_params = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
     resident += DDP_EXTRA_BYTES_PER_PARAMETER * trainable_params if ddp else 0

@@ -22,7 +22,8 @@ from ..attention import set_attention_backend
 from ..compile import compile_blocks
 from ..context_parallel import enable_context_parallel
 from .activation_checkpointing import apply_activation_checkpointing, wrap_blocks_for_fsdp
-from .memory import context_parallel_advice, memory_budget_bytes, plan_gpu_memory
+from .block_swap import BlockSwap
+from .memory import context_parallel_advice, memory_budget_bytes, plan_gpu_memory, swapped_weight_bytes
 
 logger = get_logger(__name__)
 
@@ -129,7 +130,19 @@ def prepare_for_wrapping(
             str(compute_dtype).removeprefix("torch."),
         )
     else:
-        apply_activation_checkpointing(transformer, c.activation_checkpointing, plan.selective_blocks, c.low_vram)
+        block_swap = None
+        if c.block_swap:
+            if dims.engine != "single":
+                raise ValueError(f"--block_swap is for one GPU: under {dims.engine} drop it.")
+            block_swap = BlockSwap(transformer.transformer_blocks, device)
+            logger.info(
+                "Block swap: %.1f GiB of frozen block weights in pinned CPU memory, a block copied ahead on a side "
+                "stream",
+                swapped_weight_bytes(transformer) / 2**30,
+            )
+        apply_activation_checkpointing(
+            transformer, c.activation_checkpointing, plan.selective_blocks, c.low_vram, block_swap
+        )
     if plan.compile:
         if dims.engine == "ddp":
             # Dynamo's DDPOptimizer splits a compiled graph at DDP's bucket boundaries, and cannot split one that

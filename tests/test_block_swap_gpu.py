@@ -1,0 +1,21 @@
+"""`--block_swap` on a GPU, where the copies run on a side stream: the adapter's gradients are those without the
+swap, and the blocks' base weights leave the GPU. Skipped on the CPU (`tests/test_quantized_base.py` checks the
+bookkeeping there); run on the GPU machine with `pytest --noconftest tests/test_block_swap_gpu.py`."""
+
+import pytest
+import torch
+from swap_step import lora_step
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the side stream needs a GPU")
+
+
+@pytest.mark.parametrize("mode", ["selective", "full"])
+def test_block_swap_on_a_side_stream_gives_the_plain_gradients(mode):
+    plain, _ = lora_step(False, mode, device="cuda", fp8=False)
+    swapped, swap = lora_step(True, mode, device="cuda", fp8=False)
+    for name in plain:  # the same kernels in the same order; fp32 tolerance in case one is non-deterministic
+        torch.testing.assert_close(swapped[name], plain[name], msg=name)
+    for i, block in enumerate(swap.blocks):
+        devices = {t.device.type for t in swap._frozen_tensors(block)}
+        assert devices == ({"cuda"} if i in swap.resident else {"cpu"}), (i, devices)
+        assert all(h.is_pinned() for h in swap.host[i])
