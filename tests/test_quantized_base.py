@@ -88,14 +88,16 @@ def test_a_run_that_cannot_fit_its_memory_budget_is_refused_before_any_weight_lo
     budget = 24 * 2**30
     full = TrainConfig(model="2B").resolved()
     with pytest.raises(ValueError, match="--train_architecture lora"):
-        memory.check_fits(meta_trainable_transformer(two, full, torch.bfloat16), full, 84_480, torch.bfloat16, budget)
+        memory.check_fits(
+            meta_trainable_transformer(two, full, torch.bfloat16), full, 84_480, torch.bfloat16, budget, False
+        )
     lean = TrainConfig(model="2B", train_architecture="lora", base_precision="fp8", low_vram=True).resolved()
     least = memory.check_fits(
-        meta_trainable_transformer(two, lean, torch.bfloat16), lean, 84_480, torch.bfloat16, budget
+        meta_trainable_transformer(two, lean, torch.bfloat16), lean, 84_480, torch.bfloat16, budget, False
     )
     bf16_lora = TrainConfig(model="2B", train_architecture="lora", low_vram=True).resolved()
     more = memory.check_fits(
-        meta_trainable_transformer(two, bf16_lora, torch.bfloat16), bf16_lora, 84_480, torch.bfloat16, budget
+        meta_trainable_transformer(two, bf16_lora, torch.bfloat16), bf16_lora, 84_480, torch.bfloat16, budget, False
     )
     blocks = build_transformer(two, device="meta").transformer_blocks
     block_weights = sum(p.numel() for p in blocks.parameters())
@@ -161,7 +163,7 @@ def test_block_swap_is_for_lora_runs_that_recompute_on_one_gpu():
 
 
 def test_a_lora_run_with_block_swap_trains_as_without(bikes_dataset, tmp_path):
-    """The trainer's wiring: the same losses to the last bit on the CPU, and the planner counts two blocks."""
+    """The trainer's wiring: the same losses to the last bit on the CPU."""
     losses = {}
     for swap in (False, True):
         config = tiny_config(
@@ -169,3 +171,31 @@ def test_a_lora_run_with_block_swap_trains_as_without(bikes_dataset, tmp_path):
         )
         losses[swap] = Trainer(config).train()
     assert losses[True] == losses[False]
+
+
+def test_block_swap_is_chosen_for_a_lora_run_that_fits_only_with_it():
+    """14B LoRA (rank 32, bf16 base) at 720p with --low_vram: its leanest step needs 48.9 GiB with the base on the
+    GPU and 24.0 GiB with two blocks there. On a 32 GiB budget block swap is chosen; on 80 GiB, or without
+    --low_vram or a budget, it is not; and never under several processes or for a full run."""
+    from cosmos_v2w_diffusers.presets import get_preset
+    from cosmos_v2w_diffusers.training import memory
+    from cosmos_v2w_diffusers.training.model import meta_trainable_transformer
+
+    fourteen = get_preset("14B")
+    lora = TrainConfig(model="14B", train_architecture="lora", low_vram=True).resolved()
+    meta = meta_trainable_transformer(fourteen, lora, torch.bfloat16)
+    with_base, swapped = (
+        memory.leanest_step_bytes(meta, lora, 84_480, torch.bfloat16, swap) / 2**30 for swap in (False, True)
+    )
+    assert with_base == pytest.approx(48.9, abs=0.1) and swapped == pytest.approx(24.0, abs=0.1)
+
+    def chosen(config, budget_gib, one_gpu=True):
+        return memory.choose_block_swap(meta, config, 84_480, torch.bfloat16, int(budget_gib * 2**30), one_gpu)
+
+    assert chosen(lora, 32) and not chosen(lora, 80) and not chosen(lora, 32, one_gpu=False)
+    plain = TrainConfig(model="14B", train_architecture="lora").resolved()
+    assert not chosen(plain, 32)  # nothing asked it to fit: the run is refused with the levers instead
+    budgeted = TrainConfig(model="14B", train_architecture="lora", memory_budget_gib=32).resolved()
+    assert chosen(budgeted, 32)
+    assert not chosen(TrainConfig(model="14B", low_vram=True).resolved(), 32)
+    assert memory.check_fits(meta, lora, 84_480, torch.bfloat16, 32 * 2**30, True) < 32 * 2**30

@@ -173,24 +173,51 @@ def memory_budget_bytes(config, device: torch.device) -> int | None:
     return min(_capacity_bytes(device), budget) if budget else _capacity_bytes(device)
 
 
-def check_fits(transformer: torch.nn.Module, config, tokens: int, compute_dtype: torch.dtype, budget: int) -> int:
-    """Refuse, before any weight is loaded, a run whose leanest step cannot fit `budget` bytes; returns that
-    step's estimate. `transformer` is the run's model built on the meta device (its dtypes and trainable tensors
-    as the run will have them). The leanest step: full recompute, the EMA on the CPU, the block inputs on the CPU
-    with --low_vram, compiled blocks; the VAE is left out (its weights, 0.25 GiB, and without --cache_latents its
-    encode's own peak), so this is a lower bound: a run it lets through may still need the planner's fallbacks.
-    (2B LoRA with --low_vram at 720p: 13.8 GiB here; 20.9 GiB measured encoding on the fly.)"""
+def leanest_step_bytes(
+    transformer: torch.nn.Module, config, tokens: int, compute_dtype: torch.dtype, block_swap: bool
+) -> int:
+    """The run's leanest step: full recompute, the EMA on the CPU, the block inputs on the CPU with --low_vram,
+    compiled blocks, the swapped block weights off the GPU with `block_swap`. `transformer` is the run's model built
+    on the meta device (its dtypes and trainable tensors as the run will have them). The VAE is left out (its
+    weights, 0.25 GiB, and without --cache_latents its encode's own peak), so this is a lower bound: a run it lets
+    through may still need the planner's fallbacks. (2B LoRA with --low_vram at 720p: 13.8 GiB with the headroom;
+    20.9 GiB measured encoding on the fly.)"""
     states = state_bytes(transformer, compute_dtype, ema=False)
     least = step_bytes_without_selective(transformer, tokens, states["weights"], True, compute_dtype)
-    least -= swapped_weight_bytes(transformer) if config.block_swap else 0
+    least -= swapped_weight_bytes(transformer) if block_swap else 0
     if config.low_vram:
         least -= len(transformer.transformer_blocks) * _block_input_bytes(transformer, tokens, compute_dtype)
-    if least + HEADROOM_BYTES > budget:
+    return least + HEADROOM_BYTES
+
+
+def choose_block_swap(
+    transformer: torch.nn.Module, config, tokens: int, compute_dtype: torch.dtype, budget: int, one_gpu: bool
+) -> bool:
+    """`--block_swap`, or block swap chosen for a LoRA run on one GPU that asked to fit (`--low_vram` or
+    `--memory_budget_gib`) and whose leanest step fits `budget` bytes only with it. Block swap changes no result,
+    so it may be chosen for the user; an fp8 base changes the numerics, so it is only ever asked for."""
+    if config.block_swap:
+        return True
+    may_choose = config.low_vram or config.memory_budget_gib is not None
+    if not (
+        may_choose and one_gpu and config.train_architecture == "lora" and config.activation_checkpointing != "none"
+    ):
+        return False
+    return leanest_step_bytes(transformer, config, tokens, compute_dtype, block_swap=False) > budget
+
+
+def check_fits(
+    transformer: torch.nn.Module, config, tokens: int, compute_dtype: torch.dtype, budget: int, block_swap: bool
+) -> int:
+    """Refuse, before any weight is loaded, a run whose leanest step (`leanest_step_bytes`) cannot fit `budget`
+    bytes; returns that step's estimate."""
+    least = leanest_step_bytes(transformer, config, tokens, compute_dtype, block_swap)
+    if least > budget:
         raise ValueError(
-            f"This run needs at least {(least + HEADROOM_BYTES) / GIB:.1f} GiB of GPU memory at its leanest (full "
-            f"recompute, EMA on the CPU), and has {budget / GIB:.1f} GiB: use --train_architecture lora, "
-            f"--base_precision fp8, --block_swap, --low_vram, fewer --num_frames or a smaller --height/--width, or "
-            f"shard it with an FSDP config (accelerate_configs/)."
+            f"This run needs at least {least / GIB:.1f} GiB of GPU memory at its leanest (full recompute, EMA on the "
+            f"CPU), and has {budget / GIB:.1f} GiB: use --train_architecture lora, --base_precision fp8, "
+            f"--block_swap, --low_vram, fewer --num_frames or a smaller --height/--width, or shard it with an FSDP "
+            f"config (accelerate_configs/)."
         )
     return least
 
@@ -209,6 +236,7 @@ def plan_gpu_memory(
     fsdp_shards: int | None = None,
     ddp: bool = False,
     budget_bytes: int | None = None,
+    block_swap: bool = False,
 ) -> MemoryPlan:
     """Blocks that keep their attention outputs and the EMA's device ("gpu" or "cpu").
 
@@ -218,14 +246,14 @@ def plan_gpu_memory(
     hidden behind a long step (2B at 720p) but not behind a short one, which would wait for it. Under FSDP,
     `fsdp_shards` ranks share the weights, EMA and optimizer state; under DDP of several processes (`ddp`) its
     gradient-sized buffer (`DDP_EXTRA_BYTES_PER_PARAMETER`) is counted too. `budget_bytes` (`memory_budget_bytes`)
-    replaces the card's memory.
+    replaces the card's memory; with `block_swap` the GPU holds two blocks' frozen weights.
     """
     c = config
     planned = device.type == "cuda" and c.activation_checkpointing == "selective" and selective_blocks is None
     if not planned:
         return MemoryPlan(selective_blocks, ema_device or "gpu")
     states = state_bytes(transformer, compute_dtype, c.ema, fsdp_shards)
-    resident = states["weights"] - (swapped_weight_bytes(transformer) if c.block_swap else 0)
+    resident = states["weights"] - (swapped_weight_bytes(transformer) if block_swap else 0)
     resident += 0 if c.cache_latents else sum(p.numel() * p.element_size() for p in vae.parameters())
     trainable_params = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
     resident += DDP_EXTRA_BYTES_PER_PARAMETER * trainable_params if ddp else 0

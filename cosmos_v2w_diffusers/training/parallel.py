@@ -38,6 +38,7 @@ class DevicePlan:
     attention_backend: str  # the kernel that runs, never "auto"
     ema_device: str  # gpu or cpu
     selective_blocks: int | None  # blocks keeping their attention outputs (None: all)
+    block_swap: bool  # the frozen block weights in host memory, a block copied ahead (`block_swap.py`)
     estimated_peak_bytes: int | None = None  # the memory planner's estimate, when it made one
     capacity_bytes: int | None = None
 
@@ -68,7 +69,14 @@ def fsdp_mixed_precision(compute_dtype: torch.dtype) -> MixedPrecisionPolicy:
 
 
 def prepare_for_wrapping(
-    transformer: CosmosTransformer3DModel, vae, config, accelerator, dims, tokens: int, compute_dtype: torch.dtype
+    transformer: CosmosTransformer3DModel,
+    vae,
+    config,
+    accelerator,
+    dims,
+    tokens: int,
+    compute_dtype: torch.dtype,
+    block_swap: bool = False,
 ) -> DevicePlan:
     """Plan the run's device use and carry the plan out on `transformer` before accelerate wraps it (DDP;
     FSDP2 with the mixed-precision policy set here; DeepSpeed with the config `configure_deepspeed` settles).
@@ -76,7 +84,8 @@ def prepare_for_wrapping(
     On a GPU, `plan_gpu_memory` decides the selective blocks and the EMA's device from a rank's share of the
     `tokens` and of the sharded states. Off FSDP, diffusers' gradient checkpointing runs the plan; under FSDP2
     the checkpoint wraps each block before it is sharded (`wrap_blocks_for_fsdp`). `dims` (`ParallelDims`)
-    says which engine wraps it and how the ranks share the sequence and the states.
+    says which engine wraps it and how the ranks share the sequence and the states. `block_swap`: `--block_swap`,
+    or the trainer's choice (`memory.choose_block_swap`).
     """
     c, cp, device = config, dims.cp, accelerator.device
     on_gpu = device.type == "cuda"
@@ -96,6 +105,7 @@ def prepare_for_wrapping(
         fsdp_shards=dims.state_shards,
         ddp=dims.engine == "ddp",
         budget_bytes=memory_budget_bytes(c, device),
+        block_swap=block_swap,
     )
     memory = plan_gpu_memory(transformer, vae, c, device, tokens // cp, compute_dtype, **planner)
     if cp > 1 and memory.estimated_peak_bytes is not None:
@@ -108,6 +118,7 @@ def prepare_for_wrapping(
         attention_backend,
         memory.ema_device,
         memory.selective_blocks,
+        block_swap,
         memory.estimated_peak_bytes,
         memory.capacity_bytes,
     )
@@ -130,18 +141,18 @@ def prepare_for_wrapping(
             str(compute_dtype).removeprefix("torch."),
         )
     else:
-        block_swap = None
-        if c.block_swap:
+        swap = None
+        if plan.block_swap:
             if dims.engine != "single":
                 raise ValueError(f"--block_swap is for one GPU: under {dims.engine} drop it.")
-            block_swap = BlockSwap(transformer.transformer_blocks, device)
+            swap = BlockSwap(transformer.transformer_blocks, device)
             logger.info(
                 "Block swap: %.1f GiB of frozen block weights in pinned CPU memory, a block copied ahead on a side "
                 "stream",
                 swapped_weight_bytes(transformer) / 2**30,
             )
         apply_activation_checkpointing(
-            transformer, c.activation_checkpointing, plan.selective_blocks, c.low_vram, block_swap
+            transformer, c.activation_checkpointing, plan.selective_blocks, c.low_vram, swap
         )
     if plan.compile:
         if dims.engine == "ddp":
