@@ -85,6 +85,7 @@ workstation)  # issue 22: LoRA rank 16 with the frozen base in fp8, each run cap
   # (set_per_process_memory_fraction of this GPU's memory; the planner plans for the cap). The leanest steps
   # check_fits counts (lower bounds, with 3 GiB headroom): 14B 720p 34.5 GiB, 14B 480p 23.8, 2B 720p 12.0.
   cap() { python -c "import torch; print(round($1 * 2**30 / torch.cuda.get_device_properties(0).total_memory, 4))"; }
+  HF_HUB_OFFLINE=1 python -m pytest -q -p no:cacheprovider --noconftest tests/test_lean_levers_gpu.py
   lora="--train_architecture lora --lora_rank 16 --base_precision fp8 --low_vram --cache_latents"
   $tb --steps 2 --memory_fraction "$(cap 76)" --name lora_14b_720p_one_gpu -- --model 14B $lora \
       --cache_windows_per_clip 1

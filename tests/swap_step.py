@@ -1,4 +1,4 @@
-"""The step the block-swap tests compare (`tests/test_quantized_base.py` on the CPU, `tests/test_block_swap_gpu.py`
+"""The step the block-swap tests compare (`tests/test_quantized_base.py` on the CPU, `tests/test_lean_levers_gpu.py`
 on a GPU): a module of its own, since the GPU runs skip `conftest.py` (it needs scikit-video)."""
 
 import torch

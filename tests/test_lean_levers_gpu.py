@@ -1,6 +1,7 @@
-"""`--block_swap` on a GPU, where the copies run on a side stream: the adapter's gradients are those without the
-swap, and the blocks' base weights leave the GPU. Skipped on the CPU (`tests/test_quantized_base.py` checks the
-bookkeeping there); run on the GPU machine with `pytest --noconftest tests/test_block_swap_gpu.py`."""
+"""The levers whose copies run on a side stream on a GPU: `--block_swap` (the adapter's gradients are those without
+the swap, and the blocks' base weights leave the GPU) and `--low_vram`'s offloaded block inputs (the gradients of
+full recompute). Skipped on the CPU (`tests/test_quantized_base.py` and `tests/test_fast_paths.py` check the rest
+there); run on the GPU machine with `pytest --noconftest tests/test_lean_levers_gpu.py`."""
 
 import pytest
 import torch
@@ -19,3 +20,10 @@ def test_block_swap_on_a_side_stream_gives_the_plain_gradients(mode):
         devices = {t.device.type for t in swap._frozen_tensors(block)}
         assert devices == ({"cuda"} if i in swap.resident else {"cpu"}), (i, devices)
         assert all(h.is_pinned() for h in swap.host[i])
+
+
+def test_block_inputs_offloaded_on_a_side_stream_give_the_gradients_of_full_recompute():
+    full, _ = lora_step(False, "full", device="cuda", fp8=False)
+    offloaded, _ = lora_step(False, "full", offload=True, device="cuda", fp8=False)
+    for name in full:
+        torch.testing.assert_close(offloaded[name], full[name], msg=name)
