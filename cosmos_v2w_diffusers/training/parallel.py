@@ -88,6 +88,8 @@ def prepare_for_wrapping(
     or the trainer's choice (`memory.choose_block_swap`).
     """
     c, cp, device = config, dims.cp, accelerator.device
+    if block_swap and dims.engine != "single":
+        raise ValueError(f"--block_swap is for one GPU, one process: under {dims.engine} drop it.")
     on_gpu = device.type == "cuda"
     compiled = c.compile if c.compile is not None else on_gpu
     selective_blocks = c.selective_checkpointing_blocks
@@ -143,8 +145,6 @@ def prepare_for_wrapping(
     else:
         swap = None
         if plan.block_swap:
-            if dims.engine != "single":
-                raise ValueError(f"--block_swap is for one GPU: under {dims.engine} drop it.")
             swap = BlockSwap(transformer.transformer_blocks, device)
             logger.info(
                 "Block swap: %.1f GiB of frozen block weights in pinned CPU memory, a block copied ahead on a side "
