@@ -103,6 +103,7 @@ def main() -> None:
             "compiled_blocks": args.compile,
             "attention_backend": backend,
             "num_gpus": args.num_gpus,
+            "clips_per_step": 1,  # one video a call, on however many GPUs
             "context_parallel_size": cp,
             "guidance_parallel": args.guidance_parallel,
             "seconds": round(total, 2),

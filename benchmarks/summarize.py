@@ -94,7 +94,7 @@ def _several_gpus_row(
 
 
 TRAINING_KEYS = ("seconds", "num_gpus", "clips_per_step", "gpu_seconds_per_clip")
-GENERATION_KEYS = ("seconds", "num_gpus", "context_parallel_size", "guidance_parallel")
+GENERATION_KEYS = ("seconds", "num_gpus", "clips_per_step", "context_parallel_size", "guidance_parallel")
 
 
 def main() -> None:

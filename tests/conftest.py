@@ -49,9 +49,29 @@ def tiny_config(dataset, output_dir, **overrides):
 REPO = Path(__file__).resolve().parents[1]
 
 
+# `accelerate launch` flags for one CPU process, as `make demo` passes them (no accelerate config needed).
+ONE_CPU_PROCESS = ("--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
+
+
+def torchrun(nproc: int | str, port: int | str, *args: str) -> list[str]:
+    """`python -m torch.distributed.run --nproc_per_node nproc --master_port port <args>`."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+    return [*launcher, "--master_port", str(port), *args]
+
+
+def accelerate_launch(*args: str) -> list[str]:
+    """`python -m accelerate.commands.launch <args>`."""
+    return [sys.executable, "-m", "accelerate.commands.launch", *args]
+
+
+def tiny_run_flags(dataset: Path, output_dir: Path) -> list[str]:
+    """`train_video2world.py` flags of a tiny run on `dataset` writing to `output_dir`."""
+    return ["--model", "tiny", "--dataset_path", str(dataset), "--output_dir", str(output_dir)]
+
+
 def endless_run_flags(dataset: Path, output_dir: Path) -> list[str]:
     """`train_video2world.py` flags of a tiny run that trains until it is stopped (no checkpoint before then)."""
-    return ["--model", "tiny", "--dataset_path", str(dataset), "--output_dir", str(output_dir)] + [
+    return tiny_run_flags(dataset, output_dir) + [
         "--max_iter",
         "100000",
         "--save_iter",
@@ -69,7 +89,7 @@ def launch_training(
     its log (stderr)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **({"ACCELERATE_USE_CPU": "true"} if cpu else {})}
     command = [
-        *(sys.executable, "-m", "accelerate.commands.launch", *launcher, str(REPO / "train_video2world.py")),
+        *accelerate_launch(*launcher, str(REPO / "train_video2world.py")),
         *("--model", "tiny", "--dataloader_num_workers", "0", "--output_dir", str(output_dir), *flags),
     ]
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import launch_training
+from conftest import launch_training, torchrun
 from PIL import Image
 
 from cosmos_v2w_diffusers.data.demo_clips import render_clip
@@ -30,17 +30,12 @@ def _masters(folder: Path, iteration: int) -> dict[str, torch.Tensor]:
 
 def test_the_sharded_transformer_computes_the_unsharded_output_and_gradient(tmp_path):
     """Each rank holds half the tokens; outputs match; the ranks' gradients sum to the unsharded one."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
+    cmd = torchrun(
         "2",
-        "--master_port",
         "29539",
         str(REPO / "tests" / "cp_worker.py"),
         str(tmp_path),
-    ]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -91,18 +86,13 @@ def test_fsdp2_alone_and_with_context_parallel_trains_like_the_unsharded_model(t
     for cp in (1, 2):
         out = tmp_path / f"cp{cp}"
         out.mkdir()
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
+        cmd = torchrun(
             "2",
-            "--master_port",
             str(29560 + cp),
             str(REPO / "tests" / "fsdp_worker.py"),
             str(out),
             str(cp),
-        ]
+        )
         result = subprocess.run(
             cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
         )
@@ -126,15 +116,7 @@ def _generations_match_one_process(tmp_path: Path, num_gpus: int, port: int, **l
     flags = ["--model_size", "tiny", "--input_path", str(image), "--prompt", "A video of sks teal robot."]
     flags += ["--disable_guardrail", "--num_inference_steps", "4"]
     script = str(REPO / "infer_video2world.py")
-    launch = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(num_gpus),
-        "--master_port",
-        str(port),
-    ]
+    launch = torchrun(num_gpus, port)
     runs = {"one": [sys.executable, script, *flags]}
     runs.update(
         {name: [*launch, script, *flags, "--num_gpus", str(num_gpus), *extra] for name, extra in layouts.items()}

@@ -9,12 +9,11 @@ torch by `max/(norm + 1e-6)`), so its checkpoint is compared with a plain run's,
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import launch_training
+from conftest import accelerate_launch, launch_training, tiny_run_flags
 
 pytest.importorskip("deepspeed")
 
@@ -98,24 +97,16 @@ def test_zero_checkpoints_hold_whole_fp32_state_in_nvidia_layout_and_resume(
 
 def test_deepspeed_refuses_context_parallelism_and_names_the_config_to_use(prepared_dataset, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
+    cmd = accelerate_launch(
         "--config_file",
         str(REPO / "accelerate_configs" / "deepspeed_zero2.yaml"),
         "--num_processes",
         "1",
         str(REPO / "train_video2world.py"),
-        "--model",
-        "tiny",
-        "--dataset_path",
-        str(prepared_dataset),
-        "--output_dir",
-        str(tmp_path / "run"),
+        *tiny_run_flags(str(prepared_dataset), str(tmp_path / "run")),
         "--context_parallel_size",
         "2",
-    ]
+    )
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
     assert "fsdp_8gpu.yaml" in result.stderr

@@ -9,6 +9,7 @@ from pathlib import Path
 import decord
 import numpy as np
 import torch
+from conftest import ONE_CPU_PROCESS, accelerate_launch
 from PIL import Image
 
 from cosmos_v2w_diffusers.components import load_text_encoder, load_vae
@@ -51,18 +52,8 @@ def test_the_tiny_text_encoder_tells_prompts_apart():
 def test_make_demo_writes_a_video_a_comparison_and_metrics_and_a_rerun_is_complete(tmp_path):
     """The two commands of `make demo`, with fewer steps."""
     run_dir = tmp_path / "outputs" / "demo" / "run"
-    train = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_processes",
-        "1",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+    train = accelerate_launch(
+        *ONE_CPU_PROCESS,
         str(REPO / "train_video2world.py"),
         "--model",
         "tiny",
@@ -75,7 +66,7 @@ def test_make_demo_writes_a_video_a_comparison_and_metrics_and_a_rerun_is_comple
         "20",
         "--save_iter",
         "10",
-    ]
+    )
     demo = [
         sys.executable,
         "-m",

@@ -440,13 +440,10 @@ def test_the_pipeline_speaks_diffusers_encode_prompt_interrupt_and_refuses_forei
         pipe._interrupt = i == 1
         return {}
 
-    pipe(
+    _generate(
+        pipe,
         image=PIL.Image.new("RGB", (112, 64)),
         prompt="a",
-        height=64,
-        width=112,
-        num_frames=17,
-        num_inference_steps=6,
         guidance_scale=3.0,
         callback_on_step_end=stop_after_two,
         callback_on_step_end_tensor_inputs=("latents", "prompt_embeds"),
@@ -458,14 +455,8 @@ def test_the_pipeline_speaks_diffusers_encode_prompt_interrupt_and_refuses_forei
     pipe.scheduler = DPMSolverMultistepScheduler()
     try:
         with pytest.raises(ValueError, match="DPMSolverMultistepScheduler cannot drive this pipeline"):
-            pipe(
-                image=PIL.Image.new("RGB", (112, 64)),
-                prompt="a",
-                height=64,
-                width=112,
-                num_frames=17,
-                num_inference_steps=2,
-                output_type="latent",
+            _generate(
+                pipe, image=PIL.Image.new("RGB", (112, 64)), prompt="a", num_inference_steps=2, output_type="latent"
             )
     finally:
         pipe.scheduler = scheduler

@@ -149,7 +149,7 @@ def test_block_swap_gives_the_plain_gradients_with_two_blocks_on_the_device(mode
         on_device = on_device | {i} if what == "enter" else on_device - {i} if what == "drop" else on_device
     assert any(what == "used" for what, _ in events) and any(what == "drop" for what, _ in events)
     for i, block in enumerate(swap.blocks):
-        on_host = [t.data_ptr() for t in swap._frozen_tensors(block)] == [h.data_ptr() for h in swap.host[i]]
+        on_host = [t.data_ptr() for t in swap.frozen[i]] == [h.data_ptr() for h in swap.host[i]]
         assert on_host == (i not in swap.resident), i
 
 

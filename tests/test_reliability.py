@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import before_each_forward, endless_run_flags, make_dataset_folder, tiny_config
+from conftest import before_each_forward, endless_run_flags, make_dataset_folder, tiny_config, tiny_run_flags, torchrun
 
 from cosmos_v2w_diffusers import load_video2world_dataset
 from cosmos_v2w_diffusers.data.folder import probe_video
@@ -249,12 +249,7 @@ def test_a_kill_during_saving_leaves_the_last_checkpoint_whole_and_temp_files_ar
     command = [
         sys.executable,
         str(REPO / "train_video2world.py"),
-        "--model",
-        "tiny",
-        "--dataset_path",
-        str(prepared_dataset),
-        "--output_dir",
-        str(out),
+        *tiny_run_flags(str(prepared_dataset), str(out)),
         "--max_iter",
         "100000",
         "--save_iter",
@@ -513,17 +508,12 @@ def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(prepared_datas
 
     out = tmp_path / "run"
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
+    command = torchrun(
         "2",
-        "--master_port",
         "29541",
         str(REPO / "train_video2world.py"),
         *endless_run_flags(prepared_dataset, out),
-    ]
+    )
     process, log = (
         subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True),
         [],

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import before_each_forward, make_dataset_folder, tiny_config
+from conftest import before_each_forward, make_dataset_folder, tiny_config, tiny_run_flags, torchrun
 from diffusers import CosmosTransformer3DModel
 from diffusers.loaders.single_file_utils import (
     convert_cosmos_transformer_checkpoint_to_diffusers,
@@ -378,21 +378,11 @@ def test_two_process_data_parallel_run_resumes_exactly(prepared_dataset, tmp_pat
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
 
     def run(output_dir, max_iter, port):
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
+        cmd = torchrun(
             "2",
-            "--master_port",
             str(port),
             str(REPO / "train_video2world.py"),
-            "--model",
-            "tiny",
-            "--dataset_path",
-            str(prepared_dataset),
-            "--output_dir",
-            str(output_dir),
+            *tiny_run_flags(str(prepared_dataset), str(output_dir)),
             "--max_iter",
             str(max_iter),
             "--lr_decay_steps",
@@ -401,7 +391,7 @@ def test_two_process_data_parallel_run_resumes_exactly(prepared_dataset, tmp_pat
             "3",
             "--dataloader_num_workers",
             "0",
-        ]
+        )
         result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
         return result.stderr
@@ -501,12 +491,7 @@ def test_validation_writes_a_video_and_scores_it_against_a_held_out_clip(bikes_d
     out = tmp_path / "run"
     config = TrainConfig.from_args(
         [
-            "--model",
-            "tiny",
-            "--dataset_path",
-            str(bikes_dataset),
-            "--output_dir",
-            str(out),
+            *tiny_run_flags(str(bikes_dataset), str(out)),
             "--dataloader_num_workers",
             "0",
             "--validation_prompt",

@@ -17,7 +17,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import PROMPT, endless_run_flags, tiny_config
+from conftest import ONE_CPU_PROCESS, PROMPT, accelerate_launch, endless_run_flags, tiny_config, torchrun
 
 from cosmos_v2w_diffusers import load_video2world_dataset
 from cosmos_v2w_diffusers.data.folder import (
@@ -333,21 +333,11 @@ def _launch(command: list[str], env: dict, cwd: Path) -> tuple[subprocess.Popen,
 def test_a_run_under_accelerate_launch_saves_and_stops_on_a_signal_to_the_launcher(prepared_dataset, tmp_path, how):
     out = tmp_path / "run"
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_processes",
-        "1",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+    command = accelerate_launch(
+        *ONE_CPU_PROCESS,
         str(REPO / "train_video2world.py"),
         *endless_run_flags(prepared_dataset, out),
-    ]
+    )
     launcher, log = _launch(command, env, tmp_path)
     [trainer] = _children(launcher.pid)
     if how == "ctrl_c":
@@ -369,17 +359,12 @@ def test_a_run_under_accelerate_launch_saves_and_stops_on_a_signal_to_the_launch
 def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step_with_one_checkpoint(prepared_dataset, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
+    command = torchrun(
         "2",
-        "--master_port",
         "29543",
         str(REPO / "train_video2world.py"),
         *endless_run_flags(prepared_dataset, out),
-    ]
+    )
     launcher, log = _launch(command, env, tmp_path)
     workers = _children(launcher.pid)
     launcher.send_signal(signal.SIGTERM)

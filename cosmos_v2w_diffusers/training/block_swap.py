@@ -33,6 +33,8 @@ class BlockSwap:
         self.blocks = list(blocks)
         self.device = device
         self.index = {id(block): i for i, block in enumerate(self.blocks)}
+        # Each block's frozen tensors: the parameters that need no gradient, and the buffers.
+        self.frozen = [[p for p in b.parameters() if not p.requires_grad] + list(b.buffers()) for b in self.blocks]
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.host: list[list[torch.Tensor]] = []
         self.copies: dict[int, tuple[list[torch.Tensor], torch.cuda.Event | None]] = {}
@@ -40,19 +42,15 @@ class BlockSwap:
         self.last: int | None = None
 
     def _move_to_host(self) -> None:
-        self.host = [self._to_host(block, pin=self.stream is not None) for block in self.blocks]
+        self.host = [self._to_host(tensors, pin=self.stream is not None) for tensors in self.frozen]
         if self.stream is not None:
             torch.cuda.empty_cache()  # give the blocks' device memory back for the activations
 
     @staticmethod
-    def _frozen_tensors(block: torch.nn.Module) -> list[torch.Tensor]:
-        params = [p for p in block.parameters() if not p.requires_grad]
-        return params + list(block.buffers())
-
-    def _to_host(self, block: torch.nn.Module, pin: bool) -> list[torch.Tensor]:
-        """Move `block`'s frozen tensors to host memory (pinned for asynchronous copies); returns them."""
+    def _to_host(tensors: list[torch.Tensor], pin: bool) -> list[torch.Tensor]:
+        """Move a block's frozen tensors to host memory (pinned for asynchronous copies); returns them."""
         host = []
-        for tensor in self._frozen_tensors(block):
+        for tensor in tensors:
             copy = tensor.data.to("cpu", copy=True)
             host.append(copy.pin_memory() if pin else copy)
             tensor.data = host[-1]
@@ -74,7 +72,7 @@ class BlockSwap:
     def _drop(self, i: int) -> None:
         """Point block `i`'s tensors back at their host copies; the device copies are freed once autograd and
         the streams that used them are done with them."""
-        for tensor, host in zip(self._frozen_tensors(self.blocks[i]), self.host[i]):
+        for tensor, host in zip(self.frozen[i], self.host[i]):
             tensor.data = host
         self.copies.pop(i, None)
         self.resident.discard(i)
@@ -93,7 +91,7 @@ class BlockSwap:
             compute.wait_event(event)
             for copy in copies:
                 copy.record_stream(compute)  # its memory is not reused before the compute stream is done with it
-        for tensor, copy in zip(self._frozen_tensors(block), copies):
+        for tensor, copy in zip(self.frozen[i], copies):
             tensor.data = copy
         self.resident.add(i)
         for j in list(self.resident):
