@@ -5,7 +5,7 @@
 #   bash benchmarks/multi_gpu.sh generation      # 2B 720p generation: 1 GPU, CP 4, guidance-parallel x CP 2
 #   bash benchmarks/multi_gpu.sh train_14b [DATA]   # 14B full step, FSDP2 x4 with CP 2 (an H200 host: 132 GiB a GPU)
 #   bash benchmarks/multi_gpu.sh checks TINY_DATA   # resume 4 -> 2 -> 1 (FSDP2), ZeRO-2/3 resume, SIGTERM to the launcher
-#   bash benchmarks/multi_gpu.sh lora_14b [DATA]    # 14B LoRA step, FSDP2 x4 with CP 2 (fits 4x H100: 49.6 GiB computed)
+#   bash benchmarks/multi_gpu.sh lora_14b [DATA]    # 14B LoRA step, FSDP2 x4 with CP 2, capped at 76 GiB (4x H100)
 #   bash benchmarks/multi_gpu.sh generation_14b     # 14B 720p generation, 4 GPUs (CP 4); the 1-GPU row takes ~15 min:
 #     run `python benchmarks/inference.py --model 14B --name generation_14b_720p_1gpu_same_host` in the background
 # Each row runs in its own processes (clean allocator, its own peak); results land in $OUT or benchmarks/results/.
@@ -23,7 +23,7 @@ bench() {  # bench NAME LAUNCHER... -- TRAINER FLAGS
   while [ "$1" != "--" ]; do launcher+=("$1"); shift; done
   shift
   BENCH_LAUNCHER="${launcher[*]}" "${launcher[@]}" benchmarks/train_step.py "${data[@]}" --steps "${BENCH_STEPS:-3}" \
-    --name "$name" -- "$@"
+    ${BENCH_ARGS:-} --name "$name" -- "$@"
 }
 case $group in
 train)
@@ -54,7 +54,8 @@ checks)  # correctness on the tiny model (benchmarks/check_several_gpus.py); DAT
   done
   $check signal --dataset_path "$2" --launcher "$fsdp" --num_processes $n --name fsdp2_${n}gpu
   ;;
-lora_14b)
+lora_14b)  # capped at 76 GiB a process, so that an H200 host shows what 4x H100 hold
+  BENCH_ARGS="--memory_fraction $(python -c "import torch; print(round(76 * 2**30 / torch.cuda.get_device_properties(0).total_memory, 4))")" \
   bench train_step_14b_lora_cached_${n}gpu accelerate launch --config_file accelerate_configs/fsdp_8gpu.yaml \
     --num_processes $n --main_process_port 29607 -- --model 14B --train_architecture lora --cache_latents \
     --cache_windows_per_clip 1 --context_parallel_size 2

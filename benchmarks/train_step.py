@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from diffusers import AutoencoderKLWan
+from filelock import FileLock
 from torch.profiler import ProfilerActivity
 
 from benchmarks.common import make_dataset, write_result
@@ -76,15 +77,17 @@ def main() -> None:
     ours, trainer_argv = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     args = parser.parse_args(ours)
     logging.basicConfig(level=logging.INFO)
-    if args.memory_fraction:
-        torch.cuda.set_per_process_memory_fraction(args.memory_fraction)
 
     config = TrainConfig.from_args(trainer_argv)
     resolved = config.resolved()
     preset = get_preset(resolved.model)
     work = Path(args.workdir)
     weights = work / f"weights_{preset.short_name}"
-    with PartialState().main_process_first():  # one process makes the weights and clips, the others read them
+    work.mkdir(parents=True, exist_ok=True)
+    # One process makes the weights and clips, the others read them: the ranks of one launch, and the separate
+    # runs that share a host, one a GPU (gpu_session.sh workstation), which accelerate's main_process_first
+    # cannot order, so a file lock does.
+    with PartialState().main_process_first(), FileLock(work / f"weights_{preset.short_name}.lock"):
         if not (weights / "transformer").exists():
             # Initialised on the GPU: a 14B model's fp32 initialisation on the CPU takes minutes.
             build_transformer(preset, "cuda").to(torch.bfloat16).save_pretrained(weights / "transformer")
@@ -96,6 +99,9 @@ def main() -> None:
                 work / "data", 2, resolved.num_frames + 8, resolved.height, resolved.width, preset.text_embed_dim
             )
         )
+    if args.memory_fraction:  # after the weights: 14B's fp32 initialisation takes 56 GB on the GPU
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(args.memory_fraction)
     config = dataclasses.replace(
         config,
         pretrained_model_name_or_path=str(weights),
