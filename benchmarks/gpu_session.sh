@@ -1,12 +1,32 @@
 #!/usr/bin/env bash
 # The GPU measurements behind BENCHMARKS.md, in groups that each fit one device call (< 10 minutes).
-#   bash benchmarks/gpu_session.sh train|small|encode|generate|attention|generate_flash4|h200_14b|fsdp|deepspeed|deepspeed_more|offload|fsdp_profile|workstation [DATA]
+#   bash benchmarks/gpu_session.sh train|small|encode|generate|attention|generate_flash4|h200_14b|fsdp|deepspeed|deepspeed_more|offload|fsdp_profile|workstation|workstation_levers [DATA]
 # (fsdp also reads TINY_DATA: a prepared tiny-preset folder, e.g. the demo sample in ~/.cache/cosmos_v2w_diffusers)
 # Each row runs in its own process (clean allocator, its own peak); results land in $OUT or benchmarks/results/.
 set -uo pipefail
 group=$1
 data=${2:-/tmp/cosmos_bench/data}
 tb="python benchmarks/train_step.py --data $data"
+# issue 22's rows (workstation, workstation_levers): LoRA rank 16, capped at N GiB of this GPU
+cap() { python -c "import torch; print(round($1 * 2**30 / torch.cuda.get_device_properties(0).total_memory, 4))"; }
+lora="--train_architecture lora --lora_rank 16 --cache_latents"
+lean="$lora --base_precision fp8 --low_vram"
+row14() { $tb --steps 2 --memory_fraction "$(cap $2)" --name $1 -- --model 14B $lean --cache_windows_per_clip 1 "${@:3}"; }
+row2() { $tb --memory_fraction "$(cap $2)" --name $1 -- --model 2B $lean --cache_windows_per_clip 2; }
+lever() { $tb --name $1 -- --model 2B $lora --cache_windows_per_clip 2 "${@:2}"; }
+lanes() {  # each lane on its own GPU at once where there are enough, else one after another
+  if [ "$(nvidia-smi -L | wc -l)" -ge $# ]; then
+    local gpu=0
+    for lane in "$@"; do
+      (export CUDA_VISIBLE_DEVICES=$gpu HF_DATASETS_CACHE=/tmp/cosmos_bench/datasets_$gpu; $lane) \
+        > "${OUT:-/tmp}/${group}_$lane.log" 2>&1 &
+      gpu=$((gpu + 1))
+    done
+    wait
+  else
+    for lane in "$@"; do $lane; done
+  fi
+}
 case $group in
 train)  # the must-rows of issue 7 on an 80 GB card, with the defaults
   $tb --name train_step_2b_full_cached -- --model 2B --cache_latents --cache_windows_per_clip 2
@@ -81,40 +101,34 @@ fsdp_profile)  # issue 19: where FSDP2's per-GPU overhead goes, on one GPU again
   accelerate launch --config_file accelerate_configs/fsdp_8gpu.yaml --num_processes 1 benchmarks/train_step.py \
       --data $data --profile --name profile_2b_fsdp2_1gpu -- $same
   ;;
-workstation)  # issue 22: LoRA rank 16 with the frozen base in fp8, each run capped to the card it stands for
-  # (set_per_process_memory_fraction of this GPU's memory; the planner plans for the cap). The leanest steps
-  # check_fits counts (lower bounds, with 3 GiB headroom): 14B 720p 34.5 GiB, 14B 480p 23.8, 2B 720p 12.0 (so the
-  # 11 GiB cap makes the planner choose block swap). The rows are capped at the goals; a row that meets its goal
-  # meets its must. Four lanes: on a host of 4 GPUs each runs on its own GPU at once (its own datasets cache;
-  # train_step.py's file lock makes the weights once), else one after another. Lever rows (uncapped, 2B 720p):
-  # bf16 plain, fp8, and bf16 --low_vram (the 27.5 s row before its offload overlapped).
-  cap() { python -c "import torch; print(round($1 * 2**30 / torch.cuda.get_device_properties(0).total_memory, 4))"; }
-  lora="--train_architecture lora --lora_rank 16 --cache_latents"
-  lean="$lora --base_precision fp8 --low_vram"
-  row14() { $tb --steps 2 --memory_fraction "$(cap $2)" --name $1 -- --model 14B $lean --cache_windows_per_clip 1 "${@:3}"; }
-  row2() { $tb --memory_fraction "$(cap $2)" --name $1 -- --model 2B $lean --cache_windows_per_clip 2; }
-  lever() { $tb --name $1 -- --model 2B $lora --cache_windows_per_clip 2 "${@:2}"; }
-  quality() {  # the loss curves of the same draws (seed 0) on the bf16 and the fp8 base (random 2B weights)
+workstation)  # issue 22: LoRA rank 16 with the frozen base in fp8 and --low_vram, each run capped at the goal of
+  # the card it stands for (set_per_process_memory_fraction of this GPU's memory; the planner plans for the cap),
+  # so a row that meets its goal meets its must; a 14B 480p row that misses 30 GiB runs again at its must (46).
+  # The 2B row at 11 GiB makes the planner choose block swap. Then --low_vram's speed on the bf16 base (lever 3
+  # and 4 against the plain step of `workstation_levers`). Four lanes: on a host of 4 GPUs each runs on its own
+  # GPU at once (its own datasets cache; train_step.py's file lock makes the weights once), else one after another.
+  lane_a() { row14 lora_14b_720p_one_gpu 46; }
+  lane_b() {
+    row14 lora_14b_480p_one_gpu 30 --height 432 --width 768 ||
+      row14 lora_14b_480p_one_gpu_46gib 46 --height 432 --width 768
+  }
+  lane_c() { row2 lora_2b_720p_small 15; row2 lora_2b_720p_small_11gib 11; }
+  lane_d() {
+    HF_HUB_OFFLINE=1 python -m pytest -q -p no:cacheprovider --noconftest tests/test_lean_levers_gpu.py
+    lever lever_2b_720p_bf16_low_vram --low_vram
+  }
+  lanes lane_a lane_b lane_c lane_d
+  ;;
+workstation_levers)  # issue 22: the levers one at a time at 2B 720p (uncapped), and the fp8 base's loss curves
+  # on the same draws (seed 0) against the bf16 base's (random 2B weights: benchmarks/quantized_quality.py
+  # measures generation quality on the trained tiny model)
+  quality() {
     $tb --steps 40 --name quality_2b_lora_$1 -- --model 2B $lora --base_precision $1 --num_frames 29 --height 256 \
       --width 448 --cache_windows_per_clip 2
   }
-  lane_a() { row14 lora_14b_720p_one_gpu 46; lever lever_2b_720p_bf16_plain; }
-  lane_b() { row14 lora_14b_480p_one_gpu 30 --height 432 --width 768; row14 lora_14b_720p_one_gpu_76gib 76; }
-  lane_c() { row2 lora_2b_720p_small 15; row2 lora_2b_720p_small_11gib 11; lever lever_2b_720p_bf16_low_vram --low_vram; }
-  lane_d() {
-    HF_HUB_OFFLINE=1 python -m pytest -q -p no:cacheprovider --noconftest tests/test_lean_levers_gpu.py
-    quality bf16; quality fp8; lever lever_2b_720p_fp8 --base_precision fp8
-  }
-  if [ "$(nvidia-smi -L | wc -l)" -ge 4 ]; then
-    gpu=0
-    for lane in lane_a lane_b lane_c lane_d; do
-      (export CUDA_VISIBLE_DEVICES=$gpu HF_DATASETS_CACHE=/tmp/cosmos_bench/datasets_$gpu; $lane) \
-        > "${OUT:-/tmp}/workstation_$lane.log" 2>&1 &
-      gpu=$((gpu + 1))
-    done
-    wait
-  else
-    lane_a; lane_b; lane_c; lane_d
-  fi
+  lane_a() { lever lever_2b_720p_bf16_plain; }
+  lane_b() { lever lever_2b_720p_fp8 --base_precision fp8; }
+  lane_c() { quality bf16; quality fp8; }
+  lanes lane_a lane_b lane_c
   ;;
 esac

@@ -24,7 +24,7 @@ from cosmos_v2w_diffusers.data.samples import (
 from cosmos_v2w_diffusers.latents import encode_video
 from cosmos_v2w_diffusers.objective import draw_training_randomness, video2world_loss
 from cosmos_v2w_diffusers.presets import get_preset
-from cosmos_v2w_diffusers.training.activation_checkpointing import apply_activation_checkpointing
+from cosmos_v2w_diffusers.training.activation_checkpointing import apply_activation_checkpointing, canonical_name
 from cosmos_v2w_diffusers.training.memory import (
     selective_blocks_that_fit,
     step_bytes_without_selective,
@@ -74,7 +74,7 @@ def _loss_and_grads(mode: str, n_selective=None, offload=False):
         transformer, latents, draws.noise, draws.sigma, draws.num_cond_frames, text, draws.drop_text
     )
     loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in transformer.named_parameters()}
+    return loss.detach(), {canonical_name(n): p.grad.clone() for n, p in transformer.named_parameters()}
 
 
 def test_selective_checkpointing_keeps_every_attention_output_it_promises(monkeypatch):
@@ -112,6 +112,37 @@ def test_every_checkpointing_plan_gives_the_same_gradients():
         assert torch.equal(loss, reference_loss), plan
         for name, grad in grads.items():
             torch.testing.assert_close(grad, reference[name], rtol=1e-5, atol=1e-6, msg=f"{plan}: {name}")
+
+
+def test_low_vram_checkpoints_each_sublayer_without_running_attention_a_third_time():
+    """--low_vram's recompute checkpoints the self-attention, cross-attention and MLP again inside each block: the
+    names and state dict stay the plain model's, and attention runs twice a step (forward and the block's
+    recompute) as under plain full recompute, since each sub-layer's own recompute reuses its kernel's output."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from cosmos_v2w_diffusers.training.activation_checkpointing import _ATTENTION_OPS
+
+    class CountAttention(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            CountAttention.calls += func in _ATTENTION_OPS
+            return func(*args, **(kwargs or {}))
+
+    runs = {}
+    for offload in (False, True):
+        CountAttention.calls = 0
+        with CountAttention():
+            _loss_and_grads("full", None, offload)
+        runs[offload] = CountAttention.calls
+    n_blocks = len(load_transformer(TINY).transformer_blocks)
+    assert runs == {False: 2 * 2 * n_blocks, True: 2 * 2 * n_blocks}
+
+    transformer = load_transformer(TINY)
+    names = list(transformer.state_dict())
+    apply_activation_checkpointing(transformer, "full", None, True)
+    assert all("_checkpoint_wrapped_module" in n for n, _ in transformer.named_parameters() if ".attn1." in n)
+    assert list(transformer.state_dict()) == names
 
 
 def test_memory_plan_keeps_attention_outputs_only_where_they_fit():

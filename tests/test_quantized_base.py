@@ -174,9 +174,10 @@ def test_a_lora_run_with_block_swap_trains_as_without(bikes_dataset, tmp_path):
 
 
 def test_block_swap_is_chosen_for_a_lora_run_that_fits_only_with_it():
-    """14B LoRA (rank 32, bf16 base) at 720p with --low_vram: its leanest step needs 48.9 GiB with the base on the
-    GPU and 24.0 GiB with two blocks there. On a 32 GiB budget block swap is chosen; on 80 GiB, or without
-    --low_vram or a budget, it is not; and never under several processes or for a full run."""
+    """14B LoRA (rank 32, bf16 base) at 720p with --low_vram: its leanest step needs about 48 GiB with the base on
+    the GPU and 24 GiB with two blocks there, the difference being the swapped weights. On a 32 GiB budget block
+    swap is chosen; on 80 GiB, or without --low_vram or a budget, it is not; and never under several processes or
+    for a full run."""
     from cosmos_v2w_diffusers.presets import get_preset
     from cosmos_v2w_diffusers.training import memory
     from cosmos_v2w_diffusers.training.model import meta_trainable_transformer
@@ -187,7 +188,8 @@ def test_block_swap_is_chosen_for_a_lora_run_that_fits_only_with_it():
     with_base, swapped = (
         memory.leanest_step_bytes(meta, lora, 84_480, torch.bfloat16, swap) / 2**30 for swap in (False, True)
     )
-    assert with_base == pytest.approx(48.9, abs=0.1) and swapped == pytest.approx(24.0, abs=0.1)
+    assert (with_base - swapped) * 2**30 == pytest.approx(memory.swapped_weight_bytes(meta))
+    assert swapped < 32 < with_base < 80
 
     def chosen(config, budget_gib, one_gpu=True):
         return memory.choose_block_swap(meta, config, 84_480, torch.bfloat16, int(budget_gib * 2**30), one_gpu)

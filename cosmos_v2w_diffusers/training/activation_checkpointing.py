@@ -1,6 +1,7 @@
 """Activation checkpointing of the transformer's blocks: selective (keep attention outputs, recompute the cheap
-rest), full, or full with each block's saved input offloaded to CPU memory; plain (diffusers' gradient
-checkpointing hook) or as FSDP2 wants it (each block wrapped before it is sharded).
+rest), full, or full with each block's saved input offloaded to CPU memory and its sub-layers checkpointed
+again inside it (`--low_vram`); plain (diffusers' gradient checkpointing hook) or as FSDP2 wants it (each block
+wrapped before it is sharded).
 
 How many blocks can afford to keep their attention outputs is the memory planner's answer (`memory.py`).
 """
@@ -11,7 +12,7 @@ from functools import partial
 
 import torch
 from diffusers import CosmosTransformer3DModel
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper, checkpoint_wrapper
 from torch.utils.checkpoint import (
     CheckpointPolicy,
     checkpoint,
@@ -133,6 +134,50 @@ class _PerBlockCheckpoint:
         return _EnterInBackward.apply(checkpointed(module, *args), module, self.block_swap)
 
 
+# Slices of the sequence the MLP is recomputed in under --low_vram: its hidden layer is 4x the block's width, so
+# whole it is the largest tensor of a block's backward (14B at 720p: 3.2 GiB, twice, with its gradient).
+MLP_CHUNKS = 4
+
+
+class _ChunkedCheckpointWrapper(CheckpointWrapper):
+    """Full recompute of a token-wise module (the MLP) over `chunks` slices of the sequence `[B, S, D]`, one at a
+    time: its backward holds one slice's hidden layer instead of the whole sequence's."""
+
+    def __init__(self, module: torch.nn.Module, chunks: int):
+        super().__init__(module, preserve_rng_state=False)
+        self.chunks = chunks
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        slices = hidden_states.chunk(self.chunks, dim=1)
+        return torch.cat([CheckpointWrapper.forward(self, part) for part in slices], dim=1)
+
+
+def checkpoint_sublayers(transformer: CosmosTransformer3DModel, mlp_chunks: int = MLP_CHUNKS) -> None:
+    """Checkpoint each block's sub-layers again inside its full recompute (--low_vram's last lever).
+
+    A fully recomputed block's backward holds everything its recompute saved for the whole block at once: on a
+    LoRA step that measured 105 bytes per token and channel (14B at 720p: 42.6 GiB over the resident weights),
+    most of the step. With the self-attention, the cross-attention and the MLP each checkpointed, the recompute
+    keeps only what passes between them, and each sub-layer's backward recomputes its own internals when its
+    turn comes; the attention kernels' outputs are kept (selective), so attention runs no third time, and the
+    MLP is recomputed a slice of the sequence at a time. The result is the same to the bit; the price is a
+    second run of the projections and the MLP, and the block's elementwise glue running uncompiled
+    (`compile.compile_blocks` compiles the sub-layers instead of the block).
+
+    The wrappers are torch's checkpoint wrappers, whose state-dict hooks drop `._checkpoint_wrapped_module`
+    from the names (`canonical_name` drops it elsewhere), as under FSDP2.
+    """
+    for block in transformer.transformer_blocks:
+        for name in ("attn1", "attn2"):
+            attention = getattr(block, name)
+            setattr(
+                block,
+                name,
+                checkpoint_wrapper(attention, context_fn=_KEEP_ATTENTION_OUTPUTS, preserve_rng_state=False),
+            )
+        block.ff = _ChunkedCheckpointWrapper(block.ff, mlp_chunks)
+
+
 def apply_activation_checkpointing(
     transformer: CosmosTransformer3DModel,
     mode: str,
@@ -142,7 +187,8 @@ def apply_activation_checkpointing(
 ) -> None:
     """`full`: recompute every block in the backward; `selective`: keep attention outputs in the first
     `n_selective` blocks (default: all) and recompute the rest in full; `none`: keep everything (only viable
-    for small inputs). `offload` keeps what full recompute saves (each block's input) in CPU memory;
+    for small inputs). `offload` (--low_vram, full recompute) keeps what full recompute saves (each block's
+    input) in CPU memory, and checkpoints each block's sub-layers inside it (`checkpoint_sublayers`);
     `block_swap` is told before each block computes, in the forward and in the backward (`block_swap.py`)."""
     n_blocks = len(transformer.transformer_blocks)
     if mode == "none":
@@ -153,6 +199,8 @@ def apply_activation_checkpointing(
         n_selective = n_blocks if n_selective is None else max(0, min(n_selective, n_blocks))
     else:
         raise ValueError(f"Unknown activation checkpointing mode {mode!r}: use full, selective or none.")
+    if offload:
+        checkpoint_sublayers(transformer)
     transformer.enable_gradient_checkpointing(_PerBlockCheckpoint(transformer, n_selective, offload, block_swap))
 
 
