@@ -33,6 +33,7 @@ import torch
 from diffusers import CosmosTransformer3DModel
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
+from torch.utils.checkpoint import checkpoint
 
 from .generation_flags import ATTENTION_BACKENDS as BACKENDS
 
@@ -51,30 +52,41 @@ class CosmosAttnProcessor:
 
     _attention_backend = None
     _parallel_config = None
+    # Training with --low_vram: the projections before and after the attention kernel are checkpointed apart from
+    # it (training/activation_checkpointing.py, `checkpoint_sublayers`).
+    checkpoint_projections = False
 
     def __call__(
         self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None
     ) -> torch.Tensor:
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        # [B, S, heads * D] -> [B, heads, S, D]
-        query, key, value = (
-            proj(x).unflatten(2, (attn.heads, -1)).transpose(1, 2)
-            for proj, x in ((attn.to_q, hidden_states), (attn.to_k, context), (attn.to_v, context))
-        )
-        query, key = attn.norm_q(query), attn.norm_k(key)
-        if image_rotary_emb is not None:  # under context parallelism: this rank's rows of the RoPE tables
-            query = apply_rotary_emb(query, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
-            key = apply_rotary_emb(key, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
+        project_in, project_out = _project_in, _project_out
+        if self.checkpoint_projections:
+            project_in = functools.partial(checkpoint, _project_in, use_reentrant=False, preserve_rng_state=False)
+            project_out = functools.partial(checkpoint, _project_out, use_reentrant=False, preserve_rng_state=False)
+        query, key, value = project_in(attn, hidden_states, context, image_rotary_emb)
         attend = dispatch_attention_fn if self._parallel_config is None else _ulysses_attention
-        out = attend(
-            query.transpose(1, 2),
-            key.transpose(1, 2),
-            value.transpose(1, 2),
-            backend=self._attention_backend,
-            parallel_config=self._parallel_config,
-        )
-        out = out.flatten(2, 3).type_as(query)
-        return attn.to_out[1](attn.to_out[0](out))
+        out = attend(query, key, value, backend=self._attention_backend, parallel_config=self._parallel_config)
+        return project_out(attn, out.flatten(2, 3).type_as(query))
+
+
+def _project_in(attn, hidden_states: torch.Tensor, context: torch.Tensor, image_rotary_emb) -> tuple:
+    """Query, key and value `[B, S, heads, D]` from `hidden_states` `[B, S, heads * D]` (keys and values from
+    `context`), normalised, the query and key rotated (under context parallelism: this rank's rows of the
+    RoPE tables)."""
+    query, key, value = (
+        proj(x).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+        for proj, x in ((attn.to_q, hidden_states), (attn.to_k, context), (attn.to_v, context))
+    )
+    query, key = attn.norm_q(query), attn.norm_k(key)
+    if image_rotary_emb is not None:
+        query = apply_rotary_emb(query, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
+        key = apply_rotary_emb(key, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
+    return query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+
+
+def _project_out(attn, out: torch.Tensor) -> torch.Tensor:
+    return attn.to_out[1](attn.to_out[0](out))
 
 
 @torch.compiler.disable

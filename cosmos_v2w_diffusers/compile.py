@@ -16,13 +16,10 @@ def compile_blocks(transformer: CosmosTransformer3DModel, **compile_kwargs) -> N
     its body; they break the graph, and the whole checkpointed block then runs uncompiled (profiled on an
     H200: no fused kernel in the step, 15.5 s against 13.4 s). So the block itself is compiled, and the
     checkpoint stays outside the compiled region, as diffusers' gradient checkpointing has it.
-    Where the block's sub-layers are checkpointed inside it (`--low_vram`: `checkpoint_sublayers`), the same
-    holds one level down: the sub-layers are compiled, and the block's elementwise glue between them runs as is.
+    Where the block's parts are checkpointed inside it (`--low_vram`: `checkpoint_sublayers`), the same holds one
+    level down: the checkpointed MLP is compiled, and the rest of the block runs as is.
     `compile_kwargs` go to `torch.compile` (tests pass `backend="eager"`).
     """
     for block in transformer.transformer_blocks:
         block = getattr(block, "_checkpoint_wrapped_module", block)
-        sublayers = [block.attn1, block.attn2, block.ff]
-        wrapped = [m._checkpoint_wrapped_module for m in sublayers if hasattr(m, "_checkpoint_wrapped_module")]
-        for module in wrapped or [block]:
-            module.compile(**compile_kwargs)
+        getattr(block.ff, "_checkpoint_wrapped_module", block).compile(**compile_kwargs)

@@ -12,7 +12,7 @@ def lora_step(block_swap: bool, mode: str, offload: bool = False, device: str = 
     from cosmos_v2w_diffusers.components import load_transformer
     from cosmos_v2w_diffusers.objective import draw_training_randomness, video2world_loss
     from cosmos_v2w_diffusers.presets import get_preset
-    from cosmos_v2w_diffusers.training.activation_checkpointing import apply_activation_checkpointing
+    from cosmos_v2w_diffusers.training.activation_checkpointing import apply_activation_checkpointing, canonical_name
     from cosmos_v2w_diffusers.training.block_swap import BlockSwap
     from cosmos_v2w_diffusers.training.model import apply_lora
     from cosmos_v2w_diffusers.training.quantized_base import quantize_base_to_fp8
@@ -41,4 +41,5 @@ def lora_step(block_swap: bool, mode: str, offload: bool = False, device: str = 
             draws.drop_text,
         )
         loss.backward()
-    return {n: p.grad.clone() for n, p in transformer.named_parameters() if p.requires_grad}, swap
+    grads = {canonical_name(n): p.grad.clone() for n, p in transformer.named_parameters() if p.requires_grad}
+    return grads, swap

@@ -2,7 +2,9 @@
 activation-checkpointing plan (selective, full, per-block mix, CPU-offloaded) gives the same gradients, and
 routing attention through our processors leaves the output and gradients unchanged."""
 
+import gc
 import os
+import weakref
 
 import pytest
 import torch
@@ -114,10 +116,10 @@ def test_every_checkpointing_plan_gives_the_same_gradients():
             torch.testing.assert_close(grad, reference[name], rtol=1e-5, atol=1e-6, msg=f"{plan}: {name}")
 
 
-def test_low_vram_checkpoints_each_sublayer_without_running_attention_a_third_time():
-    """--low_vram's recompute checkpoints the self-attention, cross-attention and MLP again inside each block: the
-    names and state dict stay the plain model's, and attention runs twice a step (forward and the block's
-    recompute) as under plain full recompute, since each sub-layer's own recompute reuses its kernel's output."""
+def test_low_vram_checkpoints_a_block_s_parts_without_running_attention_a_third_time():
+    """--low_vram's recompute checkpoints the attention projections and the MLP again inside each block: attention
+    runs twice a step (forward and the block's recompute) as under plain full recompute, the block's forward
+    leaves no attention output behind, and the state dict keeps the plain model's names."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from cosmos_v2w_diffusers.training.activation_checkpointing import _ATTENTION_OPS
@@ -138,10 +140,39 @@ def test_low_vram_checkpoints_each_sublayer_without_running_attention_a_third_ti
     n_blocks = len(load_transformer(TINY).transformer_blocks)
     assert runs == {False: 2 * 2 * n_blocks, True: 2 * 2 * n_blocks}
 
+    # The block's first forward keeps no attention output for the backward: none is alive once it has run.
+    class KeepAttentionOutputs(TorchDispatchMode):
+        outputs = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in _ATTENTION_OPS:
+                KeepAttentionOutputs.outputs.append(weakref.ref(out[0]))
+            return out
+
+    torch.manual_seed(0)
+    transformer = load_transformer(TINY).train()
+    apply_activation_checkpointing(transformer, "full", None, True)
+    latents = torch.randn(1, 16, 5, 8, 14)
+    draws = draw_training_randomness(tuple(latents.shape), torch.Generator().manual_seed(1))
+    with KeepAttentionOutputs():
+        loss = video2world_loss(
+            transformer,
+            latents,
+            draws.noise,
+            draws.sigma,
+            draws.num_cond_frames,
+            torch.randn(1, 512, TINY.text_embed_dim),
+            draws.drop_text,
+        )
+    gc.collect()
+    assert len(KeepAttentionOutputs.outputs) == 2 * n_blocks
+    assert all(ref() is None for ref in KeepAttentionOutputs.outputs) and loss.requires_grad
+
     transformer = load_transformer(TINY)
     names = list(transformer.state_dict())
     apply_activation_checkpointing(transformer, "full", None, True)
-    assert all("_checkpoint_wrapped_module" in n for n, _ in transformer.named_parameters() if ".attn1." in n)
+    assert all("_checkpoint_wrapped_module" in n for n, _ in transformer.named_parameters() if ".ff." in n)
     assert list(transformer.state_dict()) == names
 
 

@@ -19,6 +19,7 @@ from torch.utils.checkpoint import (
     create_selective_checkpoint_contexts,
 )
 
+from ..attention import attention_processors
 from .block_swap import BlockSwap
 
 # Attention is ~85% of a block's FLOPs but its output is small: keeping it and recomputing the cheap
@@ -139,7 +140,7 @@ class _PerBlockCheckpoint:
 MLP_CHUNKS = 4
 
 
-class _ChunkedCheckpointWrapper(CheckpointWrapper):
+class _ChunkedCheckpoint(CheckpointWrapper):
     """Full recompute of a token-wise module (the MLP) over `chunks` slices of the sequence `[B, S, D]`, one at a
     time: its backward holds one slice's hidden layer instead of the whole sequence's."""
 
@@ -153,29 +154,26 @@ class _ChunkedCheckpointWrapper(CheckpointWrapper):
 
 
 def checkpoint_sublayers(transformer: CosmosTransformer3DModel, mlp_chunks: int = MLP_CHUNKS) -> None:
-    """Checkpoint each block's sub-layers again inside its full recompute (--low_vram's last lever).
+    """Checkpoint the parts of each block again inside its full recompute (--low_vram's last lever).
 
     A fully recomputed block's backward holds everything its recompute saved for the whole block at once: on a
     LoRA step that measured 105 bytes per token and channel (14B at 720p: 42.6 GiB over the resident weights),
-    most of the step. With the self-attention, the cross-attention and the MLP each checkpointed, the recompute
-    keeps only what passes between them, and each sub-layer's backward recomputes its own internals when its
-    turn comes; the attention kernels' outputs are kept (selective), so attention runs no third time, and the
-    MLP is recomputed a slice of the sequence at a time. The result is the same to the bit; the price is a
-    second run of the projections and the MLP, and the block's elementwise glue running uncompiled
-    (`compile.compile_blocks` compiles the sub-layers instead of the block).
+    most of the step. Here the recompute keeps what passes between the parts and what the attention kernels
+    keep (their inputs and outputs); the projections before and after each attention kernel
+    (`attention.CosmosAttnProcessor.checkpoint_projections`) and the MLP, a slice of the sequence at a time, are
+    recomputed again when the backward reaches them. Attention still runs twice a step, not three times; the
+    result is the same to the bit. The price is a second run of the projections and the MLP, and the attention
+    parts and the block's elementwise glue running uncompiled (`compile.compile_blocks` compiles the MLP).
 
-    The wrappers are torch's checkpoint wrappers, whose state-dict hooks drop `._checkpoint_wrapped_module`
+    The nested checkpoints are plain: torch keeps a nested checkpoint's inputs through the outer one, so the
+    block's forward leaves nothing behind, where a selective policy's cache would live to the end of the step.
+    The MLP's wrapper is torch's checkpoint wrapper, whose state-dict hooks drop `._checkpoint_wrapped_module`
     from the names (`canonical_name` drops it elsewhere), as under FSDP2.
     """
+    for processor in attention_processors(transformer):
+        processor.checkpoint_projections = True
     for block in transformer.transformer_blocks:
-        for name in ("attn1", "attn2"):
-            attention = getattr(block, name)
-            setattr(
-                block,
-                name,
-                checkpoint_wrapper(attention, context_fn=_KEEP_ATTENTION_OUTPUTS, preserve_rng_state=False),
-            )
-        block.ff = _ChunkedCheckpointWrapper(block.ff, mlp_chunks)
+        block.ff = _ChunkedCheckpoint(block.ff, mlp_chunks)
 
 
 def apply_activation_checkpointing(
