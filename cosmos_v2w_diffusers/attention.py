@@ -53,7 +53,7 @@ class CosmosAttnProcessor:
     _attention_backend = None
     _parallel_config = None
     # Training with --low_vram: the projections before and after the attention kernel are checkpointed apart from
-    # it (training/activation_checkpointing.py, `checkpoint_sublayers`).
+    # it (training/activation_checkpointing.py, `checkpoint_block_parts`).
     checkpoint_projections = False
 
     def __call__(

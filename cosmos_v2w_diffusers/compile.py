@@ -16,7 +16,7 @@ def compile_blocks(transformer: CosmosTransformer3DModel, **compile_kwargs) -> N
     its body; they break the graph, and the whole checkpointed block then runs uncompiled (profiled on an
     H200: no fused kernel in the step, 15.5 s against 13.4 s). So the block itself is compiled, and the
     checkpoint stays outside the compiled region, as diffusers' gradient checkpointing has it.
-    Where the block's parts are checkpointed inside it (`--low_vram`: `checkpoint_sublayers`), the same holds one
+    Where the block's parts are checkpointed inside it (`--low_vram`: `checkpoint_block_parts`), the same holds one
     level down: the checkpointed MLP is compiled, and the rest of the block runs as is.
     `compile_kwargs` go to `torch.compile` (tests pass `backend="eager"`).
     """

@@ -65,10 +65,10 @@ def test_cached_windows_equal_on_the_fly_encoding_and_a_second_build_encodes_not
     assert torch.equal(item["latents"], cache.with_format("torch")[row * 3 + window]["latents"])
 
 
-def _loss_and_grads(mode: str, n_selective=None, offload=False):
+def _loss_and_grads(mode: str, n_selective=None, offload=False, parts=False):
     torch.manual_seed(0)
     transformer = load_transformer(TINY).train()
-    apply_activation_checkpointing(transformer, mode, n_selective, offload)
+    apply_activation_checkpointing(transformer, mode, n_selective, offload, checkpoint_parts=parts)
     latents = torch.randn(1, 16, 5, 8, 14)
     draws = draw_training_randomness(tuple(latents.shape), torch.Generator().manual_seed(1))
     text = torch.randn(1, 512, TINY.text_embed_dim)
@@ -109,7 +109,7 @@ def test_selective_checkpointing_keeps_every_attention_output_it_promises(monkey
 
 def test_every_checkpointing_plan_gives_the_same_gradients():
     reference_loss, reference = _loss_and_grads("none")
-    for plan in [("full",), ("selective",), ("selective", 1), ("full", None, True)]:
+    for plan in [("full",), ("selective",), ("selective", 1), ("full", None, True), ("full", None, True, True)]:
         loss, grads = _loss_and_grads(*plan)
         assert torch.equal(loss, reference_loss), plan
         for name, grad in grads.items():
@@ -117,7 +117,7 @@ def test_every_checkpointing_plan_gives_the_same_gradients():
 
 
 def test_low_vram_checkpoints_a_block_s_parts_without_running_attention_a_third_time():
-    """--low_vram's recompute checkpoints the attention projections and the MLP again inside each block: attention
+    """--low_vram's last lever checkpoints the attention projections and the MLP again inside each block: attention
     runs twice a step (forward and the block's recompute) as under plain full recompute, the block's forward
     leaves no attention output behind, and the state dict keeps the plain model's names."""
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -132,11 +132,11 @@ def test_low_vram_checkpoints_a_block_s_parts_without_running_attention_a_third_
             return func(*args, **(kwargs or {}))
 
     runs = {}
-    for offload in (False, True):
+    for parts in (False, True):
         CountAttention.calls = 0
         with CountAttention():
-            _loss_and_grads("full", None, offload)
-        runs[offload] = CountAttention.calls
+            _loss_and_grads("full", None, True, parts)
+        runs[parts] = CountAttention.calls
     n_blocks = len(load_transformer(TINY).transformer_blocks)
     assert runs == {False: 2 * 2 * n_blocks, True: 2 * 2 * n_blocks}
 
@@ -152,7 +152,7 @@ def test_low_vram_checkpoints_a_block_s_parts_without_running_attention_a_third_
 
     torch.manual_seed(0)
     transformer = load_transformer(TINY).train()
-    apply_activation_checkpointing(transformer, "full", None, True)
+    apply_activation_checkpointing(transformer, "full", None, True, checkpoint_parts=True)
     latents = torch.randn(1, 16, 5, 8, 14)
     draws = draw_training_randomness(tuple(latents.shape), torch.Generator().manual_seed(1))
     with KeepAttentionOutputs():
@@ -171,7 +171,7 @@ def test_low_vram_checkpoints_a_block_s_parts_without_running_attention_a_third_
 
     transformer = load_transformer(TINY)
     names = list(transformer.state_dict())
-    apply_activation_checkpointing(transformer, "full", None, True)
+    apply_activation_checkpointing(transformer, "full", None, True, checkpoint_parts=True)
     assert all("_checkpoint_wrapped_module" in n for n, _ in transformer.named_parameters() if ".ff." in n)
     assert list(transformer.state_dict()) == names
 

@@ -87,17 +87,18 @@ def test_a_run_that_cannot_fit_its_memory_budget_is_refused_before_any_weight_lo
     two = get_preset("2B")
     budget = 24 * 2**30
     full = TrainConfig(model="2B").resolved()
+    none = memory.LeanLevers()
     with pytest.raises(ValueError, match="--train_architecture lora"):
         memory.check_fits(
-            meta_trainable_transformer(two, full, torch.bfloat16), full, 84_480, torch.bfloat16, budget, False
+            meta_trainable_transformer(two, full, torch.bfloat16), full, 84_480, torch.bfloat16, budget, none
         )
     lean = TrainConfig(model="2B", train_architecture="lora", base_precision="fp8", low_vram=True).resolved()
     least = memory.check_fits(
-        meta_trainable_transformer(two, lean, torch.bfloat16), lean, 84_480, torch.bfloat16, budget, False
+        meta_trainable_transformer(two, lean, torch.bfloat16), lean, 84_480, torch.bfloat16, budget, none
     )
     bf16_lora = TrainConfig(model="2B", train_architecture="lora", low_vram=True).resolved()
-    more = memory.check_fits(
-        meta_trainable_transformer(two, bf16_lora, torch.bfloat16), bf16_lora, 84_480, torch.bfloat16, budget, False
+    more = memory.leanest_step_bytes(
+        meta_trainable_transformer(two, bf16_lora, torch.bfloat16), bf16_lora, 84_480, torch.bfloat16, none
     )
     blocks = build_transformer(two, device="meta").transformer_blocks
     block_weights = sum(p.numel() for p in blocks.parameters())
@@ -173,31 +174,42 @@ def test_a_lora_run_with_block_swap_trains_as_without(bikes_dataset, tmp_path):
     assert losses[True] == losses[False]
 
 
-def test_block_swap_is_chosen_for_a_lora_run_that_fits_only_with_it():
-    """14B LoRA (rank 32, bf16 base) at 720p with --low_vram: its leanest step needs about 48 GiB with the base on
-    the GPU and 24 GiB with two blocks there, the difference being the swapped weights. On a 32 GiB budget block
-    swap is chosen; on 80 GiB, or without --low_vram or a budget, it is not; and never under several processes or
-    for a full run."""
+def test_the_lean_levers_are_chosen_cheapest_first_where_the_step_fits_only_with_them():
+    """14B LoRA (rank 32, bf16 base) at 720p with --low_vram: its leanest step needs about 75 GiB with the base on
+    the GPU and 50 GiB with two blocks there, the difference being the swapped weights, and 4 GiB less with the
+    blocks' parts checkpointed. Block swap comes first; the parts only where swapping is not enough; neither on
+    80 GiB, nor without --low_vram or a budget. Block swap never under several processes or for a full run; the
+    parts need --low_vram."""
     from cosmos_v2w_diffusers.presets import get_preset
     from cosmos_v2w_diffusers.training import memory
+    from cosmos_v2w_diffusers.training.memory import LeanLevers
     from cosmos_v2w_diffusers.training.model import meta_trainable_transformer
 
     fourteen = get_preset("14B")
     lora = TrainConfig(model="14B", train_architecture="lora", low_vram=True).resolved()
     meta = meta_trainable_transformer(fourteen, lora, torch.bfloat16)
-    with_base, swapped = (
-        memory.leanest_step_bytes(meta, lora, 84_480, torch.bfloat16, swap) / 2**30 for swap in (False, True)
-    )
-    assert (with_base - swapped) * 2**30 == pytest.approx(memory.swapped_weight_bytes(meta))
-    assert swapped < 32 < with_base < 80
+
+    def least(**levers):
+        return memory.leanest_step_bytes(meta, lora, 84_480, torch.bfloat16, LeanLevers(**levers)) / 2**30
+
+    assert (least() - least(block_swap=True)) * 2**30 == pytest.approx(memory.swapped_weight_bytes(meta))
+    parts_saving = least(block_swap=True) - least(block_swap=True, checkpoint_parts=True)
+    assert parts_saving == pytest.approx(84_480 * 5120 * 10 / 2**30, rel=1e-6)  # 106 -> 96 bytes a token-channel
+    swap_fits = (least(block_swap=True) + least()) / 2
+    parts_fit = least(block_swap=True) - parts_saving / 2
 
     def chosen(config, budget_gib, one_gpu=True):
-        return memory.choose_block_swap(meta, config, 84_480, torch.bfloat16, int(budget_gib * 2**30), one_gpu)
+        budget = int(budget_gib * 2**30)
+        return memory.choose_lean_levers(meta, config, 84_480, torch.bfloat16, budget, one_gpu)
 
-    assert chosen(lora, 32) and not chosen(lora, 80) and not chosen(lora, 32, one_gpu=False)
+    assert chosen(lora, swap_fits) == LeanLevers(block_swap=True)
+    assert chosen(lora, parts_fit) == LeanLevers(block_swap=True, checkpoint_parts=True)
+    assert chosen(lora, 80) == LeanLevers()
+    assert chosen(lora, swap_fits, one_gpu=False) == LeanLevers(checkpoint_parts=True)
     plain = TrainConfig(model="14B", train_architecture="lora").resolved()
-    assert not chosen(plain, 32)  # nothing asked it to fit: the run is refused with the levers instead
-    budgeted = TrainConfig(model="14B", train_architecture="lora", memory_budget_gib=32).resolved()
-    assert chosen(budgeted, 32)
-    assert not chosen(TrainConfig(model="14B", low_vram=True).resolved(), 32)
-    assert memory.check_fits(meta, lora, 84_480, torch.bfloat16, 32 * 2**30, True) < 32 * 2**30
+    assert chosen(plain, swap_fits) == LeanLevers()  # nothing asked it to fit: refused with the levers instead
+    budgeted = TrainConfig(model="14B", train_architecture="lora", memory_budget_gib=40).resolved()
+    assert chosen(budgeted, parts_fit) == LeanLevers(block_swap=True)  # the parts need --low_vram
+    assert not chosen(TrainConfig(model="14B", low_vram=True).resolved(), swap_fits).block_swap
+    budget = int(parts_fit * 2**30)
+    assert memory.check_fits(meta, lora, 84_480, torch.bfloat16, budget, chosen(lora, parts_fit)) < budget

@@ -153,8 +153,9 @@ class _ChunkedCheckpoint(CheckpointWrapper):
         return torch.cat([CheckpointWrapper.forward(self, part) for part in slices], dim=1)
 
 
-def checkpoint_sublayers(transformer: CosmosTransformer3DModel, mlp_chunks: int = MLP_CHUNKS) -> None:
-    """Checkpoint the parts of each block again inside its full recompute (--low_vram's last lever).
+def checkpoint_block_parts(transformer: CosmosTransformer3DModel, mlp_chunks: int = MLP_CHUNKS) -> None:
+    """Checkpoint the parts of each block again inside its full recompute (--low_vram's last lever, chosen by
+    `memory.choose_lean_levers` where the step fits only with it).
 
     A fully recomputed block's backward holds everything its recompute saved for the whole block at once: on a
     LoRA step that measured 105 bytes per token and channel (14B at 720p: 42.6 GiB over the resident weights),
@@ -182,11 +183,12 @@ def apply_activation_checkpointing(
     n_selective: int | None = None,
     offload: bool = False,
     block_swap: BlockSwap | None = None,
+    checkpoint_parts: bool = False,
 ) -> None:
     """`full`: recompute every block in the backward; `selective`: keep attention outputs in the first
     `n_selective` blocks (default: all) and recompute the rest in full; `none`: keep everything (only viable
     for small inputs). `offload` (--low_vram, full recompute) keeps what full recompute saves (each block's
-    input) in CPU memory, and checkpoints each block's sub-layers inside it (`checkpoint_sublayers`);
+    input) in CPU memory; `checkpoint_parts` checkpoints each block's parts again inside it (`checkpoint_block_parts`);
     `block_swap` is told before each block computes, in the forward and in the backward (`block_swap.py`)."""
     n_blocks = len(transformer.transformer_blocks)
     if mode == "none":
@@ -197,8 +199,8 @@ def apply_activation_checkpointing(
         n_selective = n_blocks if n_selective is None else max(0, min(n_selective, n_blocks))
     else:
         raise ValueError(f"Unknown activation checkpointing mode {mode!r}: use full, selective or none.")
-    if offload:
-        checkpoint_sublayers(transformer)
+    if checkpoint_parts:
+        checkpoint_block_parts(transformer)
     transformer.enable_gradient_checkpointing(_PerBlockCheckpoint(transformer, n_selective, offload, block_swap))
 
 

@@ -14,6 +14,7 @@ hidden 2048; BENCHMARKS.md): a full-recompute compiled step peaked at 56.0 GiB a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -25,10 +26,11 @@ SELECTIVE_BYTES = 4.0
 # Bytes per (token x hidden channel) of one block's recompute and backward, beyond what the blocks keep:
 # compiled blocks fuse the elementwise work around attention, uncompiled ones hold every intermediate.
 BLOCK_PEAK_BYTES = {True: 42.0, False: 95.0}
-# The same under --low_vram, whose recompute checkpoints each sub-layer of the block again
-# (`activation_checkpointing.checkpoint_sublayers`): what passes between the sub-layers and one sub-layer's
-# internals. (Before, a LoRA step's fully recomputed block measured 105: 14B at 720p, 42.6 GiB.)
-LOW_VRAM_BLOCK_PEAK_BYTES = 40.0
+# One block's recompute and backward in a LoRA step under --low_vram, in the same unit, by whether the block's
+# parts are checkpointed again inside it (`activation_checkpointing.checkpoint_block_parts`). Measured on an H200
+# over the resident weights: block recompute 104.6 (2B at 720p, bf16 base: 20.6 GiB) and 105.8 (14B at 720p, fp8
+# base: 56.3 GiB); parts checkpointed 90.5 (2B at 720p: 18.3 GiB) and 95.8 (14B at 432x768: 27.9 GiB).
+LOW_VRAM_BLOCK_PEAK_BYTES = {False: 106.0, True: 96.0}
 # Leave this much of the card free: the allocator's slack and what other libraries hold.
 HEADROOM_BYTES = 3 * GIB
 # Bytes per (token x hidden channel) that FSDP2 adds to a step beyond the formula (what its checkpoint
@@ -177,48 +179,61 @@ def memory_budget_bytes(config, device: torch.device) -> int | None:
     return min(_capacity_bytes(device), budget) if budget else _capacity_bytes(device)
 
 
+@dataclass(frozen=True)
+class LeanLevers:
+    """The levers that change no result, which a run that asked to fit may be given: the frozen block weights
+    streamed from the CPU (`block_swap.py`) and, under --low_vram, each block's parts checkpointed again inside
+    its recompute (`checkpoint_block_parts`)."""
+
+    block_swap: bool = False
+    checkpoint_parts: bool = False
+
+
 def leanest_step_bytes(
-    transformer: torch.nn.Module, config, tokens: int, compute_dtype: torch.dtype, block_swap: bool
+    transformer: torch.nn.Module, config, tokens: int, compute_dtype: torch.dtype, levers: LeanLevers
 ) -> int:
-    """The run's leanest step: full recompute, the EMA on the CPU, the block inputs on the CPU and each block's
-    sub-layers checkpointed with --low_vram, compiled blocks, the swapped block weights off the GPU with
-    `block_swap`. `transformer` is the run's model built
-    on the meta device (its dtypes and trainable tensors as the run will have them). The VAE is left out (its
-    weights, 0.25 GiB, and without --cache_latents its encode's own peak), so this is a lower bound: a run it lets
-    through may still need the planner's fallbacks. (2B LoRA with --low_vram at 720p: 13.8 GiB with the headroom;
-    20.9 GiB measured encoding on the fly.)"""
+    """The run's leanest step with `levers`: full recompute, the EMA on the CPU, the block inputs on the CPU with
+    --low_vram, compiled blocks. `transformer` is the run's model built on the meta device (its dtypes and
+    trainable tensors as the run will have them). The VAE is left out (its weights, 0.25 GiB, and without
+    --cache_latents its encode's own peak), so this is a lower bound: a run it lets through may still need the
+    planner's fallbacks."""
     states = state_bytes(transformer, compute_dtype, ema=False)
     least = step_bytes_without_selective(transformer, tokens, states["weights"], True, compute_dtype)
-    least -= swapped_weight_bytes(transformer) if block_swap else 0
+    least -= swapped_weight_bytes(transformer) if levers.block_swap else 0
     if config.low_vram:
         least -= len(transformer.transformer_blocks) * _block_input_bytes(transformer, tokens, compute_dtype)
         hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
-        least += int(tokens * hidden * (LOW_VRAM_BLOCK_PEAK_BYTES - BLOCK_PEAK_BYTES[True]))
+        one_block = LOW_VRAM_BLOCK_PEAK_BYTES[levers.checkpoint_parts]
+        least += int(tokens * hidden * (one_block - BLOCK_PEAK_BYTES[True]))
     return least + HEADROOM_BYTES
 
 
-def choose_block_swap(
+def choose_lean_levers(
     transformer: torch.nn.Module, config, tokens: int, compute_dtype: torch.dtype, budget: int, one_gpu: bool
-) -> bool:
-    """`--block_swap`, or block swap chosen for a LoRA run on one GPU that asked to fit (`--low_vram` or
-    `--memory_budget_gib`) and whose leanest step fits `budget` bytes only with it. Block swap changes no result,
-    so it may be chosen for the user; an fp8 base changes the numerics, so it is only ever asked for."""
-    if config.block_swap:
-        return True
-    may_choose = config.low_vram or config.memory_budget_gib is not None
-    if not (
-        may_choose and one_gpu and config.train_architecture == "lora" and config.activation_checkpointing != "none"
-    ):
-        return False
-    return leanest_step_bytes(transformer, config, tokens, compute_dtype, block_swap=False) > budget
+) -> LeanLevers:
+    """`--block_swap` as asked; for a run that asked to fit (`--low_vram` or `--memory_budget_gib`), the levers
+    its leanest step needs to fit `budget` bytes, cheapest first: block swap (a LoRA run on one GPU; its copies
+    run beside the compute), then the parts checkpointed (--low_vram; a step 22% slower, 2B at 720p on an
+    H200: 15.6 -> 19.0 s). Both change no result, so they may be chosen for the user; an fp8 base changes the
+    numerics, so it is only ever asked for."""
+    levers = LeanLevers(block_swap=config.block_swap)
+    if not (config.low_vram or config.memory_budget_gib is not None):
+        return levers
+    may_swap = one_gpu and config.train_architecture == "lora" and config.activation_checkpointing != "none"
+    for lever in ("block_swap", "checkpoint_parts"):
+        if leanest_step_bytes(transformer, config, tokens, compute_dtype, levers) <= budget:
+            break
+        if lever == "block_swap" and may_swap or lever == "checkpoint_parts" and config.low_vram:
+            levers = dataclasses.replace(levers, **{lever: True})
+    return levers
 
 
 def check_fits(
-    transformer: torch.nn.Module, config, tokens: int, compute_dtype: torch.dtype, budget: int, block_swap: bool
+    transformer: torch.nn.Module, config, tokens: int, compute_dtype: torch.dtype, budget: int, levers: LeanLevers
 ) -> int:
     """Refuse, before any weight is loaded, a run whose leanest step (`leanest_step_bytes`) cannot fit `budget`
     bytes; returns that step's estimate."""
-    least = leanest_step_bytes(transformer, config, tokens, compute_dtype, block_swap)
+    least = leanest_step_bytes(transformer, config, tokens, compute_dtype, levers)
     if least > budget:
         raise ValueError(
             f"This run needs at least {least / GIB:.1f} GiB of GPU memory at its leanest (full recompute, EMA on the "

@@ -23,7 +23,7 @@ from ..compile import compile_blocks
 from ..context_parallel import enable_context_parallel
 from .activation_checkpointing import apply_activation_checkpointing, wrap_blocks_for_fsdp
 from .block_swap import BlockSwap
-from .memory import context_parallel_advice, memory_budget_bytes, plan_gpu_memory, swapped_weight_bytes
+from .memory import LeanLevers, context_parallel_advice, memory_budget_bytes, plan_gpu_memory, swapped_weight_bytes
 
 logger = get_logger(__name__)
 
@@ -38,7 +38,7 @@ class DevicePlan:
     attention_backend: str  # the kernel that runs, never "auto"
     ema_device: str  # gpu or cpu
     selective_blocks: int | None  # blocks keeping their attention outputs (None: all)
-    block_swap: bool  # the frozen block weights in host memory, a block copied ahead (`block_swap.py`)
+    levers: LeanLevers  # block swap and the blocks' parts checkpointed (`memory.choose_lean_levers`)
     estimated_peak_bytes: int | None = None  # the memory planner's estimate, when it made one
     capacity_bytes: int | None = None
 
@@ -76,7 +76,7 @@ def prepare_for_wrapping(
     dims,
     tokens: int,
     compute_dtype: torch.dtype,
-    block_swap: bool = False,
+    levers: LeanLevers = LeanLevers(),
 ) -> DevicePlan:
     """Plan the run's device use and carry the plan out on `transformer` before accelerate wraps it (DDP;
     FSDP2 with the mixed-precision policy set here; DeepSpeed with the config `configure_deepspeed` settles).
@@ -84,11 +84,11 @@ def prepare_for_wrapping(
     On a GPU, `plan_gpu_memory` decides the selective blocks and the EMA's device from a rank's share of the
     `tokens` and of the sharded states. Off FSDP, diffusers' gradient checkpointing runs the plan; under FSDP2
     the checkpoint wraps each block before it is sharded (`wrap_blocks_for_fsdp`). `dims` (`ParallelDims`)
-    says which engine wraps it and how the ranks share the sequence and the states. `block_swap`: `--block_swap`,
-    or the trainer's choice (`memory.choose_block_swap`).
+    says which engine wraps it and how the ranks share the sequence and the states. `levers`: `--block_swap`,
+    or the trainer's choice (`memory.choose_lean_levers`).
     """
     c, cp, device = config, dims.cp, accelerator.device
-    if block_swap and dims.engine != "single":
+    if levers.block_swap and dims.engine != "single":
         raise ValueError(f"--block_swap is for one GPU, one process: under {dims.engine} drop it.")
     on_gpu = device.type == "cuda"
     compiled = c.compile if c.compile is not None else on_gpu
@@ -107,7 +107,7 @@ def prepare_for_wrapping(
         fsdp_shards=dims.state_shards,
         ddp=dims.engine == "ddp",
         budget_bytes=memory_budget_bytes(c, device),
-        block_swap=block_swap,
+        block_swap=levers.block_swap,
     )
     memory = plan_gpu_memory(transformer, vae, c, device, tokens // cp, compute_dtype, **planner)
     if cp > 1 and memory.estimated_peak_bytes is not None:
@@ -120,7 +120,7 @@ def prepare_for_wrapping(
         attention_backend,
         memory.ema_device,
         memory.selective_blocks,
-        block_swap,
+        levers,
         memory.estimated_peak_bytes,
         memory.capacity_bytes,
     )
@@ -144,15 +144,22 @@ def prepare_for_wrapping(
         )
     else:
         swap = None
-        if plan.block_swap:
+        if plan.levers.block_swap:
             swap = BlockSwap(transformer.transformer_blocks, device)
             logger.info(
                 "Block swap: %.1f GiB of frozen block weights in pinned CPU memory, a block copied ahead on a side "
                 "stream",
                 swapped_weight_bytes(transformer) / 2**30,
             )
+        if plan.levers.checkpoint_parts:
+            logger.info("Each block's attention projections and MLP checkpointed again inside its recompute")
         apply_activation_checkpointing(
-            transformer, c.activation_checkpointing, plan.selective_blocks, c.low_vram, swap
+            transformer,
+            c.activation_checkpointing,
+            plan.selective_blocks,
+            c.low_vram,
+            swap,
+            plan.levers.checkpoint_parts,
         )
     if plan.compile:
         if dims.engine == "ddp":

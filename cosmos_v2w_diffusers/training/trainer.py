@@ -43,7 +43,7 @@ from .checkpointer import Checkpointer
 from .config import TrainConfig
 from .guards import RunGuards
 from .hub import HubUploader
-from .memory import check_fits, choose_block_swap, memory_budget_bytes, set_allocator_defaults
+from .memory import LeanLevers, check_fits, choose_lean_levers, memory_budget_bytes, set_allocator_defaults
 from .metrics import describe_throughput, loss_trend, throughput_summary
 from .model import load_trainable_transformer, meta_trainable_transformer
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
@@ -138,18 +138,19 @@ class Trainer:
         # 2. Models, once the leanest step is known to fit the memory the run has (a budget, or the card's).
         self.tokens = latent_tokens(c.num_frames, c.height, c.width)
         budget = memory_budget_bytes(c, self.device)
-        block_swap = c.block_swap
+        levers = LeanLevers(block_swap=c.block_swap)
         if budget is not None and self.dims.engine in ("single", "ddp"):
             meta = meta_trainable_transformer(self.preset, c, self.compute_dtype)
             one_gpu = self.dims.engine == "single"
-            block_swap = choose_block_swap(meta, c, self.tokens, self.compute_dtype, budget, one_gpu)
-            least = check_fits(meta, c, self.tokens, self.compute_dtype, budget, block_swap)
-            if block_swap and not c.block_swap:
+            levers = choose_lean_levers(meta, c, self.tokens, self.compute_dtype, budget, one_gpu)
+            least = check_fits(meta, c, self.tokens, self.compute_dtype, budget, levers)
+            chosen = [name for name, on in vars(levers).items() if on and not (name == "block_swap" and c.block_swap)]
+            if chosen:
                 logger.info(
-                    "Block swap chosen: the leanest step needs %.1f GiB with it, more than the %.1f GiB there are "
-                    "without it",
-                    least / 2**30,
+                    "Chosen to fit %.1f GiB: %s (the leanest step then needs %.1f GiB)",
                     budget / 2**30,
+                    ", ".join(name.replace("_", " ") for name in chosen),
+                    least / 2**30,
                 )
         transformer = load_trainable_transformer(self.preset, c, self.compute_dtype)
         self.vae = load_vae(self.preset, c.pretrained_model_name_or_path, self.compute_dtype, **c.hub_kwargs())
@@ -167,7 +168,7 @@ class Trainer:
             table, c.num_frames, c.height, c.width, seed=c.seed, latent_table=latent_table
         )
         self.plan = prepare_for_wrapping(
-            transformer, self.vae, c, self.accelerator, self.dims, self.tokens, self.compute_dtype, block_swap
+            transformer, self.vae, c, self.accelerator, self.dims, self.tokens, self.compute_dtype, levers
         )
         transformer.train()
 
