@@ -102,12 +102,14 @@ fsdp_profile)  # issue 19: where FSDP2's per-GPU overhead goes, on one GPU again
       --data $data --profile --name profile_2b_fsdp2_1gpu -- $same
   ;;
 workstation)  # issue 22: LoRA rank 16 with the frozen base in fp8 and --low_vram, each run capped at the goal of
-  # the card it stands for (set_per_process_memory_fraction of this GPU's memory; the planner plans for the cap),
-  # so a row that meets its goal meets its must; a 14B 480p row that misses 30 GiB runs again at its must (46).
-  # The 2B row at 11 GiB makes the planner choose block swap. Then --low_vram's speed on the bf16 base (lever 3
-  # and 4 against the plain step of `workstation_levers`). Four lanes: on a host of 4 GPUs each runs on its own
-  # GPU at once (its own datasets cache; train_step.py's file lock makes the weights once), else one after another.
-  lane_a() { row14 lora_14b_720p_one_gpu 46; }
+  # the card it stands for (set_per_process_memory_fraction of this GPU's memory; the planner plans for the cap
+  # and picks block swap and --checkpoint_block_parts where they are needed), so a row that meets its goal meets
+  # its must; a 14B 480p row that misses 30 GiB runs again at its must (46), and 14B 720p runs at its must (76)
+  # after its goal. The 2B rows are refused before loading since the estimate was refitted (19 GiB at the
+  # leanest); they stay to show it. Then --low_vram's speed on the bf16 base (against `workstation_levers`'s
+  # plain step). Four lanes: on a host of 4 GPUs each runs on its own GPU at once (its own datasets cache;
+  # train_step.py's file lock makes the weights once), else one after another.
+  lane_a() { row14 lora_14b_720p_one_gpu 46; row14 lora_14b_720p_one_gpu_76gib 76; }
   lane_b() {
     row14 lora_14b_480p_one_gpu 30 --height 432 --width 768 ||
       row14 lora_14b_480p_one_gpu_46gib 46 --height 432 --width 768
@@ -129,6 +131,7 @@ workstation_levers)  # issue 22: the levers one at a time at 2B 720p (uncapped),
   lane_a() { lever lever_2b_720p_bf16_plain; }
   lane_b() { lever lever_2b_720p_fp8 --base_precision fp8; }
   lane_c() { quality bf16; quality fp8; }
-  lanes lane_a lane_b lane_c
+  lane_d() { lever lever_2b_720p_bf16_low_vram_parts --low_vram --checkpoint_block_parts; }
+  lanes lane_a lane_b lane_c lane_d
   ;;
 esac

@@ -211,12 +211,12 @@ def leanest_step_bytes(
 def choose_lean_levers(
     transformer: torch.nn.Module, config, tokens: int, compute_dtype: torch.dtype, budget: int, one_gpu: bool
 ) -> LeanLevers:
-    """`--block_swap` as asked; for a run that asked to fit (`--low_vram` or `--memory_budget_gib`), the levers
-    its leanest step needs to fit `budget` bytes, cheapest first: block swap (a LoRA run on one GPU; its copies
-    run beside the compute), then the parts checkpointed (--low_vram; a step 22% slower, 2B at 720p on an
-    H200: 15.6 -> 19.0 s). Both change no result, so they may be chosen for the user; an fp8 base changes the
-    numerics, so it is only ever asked for."""
-    levers = LeanLevers(block_swap=config.block_swap)
+    """`--block_swap` and `--checkpoint_block_parts` as asked; for a run that asked to fit (`--low_vram` or
+    `--memory_budget_gib`), the levers its leanest step needs to fit `budget` bytes, cheapest first: block swap
+    (a LoRA run on one GPU; its copies run beside the compute), then the parts checkpointed (--low_vram; a step
+    22% slower, 2B at 720p on an H200: 15.6 -> 19.0 s). Both change no result, so they may be chosen for the
+    user; an fp8 base changes the numerics, so it is only ever asked for."""
+    levers = LeanLevers(block_swap=config.block_swap, checkpoint_parts=config.checkpoint_block_parts)
     if not (config.low_vram or config.memory_budget_gib is not None):
         return levers
     may_swap = one_gpu and config.train_architecture == "lora" and config.activation_checkpointing != "none"
