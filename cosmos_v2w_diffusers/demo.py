@@ -8,7 +8,8 @@ the run started from and once with the post-trained EMA weights, and writes to `
 - `comparison.png`: frames 0, 4, 8, 12 and 16 of the real clip, of the continuation before post-training,
   and after;
 - `demo_metrics.json`: `psnr_before` and `psnr_after`, the PSNR (dB) of the generated frames against
-  the real continuation (the conditioning frame left out);
+  the real continuation (the conditioning frame left out), and `robot_error_px_before`/`_after`, how far (in
+  pixels) the square's centre in the last generated frame is from the real one's (null where it is gone);
 - `first_frame.png`: the frame it continues. The generation is the one `infer_video2world.py` makes from it
   (NVIDIA's initial noise from `--seed`), so the printed command reproduces `generated.mp4`.
 
@@ -46,6 +47,32 @@ logger = logging.getLogger(__name__)
 GUIDANCE_SCALE = 1.0
 # Frames shown side by side in comparison.png.
 SHOWN_FRAMES = (0, 4, 8, 12, 16)
+
+
+# A pixel is the robot's where green and blue both exceed red by this much (of 1): the square is (0, 0.5, 0.5),
+# and the floor's tint keeps its red above its green.
+ROBOT_MARGIN = 0.15
+
+
+def robot_centre(frame: torch.Tensor) -> tuple[float, float] | None:
+    """The (row, column) centre of the teal square in `frame` (`[3, H, W]` in [0, 1]), or None where fewer pixels
+    than a quarter of its area look teal (the square is gone)."""
+    red, green, blue = frame
+    teal = ((green - red) > ROBOT_MARGIN) & ((blue - red) > ROBOT_MARGIN)
+    side = max(4, min(frame.shape[-2:]) // 4)  # `render_clip`'s square
+    if int(teal.sum()) < side * side / 4:
+        return None
+    rows, cols = teal.nonzero(as_tuple=True)
+    return float(rows.float().mean()), float(cols.float().mean())
+
+
+def robot_error(generated: torch.Tensor, real: torch.Tensor) -> float | None:
+    """Pixels between the square's centre in the last generated frame and in the real one (`[T, 3, H, W]`);
+    None where the generated square is gone."""
+    made, truth = robot_centre(generated[-1]), robot_centre(real[-1])
+    if made is None or truth is None:
+        return None
+    return float(np.hypot(made[0] - truth[0], made[1] - truth[1]))
 
 
 def held_out_clip(preset: ModelPreset) -> torch.Tensor:
@@ -124,6 +151,8 @@ def run_demo(run_dir: str | Path, output_dir: str | Path = "outputs/demo") -> di
     metrics = {
         "psnr_before": psnr(before[1:], real[1:]),
         "psnr_after": psnr(after[1:], real[1:]),
+        "robot_error_px_before": robot_error(before, real),
+        "robot_error_px_after": robot_error(after, real),
         "held_out_clip": str(held_out_clip_path(preset)),
         "weights_after": str(ema_dir),
     }
@@ -144,9 +173,14 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     metrics = run_demo(args.run_dir, args.output_dir)
     out = args.output_dir
+
+    def robot(error: float | None) -> str:
+        return "gone" if error is None else f"{error:.1f} px off"
+
     logger.info(
         f"\nPSNR of the continuation against the real clip: {metrics['psnr_before']:.2f} dB before post-training, "
-        f"{metrics['psnr_after']:.2f} dB after.\n"
+        f"{metrics['psnr_after']:.2f} dB after. The robot in the last frame: "
+        f"{robot(metrics['robot_error_px_before'])} before, {robot(metrics['robot_error_px_after'])} after.\n"
         f"  {out / 'generated.mp4'}\n  {out / 'comparison.png'}   (rows: real, before, after)\n"
         f"  {out / 'demo_metrics.json'}\n"
         f"Next: this command makes generated.mp4 again; pass any image or video of yours as --input_path:\n"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import decord
 import numpy as np
+import pytest
 import torch
 from conftest import ONE_CPU_PROCESS, accelerate_launch
 from PIL import Image
@@ -93,6 +94,7 @@ def test_make_demo_writes_a_video_a_comparison_and_metrics_and_a_rerun_is_comple
     mse = np.mean((generated[1:].astype(np.float64) / 255 - real[1:].astype(np.float64) / 255) ** 2)
     assert abs(10 * np.log10(1 / mse) - metrics["psnr_after"]) < 1.0, (10 * np.log10(1 / mse), metrics)
     assert metrics["psnr_before"] != metrics["psnr_after"]
+    assert {"robot_error_px_before", "robot_error_px_after"} <= metrics.keys()
     assert frames.shape[0] == 17 and frames.float().std() > 1
     preset = get_preset("tiny")
     comparison = Image.open(out / "comparison.png")
@@ -114,3 +116,25 @@ def test_make_demo_writes_a_video_a_comparison_and_metrics_and_a_rerun_is_comple
     assert again.returncode == 0 and "already complete" in again.stderr
     assert subprocess.run(demo, cwd=tmp_path, capture_output=True, text=True, timeout=600).returncode == 0
     assert (out / "generated.mp4").is_file()
+
+
+def test_the_robot_is_found_where_it_was_drawn_and_missed_where_it_is_gone():
+    from cosmos_v2w_diffusers.data.demo_clips import render_clip
+    from cosmos_v2w_diffusers.demo import robot_centre, robot_error
+
+    frames = torch.stack([torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in render_clip(17, 64, 112, 3)])
+    side = 16
+    for frame in frames:
+        teal = (frame[1] == 128 / 255) & (frame[0] == 0)
+        rows, cols = teal.nonzero(as_tuple=True)
+        assert len(rows) == side * side
+        centre = robot_centre(frame)
+        assert centre == pytest.approx((float(rows.float().mean()), float(cols.float().mean())))
+    assert robot_error(frames, frames) == 0.0
+    shifted = torch.roll(frames, shifts=(3, 4), dims=(2, 3))
+    assert robot_error(shifted, frames) == pytest.approx(5.0, abs=1e-4)
+    floor = frames.clone()
+    teal = (frames[0, 1] - frames[0, 0]) > 0.15
+    empty_column = int(teal.any(dim=0).logical_not().nonzero()[0])
+    floor[-1] = frames[0, :, :, empty_column : empty_column + 1].expand_as(frames[-1])  # the floor alone
+    assert robot_centre(floor[-1]) is None and robot_error(floor, frames) is None
