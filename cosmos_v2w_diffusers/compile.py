@@ -22,4 +22,5 @@ def compile_blocks(transformer: CosmosTransformer3DModel, **compile_kwargs) -> N
     """
     for block in transformer.transformer_blocks:
         block = getattr(block, "_checkpoint_wrapped_module", block)
-        getattr(block.ff, "_checkpoint_wrapped_module", block).compile(**compile_kwargs)
+        mlp_alone = getattr(block.ff, "_checkpoint_wrapped_module", None)  # the block's parts checkpointed
+        (mlp_alone or block).compile(**compile_kwargs)

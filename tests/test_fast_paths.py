@@ -116,8 +116,8 @@ def test_every_checkpointing_plan_gives_the_same_gradients():
             torch.testing.assert_close(grad, reference[name], rtol=1e-5, atol=1e-6, msg=f"{plan}: {name}")
 
 
-def test_low_vram_checkpoints_a_block_s_parts_without_running_attention_a_third_time():
-    """--low_vram's last lever checkpoints the attention projections and the MLP again inside each block: attention
+def test_checkpointed_block_parts_run_attention_twice_and_keep_nothing_from_the_forward():
+    """Lever 4 checkpoints the attention projections and the MLP again inside each block: attention
     runs twice a step (forward and the block's recompute) as under plain full recompute, the block's forward
     leaves no attention output behind, and the state dict keeps the plain model's names."""
     from torch.utils._python_dispatch import TorchDispatchMode

@@ -220,10 +220,10 @@ def choose_lean_levers(
     if not (config.low_vram or config.memory_budget_gib is not None):
         return levers
     may_swap = one_gpu and config.train_architecture == "lora" and config.activation_checkpointing != "none"
-    for lever in ("block_swap", "checkpoint_parts"):
+    for lever, allowed in (("block_swap", may_swap), ("checkpoint_parts", config.low_vram)):
         if leanest_step_bytes(transformer, config, tokens, compute_dtype, levers) <= budget:
             break
-        if lever == "block_swap" and may_swap or lever == "checkpoint_parts" and config.low_vram:
+        if allowed:
             levers = dataclasses.replace(levers, **{lever: True})
     return levers
 
