@@ -9,7 +9,7 @@ PSNR/SSIM against the real continuation are reported beside the base model's own
 A 2B comparison has no trained base on the benchmark machines (nothing downloads there): its random-weight
 base generates noise, so only its loss curves say anything (`gpu_session.sh workstation`'s `quality_2b_*` rows).
 
-    python benchmarks/quantized_quality.py --steps 1500     # about 6 minutes on 2 CPU cores
+    PYTHONPATH=. python benchmarks/quantized_quality.py --steps 1500     # about 5 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
