@@ -52,41 +52,73 @@ class CosmosAttnProcessor:
 
     _attention_backend = None
     _parallel_config = None
-    # Training with --low_vram: the projections before and after the attention kernel are checkpointed apart from
-    # it (training/activation_checkpointing.py, `checkpoint_block_parts`).
-    checkpoint_projections = False
+    # Training's --checkpoint_block_parts: the projections before and after the attention kernel are checkpointed
+    # apart from it, over this many slices of the sequence (training/activation_checkpointing.py); 0: they are not.
+    projection_slices = 0
 
     def __call__(
         self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None
     ) -> torch.Tensor:
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        project_in, project_out = _project_in, _project_out
-        if self.checkpoint_projections:
-            project_in = functools.partial(checkpoint, _project_in, use_reentrant=False, preserve_rng_state=False)
-            project_out = functools.partial(checkpoint, _project_out, use_reentrant=False, preserve_rng_state=False)
-        query, key, value = project_in(attn, hidden_states, context, image_rotary_emb)
+        if encoder_hidden_states is None:  # self-attention: query, key and value from each token
+            project = functools.partial(_self_projections, attn)
+        else:  # cross-attention: the query from each token, the key and value once from the text
+            key, value = _key(attn, encoder_hidden_states, None), _value(attn, encoder_hidden_states)
+            project = functools.partial(_query_alone, attn)
+        project_out = functools.partial(_project_out, attn)
+        if self.projection_slices:
+            project = functools.partial(_checkpointed_slices, project, self.projection_slices)
+            project_out = functools.partial(checkpoint, project_out, use_reentrant=False, preserve_rng_state=False)
+        projected = project(hidden_states, image_rotary_emb)
+        query, key, value = projected if encoder_hidden_states is None else (*projected, key, value)
         attend = dispatch_attention_fn if self._parallel_config is None else _ulysses_attention
         out = attend(query, key, value, backend=self._attention_backend, parallel_config=self._parallel_config)
-        return project_out(attn, out.flatten(2, 3).type_as(query))
+        return project_out(out.flatten(2, 3).type_as(query))
 
 
-def _project_in(attn, hidden_states: torch.Tensor, context: torch.Tensor, image_rotary_emb) -> tuple:
-    """Query, key and value `[B, S, heads, D]` from `hidden_states` `[B, S, heads * D]` (keys and values from
-    `context`), normalised, the query and key rotated (under context parallelism: this rank's rows of the
-    RoPE tables)."""
-    query, key, value = (
-        proj(x).unflatten(2, (attn.heads, -1)).transpose(1, 2)
-        for proj, x in ((attn.to_q, hidden_states), (attn.to_k, context), (attn.to_v, context))
-    )
-    query, key = attn.norm_q(query), attn.norm_k(key)
-    if image_rotary_emb is not None:
-        query = apply_rotary_emb(query, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
-        key = apply_rotary_emb(key, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
-    return query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+# The projections, `[B, S, heads * D]` -> `[B, S, heads, D]`, as `CosmosAttnProcessor2_0` makes them: normalised per
+# head, the query and key rotated where RoPE tables are given (under context parallelism: this rank's rows).
+def _query(attn, hidden_states: torch.Tensor, rotary) -> torch.Tensor:
+    return _normalised(attn.to_q(hidden_states), attn.norm_q, attn.heads, rotary)
+
+
+def _key(attn, context: torch.Tensor, rotary) -> torch.Tensor:
+    return _normalised(attn.to_k(context), attn.norm_k, attn.heads, rotary)
+
+
+def _value(attn, context: torch.Tensor) -> torch.Tensor:
+    return attn.to_v(context).unflatten(2, (attn.heads, -1))
+
+
+def _normalised(projected: torch.Tensor, norm, heads: int, rotary) -> torch.Tensor:
+    x = norm(projected.unflatten(2, (heads, -1)).transpose(1, 2))  # [B, heads, S, D]
+    if rotary is not None:
+        x = apply_rotary_emb(x, rotary, use_real=True, use_real_unbind_dim=-2)
+    return x.transpose(1, 2)
+
+
+def _self_projections(attn, hidden_states: torch.Tensor, rotary) -> tuple[torch.Tensor, ...]:
+    return _query(attn, hidden_states, rotary), _key(attn, hidden_states, rotary), _value(attn, hidden_states)
+
+
+def _query_alone(attn, hidden_states: torch.Tensor, rotary) -> tuple[torch.Tensor]:
+    return (_query(attn, hidden_states, rotary),)
 
 
 def _project_out(attn, out: torch.Tensor) -> torch.Tensor:
     return attn.to_out[1](attn.to_out[0](out))
+
+
+def _checkpointed_slices(project, slices: int, hidden_states: torch.Tensor, rotary) -> tuple[torch.Tensor, ...]:
+    """`project` (token-wise: `[B, S, C]` and the RoPE tables' rows -> a tuple of `[B, S, heads, D]`) over `slices`
+    slices of the sequence, each checkpointed, so that the backward recomputes one slice's projections, norms and
+    rotations at a time; the outputs concatenated along the sequence."""
+    sizes = [part.shape[1] for part in hidden_states.chunk(slices, dim=1)]
+    tables = zip(*(table.split(sizes) for table in rotary)) if rotary is not None else [None] * len(sizes)
+    parts = [
+        checkpoint(project, part, table, use_reentrant=False, preserve_rng_state=False)
+        for part, table in zip(hidden_states.split(sizes, dim=1), tables)
+    ]
+    return tuple(torch.cat(pieces, dim=1) for pieces in zip(*parts))
 
 
 @torch.compiler.disable

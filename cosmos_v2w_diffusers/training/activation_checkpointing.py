@@ -135,9 +135,11 @@ class _PerBlockCheckpoint:
         return _EnterInBackward.apply(checkpointed(module, *args), module, self.block_swap)
 
 
-# Slices of the sequence the MLP is recomputed in under --low_vram: its hidden layer is 4x the block's width, so
-# whole it is the largest tensor of a block's backward (14B at 720p: 3.2 GiB, twice, with its gradient).
-MLP_CHUNKS = 4
+# Slices of the sequence that the checkpointed parts of a block (`checkpoint_block_parts`) are recomputed in: the
+# MLP's hidden layer is 4x the block's width, and the self-attention's projections keep 12 tensors of the block's
+# width in bf16 and 4 in fp32 (the per-head norms and RoPE compute in fp32): 40 of the 88 bytes a token and
+# channel that a 2B block keeps for its backward (counted on the CPU with a saved-tensor hook).
+SLICES = 4
 
 
 class _ChunkedCheckpoint(CheckpointWrapper):
@@ -153,19 +155,23 @@ class _ChunkedCheckpoint(CheckpointWrapper):
         return torch.cat([CheckpointWrapper.forward(self, part) for part in slices], dim=1)
 
 
-def checkpoint_block_parts(transformer: CosmosTransformer3DModel, mlp_chunks: int = MLP_CHUNKS) -> None:
+def checkpoint_block_parts(transformer: CosmosTransformer3DModel, slices: int = SLICES) -> None:
     """Checkpoint the parts of each block again inside its full recompute (--low_vram's last lever, chosen by
     `memory.choose_lean_levers` where the step fits only with it).
 
     A fully recomputed block's backward holds everything its recompute saved for the whole block at once: on a
     LoRA step that measured 105 bytes per token and channel (14B at 720p: 42.6 GiB over the resident weights),
     most of the step. Here the recompute keeps what passes between the parts and what the attention kernels
-    keep (their inputs and outputs); the projections before and after each attention kernel
-    (`attention.CosmosAttnProcessor.checkpoint_projections`) and the MLP, a slice of the sequence at a time, are
-    recomputed again when the backward reaches them. Attention still runs twice a step, not three times, and
-    the gradients are those of plain recompute (tests/test_fast_paths.py). The price is a second run of the
-    projections and the MLP, and the attention parts and the block's elementwise glue running uncompiled
-    (`compile.compile_blocks` compiles the MLP): measured 90-96 bytes instead of 105, for steps 22% slower.
+    keep (their inputs and outputs: 41 bytes on the CPU probe); the projections before each attention kernel
+    (`attention.CosmosAttnProcessor.projection_slices`) and the MLP, `slices` slices of the sequence at a time,
+    and the projection after it, are recomputed again when the backward reaches them. Attention still runs twice
+    a step, not three times, and the gradients are those of plain recompute (tests/test_fast_paths.py). The
+    price is a second run of the projections and the MLP, and the attention parts and the block's elementwise
+    glue running uncompiled (`compile.compile_blocks` compiles the MLP).
+
+    Measured on an H200 with the projections whole: 90-96 bytes instead of 105, for steps 22% slower. Sliced as
+    well, a CPU step of two 2B blocks at 4,096 tokens peaked 9% lower again (1,475 -> 1,346 MiB over the start;
+    plain recompute: 2,132); not yet measured on a GPU, so the planner keeps the measured constant.
 
     The nested checkpoints are plain: torch keeps a nested checkpoint's inputs through the outer one, so the
     block's forward leaves nothing behind, where a selective policy's cache would live to the end of the step.
@@ -173,9 +179,9 @@ def checkpoint_block_parts(transformer: CosmosTransformer3DModel, mlp_chunks: in
     from the names (`canonical_name` drops it elsewhere), as under FSDP2.
     """
     for processor in attention_processors(transformer):
-        processor.checkpoint_projections = True
+        processor.projection_slices = slices
     for block in transformer.transformer_blocks:
-        block.ff = _ChunkedCheckpoint(block.ff, mlp_chunks)
+        block.ff = _ChunkedCheckpoint(block.ff, slices)
 
 
 def apply_activation_checkpointing(
