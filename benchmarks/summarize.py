@@ -164,6 +164,8 @@ def main() -> None:
                 "name": name,
                 key: value,
                 "s_per_step": result["seconds"],
+                "num_gpus": result["num_gpus"],
+                "clips_per_step": result["clips_per_step"],
                 "gpu": result["environment"]["gpu"],
                 "command": result["command"],
                 "date": result["date"],

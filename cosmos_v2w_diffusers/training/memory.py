@@ -78,10 +78,14 @@ def fsdp_buffer_bytes(transformer: torch.nn.Module) -> int:
     return gathered + 4 * sum(p.numel() for p in block if p.requires_grad)
 
 
+def _token_channels(transformer: torch.nn.Module, tokens: int) -> int:
+    """`tokens` x the blocks' hidden width: what the per-token constants above are counted in."""
+    return tokens * transformer.config.num_attention_heads * transformer.config.attention_head_dim
+
+
 def _block_input_bytes(transformer: torch.nn.Module, tokens: int, compute_dtype: torch.dtype) -> int:
     """What full recompute keeps of one block: its input, `[tokens, hidden]` in the compute dtype."""
-    hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
-    return tokens * hidden * (2 if compute_dtype != torch.float32 else 4)
+    return _token_channels(transformer, tokens) * (2 if compute_dtype != torch.float32 else 4)
 
 
 def step_bytes_without_selective(
@@ -102,10 +106,9 @@ def step_bytes_without_selective(
     """
     fsdp = fsdp_shards is not None
     states = state_bytes(transformer, compute_dtype, ema=False, fsdp_shards=fsdp_shards)
-    hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
     n_blocks = len(transformer.transformer_blocks)
     block_inputs = n_blocks * _block_input_bytes(transformer, tokens, compute_dtype)
-    one_block = tokens * hidden * (BLOCK_PEAK_BYTES[compiled] + (FSDP_EXTRA_BYTES if fsdp else 0))
+    one_block = _token_channels(transformer, tokens) * (BLOCK_PEAK_BYTES[compiled] + (FSDP_EXTRA_BYTES if fsdp else 0))
     step_states = (
         states["gradients_and_moments"] + states["autocast_copies"] + (fsdp_buffer_bytes(transformer) if fsdp else 0)
     )
@@ -130,7 +133,7 @@ def selective_blocks_that_fit(
 
 
 def _selective_bytes_per_block(transformer: torch.nn.Module, tokens: int) -> float:
-    return tokens * transformer.config.num_attention_heads * transformer.config.attention_head_dim * SELECTIVE_BYTES
+    return _token_channels(transformer, tokens) * SELECTIVE_BYTES
 
 
 @dataclass(frozen=True)
@@ -202,9 +205,8 @@ def leanest_step_bytes(
     least -= swapped_weight_bytes(transformer) if levers.block_swap else 0
     if config.low_vram:
         least -= len(transformer.transformer_blocks) * _block_input_bytes(transformer, tokens, compute_dtype)
-        hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
         one_block = LOW_VRAM_BLOCK_PEAK_BYTES[levers.checkpoint_parts]
-        least += int(tokens * hidden * (one_block - BLOCK_PEAK_BYTES[True]))
+        least += int(_token_channels(transformer, tokens) * (one_block - BLOCK_PEAK_BYTES[True]))
     return least + HEADROOM_BYTES
 
 
