@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements behind BENCHMARKS.md, in groups that each fit one device call (< 10 minutes).
-#   bash benchmarks/gpu_session.sh train|small|encode|generate|attention|generate_flash4|h200_14b|fsdp|deepspeed|deepspeed_more|offload|fsdp_profile|workstation|workstation_levers [DATA]
+#   bash benchmarks/gpu_session.sh train|small|encode|generate|attention|generate_flash4|h200_14b|fsdp|deepspeed|deepspeed_more|offload|fsdp_profile|workstation|workstation_levers|workstation_lean [DATA]
 # (fsdp also reads TINY_DATA: a prepared tiny-preset folder, e.g. the demo sample in ~/.cache/cosmos_v2w_diffusers)
 # Each row runs in its own process (clean allocator, its own peak); results land in $OUT or benchmarks/results/.
 set -uo pipefail
@@ -133,5 +133,19 @@ workstation_levers)  # issue 22: the levers one at a time at 2B 720p (uncapped),
   lane_c() { quality bf16; quality fp8; }
   lane_d() { lever lever_2b_720p_bf16_low_vram_parts --low_vram --checkpoint_block_parts; }
   lanes lane_a lane_b lane_c lane_d
+  ;;
+workstation_lean)  # issue 22: the leanest configurations (fp8 base, --low_vram, block swap, the blocks' parts
+  # checkpointed with the projections in slices), uncapped: what they hold is the planner's constant for
+  # --checkpoint_block_parts, and whether 2B at 720p can fit a 16 GB card and 14B at 720p a 48 GB one.
+  # A lane whose block swap fails runs again without it.
+  leanest="--base_precision fp8 --low_vram --checkpoint_block_parts"
+  lane_a() {
+    lever lever_2b_720p_leanest $leanest --block_swap || lever lever_2b_720p_leanest_no_swap $leanest
+  }
+  lane_b() {
+    $tb --steps 2 --name lever_14b_720p_leanest -- --model 14B $lora $leanest --block_swap --cache_windows_per_clip 1 ||
+      $tb --steps 2 --name lever_14b_720p_leanest_no_swap -- --model 14B $lora $leanest --cache_windows_per_clip 1
+  }
+  lanes lane_a lane_b
   ;;
 esac

