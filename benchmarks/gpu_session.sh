@@ -148,4 +148,10 @@ workstation_lean)  # issue 22: the leanest configurations (fp8 base, --low_vram,
   }
   lanes lane_a lane_b
   ;;
+workstation_capped)  # issue 22: 2B at 720p capped at 15 and 11 GiB, 14B at 720p at 46 (the planner picks the levers)
+  lane_a() { row2 lora_2b_720p_small 15; }
+  lane_b() { row2 lora_2b_720p_small_11gib 11; }
+  lane_c() { row14 lora_14b_720p_one_gpu 46; }
+  lanes lane_a lane_b lane_c
+  ;;
 esac

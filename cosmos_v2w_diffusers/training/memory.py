@@ -29,8 +29,9 @@ BLOCK_PEAK_BYTES = {True: 42.0, False: 95.0}
 # One block's recompute and backward in a LoRA step under --low_vram, in the same unit, by whether the block's
 # parts are checkpointed again inside it (`activation_checkpointing.checkpoint_block_parts`). Measured on an H200
 # over the resident weights: block recompute 104.6 (2B at 720p, bf16 base: 20.6 GiB) and 105.8 (14B at 720p, fp8
-# base: 56.3 GiB); parts checkpointed 90.5 (2B at 720p: 18.3 GiB) and 95.8 (14B at 432x768: 27.9 GiB).
-LOW_VRAM_BLOCK_PEAK_BYTES = {False: 106.0, True: 96.0}
+# base: 56.3 GiB). The parts (projections and MLP in sequence slices), with the fp8 base and block swap, fitted
+# against this estimate's own resident part: 89.1 (2B at 720p: 14.91 GiB) and 88.6 (14B at 720p: 37.88 GiB).
+LOW_VRAM_BLOCK_PEAK_BYTES = {False: 106.0, True: 89.5}
 # Leave this much of the card free: the allocator's slack and what other libraries hold.
 HEADROOM_BYTES = 3 * GIB
 # Bytes per (token x hidden channel) that FSDP2 adds to a step beyond the formula (what its checkpoint
