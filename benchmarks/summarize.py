@@ -126,7 +126,7 @@ def _several_gpus_row(
     if baseline is not None and measure == "efficiency":
         row[measure] = round(baseline["gpu_seconds_per_clip"] / result["gpu_seconds_per_clip"], 3)
     elif baseline is not None:
-        row[measure] = round(baseline.get("seconds_at_35_steps", baseline["seconds"]) / result["seconds"], 2)
+        row[measure] = round((baseline.get("seconds_at_35_steps") or baseline["seconds"]) / result["seconds"], 2)
     if must is not None:
         row.update(must=must, goal=goal, meets_must=row[measure] >= must, meets_goal=row[measure] >= goal)
     return row

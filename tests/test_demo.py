@@ -18,7 +18,7 @@ from cosmos_v2w_diffusers.data.demo_clips import export_clip, render_clip
 from cosmos_v2w_diffusers.data.samples import read_frames, resize_frames
 from cosmos_v2w_diffusers.presets import get_preset
 from cosmos_v2w_diffusers.text_encoding import embed_prompts
-from cosmos_v2w_diffusers.tiny_model import reconstruction_psnr
+from cosmos_v2w_diffusers.tiny_model import frame_weighted_mean, reconstruction_psnr
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,6 +38,14 @@ def test_the_shipped_tiny_vae_reconstructs_footage_it_never_saw(video_paths):
     # A random VAE of the same shape scores about 11 dB on both.
     assert reconstruction_psnr(vae, bikes) > 17
     assert reconstruction_psnr(vae, demo) > 25
+
+
+def test_the_tiny_vae_loss_weighs_the_first_frame_as_several():
+    """The conditioning frame's error counts `first_frame_weight` times; weight 1 is the plain mean."""
+    errors = torch.ones(2, 3, 5, 4, 4)
+    errors[:, :, 0] = 6.0  # the first frame's error; the other four frames' are 1
+    assert frame_weighted_mean(errors, 1.0) == pytest.approx(errors.mean())
+    assert frame_weighted_mean(errors, 4.0) == pytest.approx((4 * 6 + 4 * 1) / 8)
 
 
 def test_the_tiny_text_encoder_tells_prompts_apart():
