@@ -31,7 +31,7 @@ from diffusers.utils import export_to_video
 from PIL import Image, ImageDraw
 
 from .components import tiny_pretrained_path
-from .data.demo_clips import DEMO_PROMPT, held_out_clip_path
+from .data.demo_clips import DEMO_PROMPT, held_out_clip_path, robot_side
 from .data.samples import read_frames, resize_frames
 from .inference import nvidia_initial_noise
 from .pipeline import CosmosVideo2WorldPipeline
@@ -59,20 +59,25 @@ def robot_centre(frame: torch.Tensor) -> tuple[float, float] | None:
     than a quarter of its area look teal (the square is gone)."""
     red, green, blue = frame
     teal = ((green - red) > ROBOT_MARGIN) & ((blue - red) > ROBOT_MARGIN)
-    side = max(4, min(frame.shape[-2:]) // 4)  # `render_clip`'s square
+    side = robot_side(*frame.shape[-2:])
     if int(teal.sum()) < side * side / 4:
         return None
     rows, cols = teal.nonzero(as_tuple=True)
     return float(rows.float().mean()), float(cols.float().mean())
 
 
-def robot_error(generated: torch.Tensor, real: torch.Tensor) -> float | None:
-    """Pixels between the square's centre in the last generated frame and in the real one (`[T, 3, H, W]`);
-    None where the generated square is gone."""
-    made, truth = robot_centre(generated[-1]), robot_centre(real[-1])
-    if made is None or truth is None:
+def robot_distance(made: torch.Tensor, truth: torch.Tensor) -> float | None:
+    """Pixels between the square's centre in frame `made` and in frame `truth` (`[3, H, W]` in [0, 1]); None where
+    either has no square."""
+    made_centre, true_centre = robot_centre(made), robot_centre(truth)
+    if made_centre is None or true_centre is None:
         return None
-    return float(np.hypot(made[0] - truth[0], made[1] - truth[1]))
+    return float(np.hypot(made_centre[0] - true_centre[0], made_centre[1] - true_centre[1]))
+
+
+def robot_error(generated: torch.Tensor, real: torch.Tensor) -> float | None:
+    """`robot_distance` of the last generated frame from the real one (`[T, 3, H, W]`)."""
+    return robot_distance(generated[-1], real[-1])
 
 
 def held_out_clip(preset: ModelPreset) -> torch.Tensor:

@@ -204,6 +204,8 @@ def test_the_lean_levers_are_chosen_cheapest_first_where_the_step_fits_only_with
 
     assert chosen(lora, swap_fits) == LeanLevers(block_swap=True)
     assert chosen(lora, parts_fit) == LeanLevers(block_swap=True, checkpoint_parts=True)
+    asked = LeanLevers.asked_by(TrainConfig(model="14B", block_swap=True, train_architecture="lora").resolved())
+    assert chosen(lora, parts_fit).beyond(asked) == ["checkpoint_parts"]  # what the trainer logs as chosen
     assert chosen(lora, 80) == LeanLevers()
     assert chosen(lora, swap_fits, one_gpu=False) == LeanLevers(checkpoint_parts=True)
     plain = TrainConfig(model="14B", train_architecture="lora").resolved()

@@ -30,13 +30,18 @@ _DEMO_VERSION = "v4"
 FLOOR_TINT = (0.9, 0.75, 0.95)
 
 
+def robot_side(height: int, width: int) -> int:
+    """The teal square's side in pixels: a quarter of the frame's shorter side, at least 4."""
+    return max(4, min(height, width) // 4)
+
+
 def render_clip(num_frames: int, height: int, width: int, seed: int) -> list[np.ndarray]:
     """Frames (uint8 HxWx3) of a teal square moving on a straight line over a vertical gradient; its start
     and velocity (up to a 48th of the frame per frame) depend on `seed` only."""
     rng = np.random.default_rng(seed)
     floor = np.linspace(40, 200, height, dtype=np.float32)[:, None, None] * np.array(FLOOR_TINT, dtype=np.float32)
     floor = np.broadcast_to(floor, (height, width, 3))
-    side = max(4, min(height, width) // 4)
+    side = robot_side(height, width)
     start = rng.uniform([0, 0], [height - side, width - side])
     velocity = rng.uniform(-1, 1, 2) * np.array([height, width]) / 48
     frames = []

@@ -257,7 +257,7 @@ class TrainConfig:
     checkpoint_block_parts: bool = _f(
         False,
         "with --low_vram: checkpoint each block's attention projections and MLP again inside its recompute (about "
-        "10%% less activation memory, steps about 20%% slower; same results)",
+        "15%% less activation memory, steps about 22%% slower; same results)",
     )
     cache_latents: bool = _f(
         False,

@@ -192,6 +192,15 @@ class LeanLevers:
     block_swap: bool = False
     checkpoint_parts: bool = False
 
+    @classmethod
+    def asked_by(cls, config) -> LeanLevers:
+        """The levers the run's flags ask for (`--block_swap`, `--checkpoint_block_parts`)."""
+        return cls(block_swap=config.block_swap, checkpoint_parts=config.checkpoint_block_parts)
+
+    def beyond(self, asked: LeanLevers) -> list[str]:
+        """The levers on here and not in `asked`: what the planner chose for the run."""
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) and not getattr(asked, f.name)]
+
 
 def leanest_step_bytes(
     transformer: torch.nn.Module, config, tokens: int, compute_dtype: torch.dtype, levers: LeanLevers
@@ -219,7 +228,7 @@ def choose_lean_levers(
     (a LoRA run on one GPU; its copies run beside the compute), then the parts checkpointed (--low_vram; a step
     22% slower, 2B at 720p on an H200: 15.6 -> 19.0 s). Both change no result, so they may be chosen for the
     user; an fp8 base changes the numerics, so it is only ever asked for."""
-    levers = LeanLevers(block_swap=config.block_swap, checkpoint_parts=config.checkpoint_block_parts)
+    levers = LeanLevers.asked_by(config)
     if not (config.low_vram or config.memory_budget_gib is not None):
         return levers
     may_swap = one_gpu and config.train_architecture == "lora" and config.activation_checkpointing != "none"

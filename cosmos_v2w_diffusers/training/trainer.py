@@ -138,14 +138,13 @@ class Trainer:
         # 2. Models, once the leanest step is known to fit the memory the run has (a budget, or the card's).
         self.tokens = latent_tokens(c.num_frames, c.height, c.width)
         budget = memory_budget_bytes(c, self.device)
-        levers = LeanLevers(block_swap=c.block_swap, checkpoint_parts=c.checkpoint_block_parts)
+        levers = asked = LeanLevers.asked_by(c)
         if budget is not None and self.dims.engine in ("single", "ddp"):
             meta = meta_trainable_transformer(self.preset, c, self.compute_dtype)
             one_gpu = self.dims.engine == "single"
             levers = choose_lean_levers(meta, c, self.tokens, self.compute_dtype, budget, one_gpu)
             least = check_fits(meta, c, self.tokens, self.compute_dtype, budget, levers)
-            asked = {"block_swap": c.block_swap, "checkpoint_parts": c.checkpoint_block_parts}
-            chosen = [name for name, on in vars(levers).items() if on and not asked[name]]
+            chosen = levers.beyond(asked)
             if chosen:
                 logger.info(
                     "Chosen to fit %.1f GiB: %s (the leanest step then needs %.1f GiB)",
