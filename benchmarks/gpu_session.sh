@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements behind BENCHMARKS.md, in groups that each fit one device call (< 10 minutes).
-#   bash benchmarks/gpu_session.sh train|small|encode|generate|attention|generate_flash4|h200_14b|fsdp|deepspeed|deepspeed_more|offload|fsdp_profile|workstation|workstation_levers|workstation_lean [DATA]
+#   bash benchmarks/gpu_session.sh train|small|encode|generate|attention|generate_flash4|h200_14b|fsdp|deepspeed|deepspeed_more|offload|fsdp_profile|workstation|workstation_levers|workstation_lean|workstation_capped|workstation_compiled [DATA]
 # (fsdp also reads TINY_DATA: a prepared tiny-preset folder, e.g. the demo sample in ~/.cache/cosmos_v2w_diffusers)
 # Each row runs in its own process (clean allocator, its own peak); results land in $OUT or benchmarks/results/.
 set -uo pipefail
@@ -153,5 +153,18 @@ workstation_capped)  # issue 22: 2B at 720p capped at 15 and 11 GiB, 14B at 720p
   lane_b() { row2 lora_2b_720p_small_11gib 11; }
   lane_c() { row14 lora_14b_720p_one_gpu 46; }
   lanes lane_a lane_b lane_c
+  ;;
+workstation_compiled)  # issue 22: the blocks' parts compiled on their own and sliced in 8, measured on their own
+  # (2B leanest, with what was live at its peak; 2B with the parts on the bf16 base, against the lever table's
+  # 19.02 s) and on the 14B row at 720p capped at its goal of 46 GiB; the GPU gradient tests
+  leanest="--base_precision fp8 --low_vram --checkpoint_block_parts --block_swap"
+  lane_a() { $tb --memory_at_peak --name lever_2b_720p_leanest -- --model 2B $lora --cache_windows_per_clip 2 $leanest; }
+  lane_b() { row14 lora_14b_720p_one_gpu 46; }
+  lane_c() {
+    HF_HUB_OFFLINE=1 python -m pytest -q -p no:cacheprovider --noconftest tests/test_lean_levers_gpu.py
+    lever lever_2b_720p_bf16_low_vram_parts --low_vram --checkpoint_block_parts
+  }
+  lane_d() { $tb --profile --name lever_2b_720p_leanest_profiled -- --model 2B $lora --cache_windows_per_clip 2 $leanest; }
+  lanes lane_a lane_b lane_c lane_d
   ;;
 esac

@@ -55,16 +55,19 @@ class CosmosAttnProcessor:
     # Training's --checkpoint_block_parts: the projections before and after the attention kernel are checkpointed
     # apart from it, over this many slices of the sequence (training/activation_checkpointing.py); 0: they are not.
     projection_slices = 0
+    # The token-wise parts around the kernel as `compile_projections` compiled them; empty: they run as they are.
+    _compiled_parts: dict = {}
 
     def __call__(
         self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None
     ) -> torch.Tensor:
+        part = self._compiled_parts.get
         if encoder_hidden_states is None:  # self-attention: query, key and value from each token
-            project = functools.partial(_self_projections, attn)
+            project = functools.partial(part(_self_projections, _self_projections), attn)
         else:  # cross-attention: the query from each token, the key and value once from the text
             key, value = _key(attn, encoder_hidden_states, None), _value(attn, encoder_hidden_states)
-            project = functools.partial(_query_alone, attn)
-        project_out = functools.partial(_project_out, attn)
+            project = functools.partial(part(_query_alone, _query_alone), attn)
+        project_out = functools.partial(part(_project_out, _project_out), attn)
         if self.projection_slices:
             project = functools.partial(_checkpointed_slices, project, self.projection_slices)
             project_out = functools.partial(checkpoint, project_out, use_reentrant=False, preserve_rng_state=False)
@@ -73,6 +76,14 @@ class CosmosAttnProcessor:
         attend = dispatch_attention_fn if self._parallel_config is None else _ulysses_attention
         out = attend(query, key, value, backend=self._attention_backend, parallel_config=self._parallel_config)
         return project_out(out.flatten(2, 3).type_as(query))
+
+    def compile_projections(self, **compile_kwargs) -> None:
+        """`torch.compile` the projections before and after the kernel apart from it, for blocks that are not
+        compiled whole (`compile.compile_blocks` under `--checkpoint_block_parts`): the kernel stays outside,
+        between the checkpointed slices. One graph serves every block's processor."""
+        self._compiled_parts = {
+            part: torch.compile(part, **compile_kwargs) for part in (_self_projections, _query_alone, _project_out)
+        }
 
 
 # The projections, `[B, S, heads * D]` -> `[B, S, heads, D]`, as `CosmosAttnProcessor2_0` makes them: normalised per

@@ -17,10 +17,20 @@ def compile_blocks(transformer: CosmosTransformer3DModel, **compile_kwargs) -> N
     H200: no fused kernel in the step, 15.5 s against 13.4 s). So the block itself is compiled, and the
     checkpoint stays outside the compiled region, as diffusers' gradient checkpointing has it.
     Where the block's parts are checkpointed inside it (`--low_vram`: `checkpoint_block_parts`), the same holds one
-    level down: the checkpointed MLP is compiled, and the rest of the block runs as is.
+    level down: the parts between the checkpoints are compiled on their own, each graph serving every block: the
+    MLP (one sequence slice at a time), the three modulated norms, and the attention projections (each slice's
+    linear layers, per-head norms and RoPE; `CosmosAttnProcessor.compile_projections`). Left as they were, the
+    fp32 norms and rotations ran as separate kernels over the whole sequence, and kept their fp32 intermediates
+    for the backward (2B at 720p: a step 22% slower than without the parts, 15.55 -> 18.98 s on an H200).
     `compile_kwargs` go to `torch.compile` (tests pass `backend="eager"`).
     """
     for block in transformer.transformer_blocks:
         block = getattr(block, "_checkpoint_wrapped_module", block)
         mlp_alone = getattr(block.ff, "_checkpoint_wrapped_module", None)  # the block's parts checkpointed
-        (mlp_alone or block).compile(**compile_kwargs)
+        if mlp_alone is None:
+            block.compile(**compile_kwargs)
+            continue
+        for part in (mlp_alone, block.norm1, block.norm2, block.norm3):
+            part.compile(**compile_kwargs)
+        for attn in (block.attn1, block.attn2):
+            attn.processor.compile_projections(**compile_kwargs)

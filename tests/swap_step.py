@@ -4,11 +4,21 @@ on a GPU): a module of its own, since the GPU runs skip `conftest.py` (it needs 
 import torch
 
 
-def lora_step(block_swap: bool, mode: str, offload: bool = False, device: str = "cpu", fp8: bool = True):
+def lora_step(
+    block_swap: bool,
+    mode: str,
+    offload: bool = False,
+    device: str = "cpu",
+    fp8: bool = True,
+    parts: bool = False,
+    compile_backend: str | None = None,
+):
     """Two LoRA steps' forward and backward of the tiny transformer (its base in fp8, or as loaded) on `device`,
-    with or without block swap; the adapter's gradients of the second, and the swap (None without one)."""
+    with or without block swap, the blocks' parts checkpointed, and compiled (`compile_backend`); the adapter's
+    gradients of the second, and the swap (None without one)."""
     from diffusers.training_utils import cast_training_params
 
+    from cosmos_v2w_diffusers.compile import compile_blocks
     from cosmos_v2w_diffusers.components import load_transformer
     from cosmos_v2w_diffusers.objective import draw_training_randomness, video2world_loss
     from cosmos_v2w_diffusers.presets import get_preset
@@ -25,7 +35,9 @@ def lora_step(block_swap: bool, mode: str, offload: bool = False, device: str = 
     apply_lora(transformer, 4, 4, ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"], seed=0)
     cast_training_params(transformer, torch.float32)  # as the trainer: PEFT made the adapter in the base's fp8
     swap = BlockSwap(transformer.transformer_blocks, torch.device(device)) if block_swap else None
-    apply_activation_checkpointing(transformer, mode, None, offload, swap)
+    apply_activation_checkpointing(transformer, mode, None, offload, swap, parts)
+    if compile_backend:
+        compile_blocks(transformer, backend=compile_backend)
     latents = torch.randn(1, 16, 5, 8, 14).to(device)
     draws = draw_training_randomness(tuple(latents.shape), torch.Generator().manual_seed(1))
     text = torch.randn(1, 512, tiny.text_embed_dim).to(device)

@@ -15,6 +15,7 @@ from cosmos_v2w_diffusers.attention import (
     resolve_attention_backend,
     set_attention_backend,
 )
+from cosmos_v2w_diffusers.compile import compile_blocks
 from cosmos_v2w_diffusers.components import load_transformer, load_vae
 from cosmos_v2w_diffusers.data import latent_cache
 from cosmos_v2w_diffusers.data.latent_cache import build_latent_cache
@@ -65,10 +66,12 @@ def test_cached_windows_equal_on_the_fly_encoding_and_a_second_build_encodes_not
     assert torch.equal(item["latents"], cache.with_format("torch")[row * 3 + window]["latents"])
 
 
-def _loss_and_grads(mode: str, n_selective=None, offload=False, parts=False):
+def _loss_and_grads(mode: str, n_selective=None, offload=False, parts=False, compile_backend=None):
     torch.manual_seed(0)
     transformer = load_transformer(TINY).train()
     apply_activation_checkpointing(transformer, mode, n_selective, offload, checkpoint_parts=parts)
+    if compile_backend:
+        compile_blocks(transformer, backend=compile_backend)
     latents = torch.randn(1, 16, 5, 8, 14)
     draws = draw_training_randomness(tuple(latents.shape), torch.Generator().manual_seed(1))
     text = torch.randn(1, 512, TINY.text_embed_dim)
@@ -114,6 +117,27 @@ def test_every_checkpointing_plan_gives_the_same_gradients():
         assert torch.equal(loss, reference_loss), plan
         for name, grad in grads.items():
             torch.testing.assert_close(grad, reference[name], rtol=1e-5, atol=1e-6, msg=f"{plan}: {name}")
+
+
+def test_checkpointed_block_parts_compile_apart_one_graph_for_every_block():
+    """Under --checkpoint_block_parts the block cannot compile whole (its checkpoints sit inside it), so its parts
+    compile on their own: the gradients stay those of plain recompute, nothing breaks a graph, and every block
+    shares each part's graphs (a graph per block would pass torch's recompile limit at 28 blocks and run eager)."""
+    import torch._dynamo.utils as dynamo_utils
+
+    torch._dynamo.reset()
+    dynamo_utils.counters.clear()
+    reference_loss, reference = _loss_and_grads("full")
+    loss, grads = _loss_and_grads("full", None, True, True, compile_backend="aot_eager")
+    counters = dynamo_utils.counters
+    graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+    torch._dynamo.reset()
+    torch.testing.assert_close(loss, reference_loss)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference[name], rtol=1e-5, atol=1e-6, msg=name)
+    n_blocks = len(load_transformer(TINY).transformer_blocks)
+    # The MLP, the norms, and three projection functions, some twice (the last slice's length differs).
+    assert breaks == 0 and 5 <= graphs < 5 * n_blocks, (graphs, breaks)
 
 
 def test_checkpointed_block_parts_run_attention_twice_and_keep_nothing_from_the_forward():

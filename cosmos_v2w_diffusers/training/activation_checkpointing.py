@@ -139,7 +139,7 @@ class _PerBlockCheckpoint:
 # MLP's hidden layer is 4x the block's width, and the self-attention's projections keep 12 tensors of the block's
 # width in bf16 and 4 in fp32 (the per-head norms and RoPE compute in fp32): 40 of the 88 bytes a token and
 # channel that a 2B block keeps for its backward (counted on the CPU with a saved-tensor hook).
-SLICES = 4
+SLICES = 8
 
 
 class _ChunkedCheckpoint(CheckpointWrapper):
