@@ -146,20 +146,27 @@ workstation_lean)  # issue 22: the leanest configurations (fp8 base, --low_vram,
   }
   lanes lane_a lane_b
   ;;
-workstation_capped)  # issue 22: 2B at 720p capped at 15 and 11 GiB, 14B at 720p at 46 (the planner picks the levers)
+workstation_capped)  # issue 22: 2B at 720p capped at 15 and 11 GiB, 14B at 720p at 46 (the planner picks the levers),
+  # and a 14B generation at 720p capped at 46 GiB (generation must fit where training fits)
   lane_a() { row2 lora_2b_720p_small 15; }
   lane_b() { row2 lora_2b_720p_small_11gib 11; }
   lane_c() { row14 lora_14b_720p_one_gpu 46; }
-  lanes lane_a lane_b lane_c
+  lane_d() {  # generation sets expandable segments since the 2B row ran out of memory without (its file's name)
+    python benchmarks/inference.py --model 14B --steps 3 --memory_fraction "$(cap 46)" --name generation_14b_720p_46gib
+    python benchmarks/inference.py --model 2B --steps 3 --memory_fraction "$(cap 15)" \
+      --name generation_2b_720p_15gib_expandable
+    python benchmarks/inference.py --model 14B --steps 3 --height 432 --width 768 --memory_fraction "$(cap 30)" \
+      --name generation_14b_480p_30gib
+  }
+  lanes lane_a lane_b lane_c lane_d
   ;;
-workstation_compiled)  # issue 22: the blocks' parts compiled on their own and sliced in 8, measured on their own
-  # (2B leanest, with what was live at its peak, then profiled; 2B with the parts on the bf16 base, against the
-  # lever table's 19.02 s) and on the 14B row at 720p capped at its goal of 46 GiB; the GPU gradient tests
+workstation_compiled)  # issue 22: the blocks' parts compiled on their own and sliced in 8 (2B leanest, profiled;
+  # 2B with the parts on the bf16 base, against the lever table's 19.02 s; the GPU gradient tests), and the 14B
+  # row at 720p capped at its goal of 46 GiB
   leanest="--base_precision fp8 --low_vram --checkpoint_block_parts --block_swap"
   lane_a() {
-    $tb --memory_at_peak --name lever_2b_720p_leanest -- --model 2B $lora --cache_windows_per_clip 2 $leanest
-    HF_HUB_OFFLINE=1 python -m pytest -q -p no:cacheprovider --noconftest tests/test_lean_levers_gpu.py
     $tb --profile --name lever_2b_720p_leanest_profiled -- --model 2B $lora --cache_windows_per_clip 2 $leanest
+    HF_HUB_OFFLINE=1 python -m pytest -q -p no:cacheprovider --noconftest tests/test_lean_levers_gpu.py
     lever lever_2b_720p_bf16_low_vram_parts --low_vram --checkpoint_block_parts
   }
   lane_b() { row14 lora_14b_720p_one_gpu 46; }

@@ -26,6 +26,7 @@ from diffusers import AutoencoderKLWan
 
 from benchmarks.common import write_result
 from cosmos_v2w_diffusers import CosmosMultistepScheduler, CosmosVideo2WorldPipeline
+from cosmos_v2w_diffusers.allocator import set_allocator_defaults
 from cosmos_v2w_diffusers.attention import BACKENDS, set_attention_backend
 from cosmos_v2w_diffusers.compile import compile_blocks
 from cosmos_v2w_diffusers.components import build_transformer
@@ -45,8 +46,19 @@ def main() -> None:
     parser.add_argument("--attention_backend", default="auto", choices=BACKENDS)
     parser.add_argument("--num_gpus", type=int, default=1, help="as infer_video2world.py's, under torchrun")
     parser.add_argument("--guidance_parallel", action="store_true", help="as infer_video2world.py's")
+    parser.add_argument("--height", type=int, default=None, help="default: the preset's (704)")
+    parser.add_argument("--width", type=int, default=None, help="default: the preset's (1280)")
+    parser.add_argument(
+        "--memory_fraction",
+        type=float,
+        default=None,
+        help="cap the process with torch.cuda.set_per_process_memory_fraction once the weights are built, to show "
+        "that generation fits a smaller card",
+    )
     args = parser.parse_args()
+    set_allocator_defaults()  # as infer_video2world.py
     preset = get_preset(args.model)
+    height, width = args.height or preset.height, args.width or preset.width
     device = process_device(args.num_gpus)
     torch.manual_seed(0)  # every rank builds the same random weights
     pipe = CosmosVideo2WorldPipeline(
@@ -57,25 +69,28 @@ def main() -> None:
         scheduler=CosmosMultistepScheduler(),
         disable_guardrail=True,
     )
+    if args.memory_fraction:  # after the weights: 14B's fp32 initialisation takes 56 GB on the GPU
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(args.memory_fraction)
     torch.backends.cudnn.benchmark = True  # as infer_video2world.py sets it on CUDA, with channels-last VAE weights
     use_channels_last_3d(pipe.vae)
     backend = set_attention_backend(pipe.transformer, args.attention_backend, device)
     cp = args.num_gpus // 2 if args.guidance_parallel else args.num_gpus
     if cp > 1:
-        tokens = latent_tokens(preset.num_frames, preset.height, preset.width)
+        tokens = latent_tokens(preset.num_frames, height, width)
         enable_context_parallel(pipe.transformer, cp, device, tokens)
     if args.guidance_parallel:
         pipe.enable_guidance_parallel(guidance_pair(cp))
     if args.compile:
         compile_blocks(pipe.transformer)
     text = torch.randn(1, 512, preset.text_embed_dim, device=device, dtype=torch.bfloat16)
-    image = PIL.Image.new("RGB", (preset.width, preset.height), (0, 128, 128))
+    image = PIL.Image.new("RGB", (width, height), (0, 128, 128))
     kwargs = dict(
         image=image,
         prompt_embeds=text,
         negative_prompt_embeds=text.flip(1),
-        height=preset.height,
-        width=preset.width,
+        height=height,
+        width=width,
         num_frames=preset.num_frames,
         generator=torch.Generator(device).manual_seed(0),
     )
@@ -108,7 +123,7 @@ def main() -> None:
         {
             "command": launcher + " benchmarks/inference.py " + " ".join(sys.argv[1:]),
             "model": preset.name,
-            "sample": [preset.num_frames, preset.height, preset.width],
+            "sample": [preset.num_frames, height, width],
             "num_inference_steps": args.steps,
             "guidance": True,
             "compiled_blocks": args.compile,
@@ -117,6 +132,7 @@ def main() -> None:
             "clips_per_step": 1,  # one video a call, on however many GPUs
             "context_parallel_size": cp,
             "guidance_parallel": args.guidance_parallel,
+            "memory_fraction": args.memory_fraction,
             "seconds": round(total, 2),
             "seconds_per_step": round(per_step, 3) if per_step else None,
             # A shorter run (--steps) stands for the default 35 steps: its time with the missing steps added.

@@ -72,35 +72,20 @@ GENERATION_14B = {"generation_14b_720p_4gpu": ("generation_14b_720p_4gpu_cp4", N
 
 
 # One GPU, capped to the card each row stands for (issue 22): peak GiB or seconds, at most (must, goal).
-# row name -> (result file, measured key, must, goal, why the row's configuration has no result, or None)
+# row name -> (result file, measured key, must, goal)
 WORKSTATION = {
-    "lora_14b_720p_one_gpu": ("lora_14b_720p_one_gpu_76gib", "peak_gib", 76.0, 46.0, None),
-    "lora_14b_480p_one_gpu": ("lora_14b_480p_one_gpu", "peak_gib", 46.0, 30.0, None),
-    "lora_2b_720p_small": (
-        None,
-        "peak_gib",
-        15.0,
-        11.0,
-        "capped at 15 GiB, the leanest configuration (fp8 base, --low_vram, block swap, the blocks' parts) ran out of "
-        "memory in its first step, 0.3 GiB short (lora_2b_720p_small_15gib_oom.json); uncapped it peaked at 14.91 "
-        "GiB allocated (lever_2b_720p_leanest.json). Refused before loading at 15 and at 11 GiB since the refit",
-    ),
-    "lora_2b_720p_small_seconds": (
-        None,
-        "seconds",
-        18.0,
-        14.0,
-        "the configuration does not fit 15 GiB; uncapped, the leanest one takes 18.98 s (lever_2b_720p_leanest.json) "
-        "and --low_vram on the bf16 base 15.55 s in 20.6 GiB (lever_2b_720p_bf16_low_vram.json)",
-    ),
+    "lora_14b_720p_one_gpu": ("lora_14b_720p_one_gpu", "peak_gib", 76.0, 46.0),
+    "lora_14b_480p_one_gpu": ("lora_14b_480p_one_gpu", "peak_gib", 46.0, 30.0),
+    "lora_2b_720p_small": ("lora_2b_720p_small", "peak_gib", 15.0, 11.0),
+    "lora_2b_720p_small_seconds": ("lora_2b_720p_small", "seconds", 18.0, 14.0),
 }
 
 
 # What a row's result does not show by itself.
 WORKSTATION_NOTES = {
-    "lora_14b_720p_one_gpu": "the goal: uncapped, the leanest configuration (block swap and the blocks' parts "
-    "added) peaked at 37.88 GiB allocated, 68.45 s/step (lever_14b_720p_leanest.json); capped at 46 GiB it "
-    "finished its first step before the session's device time ran out, so the goal is not shown by a cap",
+    "lora_2b_720p_small": "capped at 15 GiB (the must); at 11 GiB (the goal) the run is refused before loading: its "
+    "leanest step needs 13.8 GiB with the planner's headroom",
+    "lora_2b_720p_small_seconds": "the same run, capped at 15 GiB",
 }
 
 
@@ -175,10 +160,7 @@ def main() -> None:
         summary.append(_several_gpus_row(baseline_name, baseline_name, keys, *[None] * 4))
         for name, (file, must, goal) in rows.items():
             summary.append(_several_gpus_row(name, file, keys, "speedup", baseline, must, goal))
-    for name, (file, key, must, goal, why) in WORKSTATION.items():
-        if file is None:
-            summary.append({"name": name, key: None, "must": must, "goal": goal, "meets_must": False, "why": why})
-            continue
+    for name, (file, key, must, goal) in WORKSTATION.items():
         result = _read(file)
         value = result[key]
         summary.append(

@@ -60,52 +60,6 @@ def write_profile(name: str, profiler: torch.profiler.profile) -> None:
     (folder / f"{name}_profile.txt").write_text(text)
 
 
-def _where(frames: list[dict]) -> str:
-    """The innermost frame of our package, diffusers, peft or compiled code that made an allocation."""
-    for frame in frames:
-        name = frame["filename"]
-        if any(part in name for part in ("cosmos_v2w_diffusers", "diffusers/models", "peft/tuners", "torchinductor")):
-            return f"{name.split('/')[-1]}:{frame['line']} {frame['name']}"
-    return frames[0]["name"] if frames else "?"
-
-
-def write_memory_at_peak(name: str, snapshot: dict, top: int = 40) -> None:
-    """What was live when the recorded step peaked: the allocator's history
-    (`torch.cuda.memory._record_memory_history`) replayed, and the allocations made during the step and alive at its
-    highest point grouped by size and by where they were made, largest first, as text beside the JSON result
-    (rank 0). torch's own viewer (memory_viz) draws the same history but needs a browser; this is the table a
-    remote run can bring back."""
-    if PartialState().process_index != 0:
-        return
-    events = snapshot["device_traces"][torch.cuda.current_device()]
-
-    def replay(until: int) -> tuple[dict, int, int]:
-        """The allocations alive after event `until`, and the event at which the most bytes were alive."""
-        live, total, peak, peak_at = {}, 0, 0, 0
-        for i, event in enumerate(events[: until + 1]):
-            if event["action"] == "alloc":
-                live[event["addr"]] = event
-                total += event["size"]
-                peak, peak_at = max((peak, peak_at), (total, i))
-            elif event["action"] == "free_completed" and event["addr"] in live:
-                total -= live.pop(event["addr"])["size"]
-        return live, peak, peak_at
-
-    _, peak, peak_at = replay(len(events))
-    at_peak = replay(peak_at)[0]
-    groups: dict[tuple[int, str], int] = {}
-    for event in at_peak.values():
-        key = event["size"], _where(event.get("frames", []))
-        groups[key] = groups.get(key, 0) + 1
-    lines = [
-        f"allocated during the step and alive at its peak: {peak / 2**30:.2f} GiB (beyond what the step began with)"
-    ]
-    for (size, where), count in sorted(groups.items(), key=lambda g: -g[0][0] * g[1])[:top]:
-        lines.append(f"{count:4d} x {size / 2**20:9.1f} MiB = {count * size / 2**30:6.2f} GiB  {where}")
-    folder = Path(os.environ.get("OUT") or Path(__file__).parent / "results")
-    (folder / f"{name}_memory_at_peak.txt").write_text("\n".join(lines) + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--name", required=True, help="result file name (benchmarks/results/<name>.json)")
@@ -119,16 +73,9 @@ def main() -> None:
         action="store_true",
         help="profile one more step after the timed ones with torch.profiler: <name>_profile.txt beside the JSON",
     )
-    parser.add_argument(
-        "--memory_at_peak",
-        action="store_true",
-        help="record the allocator's history over one more step after the timed ones: what was live at its peak, "
-        "in <name>_memory_at_peak.txt beside the JSON",
-    )
     argv = sys.argv[1:]
     ours, trainer_argv = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     args = parser.parse_args(ours)
-    extra_step = args.profile or args.memory_at_peak  # one more step after the timed ones, left out of them
     logging.basicConfig(level=logging.INFO)
 
     config = TrainConfig.from_args(trainer_argv)
@@ -160,7 +107,7 @@ def main() -> None:
         pretrained_model_name_or_path=str(weights),
         dataset_path=str(data),
         output_dir=str(work / "runs" / args.name),
-        max_iter=args.steps + 1 + extra_step,
+        max_iter=args.steps + 1 + args.profile,
         save_iter=10**6,  # no checkpoint inside the timed steps (the last step still writes one; not timed)
         resume=False,
         dataloader_num_workers=4,
@@ -174,19 +121,15 @@ def main() -> None:
     before = torch.cuda.memory_allocated() / 2**30
     times, losses = [], []
     batches = trainer._micro_batches()
-    for step in range(args.steps + 1 + extra_step):
+    for step in range(args.steps + 1 + args.profile):
         micro = next(batches)
         torch.cuda.synchronize()
-        extra = step == args.steps + 1
+        profiling = step == args.steps + 1  # one more step after the timed ones, left out of them
         profiler = (
-            torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-            if extra and args.profile
-            else None
+            torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) if profiling else None
         )
         if profiler:
             profiler.start()
-        if extra and args.memory_at_peak:
-            torch.cuda.memory._record_memory_history(max_entries=2_000_000)
         start = time.perf_counter()
         loss = trainer.train_step(step, micro)
         # An overlapped CPU EMA update runs on while the next step starts, as in training; the next update
@@ -195,10 +138,6 @@ def main() -> None:
         if profiler:
             profiler.stop()
             write_profile(args.name, profiler)
-        if extra and args.memory_at_peak:
-            write_memory_at_peak(args.name, torch.cuda.memory._snapshot())
-            torch.cuda.memory._record_memory_history(enabled=None)
-        if extra:
             continue
         times.append(time.perf_counter() - start)
         losses.append(loss)

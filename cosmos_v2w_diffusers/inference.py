@@ -24,6 +24,7 @@ from diffusers import CosmosTransformer3DModel, FlowMatchEulerDiscreteScheduler
 from diffusers.utils import export_to_video
 from tqdm.auto import tqdm
 
+from .allocator import set_allocator_defaults
 from .attention import set_attention_backend
 from .checkpoint_format import (
     check_checkpoint_matches,
@@ -254,6 +255,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
                 f"--input_path {job['input_path']}",
                 "--num_conditional_frames",
             )
+    set_allocator_defaults()
     pipe = build_pipeline(args)
     written = []
     for job, (image, video) in tqdm(list(zip(jobs, inputs)), desc="Videos", disable=len(jobs) == 1):

@@ -340,10 +340,16 @@ def test_pipeline_round_trips_through_save_pretrained(pipe, tmp_path):
     assert torch.equal(a, _generate(reloaded, image=_image(), output_type="pt"))
 
 
-def test_cli_batch_input_json_writes_every_video(tmp_path):
+def test_cli_batch_input_json_writes_every_video(tmp_path, monkeypatch):
     import json
+    import os
 
     from cosmos_v2w_diffusers import inference
+
+    # Sampling configures the CUDA allocator as training does (a 2B generation capped at 15 GiB ran out of memory in
+    # the VAE decode with 3.1 GiB reserved but free; with expandable segments it peaked at 13.0 GiB).
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
 
     _image(seed=1).save(tmp_path / "a.png")
     frames = [np.asarray(_image(seed=i)) for i in range(9)]
@@ -375,6 +381,10 @@ def test_cli_batch_input_json_writes_every_video(tmp_path):
     assert written == [tmp_path / "out" / "a.mp4", tmp_path / "out" / "b.mp4"]
     for path in written:
         assert len(decord.VideoReader(str(path))) == TINY.num_frames
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:64")  # the user's own setting is kept
+    inference.set_allocator_defaults()
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:64"
 
 
 # ---------------------------------------------------------------- what a diffusers user expects

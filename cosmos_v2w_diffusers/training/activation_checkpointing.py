@@ -138,7 +138,8 @@ class _PerBlockCheckpoint:
 # Slices of the sequence that the checkpointed parts of a block (`checkpoint_block_parts`) are recomputed in: the
 # MLP's hidden layer is 4x the block's width, and the self-attention's projections keep 12 tensors of the block's
 # width in bf16 and 4 in fp32 (the per-head norms and RoPE compute in fp32): 40 of the 88 bytes a token and
-# channel that a 2B block keeps for its backward (counted on the CPU with a saved-tensor hook).
+# channel that a 2B block keeps for its backward (counted on the CPU with a saved-tensor hook). With 4 slices the
+# 2B step capped at 15 GiB ran out of memory asking for one slice's MLP hidden layer (330 MiB).
 SLICES = 8
 
 
@@ -166,12 +167,13 @@ def checkpoint_block_parts(transformer: CosmosTransformer3DModel, slices: int = 
     (`attention.CosmosAttnProcessor.projection_slices`) and the MLP, `slices` slices of the sequence at a time,
     and the projection after it, are recomputed again when the backward reaches them. Attention still runs twice
     a step, not three times, and the gradients are those of plain recompute (tests/test_fast_paths.py). The
-    price is a second run of the projections and the MLP, and the attention parts and the block's elementwise
-    glue running uncompiled (`compile.compile_blocks` compiles the MLP).
+    price is a second run of the projections and the MLP, and the parts compiled apart rather than the block whole
+    (`compile.compile_blocks`).
 
-    Measured on an H200 (fp8 base, block swap): a 2B step at 720p in 14.91 GiB and 18.98 s, a 14B one in 37.88
-    GiB and 68.45 s, against 106 bytes a token and channel and 15.55 s and 55.6 s without the parts
-    (`memory.LOW_VRAM_BLOCK_PEAK_BYTES`). The largest single allocation left is one slice's MLP hidden layer.
+    Measured on an H200 (fp8 base, block swap): a 2B step at 720p in 12.81 GiB and 16.53 s, a 14B one in 32.64
+    GiB and 59.95 s, against 106 bytes a token and channel and 15.55 s and 55.6 s without the parts
+    (`memory.LOW_VRAM_BLOCK_PEAK_BYTES`). With the glue between the parts uncompiled and 4 slices they took 14.91
+    GiB and 18.98 s, and 37.88 GiB and 68.45 s.
 
     The nested checkpoints are plain: torch keeps a nested checkpoint's inputs through the outer one, so the
     block's forward leaves nothing behind, where a selective policy's cache would live to the end of the step.

@@ -15,7 +15,6 @@ hidden 2048; BENCHMARKS.md): a full-recompute compiled step peaked at 56.0 GiB a
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 
 import torch
@@ -29,11 +28,16 @@ BLOCK_PEAK_BYTES = {True: 42.0, False: 95.0}
 # One block's recompute and backward in a LoRA step under --low_vram, in the same unit, by whether the block's
 # parts are checkpointed again inside it (`activation_checkpointing.checkpoint_block_parts`). Measured on an H200
 # over the resident weights: block recompute 104.6 (2B at 720p, bf16 base: 20.6 GiB) and 105.8 (14B at 720p, fp8
-# base: 56.3 GiB). The parts (projections and MLP in sequence slices), with the fp8 base and block swap, fitted
-# against this estimate's own resident part: 89.1 (2B at 720p: 14.91 GiB) and 88.6 (14B at 720p: 37.88 GiB).
-LOW_VRAM_BLOCK_PEAK_BYTES = {False: 106.0, True: 89.5}
+# base: 56.3 GiB). The parts (projections and MLP in 8 sequence slices, compiled apart), with the fp8 base and
+# block swap, fitted against this estimate's own resident part: 76.1 (2B at 720p: 12.81 GiB) and 75.6 (14B at
+# 720p: 32.64 GiB); 89.1 and 88.6 before the parts were compiled.
+LOW_VRAM_BLOCK_PEAK_BYTES = {False: 106.0, True: 76.0}
 # Leave this much of the card free: the allocator's slack and what other libraries hold.
 HEADROOM_BYTES = 3 * GIB
+# The same for a step at its leanest (`leanest_step_bytes`), whose estimate is fitted to its measured peaks (within
+# 0.1 GiB at 2B and 14B): what the allocator reserves beyond the peak under expandable segments (0.29 GiB when
+# the 2B step ran out of memory capped at 15 GiB) and an error of the fit as large again.
+LEAN_HEADROOM_BYTES = 1 * GIB
 # Bytes per (token x hidden channel) that FSDP2 adds to a step beyond the formula (what its checkpoint
 # wrappers keep, its copies around the gathered blocks): 2B at 84,480 tokens over one process on one H100,
 # 16 selective blocks, peaked at 72.9 GiB, 10.2 GiB above the rest of the estimate.
@@ -155,17 +159,6 @@ class MemoryPlan:
         )
 
 
-def set_allocator_defaults() -> None:
-    """Expandable segments unless the user configured the CUDA allocator: without them, fragmentation of
-    the variable-size activations made a selective-recompute 2B step run out of memory with 6.5 GiB free."""
-    if "PYTORCH_CUDA_ALLOC_CONF" in os.environ or "PYTORCH_ALLOC_CONF" in os.environ:
-        return
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
-    else:
-        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
-
-
 def _capacity_bytes(device: torch.device) -> int:
     index = device.index if device.index is not None else torch.cuda.current_device()
     capacity = torch.cuda.get_device_properties(index).total_memory
@@ -217,7 +210,7 @@ def leanest_step_bytes(
         least -= len(transformer.transformer_blocks) * _block_input_bytes(transformer, tokens, compute_dtype)
         one_block = LOW_VRAM_BLOCK_PEAK_BYTES[levers.checkpoint_parts]
         least += int(_token_channels(transformer, tokens) * (one_block - BLOCK_PEAK_BYTES[True]))
-    return least + HEADROOM_BYTES
+    return least + LEAN_HEADROOM_BYTES
 
 
 def choose_lean_levers(
@@ -226,7 +219,7 @@ def choose_lean_levers(
     """`--block_swap` and `--checkpoint_block_parts` as asked; for a run that asked to fit (`--low_vram` or
     `--memory_budget_gib`), the levers its leanest step needs to fit `budget` bytes, cheapest first: block swap
     (a LoRA run on one GPU; its copies run beside the compute), then the parts checkpointed (--low_vram; a step
-    22% slower, 2B at 720p on an H200: 15.6 -> 19.0 s). Both change no result, so they may be chosen for the
+    6% slower, 2B at 720p on an H200: 15.6 -> 16.5 s). Both change no result, so they may be chosen for the
     user; an fp8 base changes the numerics, so it is only ever asked for."""
     levers = LeanLevers.asked_by(config)
     if not (config.low_vram or config.memory_budget_gib is not None):

@@ -28,6 +28,7 @@ from accelerate.utils import (
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ..allocator import set_allocator_defaults
 from ..components import load_vae, resolve_pretrained
 from ..data.demo_clips import demo_dataset_path
 from ..data.hf_dataset import hub_dataset_folder, load_video2world_dataset
@@ -43,7 +44,7 @@ from .checkpointer import Checkpointer
 from .config import TrainConfig
 from .guards import RunGuards
 from .hub import HubUploader
-from .memory import LeanLevers, check_fits, choose_lean_levers, memory_budget_bytes, set_allocator_defaults
+from .memory import LeanLevers, check_fits, choose_lean_levers, memory_budget_bytes
 from .metrics import describe_throughput, loss_trend, throughput_summary
 from .model import load_trainable_transformer, meta_trainable_transformer
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
