@@ -156,7 +156,7 @@ workstation_capped)  # issue 22: 2B at 720p capped at 15 and 11 GiB, 14B at 720p
     python benchmarks/inference.py --model 2B --steps 3 --memory_fraction "$(cap 15)" \
       --name generation_2b_720p_15gib_expandable
     python benchmarks/inference.py --model 14B --steps 3 --height 432 --width 768 --memory_fraction "$(cap 30)" \
-      --name generation_14b_480p_30gib ||
+      --name generation_14b_480p_30gib ||  # out of memory both ways on an H200: BENCHMARKS.md
       python benchmarks/inference.py --model 14B --steps 3 --height 432 --width 768 --memory_fraction "$(cap 30)" \
         --offload_model --name generation_14b_480p_30gib_offload_model
   }

@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--num_gpus", type=int, default=1, help="as infer_video2world.py's, under torchrun")
     parser.add_argument("--guidance_parallel", action="store_true", help="as infer_video2world.py's")
     parser.add_argument("--offload_model", action="store_true", help="as infer_video2world.py's (model CPU offload)")
+    parser.add_argument("--group_offload", action="store_true", help="as infer_video2world.py's")
     parser.add_argument("--height", type=int, default=None, help="default: the preset's (704)")
     parser.add_argument("--width", type=int, default=None, help="default: the preset's (1280)")
     parser.add_argument(
@@ -86,6 +87,11 @@ def main() -> None:
         compile_blocks(pipe.transformer)
     if args.offload_model:  # as infer_video2world.py: each component on the GPU only while it computes
         pipe.enable_model_cpu_offload(device=device)
+    if args.group_offload:  # as infer_video2world.py: the transformer's blocks streamed from the CPU
+        pipe.transformer.to("cpu")
+        pipe.transformer.enable_group_offload(
+            device, offload_type="block_level", num_blocks_per_group=1, use_stream=True
+        )
     text = torch.randn(1, 512, preset.text_embed_dim, device=device, dtype=torch.bfloat16)
     image = PIL.Image.new("RGB", (width, height), (0, 128, 128))
     kwargs = dict(
@@ -137,6 +143,7 @@ def main() -> None:
             "guidance_parallel": args.guidance_parallel,
             "memory_fraction": args.memory_fraction,
             "offload_model": args.offload_model,
+            "group_offload": args.group_offload,
             "seconds": round(total, 2),
             "seconds_per_step": round(per_step, 3) if per_step else None,
             # A shorter run (--steps) stands for the default 35 steps: its time with the missing steps added.

@@ -154,6 +154,11 @@ def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
     if args.offload_model:
         pipe.enable_model_cpu_offload()
         return pipe
+    if args.group_offload:  # pipe.to leaves a group-offloaded transformer where its hooks put it
+        on_gpu = device.type == "cuda"
+        pipe.transformer.enable_group_offload(
+            device, offload_type="block_level", num_blocks_per_group=1, use_stream=on_gpu
+        )
     pipe.to(device)
     if device.type == "cuda":
         use_channels_last_3d(pipe.vae)

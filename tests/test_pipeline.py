@@ -387,6 +387,22 @@ def test_cli_batch_input_json_writes_every_video(tmp_path, monkeypatch):
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:64"
 
 
+def test_group_offload_flag_streams_the_transformer_and_changes_no_result():
+    """`--group_offload` (diffusers' group offloading, for 14B on a 30 GB card) hooks the transformer's blocks and
+    samples what the plain pipeline samples (on the CPU the blocks stay where they are; the copies are on the GPU)."""
+    from diffusers.hooks.group_offloading import _is_group_offload_enabled
+
+    from cosmos_v2w_diffusers import inference
+    from cosmos_v2w_diffusers.generation_flags import parse_args
+
+    flags = ["--model_size", "tiny", "--disable_guardrail", "--prompt", PROMPT]
+    plain, offloaded = (inference.build_pipeline(parse_args(flags + extra)) for extra in ([], ["--group_offload"]))
+    assert _is_group_offload_enabled(offloaded.transformer) and not _is_group_offload_enabled(plain.transformer)
+    torch.testing.assert_close(
+        _generate(offloaded, image=_image(), output_type="pt"), _generate(plain, image=_image(), output_type="pt")
+    )
+
+
 # ---------------------------------------------------------------- what a diffusers user expects
 
 
