@@ -159,6 +159,8 @@ workstation_capped)  # issue 22: 2B at 720p capped at 15 and 11 GiB, 14B at 720p
       --name generation_14b_480p_30gib ||  # out of memory both ways on an H200: BENCHMARKS.md
       python benchmarks/inference.py --model 14B --steps 3 --height 432 --width 768 --memory_fraction "$(cap 30)" \
         --offload_model --name generation_14b_480p_30gib_offload_model
+    python benchmarks/inference.py --model 14B --steps 3 --height 432 --width 768 --memory_fraction "$(cap 30)" \
+      --group_offload --name generation_14b_480p_30gib_group_offload
   }
   lanes lane_a lane_b lane_c lane_d
   ;;
