@@ -103,10 +103,10 @@ workstation)  # issue 22: LoRA rank 16 with the frozen base in fp8 and --low_vra
   # the card it stands for (set_per_process_memory_fraction of this GPU's memory; the planner plans for the cap
   # and picks block swap and --checkpoint_block_parts where they are needed), so a row that meets its goal meets
   # its must; a 14B 480p row that misses 30 GiB runs again at its must (46), and 14B 720p runs at its must (76)
-  # after its goal. The 2B rows are refused before loading since the estimate was refitted (19 GiB at the
-  # leanest); they stay to show it. Then --low_vram's speed on the bf16 base (against `workstation_levers`'s
-  # plain step). Four lanes: on a host of 4 GPUs each runs on its own GPU at once (its own datasets cache;
-  # train_step.py's file lock makes the weights once), else one after another.
+  # after its goal. 2B fits 15 GiB (12.8 GiB since the blocks' parts compile apart); at 11 GiB it is refused
+  # before loading (13.8 GiB with the headroom). Then --low_vram's speed on the bf16 base (against
+  # `workstation_levers`'s plain step). Four lanes, each on its own GPU (its own datasets cache; train_step.py's
+  # file lock makes the weights once), as many at once as the host has GPUs.
   lane_a() { row14 lora_14b_720p_one_gpu 46; row14 lora_14b_720p_one_gpu_76gib 76; }
   lane_b() {
     row14 lora_14b_480p_one_gpu 30 --height 432 --width 768 ||
