@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--group_offload",
         action="store_true",
         help="diffusers' group offloading of the transformer: its weights in CPU memory, each block's copied to the "
-        "GPU while the one before it computes (14B at 432x768 on a 30 GB card; slower)",
+        "GPU while the one before it computes (14B at 432x768 on a 30 GB card)",
     )
     p.add_argument(
         "--num_gpus",
