@@ -1,8 +1,8 @@
 """The built-in sample: synthetic clips the package renders, prepared like a user's folder.
 
 `train_video2world.py` without `--dataset_path` trains on these, so a first run needs nothing but the
-package. Each clip is a teal square ("sks teal robot") gliding over a shaded floor, with its own path and
-speed: real mp4 files, decoded by decord and captioned and embedded by `prepare_data` like any dataset.
+package. Each clip is a teal square ("sks teal robot") driving over a shaded floor from its own starting point,
+always the same way: real mp4 files, decoded by decord and captioned and embedded by `prepare_data` like any dataset.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 DEMO_PROMPT = "A video of sks teal robot."
 NUM_CLIPS = 16
-_DEMO_VERSION = "v4"
+_DEMO_VERSION = "v5"
 
 
 # Every clip shows the same scene, as a user's clips of one robot do: this floor's colour, a teal square.
@@ -35,18 +35,25 @@ def robot_side(height: int, width: int) -> int:
     return max(4, min(height, width) // 4)
 
 
+# How the robot drives, the same in every clip, as one robot on its track does: down and to the right, this
+# fraction of the frame's height and width a frame. From one frame, then, where it goes is known, as Video2World
+# asks of it; with a random velocity per clip, one frame could not tell where the square was heading.
+DRIVE = (1 / 64, 1 / 56)
+
+
 def render_clip(num_frames: int, height: int, width: int, seed: int) -> list[np.ndarray]:
-    """Frames (uint8 HxWx3) of a teal square moving on a straight line over a vertical gradient; its start
-    and velocity (up to a 48th of the frame per frame) depend on `seed` only."""
+    """Frames (uint8 HxWx3) of a teal square driving `DRIVE` over a vertical gradient; where it starts depends on
+    `seed` only, placed so that it stays in the frame for `num_frames` frames."""
     rng = np.random.default_rng(seed)
     floor = np.linspace(40, 200, height, dtype=np.float32)[:, None, None] * np.array(FLOOR_TINT, dtype=np.float32)
     floor = np.broadcast_to(floor, (height, width, 3))
     side = robot_side(height, width)
-    start = rng.uniform([0, 0], [height - side, width - side])
-    velocity = rng.uniform(-1, 1, 2) * np.array([height, width]) / 48
+    velocity = np.array(DRIVE) * np.array([height, width])
+    room = np.array([height - side, width - side], dtype=np.float64)
+    start = rng.uniform([0, 0], np.maximum(room - velocity * (num_frames - 1), 0))
     frames = []
     for i in range(num_frames):
-        y, x = np.clip(start + velocity * i, 0, [height - side, width - side]).astype(int)
+        y, x = np.clip(start + velocity * i, 0, room).round().astype(int)
         frame = floor.copy()
         frame[y : y + side, x : x + side] = (0, 128, 128)
         frames.append(frame.astype(np.uint8))
