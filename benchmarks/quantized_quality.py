@@ -9,7 +9,7 @@ PSNR/SSIM against the real continuation are reported beside the base model's own
 A 2B comparison has no trained base on the benchmark machines (nothing downloads there): its random-weight
 base generates noise, so only its loss curves say anything (`gpu_session.sh workstation`'s `quality_2b_*` rows).
 
-    PYTHONPATH=. python benchmarks/quantized_quality.py --steps 1500     # about 5 minutes on 2 CPU cores
+    PYTHONPATH=. python benchmarks/quantized_quality.py --steps 2000     # about 5 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def generate(lora_dir: Path | None) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--lora_rank", type=int, default=16)
     parser.add_argument("--name", default="quality_tiny_lora_fp8_vs_bf16")
     args = parser.parse_args()
