@@ -111,8 +111,8 @@ def test_fsdp2_alone_and_with_context_parallel_trains_like_the_unsharded_model(t
 
 def _generations_match_one_process(tmp_path: Path, num_gpus: int, port: int, **layouts: list[str]) -> None:
     """`torchrun --nproc_per_node num_gpus infer_video2world.py --num_gpus num_gpus` with each layout's extra flags
-    writes the video one process writes (same thread count: a different one changes float rounding, which a few
-    sampling steps amplify)."""
+    writes the video one process writes, to float rounding (same thread count: a different one changes float
+    rounding, which a few sampling steps amplify)."""
     image = tmp_path / "first.png"
     Image.fromarray(render_clip(1, 64, 112, seed=3)[0]).save(image)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -133,9 +133,14 @@ def _generations_match_one_process(tmp_path: Path, num_gpus: int, port: int, **l
             timeout=600,
         )
         assert result.returncode == 0, result.stderr[-3000:]
-    videos = {name: read_frames(str(tmp_path / f"{name}.mp4"), 0, 17) for name in runs}
+    videos = {name: read_frames(str(tmp_path / f"{name}.mp4"), 0, 17).float() for name in runs}
     for name in layouts:
-        assert torch.equal(videos["one"], videos[name]), name
+        # Bit for bit where the layout's sums round as one process's do (2 processes here). 4 processes sum in
+        # another order, and the sampler and the MP4 encoder magnify that rounding: 0.12 of 255 on average from one
+        # process's video, where one process run with 2 threads instead of 1 differs by 2.3 (a wrong layout, by
+        # tens).
+        difference = (videos["one"] - videos[name]).abs().mean()
+        assert difference < 0.5, (name, float(difference))
 
 
 def test_num_gpus_2_generation_writes_the_one_process_video(tmp_path):
