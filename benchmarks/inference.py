@@ -31,7 +31,7 @@ from cosmos_v2w_diffusers.attention import BACKENDS, set_attention_backend
 from cosmos_v2w_diffusers.compile import compile_blocks
 from cosmos_v2w_diffusers.components import build_transformer
 from cosmos_v2w_diffusers.context_parallel import enable_context_parallel
-from cosmos_v2w_diffusers.inference import guidance_pair, process_device
+from cosmos_v2w_diffusers.inference import guidance_pair, offload_transformer_blocks, process_device
 from cosmos_v2w_diffusers.latents import use_channels_last_3d
 from cosmos_v2w_diffusers.presets import get_preset
 from cosmos_v2w_diffusers.sample_shape import latent_tokens
@@ -88,10 +88,7 @@ def main() -> None:
     if args.offload_model:  # as infer_video2world.py: each component on the GPU only while it computes
         pipe.enable_model_cpu_offload(device=device)
     if args.group_offload:  # as infer_video2world.py: the transformer's blocks streamed from the CPU
-        pipe.transformer.to("cpu")
-        pipe.transformer.enable_group_offload(
-            device, offload_type="block_level", num_blocks_per_group=1, use_stream=True
-        )
+        offload_transformer_blocks(pipe.transformer.to("cpu"), device)
     text = torch.randn(1, 512, preset.text_embed_dim, device=device, dtype=torch.bfloat16)
     image = PIL.Image.new("RGB", (width, height), (0, 128, 128))
     kwargs = dict(

@@ -61,13 +61,12 @@ class CosmosAttnProcessor:
     def __call__(
         self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None
     ) -> torch.Tensor:
-        part = self._compiled_parts.get
         if encoder_hidden_states is None:  # self-attention: query, key and value from each token
-            project = functools.partial(part(_self_projections, _self_projections), attn)
+            project = functools.partial(self._part(_self_projections), attn)
         else:  # cross-attention: the query from each token, the key and value once from the text
             key, value = _key(attn, encoder_hidden_states, None), _value(attn, encoder_hidden_states)
-            project = functools.partial(part(_query_alone, _query_alone), attn)
-        project_out = functools.partial(part(_project_out, _project_out), attn)
+            project = functools.partial(self._part(_query_alone), attn)
+        project_out = functools.partial(self._part(_project_out), attn)
         if self.projection_slices:
             project = functools.partial(_checkpointed_slices, project, self.projection_slices)
             project_out = functools.partial(checkpoint, project_out, use_reentrant=False, preserve_rng_state=False)
@@ -76,6 +75,10 @@ class CosmosAttnProcessor:
         attend = dispatch_attention_fn if self._parallel_config is None else _ulysses_attention
         out = attend(query, key, value, backend=self._attention_backend, parallel_config=self._parallel_config)
         return project_out(out.flatten(2, 3).type_as(query))
+
+    def _part(self, function):
+        """`function`, compiled where `compile_projections` compiled it."""
+        return self._compiled_parts.get(function, function)
 
     def compile_projections(self, **compile_kwargs) -> None:
         """`torch.compile` the projections before and after the kernel apart from it, for blocks that are not

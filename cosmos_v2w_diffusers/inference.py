@@ -155,10 +155,7 @@ def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
         pipe.enable_model_cpu_offload()
         return pipe
     if args.group_offload:  # pipe.to leaves a group-offloaded transformer where its hooks put it
-        on_gpu = device.type == "cuda"
-        pipe.transformer.enable_group_offload(
-            device, offload_type="block_level", num_blocks_per_group=1, use_stream=on_gpu
-        )
+        offload_transformer_blocks(pipe.transformer, device)
     pipe.to(device)
     if device.type == "cuda":
         use_channels_last_3d(pipe.vae)
@@ -167,6 +164,14 @@ def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
     if args.offload_guardrail and pipe.safety_checker is not None:
         pipe.safety_checker.to("cpu")
     return pipe
+
+
+def offload_transformer_blocks(transformer: CosmosTransformer3DModel, device: torch.device) -> None:
+    """`--group_offload`: diffusers' group offloading of `transformer` (on the CPU), one block a group, each block's
+    weights copied to `device` while the one before it computes (on a side stream where `device` is a GPU)."""
+    transformer.enable_group_offload(
+        device, offload_type="block_level", num_blocks_per_group=1, use_stream=device.type == "cuda"
+    )
 
 
 def guidance_pair(cp: int) -> dist.ProcessGroup:
