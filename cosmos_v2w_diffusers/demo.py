@@ -36,7 +36,7 @@ from .data.samples import read_frames, resize_frames
 from .inference import nvidia_initial_noise
 from .pipeline import CosmosVideo2WorldPipeline
 from .presets import ModelPreset, get_preset
-from .sample_shape import SPACE_STRIDE, num_latent_frames
+from .sample_shape import latent_shape
 from .video_metrics import psnr
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def continue_first_frame(pipe: CosmosVideo2WorldPipeline, real: torch.Tensor, se
     """The pipeline's continuation of `real[0]`, from NVIDIA's initial noise for `seed` as
     `infer_video2world.py --seed` draws it: float `[T, 3, H, W]` in [0, 1]."""
     frames, _, height, width = real.shape
-    shape = (1, pipe.vae.config.z_dim, num_latent_frames(frames), height // SPACE_STRIDE, width // SPACE_STRIDE)
+    shape = (1, *latent_shape(pipe.vae.config, frames, height, width))
     return (
         pipe(
             image=first_frame(real),

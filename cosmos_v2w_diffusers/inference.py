@@ -40,7 +40,7 @@ from .io_utils import read_regular_file
 from .latents import use_channels_last_3d
 from .pipeline import CosmosVideo2WorldPipeline, check_conditioning_frames, to_rgb
 from .presets import get_preset
-from .sample_shape import SPACE_STRIDE, check_sample_shape, latent_tokens, num_latent_frames
+from .sample_shape import check_sample_shape, latent_shape, latent_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -269,13 +269,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     pipe = build_pipeline(args)
     written = []
     for job, (image, video) in tqdm(list(zip(jobs, inputs)), desc="Videos", disable=len(jobs) == 1):
-        shape = (
-            1,
-            pipe.vae.config.z_dim,
-            num_latent_frames(num_frames),
-            height // SPACE_STRIDE,
-            width // SPACE_STRIDE,
-        )
+        shape = (1, *latent_shape(pipe.vae.config, num_frames, height, width))
         frames = pipe(
             image=image,
             video=video,

@@ -1,20 +1,29 @@
 """The sample shapes the model takes, and what they come to in latents and tokens: one place for the rules
 the training flags, the generation flags and the pipeline all check (no torch: `--help` stays fast).
 
-The Wan VAE keeps the first frame and compresses the rest 4x in time and 8x in space; the transformer's
-2x2 patches make a token of every 16x16 pixels of a latent frame.
+The Wan VAE keeps the first frame and compresses the rest 4x in time, and 8x in space (the tiny preset's
+VAE: 4x); the transformer's 2x2 patches (tiny: 4x4) make a token of every 16x16 pixels of a latent frame.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 TIME_STRIDE = 4
-SPACE_STRIDE = 8
-TOKEN_STRIDE = 16  # VAE (8) x patch (2)
+TOKEN_STRIDE = 16  # VAE (8) x patch (2); tiny: VAE (4) x patch (4)
 
 
 def num_latent_frames(num_frames: int) -> int:
     """Latent frames of a `num_frames` clip (93 -> 24)."""
     return 1 + (num_frames - 1) // TIME_STRIDE
+
+
+def latent_shape(vae_config: Mapping, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """`(channels, frames, height, width)` of the latents the VAE of `vae_config` makes of a clip
+    (93x704x1280 -> (16, 24, 88, 160) for the Wan 2.1 VAE). The VAE halves height and width once per entry of
+    its `temperal_downsample`, as diffusers' Cosmos and Wan pipelines count its `vae_scale_factor_spatial`."""
+    space_stride = 2 ** len(vae_config["temperal_downsample"])
+    return vae_config["z_dim"], num_latent_frames(num_frames), height // space_stride, width // space_stride
 
 
 def latent_tokens(num_frames: int, height: int, width: int) -> int:

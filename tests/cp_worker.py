@@ -19,7 +19,7 @@ enable_context_parallel(sharded, dist.get_world_size(), torch.device("cpu"), tok
 tokens_seen = []
 sharded.transformer_blocks[0].attn1.register_forward_pre_hook(lambda m, args: tokens_seen.append(args[0].shape[1]))
 generator = torch.Generator().manual_seed(1)
-latents = torch.randn(1, 16, 5, 8, 14, generator=generator)  # 5 x 4 x 7 = 140 tokens
+latents = torch.randn(1, 16, 5, 16, 28, generator=generator)  # 5 x 4 x 7 = 140 tokens
 text = torch.randn(1, 512, 32, generator=generator)
 noisy = latents + 2.0 * torch.randn(latents.shape, generator=generator)
 cond = conditioning_mask(torch.tensor([1]), 5)

@@ -41,7 +41,7 @@ optimizers = [torch.optim.AdamW(model.parameters(), lr=1e-3, eps=1e-4) for model
 
 def sample(step: int, index: int):
     generator = torch.Generator().manual_seed(100 * step + index)
-    latents = torch.randn(1, 16, 5, 8, 14, generator=generator)  # 5 x 4 x 7 = 140 tokens
+    latents = torch.randn(1, 16, 5, 16, 28, generator=generator)  # 5 x 4 x 7 = 140 tokens
     text = torch.randn(1, 512, TINY.text_embed_dim, generator=generator)
     draws = draw_training_randomness(tuple(latents.shape), generator)
     return latents, draws.noise, draws.sigma, draws.num_cond_frames, text, draws.drop_text

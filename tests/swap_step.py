@@ -38,7 +38,7 @@ def lora_step(
     apply_activation_checkpointing(transformer, mode, None, offload, swap, parts)
     if compile_backend:
         compile_blocks(transformer, backend=compile_backend)
-    latents = torch.randn(1, 16, 5, 8, 14).to(device)
+    latents = torch.randn(1, 16, 5, 16, 28).to(device)
     draws = draw_training_randomness(tuple(latents.shape), torch.Generator().manual_seed(1))
     text = torch.randn(1, 512, tiny.text_embed_dim).to(device)
     for _ in range(2):  # a second step: the swap starts over from the first block

@@ -72,7 +72,7 @@ def _loss_and_grads(mode: str, n_selective=None, offload=False, parts=False, com
     apply_activation_checkpointing(transformer, mode, n_selective, offload, checkpoint_parts=parts)
     if compile_backend:
         compile_blocks(transformer, backend=compile_backend)
-    latents = torch.randn(1, 16, 5, 8, 14)
+    latents = torch.randn(1, 16, 5, 16, 28)
     draws = draw_training_randomness(tuple(latents.shape), torch.Generator().manual_seed(1))
     text = torch.randn(1, 512, TINY.text_embed_dim)
     loss = video2world_loss(
@@ -177,7 +177,7 @@ def test_checkpointed_block_parts_run_attention_twice_and_keep_nothing_from_the_
     torch.manual_seed(0)
     transformer = load_transformer(TINY).train()
     apply_activation_checkpointing(transformer, "full", None, True, checkpoint_parts=True)
-    latents = torch.randn(1, 16, 5, 8, 14)
+    latents = torch.randn(1, 16, 5, 16, 28)
     draws = draw_training_randomness(tuple(latents.shape), torch.Generator().manual_seed(1))
     with KeepAttentionOutputs():
         loss = video2world_loss(
@@ -327,7 +327,7 @@ def test_attention_backend_routing_keeps_outputs_and_gradients():
     for attn in [b.attn1 for b in blocks] + [b.attn2 for b in blocks]:
         assert isinstance(attn.processor, CosmosAttnProcessor) and attn.processor._attention_backend == "native"
     apply_activation_checkpointing(transformer, "selective")
-    latents = torch.randn(1, 16, 5, 8, 14)
+    latents = torch.randn(1, 16, 5, 16, 28)
     draws = draw_training_randomness(tuple(latents.shape), torch.Generator().manual_seed(1))
     text = torch.randn(1, 512, TINY.text_embed_dim)
     loss = video2world_loss(
@@ -374,7 +374,7 @@ for block in transformer.transformer_blocks:
     fully_shard(block._checkpoint_wrapped_module)  # where accelerate's policy puts FSDP (the block class)
 fully_shard(transformer)
 generator = torch.Generator().manual_seed(0)
-x = torch.randn(1, 17, 3, 8, 14, generator=generator)
+x = torch.randn(1, 17, 3, 16, 28, generator=generator)
 text = torch.randn(1, 8, 32, generator=generator)
 out = transformer(x, timestep=torch.ones(1, 1, 3, 1, 1), encoder_hidden_states=text,
                   padding_mask=torch.zeros(1, 1, 64, 112), return_dict=False)[0]

@@ -55,7 +55,7 @@ def _recipe_loss(transformer, x0, eps, sigma, n_cond, text, drop):
 
 def test_loss_equals_recipe_formula(transformer):
     g = torch.Generator().manual_seed(1)
-    shape = (3, 16, 5, 8, 14)
+    shape = (3, 16, 5, 16, 28)
     x0 = torch.randn(shape, generator=g)
     eps = torch.randn(shape, generator=g)
     sigma = torch.tensor([0.3, 4.0, 350.0])

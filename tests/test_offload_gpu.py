@@ -27,7 +27,7 @@ def _generate(offload: str) -> torch.Tensor:
     image = PIL.Image.fromarray(
         np.random.default_rng(0).integers(0, 255, (TINY.height, TINY.width, 3), dtype=np.uint8)
     )
-    noise = torch.randn(1, 16, 5, TINY.height // 8, TINY.width // 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(1, 16, 5, TINY.height // 4, TINY.width // 4, generator=torch.Generator().manual_seed(0))
     return (
         pipe(
             image=image,

@@ -1,5 +1,8 @@
+import inspect
+
 import pytest
 import torch
+from diffusers import AutoencoderKLWan
 from safetensors.torch import load_file
 
 from cosmos_v2w_diffusers.components import (
@@ -11,6 +14,7 @@ from cosmos_v2w_diffusers.components import (
     tiny_pretrained_path,
 )
 from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.sample_shape import latent_shape, latent_tokens
 
 
 def _count(model: torch.nn.Module) -> int:
@@ -50,6 +54,19 @@ def test_tiny_is_deterministic(tmp_path):
     assert any(not torch.equal(sa[k], sc[k]) for k in sa)
 
 
+def test_latent_shape_follows_the_vae_and_tokens_stay_16_pixels_wide():
+    """The Wan 2.1 VAE (diffusers' defaults) halves space three times, the tiny one twice; with the tiny
+    transformer's 4x4 patches both make a token of 16x16 pixels."""
+    defaults = {k: p.default for k, p in inspect.signature(AutoencoderKLWan.__init__).parameters.items()}
+    assert latent_shape(defaults, 93, 704, 1280) == (16, 24, 88, 160)
+    tiny = get_preset("tiny")
+    tiny_vae = load_vae(tiny).config
+    channels, frames, height, width = latent_shape(tiny_vae, tiny.num_frames, tiny.height, tiny.width)
+    _, patch_h, patch_w = tiny.transformer_config["patch_size"]
+    assert frames * (height // patch_h) * (width // patch_w) == latent_tokens(tiny.num_frames, tiny.height, tiny.width)
+    assert (2 ** len(defaults["temperal_downsample"])) * get_preset("2B").transformer_config["patch_size"][1] == 16
+
+
 def test_tiny_loads_through_from_pretrained_and_runs():
     preset = get_preset("tiny")
     folder = tiny_pretrained_path()
@@ -62,7 +79,8 @@ def test_tiny_loads_through_from_pretrained_and_runs():
     assert text.shape[-1] == transformer.config.text_embed_dim
     video = torch.rand(1, 3, preset.num_frames, preset.height, preset.width) * 2 - 1
     latents = vae.encode(video).latent_dist.mode()
-    assert latents.shape == (1, 16, 1 + (preset.num_frames - 1) // 4, preset.height // 8, preset.width // 8)
+    assert latents.shape == (1, *latent_shape(vae.config, preset.num_frames, preset.height, preset.width))
+    assert latents.shape == (1, 16, 5, preset.height // 4, preset.width // 4)  # the tiny VAE: 4x in space
     b, c, t, h, w = latents.shape
     out = transformer(
         hidden_states=latents,

@@ -26,7 +26,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from ..latents import encode_video
-from ..sample_shape import num_latent_frames
+from ..sample_shape import latent_shape
 from .hf_dataset import file_signature, weights_hash
 from .samples import read_frames, resize_frames
 
@@ -84,7 +84,7 @@ def build_latent_cache(
             _vae_identity(vae),
         ]
     )
-    shape = (vae.config.z_dim, num_latent_frames(num_frames), height // 8, width // 8)
+    shape = latent_shape(vae.config, num_frames, height, width)
     fingerprint = hashlib.sha256(identity.encode()).hexdigest()[:16]
     # An in-memory table (`from_dict`) has no cache folder of its own, so the Arrow file is named here.
     cache_file = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "cosmos_v2w_latents" / f"{fingerprint}.arrow"
