@@ -40,7 +40,7 @@ from transformers import T5EncoderModel, T5TokenizerFast
 from .generation_flags import DEFAULT_NEGATIVE_PROMPT
 from .latents import decode_latents, encode_video
 from .preconditioning import conditioning_mask, denoise
-from .sample_shape import check_sample_shape, latent_shape, num_latent_frames
+from .sample_shape import check_sample_shape, latent_shape, num_latent_frames, vae_space_stride
 from .scheduler import CosmosMultistepScheduler
 from .text_encoding import MAX_TEXT_TOKENS, embed_prompts
 
@@ -143,7 +143,7 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         self.register_to_config(disable_guardrail=disable_guardrail)
         self._guidance_group = None  # set by enable_guidance_parallel
         self._guidance_scale, self._num_timesteps, self._interrupt = 7.0, 0, False  # those of the last generation
-        self.video_processor = VideoProcessor(vae_scale_factor=2 ** len(vae.config.temperal_downsample))
+        self.video_processor = VideoProcessor(vae_scale_factor=vae_space_stride(vae.config))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "CosmosVideo2WorldPipeline":

@@ -18,12 +18,18 @@ def num_latent_frames(num_frames: int) -> int:
     return 1 + (num_frames - 1) // TIME_STRIDE
 
 
+def vae_space_stride(vae_config: Mapping) -> int:
+    """Pixels per latent pixel along height and width: 8 for the Wan 2.1 VAE, 4 for the tiny one. The VAE
+    halves them once per entry of its `temperal_downsample`, as diffusers' Cosmos and Wan pipelines count
+    their `vae_scale_factor_spatial`."""
+    return 2 ** len(vae_config["temperal_downsample"])
+
+
 def latent_shape(vae_config: Mapping, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
     """`(channels, frames, height, width)` of the latents the VAE of `vae_config` makes of a clip
-    (93x704x1280 -> (16, 24, 88, 160) for the Wan 2.1 VAE). The VAE halves height and width once per entry of
-    its `temperal_downsample`, as diffusers' Cosmos and Wan pipelines count its `vae_scale_factor_spatial`."""
-    space_stride = 2 ** len(vae_config["temperal_downsample"])
-    return vae_config["z_dim"], num_latent_frames(num_frames), height // space_stride, width // space_stride
+    (93x704x1280 -> (16, 24, 88, 160) for the Wan 2.1 VAE)."""
+    stride = vae_space_stride(vae_config)
+    return vae_config["z_dim"], num_latent_frames(num_frames), height // stride, width // stride
 
 
 def latent_tokens(num_frames: int, height: int, width: int) -> int:

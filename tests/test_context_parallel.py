@@ -136,11 +136,11 @@ def _generations_match_one_process(tmp_path: Path, num_gpus: int, port: int, **l
     videos = {name: read_frames(str(tmp_path / f"{name}.mp4"), 0, 17).float() for name in runs}
     for name in layouts:
         # Bit for bit where the layout's sums round as one process's do (2 processes here). 4 processes sum in
-        # another order, and the sampler and the MP4 encoder magnify that rounding: 0.12 of 255 on average from one
-        # process's video, where one process run with 2 threads instead of 1 differs by 2.3 (a wrong layout, by
-        # tens).
+        # another order, and the sampler and the MP4 encoder magnify that rounding. Measured, of 255 on average:
+        # 4 processes 1.37 from one process's video; one process on 2 threads instead of 1, 1.37 too; another
+        # seed, 16.4 (the tiny model before: 0.12, 2.3).
         difference = (videos["one"] - videos[name]).abs().mean()
-        assert difference < 0.5, (name, float(difference))
+        assert difference < 3.0, (name, float(difference))
 
 
 def test_num_gpus_2_generation_writes_the_one_process_video(tmp_path):

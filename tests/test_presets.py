@@ -14,7 +14,7 @@ from cosmos_v2w_diffusers.components import (
     tiny_pretrained_path,
 )
 from cosmos_v2w_diffusers.presets import get_preset
-from cosmos_v2w_diffusers.sample_shape import latent_shape, latent_tokens
+from cosmos_v2w_diffusers.sample_shape import latent_shape, latent_tokens, vae_space_stride
 
 
 def _count(model: torch.nn.Module) -> int:
@@ -64,7 +64,7 @@ def test_latent_shape_follows_the_vae_and_tokens_stay_16_pixels_wide():
     channels, frames, height, width = latent_shape(tiny_vae, tiny.num_frames, tiny.height, tiny.width)
     _, patch_h, patch_w = tiny.transformer_config["patch_size"]
     assert frames * (height // patch_h) * (width // patch_w) == latent_tokens(tiny.num_frames, tiny.height, tiny.width)
-    assert (2 ** len(defaults["temperal_downsample"])) * get_preset("2B").transformer_config["patch_size"][1] == 16
+    assert vae_space_stride(defaults) * get_preset("2B").transformer_config["patch_size"][1] == 16
 
 
 def test_tiny_loads_through_from_pretrained_and_runs():
