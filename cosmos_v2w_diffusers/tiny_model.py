@@ -167,6 +167,7 @@ def train_tiny_vae(
 ) -> dict:
     """Train the tiny VAE (from scratch with `vae_config`, `TINY_VAE_CONFIG` by default, or on from the VAE
     folder `init_from`) and write `output_dir/vae` and `output_dir/tiny_vae_report.json`; returns the report."""
+    architecture = vae_config or TINY_VAE_CONFIG  # what the report records (a VAE from `init_from` has it too)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     footage = [load_footage(p) for p in train_videos]
@@ -177,7 +178,7 @@ def train_tiny_vae(
     if init_from:
         vae = AutoencoderKLWan.from_pretrained(init_from, dtype=torch.float32).to(device)
     else:
-        vae = AutoencoderKLWan(**(vae_config or TINY_VAE_CONFIG)).to(device)
+        vae = AutoencoderKLWan(**architecture).to(device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=steps, pct_start=0.03)
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.startswith("cuda"))
@@ -215,7 +216,7 @@ def train_tiny_vae(
         "psnr_demo_clips_db": reconstruction_psnr(vae, demo_held_out),
         "train_clips": [Path(p).name for p in train_videos] + ["rendered demo clips"],
         "sample": [NUM_FRAMES, HEIGHT, WIDTH],
-        "config": {key: vae.config[key] for key in (vae_config or TINY_VAE_CONFIG)},
+        "config": {key: vae.config[key] for key in architecture},
         "init_from": init_from,
         "steps": steps,
         "batch_size": batch_size,
