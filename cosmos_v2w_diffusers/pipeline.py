@@ -338,8 +338,8 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
                 (default: NVIDIA's negative prompt). Guidance is skipped when `guidance_scale` is 1 or less.
             height, width: multiples of 16 (720p 16:9 is 704x1280). num_frames: 4k+1 (93 at 16 fps).
             fps: the video's frame rate. It does not reach the transformer unless `diffusers_compat`.
-            generator / latents: the initial noise; `latents` (`(1, 16, T, H/8, W/8)`, standard normal) is
-                scaled by sigma_max = 80.
+            generator / latents: the initial noise; `latents` (`(1, 16, T, H/8, W/8)` for the 2B and 14B; in
+                general `sample_shape.latent_shape`; standard normal) is scaled by sigma_max = 80.
             output_type: "pil", "np", "pt" or "latent".
             diffusers_compat: reproduce diffusers' `Cosmos2VideoToWorldPipeline` (see the module docstring).
             num_videos_per_prompt: videos per prompt, each from its own noise (`latents`, when given, must

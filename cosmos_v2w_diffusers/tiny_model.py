@@ -15,12 +15,16 @@ and post-training had nothing to change. This module makes the two trained parts
 
 Neither runs in the demo or the tests. To reproduce the shipped folder:
 
-    python -m cosmos_v2w_diffusers.tiny_model vae --output_dir outputs/tiny_vae --steps 355 --batch_size 64 \
+    python -m cosmos_v2w_diffusers.tiny_model vae --output_dir outputs/tiny_vae1 --steps 355 --batch_size 64 \
         --learning_rate 3e-3 --demo_fraction 0.25                          # 2.4 minutes on one H200
-    python -m cosmos_v2w_diffusers.tiny_model vae --output_dir outputs/tiny_vae2 --init_from outputs/tiny_vae/vae \
+    python -m cosmos_v2w_diffusers.tiny_model vae --output_dir outputs/tiny_vae2 --init_from outputs/tiny_vae1/vae \
         --steps 1000 --batch_size 64 --learning_rate 2e-3 --demo_fraction 0.25 --seed 1      # 6.6 minutes
     python -m cosmos_v2w_diffusers.tiny_model vae --output_dir outputs/tiny_vae3 --init_from outputs/tiny_vae2/vae \
-        --steps 1050 --batch_size 64 --learning_rate 1.5e-3 --demo_fraction 0.1 --seed 2 --install   # 6.9 minutes
+        --steps 1050 --batch_size 64 --learning_rate 1.5e-3 --demo_fraction 0.1 --seed 2      # 6.9 minutes
+    python -m cosmos_v2w_diffusers.tiny_model vae --output_dir outputs/tiny_vae4 --init_from outputs/tiny_vae3/vae \
+        --steps 2200 --batch_size 64 --learning_rate 1e-3 --demo_fraction 0.1 --seed 3       # 16 minutes
+    python -m cosmos_v2w_diffusers.tiny_model vae --output_dir outputs/tiny_vae5 --init_from outputs/tiny_vae4/vae \
+        --steps 900 --batch_size 64 --learning_rate 7e-4 --demo_fraction 0.1 --seed 4 --install   # 6.6 minutes
     python -m cosmos_v2w_diffusers.tiny_model transformer --output_dir outputs/tiny_base --install   # 4 min, CPU
 
 Run them in this order: `vae --install` also resets the transformer to its random initialisation, which the
@@ -28,7 +32,7 @@ Run them in this order: `vae --install` also resets the transformer to its rando
 kernels by timing them).
 
 A VAE step is bound by kernel launches (the Wan VAE runs its causal convolutions frame chunk by frame chunk):
-64 clips took 0.4 s a step on an H200 (32 took 0.37 s on an H100), so train with large batches, one process per GPU
+64 clips took 0.43 s a step on an H200 (32 took 0.37 s on an H100), so train with large batches, one process per GPU
 (six processes sharing two GPUs took 2.2 s a step each). On 2 CPU cores, 8 clips take about 8 s. Each stage
 writes a report (`tiny_vae_report.json`, `tiny_transformer_report.json`) that `--install` copies beside the
 model.
