@@ -33,9 +33,9 @@ def test_exported_clips_keep_their_colours(tmp_path):
 
 def test_the_shipped_tiny_vae_reconstructs_footage_it_never_saw(video_paths):
     """The whole of a real clip the VAE never saw (all 14 of `bikes.mp4`'s 17-frame windows, as `tiny_model.py`
-    reports it), and a demo clip. A random VAE of the same shape scores about 11 dB on both; the shipped one
-    23.81 and 40.8 dB (issue 20 aims at 24 on the real clip). The VAEs shipped before: 22.94 dB on the real clip,
-    and 19.83 with the real one's 8x spatial compression."""
+    reports it), and a demo clip. A random VAE of the same shape scores 10.7 and 11.2 dB; the shipped one 23.81
+    and 40.8 dB (issue 20 aims at 24 on the real clip). The VAEs shipped before: 22.94 dB on the real clip, and
+    19.83 with the real one's 8x spatial compression."""
     vae = load_vae(get_preset("tiny"))
     demo = torch.from_numpy(np.stack(render_clip(17, 64, 112, seed=99))).permute(3, 0, 1, 2)[None]
     assert reconstruction_psnr(vae, eval_windows(str(video_paths["bikes"]))) > 23.5
