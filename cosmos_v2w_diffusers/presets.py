@@ -112,7 +112,7 @@ _register(
         width=112,
         # The tiny base model is far from converged: fine-tuning it takes a larger step than the real ones. On
         # the demo's clips, 1,500 steps at 1e-3 left the square fading away (PSNR 28.1 dB); 2,000 at 2e-3 kept
-        # it within 3 pixels of the real one to the last frame (32.5 dB; with today's VAE: 0.8 pixels, 32.9 dB).
+        # it within 3 pixels of the real one to the last frame (32.5 dB; with today's VAE: 0.8 pixels, 32.7 dB).
         learning_rate=2e-3,
         weight_decay=0.1,
         lr_f_max=0.6,
@@ -138,8 +138,8 @@ def get_preset(name: str) -> ModelPreset:
 # The tiny VAE: the Wan 2.1 VAE's structure (4x temporal compression, 16 latent channels) at 1/6 of its
 # width, with one spatial halving fewer: 4x spatial compression, not 8x. At 64x112 pixels a latent of
 # 8x14 carried too little of real footage: with 8x, the VAE reconstructed an unseen real clip at 19.8 dB
-# after 1,900 steps; with 4x, 23.8 dB after 5,500 (tiny_vae_report.json). With 32 latent channels it reached
-# 24.1 dB, but the tiny transformer could not generate those latents (BENCHMARKS.md). 1.9 M parameters: 4 MB
+# after 1,900 steps; with 4x, 24.2 dB after 7,300 (tiny_vae_report.json). With 32 latent channels it reached
+# 24.1 dB sooner, but the tiny transformer could not generate those latents (BENCHMARKS.md). 1.9 M parameters: 4 MB
 # in float16; a 17x64x112 clip encodes and decodes in about a second on one CPU core. The shipped one is trained
 # (`tiny_model.py`); `components.save_tiny_pretrained` builds it random.
 TINY_VAE_CONFIG = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[True, True])

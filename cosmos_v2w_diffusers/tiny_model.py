@@ -24,7 +24,9 @@ Neither runs in the demo or the tests. To reproduce the shipped folder:
     python -m cosmos_v2w_diffusers.tiny_model vae --output_dir outputs/tiny_vae4 --init_from outputs/tiny_vae3/vae \
         --steps 2200 --batch_size 64 --learning_rate 1e-3 --demo_fraction 0.1 --seed 3       # 16 minutes
     python -m cosmos_v2w_diffusers.tiny_model vae --output_dir outputs/tiny_vae5 --init_from outputs/tiny_vae4/vae \
-        --steps 900 --batch_size 64 --learning_rate 7e-4 --demo_fraction 0.1 --seed 4 --install   # 6.6 minutes
+        --steps 900 --batch_size 64 --learning_rate 7e-4 --demo_fraction 0.1 --seed 4             # 6.6 minutes
+    python -m cosmos_v2w_diffusers.tiny_model vae --output_dir outputs/tiny_vae6 --init_from outputs/tiny_vae5/vae \
+        --steps 1800 --batch_size 64 --learning_rate 5e-4 --demo_fraction 0.1 --seed 5 --install  # 12 minutes
     python -m cosmos_v2w_diffusers.tiny_model transformer --output_dir outputs/tiny_base --install   # 4 min, CPU
 
 Run them in this order: `vae --install` also resets the transformer to its random initialisation, which the

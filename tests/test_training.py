@@ -110,8 +110,10 @@ def test_loss_falls_on_one_real_clip(bikes_dataset, tmp_path):
     before = _loss_on_fixed_draws(trainer._unwrapped(), latents, text)
     losses = trainer.train()
     assert len(losses) == 40 and all(np.isfinite(losses))
-    # Measured: 15.73 -> 13.85 (the shipped base, trained on cartoon footage, meets real footage here).
-    assert _loss_on_fixed_draws(trainer._unwrapped(), latents, text) < 0.9 * before
+    # The same draws before and after, so a trainer that does not learn stays at 1.0 of `before`. Measured on the
+    # shipped base (trained on cartoon footage, meeting real footage here): 17.72 -> 16.09, 9.2% lower (the base
+    # before it, with the VAE of 5,505 steps: 15.73 -> 13.85, 12%).
+    assert _loss_on_fixed_draws(trainer._unwrapped(), latents, text) < 0.95 * before
 
 
 def test_checkpoint_layout_and_round_trip(bikes_dataset, tmp_path):
