@@ -138,7 +138,7 @@ def _generations_match_one_process(tmp_path: Path, num_gpus: int, port: int, **l
         # Bit for bit where the layout's sums round as one process's do (2 processes here). 4 processes sum in
         # another order, and the sampler and the MP4 encoder magnify that rounding. Measured, of 255 on average,
         # on the tiny model of 2026-11-27: 4 processes 1.37 from one process's video; one process on 2 threads
-        # instead of 1, 1.37 too; another seed, 16.4 (the model before it: 0.12, 2.3). On today's: 0.0.
+        # instead of 1, 1.37 too; another seed, 16.4 (the model before it: 0.12, 2.3). On both of 2026-11-28: 0.0.
         difference = (videos["one"] - videos[name]).abs().mean()
         assert difference < 3.0, (name, float(difference))
 
@@ -175,8 +175,12 @@ def test_a_run_stopped_on_4_processes_continues_on_2_then_1_as_a_straight_run(pr
     steps = {"1": 4, "2": 4, "3": 2, "4": 2, "5": 1, "6": 1}
     assert result["staged_world_sizes"] == steps and result["losses"]["staged"].keys() == steps.keys()
     assert result["max_loss_diff_straight_vs_again"] == 0 and result["max_weight_diff_straight_vs_again"] == 0
-    assert result["max_weight_diff_straight_vs_staged"] < 1e-5
     assert result["max_loss_diff_straight_vs_staged"] < 1e-5
+    # Adam's first step moves a weight by lr * g / (|g| + eps): where a gradient element is near eps, fp32 rounding
+    # of 4 processes' sums changes its step by a fraction of lr. Measured on the shipped tiny base: 4.9e-5, one
+    # element of `patch_embed.proj.weight` (moved 5.2e-4 against 4.7e-4 in the first stage; every other weight
+    # within 6e-6), the same after the two resumes; on the base before it, under 1e-5.
+    assert result["max_weight_diff_straight_vs_staged"] < 1e-4
 
 
 @pytest.mark.slow
