@@ -295,6 +295,16 @@ def pretrain_tiny_transformer(
     }
 
 
+def _forget_load_path(model_folder: Path) -> None:
+    """Drop `_name_or_path` from `model_folder/config.json`. diffusers' `save_pretrained` writes the folder a
+    model was loaded from into its config: a path on the machine that built the tiny model, which the package
+    must not ship."""
+    config_path = model_folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("_name_or_path", None)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=["vae", "transformer"])
@@ -344,6 +354,7 @@ def main(argv: list[str] | None = None) -> None:
                 TINY_PRETRAINED_DIR, vae=AutoencoderKLWan.from_pretrained(args.output_dir / "vae", dtype=torch.float16)
             )
             shutil.copy(args.output_dir / "tiny_vae_report.json", TINY_PRETRAINED_DIR / "tiny_vae_report.json")
+            _forget_load_path(TINY_PRETRAINED_DIR / "vae")
     else:
         report = pretrain_tiny_transformer(train_videos, args.output_dir, steps=args.steps or 3000, seed=args.seed)
         (args.output_dir / "tiny_transformer_report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -351,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(TINY_PRETRAINED_DIR / "transformer")
             shutil.copytree(args.output_dir / "run" / "transformer_ema", TINY_PRETRAINED_DIR / "transformer")
             shutil.copy(args.output_dir / "tiny_transformer_report.json", TINY_PRETRAINED_DIR)
+            _forget_load_path(TINY_PRETRAINED_DIR / "transformer")
     logger.info(json.dumps(report, indent=2))
 
 
