@@ -6,6 +6,10 @@ without loading torch, diffusers and transformers.
 
 from importlib import import_module
 
+from . import log_escaping
+
+log_escaping.install()
+
 _EXPORTS = {
     "PRESETS": ".presets",
     "CosmosMultistepScheduler": ".scheduler",

@@ -9,9 +9,9 @@ replaces the Euler scheduler with NVIDIA's sampler on load.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from .components import write_stock_model_index
-from .io_utils import publish_folder
+from .io_utils import check_replaceable, copy_regular_file, publish_folder
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +29,14 @@ logger = logging.getLogger(__name__)
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 LORA_EMA_WEIGHTS_NAME = "pytorch_lora_weights_ema.safetensors"
-# What an export folder may hold for a new export to replace it (README.md and validation.mp4: what the Hub
-# upload adds); a folder holding anything else is refused, never deleted.
-TRANSFORMER_FILES = frozenset({"config.json", WEIGHTS_NAME, "README.md", "validation.mp4"})
-LORA_FILES = frozenset({LORA_WEIGHTS_NAME, LORA_EMA_WEIGHTS_NAME, "README.md", "validation.mp4"})
-# The base model's components a pipeline export takes as they are.
+# What is added to an export folder after it is written (the Hub card and validation video): a new export
+# replaces a folder holding these and what the last export wrote (its manifest), and refuses any other.
+ADDED_LATER = frozenset({"README.md", "validation.mp4"})
+# The base model's components a pipeline export takes as they are, and the files of theirs a loader reads (configs,
+# weights, tokenizer files): nothing else in a received folder (a NOTICE.txt linked to /proc/self/environ, say)
+# is copied or uploaded.
 BASE_COMPONENTS = ("text_encoder", "tokenizer", "vae")
-PIPELINE_ENTRIES = frozenset(
-    {"model_index.json", "transformer", "scheduler", *BASE_COMPONENTS, "README.md", "validation.mp4"}
-)
+BASE_FILE_PATTERNS = ("*.json", "*.safetensors", "*.model", "vocab.txt", "merges.txt")
 
 
 def write_diffusers_transformer(folder: Path, transformer, state_dict: dict[str, torch.Tensor]) -> Path:
@@ -51,7 +50,7 @@ def write_diffusers_transformer(folder: Path, transformer, state_dict: dict[str,
         transformer.save_config(staging)
         save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, staging / WEIGHTS_NAME)
 
-    return publish_folder(folder, build, TRANSFORMER_FILES)
+    return publish_folder(folder, build, ADDED_LATER)
 
 
 def base_pipeline_folder(base: str, revision: str | None = None, cache_dir: str | None = None) -> Path:
@@ -65,12 +64,34 @@ def base_pipeline_folder(base: str, revision: str | None = None, cache_dir: str 
     return Path(snapshot_download(base, allow_patterns=patterns, revision=revision, cache_dir=cache_dir))
 
 
-def _link_or_copy(source: str, target: str) -> None:
-    """A hard link where the file system allows it (a 2B pipeline's T5 is 22 GB), else a copy."""
-    try:
-        os.link(os.path.realpath(source), target)
-    except OSError:
-        shutil.copy2(source, target)
+def _link_root(source: Path) -> Path:
+    """The folder links in a base folder may point into: the folder itself, or for a Hub snapshot
+    (`.../models--org--name/snapshots/<commit>`, whose files link into `../../blobs`) its repository's cache."""
+    source = source.resolve()
+    return source.parents[1] if source.parent.name == "snapshots" else source
+
+
+def base_component_files(source: Path) -> list[tuple[str, Path]]:
+    """(path in the export, real file) for each file of the base's `BASE_COMPONENTS` a loader reads.
+
+    Links to folders are not followed; a needed file that links out of the base folder (or its Hub cache) is
+    refused with its name, so a received folder cannot make us copy or upload a file from elsewhere."""
+    root = _link_root(source)
+    files = []
+    for name in BASE_COMPONENTS:
+        for folder, _, names in os.walk(source / name):
+            for file_name in sorted(names):
+                if not any(fnmatch.fnmatch(file_name, pattern) for pattern in BASE_FILE_PATTERNS):
+                    continue
+                path = Path(folder, file_name)
+                real = path.resolve()
+                if not real.is_relative_to(root) or not real.is_file():
+                    raise ValueError(
+                        f"{path} links to {real}, outside the base model folder {source} (or not a file): exports "
+                        f"copy only the base's own files; replace the link with the file it should be."
+                    )
+                files.append((path.relative_to(source).as_posix(), real))
+    return files
 
 
 def write_diffusers_pipeline(
@@ -92,10 +113,12 @@ def write_diffusers_pipeline(
             f"{base} has no {', '.join(missing)}/ folder: pass a diffusers pipeline as "
             f"--pretrained_model_name_or_path."
         )
+    files = base_component_files(source)
 
     def build(staging: Path) -> None:
-        for name in BASE_COMPONENTS:
-            shutil.copytree(source / name, staging / name, copy_function=_link_or_copy)
+        for relative, real in files:
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            copy_regular_file(real, staging / relative)
         # diffusers' Cosmos-Predict2 scheduler settings, whatever the base saved (a folder of ours holds NVIDIA's
         # sampler, which the stock pipeline cannot drive).
         FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True).save_config(staging / "scheduler")
@@ -105,7 +128,24 @@ def write_diffusers_pipeline(
         )
         write_stock_model_index(staging)
 
-    return publish_folder(folder, build, PIPELINE_ENTRIES)
+    return publish_folder(folder, build, ADDED_LATER)
+
+
+def export_folders(config) -> list[Path]:
+    """The folders `export_final` writes for a run of `config`."""
+    out = Path(config.output_dir)
+    if config.train_architecture == "lora":
+        return [out / "lora"]
+    return [out / "transformer", *([out / "transformer_ema"] if config.ema else []), out / "pipeline"]
+
+
+def check_export_targets(config, base: str) -> None:
+    """Before any training: refuse a run whose exports would replace files we did not write (`check_replaceable`),
+    or take a file from outside a local base folder (`base_component_files`), naming them."""
+    for folder in export_folders(config):
+        check_replaceable(folder, ADDED_LATER, "--output_dir")
+    if config.train_architecture == "full" and Path(base).is_dir():
+        base_component_files(Path(base))
 
 
 def export_final(transformer, state_dict: dict[str, torch.Tensor], ema_state: dict | None, config, base: str) -> Path:
@@ -131,7 +171,7 @@ def export_final(transformer, state_dict: dict[str, torch.Tensor], ema_state: di
                         transformer_lora_adapter_metadata=metadata,
                     )
 
-        publish_folder(out / "lora", build, LORA_FILES)
+        publish_folder(out / "lora", build, ADDED_LATER)
         logger.info(
             "Exported the LoRA adapter to %s (pipeline.load_lora_weights%s)",
             out / "lora",

@@ -26,7 +26,7 @@ NUM_FRAMES_BY_FPS = {16: 93, 10: 61}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Cosmos-Predict2 Video2World generation")
+    p = argparse.ArgumentParser(description="Cosmos-Predict2 Video2World generation", allow_abbrev=False)
     p.add_argument("--model_size", default="2B", choices=["2B", "14B", "tiny"])
     p.add_argument(
         "--pretrained_model_name_or_path", default=None, help="Hub id or diffusers folder (default: the preset's)"

@@ -232,7 +232,30 @@ def jobs_from_args(args: argparse.Namespace) -> list[dict]:
         if not job["prompt"] or not job["input_path"] or not job["save_path"]:
             raise ValueError(f"Each generation needs a prompt, an input_path and a save_path; got {job}.")
         check_save_path(Path(job["save_path"]))
+    check_no_input_is_overwritten(jobs)
     return jobs
+
+
+def check_no_input_is_overwritten(jobs: list[dict]) -> None:
+    """Refuse, before any generation, a save path that is an input of any job (the input would be destroyed,
+    perhaps before a later job reads it) or that two jobs share (the first video would be lost)."""
+
+    def same(a: Path, b: Path) -> bool:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+
+    inputs = [Path(job["input_path"]) for job in jobs]
+    for n, job in enumerate(jobs):
+        save = Path(job["save_path"])
+        for source in inputs:
+            if same(save, source):
+                raise ValueError(
+                    f"--save_path {save} is the input {source}: writing it would destroy the input; pass another path."
+                )
+        for other in jobs[n + 1 :]:
+            if same(save, Path(other["save_path"])):
+                raise ValueError(
+                    f"--save_path {save} is given to two generations: the second would replace the first; pass two."
+                )
 
 
 def check_save_path(path: Path) -> None:

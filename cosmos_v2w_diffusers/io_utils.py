@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import json
 import os
 import shutil
 import stat
@@ -111,46 +113,100 @@ class FolderInUseError(ValueError):
     """A folder to be replaced holds files we did not write; the message names one."""
 
 
-def check_replaceable(target: Path, replaceable: frozenset[str] | set[str]) -> None:
-    """Refuse to replace `target` unless it is absent, empty, or holds only entries (files or folders) named in
-    `replaceable` (what an earlier export of the same kind wrote): a user's folder is never deleted because it
-    was named as an output."""
+# Written into every folder `publish_folder` makes: the files it wrote, so a later export replaces that folder only
+# while it still holds nothing else. Neither huggingface_hub nor diffusers records what a save wrote.
+MANIFEST_NAME = ".cosmos_v2w_manifest.json"
+
+
+def _written_files(folder: Path) -> set[str] | None:
+    """The relative paths `folder`'s manifest lists, or None without a readable manifest of ours."""
+    try:
+        listed = json.loads(read_regular_file(folder / MANIFEST_NAME, 2**24, follow_symlinks=False))
+    except (OSError, ValueError):
+        return None
+    return set(listed) if isinstance(listed, list) and all(isinstance(p, str) for p in listed) else None
+
+
+def foreign_files(target: Path, added_later: frozenset[str] | set[str] = frozenset()) -> list[str]:
+    """The entries under `target` we did not write (sorted; empty for an absent or empty folder): everything but
+    the files its manifest lists and, at its top, the names in `added_later` (what is added to an export after it
+    is published: the Hub card and video). A link counts as foreign wherever it is."""
     target = Path(target)
-    if target.is_symlink() or (target.exists() and not target.is_dir()):
-        raise FolderInUseError(f"{target} exists and is not a folder; pass a new or empty folder as the output.")
-    if not target.exists():
-        return
-    foreign = sorted(p.name for p in target.iterdir() if p.name not in replaceable or p.is_symlink())
+    if not target.exists() and not target.is_symlink():
+        return []
+    if target.is_symlink() or not target.is_dir():
+        return [target.name]
+    ours = _written_files(target) or set()
+    foreign = []
+    for folder, dirs, files in os.walk(target):  # links to folders are listed, not followed
+        for name in [*dirs, *files]:
+            path = Path(folder, name)
+            relative = path.relative_to(target).as_posix()
+            if path.is_symlink():
+                foreign.append(relative)
+            elif name in files and relative not in ours | {MANIFEST_NAME} | set(added_later):
+                foreign.append(relative)
+    return sorted(foreign)
+
+
+def check_replaceable(target: Path, added_later: frozenset[str] | set[str] = frozenset(), flag: str = "") -> None:
+    """Refuse to replace `target` unless it is absent, empty, or an earlier export of ours (`foreign_files`): a
+    user's folder is never deleted because it was named as an output, and a file added to ours is never lost."""
+    foreign = foreign_files(target, added_later)
     if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise FolderInUseError(
-            f"{target} already holds files we did not write (e.g. {foreign[0]}); pass a new or empty folder as "
-            f"the output, or move them away first."
+            f"{target}{' (' + flag + ')' if flag else ''} holds files we did not write ({shown}); pass a new or "
+            f"empty folder, or move them away first."
         )
 
 
 def publish_folder(
-    target: Path, build: Callable[[Path], None], replaceable: frozenset[str] | set[str] = frozenset()
+    target: Path, build: Callable[[Path], None], added_later: frozenset[str] | set[str] = frozenset()
 ) -> Path:
     """Build a folder in a temp folder beside `target`, then swap it into place whole.
 
     A crash mid-build leaves any previous `target` untouched and no half-made folder; a previous
-    `target` is only removed once the new one is in place, and only if it holds nothing but the files
-    named in `replaceable` (`check_replaceable`).
+    `target` is only removed once the new one is in place, and only if it holds nothing but what an earlier
+    `publish_folder` wrote there (its manifest) and the names in `added_later` (`check_replaceable`).
+    The temp folders have names no one else uses, so nothing of the user's beside `target` is touched.
     """
     target = Path(target)
-    check_replaceable(target, replaceable)
+    check_replaceable(target, added_later)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    retired = target.with_name(f".{target.name}.old")
+    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
     try:
         build(staging)
+        written = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+        (staging / MANIFEST_NAME).write_text(json.dumps(written, indent=0))
         apply_umask(staging)  # mkdtemp's 0700 and safetensors' 0600 would hide the export from the user's group
-        check_replaceable(target, replaceable)  # nothing foreign appeared while building
-        shutil.rmtree(retired, ignore_errors=True)
+        check_replaceable(target, added_later)  # nothing foreign appeared while building
         if target.exists():
-            os.rename(target, retired)
+            os.rename(target, retired / target.name)
         os.rename(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(retired, ignore_errors=True)
     return target
+
+
+def copy_regular_file(source: Path, target: Path) -> None:
+    """Copy `source`, which must be a regular file (a link is not followed), to the new file `target`: a reflink
+    where the file system offers one (no second 22 GB T5 on disk), else a copy. Never a hard link: the copy is
+    the user's to edit without changing the source. (shutil copies through links and has no reflink.)"""
+    src = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    try:
+        if not stat.S_ISREG(os.fstat(src).st_mode):
+            raise ValueError(f"{source} is not a regular file; replace it with one")
+        with open(target, "xb") as out:
+            try:
+                fcntl.ioctl(out.fileno(), _FICLONE, src)
+            except OSError:
+                with os.fdopen(os.dup(src), "rb") as f:
+                    shutil.copyfileobj(f, out, 2**24)
+    finally:
+        os.close(src)
+
+
+_FICLONE = 0x40049409  # Linux's ioctl that shares a file's blocks copy-on-write (btrfs, XFS)

@@ -158,17 +158,29 @@ def stale_embedding_reason(path: str | os.PathLike, caption: str, text_encoder: 
     """Why the pickle at `path` no longer encodes `caption` (with `text_encoder`: by that encoder), or None.
 
     Only a record that belongs to the pickle (its hash matches) is believed: a pickle replaced by another
-    tool, or one that never had a record, is taken as it is."""
+    tool, or one that never had a record, is taken as it is. A record that is there but damaged (cut short,
+    `{}`, not a file) may hide an edited caption, so its pickle is reported as stale."""
+    record_path = embedding_record_path(path)
+    fix = "re-run `python -m cosmos_v2w_diffusers.prepare_data` to re-encode it"
+    if not record_path.exists() and not record_path.is_symlink():
+        return None
     try:
-        record = json.loads(read_regular_file(embedding_record_path(path), max_bytes=4096))
+        record = json.loads(read_regular_file(record_path, max_bytes=4096))
+        if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in _RECORD_HASHES):
+            raise ValueError("not a record of ours")
+    except (OSError, ValueError) as exc:
+        return f"{record_path} is damaged ({str(exc).splitlines()[0][:200]!r}), so {path} may be stale; {fix}"
+    try:
         pickle_hash = _sha256(read_regular_file(path, max_bytes=_max_pickle_bytes(4096)))
     except (OSError, ValueError):
+        return None  # the pickle itself is checked, and reported, by `read_t5_pickle`
+    if record["pickle_sha256"] != pickle_hash:
         return None
-    if not isinstance(record, dict) or record.get("pickle_sha256") != pickle_hash:
-        return None
-    fix = "re-run `python -m cosmos_v2w_diffusers.prepare_data` to re-encode it"
-    if record.get("caption_sha256") != _sha256(caption.encode()):
+    if record["caption_sha256"] != _sha256(caption.encode()):
         return f"{path} encodes an earlier caption, not the one in its metas/ file now; {fix}"
     if text_encoder is not None and record.get("text_encoder") != text_encoder:
-        return f"{path} was encoded by {record.get('text_encoder')}, not {text_encoder}; {fix}"
+        return f"{path} was encoded by {record.get('text_encoder')!r}, not {text_encoder}; {fix}"
     return None
+
+
+_RECORD_HASHES = ("caption_sha256", "pickle_sha256")

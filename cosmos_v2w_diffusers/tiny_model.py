@@ -360,7 +360,11 @@ def main(argv: list[str] | None = None) -> None:
         (args.output_dir / "tiny_transformer_report.json").write_text(json.dumps(report, indent=2) + "\n")
         if args.install:  # the EMA weights, as post-training exports them
             shutil.rmtree(TINY_PRETRAINED_DIR / "transformer")
-            shutil.copytree(args.output_dir / "run" / "transformer_ema", TINY_PRETRAINED_DIR / "transformer")
+            shutil.copytree(
+                args.output_dir / "run" / "transformer_ema",
+                TINY_PRETRAINED_DIR / "transformer",
+                ignore=shutil.ignore_patterns(".*"),  # the export's manifest
+            )
             shutil.copy(args.output_dir / "tiny_transformer_report.json", TINY_PRETRAINED_DIR)
             _forget_load_path(TINY_PRETRAINED_DIR / "transformer")
     logger.info(json.dumps(report, indent=2))

@@ -21,6 +21,7 @@ import errno
 import json
 import logging
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -55,6 +56,12 @@ def _tensor_bytes(obj) -> int:
     return 0
 
 
+def _iteration_of(name: str) -> int | None:
+    """N of `iter_N.pt` or `iter_N`, in ASCII digits only (`str.isdigit` takes "²", which `int` refuses), or None."""
+    match = re.fullmatch(r"iter_([0-9]+)(\.pt)?", name)
+    return int(match.group(1)) if match else None
+
+
 def checkpoint_name(iteration: int) -> str:
     return f"iter_{iteration:09d}.pt"
 
@@ -75,7 +82,7 @@ class CheckpointDir:
             name = read_regular_file(marker, max_bytes=256).decode("ascii").strip()
         except (OSError, ValueError):
             raise ValueError(f"{marker} is not a short text file naming iter_NNNNNNNNN.pt; {fix}.") from None
-        if not (name.startswith("iter_") and name.endswith(".pt") and name[5:-3].isdigit()):
+        if not name.endswith(".pt") or _iteration_of(name) is None:
             raise ValueError(f"{marker} holds {name[:40]!r}, not iter_NNNNNNNNN.pt; {fix}.")
         missing = [part for part in PARTS if not (self.root / part / name).exists()]
         if missing:
@@ -83,7 +90,7 @@ class CheckpointDir:
                 f"{marker} names {name}, but {', '.join(missing)}/{name} is missing under {self.root}; "
                 f"restore those files or point {LATEST} at a complete checkpoint."
             )
-        return int(name[5:-3])
+        return _iteration_of(name)
 
     def path(self, part: str, iteration: int) -> Path:
         return self.root / part / checkpoint_name(iteration)
@@ -92,20 +99,18 @@ class CheckpointDir:
         """Iterations whose four parts are all on disk, oldest first."""
         names = {p.name for p in (self.root / "model").glob("iter_*.pt")} if (self.root / "model").is_dir() else set()
         complete = [n for n in names if all((self.root / part / n).is_file() for part in PARTS)]
-        return sorted(int(n[5:-3]) for n in complete if n[5:-3].isdigit())
+        return sorted(i for i in map(_iteration_of, complete) if i is not None)
 
     def resolve(self, spec: str) -> int | None:
         """The iteration `--resume_from_checkpoint` names: `latest`, `iter_N` / `iter_N.pt`, or a path to one
         of its files (`.../model/iter_000000500.pt`). None when `latest` finds no checkpoint."""
         if spec == "latest":
             return self.latest_iteration()
-        name = Path(spec).name
-        digits = name[5:].removesuffix(".pt") if name.startswith("iter_") else ""
-        if not digits.isdigit():
+        iteration = _iteration_of(Path(spec).name)
+        if iteration is None:
             raise ValueError(
                 f"--resume_from_checkpoint {spec!r}: use latest, iter_N, or a path to a checkpoint's iter_N.pt."
             )
-        iteration = int(digits)
         missing = [part for part in PARTS if not self.path(part, iteration).is_file()]
         if missing:
             raise FileNotFoundError(

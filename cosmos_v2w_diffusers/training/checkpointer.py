@@ -5,6 +5,7 @@ saves go to the Hub. The files and their layout are `checkpoint.py`'s.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
@@ -12,9 +13,12 @@ from accelerate.logging import get_logger
 
 from ..checkpoint_format import from_native_state_dict, to_native_state_dict
 from .checkpoint import PARTS, CheckpointDir, rng_state, set_rng_state, stored_config
+from .config import TrainConfig
 from .guards import NonFiniteSteps
+from .optim import continue_linearly
 
 logger = get_logger(__name__)
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 class Checkpointer:
@@ -47,7 +51,9 @@ class Checkpointer:
                 []
                 if stored is None
                 else [  # NVIDIA's trainer stores no config: nothing to compare
-                    f"--{k} {stored.get(k)} -> {v}" for k, v in c.run_definition().items() if stored.get(k) != v
+                    f"--{k} {stored.get(k, _DEFAULTS[k])} -> {v}"
+                    for k, v in c.run_definition().items()
+                    if stored.get(k, _DEFAULTS[k]) != v  # a flag added since the checkpoint: its default then
                 ]
             )
             if changed:
@@ -73,12 +79,40 @@ class Checkpointer:
             )
         state.load(masters, parts["optim"]["optimizer"])
         lr_scheduler.load_state_dict(parts["scheduler"])
+        stored = stored_config(self._trainer_part) or {}
+        if stored.get("lr_decay_steps", self.config.lr_decay_steps) != self.config.lr_decay_steps:
+            self._continue_schedule(lr_scheduler, iteration, stored["lr_decay_steps"])
         if ema is not None:
             shadows = from_native_state_dict(parts["model"], "net_ema.")
             ema.load_state_dict({n: state.local_ema(n, t, shadows[n]) for n, t in ema.state_dict().items()})
         set_rng_state(self._trainer_part["rng"])
         logger.info("Resumed from %s", self.folder.path("model", iteration), main_process_only=False)
         return self._trainer_part["iteration"]
+
+    def _continue_schedule(self, lr_scheduler, iteration: int, stored_end: int) -> None:
+        """The schedule's end moved (a raised --max_iter, or clips added under --num_train_epochs): continue from the
+        checkpoint's learning rate, falling linearly to 0 at the new end, rather than jump to where a schedule of the
+        new length would be. A schedule that already ended cannot continue: refused with what to do instead."""
+        end, lr = self.config.lr_decay_steps, lr_scheduler.get_last_lr()[0]
+        if iteration >= end:  # nothing left to train: the trainer says the run is complete
+            return
+        if lr == 0:
+            raise ValueError(
+                f"{self.folder.root}: checkpoint {iteration} ended its learning-rate schedule (lr 0 at step "
+                f"{stored_end}); training on would run at lr 0. Start a fresh schedule from its weights with "
+                f"--dit_path {self.folder.path('model', iteration)} (--load_ema for the EMA) and a new --output_dir."
+            )
+        continue_linearly(lr_scheduler, iteration, end)
+        if self.config.lr_scheduler not in ("constant", "constant_with_warmup"):
+            logger.warning(
+                "The schedule now ends at step %d, not %d: the learning rate goes on from %.3g at step %d and falls "
+                "linearly to 0 at step %d.",
+                end,
+                stored_end,
+                lr,
+                iteration,
+                end,
+            )
 
     def record_loss(self, step: int, loss: float, micro_batches) -> None:
         """Report a non-finite step (and retract the checkpoint whose weights gave it); raise on divergence."""

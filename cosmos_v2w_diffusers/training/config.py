@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ RUN_DEFINING_FIELDS = (
     "lora_rank",
     "lora_alpha",
     "lora_target_modules",
+    "base_precision",  # the frozen base's weights and the loss they give (fp8 or bf16)
 )
 # What a run rebuilt from a checkpoint file (`--resume_from_checkpoint <path>`) takes from the config stored
 # there: what the run is and the numbers of its recipe. Where weights are read from, where the run uploads or
@@ -86,6 +88,43 @@ _AT_LEAST = {
     "num_validation_videos": 1,
 }
 
+# Upper bounds, so a typo or a received checkpoint's stored numbers cannot ask for hours of caching, a rank no
+# layer has, or a sample no memory holds (the largest side NVIDIA's models take is 1280 pixels).
+_AT_MOST = {
+    "height": 2048,
+    "width": 2048,
+    "num_frames": 1001,
+    "lora_rank": 1024,
+    "lora_alpha": 2**16,
+    "cache_windows_per_clip": 64,
+    "batch_size": 256,
+    "gradient_accumulation_steps": 2**14,
+    "num_validation_videos": 64,
+    "validation_num_frames": 1001,
+    "validation_num_inference_steps": 1000,
+    "dataloader_num_workers": 256,
+    "context_parallel_size": 4096,
+    "max_iter": 10**9,
+    "save_iter": 10**9,
+    "lr_decay_steps": 10**9,
+    "lr_warmup_steps": 10**9,
+    "num_train_epochs": 10**6,
+}
+# Real-valued recipe numbers and the interval each must lie in: (low, high, whether low itself is allowed).
+# ema_relative_std: EDM2's power EMA has gamma > 0 only below sqrt(1/12) = 0.2887 (Karras et al. 2024, eq. 2).
+_INTERVALS = {
+    "learning_rate": (0.0, 1.0, False),
+    "lr_f_max": (0.0, 1e3, False),
+    "weight_decay": (0.0, 1e3, True),
+    "adam_beta1": (0.0, 1.0 - 1e-12, True),
+    "adam_beta2": (0.0, 1.0 - 1e-12, True),
+    "adam_epsilon": (0.0, 1.0, False),
+    "max_grad_norm": (0.0, 1e12, False),
+    "ema_relative_std": (0.0, 0.2886, False),
+    "memory_budget_gib": (0.0, 2.0**20, False),
+    "lora_dropout": (0.0, 1.0 - 1e-12, True),
+}
+
 
 def _f(default, help: str, **kwargs):
     return field(default=default, metadata={"help": help, **kwargs})
@@ -94,26 +133,37 @@ def _f(default, help: str, **kwargs):
 def redacted_command(argv: list[str]) -> list[str]:
     """A command line safe to write down: the values of secret flags and anything shaped like a Hub token
     are replaced by `***`."""
-    flags = {f"--{name}" for name in SECRET_FIELDS}
     out, hide_next = [], False
     for arg in argv:
         flag, equals, _ = arg.partition("=")
+        secret = _names_a_secret(flag)
         if hide_next:
             out.append("***")
-        elif equals and flag in flags:
+        elif equals and secret:
             out.append(f"{flag}=***")
         else:
             out.append(_HF_TOKEN.sub("***", arg))
-        hide_next = not equals and arg in flags
+        hide_next = not equals and secret
     return out
+
+
+def _names_a_secret(arg: str) -> bool:
+    """Whether `arg` is a secret flag in any spelling argparse could take for it (an abbreviation such as
+    `--hub_tok`, even though our parsers refuse abbreviations)."""
+    return arg.startswith("--") and len(arg) > len("--hub_") and any(f"--{n}".startswith(arg) for n in SECRET_FIELDS)
 
 
 def parse_resolution(resolution: str) -> tuple[int, int]:
     """(height, width) of `--resolution`: `N` (a square, as diffusers' examples) or `HxW`."""
     parts = resolution.lower().split("x")
-    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+    if len(parts) not in (1, 2) or not all(p.strip().isascii() and p.strip().isdigit() for p in parts):
         raise ValueError(f"--resolution {resolution!r}: pass one size (512) or height x width (704x1280).")
     height, width = (int(parts[0]), int(parts[-1]))
+    if not (_AT_LEAST["height"] <= min(height, width) and max(height, width) <= _AT_MOST["height"]):
+        raise ValueError(
+            f"--resolution {resolution!r}: each side must be {_AT_LEAST['height']} to {_AT_MOST['height']} pixels "
+            f"(NVIDIA's 720p is 704x1280)."
+        )
     return height, width
 
 
@@ -335,18 +385,26 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < least:
                 raise ValueError(f"--{name} must be at least {least}, got {value}.")
-        for name in ("learning_rate", "max_grad_norm", "ema_relative_std", "memory_budget_gib"):
+        for name, most in _AT_MOST.items():
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"--{name} must be positive, got {value}.")
+            if value is not None and value > most:
+                raise ValueError(f"--{name} must be at most {most:,}, got {value:,}.")
+        for name, (low, high, low_allowed) in _INTERVALS.items():
+            value = getattr(self, name)
+            if value is not None and not (low <= value <= high and (low_allowed or value > low)):
+                side = "at least" if low_allowed else "more than"
+                raise ValueError(f"--{name} must be {side} {low:g} and at most {high:g}, got {value}.")
+        if self.revision and self.pretrained_model_name_or_path and Path(self.pretrained_model_name_or_path).is_dir():
+            raise ValueError(
+                f"--revision {self.revision}: --pretrained_model_name_or_path {self.pretrained_model_name_or_path} is "
+                f"a local folder, which has no revisions; drop --revision (or pass the Hub id)."
+            )
         if self.resolution and (self.height or self.width):
             raise ValueError("--resolution sets --height and --width: pass one or the other.")
         if self.validation_epochs and self.validation_steps:
             raise ValueError("--validation_epochs and --validation_steps both say when to validate: pass one.")
         if self.dataset_name and self.dataset_path:
             raise ValueError("--dataset_name downloads the dataset --dataset_path names locally: pass one of them.")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}.")
         if self.lr_scheduler == "nvidia" and self.lr_warmup_steps:
             raise ValueError(
                 "--lr_warmup_steps: NVIDIA's schedule (--lr_scheduler nvidia, the default) has no warm-up; pick one "
@@ -462,8 +520,8 @@ class TrainConfig:
             max_iter=max_iter,
             save_iter=save_iter,
             num_frames=self.num_frames or preset.num_frames,
-            height=height or preset.height,
-            width=width or preset.width,
+            height=preset.height if height is None else height,
+            width=preset.width if width is None else width,
             resolution=None,  # now in --height and --width
             learning_rate=given_or("learning_rate", preset.learning_rate),
             weight_decay=given_or("weight_decay", preset.weight_decay),
@@ -485,6 +543,16 @@ class TrainConfig:
             raise ValueError("--low_vram offloads what full recompute keeps: drop --activation_checkpointing.")
         if c.validation_num_frames is not None and (c.validation_num_frames - 1) % 4:
             raise ValueError(f"--validation_num_frames must be 4k+1, got {c.validation_num_frames}.")
+        if c.lr_scheduler != "nvidia" and c.lr_warmup_steps >= c.lr_decay_steps:
+            raise ValueError(
+                f"--lr_warmup_steps {c.lr_warmup_steps} is not shorter than the schedule's {c.lr_decay_steps} steps: "
+                f"the learning rate would never reach its peak; shorten the warm-up."
+            )
+        if c.lr_decay_steps < c.max_iter and c.lr_scheduler not in ("constant", "constant_with_warmup"):
+            raise ValueError(
+                f"--lr_decay_steps {c.lr_decay_steps} is shorter than --max_iter {c.max_iter}: the last "
+                f"{c.max_iter - c.lr_decay_steps} steps would train at learning rate 0; raise it or drop it."
+            )
         if (c.validation_image or c.validation_video) and not c.validation_prompt:
             raise ValueError("--validation_image/--validation_video need a --validation_prompt.")
         check_sample_shape(c.num_frames, c.height, c.width, "--num_frames", "--height and --width")
@@ -497,7 +565,8 @@ class TrainConfig:
     @classmethod
     def parser(cls, defaults: bool = True) -> argparse.ArgumentParser:
         """The flags; `defaults=False` leaves out every flag not given (to tell what the user set)."""
-        parser = argparse.ArgumentParser(description="Cosmos-Predict2 Video2World post-training")
+        # No abbreviations: `--hub_tok` would otherwise set the token under a spelling no redaction expects.
+        parser = argparse.ArgumentParser(description="Cosmos-Predict2 Video2World post-training", allow_abbrev=False)
         for f in dataclasses.fields(cls):
             # A None default is resolved from the preset or the device: the help text says how.
             shown = "" if f.default is None else " (default: %(default)s)"
@@ -546,5 +615,8 @@ class TrainConfig:
                 f"folder, or another) to continue it; a checkpoint never chooses what a run reads."
             )
         rebuilt = {name: stored[name] for name in RESUMED_FIELDS if name in stored}
+        taken = [f"--{name} {value}" for name, value in rebuilt.items() if name not in given]
+        # A received file's numbers are bounded like flags (`_check_values`) and listed, so none is taken unseen.
+        logging.getLogger(__name__).info("Taken from %s: %s", checkpoint, ", ".join(taken) or "nothing")
         rebuilt["output_dir"] = str(output_dir_of(checkpoint))
         return dataclasses.replace(config, **{**rebuilt, **given})

@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
+from huggingface_hub.utils import validate_repo_id
 
 from .config import redacted_command
 
@@ -124,12 +125,24 @@ class HubUploader:
 
     def __init__(self, config, base_model: str | None):
         self.config, self.base_model = config, base_model
-        self.api = HfApi(token=config.hub_token)  # None: the logged-in token
-        self.repo_id = config.hub_model_id or Path(config.output_dir).name
+        self.api = HfApi(token=config.hub_token)  # None: HF_TOKEN or the logged-in token
+        self.repo_id = self._create_repo(config.hub_model_id or Path(config.output_dir).name)
         self.command = redacted_command([Path(sys.argv[0]).name] + sys.argv[1:])
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-upload")
         self._pending: Future | None = None
         self.validation: dict | None = None  # the latest validation figures, for the card
+
+    def _create_repo(self, repo_id: str) -> str:
+        """Check the id and the token by creating the repo (or finding it), before any training: a typo or an
+        expired token fails in seconds, not after the run."""
+        try:
+            validate_repo_id(repo_id)
+            return self.api.create_repo(repo_id, private=self.config.hub_private, exist_ok=True).repo_id
+        except Exception as exc:  # any refusal of the Hub's (id, token, network): one line, before training
+            raise HubUploadError(
+                f"--push_to_hub: cannot create or reach the Hub repo {repo_id!r} ({str(exc).splitlines()[0]}); "
+                f"check --hub_model_id and log in with `hf auth login` (or set HF_TOKEN)."
+            ) from None
 
     def busy(self) -> bool:
         """Whether the previous upload is still running (a save then skips its own)."""
@@ -149,13 +162,13 @@ class HubUploader:
         self._pending = self._worker.submit(self._push, Path(folder), iteration)
 
     def _push(self, folder: Path, iteration: int) -> str:
-        repo_id = self.api.create_repo(self.repo_id, private=self.config.hub_private, exist_ok=True).repo_id
+        repo_id = self.repo_id
         # One commit of the folder's files, as `upload_folder` makes it, built here so the commit is the same
         # whichever transfer backend (hf_xet or LFS) is installed.
         operations = [
             CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
             for path in sorted(folder.rglob("*"))
-            if path.is_file()
+            if path.is_file() and not path.name.startswith(".")  # not the export's manifest
         ]
         self.api.create_commit(
             repo_id=repo_id, operations=operations, commit_message=f"Post-training: iteration {iteration}"
@@ -188,7 +201,8 @@ class HubUploader:
         if final is not None and failure is None:
             logger.info("Uploaded to https://huggingface.co/%s", final.result())
         if failure is not None:
+            private = " --private" if self.config.hub_private else ""
             raise HubUploadError(
                 f"The final upload of {folder} to {self.repo_id} failed ({str(failure).splitlines()[0]}); the export "
-                f"is complete on disk: upload it with `hf upload {self.repo_id} {folder} .`"
+                f"is complete on disk: upload it with `hf upload {self.repo_id} {folder} .{private}`"
             )

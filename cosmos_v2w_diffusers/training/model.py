@@ -42,9 +42,23 @@ def load_trainable_transformer(preset, config, compute_dtype: torch.dtype) -> Co
     with `--base_precision fp8` (`quantized_base.py`), and its adapter in fp32."""
     dtype = compute_dtype if config.train_architecture == "lora" else torch.float32
     transformer = load_transformer(preset, config.pretrained_model_name_or_path, dtype, **config.hub_kwargs())
+    source = config.pretrained_model_name_or_path or preset.hub_id or f"the {preset.name} base model"
     if config.dit_path:
         load_into_transformer(transformer, load_native_checkpoint(config.dit_path, config.load_ema), config.dit_path)
+        source = config.dit_path
+    check_finite_weights(transformer, source)
     return _as_trained(transformer, config)
+
+
+def check_finite_weights(transformer: torch.nn.Module, source: str) -> None:
+    """Refuse weights holding NaN/Inf as they load: a damaged file, not a learning rate, is then to blame (the
+    first step's loss would be NaN and the run would stop with advice to lower --learning_rate)."""
+    for name, tensor in transformer.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(
+                f"The weights of {source} hold NaN/Inf (e.g. {name}): the file is damaged; download or copy it "
+                f"again, or pass other weights."
+            )
 
 
 def meta_trainable_transformer(preset, config, compute_dtype: torch.dtype) -> CosmosTransformer3DModel:

@@ -58,6 +58,18 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, config) -> torch.optim.
     )
 
 
+def continue_linearly(lr_scheduler: torch.optim.lr_scheduler.LambdaLR, step: int, end: int) -> None:
+    """Make a restored schedule (now at `step`, with its learning rate then) fall linearly from that rate to 0 at
+    `end`: a schedule whose length changed on resume goes on without a jump. Constant schedules stay constant."""
+    if not isinstance(lr_scheduler, torch.optim.lr_scheduler.LambdaLR):
+        raise TypeError(f"cannot continue a {type(lr_scheduler).__name__}")
+    factors = [lr / base for lr, base in zip(lr_scheduler.get_last_lr(), lr_scheduler.base_lrs)]
+    constant = all(fn(step) == fn(step + 1) == fn(end) for fn in lr_scheduler.lr_lambdas)
+    lr_scheduler.lr_lambdas = [
+        (lambda s, f=f: f) if constant else (lambda s, f=f: f * max(0.0, (end - s) / (end - step))) for f in factors
+    ]
+
+
 def sanitize_gradients(params: list[torch.nn.Parameter]) -> None:
     """Set non-finite gradient entries to 0 before clipping, as NVIDIA's trainer does."""
     for p in params:

@@ -34,7 +34,7 @@ from ..data.demo_clips import demo_dataset_path
 from ..data.hf_dataset import hub_dataset_folder, load_video2world_dataset
 from ..data.latent_cache import build_latent_cache
 from ..data.samples import DrawSampler, Video2WorldTrainDataset
-from ..exports import export_final
+from ..exports import check_export_targets, export_final
 from ..latents import encode_video, use_channels_last_3d
 from ..objective import draw_training_randomness, video2world_loss
 from ..presets import get_preset
@@ -133,6 +133,14 @@ class Trainer:
         if self.lock:
             self.checkpointer.folder.remove_stale_temp_files()
         self.checkpointer.resume_point()  # before any model is loaded: a resume must come from the same run
+        # Where the exports and the upload go, checked before any model loads: a folder of the user's in the way,
+        # a bad repo id or token fails now, not after training.
+        self.base_pipeline = resolve_pretrained(self.preset, c.pretrained_model_name_or_path)  # exports take its parts
+        main = self.accelerator.is_main_process
+        if main:
+            check_export_targets(c, self.base_pipeline)
+        base_model = c.pretrained_model_name_or_path or self.preset.hub_id
+        self.uploader = HubUploader(c, base_model) if c.push_to_hub and main else None
         max_skipped = c.max_skipped_clips if c.max_skipped_clips is not None else max(1, len(table) // 10)
         self.guards = RunGuards(self.accelerator, c.output_dir, max_skipped)
 
@@ -206,11 +214,6 @@ class Trainer:
             self.device,
             self.accelerator.is_main_process,
         )
-        self.base_pipeline = resolve_pretrained(
-            self.preset, c.pretrained_model_name_or_path
-        )  # exports take its components
-        base_model = c.pretrained_model_name_or_path or self.preset.hub_id
-        self.uploader = HubUploader(c, base_model) if c.push_to_hub and self.accelerator.is_main_process else None
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -236,7 +239,7 @@ class Trainer:
         A non-finite loss on any rank skips the update (no optimizer or EMA step; the schedule still
         advances, so the draws of later steps are unchanged) and returns NaN for the caller to report.
         """
-        losses = []
+        losses, skip_backward = [], False
         for micro, batch in enumerate(micro_batches):
             with self.accelerator.accumulate(self.transformer):
                 if "latents" in batch:
@@ -259,9 +262,15 @@ class Trainer:
                         batch["t5_text_embeddings"].to(self.device),
                         draws.drop_text,
                     )
-                # Each rank of a context-parallel group holds the gradient of its own tokens only, and DDP
-                # averages over all ranks: scaling by cp makes that average the data-parallel mean.
-                self.accelerator.backward(loss * self.dims.cp)
+                # DeepSpeed's engine steps its optimizer inside `backward` at the step's last micro-batch, before
+                # the loss below is looked at: there a non-finite loss (on any rank) skips the backward of this and
+                # every later micro-batch of the step, so the engine never steps on it.
+                if self.dims.engine == "deepspeed" and not skip_backward:
+                    skip_backward = self._nonfinite_on_any_rank(loss, ran_backward=micro > 0)
+                if not skip_backward:
+                    # Each rank of a context-parallel group holds the gradient of its own tokens only, and DDP
+                    # averages over all ranks: scaling by cp makes that average the data-parallel mean.
+                    self.accelerator.backward(loss * self.dims.cp)
             losses.append(loss.detach())
         mean_loss = float(self.accelerator.reduce(torch.stack(losses).mean(), reduction="mean"))  # one host sync
         if math.isfinite(mean_loss):
@@ -274,6 +283,14 @@ class Trainer:
         if self.ema is not None and math.isfinite(mean_loss):
             self.ema.update(step)
         return mean_loss
+
+    def _nonfinite_on_any_rank(self, loss: torch.Tensor, ran_backward: bool) -> bool:
+        """Whether `loss` is NaN/Inf on any rank (a collective). Gradients already accumulated by this step's
+        earlier micro-batches are then dropped, so they cannot reach the next step either."""
+        bad = self.accelerator.reduce((~torch.isfinite(loss.detach())).float(), reduction="sum").item() > 0
+        if bad and ran_backward:
+            self.transformer.zero_grad()  # DeepSpeed's engine: clears its accumulated partitions
+        return bad
 
     def _autocast(self):
         """accelerate's autocast, except under DeepSpeed: there accelerate leaves precision to DeepSpeed,
