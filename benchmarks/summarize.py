@@ -8,6 +8,7 @@ One entry per row: `name`, `seconds` or `peak_gib`, `gpu`, `command`, `date`, pl
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -51,6 +52,16 @@ SCALING = {
         "train_step_2b_full_cached_fsdp2_2gpu": (None, None),
         "train_step_2b_full_cached_fsdp2_cp2_2gpu": (None, None),
     },
+}
+
+# Headline rows measured more than once (the same layout in several calls, each against its own call's one-GPU
+# run): the headline is the median of every run, and lists them all.
+REPEATS = {
+    "train_step_2b_full_cached_ddp_4gpu": (
+        "train_step_2b_full_cached_ddp_4gpu_3steps",
+        "train_step_2b_full_cached_ddp_4gpu_first_call",
+    ),
+    "train_step_2b_full_cached_fsdp2_4gpu": ("train_step_2b_full_cached_fsdp2_4gpu_2steps",),
 }
 
 # 14B full post-training on one 4-GPU host: GPU-seconds per clip, at most (must, goal). Any layout that fits.
@@ -122,6 +133,20 @@ GENERATION_KEYS = ("seconds", "num_gpus", "clips_per_step", "context_parallel_si
 GENERATION_14B_KEYS = GENERATION_KEYS + ("num_inference_steps", "seconds_per_step", "seconds_at_35_steps")
 
 
+def headline_medians(summary: list[dict]) -> None:
+    """Give each row of `REPEATS` the median efficiency of all its runs (itself and its repeats), the runs listed
+    under `runs`, and its must and goal judged on that median."""
+    rows = {row["name"]: row for row in summary}
+    for name, repeats in REPEATS.items():
+        headline = rows[name]
+        runs = [rows[run] for run in (name, *repeats)]
+        headline["runs"] = [{"name": r["name"], "efficiency": r["efficiency"], "result": r["result"]} for r in runs]
+        headline["efficiency"] = round(statistics.median(r["efficiency"] for r in runs), 3)
+        if headline.get("must") is not None:
+            headline["meets_must"] = headline["efficiency"] >= headline["must"]
+            headline["meets_goal"] = headline["efficiency"] >= headline["goal"]
+
+
 def main() -> None:
     summary = []
     for name, (file, key, must, goal) in ROWS.items():
@@ -181,6 +206,7 @@ def main() -> None:
             }
             | ({"note": WORKSTATION_NOTES[name]} if name in WORKSTATION_NOTES else {})
         )
+    headline_medians(summary)
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for row in summary:
         measured = row.get("efficiency", row.get("speedup", row.get("gpu_seconds_per_clip", row.get("seconds"))))

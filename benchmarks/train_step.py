@@ -193,12 +193,14 @@ def save_and_check_checkpoint(trainer: Trainer, iteration: int) -> dict:
     """Seconds to write checkpoint `iteration`, its size, and whether it holds every trainable tensor as an
     fp32 master, with its AdamW moments; the folder is deleted afterwards (a 2B checkpoint is ~36 GB)."""
     start = time.perf_counter()
-    trainer.save_checkpoint(iteration)
+    trainer._save(iteration, force=True)  # a collective: every rank saves, the main process writes
     seconds = time.perf_counter() - start
-    root = trainer.checkpoints.root
-    sizes = {part: trainer.checkpoints.path(part, iteration).stat().st_size / 2**30 for part in ("model", "optim")}
-    optim = torch.load(trainer.checkpoints.path("optim", iteration), weights_only=True, mmap=True)
-    model = torch.load(trainer.checkpoints.path("model", iteration), weights_only=True, mmap=True)
+    if not trainer.accelerator.is_main_process:
+        return {}
+    folder = trainer.checkpointer.folder
+    sizes = {part: folder.path(part, iteration).stat().st_size / 2**30 for part in ("model", "optim")}
+    optim = torch.load(folder.path("optim", iteration), weights_only=True, mmap=True)
+    model = torch.load(folder.path("model", iteration), weights_only=True, mmap=True)
     masters, moments = optim["master_weights"], optim["optimizer"]["state"]
     result = {
         "seconds": round(seconds, 1),
@@ -211,7 +213,7 @@ def save_and_check_checkpoint(trainer: Trainer, iteration: int) -> dict:
         "net_ema_tensors_fp32": sum(k.startswith("net_ema.") and v.dtype == torch.float32 for k, v in model.items()),
     }
     del optim, model, masters, moments
-    shutil.rmtree(root)
+    shutil.rmtree(folder.root)
     return result
 
 

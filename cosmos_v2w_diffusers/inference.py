@@ -17,11 +17,12 @@ from pathlib import Path
 import decord
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 import torch
 import torch.distributed as dist
 from diffusers import CosmosTransformer3DModel, FlowMatchEulerDiscreteScheduler
+from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
 from diffusers.utils import export_to_video
+from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from .allocator import set_allocator_defaults
@@ -35,10 +36,11 @@ from .compile import compile_blocks
 from .components import build_transformer, check_transformer_matches, resolve_pretrained
 from .context_parallel import enable_context_parallel
 from .data.folder import presented_frame_count
+from .exports import LORA_WEIGHTS_NAME
 from .generation_flags import NUM_FRAMES_BY_FPS, RESOLUTIONS, parse_args
 from .io_utils import read_regular_file
 from .latents import use_channels_last_3d
-from .pipeline import CosmosVideo2WorldPipeline, check_conditioning_frames, to_rgb
+from .pipeline import CosmosVideo2WorldPipeline, check_conditioning_frames, open_image
 from .presets import get_preset
 from .sample_shape import check_sample_shape, latent_shape, latent_tokens
 
@@ -73,11 +75,7 @@ def read_conditioning(path: str, num_frames: int = 5) -> tuple[PIL.Image.Image |
         raise FileNotFoundError(f"--input_path {file} does not exist.")
     suffix = file.suffix.lower()
     if suffix in IMAGE_EXTENSIONS:
-        try:
-            with PIL.Image.open(file) as image:
-                return to_rgb(PIL.ImageOps.exif_transpose(image)), None
-        except (OSError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError) as exc:
-            raise ValueError(f"--input_path {file} cannot be read as an image ({exc}).") from None
+        return open_image(file, "--input_path"), None
     if suffix in VIDEO_EXTENSIONS:
         try:
             reader = decord.VideoReader(str(file), ctx=decord.cpu(0))
@@ -120,12 +118,61 @@ def load_post_trained_weights(
     return state
 
 
+def check_lora_adapter(lora_path: str, preset) -> None:
+    """Refuse, before any model loads, a `--lora_path` adapter that does not fit the preset's transformer, or whose
+    metadata cannot be true of it: a rank its tensors do not have, an alpha that is not a positive number, DoRA
+    (its magnitude vectors are missing) or an initialisation that changes the base weights (PiSSA, OLoRA, ...),
+    which a plain base then gets wrong. diffusers would fail deep in PEFT, or apply the adapter at a wrong scale."""
+    path = Path(lora_path)
+    file = path / LORA_WEIGHTS_NAME if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"--lora_path {file} does not exist: pass <output_dir>/lora or its .safetensors file.")
+    try:
+        with safe_open(file, "pt") as f:
+            metadata = f.metadata() or {}
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+        adapter = json.loads(metadata.get(LORA_ADAPTER_METADATA_KEY) or "{}")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"--lora_path {file} is not a readable LoRA safetensors file ({exc}).") from None
+    modules = dict(build_transformer(preset, device="meta").named_modules())
+    ranks = set()
+    for key, shape in shapes.items():
+        name, _, part = key.removeprefix("transformer.").rpartition(".lora_")
+        module = modules.get(name)
+        if part not in ("A.weight", "B.weight") or not isinstance(module, torch.nn.Linear) or len(shape) != 2:
+            raise ValueError(f"--lora_path {file}: {key} is not a LoRA weight of the {preset.name} transformer.")
+        expected = (shape[0], module.in_features) if part == "A.weight" else (module.out_features, shape[1])
+        if shape != expected:
+            raise ValueError(
+                f"--lora_path {file}: {key} has shape {list(shape)}, but {name} of the {preset.name} transformer "
+                f"needs {list(expected)}: the adapter is for another model (pass its --model_size)."
+            )
+        ranks.add(shape[0] if part == "A.weight" else shape[1])
+    rank, alpha = adapter.get("transformer.r"), adapter.get("transformer.lora_alpha")
+    init = adapter.get("transformer.init_lora_weights", True)
+    problem = (
+        f"says rank {rank!r}, its tensors have rank {sorted(ranks)}"
+        if rank is not None and (type(rank) is not int or {rank} != ranks)
+        else f"says alpha {alpha!r}, not a positive number"
+        if alpha is not None and not (type(alpha) in (int, float) and 0 < alpha < float("inf"))
+        else "is a DoRA adapter"
+        if adapter.get("transformer.use_dora")
+        else f"was initialised with {init!r}, which changes the base weights"
+        if init not in (True, False, "gaussian")
+        else None
+    )
+    if problem:
+        raise ValueError(f"--lora_path {file}: its metadata {problem}; only plain LoRA adapters are loaded.")
+
+
 def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
     preset = get_preset(args.model_size)
     weights = load_post_trained_weights(args.dit_path, args.load_ema, args.model_size) if args.dit_path else None
-    if args.lora_path and not Path(args.lora_path).exists():
-        raise FileNotFoundError(f"--lora_path {args.lora_path} does not exist.")
+    if args.lora_path:
+        check_lora_adapter(args.lora_path, preset)
     device = process_device(args.num_gpus)
+    if args.offload_model and device.type != "cuda":  # diffusers' model offload needs an accelerator
+        raise ValueError("--offload_model moves each model to the GPU as it runs, and there is no GPU here: drop it.")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     kwargs = {"dtype": dtype, "disable_guardrail": args.disable_guardrail}
     if args.scheduler == "euler":

@@ -18,10 +18,12 @@ The denoiser is `preconditioning.denoise`, the very function the training loss c
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
 import torch.distributed as dist
 from diffusers import (
@@ -80,6 +82,16 @@ def check_conditioning_frames(
             f"{source} has {available} frames, fewer than {argument}={num_conditional_frames}: pass a longer video, "
             f"or condition on its last frame ({argument}=1)."
         )
+
+
+def open_image(path: str | Path, flag: str) -> PIL.Image.Image:
+    """The image at `path` as 8-bit RGB, turned as its EXIF orientation says (as a viewer shows it); a one-line
+    `ValueError` naming `flag` for a file PIL cannot read or a decompression bomb (PIL's pixel limit)."""
+    try:
+        with PIL.Image.open(path) as image:
+            return to_rgb(PIL.ImageOps.exif_transpose(image))
+    except (OSError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError) as exc:
+        raise ValueError(f"{flag} {path} cannot be read as an image ({exc}).") from None
 
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:

@@ -9,11 +9,14 @@ changes its file signature and with it the fingerprint.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 from pathlib import Path
+from typing import Iterator
 
 import datasets
 import numpy as np
@@ -72,6 +75,30 @@ def _add_embeddings(batch: dict, tokenizer, text_encoder, max_length: int, embed
     return {T5_COLUMN: embeddings}
 
 
+class CacheFullError(ValueError):
+    """datasets' cache ran out of space; the message names the folder and `HF_DATASETS_CACHE`."""
+
+
+@contextlib.contextmanager
+def reported_cache_space(cache_dir: str | os.PathLike | None) -> Iterator[None]:
+    """Turn running out of space in datasets' cache into one line naming the folder and `HF_DATASETS_CACHE`.
+    datasets wraps the `OSError` of a table it generates in its own `DatasetGenerationError`, so the cause is
+    looked for down the exception's chain."""
+    try:
+        yield
+    except Exception as exc:
+        cause = exc
+        while cause is not None and not (isinstance(cause, OSError) and cause.errno == errno.ENOSPC):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        where = cache_dir or datasets.config.HF_DATASETS_CACHE
+        raise CacheFullError(
+            f"No space left in datasets' cache {where}: free space there, or set HF_DATASETS_CACHE to a folder on a "
+            f"larger disk; then run the same command again."
+        ) from None
+
+
 def load_video2world_dataset(
     dataset_path: str | os.PathLike,
     num_frames: int = 93,
@@ -118,26 +145,29 @@ def load_video2world_dataset(
         t5_path=datasets.Value("string"),
     )
     signatures = [file_signature(r["video_path"]) + "|" + file_signature(r["t5_path"]) for r in rows]
-    table = datasets.Dataset.from_generator(
-        _yield_rows,
-        gen_kwargs=dict(rows=rows, signatures=signatures),
-        features=features,
-        cache_dir=str(cache_dir) if cache_dir else None,
-    )
-    identity = json.dumps([rows, signatures, _encoder_identity(tokenizer, text_encoder), max_text_tokens, embed_dim])
-    return table.map(
-        _add_embeddings,
-        batched=True,
-        batch_size=batch_size,
-        fn_kwargs=dict(
-            tokenizer=tokenizer, text_encoder=text_encoder, max_length=max_text_tokens, embed_dim=embed_dim
-        ),
-        features=datasets.Features(
-            {**features, T5_COLUMN: datasets.Array2D(shape=(None, embed_dim), dtype="float16")}
-        ),
-        new_fingerprint=hashlib.sha256(identity.encode()).hexdigest()[:16],
-        desc="T5 embeddings",
-    )
+    with reported_cache_space(cache_dir):  # both write Arrow files there
+        table = datasets.Dataset.from_generator(
+            _yield_rows,
+            gen_kwargs=dict(rows=rows, signatures=signatures),
+            features=features,
+            cache_dir=str(cache_dir) if cache_dir else None,
+        )
+        identity = json.dumps(
+            [rows, signatures, _encoder_identity(tokenizer, text_encoder), max_text_tokens, embed_dim]
+        )
+        return table.map(
+            _add_embeddings,
+            batched=True,
+            batch_size=batch_size,
+            fn_kwargs=dict(
+                tokenizer=tokenizer, text_encoder=text_encoder, max_length=max_text_tokens, embed_dim=embed_dim
+            ),
+            features=datasets.Features(
+                {**features, T5_COLUMN: datasets.Array2D(shape=(None, embed_dim), dtype="float16")}
+            ),
+            new_fingerprint=hashlib.sha256(identity.encode()).hexdigest()[:16],
+            desc="T5 embeddings",
+        )
 
 
 def hub_dataset_folder(repo_id: str, cache_dir: str | None = None) -> str:

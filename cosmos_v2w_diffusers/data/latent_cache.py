@@ -27,7 +27,7 @@ from diffusers import AutoencoderKLWan
 
 from ..latents import encode_video
 from ..sample_shape import latent_shape
-from .hf_dataset import file_signature, weights_hash
+from .hf_dataset import file_signature, reported_cache_space, weights_hash
 from .samples import read_frames, resize_frames
 
 
@@ -91,20 +91,23 @@ def build_latent_cache(
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     source = datasets.Dataset.from_dict(windows)
     before = set(cache_file.parent.iterdir())
-    try:
-        return source.map(
-            _encode_windows,
-            batched=True,
-            batch_size=batch_size,
-            # Each row is tens of MB: write them out a few at a time instead of datasets' 1,000.
-            writer_batch_size=8,
-            fn_kwargs=dict(vae=vae, num_frames=num_frames, height=height, width=width),
-            features=datasets.Features({**source.features, "latents": datasets.Array4D(shape=shape, dtype="float32")}),
-            new_fingerprint=fingerprint,
-            cache_file_name=str(cache_file),
-            desc="Encoding latent windows",
-        )
-    except OSError:  # a full disk, say: datasets leaves its partial files behind, and they are ours to remove
-        for path in set(cache_file.parent.iterdir()) - before:
-            path.unlink(missing_ok=True)
-        raise
+    with reported_cache_space(cache_dir):
+        try:
+            return source.map(
+                _encode_windows,
+                batched=True,
+                batch_size=batch_size,
+                # Each row is tens of MB: write them out a few at a time instead of datasets' 1,000.
+                writer_batch_size=8,
+                fn_kwargs=dict(vae=vae, num_frames=num_frames, height=height, width=width),
+                features=datasets.Features(
+                    {**source.features, "latents": datasets.Array4D(shape=shape, dtype="float32")}
+                ),
+                new_fingerprint=fingerprint,
+                cache_file_name=str(cache_file),
+                desc="Encoding latent windows",
+            )
+        except Exception:  # a full disk, say: datasets leaves its partial files behind, and they are ours to remove
+            for path in set(cache_file.parent.iterdir()) - before:
+                path.unlink(missing_ok=True)
+            raise

@@ -394,6 +394,11 @@ class TrainConfig:
             if value is not None and not (low <= value <= high and (low_allowed or value > low)):
                 side = "at least" if low_allowed else "more than"
                 raise ValueError(f"--{name} must be {side} {low:g} and at most {high:g}, got {value}.")
+        if self.dataset_path and not Path(self.dataset_path).is_dir():  # is_dir: False for a symlink loop too
+            raise ValueError(
+                f"--dataset_path {self.dataset_path} is not a folder (missing, a file, or a link that loops): pass the "
+                f"folder holding videos/ and metas/."
+            )
         if self.revision and self.pretrained_model_name_or_path and Path(self.pretrained_model_name_or_path).is_dir():
             raise ValueError(
                 f"--revision {self.revision}: --pretrained_model_name_or_path {self.pretrained_model_name_or_path} is "

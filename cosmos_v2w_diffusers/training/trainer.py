@@ -52,7 +52,7 @@ from .parallel import default_mixed_precision, prepare_for_wrapping
 from .parallel_dims import ParallelDims
 from .run_lock import RunLock
 from .state import train_state
-from .validation import Validator
+from .validation import Validator, read_validation_inputs
 
 # accelerate's logger: the main process logs (per-rank facts say `main_process_only=False`).
 logger = get_logger(__name__)
@@ -139,6 +139,7 @@ class Trainer:
         main = self.accelerator.is_main_process
         if main:
             check_export_targets(c, self.base_pipeline)
+        validation_inputs = read_validation_inputs(c, table[0]["video_path"]) if c.validation_prompt and main else None
         base_model = c.pretrained_model_name_or_path or self.preset.hub_id
         self.uploader = HubUploader(c, base_model) if c.push_to_hub and main else None
         max_skipped = c.max_skipped_clips if c.max_skipped_clips is not None else max(1, len(table) // 10)
@@ -209,7 +210,7 @@ class Trainer:
             c,
             self.preset,
             self.vae,
-            table[0]["video_path"],
+            validation_inputs,
             self.compute_dtype,
             self.device,
             self.accelerator.is_main_process,
@@ -380,7 +381,14 @@ class Trainer:
         state = self.accelerator.get_state_dict(self.transformer)
         ema = self._gathered_ema()
         if self.accelerator.is_main_process:
-            export_dir = export_final(self._unwrapped(), state, ema, c, self.base_pipeline)
+            try:
+                export_dir = export_final(self._unwrapped(), state, ema, c, self.base_pipeline)
+            except KeyboardInterrupt:  # Ctrl-C: each export folder is swapped in whole, so the last one stands
+                self.preempted = True
+                logger.warning(
+                    "Stopped while exporting; earlier exports are as they were. Run the same command again."
+                )
+                return self.history
             if self.uploader:
                 self.uploader.finish(export_dir, c.max_iter)
         self.accelerator.wait_for_everyone()

@@ -19,7 +19,7 @@ from diffusers.utils import export_to_video
 from torchvision.transforms.v2 import functional as TF
 
 from ..components import load_text_encoder, load_transformer, resolve_pretrained
-from ..pipeline import DEFAULT_NEGATIVE_PROMPT, CosmosVideo2WorldPipeline, to_rgb
+from ..pipeline import DEFAULT_NEGATIVE_PROMPT, CosmosVideo2WorldPipeline, open_image
 from ..scheduler import CosmosMultistepScheduler
 from ..text_encoding import embed_prompts
 from ..video_metrics import psnr, ssim
@@ -28,9 +28,31 @@ from .model import apply_lora
 logger = logging.getLogger(__name__)
 
 
+def read_validation_inputs(config, first_clip: str) -> tuple[PIL.Image.Image, torch.Tensor | None]:
+    """The image validation continues, and the held-out clip's frames (`read_clip`; None without
+    `--validation_video`): read before any model loads, so a bad file is a one-line error naming its flag."""
+    num_frames = config.validation_num_frames or config.num_frames
+    video = config.validation_video
+    real = read_clip(video, num_frames, config.height, config.width) if video else None
+    if config.validation_image:
+        return open_image(config.validation_image, "--validation_image"), real
+    # the first frame of the held-out clip, or of the first training clip
+    return PIL.Image.fromarray(_reader(video or first_clip)[0].asnumpy()), real
+
+
+def _reader(path: str) -> decord.VideoReader:
+    try:
+        return decord.VideoReader(path, ctx=decord.cpu(0))
+    except (decord.DECORDError, RuntimeError) as exc:
+        raise ValueError(
+            f"--validation_video {path} cannot be decoded as a video ({str(exc).splitlines()[0][:200]}); pass an "
+            f"mp4 clip."
+        ) from None
+
+
 def read_clip(path: str, num_frames: int, height: int, width: int) -> torch.Tensor:
     """The first `num_frames` frames of a clip, resized as training samples are: float `[T, 3, H, W]` in [0, 1]."""
-    reader = decord.VideoReader(path, ctx=decord.cpu(0))
+    reader = _reader(path)
     if len(reader) < num_frames:
         raise ValueError(
             f"--validation_video {path} has {len(reader)} frames; it needs {num_frames} (--validation_num_frames)."
@@ -49,7 +71,7 @@ class Validator:
         config,
         preset,
         vae,
-        first_clip: str,
+        inputs: tuple[PIL.Image.Image, torch.Tensor | None] | None,
         compute_dtype: torch.dtype,
         device: torch.device,
         is_main_process: bool,
@@ -62,12 +84,7 @@ class Validator:
         self.device, self.dtype = device, compute_dtype
         self.num_frames = c.validation_num_frames or c.num_frames
         self.folder = Path(c.output_dir) / "validation"
-        self.real = read_clip(c.validation_video, self.num_frames, c.height, c.width) if c.validation_video else None
-        if c.validation_image:
-            self.image = to_rgb(PIL.Image.open(c.validation_image))
-        else:  # the first frame of the held-out clip, or of the first training clip
-            source = c.validation_video or first_clip
-            self.image = PIL.Image.fromarray(decord.VideoReader(source, ctx=decord.cpu(0))[0].asnumpy())
+        self.image, self.real = inputs
         # The prompts are encoded once; the text encoder is freed right after (T5-XXL is 11B parameters).
         pretrained = resolve_pretrained(preset, c.pretrained_model_name_or_path)
         tokenizer, encoder = load_text_encoder(pretrained, torch.float32, **c.hub_kwargs())
