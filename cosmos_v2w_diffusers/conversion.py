@@ -109,8 +109,10 @@ def lora_native_to_diffusers(path: Path, output: Path, use_ema: bool = False) ->
     # diffusers' converter maps the module names; PEFT's adapter name is dropped as diffusers' files do.
     renamed = from_native_state_dict({"net." + k[len(prefix) :]: v for k, v in lora.items()})
     layers = {k.replace(_PEFT_ADAPTER, ""): v for k, v in renamed.items()}
-    output.mkdir(parents=True, exist_ok=True)
     name = LORA_EMA_WEIGHTS_NAME if use_ema else LORA_WEIGHTS_NAME
+    if (output / name).exists() or (output / name).is_symlink():  # perhaps the only copy of someone's adapter
+        raise ValueError(f"--output {output / name} already exists; pass a new folder, or move the file away first.")
+    output.mkdir(parents=True, exist_ok=True)
     CosmosLoraLoaderMixin.save_lora_weights(
         output,
         transformer_lora_layers=layers,

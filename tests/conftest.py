@@ -97,6 +97,19 @@ def launch_training(
     return result.stderr
 
 
+def cli_error(monkeypatch, script: str, *args: str) -> str:
+    """Run `script` (a CLI at the repository's top) in this process with `args`; assert that it exits with one
+    line starting `error: `, and return that line."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO / script), run_name="__main__")
+    message = str(exit_info.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
 def before_each_forward(monkeypatch, hook) -> None:
     """Call `hook(n)` before the trainer's n-th training forward (0-based; `gradient_accumulation_steps` of
     them per optimizer step): a way into a running loop through what it calls, not through its internals."""

@@ -7,7 +7,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +16,15 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import ONE_CPU_PROCESS, PROMPT, accelerate_launch, endless_run_flags, tiny_config, torchrun
+from conftest import (
+    ONE_CPU_PROCESS,
+    PROMPT,
+    accelerate_launch,
+    cli_error,
+    endless_run_flags,
+    tiny_config,
+    torchrun,
+)
 
 from cosmos_v2w_diffusers import load_video2world_dataset
 from cosmos_v2w_diffusers.data.folder import (
@@ -166,7 +173,10 @@ def test_convert_never_deletes_a_folder_it_did_not_write(tiny_run, tmp_path):
     export = tmp_path / "export"
     assert convert.main(["to_diffusers", "--input", str(native), "--output", str(export)]) == 0
     assert convert.main(["to_diffusers", "--input", str(native), "--output", str(export)]) == 0  # our own: replaced
-    assert sorted(p.name for p in export.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert sorted(p.name for p in export.iterdir() if not p.name.startswith(".")) == [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ]
     released = tmp_path / "released.pt"  # the user's only copy of a checkpoint is never overwritten
     released.write_bytes(b"weights")
     assert convert.main(["to_native", "--input", str(export), "--output", str(released)]) == 1
@@ -493,17 +503,6 @@ def test_a_read_only_mount_and_a_full_disk_are_one_line_from_prepare_data(prepar
         subprocess.run(["umount", str(small)], capture_output=True)
 
 
-def _cli_error(monkeypatch, script: str, *args: str) -> str:
-    import runpy
-
-    monkeypatch.setattr(sys, "argv", [script, *args])
-    with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(REPO / script), run_name="__main__")
-    message = str(exit_info.value.code)
-    assert message.startswith("error: ") and "\n" not in message, message
-    return message
-
-
 def test_bad_run_folders_and_checkpoints_are_one_line_errors(tiny_run, prepared_dataset, tmp_path, monkeypatch):
     a_file = tmp_path / "not_a_folder"
     a_file.write_text("x")
@@ -517,18 +516,18 @@ def test_bad_run_folders_and_checkpoints_are_one_line_errors(tiny_run, prepared_
         "--max_iter",
         "1",
     ]
-    assert "not_a_folder" in _cli_error(monkeypatch, "train_video2world.py", *flags, "--output_dir", str(a_file))
+    assert "not_a_folder" in cli_error(monkeypatch, "train_video2world.py", *flags, "--output_dir", str(a_file))
 
     garbage = tmp_path / "garbage"
     (garbage / "checkpoints").mkdir(parents=True)
     (garbage / "checkpoints" / "latest_checkpoint.txt").write_bytes(os.urandom(5000))
-    assert "latest_checkpoint.txt is not a short text file" in _cli_error(
+    assert "latest_checkpoint.txt is not a short text file" in cli_error(
         monkeypatch, "train_video2world.py", *flags, "--output_dir", str(garbage)
     )
 
     lone = tmp_path / "iter_000000001.pt"
     shutil.copy(tiny_run / "checkpoints" / "trainer" / "iter_000000001.pt", lone)
-    assert "a checkpoint file lives in" in _cli_error(
+    assert "a checkpoint file lives in" in cli_error(
         monkeypatch, "train_video2world.py", "--resume_from_checkpoint", str(lone)
     )
 
@@ -547,7 +546,7 @@ def test_bad_generation_inputs_are_one_line_errors_before_any_model_loads(tmp_pa
     (hostile / "config.json").write_text(json.dumps(TINY.transformer_config))
     (hostile / "diffusion_pytorch_model.safetensors").write_bytes((2**62).to_bytes(8, "little") + b"{}")
     assert convert.main(["to_native", "--input", str(hostile), "--output", str(tmp_path / "x.pt")]) == 1
-    _cli_error(
+    cli_error(
         monkeypatch,
         "infer_video2world.py",
         "--model_size",

@@ -396,8 +396,8 @@ class TrainConfig:
                 raise ValueError(f"--{name} must be {side} {low:g} and at most {high:g}, got {value}.")
         if self.dataset_path and not Path(self.dataset_path).is_dir():  # is_dir: False for a symlink loop too
             raise ValueError(
-                f"--dataset_path {self.dataset_path} is not a folder (missing, a file, or a link that loops): pass the "
-                f"folder holding videos/ and metas/."
+                f"--dataset_path {self.dataset_path} is not a folder (missing, a file, or a link that loops): pass "
+                f"the folder holding videos/ and metas/."
             )
         if self.revision and self.pretrained_model_name_or_path and Path(self.pretrained_model_name_or_path).is_dir():
             raise ValueError(
@@ -548,10 +548,10 @@ class TrainConfig:
             raise ValueError("--low_vram offloads what full recompute keeps: drop --activation_checkpointing.")
         if c.validation_num_frames is not None and (c.validation_num_frames - 1) % 4:
             raise ValueError(f"--validation_num_frames must be 4k+1, got {c.validation_num_frames}.")
-        if c.lr_scheduler != "nvidia" and c.lr_warmup_steps >= c.lr_decay_steps:
+        if c.lr_warmup_steps >= min(c.max_iter, c.lr_decay_steps):
             raise ValueError(
-                f"--lr_warmup_steps {c.lr_warmup_steps} is not shorter than the schedule's {c.lr_decay_steps} steps: "
-                f"the learning rate would never reach its peak; shorten the warm-up."
+                f"--lr_warmup_steps {c.lr_warmup_steps} is not shorter than the run's {c.max_iter} steps: the "
+                f"learning rate would never reach its peak; shorten the warm-up."
             )
         if c.lr_decay_steps < c.max_iter and c.lr_scheduler not in ("constant", "constant_with_warmup"):
             raise ValueError(
