@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -148,21 +149,25 @@ def check_lora_adapter(lora_path: str, preset) -> None:
                 f"needs {list(expected)}: the adapter is for another model (pass its --model_size)."
             )
         ranks.add(shape[0] if part == "A.weight" else shape[1])
-    rank, alpha = adapter.get("transformer.r"), adapter.get("transformer.lora_alpha")
-    init = adapter.get("transformer.init_lora_weights", True)
-    problem = (
-        f"says rank {rank!r}, its tensors have rank {sorted(ranks)}"
-        if rank is not None and (type(rank) is not int or {rank} != ranks)
-        else f"says alpha {alpha!r}, not a positive number"
-        if alpha is not None and not (type(alpha) in (int, float) and 0 < alpha < float("inf"))
-        else "is a DoRA adapter"
-        if adapter.get("transformer.use_dora")
-        else f"was initialised with {init!r}, which changes the base weights"
-        if init not in (True, False, "gaussian")
-        else None
-    )
+    problem = _adapter_metadata_problem(adapter, ranks)
     if problem:
         raise ValueError(f"--lora_path {file}: its metadata {problem}; only plain LoRA adapters are loaded.")
+
+
+def _adapter_metadata_problem(adapter: dict, ranks: set[int]) -> str | None:
+    """What in a LoRA file's adapter metadata (diffusers' `transformer.*` keys) cannot be true of an adapter whose
+    tensors have `ranks`, or None."""
+    rank, alpha = adapter.get("transformer.r"), adapter.get("transformer.lora_alpha")
+    init = adapter.get("transformer.init_lora_weights", True)
+    if rank is not None and (type(rank) is not int or {rank} != ranks):
+        return f"says rank {rank!r}, its tensors have rank {sorted(ranks)}"
+    if alpha is not None and not (type(alpha) in (int, float) and 0 < alpha < math.inf):
+        return f"says alpha {alpha!r}, not a positive number"
+    if adapter.get("transformer.use_dora"):
+        return "is a DoRA adapter"
+    if init not in (True, False, "gaussian"):
+        return f"was initialised with {init!r}, which changes the base weights"
+    return None
 
 
 def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:

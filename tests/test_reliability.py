@@ -172,7 +172,7 @@ class _RunsCode:
 @pytest.mark.parametrize("part", ["model", "optim", "scheduler", "trainer"])
 def test_a_hostile_pickle_in_any_checkpoint_part_is_refused_with_its_name(prepared_dataset, tmp_path, part, capsys):
     out = tmp_path / "run"
-    Trainer(tiny_config(prepared_dataset, out, max_iter=1, save_iter=1)).train()
+    Trainer(tiny_config(prepared_dataset, out, max_iter=1, save_iter=1, lr_decay_steps=2)).train()  # lr left
     target = out / "checkpoints" / part / "iter_000000001.pt"
     torch.save({"payload": _RunsCode()}, target)
     capsys.readouterr()
@@ -185,7 +185,7 @@ def test_resume_restores_rng_states_from_plain_tensors(prepared_dataset, tmp_pat
     import random
 
     out = tmp_path / "run"
-    Trainer(tiny_config(prepared_dataset, out, max_iter=1, save_iter=1)).train()
+    Trainer(tiny_config(prepared_dataset, out, max_iter=1, save_iter=1, lr_decay_steps=2)).train()  # lr left
     saved = torch.load(out / "checkpoints" / "trainer" / "iter_000000001.pt", weights_only=True)["rng"]
     random.random(), np.random.rand(), torch.rand(1)  # move every generator on
     Trainer(tiny_config(prepared_dataset, out, max_iter=2))
