@@ -148,11 +148,24 @@ def load_transformer(
     """Load the transformer and check that it is the preset's architecture. `hub_kwargs`: `revision`, `variant`,
     `cache_dir`, as `from_pretrained` takes them."""
     source = resolve_pretrained(preset, pretrained_model_name_or_path)
-    transformer = CosmosTransformer3DModel.from_pretrained(
-        source, subfolder="transformer", dtype=torch_dtype, **hub_kwargs
-    )
+    transformer = load_weights(CosmosTransformer3DModel, source, "transformer", dtype=torch_dtype, **hub_kwargs)
     check_transformer_matches(transformer, preset, source)
     return transformer
+
+
+def load_weights(model_class, source: str, subfolder: str, **kwargs):
+    """`model_class.from_pretrained(source, subfolder=...)` from safetensors only: where a file is missing,
+    diffusers and transformers fall back to a pickled `.bin`, which can run code as it loads. A missing `variant`
+    is one line naming `--variant`."""
+    try:
+        return model_class.from_pretrained(source, subfolder=subfolder, use_safetensors=True, **kwargs)
+    except OSError as exc:
+        if not kwargs.get("variant"):
+            raise
+        raise ValueError(
+            f"--variant {kwargs['variant']}: {source} has no {subfolder} weights of that variant "
+            f"({str(exc).splitlines()[0][:200]}); pass the variant its files have, or drop --variant."
+        ) from None
 
 
 _ARCHITECTURE_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "in_channels", "text_embed_dim")
@@ -196,7 +209,7 @@ def load_vae(
     **hub_kwargs,
 ) -> AutoencoderKLWan:
     source = resolve_pretrained(preset, pretrained_model_name_or_path)
-    return AutoencoderKLWan.from_pretrained(source, subfolder="vae", dtype=torch_dtype, **hub_kwargs)
+    return load_weights(AutoencoderKLWan, source, "vae", dtype=torch_dtype, **hub_kwargs)
 
 
 def load_text_encoder(
@@ -216,8 +229,8 @@ def load_text_encoder(
     tokenizer = T5TokenizerFast.from_pretrained(
         name_or_path, subfolder=subfolder.get("tokenizer", ""), **_without_variant(hub_kwargs)
     )
-    encoder = T5EncoderModel.from_pretrained(
-        name_or_path, subfolder=subfolder.get("text_encoder", ""), dtype=torch_dtype, **hub_kwargs
+    encoder = load_weights(
+        T5EncoderModel, name_or_path, subfolder.get("text_encoder", ""), dtype=torch_dtype, **hub_kwargs
     )
     encoder.eval().requires_grad_(False)
     return tokenizer, encoder

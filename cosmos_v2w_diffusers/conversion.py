@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from .checkpoint_format import (
 from .exports import (
     LORA_EMA_WEIGHTS_NAME,
     LORA_WEIGHTS_NAME,
-    WEIGHTS_NAME,
+    read_weights,
     write_diffusers_transformer,
 )
 from .io_utils import atomic_write, current_umask
@@ -56,17 +57,34 @@ def _save_pt(tensors: dict[str, torch.Tensor], path: Path) -> None:
         torch.save(tensors, f)
 
 
-def native_to_diffusers(path: Path, output: Path, use_ema: bool = False) -> Path:
+def native_to_diffusers(path: Path, output: Path, use_ema: bool = False, dtype: torch.dtype = torch.bfloat16) -> Path:
     weights = load_native_checkpoint(path, use_ema)
     config = _preset_config(weights, str(path))
     with torch.device("meta"):
         transformer = CosmosTransformer3DModel(**config)
-    return write_diffusers_transformer(output, transformer, weights)
+    return write_diffusers_transformer(output, transformer, weights, dtype)
+
+
+def transformer_from_single_file(
+    path: str | Path, use_ema: bool = False, dtype: torch.dtype = torch.bfloat16
+) -> CosmosTransformer3DModel:
+    """diffusers' `CosmosTransformer3DModel.from_single_file` on a native `.pt` of ours (or NVIDIA's), without a
+    `config=`: the model size is read from the tensors' shapes. diffusers alone maps every Cosmos-Predict2 file to
+    the 2B or 14B Hub config (a download, and wrong for the tiny preset), and its converter reads `net.*` only,
+    so with `use_ema` the `net_ema.*` weights are handed to it under those names."""
+    config = _preset_config(load_native_checkpoint(path, use_ema), str(path))
+    native = torch.load(path, map_location="cpu", weights_only=True)  # read and checked above
+    native = native.get("model", native) if isinstance(native.get("model"), dict) else native
+    prefix = "net_ema." if use_ema else "net."
+    weights = {"net." + k[len(prefix) :]: v for k, v in native.items() if k.startswith(prefix)}
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "config.json").write_text(json.dumps({"_class_name": "CosmosTransformer3DModel", **config}))
+        return CosmosTransformer3DModel.from_single_file(weights, config=folder, torch_dtype=dtype)
 
 
 def diffusers_to_native(folder: Path, output: Path) -> Path:
     config = CosmosTransformer3DModel.load_config(folder)
-    weights = load_file(folder / WEIGHTS_NAME)
+    weights = read_weights(folder)
     _save_pt(to_native_state_dict(weights, argparse.Namespace(**config)), output)
     return output
 

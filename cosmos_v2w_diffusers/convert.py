@@ -22,16 +22,33 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 
+# subcommand -> (what it reads, what it writes, whether it takes --load_ema, whether it takes --dtype)
+SUBCOMMANDS = {
+    "to_diffusers": ("a native iter_N.pt (ours or NVIDIA's)", "a diffusers transformer folder", True, True),
+    "to_native": ("a diffusers transformer folder", "a native .pt file", False, False),
+    "lora_to_diffusers": ("a native LoRA checkpoint's model/iter_N.pt", "a diffusers LoRA folder", True, False),
+    "lora_to_native": ("a diffusers LoRA .safetensors file", "a native .pt file", False, False),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument(
-        "direction",
-        choices=["to_diffusers", "to_native", "lora_to_diffusers", "lora_to_native"],
-        help="what to convert (see the module docstring)",
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
-    parser.add_argument("--input", required=True, help="a native .pt, a diffusers folder, or a LoRA .safetensors")
-    parser.add_argument("--output", required=True, help="the folder or .pt file to write")
-    parser.add_argument("--load_ema", action="store_true", help="from a native file: take the net_ema.* weights")
+    subcommands = parser.add_subparsers(dest="direction", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
+    for name, (reads, writes, ema, dtype) in SUBCOMMANDS.items():
+        sub = subcommands.add_parser(name, help=f"{reads} -> {writes}", allow_abbrev=False)
+        sub.add_argument("--input", required=True, help=reads)
+        sub.add_argument("--output", required=True, help=f"{writes} (a new one: nothing is overwritten)")
+        if ema:
+            sub.add_argument("--load_ema", action="store_true", help="take the net_ema.* weights")
+        if dtype:
+            sub.add_argument(
+                "--dtype",
+                choices=["bf16", "fp32"],
+                default="bf16",
+                help="the weights' dtype (default: %(default)s, what the model runs in; the EMA is fp32 in the .pt)",
+            )
     args = parser.parse_args(argv)  # before the heavy imports below, so `--help` answers at once
     from safetensors import SafetensorError
 
@@ -41,12 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         lora_native_to_diffusers,
         native_to_diffusers,
     )
+    from .exports import EXPORT_DTYPES
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     source, output = Path(args.input), Path(args.output)
     try:
         if args.direction == "to_diffusers":
-            written = native_to_diffusers(source, output, args.load_ema)
+            written = native_to_diffusers(source, output, args.load_ema, EXPORT_DTYPES[args.dtype])
         elif args.direction == "to_native":
             written = diffusers_to_native(source, output)
         elif args.direction == "lora_to_diffusers":

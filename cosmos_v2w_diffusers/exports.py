@@ -10,6 +10,7 @@ replaces the Euler scheduler with NVIDIA's sampler on load.
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import os
 from pathlib import Path
@@ -17,8 +18,9 @@ from pathlib import Path
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.loaders.lora_pipeline import CosmosLoraLoaderMixin
+from huggingface_hub import split_torch_state_dict_into_shards
 from peft.utils import get_peft_model_state_dict
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from .components import write_stock_model_index
 from .io_utils import check_replaceable, copy_regular_file, publish_folder
@@ -39,16 +41,65 @@ BASE_COMPONENTS = ("text_encoder", "tokenizer", "vae")
 BASE_FILE_PATTERNS = ("*.json", "*.safetensors", "*.model", "vocab.txt", "merges.txt")
 
 
-def write_diffusers_transformer(folder: Path, transformer, state_dict: dict[str, torch.Tensor]) -> Path:
-    """A `from_pretrained`-able transformer folder from a (gathered) state dict.
+WEIGHTS_INDEX_NAME = WEIGHTS_NAME + ".index.json"
+EXPORT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# diffusers' `save_pretrained` default: well under the Hub's 50 GB a file (a 14B transformer is ~28 GB in bf16).
+DEFAULT_MAX_SHARD_SIZE = "10GB"
 
-    Written by hand rather than with `save_pretrained` so the EMA weights, which live outside the module,
-    and FSDP-gathered weights go through the same path.
-    """
+
+def plan_shards(state_dict: dict[str, torch.Tensor], dtype: torch.dtype, max_shard_size: str | int):
+    """huggingface_hub's split of `state_dict`, stored in `dtype` (floating tensors; meta tensors count too), into
+    diffusers' file names: `diffusion_pytorch_model.safetensors`, or `-0000i-of-0000n` shards with an index."""
+    sizes = {
+        k: torch.empty(v.shape, dtype=dtype if v.is_floating_point() else v.dtype, device="meta")
+        for k, v in state_dict.items()
+    }
+    return split_torch_state_dict_into_shards(
+        sizes, filename_pattern="diffusion_pytorch_model{suffix}.safetensors", max_shard_size=max_shard_size
+    )
+
+
+def write_weights(
+    folder: Path,
+    state_dict: dict[str, torch.Tensor],
+    dtype: torch.dtype,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+) -> None:
+    """The weight files `save_pretrained(max_shard_size=..., safe_serialization=True)` writes, from a state dict
+    that is not the module's own (the EMA, or FSDP-gathered weights), one shard in memory at a time."""
+    split = plan_shards(state_dict, dtype, max_shard_size)
+    for filename, names in split.filename_to_tensors.items():
+        shard = {
+            n: state_dict[n].detach().to("cpu", dtype if state_dict[n].is_floating_point() else None) for n in names
+        }
+        save_file({n: t.contiguous() for n, t in shard.items()}, folder / filename, metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        (folder / WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a diffusers weights folder, sharded or not."""
+    index = folder / WEIGHTS_INDEX_NAME
+    if not index.is_file():
+        return load_file(folder / WEIGHTS_NAME)
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    return {k: v for name in files for k, v in load_file(folder / name).items()}
+
+
+def write_diffusers_transformer(
+    folder: Path,
+    transformer,
+    state_dict: dict[str, torch.Tensor],
+    dtype: torch.dtype = torch.bfloat16,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+) -> Path:
+    """A `from_pretrained`-able transformer folder from a (gathered) state dict, in `dtype`, sharded above
+    `max_shard_size` (`write_weights`)."""
 
     def build(staging: Path) -> None:
         transformer.save_config(staging)
-        save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, staging / WEIGHTS_NAME)
+        write_weights(staging, state_dict, dtype, max_shard_size)
 
     return publish_folder(folder, build, ADDED_LATER)
 
@@ -101,6 +152,8 @@ def write_diffusers_pipeline(
     state_dict: dict[str, torch.Tensor],
     revision: str | None = None,
     cache_dir: str | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
 ) -> Path:
     """A pipeline folder that diffusers' `DiffusionPipeline`, its stock `Cosmos2VideoToWorldPipeline` and our
     `CosmosVideo2WorldPipeline` load: the base model's text encoder, tokenizer and VAE, the scheduler the stock
@@ -123,9 +176,7 @@ def write_diffusers_pipeline(
         # sampler, which the stock pipeline cannot drive).
         FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True).save_config(staging / "scheduler")
         transformer.save_config(staging / "transformer")
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, staging / "transformer" / WEIGHTS_NAME
-        )
+        write_weights(staging / "transformer", state_dict, dtype, max_shard_size)
         write_stock_model_index(staging)
 
     return publish_folder(folder, build, ADDED_LATER)
@@ -178,12 +229,15 @@ def export_final(transformer, state_dict: dict[str, torch.Tensor], ema_state: di
             f"; the EMA: weight_name={LORA_EMA_WEIGHTS_NAME!r}" if ema_layers is not None else "",
         )
         return out / "lora"
-    write_diffusers_transformer(out / "transformer", transformer, state_dict)
+    dtype, shard = EXPORT_DTYPES[config.export_dtype], config.export_max_shard_size
+    write_diffusers_transformer(out / "transformer", transformer, state_dict, dtype, shard)
     if ema_state is not None:
-        write_diffusers_transformer(out / "transformer_ema", transformer, ema_state)
+        write_diffusers_transformer(out / "transformer_ema", transformer, ema_state, dtype, shard)
     live = ema_state is None or config.export_live_weights
     weights = state_dict if live else ema_state
-    write_diffusers_pipeline(out / "pipeline", base, transformer, weights, config.revision, config.cache_dir)
+    write_diffusers_pipeline(
+        out / "pipeline", base, transformer, weights, config.revision, config.cache_dir, dtype, shard
+    )
     logger.info(
         "Exported the diffusers pipeline (%s weights) to %s, and the transformer to %s",
         "live" if live else "EMA",

@@ -105,9 +105,8 @@ def load_post_trained_weights(
             f"(<output_dir>/transformer) or a native model/iter_N.pt file."
         )
     if path.is_dir():
-        transformer = CosmosTransformer3DModel.from_pretrained(
-            path, subfolder="transformer" if (path / "transformer").is_dir() else None
-        )
+        subfolder = "transformer" if (path / "transformer").is_dir() else None
+        transformer = CosmosTransformer3DModel.from_pretrained(path, subfolder=subfolder, use_safetensors=True)
         check_transformer_matches(transformer, preset, str(path))
         return transformer
     state = load_native_checkpoint(path, use_ema=load_ema)

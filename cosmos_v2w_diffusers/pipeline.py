@@ -17,7 +17,11 @@ The denoiser is `preconditioning.denoise`, the very function the training loss c
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,7 +45,7 @@ from transformers import T5EncoderModel, T5TokenizerFast
 
 from .generation_flags import DEFAULT_NEGATIVE_PROMPT
 from .latents import decode_latents, encode_video
-from .preconditioning import conditioning_mask, denoise
+from .preconditioning import SIGMA_CONDITIONING, conditioning_mask, denoise
 from .sample_shape import check_sample_shape, latent_shape, num_latent_frames, vae_space_stride
 from .scheduler import CosmosMultistepScheduler
 from .text_encoding import MAX_TEXT_TOKENS, embed_prompts
@@ -54,6 +58,12 @@ GUARDRAIL_NOTICE = (
     "Cosmos guardrail disabled: generated videos are not checked for safety (NVIDIA's --disable_guardrail). "
     "You remain bound by the NVIDIA Open Model License."
 )
+
+
+# Where `save_pretrained` keeps NVIDIA's sampler, and the `model_index.json` keys that say so and who saved the
+# folder (diffusers' loaders ignore keys that start with "_").
+NVIDIA_SAMPLER_FOLDER = "scheduler_nvidia"
+_SAVED_SAMPLER, _SAVED_BY = "_nvidia_sampler", "_saved_by"
 
 
 def default_safety_checker():
@@ -127,6 +137,7 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _callback_tensor_inputs = ["latents", "x0", "prompt_embeds", "negative_prompt_embeds"]
     _optional_components = ["safety_checker"]
 
     def __init__(
@@ -155,18 +166,45 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         self.register_to_config(disable_guardrail=disable_guardrail)
         self._guidance_group = None  # set by enable_guidance_parallel
         self._guidance_scale, self._num_timesteps, self._interrupt = 7.0, 0, False  # those of the last generation
+        self._current_timestep, self._sigma_conditioning = None, SIGMA_CONDITIONING
         self.video_processor = VideoProcessor(vae_scale_factor=vae_space_stride(vae.config))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "CosmosVideo2WorldPipeline":
-        """diffusers' loading. A pipeline saved by this class keeps its saved scheduler and config; NVIDIA's
-        repos (saved as diffusers' `Cosmos2VideoToWorldPipeline`) ship an Euler scheduler, which NVIDIA's
-        sampler replaces unless a `scheduler` is passed."""
+        """diffusers' loading. A pipeline saved by this class keeps its saved scheduler and config (NVIDIA's
+        sampler from `scheduler_nvidia/`, see `save_pretrained`); NVIDIA's repos (saved as diffusers'
+        `Cosmos2VideoToWorldPipeline`) ship an Euler scheduler, which NVIDIA's sampler replaces unless a
+        `scheduler` is passed."""
         hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "local_files_only", "revision", "token") if k in kwargs}
-        saved_by = cls.load_config(pretrained_model_name_or_path, **hub_kwargs).get("_class_name")
-        if saved_by != cls.__name__:
+        index = cls.load_config(pretrained_model_name_or_path, **hub_kwargs)
+        if index.get(_SAVED_SAMPLER):
+            sampler = CosmosMultistepScheduler.from_pretrained(
+                pretrained_model_name_or_path, subfolder=index[_SAVED_SAMPLER], **hub_kwargs
+            )
+            kwargs.setdefault("scheduler", sampler)
+        elif cls.__name__ not in (index.get("_class_name"), index.get(_SAVED_BY)):
             kwargs.setdefault("scheduler", CosmosMultistepScheduler())
+        kwargs.setdefault("use_safetensors", True)  # never a pickled .bin, which can run code as it loads
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
+        """diffusers' saving, into a folder that diffusers' own `Cosmos2VideoToWorldPipeline` loads as well: its
+        `model_index.json` names the stock class and `scheduler/` holds the Euler scheduler the stock pipeline
+        drives. NVIDIA's sampler, when this pipeline holds it, is kept beside in `scheduler_nvidia/`, which
+        `from_pretrained` reads back (diffusers' loaders skip a folder their index does not name)."""
+        super().save_pretrained(save_directory, **kwargs)
+        folder = Path(save_directory)
+        index = json.loads((folder / "model_index.json").read_text())
+        index.update({"_class_name": "Cosmos2VideoToWorldPipeline", _SAVED_BY: type(self).__name__})
+        index.pop("disable_guardrail", None)  # ours; the stock class takes no such argument
+        if isinstance(self.scheduler, CosmosMultistepScheduler):
+            shutil.rmtree(folder / NVIDIA_SAMPLER_FOLDER, ignore_errors=True)
+            os.replace(folder / "scheduler", folder / NVIDIA_SAMPLER_FOLDER)
+            FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True).save_pretrained(folder / "scheduler")
+            index.update(
+                scheduler=["diffusers", "FlowMatchEulerDiscreteScheduler"], **{_SAVED_SAMPLER: NVIDIA_SAMPLER_FOLDER}
+            )
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
     # ------------------------------------------------------------------ inputs
 
@@ -230,21 +268,39 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         sigma = torch.as_tensor(sigma, device=x.device).expand(x.shape[0])
         group = self._guidance_group
         if negative_text is None:
-            return denoise(self.transformer, x, sigma, clean, cond_mask, text, fps)
+            return denoise(self.transformer, x, sigma, clean, cond_mask, text, fps, self._sigma_conditioning)
         if group is None:
-            x0 = denoise(self.transformer, x, sigma, clean, cond_mask, text, fps)
-            x0_uncond = denoise(self.transformer, x, sigma, clean, cond_mask, negative_text, fps)
+            x0 = denoise(self.transformer, x, sigma, clean, cond_mask, text, fps, self._sigma_conditioning)
+            x0_uncond = denoise(
+                self.transformer, x, sigma, clean, cond_mask, negative_text, fps, self._sigma_conditioning
+            )
         else:  # this rank's side of the guidance, then both sides on every rank
             side = negative_text if dist.get_rank(group) == 1 else text
-            mine = denoise(self.transformer, x, sigma, clean, cond_mask, side, fps).contiguous()
+            mine = denoise(
+                self.transformer, x, sigma, clean, cond_mask, side, fps, self._sigma_conditioning
+            ).contiguous()
             x0, x0_uncond = torch.empty_like(mine), torch.empty_like(mine)
             dist.all_gather([x0, x0_uncond], mine, group=group)
         return x0 + guidance_scale * (x0 - x0_uncond)
 
-    def _sampling_scheduler(self, num_inference_steps: int, device):
-        """The scheduler with its timesteps set. The user's scheduler config is never changed: the Euler
+    @contextlib.contextmanager
+    def _guardrail_on(self, device: torch.device):
+        """The safety checker on the execution device while it checks, then on the CPU, as diffusers' pipeline
+        moves it (under model CPU offload the execution device is the GPU while the checker waits on the CPU)."""
+        self.safety_checker.to(device)
+        try:
+            yield
+        finally:
+            self.safety_checker.to("cpu")
+
+    def _sampling_scheduler(self, num_inference_steps: int, device, diffusers_compat: bool = False):
+        """The scheduler with its timesteps set: this pipeline's, or with `diffusers_compat` the Euler scheduler
+        diffusers' pipeline samples with. The user's scheduler config is never changed: the Euler
         scheduler gets diffusers' Cosmos-Predict2 settings on a copy. Any other scheduler is refused: the
         sampling loop hands it x0 predictions (or velocities, for Euler), which no other one takes."""
+        if diffusers_compat and not isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler):
+            euler = FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True)  # what diffusers' exports hold
+            return self._euler_schedule(euler.config, num_inference_steps, device)
         if not isinstance(self.scheduler, (CosmosMultistepScheduler, FlowMatchEulerDiscreteScheduler)):
             raise ValueError(
                 f"{type(self.scheduler).__name__} cannot drive this pipeline: use CosmosMultistepScheduler (NVIDIA's "
@@ -253,9 +309,13 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         if not isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler):
             self.scheduler.set_timesteps(num_inference_steps, device=device)
             return self.scheduler
-        # Karras sigmas between Cosmos' extremes, and a last sigma equal to the one before (a zero-length
-        # final step), as diffusers' Cosmos-Predict2 pipeline sets them.
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler.config)
+        return self._euler_schedule(self.scheduler.config, num_inference_steps, device)
+
+    @staticmethod
+    def _euler_schedule(config, num_inference_steps: int, device) -> FlowMatchEulerDiscreteScheduler:
+        """A copy of an Euler scheduler of `config` with Karras sigmas between Cosmos' extremes, and a last sigma
+        equal to the one before (a zero-length final step), as diffusers' Cosmos-Predict2 pipeline sets them."""
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
         # Not `from_config` arguments: these keys exist only in the config, which set_timesteps reads.
         scheduler.register_to_config(
             sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN, sigma_data=1.0, final_sigmas_type="sigma_min"
@@ -277,6 +337,11 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
     @property
     def num_timesteps(self) -> int:
         return self._num_timesteps
+
+    @property
+    def current_timestep(self):
+        """The timestep of the step under way (None between generations), as diffusers' pipelines expose it."""
+        return self._current_timestep
 
     @property
     def interrupt(self) -> bool:
@@ -321,26 +386,28 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         video: list | None = None,
         prompt: str | list[str] | None = None,
         negative_prompt: str | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
         height: int = 704,
         width: int = 1280,
         num_frames: int = 93,
-        num_conditional_frames: int = 1,
         num_inference_steps: int = 35,
         guidance_scale: float = 7.0,
         fps: int = 16,
+        num_videos_per_prompt: int = 1,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        diffusers_compat: bool = False,
-        max_sequence_length: int = MAX_TEXT_TOKENS,
-        num_videos_per_prompt: int = 1,
         callback_on_step_end: Callable[["CosmosVideo2WorldPipeline", int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
+        max_sequence_length: int = MAX_TEXT_TOKENS,
+        sigma_conditioning: float = SIGMA_CONDITIONING,
+        num_conditional_frames: int = 1,
+        diffusers_compat: bool = False,
     ) -> CosmosPipelineOutput | tuple:
-        r"""Generate `num_videos_per_prompt` videos for each prompt.
+        r"""Generate `num_videos_per_prompt` videos for each prompt. The arguments up to `sigma_conditioning` are
+        diffusers' `Cosmos2VideoToWorldPipeline`'s, in its order.
 
         Args:
             image: the first frame to continue; or `video`: frames whose last `num_conditional_frames`
@@ -353,7 +420,9 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
             generator / latents: the initial noise; `latents` (`(1, 16, T, H/8, W/8)` for the 2B and 14B; in
                 general `sample_shape.latent_shape`; standard normal) is scaled by sigma_max = 80.
             output_type: "pil", "np", "pt" or "latent".
-            diffusers_compat: reproduce diffusers' `Cosmos2VideoToWorldPipeline` (see the module docstring).
+            sigma_conditioning: the noise level the conditioning frames are presented at (1e-4, NVIDIA's).
+            diffusers_compat: reproduce diffusers' `Cosmos2VideoToWorldPipeline` (see the module docstring), with
+                its Euler sampler whatever scheduler this pipeline holds.
             num_videos_per_prompt: videos per prompt, each from its own noise (`latents`, when given, must
                 hold `len(prompts) * num_videos_per_prompt` of them).
             callback_on_step_end: called as `callback(pipe, i, t, {name: tensor})` after step `i` with the
@@ -367,11 +436,18 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         self.check_inputs(height, width, num_frames, image, video, num_conditional_frames)
         if prompt is None and prompt_embeds is None:
             raise ValueError("Pass a `prompt` or `prompt_embeds`.")
+        unknown = [name for name in callback_on_step_end_tensor_inputs if name not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs: {unknown} are not among {self._callback_tensor_inputs}."
+            )
         device = self._execution_device
+        self._sigma_conditioning = sigma_conditioning
         if self.safety_checker is not None and prompt is not None:
-            for text in [prompt] if isinstance(prompt, str) else prompt:
-                if not self.safety_checker.check_text_safety(text):
-                    raise ValueError(f"Cosmos guardrail rejected the prompt: {text!r}.")
+            with self._guardrail_on(device):
+                for text in [prompt] if isinstance(prompt, str) else prompt:
+                    if not self.safety_checker.check_text_safety(text):
+                        raise ValueError(f"Cosmos guardrail rejected the prompt: {text!r}.")
 
         # 1. Text.
         self._guidance_scale, self._interrupt = guidance_scale, False
@@ -407,13 +483,14 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         transformer_fps = fps if diffusers_compat else None
 
         # 3. Sampling: one guided x0 per step, handed to the scheduler (Euler takes the velocity).
-        scheduler = self._sampling_scheduler(num_inference_steps, device)
+        scheduler = self._sampling_scheduler(num_inference_steps, device, diffusers_compat)
         sigmas = scheduler.sigmas.to(device)  # copied once: a CPU sigma per step would be a host-to-device sync
         euler = isinstance(scheduler, FlowMatchEulerDiscreteScheduler)
         self._num_timesteps = len(scheduler.timesteps)
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
             if self.interrupt:
                 break
+            self._current_timestep = t
             x0 = self._guided_x0(
                 x, sigmas[i].float(), clean, cond_mask, text, negative_text, guidance_scale, transformer_fps
             )
@@ -425,6 +502,7 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
                     self, i, t, {k: available[k] for k in callback_on_step_end_tensor_inputs}
                 )
                 x = (returned or {}).get("latents", x)
+        self._current_timestep = None
         if not diffusers_compat:
             # NVIDIA returns one more guided x0, evaluated at sigma_min.
             x = self._guided_x0(x, sigmas[-1].float(), clean, cond_mask, text, negative_text, guidance_scale, None)
@@ -436,7 +514,8 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
             pixels = decode_latents(self.vae, x)
             if self.safety_checker is not None:
                 checked = (self.video_processor.postprocess_video(pixels, output_type="np") * 255).astype(np.uint8)
-                checked = np.stack([self.safety_checker.check_video_safety(v) for v in checked])
+                with self._guardrail_on(device):
+                    checked = np.stack([self.safety_checker.check_video_safety(v) for v in checked])
                 pixels = torch.from_numpy(checked.astype(np.float32) / 255.0 * 2 - 1).permute(0, 4, 1, 2, 3)
             frames = self.video_processor.postprocess_video(pixels, output_type=output_type)
         self.maybe_free_model_hooks()

@@ -40,6 +40,7 @@ def denoise(
     cond_mask: torch.Tensor,
     encoder_hidden_states: torch.Tensor,
     fps: float | None = None,
+    sigma_conditioning: float = SIGMA_CONDITIONING,
 ) -> torch.Tensor:
     """Predict x0 from `x_t = x0 + sigma * eps`.
 
@@ -51,6 +52,8 @@ def denoise(
         encoder_hidden_states: T5 embeddings `(batch_size, 512, d)`, zeros past each prompt's length.
         fps: `None` as NVIDIA trained (plain frame-index RoPE); a number reproduces diffusers' pipeline,
             which scales temporal RoPE positions by 24/fps.
+        sigma_conditioning: the noise level the conditioning frames are presented at (NVIDIA's 1e-4; diffusers'
+            pipeline takes it as an argument).
 
     Returns:
         x0 prediction, float32, same shape as `noisy_latents`, equal to `clean_latents` on conditioning frames.
@@ -59,7 +62,7 @@ def denoise(
     sigma = sigma.float().view(batch, 1, 1, 1, 1)
     c_skip, c_out, c_in, t = edm_scalings(sigma)
     # Computed in float32 tensor arithmetic, as diffusers' pipeline does, so both agree to the last bit.
-    sigma_cond = torch.tensor(SIGMA_CONDITIONING, dtype=torch.float32, device=t.device)
+    sigma_cond = torch.tensor(sigma_conditioning, dtype=torch.float32, device=t.device)
     t_cond = sigma_cond / (sigma_cond + 1)
 
     # 1. Network input: scaled noisy latents; conditioning frames are the clean latents.

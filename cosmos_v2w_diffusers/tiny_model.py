@@ -278,6 +278,7 @@ def pretrain_tiny_transformer(
         cache_latents=True,
         cache_windows_per_clip=4,
         seed=seed,
+        export_dtype="fp32",  # the shipped base keeps fp32 weights
     )
     trainer = Trainer(config)
     start = time.time()

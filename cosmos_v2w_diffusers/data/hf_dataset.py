@@ -170,11 +170,15 @@ def load_video2world_dataset(
         )
 
 
-def hub_dataset_folder(repo_id: str, cache_dir: str | None = None) -> str:
+def hub_dataset_folder(repo_id: str, cache_dir: str | None = None, config_name: str | None = None) -> str:
     """`--dataset_name`: a Hub dataset repo in NVIDIA's layout, as a local folder (downloaded once, then read from
-    huggingface_hub's cache) that `load_video2world_dataset` reads like any `--dataset_path`. datasets'
-    `load_dataset` reads tables, not a folder of mp4s beside their captions and T5 pickles, so the repo's files
-    are fetched as they are."""
+    huggingface_hub's cache) that `load_video2world_dataset` reads like any `--dataset_path`; with `config_name`
+    (`--dataset_config_name`), the repo's folder of that name. datasets' `load_dataset` reads tables, not a folder
+    of mp4s beside their captions and T5 pickles, so the repo's files are fetched as they are."""
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(repo_id, repo_type="dataset", cache_dir=cache_dir)
+    patterns = [f"{config_name}/*"] if config_name else None
+    folder = Path(snapshot_download(repo_id, repo_type="dataset", cache_dir=cache_dir, allow_patterns=patterns))
+    if config_name and not (folder / config_name).is_dir():
+        raise ValueError(f"--dataset_config_name {config_name}: {repo_id} has no folder of that name.")
+    return str(folder / config_name) if config_name else str(folder)

@@ -56,6 +56,29 @@ RESUMED_FIELDS = RUN_DEFINING_FIELDS + (
     "cache_latents",
     "cache_windows_per_clip",
 )
+# accelerate's trackers (`accelerate.tracking.LOGGER_TYPE_TO_CLASS`) and the package each needs; listed here so
+# `--help` imports neither accelerate nor torch (a test keeps the two lists equal).
+TRACKER_PACKAGES = {
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "comet_ml": "comet_ml",
+    "aim": "aim",
+    "mlflow": "mlflow",
+    "clearml": "clearml",
+    "dvclive": "dvclive",
+    "swanlab": "swanlab",
+    "trackio": "trackio",
+}
+# diffusers' `get_scheduler` names (`diffusers.optimization.SchedulerType`; a test keeps them equal).
+DIFFUSERS_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "piecewise_constant",
+)
 # Flags whose values are secrets: never stored in a checkpoint, a tracker, a log or a model card.
 SECRET_FIELDS = ("hub_token",)
 # A Hugging Face access token anywhere in a command line (a value given to some other flag, say).
@@ -193,6 +216,9 @@ class TrainConfig:
     dataset_name: str | None = _f(
         None, "a Hub dataset repo in NVIDIA's layout (videos/, metas/, t5_xxl/), downloaded and used as --dataset_path"
     )
+    dataset_config_name: str | None = _f(
+        None, "with --dataset_name: the folder of the repo that holds the NVIDIA layout (a subset, in datasets' terms)"
+    )
     output_dir: str | None = _f(
         None, "run folder (default: checkpoints/posttraining/<video2world|video2world_lora>/<model>_<dataset>)"
     )
@@ -227,6 +253,9 @@ class TrainConfig:
     resolution: str | None = _f(None, "sample size as diffusers' examples give it: N (N x N) or HxW, e.g. 704x1280")
 
     learning_rate: float | None = _f(None, "peak learning rate (default 2^-14.5)")
+    scale_lr: bool = _f(
+        False, "multiply the learning rate by the clips of a step (batch x accumulation x data-parallel ranks)"
+    )
     weight_decay: float | None = _f(
         None,
         "AdamW weight decay, on every trainable tensor (default 0.1 2B, 0.2 14B)",
@@ -239,15 +268,7 @@ class TrainConfig:
     lr_scheduler: str = _f(
         "nvidia",
         "learning-rate schedule: nvidia (the recipe's linear f_max decay) or one of diffusers' get_scheduler names",
-        choices=[
-            "nvidia",
-            "linear",
-            "cosine",
-            "cosine_with_restarts",
-            "polynomial",
-            "constant",
-            "constant_with_warmup",
-        ],
+        choices=["nvidia", *DIFFUSERS_SCHEDULERS],
     )
     lr_warmup_steps: int = _f(0, "warm-up steps of --lr_scheduler (diffusers' schedules; nvidia has none)")
     use_8bit_adam: bool = _f(False, "bitsandbytes' 8-bit AdamW (needs the bitsandbytes package and a CUDA GPU)")
@@ -342,9 +363,10 @@ class TrainConfig:
     logging_dir: str | None = _f(None, "tracker logs (default: <output_dir>/logs)")
     report_to: str = _f(
         "none",
-        "experiment tracker through accelerate (all: every one installed)",
-        choices=["tensorboard", "wandb", "all", "none"],
+        "experiment tracker through accelerate (all: every one installed); one not installed is refused",
+        choices=[*TRACKER_PACKAGES, "all", "none"],
     )
+    tracker_project_name: str = _f("cosmos_v2w_posttraining", "the trackers' project (run group) name")
     validation_prompt: str | None = _f(None, "generate a validation video with this prompt every --validation_steps")
     validation_image: str | None = _f(
         None, "image the validation video continues (default: the first frame of --validation_video or of a clip)"
@@ -362,6 +384,17 @@ class TrainConfig:
     export_live_weights: bool = _f(
         False,
         "full runs: the exported pipeline/ takes the live weights instead of the EMA's (transformer/ holds them too)",
+    )
+    export_dtype: str = _f(
+        "bf16",
+        "dtype of the exported transformer weights (transformer/, transformer_ema/, pipeline/): bf16, what the model "
+        "runs in and half the size, or fp32 (the masters; the checkpoints keep them either way)",
+        choices=["bf16", "fp32"],
+    )
+    export_max_shard_size: str = _f(
+        "10GB",
+        "split exported weights into files of at most this size, with diffusers' index file (the Hub takes at most "
+        "50 GB a file)",
     )
     push_to_hub: bool = _f(
         False,
@@ -394,6 +427,10 @@ class TrainConfig:
             if value is not None and not (low <= value <= high and (low_allowed or value > low)):
                 side = "at least" if low_allowed else "more than"
                 raise ValueError(f"--{name} must be {side} {low:g} and at most {high:g}, got {value}.")
+        if not re.fullmatch(r"[0-9]+ *[KMGT]?I?B", self.export_max_shard_size.upper()):
+            raise ValueError(
+                f"--export_max_shard_size {self.export_max_shard_size!r}: give a size such as 10GB or 500MB."
+            )
         if self.dataset_path and not Path(self.dataset_path).is_dir():  # is_dir: False for a symlink loop too
             raise ValueError(
                 f"--dataset_path {self.dataset_path} is not a folder (missing, a file, or a link that loops): pass "
@@ -408,6 +445,8 @@ class TrainConfig:
             raise ValueError("--resolution sets --height and --width: pass one or the other.")
         if self.validation_epochs and self.validation_steps:
             raise ValueError("--validation_epochs and --validation_steps both say when to validate: pass one.")
+        if self.dataset_config_name and not self.dataset_name:
+            raise ValueError("--dataset_config_name picks a folder of --dataset_name's repo: pass --dataset_name too.")
         if self.dataset_name and self.dataset_path:
             raise ValueError("--dataset_name downloads the dataset --dataset_path names locally: pass one of them.")
         if self.lr_scheduler == "nvidia" and self.lr_warmup_steps:
@@ -441,7 +480,7 @@ class TrainConfig:
                 "--hub_token with --report_to wandb would expose the token; log in with `hf auth login` (or set "
                 "HF_TOKEN) and drop --hub_token."
             )
-        tracker_package = {"wandb": "wandb", "tensorboard": "tensorboard"}.get(self.report_to)
+        tracker_package = TRACKER_PACKAGES.get(self.report_to)
         if tracker_package and importlib.util.find_spec(tracker_package) is None:  # accelerate would only warn
             raise ValueError(
                 f"--report_to {self.report_to} needs the {tracker_package} package: "
@@ -472,12 +511,13 @@ class TrainConfig:
     def to_json(self) -> str:
         return json.dumps(self.public_dict(), sort_keys=True)
 
-    def resolved(self, steps_per_epoch: int | None = None) -> "TrainConfig":
+    def resolved(self, steps_per_epoch: int | None = None, clips_per_step: int | None = None) -> "TrainConfig":
         """A frozen copy with every default that depends on the preset (and the weights) filled in.
 
         `steps_per_epoch` (optimizer steps in one pass over the clips, which only the loaded dataset tells) turns
-        `--num_train_epochs` and `--validation_epochs` into steps; without it they are not applied. The trainer
-        resolves once for the run's folder and data, then again with the dataset's size; neither copy changes.
+        `--num_train_epochs` and `--validation_epochs` into steps, and `clips_per_step` (which the launch tells)
+        scales the learning rate under `--scale_lr`; without them neither is applied. The trainer resolves once for
+        the run's folder and data, then again with those counts; neither copy changes.
         """
         # diffusers and transformers: imported here, kept out of `--help`
         from ..components import preset_of_pretrained
@@ -504,6 +544,7 @@ class TrainConfig:
             return default if value is None else value
 
         rank = self.lora_rank or preset.lora_rank
+        lr_scale = (clips_per_step or 1) if self.scale_lr else 1  # diffusers' --scale_lr
         height, width = parse_resolution(self.resolution) if self.resolution else (self.height, self.width)
         epochs = self.num_train_epochs if steps_per_epoch else None
         max_iter = self.max_iter or (epochs * steps_per_epoch if epochs else preset.max_iter)
@@ -528,7 +569,7 @@ class TrainConfig:
             height=preset.height if height is None else height,
             width=preset.width if width is None else width,
             resolution=None,  # now in --height and --width
-            learning_rate=given_or("learning_rate", preset.learning_rate),
+            learning_rate=given_or("learning_rate", preset.learning_rate) * lr_scale,
             weight_decay=given_or("weight_decay", preset.weight_decay),
             lr_f_max=given_or("lr_f_max", preset.lr_f_max),
             lr_decay_steps=self.lr_decay_steps or max_iter,

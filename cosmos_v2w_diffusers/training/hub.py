@@ -17,9 +17,11 @@ import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from diffusers.utils.hub_utils import MODEL_CARD_TEMPLATE_PATH, populate_model_card
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import validate_repo_id
 
+from ..exports import BASE_COMPONENTS
 from .config import redacted_command
 
 logger = logging.getLogger(__name__)
@@ -48,61 +50,103 @@ HYPERPARAMETERS = (
 )
 
 
-def model_card(config, base_model: str | None, command: list[str], validation: dict | None = None) -> ModelCard:
-    """The card of an upload: base model, license, pipeline tag and tags, how to load it (with our pipeline
-    and with diffusers' stock one), the command, the hyper-parameters, the dataset and, when there is one,
-    the latest validation video (`validation.mp4` beside the card) and metrics."""
+# Flags whose values are local paths: a card says they were given, never where (a user name, a data folder).
+PATH_FLAGS = frozenset(
+    {
+        "--dataset_path",
+        "--output_dir",
+        "--logging_dir",
+        "--cache_dir",
+        "--dit_path",
+        "--validation_image",
+        "--validation_video",
+        "--resume_from_checkpoint",
+    }
+)
+
+
+def hub_id_or_none(name: str | None) -> str | None:
+    """`name` if it is a Hub repo id, None for a local path (which a card must not name or link)."""
+    if not name or Path(name).exists() or name.startswith(("/", ".", "~")):
+        return None
+    try:
+        validate_repo_id(name)
+    except ValueError:
+        return None
+    return name
+
+
+def public_command(command: list[str]) -> list[str]:
+    """`command` (already redacted of secrets) with local paths replaced by `<local path>`: the values of
+    `PATH_FLAGS`, and a base model given as a folder."""
+
+    def local(flag: str, value: str) -> bool:
+        if flag == "--pretrained_model_name_or_path":
+            return hub_id_or_none(value) is None
+        return flag in PATH_FLAGS and value != "latest"
+
+    out = []
+    for i, arg in enumerate(command):
+        flag, equals, value = arg.partition("=")
+        if equals:
+            out.append(f"{flag}=<local path>" if local(flag, value) else arg)
+        else:
+            out.append("<local path>" if i > 0 and local(command[i - 1], arg) else arg)
+    return out
+
+
+def model_card(
+    config, base_model: str | None, command: list[str], repo_id: str, validation: dict | None = None
+) -> ModelCard:
+    """The card of an upload, as diffusers' training examples write theirs (`save_model_card`): diffusers'
+    card template and `populate_model_card`, `diffusers-training` among the tags (`lora`, `template:sd-lora` for
+    an adapter), `base_model` only when it is a Hub id, the validation prompt and a `widget` with the latest
+    validation video; then a snippet that runs as pasted, the command (secrets and local paths left out), the
+    hyper-parameters and the validation metrics. diffusers' `load_or_create_model_card` is not called itself:
+    its first half loads the card already on the Hub, which would keep the first save's card for every later one.
+    """
     lora = config.train_architecture == "lora"
-    data = ModelCardData(
-        base_model=base_model,
-        license="other",
-        license_name="nvidia-open-model-license",
-        library_name="diffusers",
-        pipeline_tag="image-to-video",
-        tags=["cosmos", "video2world", "image-to-video", "video-to-video", "diffusers"] + (["lora"] if lora else []),
-    )
-    rows = "\n".join(f"| `{name}` | {getattr(config, name)} |" for name in HYPERPARAMETERS)
-    base = base_model or "<the base Cosmos-Predict2 Video2World pipeline>"
+    base = hub_id_or_none(base_model)
+    video = bool(validation and validation.get("video"))
+    widget = [{"text": config.validation_prompt, "output": {"url": "validation.mp4"}}] if video else None
+    pipeline_base = base or "nvidia/Cosmos-Predict2-2B-Video2World"
     if lora:
-        load = f"""import torch
+        usage = f"""import torch
 from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline
 
-pipe = CosmosVideo2WorldPipeline.from_pretrained("{base}", dtype=torch.bfloat16)  # NVIDIA's sampler
-pipe.load_lora_weights(repo_id)  # weight_name="pytorch_lora_weights_ema.safetensors": the EMA adapter
-
-# or diffusers' stock pipeline (its Euler sampler):
-from diffusers import Cosmos2VideoToWorldPipeline
-
-pipe = Cosmos2VideoToWorldPipeline.from_pretrained("{base}", dtype=torch.bfloat16)
-pipe.transformer.load_lora_adapter(repo_id, weight_name="pytorch_lora_weights.safetensors", prefix="transformer")"""
+repo_id = "{repo_id}"
+pipe = CosmosVideo2WorldPipeline.from_pretrained("{pipeline_base}", dtype=torch.bfloat16)  # NVIDIA's sampler
+pipe.load_lora_weights(repo_id)  # weight_name="pytorch_lora_weights_ema.safetensors": the EMA adapter"""
     else:
-        load = """import torch
+        usage = f"""import torch
 from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline
 
-pipe = CosmosVideo2WorldPipeline.from_pretrained(repo_id, dtype=torch.bfloat16)  # NVIDIA's sampler
+repo_id = "{repo_id}"
+pipe = CosmosVideo2WorldPipeline.from_pretrained(repo_id, dtype=torch.bfloat16)  # NVIDIA's sampler"""
+    origin = f"[{base}](https://huggingface.co/{base})" if base else f"the Cosmos-Predict2 {config.model} preset"
+    rows = "\n".join(f"| `{name}` | {getattr(config, name)} |" for name in HYPERPARAMETERS)
+    stock = (
+        "the stock `Cosmos2VideoToWorldPipeline` takes the adapter with `pipe.transformer.load_lora_adapter(repo_id, "
+        'weight_name="pytorch_lora_weights.safetensors", prefix="transformer")`'
+        if lora
+        else "`diffusers.DiffusionPipeline.from_pretrained(repo_id)` builds the stock `Cosmos2VideoToWorldPipeline` "
+        "with its Euler sampler"
+    )
+    description = f"""# Cosmos-Predict2 {config.model} Video2World, {config.train_architecture} post-trained
 
-# or diffusers alone (its stock Cosmos2VideoToWorldPipeline and Euler sampler):
-from diffusers import DiffusionPipeline
-
-pipe = DiffusionPipeline.from_pretrained(repo_id, dtype=torch.bfloat16)"""
-    origin = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else f"the {config.model} preset"
-    text = f"""---
-{data.to_yaml()}
----
-
-# Cosmos-Predict2 {config.model} Video2World, {config.train_architecture} post-trained
-
-Post-trained from {origin} with `cosmos_v2w_diffusers` on
-`{config.dataset_path or "the built-in sample clips"}`. It continues an image or the last frames of a video.
+{"A LoRA adapter for" if lora else "A post-trained"} {origin}, made with `cosmos_v2w_diffusers` (NVIDIA's
+Video2World recipe on diffusers and accelerate). It continues an image or the last frames of a video.
 
 ```python
-{load}
+{usage}
 ```
 
+With diffusers alone (it needs `pip install cosmos_guardrail`, or a `safety_checker=` of your own), {stock}.
+{f'{chr(10)}Validation prompt: "{config.validation_prompt}"{chr(10)}' if config.validation_prompt else ""}
 ## Command
 
 ```bash
-{shlex.join(command)}
+{shlex.join(public_command(command))}
 ```
 
 ## Hyper-parameters
@@ -113,11 +157,21 @@ Post-trained from {origin} with `cosmos_v2w_diffusers` on
 """
     if validation:
         metrics = {k: v for k, v in validation.items() if k != "video"}
-        text += "\n## Latest validation\n\n"
-        if validation.get("video"):
-            text += '<video controls src="validation.mp4"></video>\n\n'
-        text += "\n".join(f"- {k}: {v}" for k, v in metrics.items()) + "\n"
-    return ModelCard(text)
+        description += "\n## Latest validation\n\n" + "\n".join(f"- {k}: {v}" for k, v in metrics.items()) + "\n"
+    data = ModelCardData(
+        license="other",
+        license_name="nvidia-open-model-license",
+        library_name="diffusers",
+        pipeline_tag="image-to-video",
+        base_model=base,
+        instance_prompt=config.validation_prompt,
+        widget=widget,
+    )
+    card = ModelCard.from_template(
+        card_data=data, template_path=MODEL_CARD_TEMPLATE_PATH, model_description=description
+    )
+    tags = ["diffusers-training", "diffusers", "cosmos", "video2world", "image-to-video"]
+    return populate_model_card(card, tags=tags + (["lora", "template:sd-lora"] if lora else []))
 
 
 class HubUploader:
@@ -131,6 +185,7 @@ class HubUploader:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-upload")
         self._pending: Future | None = None
         self.validation: dict | None = None  # the latest validation figures, for the card
+        self._base_uploaded = False  # whether a pipeline's base components are on the Hub already
 
     def _create_repo(self, repo_id: str) -> str:
         """Check the id and the token by creating the repo (or finding it), before any training: a typo or an
@@ -156,7 +211,9 @@ class HubUploader:
                 "Hub upload of an earlier save is still running; iteration %d goes up with a later save.", iteration
             )
             return
-        model_card(self.config, self.base_model, self.command, self.validation).save(Path(folder) / "README.md")
+        model_card(self.config, self.base_model, self.command, self.repo_id, self.validation).save(
+            Path(folder) / "README.md"
+        )
         if self.validation and Path(self.validation.get("video", "")).is_file():
             shutil.copyfile(self.validation["video"], Path(folder) / "validation.mp4")
         self._pending = self._worker.submit(self._push, Path(folder), iteration)
@@ -165,14 +222,19 @@ class HubUploader:
         repo_id = self.repo_id
         # One commit of the folder's files, as `upload_folder` makes it, built here so the commit is the same
         # whichever transfer backend (hf_xet or LFS) is installed.
+        # The base model's components (a 2B pipeline's T5 is 22 GB) do not change during a run: they go up once.
+        unchanged = set(BASE_COMPONENTS) if self._base_uploaded else set()
         operations = [
             CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
             for path in sorted(folder.rglob("*"))
-            if path.is_file() and not path.name.startswith(".")  # not the export's manifest
+            if path.is_file()
+            and not path.name.startswith(".")  # not the export's manifest
+            and path.relative_to(folder).parts[0] not in unchanged
         ]
         self.api.create_commit(
             repo_id=repo_id, operations=operations, commit_message=f"Post-training: iteration {iteration}"
         )
+        self._base_uploaded = True
         return repo_id
 
     def _report_finished(self) -> None:

@@ -117,18 +117,23 @@ class Trainer:
         # 1. Data first: a folder with nothing usable fails before any model is loaded.
         with self.accelerator.main_process_first():  # one process fills the caches, the others read them
             if c.dataset_name:
-                dataset_path = hub_dataset_folder(c.dataset_name, c.cache_dir)
+                dataset_path = hub_dataset_folder(c.dataset_name, c.cache_dir, c.dataset_config_name)
             else:
                 dataset_path = c.dataset_path or demo_dataset_path(self.preset)
             table = load_video2world_dataset(dataset_path, c.num_frames, embed_dim=self.preset.text_embed_dim)
         logger.info(
             "Dataset %s: %d clips, %d x %d x %d samples", dataset_path, len(table), c.num_frames, c.height, c.width
         )
-        if c.num_train_epochs or c.validation_epochs:  # epochs become steps now that the clips are counted
+        if c.num_train_epochs or c.validation_epochs or c.scale_lr:  # now that the clips and ranks are counted
             clips_per_step = self.dims.clips_per_step(c.batch_size, c.gradient_accumulation_steps)
             steps_per_epoch = math.ceil(len(table) / clips_per_step)
-            self.config = c = self.flags.resolved(steps_per_epoch)
-            logger.info("%d steps to a pass over the clips: --max_iter %d", steps_per_epoch, c.max_iter)
+            self.config = c = self.flags.resolved(steps_per_epoch, clips_per_step)
+            logger.info(
+                "%d steps to a pass over the clips: --max_iter %d; learning rate %.4g",
+                steps_per_epoch,
+                c.max_iter,
+                c.learning_rate,
+            )
         self.checkpointer = Checkpointer(c, self.accelerator)
         if self.lock:
             self.checkpointer.folder.remove_stale_temp_files()
@@ -274,10 +279,12 @@ class Trainer:
                     self.accelerator.backward(loss * self.dims.cp)
             losses.append(loss.detach())
         mean_loss = float(self.accelerator.reduce(torch.stack(losses).mean(), reduction="mean"))  # one host sync
+        self.grad_norm = None
         if math.isfinite(mean_loss):
             params = list(self.trainable.values())
             sanitize_gradients(params)
-            self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
+            # the norm before clipping, for the trackers (DeepSpeed clips inside its step and returns None here)
+            self.grad_norm = self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.lr_scheduler.step()
@@ -330,9 +337,7 @@ class Trainer:
 
     def _train(self) -> list[float]:
         c = self.config
-        self.accelerator.init_trackers(
-            "cosmos_v2w_posttraining", config={k: str(v) for k, v in c.public_dict().items()}
-        )
+        self.accelerator.init_trackers(c.tracker_project_name, config={k: str(v) for k, v in c.public_dict().items()})
         clips_per_step = self.dims.clips_per_step(c.batch_size, c.gradient_accumulation_steps)
         progress = tqdm(
             total=c.max_iter,
@@ -360,7 +365,10 @@ class Trainer:
                 self.step_seconds.append(seconds)
                 progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", s_per_step=f"{seconds:.2f}")
                 progress.update()
-                self.accelerator.log({"loss": loss, "lr": lr, "clips_per_s": clips_per_step / seconds}, step=step + 1)
+                logs = {"loss": loss, "lr": lr, "clips_per_s": clips_per_step / seconds}
+                if self.grad_norm is not None and c.report_to != "none":  # a host sync: only when it is logged
+                    logs["grad_norm"] = float(self.grad_norm)
+                self.accelerator.log(logs, step=step + 1)
                 stop = self.guards.check(micro_batches)
                 saved = self._save(step + 1, force=stop)
                 if self.validator.should_validate(step + 1) and not stop:

@@ -9,6 +9,7 @@ weights at each validation and lives on the CPU in between: validation takes no 
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -200,15 +201,31 @@ class Validator:
 TENSORBOARD_FRAME_STRIDE = 4
 
 
-def log_video(tracker, name: str, path: Path, frames: torch.Tensor, iteration: int) -> None:
-    """A validation video to TensorBoard (every `TENSORBOARD_FRAME_STRIDE`-th frame, as images) or W&B (`wandb.Video`).
+def gif_summary(tag: str, frames: torch.Tensor, fps: int = 16):
+    """A TensorBoard image summary holding `frames` (float `[T, 3, H, W]` in [0, 1]) as an animated GIF: what
+    torch's `add_video` writes."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
 
-    torch's `SummaryWriter.add_video` needs `moviepy.editor`, which moviepy 2 removed; without it torch prints a
-    line and logs nothing. Its frames as images need nothing beyond tensorboard."""
+    pixels = (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    images = [PIL.Image.fromarray(frame) for frame in pixels]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=1000 // fps, loop=0)
+    height, width = pixels.shape[1:3]
+    image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue())
+    return Summary(value=[Summary.Value(tag=tag, image=image)])
+
+
+def log_video(tracker, name: str, path: Path, frames: torch.Tensor, iteration: int) -> None:
+    """A validation video to TensorBoard (an animated GIF, which its Images tab plays, and every
+    `TENSORBOARD_FRAME_STRIDE`-th frame as a strip) or W&B (`wandb.Video`). `frames`: float `[T, 3, H, W]` in [0, 1].
+
+    torch's `SummaryWriter.add_video` encodes its GIF with `moviepy.editor`, which moviepy 2 removed (without it
+    torch prints a line and logs nothing), so the GIF is encoded here with PIL into the same summary."""
     try:
         if tracker.name == "tensorboard":
             shown = frames[::TENSORBOARD_FRAME_STRIDE].clamp(0, 1)  # [N, 3, H, W]
             tracker.writer.add_images(f"validation/{name}", shown, iteration, dataformats="NCHW")
+            tracker.writer.file_writer.add_summary(gif_summary(f"validation/{name}/video", frames), iteration)
         elif tracker.name == "wandb":
             import wandb
 
