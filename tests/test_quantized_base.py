@@ -30,6 +30,7 @@ def bikes_dataset(video_paths, tmp_path_factory):
     return make_dataset_folder(tmp_path_factory.mktemp("bikes"), {"bikes": video_paths["bikes"]})
 
 
+@pytest.mark.slow  # 47 s on 2 cores; `make test` keeps the fp8 layer's own test above
 def test_lora_on_an_fp8_base_trains_like_the_full_precision_base(bikes_dataset, tmp_path):
     """The same 40 draws on both bases. Measured on the CPU (fp32 base): per-step losses 0.44% apart on average,
     1.7% at most; the base's blocks take a quarter of the bytes. The validation copy gets only the adapter."""

@@ -308,7 +308,9 @@ def test_a_resume_with_other_run_defining_flags_is_refused_before_any_model_load
 ):
     out = tmp_path / "run"
     Trainer(
-        tiny_config(prepared_dataset, out, max_iter=1, save_iter=1, train_architecture="lora", lora_rank=4)
+        tiny_config(
+            prepared_dataset, out, max_iter=1, save_iter=1, lr_decay_steps=2, train_architecture="lora", lora_rank=4
+        )
     ).train()
 
     def no_model_loading(*args, **kwargs):

@@ -342,7 +342,7 @@ def test_a_failed_final_upload_fails_the_run_and_names_the_folder(bikes_dataset,
     trainer = Trainer(
         tiny_config(bikes_dataset, tmp_path / "run", max_iter=1, push_to_hub=True, train_architecture="lora")
     )
-    with pytest.raises(HubUploadError, match=f"hf upload run {tmp_path / 'run' / 'lora'} ."):
+    with pytest.raises(HubUploadError, match=f"hf upload someone/run {tmp_path / 'run' / 'lora'} ."):
         trainer.train()
     assert (tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
@@ -475,7 +475,9 @@ def test_a_lora_run_resumes_its_ema_and_the_ema_adapter_loads_into_the_pipeline(
     from cosmos_v2w_diffusers.components import tiny_pretrained_path
 
     out = tmp_path / "lora"
-    first = Trainer(tiny_config(bikes_dataset, out, train_architecture="lora", max_iter=2, save_iter=2))
+    first = Trainer(
+        tiny_config(bikes_dataset, out, train_architecture="lora", max_iter=2, save_iter=2, lr_decay_steps=3)
+    )
     first.train()
     resumed = Trainer(tiny_config(bikes_dataset, out, train_architecture="lora", max_iter=3, save_iter=3))
     assert resumed.start_iter == 2
@@ -596,7 +598,7 @@ def test_diffusers_flags_parse_and_refuse_what_cannot_apply():
         "one size": dict(resolution="64xx"),
         "has no warm-up": dict(lr_warmup_steps=5),
         "pass one of them": dict(dataset_name="me/clips", dataset_path="clips"),
-        r"\[0, 1\)": dict(lora_dropout=1.0),
+        "--lora_dropout must be at least 0 and at most 1": dict(lora_dropout=1.0),
         "both say when": dict(validation_epochs=1, validation_steps=2),
     }
     for message, flags in refused.items():

@@ -362,7 +362,7 @@ def test_bad_training_inputs_are_one_line_errors(prepared_dataset, tmp_path, mon
     loop.symlink_to(loop)
     flags = ["--model", "tiny", "--dataloader_num_workers", "0", "--max_iter", "1"]
     run = [*flags, "--dataset_path", str(prepared_dataset), "--output_dir", str(tmp_path / "run")]
-    assert "link that loops" in cli_error(monkeypatch, "train_video2world.py", *flags, "--dataset_path", str(loop))
+    assert "a link that loops" in cli_error(monkeypatch, "train_video2world.py", *flags, "--dataset_path", str(loop))
     assert "--lora_rank must be at most" in cli_error(
         monkeypatch, "train_video2world.py", *run, "--train_architecture", "lora", "--lora_rank", "2147483647"
     )
@@ -524,6 +524,7 @@ def test_headline_rows_are_the_median_of_every_run_and_the_summary_is_current():
     ]
 
 
+@pytest.mark.slow  # 8 s: CI runs it with the slow variants
 def test_every_benchmark_script_imports():
     """Each script under benchmarks/ runs its imports and definitions (not its main), in one fresh process."""
     scripts = sorted(str(p) for p in (REPO / "benchmarks").glob("*.py"))

@@ -136,7 +136,7 @@ _AT_MOST = {
 # Real-valued recipe numbers and the interval each must lie in: (low, high, whether low itself is allowed).
 # ema_relative_std: EDM2's power EMA has gamma > 0 only below sqrt(1/12) = 0.2887 (Karras et al. 2024, eq. 2).
 _INTERVALS = {
-    "learning_rate": (0.0, 1.0, False),
+    "learning_rate": (0.0, 1e30, False),  # finite; a diverging run is stopped by `--max_nonfinite_steps`
     "lr_f_max": (0.0, 1e3, False),
     "weight_decay": (0.0, 1e3, True),
     "adam_beta1": (0.0, 1.0 - 1e-12, True),
@@ -431,10 +431,10 @@ class TrainConfig:
             raise ValueError(
                 f"--export_max_shard_size {self.export_max_shard_size!r}: give a size such as 10GB or 500MB."
             )
-        if self.dataset_path and not Path(self.dataset_path).is_dir():  # is_dir: False for a symlink loop too
+        if self.dataset_path and Path(self.dataset_path).is_symlink() and not Path(self.dataset_path).exists():
             raise ValueError(
-                f"--dataset_path {self.dataset_path} is not a folder (missing, a file, or a link that loops): pass "
-                f"the folder holding videos/ and metas/."
+                f"--dataset_path {self.dataset_path} is a link that loops or leads nowhere: pass the folder holding "
+                f"videos/ and metas/."
             )
         if self.revision and self.pretrained_model_name_or_path and Path(self.pretrained_model_name_or_path).is_dir():
             raise ValueError(
@@ -661,6 +661,8 @@ class TrainConfig:
                 f"folder, or another) to continue it; a checkpoint never chooses what a run reads."
             )
         rebuilt = {name: stored[name] for name in RESUMED_FIELDS if name in stored}
+        if stored.get("lr_decay_steps") == stored.get("max_iter") and "lr_decay_steps" not in given:
+            rebuilt.pop("lr_decay_steps", None)  # it was the default: it follows --max_iter, as in a plain resume
         taken = [f"--{name} {value}" for name, value in rebuilt.items() if name not in given]
         # A received file's numbers are bounded like flags (`_check_values`) and listed, so none is taken unseen.
         logging.getLogger(__name__).info("Taken from %s: %s", checkpoint, ", ".join(taken) or "nothing")

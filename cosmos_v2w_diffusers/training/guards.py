@@ -5,11 +5,11 @@ Both need the ranks to agree (all stop after the same step; all know every skipp
 asks `RunGuards.check` once per step: one small all-reduce carries both counts, and the list of skipped
 clips itself is gathered only in the rare step where some rank replaced one.
 
-Under a launcher (`accelerate launch`, `torchrun`) a signal may reach the launcher alone: accelerate's
-one-process launcher dies of SIGTERM without passing it on, and exits at once on Ctrl-C. Neither launcher
-has a setting for it, so each training process asks the kernel for `LAUNCHER_GONE` when its launcher exits
-(Linux `PR_SET_PDEATHSIG`) and treats it as a stop request: it finishes the step, saves and exits 75
-instead of training on as an orphan. That signal never counts as the "second signal" that stops at once.
+Under a launcher (`accelerate launch`, `torchrun`) a signal may reach the launcher alone, and a launcher may
+exit before the trainer has saved. Neither launcher has a setting for it, so each training process asks the
+kernel for `LAUNCHER_GONE` when its launcher exits (Linux `PR_SET_PDEATHSIG`) and treats it as a stop request:
+it finishes the step, saves and exits 75 instead of training on as an orphan. Only the same signal received
+twice stops at once: `LAUNCHER_GONE`, or the SIGTERM accelerate's launcher sends after a Ctrl-C, does not.
 """
 
 from __future__ import annotations
@@ -95,9 +95,14 @@ class RunGuards:
                 main_process_only=False,
             )
             return
-        if self.signal_received not in (None, LAUNCHER_GONE):  # a second signal: stop at once
+        if self.signal_received == signum:  # the same signal again (Ctrl-C twice): stop at once
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
+            return
+        if self.signal_received not in (None, LAUNCHER_GONE):
+            # Another signal for the same stop: accelerate's launcher (1.16) answers Ctrl-C by sending SIGTERM to
+            # the process it started, which then has 5 s before a SIGKILL: the step and the save go on.
+            logger.warning("Received %s as well: still saving, then exiting.", signal.Signals(signum).name)
             return
         self.signal_received = signum
         logger.warning(
