@@ -266,16 +266,21 @@ def test_the_schedule_goes_on_without_a_jump_when_its_end_moves(lora_run, prepar
     shutil.copytree(lora_run, out)
     stored = torch.load(out / "checkpoints" / "optim" / "iter_000000002.pt", weights_only=True)
     lr_at_2 = stored["optimizer"]["param_groups"][0]["lr"]
-    trainer = Trainer(tiny_config(prepared_dataset, out, max_iter=6, train_architecture="lora", lora_rank=4))
+    config = tiny_config(prepared_dataset, out, max_iter=6, save_iter=2, train_architecture="lora", lora_rank=4)
+    trainer = Trainer(config)
+    scheduler = trainer.lr_scheduler
+    assert trainer.start_iter == 2 and scheduler.get_last_lr()[0] == pytest.approx(lr_at_2)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(lr_at_2)
+    assert scheduler.base_lrs[0] * scheduler.lr_lambdas[0](4) == pytest.approx(lr_at_2 / 2)
+    assert scheduler.lr_lambdas[0](6) == 0
+    _ = trainer.train(), trainer.close()
+    # resumed again from that continued schedule, at step 4: it goes on along the same line
+    again = Trainer(TrainConfig(**{**config.__dict__, "resume_from_checkpoint": "iter_4"}))
     try:
-        scheduler = trainer.lr_scheduler
-        assert trainer.start_iter == 2 and scheduler.get_last_lr()[0] == pytest.approx(lr_at_2)
-        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(lr_at_2)
-        base = scheduler.base_lrs[0]
-        assert base * scheduler.lr_lambdas[0](4) == pytest.approx(lr_at_2 / 2)
-        assert scheduler.lr_lambdas[0](6) == 0
+        assert again.start_iter == 4 and again.lr_scheduler.get_last_lr()[0] == pytest.approx(lr_at_2 / 2)
+        assert again.lr_scheduler.base_lrs[0] * again.lr_scheduler.lr_lambdas[0](5) == pytest.approx(lr_at_2 / 4)
     finally:
-        trainer.close()
+        again.close()
 
     # a schedule that has ended cannot go on: refused with what to do instead
     finished = tmp_path / "finished"

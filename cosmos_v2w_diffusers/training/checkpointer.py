@@ -6,6 +6,7 @@ saves go to the Hub. The files and their layout are `checkpoint.py`'s.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import torch
@@ -79,9 +80,7 @@ class Checkpointer:
             )
         state.load(masters, parts["optim"]["optimizer"])
         lr_scheduler.load_state_dict(parts["scheduler"])
-        stored = stored_config(self._trainer_part) or {}
-        if stored.get("lr_decay_steps", self.config.lr_decay_steps) != self.config.lr_decay_steps:
-            self._continue_schedule(lr_scheduler, iteration, stored["lr_decay_steps"])
+        self._continue_schedule(lr_scheduler, iteration)
         if ema is not None:
             shadows = from_native_state_dict(parts["model"], "net_ema.")
             ema.load_state_dict({n: state.local_ema(n, t, shadows[n]) for n, t in ema.state_dict().items()})
@@ -89,30 +88,34 @@ class Checkpointer:
         logger.info("Resumed from %s", self.folder.path("model", iteration), main_process_only=False)
         return self._trainer_part["iteration"]
 
-    def _continue_schedule(self, lr_scheduler, iteration: int, stored_end: int) -> None:
-        """The schedule's end moved (a raised --max_iter, or clips added under --num_train_epochs): continue from the
-        checkpoint's learning rate, falling linearly to 0 at the new end, rather than jump to where a schedule of the
-        new length would be. A schedule that already ended cannot continue: refused with what to do instead."""
-        end, lr = self.config.lr_decay_steps, lr_scheduler.get_last_lr()[0]
-        if iteration >= end:  # nothing left to train: the trainer says the run is complete
+    def _continue_schedule(self, lr_scheduler, iteration: int) -> None:
+        """Where this run's schedule gives another learning rate at `iteration` than the checkpoint's (its end
+        moved: a raised --max_iter or --lr_decay_steps, clips added under --num_train_epochs), go on from the
+        checkpoint's rate, falling linearly to 0 at the new end, rather than jump to where a schedule of the new
+        length would be; a resume of such a run compares with that continued schedule again (it is stored in the
+        checkpoint as its rate). A schedule that already ended cannot go on: refused with what to do instead."""
+        restored = lr_scheduler.get_last_lr()[0]
+        planned = lr_scheduler.base_lrs[0] * lr_scheduler.lr_lambdas[0](iteration)
+        end = self.config.lr_decay_steps
+        if math.isclose(restored, planned, rel_tol=1e-6) or iteration >= end:  # unchanged, or nothing left to train
             return
-        if lr == 0:
+        if restored == 0:
             raise ValueError(
-                f"{self.folder.root}: checkpoint {iteration} ended its learning-rate schedule (lr 0 at step "
-                f"{stored_end}); training on would run at lr 0. Start a fresh schedule from its weights with "
-                f"--dit_path {self.folder.path('model', iteration)} (--load_ema for the EMA) and a new --output_dir."
+                f"{self.folder.root}: checkpoint {iteration} ended its learning-rate schedule (lr 0); training on "
+                f"would run at lr 0. Start a fresh schedule from its weights with --dit_path "
+                f"{self.folder.path('model', iteration)} (--load_ema for the EMA) and a new --output_dir."
             )
         continue_linearly(lr_scheduler, iteration, end)
-        if self.config.lr_scheduler not in ("constant", "constant_with_warmup"):
-            logger.warning(
-                "The schedule now ends at step %d, not %d: the learning rate goes on from %.3g at step %d and falls "
-                "linearly to 0 at step %d.",
-                end,
-                stored_end,
-                lr,
-                iteration,
-                end,
-            )
+        logger.warning(
+            "The schedule's end moved to step %d: at step %d this run's schedule gives lr %.3g, the checkpoint's "
+            "%.3g; the learning rate goes on from %.3g, falling linearly to 0 at step %d.",
+            end,
+            iteration,
+            planned,
+            restored,
+            restored,
+            end,
+        )
 
     def record_loss(self, step: int, loss: float, micro_batches) -> None:
         """Report a non-finite step (and retract the checkpoint whose weights gave it); raise on divergence."""
