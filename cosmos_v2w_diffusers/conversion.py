@@ -57,7 +57,8 @@ def _save_pt(tensors: dict[str, torch.Tensor], path: Path) -> None:
         torch.save(tensors, f)
 
 
-def native_to_diffusers(path: Path, output: Path, use_ema: bool = False, dtype: torch.dtype = torch.bfloat16) -> Path:
+def native_to_diffusers(path: Path, output: Path, use_ema: bool = False, dtype: torch.dtype | None = None) -> Path:
+    """A diffusers transformer folder from a native file, in `dtype` (None: as stored, so round trips are exact)."""
     weights = load_native_checkpoint(path, use_ema)
     config = _preset_config(weights, str(path))
     with torch.device("meta"):

@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument(
                 "--dtype",
                 choices=["bf16", "fp32"],
-                default="bf16",
-                help="the weights' dtype (default: %(default)s, what the model runs in; the EMA is fp32 in the .pt)",
+                default=None,
+                help="the weights' dtype (default: as stored: net.* in bf16, the EMA in fp32; round trips are exact)",
             )
     args = parser.parse_args(argv)  # before the heavy imports below, so `--help` answers at once
     from safetensors import SafetensorError
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     source, output = Path(args.input), Path(args.output)
     try:
         if args.direction == "to_diffusers":
-            written = native_to_diffusers(source, output, args.load_ema, EXPORT_DTYPES[args.dtype])
+            written = native_to_diffusers(source, output, args.load_ema, EXPORT_DTYPES.get(args.dtype))
         elif args.direction == "to_native":
             written = diffusers_to_native(source, output)
         elif args.direction == "lora_to_diffusers":

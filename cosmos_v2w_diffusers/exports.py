@@ -47,13 +47,15 @@ EXPORT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 DEFAULT_MAX_SHARD_SIZE = "10GB"
 
 
-def plan_shards(state_dict: dict[str, torch.Tensor], dtype: torch.dtype, max_shard_size: str | int):
-    """huggingface_hub's split of `state_dict`, stored in `dtype` (floating tensors; meta tensors count too), into
+def _stored_dtype(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype `tensor` is written in: `dtype` for floating tensors (None: as it is), its own otherwise."""
+    return dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+
+
+def plan_shards(state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None, max_shard_size: str | int):
+    """huggingface_hub's split of `state_dict`, stored in `dtype` (`_stored_dtype`; meta tensors count too), into
     diffusers' file names: `diffusion_pytorch_model.safetensors`, or `-0000i-of-0000n` shards with an index."""
-    sizes = {
-        k: torch.empty(v.shape, dtype=dtype if v.is_floating_point() else v.dtype, device="meta")
-        for k, v in state_dict.items()
-    }
+    sizes = {k: torch.empty(v.shape, dtype=_stored_dtype(v, dtype), device="meta") for k, v in state_dict.items()}
     return split_torch_state_dict_into_shards(
         sizes, filename_pattern="diffusion_pytorch_model{suffix}.safetensors", max_shard_size=max_shard_size
     )
@@ -62,16 +64,14 @@ def plan_shards(state_dict: dict[str, torch.Tensor], dtype: torch.dtype, max_sha
 def write_weights(
     folder: Path,
     state_dict: dict[str, torch.Tensor],
-    dtype: torch.dtype,
+    dtype: torch.dtype | None,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
 ) -> None:
     """The weight files `save_pretrained(max_shard_size=..., safe_serialization=True)` writes, from a state dict
     that is not the module's own (the EMA, or FSDP-gathered weights), one shard in memory at a time."""
     split = plan_shards(state_dict, dtype, max_shard_size)
     for filename, names in split.filename_to_tensors.items():
-        shard = {
-            n: state_dict[n].detach().to("cpu", dtype if state_dict[n].is_floating_point() else None) for n in names
-        }
+        shard = {n: state_dict[n].detach().to("cpu", _stored_dtype(state_dict[n], dtype)) for n in names}
         save_file({n: t.contiguous() for n, t in shard.items()}, folder / filename, metadata={"format": "pt"})
     if split.is_sharded:
         index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
@@ -91,11 +91,11 @@ def write_diffusers_transformer(
     folder: Path,
     transformer,
     state_dict: dict[str, torch.Tensor],
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype | None = torch.bfloat16,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
 ) -> Path:
-    """A `from_pretrained`-able transformer folder from a (gathered) state dict, in `dtype`, sharded above
-    `max_shard_size` (`write_weights`)."""
+    """A `from_pretrained`-able transformer folder from a (gathered) state dict, in `dtype` (None: as the tensors
+    are), sharded above `max_shard_size` (`write_weights`)."""
 
     def build(staging: Path) -> None:
         transformer.save_config(staging)

@@ -143,6 +143,7 @@ def _generations_match_one_process(tmp_path: Path, num_gpus: int, port: int, **l
         assert difference < 3.0, (name, float(difference))
 
 
+@pytest.mark.slow  # 33 s on 2 cores; the CP training test above keeps several processes in `make test`
 def test_num_gpus_2_generation_writes_the_one_process_video(tmp_path):
     """`--num_gpus 2`, its tokens sharded or its guidance split (`--guidance_parallel`), against one process."""
     _generations_match_one_process(tmp_path, 2, 29538, cp=[], guidance=["--guidance_parallel"])

@@ -98,7 +98,7 @@ def test_the_hub_token_is_never_written_to_checkpoints_trackers_or_the_card(tiny
         ["train_video2world.py", "--hub_token", TOKEN, f"--hub_token={TOKEN}", "--prompt", TOKEN]
     )
     assert command == ["train_video2world.py", "--hub_token", "***", "--hub_token=***", "--prompt", "***"]
-    card = str(model_card(config.resolved(), None, command))
+    card = str(model_card(config.resolved(), None, command, "me/robot"))
     assert TOKEN not in card and "--hub_token '***'" in card
     with pytest.raises(ValueError, match="hub_token with --report_to wandb"):
         TrainConfig(model="tiny", hub_token=TOKEN, report_to="wandb").resolved()

@@ -134,7 +134,7 @@ def test_a_token_flag_is_refused_abbreviated_and_redacted_in_any_spelling(tmp_pa
     command = ["train_video2world.py", "--hub_tok", "secret-value-1", "--hub_toke=secret-value-2", "--hub_token", "s3"]
     redacted = redacted_command(command)
     assert not any("secret-value" in arg or arg == "s3" for arg in redacted), redacted
-    card = model_card(TrainConfig(model="tiny", output_dir=str(tmp_path)).resolved(), None, redacted)
+    card = model_card(TrainConfig(model="tiny", output_dir=str(tmp_path)).resolved(), None, redacted, "me/robot")
     assert "secret-value" not in str(card)
 
 
