@@ -49,6 +49,16 @@ def tiny_config(dataset, output_dir, **overrides):
 REPO = Path(__file__).resolve().parents[1]
 
 
+def train_to_the_end(config):
+    """Build a `Trainer` for `config`, train it to the end and close it; returns it (its history, config, ...)."""
+    from cosmos_v2w_diffusers.training.trainer import Trainer
+
+    trainer = Trainer(config)
+    trainer.train()
+    trainer.close()
+    return trainer
+
+
 # `accelerate launch` flags for one CPU process, as `make demo` passes them (no accelerate config needed).
 ONE_CPU_PROCESS = ("--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
 

@@ -12,7 +12,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import PROMPT, cli_error, tiny_config
+from conftest import PROMPT, cli_error, tiny_config, train_to_the_end
 from safetensors.torch import load_file
 
 from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline
@@ -58,6 +58,13 @@ class StandInSafetyChecker(torch.nn.Module):
         return video
 
 
+def _tiny_call(num_inference_steps: int) -> dict:
+    """A pipeline call at the tiny preset's size, continuing a teal image."""
+    image = PIL.Image.new("RGB", (TINY.width, TINY.height), (0, 128, 128))
+    size = dict(height=TINY.height, width=TINY.width, num_frames=TINY.num_frames)
+    return dict(image=image, prompt=PROMPT, **size, num_inference_steps=num_inference_steps, output_type="np")
+
+
 @pytest.fixture(scope="module")
 def full_run(prepared_dataset, tmp_path_factory) -> Path:
     """One full step whose exports are split into 1 MB shards, with a validation video: treat as read-only."""
@@ -72,9 +79,7 @@ def full_run(prepared_dataset, tmp_path_factory) -> Path:
         validation_num_inference_steps=2,
         report_to="tensorboard",
     )
-    trainer = Trainer(config)
-    trainer.train()
-    trainer.close()
+    train_to_the_end(config)
     return out
 
 
@@ -187,15 +192,7 @@ def test_diffusers_compat_equals_the_stock_pipeline_on_an_export_without_passing
     folder = str(full_run / "pipeline")
     stock = Cosmos2VideoToWorldPipeline.from_pretrained(folder, safety_checker=StandInSafetyChecker())
     ours = CosmosVideo2WorldPipeline.from_pretrained(folder, safety_checker=StandInSafetyChecker())  # its rounding too
-    call = dict(
-        image=PIL.Image.new("RGB", (TINY.width, TINY.height), (0, 128, 128)),
-        prompt=PROMPT,
-        height=TINY.height,
-        width=TINY.width,
-        num_frames=TINY.num_frames,
-        num_inference_steps=3,
-        output_type="np",
-    )
+    call = _tiny_call(num_inference_steps=3)
     a = stock(**call, generator=torch.Generator().manual_seed(0)).frames[0]
     b = ours(**call, generator=torch.Generator().manual_seed(0), diffusers_compat=True).frames[0]
     np.testing.assert_allclose(a, b, atol=1e-5)
@@ -230,15 +227,7 @@ def test_the_call_follows_the_stock_pipelines_signature_and_conventions():
         seen.append(pipeline.current_timestep == t)
         return {}
 
-    call = dict(
-        image=PIL.Image.new("RGB", (TINY.width, TINY.height)),
-        prompt=PROMPT,
-        height=TINY.height,
-        width=TINY.width,
-        num_frames=TINY.num_frames,
-        num_inference_steps=2,
-        output_type="np",
-    )
+    call = _tiny_call(num_inference_steps=2)
     pipe(**call, callback_on_step_end=callback, sigma_conditioning=1e-3)
     assert seen == [True, True] and pipe.current_timestep is None
     # the guardrail checks on the execution device and waits on the CPU, as the stock pipeline moves it

@@ -24,6 +24,7 @@ from conftest import (
     endless_run_flags,
     tiny_config,
     torchrun,
+    train_to_the_end,
 )
 
 from cosmos_v2w_diffusers import load_video2world_dataset
@@ -74,9 +75,7 @@ def tiny_run(prepared_dataset, tmp_path_factory) -> Path:
         hub_token=TOKEN,
         report_to="tensorboard",
     )
-    trainer = Trainer(config)
-    trainer.train()
-    trainer.close()
+    train_to_the_end(config)
     return out
 
 

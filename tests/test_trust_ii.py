@@ -17,7 +17,7 @@ import datasets
 import PIL.Image
 import pytest
 import torch
-from conftest import PROMPT, cli_error, tiny_config
+from conftest import PROMPT, cli_error, tiny_config, train_to_the_end
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -34,13 +34,6 @@ def _digests(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
-
-
-def _train(config: TrainConfig) -> Trainer:
-    trainer = Trainer(config)
-    trainer.train()
-    trainer.close()
-    return trainer
 
 
 def _no_model_may_load(monkeypatch) -> None:
@@ -79,7 +72,7 @@ def full_run(prepared_dataset, received_base, tmp_path_factory) -> Path:
     config = tiny_config(
         prepared_dataset, out, max_iter=1, save_iter=1, pretrained_model_name_or_path=str(received_base)
     )
-    _train(config)
+    train_to_the_end(config)
     return out
 
 
@@ -90,7 +83,7 @@ def lora_run(prepared_dataset, tmp_path_factory) -> Path:
     config = tiny_config(
         prepared_dataset, out, max_iter=2, save_iter=1, lr_decay_steps=4, train_architecture="lora", lora_rank=4
     )
-    _train(config)
+    train_to_the_end(config)
     return out
 
 
@@ -284,7 +277,7 @@ def test_the_schedule_goes_on_without_a_jump_when_its_end_moves(lora_run, prepar
 
     # a schedule that has ended cannot go on: refused with what to do instead
     finished = tmp_path / "finished"
-    _train(tiny_config(prepared_dataset, finished, max_iter=1, train_architecture="lora", lora_rank=4))
+    train_to_the_end(tiny_config(prepared_dataset, finished, max_iter=1, train_architecture="lora", lora_rank=4))
     with pytest.raises(ValueError, match="ended its learning-rate schedule.*--dit_path"):
         Trainer(tiny_config(prepared_dataset, finished, max_iter=3, train_architecture="lora", lora_rank=4))
 
