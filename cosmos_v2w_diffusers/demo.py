@@ -170,7 +170,9 @@ def run_demo(run_dir: str | Path, output_dir: str | Path = "outputs/demo") -> di
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--run_dir", type=Path, required=True, help="the tiny run's --output_dir")
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/demo"))
     args = parser.parse_args(argv)

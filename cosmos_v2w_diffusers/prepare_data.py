@@ -153,7 +153,7 @@ def prepare_dataset(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--dataset_path", required=True, help="folder holding videos/*.mp4")
     parser.add_argument("--prompt", default=None, help="caption for videos without metas/<name>.txt")
     parser.add_argument(

@@ -307,7 +307,9 @@ def _forget_load_path(model_folder: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("stage", choices=["vae", "transformer"])
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument(
