@@ -136,7 +136,7 @@ def foreign_files(target: Path, added_later: frozenset[str] | set[str] = frozens
         return []
     if target.is_symlink() or not target.is_dir():
         return [target.name]
-    ours = _written_files(target) or set()
+    ours = (_written_files(target) or set()) | {MANIFEST_NAME} | set(added_later)
     foreign = []
     for folder, dirs, files in os.walk(target):  # links to folders are listed, not followed
         for name in [*dirs, *files]:
@@ -144,7 +144,7 @@ def foreign_files(target: Path, added_later: frozenset[str] | set[str] = frozens
             relative = path.relative_to(target).as_posix()
             if path.is_symlink():
                 foreign.append(relative)
-            elif name in files and relative not in ours | {MANIFEST_NAME} | set(added_later):
+            elif name in files and relative not in ours:
                 foreign.append(relative)
     return sorted(foreign)
 
@@ -191,6 +191,9 @@ def publish_folder(
     return target
 
 
+_FICLONE = 0x40049409  # Linux's ioctl that shares a file's blocks copy-on-write (btrfs, XFS)
+
+
 def copy_regular_file(source: Path, target: Path) -> None:
     """Copy `source`, which must be a regular file (a link is not followed), to the new file `target`: a reflink
     where the file system offers one (no second 22 GB T5 on disk), else a copy. Never a hard link: the copy is
@@ -207,6 +210,3 @@ def copy_regular_file(source: Path, target: Path) -> None:
                     shutil.copyfileobj(f, out, 2**24)
     finally:
         os.close(src)
-
-
-_FICLONE = 0x40049409  # Linux's ioctl that shares a file's blocks copy-on-write (btrfs, XFS)
