@@ -57,6 +57,10 @@ class CosmosAttnProcessor:
     projection_slices = 0
     # The token-wise parts around the kernel as `compile_projections` compiled them; empty: they run as they are.
     _compiled_parts: dict = {}
+    # `--sparse_attention natten` (`sparse_attention.py`): this block's neighbourhood attention, and the `(T, H, W)`
+    # token grid of the current forward that it lays the tokens out on; None: dense self-attention.
+    sparse_attention = None
+    token_grid = None
 
     def __call__(
         self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None
@@ -72,8 +76,11 @@ class CosmosAttnProcessor:
             project_out = functools.partial(checkpoint, project_out, use_reentrant=False, preserve_rng_state=False)
         projected = project(hidden_states, image_rotary_emb)
         query, key, value = projected if encoder_hidden_states is None else (*projected, key, value)
-        attend = dispatch_attention_fn if self._parallel_config is None else _ulysses_attention
-        out = attend(query, key, value, backend=self._attention_backend, parallel_config=self._parallel_config)
+        if encoder_hidden_states is None and self.sparse_attention is not None:
+            out = self.sparse_attention(query, key, value, self.token_grid)
+        else:
+            attend = dispatch_attention_fn if self._parallel_config is None else _ulysses_attention
+            out = attend(query, key, value, backend=self._attention_backend, parallel_config=self._parallel_config)
         return project_out(out.flatten(2, 3).type_as(query))
 
     def _part(self, function):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from diffusers import CosmosTransformer3DModel
 
 
@@ -34,3 +35,11 @@ def compile_blocks(transformer: CosmosTransformer3DModel, **compile_kwargs) -> N
             part.compile(**compile_kwargs)
         for attn in (block.attn1, block.attn2):
             attn.processor.compile_projections(**compile_kwargs)
+
+
+def compile_block_forwards(transformer: CosmosTransformer3DModel, **compile_kwargs) -> None:
+    """`torch.compile` each block's `forward` alone, for generation with hooks put around it afterwards (the step
+    cache, `step_cache.py`): diffusers' hooks replace `forward`, and `block.compile()` would trace them too, with
+    their per-call cache state and the one number they read from the GPU, into every block's graph."""
+    for block in transformer.transformer_blocks:
+        block.forward = torch.compile(block.forward, **compile_kwargs)

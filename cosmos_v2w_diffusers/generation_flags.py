@@ -106,7 +106,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="attention kernel: cudnn, flash4 (FlashAttention-4), native (torch's choice), or auto (the fastest "
         "installed)",
     )
+    fast = p.add_argument_group(
+        "faster generation",
+        "each measured against the dense 35-step output, speed and PSNR/SSIM, in BENCHMARKS.md (Fast generation)",
+    )
+    fast.add_argument(
+        "--cache",
+        type=float,
+        default=None,
+        metavar="THRESHOLD",
+        help="training-free step caching (diffusers' First Block Cache): where the first block's residual changed by "
+        "less than THRESHOLD (relative) since the last step, the other blocks are skipped and their last residual "
+        "reused; the log says how many block evaluations were skipped. Default: off (dense)",
+    )
+    fast.add_argument(
+        "--sparse_attention",
+        default="none",
+        choices=["none", "natten"],
+        help="natten: NVIDIA's neighbourhood attention in its sparse layers (pip install natten); made for NVIDIA's "
+        "NATTEN checkpoints, it also runs on dense ones. Default: none (dense)",
+    )
+    fast.add_argument(
+        "--fp8",
+        action="store_true",
+        help="the transformer blocks' linear layers in fp8 (e4m3 weights, per-token activation scales; fp8 matmuls "
+        "on Hopper and newer GPUs)",
+    )
     args = p.parse_args(argv)
+    if args.cache is not None and not 0 < args.cache < 1:
+        p.error(
+            f"--cache {args.cache}: the threshold is a relative change between steps, between 0 and 1 (0.05 to 0.3)."
+        )
     if args.guidance_parallel and (args.num_gpus < 2 or args.num_gpus % 2 or args.guidance <= 1):
         p.error(
             "--guidance_parallel splits the two sides of guidance over two halves of the processes (each half "

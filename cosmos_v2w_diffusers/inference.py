@@ -33,7 +33,7 @@ from .checkpoint_format import (
     load_into_transformer,
     load_native_checkpoint,
 )
-from .compile import compile_blocks
+from .compile import compile_block_forwards, compile_blocks
 from .components import build_transformer, check_transformer_matches, resolve_pretrained
 from .context_parallel import enable_context_parallel
 from .data.folder import presented_frame_count
@@ -198,10 +198,17 @@ def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
         enable_context_parallel(pipe.transformer, cp, device, latent_tokens(num_frames, height, width))
     if args.guidance_parallel:
         pipe.enable_guidance_parallel(guidance_pair(cp))
+    if args.fp8:
+        pipe.enable_fp8()
+    if args.sparse_attention == "natten":
+        logger.info("Sparse attention (natten) in %d of the transformer's blocks", pipe.enable_sparse_attention())
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes within a generation: the VAE's convolutions autotune once
     if args.compile if args.compile is not None else device.type == "cuda":
-        compile_blocks(pipe.transformer)
+        # The step cache's hooks go around each block's forward, so only the forward inside them is compiled.
+        (compile_block_forwards if args.cache is not None else compile_blocks)(pipe.transformer)
+    if args.cache is not None:
+        pipe.enable_step_cache(args.cache)
     if args.offload_model:
         pipe.enable_model_cpu_offload()
         return pipe

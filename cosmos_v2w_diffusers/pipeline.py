@@ -43,11 +43,15 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import T5EncoderModel, T5TokenizerFast
 
+from .attention import attention_processors
+from .fp8 import quantize_blocks_to_fp8
 from .generation_flags import DEFAULT_NEGATIVE_PROMPT
 from .latents import decode_latents, encode_video
 from .preconditioning import SIGMA_CONDITIONING, conditioning_mask, denoise
 from .sample_shape import check_sample_shape, latent_shape, num_latent_frames, vae_space_stride
 from .scheduler import CosmosMultistepScheduler
+from .sparse_attention import enable_sparse_attention
+from .step_cache import StepCache
 from .text_encoding import MAX_TEXT_TOKENS, embed_prompts
 
 logger = logging.getLogger(__name__)
@@ -165,6 +169,7 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         )
         self.register_to_config(disable_guardrail=disable_guardrail)
         self._guidance_group = None  # set by enable_guidance_parallel
+        self._step_cache = None  # set by enable_step_cache
         self._guidance_scale, self._num_timesteps, self._interrupt = 7.0, 0, False  # those of the last generation
         self._current_timestep, self._sigma_conditioning = None, SIGMA_CONDITIONING
         self.video_processor = VideoProcessor(vae_scale_factor=vae_space_stride(vae.config))
@@ -263,22 +268,57 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
             raise ValueError(f"Guidance parallelism needs exactly 2 processes, got {dist.get_world_size(group)}.")
         self._guidance_group = group or dist.group.WORLD
 
+    # ------------------------------------------------------------------ faster generation (BENCHMARKS.md)
+
+    def enable_step_cache(self, threshold: float) -> StepCache:
+        """Skip the transformer's blocks after the first where the first block's residual changed by less than
+        `threshold` since the last step (`step_cache.py`); each generation logs how many were skipped. A second
+        call replaces the first's threshold."""
+        self.disable_step_cache()
+        self._step_cache = StepCache(self.transformer, threshold)
+        return self._step_cache
+
+    def disable_step_cache(self) -> None:
+        """Every block runs at every step again."""
+        if self._step_cache is not None:
+            self._step_cache.remove()
+            self._step_cache = None
+
+    def enable_sparse_attention(self) -> int:
+        """NVIDIA's neighbourhood attention (natten) in its sparse layers (`sparse_attention.py`); returns how many
+        layers are sparse."""
+        if getattr(self.transformer, "_parallel_config", None) is not None:
+            raise ValueError(
+                "--sparse_attention with context parallelism is not supported: drop one, or use --num_gpus 2 "
+                "--guidance_parallel (no token sharding)."
+            )
+        return enable_sparse_attention(self.transformer, attention_processors(self.transformer, "self"))
+
+    def enable_fp8(self) -> int:
+        """The transformer blocks' linear layers in fp8 (`fp8.py`): weights stored in e4m3 with a scale per
+        output channel, and on Hopper or newer GPUs the matmuls run on the fp8 units with each token's activations
+        scaled to e4m3. Returns how many layers were converted."""
+        return quantize_blocks_to_fp8(self.transformer, fp8_matmul=True)
+
+    def _x0(self, x, sigma, clean, cond_mask, text, fps, side: str) -> torch.Tensor:
+        """One transformer evaluation for guidance side `side` ("cond" or "uncond"), through the step cache."""
+        cached = self._step_cache.side(side) if self._step_cache is not None else contextlib.nullcontext()
+        with cached:
+            return denoise(self.transformer, x, sigma, clean, cond_mask, text, fps, self._sigma_conditioning)
+
     def _guided_x0(self, x, sigma, clean, cond_mask, text, negative_text, guidance_scale, fps) -> torch.Tensor:
         """Classifier-free-guided x0: `x0_cond + w * (x0_cond - x0_uncond)`; conditioning frames stay in both."""
         sigma = torch.as_tensor(sigma, device=x.device).expand(x.shape[0])
         group = self._guidance_group
         if negative_text is None:
-            return denoise(self.transformer, x, sigma, clean, cond_mask, text, fps, self._sigma_conditioning)
+            return self._x0(x, sigma, clean, cond_mask, text, fps, "cond")
         if group is None:
-            x0 = denoise(self.transformer, x, sigma, clean, cond_mask, text, fps, self._sigma_conditioning)
-            x0_uncond = denoise(
-                self.transformer, x, sigma, clean, cond_mask, negative_text, fps, self._sigma_conditioning
-            )
+            x0 = self._x0(x, sigma, clean, cond_mask, text, fps, "cond")
+            x0_uncond = self._x0(x, sigma, clean, cond_mask, negative_text, fps, "uncond")
         else:  # this rank's side of the guidance, then both sides on every rank
-            side = negative_text if dist.get_rank(group) == 1 else text
-            mine = denoise(
-                self.transformer, x, sigma, clean, cond_mask, side, fps, self._sigma_conditioning
-            ).contiguous()
+            unconditional = dist.get_rank(group) == 1
+            side = negative_text if unconditional else text
+            mine = self._x0(x, sigma, clean, cond_mask, side, fps, "uncond" if unconditional else "cond").contiguous()
             x0, x0_uncond = torch.empty_like(mine), torch.empty_like(mine)
             dist.all_gather([x0, x0_uncond], mine, group=group)
         return x0 + guidance_scale * (x0 - x0_uncond)
@@ -483,6 +523,8 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         transformer_fps = fps if diffusers_compat else None
 
         # 3. Sampling: one guided x0 per step, handed to the scheduler (Euler takes the velocity).
+        if self._step_cache is not None:
+            self._step_cache.reset()
         scheduler = self._sampling_scheduler(num_inference_steps, device, diffusers_compat)
         sigmas = scheduler.sigmas.to(device)  # copied once: a CPU sigma per step would be a host-to-device sync
         euler = isinstance(scheduler, FlowMatchEulerDiscreteScheduler)
@@ -506,6 +548,8 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         if not diffusers_compat:
             # NVIDIA returns one more guided x0, evaluated at sigma_min.
             x = self._guided_x0(x, sigmas[-1].float(), clean, cond_mask, text, negative_text, guidance_scale, None)
+        if self._step_cache is not None:
+            logger.info(self._step_cache.summary())
 
         # 4. Decode, guardrail, format.
         if output_type == "latent":

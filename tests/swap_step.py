@@ -1,4 +1,4 @@
-"""The step the block-swap tests compare (`tests/test_quantized_base.py` on the CPU, `tests/test_lean_levers_gpu.py`
+"""The step the block-swap tests compare (`tests/test_fp8.py` on the CPU, `tests/test_lean_levers_gpu.py`
 on a GPU): a module of its own, since the GPU runs skip `conftest.py` (it needs scikit-video)."""
 
 import torch
@@ -20,18 +20,18 @@ def lora_step(
 
     from cosmos_v2w_diffusers.compile import compile_blocks
     from cosmos_v2w_diffusers.components import load_transformer
+    from cosmos_v2w_diffusers.fp8 import quantize_blocks_to_fp8
     from cosmos_v2w_diffusers.objective import draw_training_randomness, video2world_loss
     from cosmos_v2w_diffusers.presets import get_preset
     from cosmos_v2w_diffusers.training.activation_checkpointing import apply_activation_checkpointing, canonical_name
     from cosmos_v2w_diffusers.training.block_swap import BlockSwap
     from cosmos_v2w_diffusers.training.model import apply_lora
-    from cosmos_v2w_diffusers.training.quantized_base import quantize_base_to_fp8
 
     tiny = get_preset("tiny")
     torch.manual_seed(0)
     transformer = load_transformer(tiny).to(device).train()
     if fp8:
-        quantize_base_to_fp8(transformer)
+        quantize_blocks_to_fp8(transformer)
     apply_lora(transformer, 4, 4, ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"], seed=0)
     cast_training_params(transformer, torch.float32)  # as the trainer: PEFT made the adapter in the base's fp8
     swap = BlockSwap(transformer.transformer_blocks, torch.device(device)) if block_swap else None

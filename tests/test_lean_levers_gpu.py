@@ -1,6 +1,6 @@
 """The levers whose copies run on a side stream on a GPU: `--block_swap` (the adapter's gradients are those without
 the swap, and the blocks' base weights leave the GPU) and `--low_vram`'s offloaded block inputs (the gradients of
-full recompute). Skipped on the CPU (`tests/test_quantized_base.py` and `tests/test_fast_paths.py` check the rest
+full recompute). Skipped on the CPU (`tests/test_fp8.py` and `tests/test_fast_paths.py` check the rest
 there); run on the GPU machine with `pytest --noconftest tests/test_lean_levers_gpu.py`."""
 
 import pytest

@@ -10,7 +10,7 @@ from peft import LoraConfig
 
 from ..checkpoint_format import load_into_transformer, load_native_checkpoint
 from ..components import build_transformer, load_transformer
-from .quantized_base import quantize_base_to_fp8
+from ..fp8 import quantize_blocks_to_fp8
 
 
 def apply_lora(
@@ -39,7 +39,7 @@ def load_trainable_transformer(preset, config, compute_dtype: torch.dtype) -> Co
     """The transformer a run trains: the preset's (or `--pretrained_model_name_or_path`'s), initialised from
     `--dit_path` if given. Full post-training keeps fp32 master weights (compute under autocast); LoRA keeps
     its frozen base in the compute dtype (bf16, as NVIDIA does: half the memory), or its blocks' weights in fp8
-    with `--base_precision fp8` (`quantized_base.py`), and its adapter in fp32."""
+    with `--base_precision fp8` (`fp8.py`), and its adapter in fp32."""
     dtype = compute_dtype if config.train_architecture == "lora" else torch.float32
     transformer = load_transformer(preset, config.pretrained_model_name_or_path, dtype, **config.hub_kwargs())
     source = config.pretrained_model_name_or_path or preset.hub_id or f"the {preset.name} base model"
@@ -72,7 +72,7 @@ def _as_trained(transformer: CosmosTransformer3DModel, config) -> CosmosTransfor
     """A LoRA run's base frozen (in fp8 with --base_precision fp8) under an fp32 adapter; a full run unchanged."""
     if config.train_architecture == "lora":
         if config.base_precision == "fp8":
-            quantize_base_to_fp8(transformer)
+            quantize_blocks_to_fp8(transformer)
         targets = config.lora_target_modules.split(",")
         apply_lora(transformer, config.lora_rank, config.lora_alpha, targets, config.seed, config.lora_dropout)
         cast_training_params(transformer, torch.float32)

@@ -6,8 +6,8 @@ import torch
 from conftest import make_dataset_folder, tiny_config
 from swap_step import lora_step
 
+from cosmos_v2w_diffusers.fp8 import Float8FrozenLinear
 from cosmos_v2w_diffusers.training.config import TrainConfig
-from cosmos_v2w_diffusers.training.quantized_base import Float8FrozenLinear
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
 
