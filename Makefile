@@ -13,9 +13,22 @@ endif
 
 .PHONY: install demo test test-all
 
+# Without an NVIDIA GPU, x86_64 machines take torch's CPU build (about 200 MB where the CUDA build fills 6.5 GB) from
+# PyTorch's CPU index, and the pinned CUDA build where that index cannot be reached (as on the machines our CI runs
+# on, which reach PyPI alone): both run the tests.
+CPU_INDEX := https://download.pytorch.org/whl/cpu
+CPU_TORCH := torch==2.14.1+cpu torchvision==0.29.1+cpu
+
 $(VENV)/.installed: setup.py
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q $(TORCH)
+	if [ "$$(uname -m)" = x86_64 ] && ! command -v nvidia-smi >/dev/null 2>&1 \
+		&& $(PY) -m pip install -q --retries 0 --timeout 10 --index-url $(CPU_INDEX) $(CPU_TORCH) 2>/dev/null; then \
+		echo "installed torch's CPU build"; \
+	else \
+		$(PY) -m pip install -q $(TORCH); \
+	fi
+	# natten builds against the torch installed above (its own build environment would fetch another torch)
+	$(PY) -m pip install -q --no-build-isolation "natten>=0.21"
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 

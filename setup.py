@@ -4,6 +4,9 @@ setup(
     name="cosmos_v2w_diffusers",
     version="0.1.0",
     description="NVIDIA Cosmos-Predict2 Video2World post-training on the Hugging Face stack",
+    # The code's licence; the Cosmos-Predict2 weights it trains are under the NVIDIA Open Model License.
+    license="Apache-2.0",
+    license_files=["LICENSE"],
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["cosmos_v2w_diffusers", "cosmos_v2w_diffusers.*"]),

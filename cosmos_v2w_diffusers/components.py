@@ -139,6 +139,49 @@ def resolve_pretrained(preset: ModelPreset, pretrained_model_name_or_path: str |
 # --------------------------------------------------------------------------------------------------
 
 
+def hub_source(name_or_path: str, flag: str) -> dict:
+    """Where `name_or_path` will load from, asked before loading so that an unreachable Hub fails in seconds:
+    `{}` for a local folder or a Hub the model can be fetched from, `{"local_files_only": True}` where the Hub
+    cannot be reached but the Hugging Face cache holds the model, and a one-line error naming the model, the flag
+    and the ways out where neither (transformers and huggingface_hub would retry for minutes, then fail with a
+    connection error that names no flag)."""
+    if Path(name_or_path).exists():
+        return {}
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+    try:
+        cached = any(
+            isinstance(try_to_load_from_cache(name_or_path, f), str)
+            for f in ("config.json", "text_encoder/config.json")
+        )
+    except HFValidationError:
+        raise ValueError(f"{flag} {name_or_path}: neither a folder nor a Hub id (owner/name).") from None
+    ways_out = "pass a local folder" + (", or --text_encoder tiny for a try-out" if flag == "--text_encoder" else "")
+    if constants.HF_HUB_OFFLINE:
+        if cached:
+            return {}
+        raise ValueError(
+            f"{flag} {name_or_path}: HF_HUB_OFFLINE is set and the Hugging Face cache does not hold it: download it "
+            f"where the Hub is reachable (`hf download {name_or_path}`), or {ways_out}."
+        )
+    try:
+        model_info(name_or_path, timeout=10)
+    except (RepositoryNotFoundError, GatedRepoError) as exc:
+        raise ValueError(
+            f"{flag} {name_or_path}: the Hub refuses it ({type(exc).__name__}): check the id, accept its licence on "
+            f"huggingface.co, and log in with `hf auth login`."
+        ) from None
+    except Exception as exc:  # noqa: BLE001  any failure to reach the Hub (DNS, proxy, timeout, TLS)
+        if cached:
+            return {"local_files_only": True}
+        raise ValueError(
+            f"{flag} {name_or_path}: the Hugging Face Hub cannot be reached ({type(exc).__name__}) and the cache does "
+            f"not hold the model: connect, or set HF_HUB_OFFLINE=1 where it is cached, or {ways_out}."
+        ) from None
+    return {}
+
+
 def load_transformer(
     preset: ModelPreset,
     pretrained_model_name_or_path: str | None = None,

@@ -101,7 +101,7 @@ def prepare_dataset(
     prepared, with a warning that training at that length will skip them. Existing pickles that training
     would refuse (wrong shape or dtype, NaN/Inf) are reported with the fix.
     """
-    from .components import load_text_encoder
+    from .components import hub_source, load_text_encoder
     from .presets import get_preset
 
     dataset_path = Path(dataset_path)
@@ -132,10 +132,11 @@ def prepare_dataset(
     if not todo:
         logger.info("All %d usable videos already have T5 embeddings", len(rows))
         return len(rows), 0
+    source = {} if text_encoder == "tiny" else hub_source(text_encoder, "--text_encoder")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     logger.info("Loading text encoder %s on %s (%s)", text_encoder, device, dtype)
-    tokenizer, encoder = load_text_encoder(text_encoder, torch_dtype=dtype)
+    tokenizer, encoder = load_text_encoder(text_encoder, torch_dtype=dtype, **source)
     encoder.to(device)
 
     # Identical captions (the usual case: one prompt for a whole folder) are encoded once.

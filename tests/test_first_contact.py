@@ -1,0 +1,55 @@
+"""What a newcomer meets first (issue 37): offline preparation fails fast, messages name the real fix, the CLIs'
+help renders, and the README keeps to its size and its links."""
+
+import re
+import time
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+from conftest import PROMPT, make_dataset_folder
+
+from cosmos_v2w_diffusers import prepare_data
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("how", ["unreachable", "HF_HUB_OFFLINE"])
+def test_prepare_data_offline_fails_at_once_naming_the_model_and_the_way_out(how, tmp_path, video_paths, monkeypatch):
+    folder = make_dataset_folder(tmp_path / "data", {"bikes": video_paths["bikes"]}, prepare=False)
+    if how == "unreachable":
+
+        def no_network(*args, **kwargs):
+            raise ConnectionError("Name or service not known")
+
+        monkeypatch.setattr(huggingface_hub, "model_info", no_network)
+    else:
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_cache"))  # nothing cached
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    errors = []
+    monkeypatch.setattr(prepare_data.logger, "error", lambda fmt, *args: errors.append(fmt % args))
+    start = time.monotonic()
+    assert prepare_data.main(["--dataset_path", str(folder), "--prompt", PROMPT]) == 1
+    assert time.monotonic() - start < 20
+    (message,) = errors
+    assert (
+        "--text_encoder google-t5/t5-11b" in message
+        and "HF_HUB_OFFLINE" in message
+        and "--text_encoder tiny" in message
+    )
+    assert "dataset folder" not in message and "\n" not in message
+
+
+def test_readme_is_short_has_contents_and_its_links_resolve():
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 300
+    anchors = re.findall(r"\]\(#([a-z0-9-]+)\)", text)
+    headings = {
+        re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", text, flags=re.M)
+    }
+    assert len(anchors) >= 8 and set(anchors) <= headings, set(anchors) - headings
+    for link in re.findall(r"\]\(([^)#]+\.md)", text):
+        assert (REPO / link).is_file(), link
+    assert (REPO / "LICENSE").read_text().lstrip().startswith("Apache License")
+    assert (REPO / "CHANGELOG.md").is_file()
