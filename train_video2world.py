@@ -15,6 +15,7 @@ checkpoint in its output folder.
 """
 
 import logging
+import os
 import sys
 
 from cosmos_v2w_diffusers.training.config import TrainConfig
@@ -26,6 +27,10 @@ def main() -> None:
         config = TrainConfig.from_args()  # before the heavy imports below, so `--help` answers at once
     except (ValueError, OSError) as exc:  # a flag no run can use, or a checkpoint file that is not one
         sys.exit(f"error: {exc}")
+    import torch
+
+    if not torch.cuda.is_available():  # DeepSpeed picks its CPU accelerator here anyway, with a warning each start
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from cosmos_v2w_diffusers.data.folder import NoUsableVideosError
     from cosmos_v2w_diffusers.io_utils import describe_os_error
     from cosmos_v2w_diffusers.training.checkpoint import CheckpointSpaceError

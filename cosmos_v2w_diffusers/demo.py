@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -33,8 +35,7 @@ from PIL import Image, ImageDraw
 from .components import tiny_pretrained_path
 from .data.demo_clips import DEMO_PROMPT, held_out_clip_path, robot_side
 from .data.samples import read_frames, resize_frames
-from .inference import nvidia_initial_noise
-from .pipeline import CosmosVideo2WorldPipeline
+from .pipeline import CosmosVideo2WorldPipeline, nvidia_initial_noise
 from .presets import ModelPreset, get_preset
 from .sample_shape import latent_shape
 from .video_metrics import psnr
@@ -191,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
         f"  {out / 'generated.mp4'}\n  {out / 'comparison.png'}   (rows: real, before, after)\n"
         f"  {out / 'demo_metrics.json'}\n"
         f"Next: this command makes generated.mp4 again; pass any image or video of yours as --input_path:\n"
-        f"  python infer_video2world.py --model_size tiny --dit_path {args.run_dir / 'transformer_ema'} "
+        f"  {shlex.quote(os.path.relpath(sys.executable))} infer_video2world.py --model_size tiny "
+        f"--dit_path {args.run_dir / 'transformer_ema'} "
         f'--input_path {out / "first_frame.png"} --prompt "{DEMO_PROMPT}" --guidance {GUIDANCE_SCALE:g} --seed 0 '
         f"--disable_guardrail --save_path {out / 'my_video.mp4'}"
     )

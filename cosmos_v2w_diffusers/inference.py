@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 
 import decord
-import numpy as np
 import PIL.Image
 import torch
 import torch.distributed as dist
@@ -41,7 +40,7 @@ from .exports import LORA_WEIGHTS_NAME
 from .generation_flags import NUM_FRAMES_BY_FPS, RESOLUTIONS, parse_args
 from .io_utils import read_regular_file
 from .latents import use_channels_last_3d
-from .pipeline import CosmosVideo2WorldPipeline, check_conditioning_frames, open_image
+from .pipeline import CosmosVideo2WorldPipeline, check_conditioning_frames, nvidia_initial_noise, open_image
 from .presets import get_preset
 from .sample_shape import check_sample_shape, latent_shape, latent_tokens
 
@@ -324,11 +323,6 @@ def check_save_path(path: Path) -> None:
         raise ValueError(f"--save_path {path} does not end in .mp4: the video is written as MP4.")
     if path.parent.exists() and not path.parent.is_dir():
         raise ValueError(f"--save_path {path}: {path.parent} is a file, not a folder.")
-
-
-def nvidia_initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """NVIDIA's initial noise for `seed`: `numpy.random.RandomState(seed).standard_normal` in float32."""
-    return torch.from_numpy(np.random.RandomState(seed).standard_normal(shape).astype(np.float32))
 
 
 def main(argv: list[str] | None = None) -> list[Path]:

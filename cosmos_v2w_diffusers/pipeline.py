@@ -83,6 +83,12 @@ def default_safety_checker():
     return CosmosSafetyChecker()
 
 
+def nvidia_initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """NVIDIA's initial noise for `seed`: `numpy.random.RandomState(seed).standard_normal` in float32 (`latents`
+    for `__call__`, which scales it by sigma_max)."""
+    return torch.from_numpy(np.random.RandomState(seed).standard_normal(shape).astype(np.float32))
+
+
 def check_conditioning_frames(
     available: int,
     num_conditional_frames: int,

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .io_utils import atomic_write, read_regular_file
+from .presets import get_preset
 
 MAX_TEXT_TOKENS = 512
 
@@ -118,10 +119,17 @@ def read_t5_pickle(path: str | os.PathLike, embed_dim: int) -> np.ndarray:
     array = content[0]
     if array.dtype not in (np.float16, np.float32):
         raise InvalidEmbeddingError(f"{path}: embedding dtype is {array.dtype}, expected float16 or float32; {fix}")
-    if array.ndim != 2 or array.shape[1] != embed_dim or not 1 <= array.shape[0] <= MAX_TEXT_TOKENS:
+    if array.ndim == 2 and 1 <= array.shape[0] <= MAX_TEXT_TOKENS and array.shape[1] != embed_dim:
         raise InvalidEmbeddingError(
-            f"{path}: embedding shape is {tuple(array.shape)}, expected [n_tokens <= {MAX_TEXT_TOKENS}, {embed_dim}] "
-            f"(is it from a different text encoder?); {fix}"
+            f"{path}: embeddings {array.shape[1]} wide where {embed_dim} are expected: a folder prepared with another "
+            f"text encoder (--text_encoder tiny writes {get_preset('tiny').text_embed_dim}) is read with "
+            f"embed_dim={array.shape[1]} (training: the matching --model), or prepared again with the encoder you "
+            "train with"
+        )
+    if array.ndim != 2 or not 1 <= array.shape[0] <= MAX_TEXT_TOKENS:
+        raise InvalidEmbeddingError(
+            f"{path}: embedding shape is {tuple(array.shape)}, expected [n_tokens <= {MAX_TEXT_TOKENS}, {embed_dim}]; "
+            f"{fix}"
         )
     if not np.isfinite(array).all():
         raise InvalidEmbeddingError(f"{path}: embedding holds NaN or Inf values, which would poison training; {fix}")
