@@ -34,7 +34,15 @@ setup(
     extras_require={
         # DeepSpeed ZeRO-2/3 (accelerate_configs/deepspeed_zero*.yaml); the tests run it in one CPU process.
         "deepspeed": ["deepspeed>=0.17"],
-        "dev": ["pytest", "scikit-video", "tensorboard", "deepspeed>=0.17", "ruff==0.17.6", "natten>=0.21"],
+        "dev": [
+            "pytest",
+            "scikit-video",
+            "tensorboard",
+            "deepspeed>=0.17",
+            "ruff==0.17.6",
+            "mypy==2.4.1",
+            "natten>=0.21",
+        ],
         # FlashAttention-4 (CuTe DSL, compiled on first use): Hopper/Blackwell GPUs, torch >= 2.11 (SDPA's FA4 hook).
         "flash4": ["flash-attn-4[cu13]==4.0.0b36"],
         # --sparse_attention natten. Built without a GPU it has torch's Flex Attention backend alone; natten.org

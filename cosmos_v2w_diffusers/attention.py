@@ -50,7 +50,7 @@ class CosmosAttnProcessor:
     parallelism each rank holds `S / N` tokens of all heads, and Ulysses exchanges them for all tokens of
     `heads / N` heads around the attention."""
 
-    _attention_backend = None
+    _attention_backend: str | None = None
     _parallel_config = None
     # Training's --checkpoint_block_parts: the projections before and after the attention kernel are checkpointed
     # apart from it, over this many slices of the sequence (training/activation_checkpointing.py); 0: they are not.

@@ -128,7 +128,7 @@ def comparison_image(
         draw.text((4, top + height // 2 - 6), label, fill="black")
         for c, index in enumerate(frames):
             tile = (video[index].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-            tile = Image.fromarray(tile).resize((width, height), Image.NEAREST)
+            tile = Image.fromarray(tile).resize((width, height), Image.Resampling.NEAREST)
             canvas.paste(tile, (label_width + c * (width + gap), top))
     return canvas
 

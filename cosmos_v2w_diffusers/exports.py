@@ -234,7 +234,7 @@ def export_final(transformer, state_dict: dict[str, torch.Tensor], ema_state: di
     if ema_state is not None:
         write_diffusers_transformer(out / "transformer_ema", transformer, ema_state, dtype, shard)
     live = ema_state is None or config.export_live_weights
-    weights = state_dict if live else ema_state
+    weights = state_dict if live or ema_state is None else ema_state
     write_diffusers_pipeline(
         out / "pipeline", base, transformer, weights, config.revision, config.cache_dir, dtype, shard
     )

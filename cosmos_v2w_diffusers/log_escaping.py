@@ -36,5 +36,5 @@ def install() -> None:
             record.msg, record.args = escape_control_characters(message), None
         return record
 
-    factory.escapes_control_characters = True
+    factory.escapes_control_characters = True  # type: ignore[attr-defined]  # how a second install tells
     logging.setLogRecordFactory(factory)

@@ -174,8 +174,8 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
             safety_checker=safety_checker,
         )
         self.register_to_config(disable_guardrail=disable_guardrail)
-        self._guidance_group = None  # set by enable_guidance_parallel
-        self._step_cache = None  # set by enable_step_cache
+        self._guidance_group: dist.ProcessGroup | None = None  # set by enable_guidance_parallel
+        self._step_cache: StepCache | None = None  # set by enable_step_cache
         self._guidance_scale, self._num_timesteps, self._interrupt = 7.0, 0, False  # those of the last generation
         self._current_timestep, self._sigma_conditioning = None, SIGMA_CONDITIONING
         self.video_processor = VideoProcessor(vae_scale_factor=vae_space_stride(vae.config))
@@ -281,8 +281,8 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         `threshold` since the last step (`step_cache.py`); each generation logs how many were skipped. A second
         call replaces the first's threshold."""
         self.disable_step_cache()
-        self._step_cache = StepCache(self.transformer, threshold)
-        return self._step_cache
+        cache = self._step_cache = StepCache(self.transformer, threshold)
+        return cache
 
     def disable_step_cache(self) -> None:
         """Every block runs at every step again."""
@@ -412,7 +412,7 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         device = device or self._execution_device
         dtype = dtype or self.transformer.dtype
         if prompt_embeds is None:
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
             prompt_embeds = embed_prompts(prompts, self.tokenizer, self.text_encoder, max_sequence_length, device)
         if do_classifier_free_guidance and negative_prompt_embeds is None:
             negative = negative_prompt if negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT
@@ -423,6 +423,7 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         text = prompt_embeds.to(device, dtype).repeat_interleave(num_videos_per_prompt, dim=0)
         if not do_classifier_free_guidance:
             return text, None
+        assert negative_prompt_embeds is not None  # embedded above when not given
         return text, negative_prompt_embeds.to(device, dtype).repeat_interleave(num_videos_per_prompt, dim=0)
 
     @torch.no_grad()

@@ -141,7 +141,7 @@ def prepare_dataset(
 
     # Identical captions (the usual case: one prompt for a whole folder) are encoded once.
     captions = sorted({row["caption"] for row in todo})
-    embeddings = {}
+    embeddings: dict = {}
     with tqdm(total=len(captions), desc="Encoding captions", unit="caption") as progress:
         for i in range(0, len(captions), batch_size):
             chunk = captions[i : i + batch_size]

@@ -93,6 +93,7 @@ class CosmosMultistepScheduler(SchedulerMixin, ConfigMixin):
             c = (lam_prev - lam) / h
             b2 = _phi2(-h) / c
             b1 = _phi1(-h) - b2
+            assert self._x0_prev is not None  # every step after the first has one
             x_next = torch.exp(-h) * x + h * (b1 * x0 + b2 * self._x0_prev.double())
         self._x0_prev = model_output.float()
         self._step_index += 1

@@ -26,12 +26,12 @@ import torch
 # NVIDIA's per-layer parameters (cosmos_predict2/configs/base/config_natten.py), given for a 44 x 80 token grid
 # (720p 16:9) and scaled to other grids: window (time, height, width) in tokens, -1 = the whole axis; stride: a
 # tile of queries sharing one window; dilation: every d-th token. None: dense self-attention.
-_LOCAL_12x24 = {"window": (-1, 12, 24), "stride": (1, 4, 8)}
+_LOCAL_12x24: dict | None = {"window": (-1, 12, 24), "stride": (1, 4, 8)}
 _LOCAL_20x40 = {"window": (-1, 20, 40), "stride": (1, 4, 8)}
 _LOCAL_28x56 = {"window": (-1, 28, 56), "stride": (1, 4, 8)}
 _GLOBAL_HW = {"window": (-1, 4, 16), "dilation": (1, 11, 5)}
 _GLOBAL_W = {"window": (-1, 12, 16), "stride": (1, 4, 1), "dilation": (1, 1, 5)}
-NVIDIA_LAYERS = {
+NVIDIA_LAYERS: dict[int, list[dict | None]] = {
     28: [_GLOBAL_HW] * 2
     + [_GLOBAL_W, _LOCAL_12x24, _LOCAL_12x24, _GLOBAL_W]
     + [_LOCAL_12x24] * 4

@@ -166,7 +166,7 @@ def list_videos(dataset_path: str | Path) -> list[Path]:
 
 
 def scan_dataset_folder(
-    dataset_path: str | Path,
+    dataset_path: str | os.PathLike,
     min_frames: int,
     embed_dim: int | None = None,
     check_stale: bool = True,
@@ -213,7 +213,7 @@ def report_skipped(skipped: list[SkippedFile]) -> None:
         logger.warning("Skipping %s", item)
 
 
-def raise_if_empty(rows: list[dict], skipped: list[SkippedFile], dataset_path: str | Path) -> None:
+def raise_if_empty(rows: list[dict], skipped: list[SkippedFile], dataset_path: str | os.PathLike) -> None:
     if rows:
         return
     if not skipped:

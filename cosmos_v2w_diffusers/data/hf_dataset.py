@@ -87,7 +87,7 @@ def reported_cache_space(cache_dir: str | os.PathLike | None) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        cause = exc
+        cause: BaseException | None = exc
         while cause is not None and not (isinstance(cause, OSError) and cause.errno == errno.ENOSPC):
             cause = cause.__cause__ or cause.__context__
         if cause is None:

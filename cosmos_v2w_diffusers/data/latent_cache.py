@@ -69,7 +69,7 @@ def build_latent_cache(
     Runs on `vae.device`; the result is an Arrow file under `cache_dir` (default: datasets' `HF_DATASETS_CACHE`),
     so a read-only dataset folder is fine.
     """
-    windows = {"row": [], "window": [], "video_path": [], "frame_start": []}
+    windows: dict[str, list] = {"row": [], "window": [], "video_path": [], "frame_start": []}
     for row, (path, clip_frames) in enumerate(zip(table["video_path"], table["num_frames"])):
         for window in range(windows_per_clip):
             windows["row"].append(row)

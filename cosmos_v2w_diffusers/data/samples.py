@@ -147,7 +147,7 @@ class Video2WorldTrainDataset(torch.utils.data.Dataset):
         }
 
     def _decode_with_replacements(self, index: int, row: int, start: int):
-        skipped = []
+        skipped: list[str] = []
         for attempt in range(MAX_REPLACEMENTS + 1):
             path = self.table[row]["video_path"]
             try:

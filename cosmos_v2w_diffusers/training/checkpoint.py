@@ -233,7 +233,10 @@ def output_dir_of(checkpoint_file: str | Path) -> Path:
 def config_of_checkpoint(checkpoint_file: str | Path) -> dict | None:
     """The run config stored with a checkpoint, given the path of any of its files."""
     checkpoints = CheckpointDir(output_dir_of(checkpoint_file))
-    return stored_config(checkpoints.load_part("trainer", checkpoints.resolve(str(checkpoint_file))))
+    iteration = checkpoints.resolve(str(checkpoint_file))
+    if iteration is None:
+        return None
+    return stored_config(checkpoints.load_part("trainer", iteration))
 
 
 def stored_config(trainer_part: dict) -> dict | None:
@@ -243,7 +246,8 @@ def stored_config(trainer_part: dict) -> dict | None:
 
 def rng_state() -> dict:
     """The process's RNG states as tensors and plain lists, which `torch.load(weights_only=True)` reads."""
-    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    kind, keys, position, has_gauss, cached_gauss = np.random.get_state(legacy=True)
+    assert not isinstance(keys, str)  # the legacy tuple form: (name, keys, position, has_gauss, cached_gauss)
     version, python_state, gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),

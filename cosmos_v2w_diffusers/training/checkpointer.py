@@ -78,6 +78,7 @@ class Checkpointer:
                 f"{self.folder.root}: checkpoint {iteration} was written by a different run (its trainable tensors "
                 f"differ: full vs LoRA, or another model). Use a new --output_dir or --no-resume."
             )
+        assert self._trainer_part is not None  # read with the other parts above
         state.load(masters, parts["optim"]["optimizer"])
         lr_scheduler.load_state_dict(parts["scheduler"])
         self._continue_schedule(lr_scheduler, iteration)

@@ -14,6 +14,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -511,7 +512,7 @@ class TrainConfig:
     def to_json(self) -> str:
         return json.dumps(self.public_dict(), sort_keys=True)
 
-    def resolved(self, steps_per_epoch: int | None = None, clips_per_step: int | None = None) -> "TrainConfig":
+    def resolved(self, steps_per_epoch: int | None = None, clips_per_step: int | None = None) -> "RunConfig":
         """A frozen copy with every default that depends on the preset (and the weights) filled in.
 
         `steps_per_epoch` (optimizer steps in one pass over the clips, which only the loaded dataset tells) turns
@@ -519,6 +520,8 @@ class TrainConfig:
         scales the learning rate under `--scale_lr`; without them neither is applied. The trainer resolves once for
         the run's folder and data, then again with those counts; neither copy changes.
         """
+        if isinstance(self, RunConfig) and self.flags is not None:  # resolved values are no flags: start again
+            return self.flags.resolved(steps_per_epoch, clips_per_step)
         # diffusers and transformers: imported here, kept out of `--help`
         from ..components import preset_of_pretrained
         from ..presets import get_preset
@@ -547,7 +550,7 @@ class TrainConfig:
         lr_scale = (clips_per_step or 1) if self.scale_lr else 1  # diffusers' --scale_lr
         height, width = parse_resolution(self.resolution) if self.resolution else (self.height, self.width)
         epochs = self.num_train_epochs if steps_per_epoch else None
-        max_iter = self.max_iter or (epochs * steps_per_epoch if epochs else preset.max_iter)
+        max_iter = self.max_iter or (epochs * steps_per_epoch if epochs and steps_per_epoch else preset.max_iter)
         every_epochs = self.validation_epochs * steps_per_epoch if self.validation_epochs and steps_per_epoch else None
         save_iter = self.save_iter or (preset.save_iter_lora if lora else preset.save_iter)
         # Selective checkpointing is the default: the trainer keeps attention outputs in as many blocks as
@@ -558,8 +561,8 @@ class TrainConfig:
         else:
             dataset = self.dataset_name.rsplit("/", 1)[-1] if self.dataset_name else "demo"
         group = "video2world_lora" if lora else "video2world"
-        c = dataclasses.replace(
-            self,
+        flags: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
+        resolved: dict[str, Any] = dict(
             model=preset.name,
             lora_rank=rank,
             lora_alpha=self.lora_alpha or rank,
@@ -578,6 +581,7 @@ class TrainConfig:
             output_dir=self.output_dir
             or str(Path("checkpoints", "posttraining", group, f"{preset.short_name}_{dataset}")),
         )
+        c = RunConfig(**{**flags, **resolved}, flags=self)
         if c.block_swap and c.activation_checkpointing == "none":
             raise ValueError(
                 "--block_swap drops a block's weights once it has run, so the backward must recompute the block: "
@@ -668,3 +672,31 @@ class TrainConfig:
         logging.getLogger(__name__).info("Taken from %s: %s", checkpoint, ", ".join(taken) or "nothing")
         rebuilt["output_dir"] = str(output_dir_of(checkpoint))
         return dataclasses.replace(config, **{**rebuilt, **given})
+
+
+@dataclass(frozen=True)
+class RunConfig(TrainConfig):
+    """A `TrainConfig` resolved (`TrainConfig.resolved`): every default that depends on the preset, the weights, the
+    dataset's size or the launch filled in, so these fields are never None, and the flags it came from kept
+    (`flags`), so that resolving again starts from them. The defaults below are placeholders: a RunConfig is only
+    ever made by `resolved()`, which gives every one of them."""
+
+    model: str = ""
+    output_dir: str = ""
+    lora_rank: int = 0
+    lora_alpha: int = 0
+    max_iter: int = 0
+    save_iter: int = 0
+    num_frames: int = 0
+    height: int = 0
+    width: int = 0
+    learning_rate: float = 0.0
+    weight_decay: float = 0.0
+    lr_f_max: float = 0.0
+    lr_decay_steps: int = 0
+    activation_checkpointing: str = ""
+    validation_steps: int = 0
+    flags: TrainConfig | None = field(default=None, repr=False, compare=False)
+
+    def public_dict(self) -> dict:
+        return {k: v for k, v in super().public_dict().items() if k != "flags"}

@@ -148,8 +148,8 @@ class MemoryPlan:
 
     selective_blocks: int | None
     ema_device: str
-    estimated_peak_bytes: int | None = None
-    capacity_bytes: int | None = None
+    estimated_peak_bytes: int = 0
+    capacity_bytes: int = 0
 
     def describe(self, n_blocks: int) -> str:
         return (

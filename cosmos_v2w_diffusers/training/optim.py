@@ -126,6 +126,7 @@ class PowerEMA:
             self._staging[name].copy_(p.detach().to(self.source_dtype), non_blocking=True)
         copied = torch.cuda.Event()
         copied.record()
+        assert self._worker is not None  # made with the staging buffers' owner, on CUDA only
         self._pending = self._worker.submit(self._average_on_host, copied, weight)
 
     def _average_on_host(self, copied: torch.cuda.Event, weight: float) -> None:

@@ -32,6 +32,14 @@ class _TrainState:
     """What both engines share: copying gathered tensors to the main process's CPU, one at a time, so no rank
     ever holds the whole state on its GPU. Subclasses define `full_masters` and `full_ema`."""
 
+    def full_masters(self):
+        """Each trainable parameter's whole fp32 master, as `(name, tensor)` pairs, on every rank."""
+        raise NotImplementedError
+
+    def full_ema(self, name: str, shadow: torch.Tensor) -> torch.Tensor:
+        """The whole EMA tensor of parameter `name`, from this rank's `shadow`."""
+        raise NotImplementedError
+
     def masters_on_main(self, main: bool) -> tuple[dict[str, torch.Tensor], list[str]]:
         """The whole fp32 masters (on the CPU of the main process; empty elsewhere), and the names of those
         holding NaN/Inf (the same on every rank: each tensor is whole)."""
@@ -139,7 +147,7 @@ class ZeroTrainState(_TrainState):
 
         # AdamW's state of any flat partition: its per-element moments (which DeepSpeed maps per parameter)
         # and its step count (the same for all).
-        first = next(iter(self.adamw.state.values()), {})
+        first: dict = next(iter(self.adamw.state.values()), {})
         keys = [k for k, v in first.items() if torch.is_tensor(v) and v.dim() > 0]
         step = first.get("step")
         state = {}
@@ -148,6 +156,7 @@ class ZeroTrainState(_TrainState):
             for name, param in self.trainable.items():
                 moments = {k: safe_get_full_optimizer_state(param, k) for k in keys}
                 if main:
+                    assert step is not None  # AdamW keeps a step count with its moments
                     state[name] = {"step": step.detach().cpu().clone(), **{k: v.cpu() for k, v in moments.items()}}
         groups = [
             {**{k: v for k, v in g.items() if k != "params"}, "params": list(self.trainable)}

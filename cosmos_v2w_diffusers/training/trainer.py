@@ -41,7 +41,7 @@ from ..presets import get_preset
 from ..sample_shape import latent_tokens
 from .activation_checkpointing import canonical_name
 from .checkpointer import Checkpointer
-from .config import TrainConfig
+from .config import RunConfig, TrainConfig
 from .guards import RunGuards
 from .hub import HubUploader
 from .memory import LeanLevers, check_fits, choose_lean_levers, memory_budget_bytes
@@ -70,7 +70,8 @@ class Trainer:
         # would leave out `--cpu` and make every rank a main process.
         on_gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
         self.flags = config  # as given: resolved again once the dataset's size is known (`_setup`)
-        self.config = c = config.resolved()
+        self.config: RunConfig = config.resolved()
+        c = self.config
         self.preset = get_preset(c.model)
         self.accelerator = Accelerator(
             mixed_precision=default_mixed_precision(c, on_gpu),
@@ -116,6 +117,7 @@ class Trainer:
 
         # 1. Data first: a folder with nothing usable fails before any model is loaded.
         with self.accelerator.main_process_first():  # one process fills the caches, the others read them
+            dataset_path: str | Path
             if c.dataset_name:
                 dataset_path = hub_dataset_folder(c.dataset_name, c.cache_dir, c.dataset_config_name)
             else:
@@ -232,6 +234,7 @@ class Trainer:
 
     def _upload(self, iteration: int, weights: dict, ema: dict | None) -> None:
         """Send what the pipeline loads to the Hub in the background, unless an upload is still running."""
+        assert self.uploader is not None  # the main process of a --push_to_hub run uploads
         if not self.uploader.busy():
             self.uploader.upload(
                 export_final(self._unwrapped(), weights, ema, self.config, self.base_pipeline), iteration

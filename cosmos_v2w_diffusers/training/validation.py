@@ -85,6 +85,7 @@ class Validator:
         self.device, self.dtype = device, compute_dtype
         self.num_frames = c.validation_num_frames or c.num_frames
         self.folder = Path(c.output_dir) / "validation"
+        assert inputs is not None, "a validating process reads its inputs first (read_validation_inputs)"
         self.image, self.real = inputs
         # The prompts are encoded once; the text encoder is freed right after (T5-XXL is 11B parameters).
         pretrained = resolve_pretrained(preset, c.pretrained_model_name_or_path)
