@@ -48,8 +48,9 @@ def median_seconds(fn, repeats: int = 3, warmup: bool = True) -> float:
 
 
 def write_result(name: str, result: dict) -> Path:
-    """Write `<name>.json` under $OUT (the device tool's folder) or benchmarks/results/."""
-    folder = Path(os.environ.get("OUT") or Path(__file__).parent / "results")
+    """Write `<name>.json` under $OUT (the device tool's folder), else under outputs/benchmarks/: never over a
+    committed result in benchmarks/results/, which is updated by copying a reviewed file there."""
+    folder = Path(os.environ.get("OUT") or Path(__file__).parents[1] / "outputs" / "benchmarks")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
     path.write_text(json.dumps({"environment": environment(), **result}, indent=2) + "\n")

@@ -15,7 +15,7 @@ states each rank holds plus the activations of one CP shard measured by `slice_1
   short for 14B (one uncompiled 14B block's backward needs 125 bytes per token and channel against 2B's 95,
   and 14B keeps 22 more outside its blocks), so its 14B plans would be optimistic.
 
-    python benchmarks/memory_table_14b.py   # reads results/slice_14b*.json, writes results/memory_table_14b.json
+    python -m benchmarks.memory_table_14b   # reads results/slice_14b*.json, writes $OUT or outputs/benchmarks/
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from torch.utils.checkpoint import checkpoint
 
-from .generation_flags import ATTENTION_BACKENDS as BACKENDS
+from .choices import ATTENTION_BACKENDS as BACKENDS
 
 _DISPATCH_NAME = {"cudnn": "_native_cudnn", "flash4": "_native_flash", "native": "native"}
 # Fastest first, as measured at 84,480 tokens on an H100 (benchmarks/attention.py): FlashAttention-4 701

@@ -68,11 +68,16 @@ def hook(module: torch.nn.Module, name: str):
     return None if registry is None else registry.get_hook(name)
 
 
+def require_scaled_fp8_matmul() -> None:
+    """Refuse a torch whose `_scaled_mm` was not tested with row-wise scales."""
+    _require("torch", torch.__version__, TORCH_TESTED, "torch._scaled_mm")
+
+
 def scaled_fp8_matmul(
     a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor, out_dtype: torch.dtype
 ) -> torch.Tensor:
     """`(a * scale_a) @ (b * scale_b)` in `out_dtype`, on the GPU's fp8 matrix units: `a` `[M, K]` row-major and
     `b` `[K, N]` column-major float8 e4m3, `scale_a` `[M, 1]` and `scale_b` `[1, N]` float32 (row-wise
-    scaling, Hopper and newer). torch's only fp8 matmul is the private `torch._scaled_mm`."""
-    _require("torch", torch.__version__, TORCH_TESTED, "torch._scaled_mm")
+    scaling, Hopper and newer). torch's only fp8 matmul is the private `torch._scaled_mm`. Called inside compiled
+    blocks, so its version is checked once, by `require_scaled_fp8_matmul`, not here."""
     return torch._scaled_mm(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=out_dtype)

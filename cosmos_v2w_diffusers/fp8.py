@@ -83,6 +83,8 @@ def quantize_blocks_to_fp8(transformer: torch.nn.Module, fp8_matmul: bool = Fals
     LoRA is added, on a frozen base); returns how many were replaced. `fp8_matmul`: multiply in fp8 where
     `fp8_matmul_available()` (generation)."""
     fp8_matmul = fp8_matmul and fp8_matmul_available()
+    if fp8_matmul:
+        compat.require_scaled_fp8_matmul()
     replaced = 0
     for block in transformer.transformer_blocks:
         for name, module in list(block.named_modules()):

@@ -1,33 +1,23 @@
-"""The generation CLI's flags (`infer_video2world.py`, NVIDIA's `examples/video2world.py` names), and the names
-both CLIs offer, in a module that imports neither torch nor diffusers: `--help` answers at once.
+"""The generation CLI's flags (`infer_video2world.py`, NVIDIA's `examples/video2world.py` names), in a module that
+imports neither torch nor diffusers: `--help` answers at once. The choices it offers live in the library
+(`choices.py`), which the CLI imports, never the other way round.
 """
 
 from __future__ import annotations
 
 import argparse
 
-# NVIDIA's default negative prompt (the same text as diffusers' DEFAULT_NEGATIVE_PROMPT).
-DEFAULT_NEGATIVE_PROMPT = (
-    "The video captures a series of frames showing ugly scenes, static with no motion, motion blur, "
-    "over-saturation, shaky footage, low resolution, grainy texture, pixelated images, poorly lit areas, "
-    "underexposed and overexposed scenes, poor color balance, washed out colors, choppy sequences, "
-    "jerky movements, low frame rate, artifacting, color banding, unnatural transitions, outdated special effects, "
-    "fake elements, unconvincing visuals, poorly edited content, jump cuts, visual noise, and flickering. "
-    "Overall, the video is of poor quality."
-)
-# `--attention_backend` of both CLIs (`attention.py` routes them).
-ATTENTION_BACKENDS = ("auto", "cudnn", "flash4", "native")
-# (width, height) by resolution and aspect ratio, as NVIDIA's inference script.
-RESOLUTIONS = {
-    "720": {"16:9": (1280, 704), "9:16": (704, 1280), "1:1": (960, 960), "4:3": (960, 704), "3:4": (704, 960)},
-    "480": {"16:9": (768, 432)},
-}
-NUM_FRAMES_BY_FPS = {16: 93, 10: 61}
+from .choices import ATTENTION_BACKENDS, NUM_FRAMES_BY_FPS, RESOLUTIONS
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Cosmos-Predict2 Video2World generation", allow_abbrev=False)
-    p.add_argument("--model_size", default="2B", choices=["2B", "14B", "tiny"])
+def build_parser() -> argparse.ArgumentParser:
+    """The generation flags; `--help` shows each one's default."""
+    p = argparse.ArgumentParser(
+        description="Cosmos-Predict2 Video2World generation",
+        allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model_size", default="2B", choices=["2B", "14B", "tiny"], help="the model's architecture")
     p.add_argument(
         "--pretrained_model_name_or_path", default=None, help="Hub id or diffusers folder (default: the preset's)"
     )
@@ -38,8 +28,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--load_ema", action="store_true", help="with a native --dit_path: use its net_ema.* weights")
     p.add_argument("--lora_path", default=None, help="LoRA adapter from our training (<output_dir>/lora)")
-    p.add_argument("--prompt", default=None)
-    p.add_argument("--negative_prompt", default=DEFAULT_NEGATIVE_PROMPT)
+    p.add_argument("--prompt", default=None, help="what the video shows (or each entry of --batch_input_json)")
+    p.add_argument(
+        "--negative_prompt",
+        default=None,
+        help="the unconditional text of classifier-free guidance (default: NVIDIA's negative prompt)",
+    )
     p.add_argument("--input_path", default=None, help="conditioning image or video")
     p.add_argument(
         "--num_conditional_frames", type=int, default=1, choices=[1, 5], help="a video's last N frames condition"
@@ -47,18 +41,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--guidance", type=float, default=7.0, help="classifier-free guidance scale; 1 or less: no guidance"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resolution", default="720", choices=sorted(RESOLUTIONS))
-    p.add_argument("--aspect_ratio", default="16:9", choices=["16:9", "9:16", "1:1", "4:3", "3:4"])
-    p.add_argument("--fps", type=int, default=16, choices=sorted(NUM_FRAMES_BY_FPS))
+    p.add_argument("--seed", type=int, default=0, help="the initial noise, drawn as NVIDIA draws it")
+    p.add_argument("--resolution", default="720", choices=sorted(RESOLUTIONS), help="the video's height class")
+    p.add_argument(
+        "--aspect_ratio", default="16:9", choices=["16:9", "9:16", "1:1", "4:3", "3:4"], help="with --resolution"
+    )
+    p.add_argument(
+        "--fps", type=int, default=16, choices=sorted(NUM_FRAMES_BY_FPS), help="frame rate: 93 frames at 16, 61 at 10"
+    )
     p.add_argument("--height", type=int, default=None, help="override the resolution table (multiple of 16)")
     p.add_argument("--width", type=int, default=None, help="override the resolution table (multiple of 16)")
     p.add_argument("--num_frames", type=int, default=None, help="override the frame count (4k+1)")
-    p.add_argument("--num_inference_steps", type=int, default=35)
+    p.add_argument("--num_inference_steps", type=int, default=35, help="sampling steps")
     p.add_argument(
         "--scheduler", default="cosmos", choices=["cosmos", "euler"], help="NVIDIA's sampler or diffusers' Euler"
     )
-    p.add_argument("--save_path", default="output/generated_video.mp4")
+    p.add_argument("--save_path", default="output/generated_video.mp4", help="the .mp4 to write")
     p.add_argument(
         "--batch_input_json",
         default=None,
@@ -132,6 +130,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the transformer blocks' linear layers in fp8 (e4m3 weights, per-token activation scales; fp8 matmuls "
         "on Hopper and newer GPUs)",
     )
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.cache is not None and not 0 < args.cache < 1:
         p.error(

@@ -32,12 +32,13 @@ from .checkpoint_format import (
     load_into_transformer,
     load_native_checkpoint,
 )
+from .choices import NUM_FRAMES_BY_FPS, RESOLUTIONS
 from .compile import compile_block_forwards, compile_blocks
 from .components import build_transformer, check_transformer_matches, resolve_pretrained
 from .context_parallel import enable_context_parallel
 from .data.folder import presented_frame_count
 from .exports import LORA_WEIGHTS_NAME
-from .generation_flags import NUM_FRAMES_BY_FPS, RESOLUTIONS, parse_args
+from .generation_flags import parse_args
 from .io_utils import read_regular_file
 from .latents import use_channels_last_3d
 from .pipeline import CosmosVideo2WorldPipeline, check_conditioning_frames, nvidia_initial_noise, open_image
@@ -258,6 +259,11 @@ def process_device(num_gpus: int) -> torch.device:
     if dist.get_world_size() != num_gpus:
         raise ValueError(f"--num_gpus {num_gpus} but {dist.get_world_size()} processes were started: make them equal.")
     if not torch.cuda.is_available():
+        logger.info(
+            "CPU processes: each runs %d thread(s) (torchrun's OMP_NUM_THREADS); a single process on more threads "
+            "rounds differently, so compare videos with OMP_NUM_THREADS=1 on both sides.",
+            torch.get_num_threads(),
+        )
         return torch.device("cpu")
     torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     return torch.device("cuda", int(os.environ["LOCAL_RANK"]))

@@ -44,8 +44,8 @@ from diffusers.video_processor import VideoProcessor
 from transformers import T5EncoderModel, T5TokenizerFast
 
 from .attention import attention_processors
+from .choices import DEFAULT_NEGATIVE_PROMPT
 from .fp8 import quantize_blocks_to_fp8
-from .generation_flags import DEFAULT_NEGATIVE_PROMPT
 from .latents import decode_latents, encode_video
 from .preconditioning import SIGMA_CONDITIONING, conditioning_mask, denoise
 from .sample_shape import check_sample_shape, latent_shape, num_latent_frames, vae_space_stride

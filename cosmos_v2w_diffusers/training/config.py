@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..generation_flags import ATTENTION_BACKENDS
+from ..choices import ATTENTION_BACKENDS
 from ..sample_shape import check_sample_shape
 
 LORA_TARGET_MODULES = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
