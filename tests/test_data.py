@@ -172,7 +172,7 @@ def _make_bad_inputs(root, video_paths):
         "empty.mp4": "0 bytes",
         "notes.mp4": "not an MP4 video",
         "short.mp4": "has 20 frames, fewer than the 93",
-        "wrong_shape.mp4": "embedding shape",
+        "wrong_shape.mp4": "embed_dim=33",
         "wrong_dtype.mp4": "dtype is int32",
         "no_caption.mp4": "is missing",
         "empty_caption.mp4": "is empty",

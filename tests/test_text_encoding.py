@@ -65,7 +65,7 @@ def test_pickle_round_trip_and_nvidia_format(tmp_path, tiny_encoder):
 @pytest.mark.parametrize(
     "content, match",
     [
-        ([np.zeros((12, 16), np.float16)], "shape"),
+        ([np.zeros((12, 16), np.float16)], "embed_dim=16"),
         ([np.zeros((600, 1024), np.float16)], "shape"),
         ([np.zeros((12, 1024), np.int64)], "dtype"),
         (np.zeros((12, 1024), np.float16), "list holding one numpy array"),
