@@ -83,5 +83,9 @@ def test_parallel_dims_describe_the_layout_once():
     zero = ParallelDims.from_accelerator(accelerator(DistributedType.DEEPSPEED, 2, 0))
     assert (zero.engine, zero.zero_stage) == ("deepspeed", 3)
     assert ParallelDims.from_accelerator(accelerator(DistributedType.NO, 1, 0)).engine == "single"
+    fsdp1 = accelerator(DistributedType.FSDP, 2, 0)
+    fsdp1.state.fsdp_plugin = SimpleNamespace(fsdp_version=1)
+    with pytest.raises(ValueError, match="fsdp_version: 2"):
+        ParallelDims.from_accelerator(fsdp1)
     with pytest.raises(ValueError, match="must divide the number of processes"):
         ParallelDims.from_accelerator(accelerator(DistributedType.FSDP, 6, 0), context_parallel_size=4)

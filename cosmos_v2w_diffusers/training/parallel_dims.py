@@ -44,6 +44,12 @@ class ParallelDims:
             engine = "deepspeed"
         elif kind == DistributedType.FSDP:
             engine = "fsdp"
+            version = getattr(getattr(accelerator.state, "fsdp_plugin", None), "fsdp_version", 2)
+            if version != 2:  # the trainer wraps blocks and shards states as FSDP2 does; FSDP1 is not supported
+                raise ValueError(
+                    f"The accelerate config asks for FSDP{version}: this trainer runs FSDP2. Set `fsdp_version: 2` "
+                    "in it, or use accelerate_configs/fsdp_8gpu.yaml."
+                )
         elif accelerator.num_processes > 1:
             engine = "ddp"
         else:
