@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import write_result
+from cosmos_v2w_diffusers.builtin_sample import demo_dataset_path
 from cosmos_v2w_diffusers.components import tiny_pretrained_path
-from cosmos_v2w_diffusers.data.demo_clips import demo_dataset_path
 from cosmos_v2w_diffusers.demo import continue_first_frame, held_out_clip
 from cosmos_v2w_diffusers.pipeline import CosmosVideo2WorldPipeline
 from cosmos_v2w_diffusers.presets import get_preset

@@ -32,8 +32,9 @@ from diffusers import CosmosTransformer3DModel
 from diffusers.utils import export_to_video
 from PIL import Image, ImageDraw
 
+from .builtin_sample import held_out_clip_path
 from .components import tiny_pretrained_path
-from .data.demo_clips import DEMO_PROMPT, held_out_clip_path, robot_side
+from .data.demo_clips import DEMO_PROMPT, robot_side
 from .data.samples import read_frames, resize_frames
 from .pipeline import CosmosVideo2WorldPipeline, nvidia_initial_noise
 from .presets import ModelPreset, get_preset

@@ -124,7 +124,7 @@ def read_t5_pickle(path: str | os.PathLike, embed_dim: int) -> np.ndarray:
             f"{path}: embeddings {array.shape[1]} wide where {embed_dim} are expected: a folder prepared with another "
             f"text encoder (--text_encoder tiny writes {get_preset('tiny').text_embed_dim}) is read with "
             f"embed_dim={array.shape[1]} (training: the matching --model), or prepared again with the encoder you "
-            "train with"
+            "train with (`python -m cosmos_v2w_diffusers.prepare_data --text_encoder ...`)"
         )
     if array.ndim != 2 or not 1 <= array.shape[0] <= MAX_TEXT_TOKENS:
         raise InvalidEmbeddingError(

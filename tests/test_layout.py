@@ -89,3 +89,14 @@ def test_parallel_dims_describe_the_layout_once():
         ParallelDims.from_accelerator(fsdp1)
     with pytest.raises(ValueError, match="must divide the number of processes"):
         ParallelDims.from_accelerator(accelerator(DistributedType.FSDP, 6, 0), context_parallel_size=4)
+
+
+def test_the_library_takes_nothing_from_the_clis_and_data_imports_nothing_above_it():
+    cli_modules = {".generation_flags", ".inference", ".prepare_data", ".convert", ".demo"}
+    for module in ("pipeline.py", "attention.py", "training/config.py", "demo.py", "data/demo_clips.py"):
+        imported = {m.lstrip(".").split(".")[0] for m in _imported_modules((PACKAGE / module).read_text())}
+        assert not imported & {c.lstrip(".") for c in cli_modules}, (module, imported & cli_modules)
+    below_data = {"presets", "io_utils", "text_encoding", "sample_shape", "latents", "log_escaping", ""}
+    for path in (PACKAGE / "data").glob("*.py"):  # data/ may use only what sits below it, never prepare_data & co.
+        upward = {m for m in _imported_modules(path.read_text()) if m.startswith("..")}
+        assert {m[2:].split(".")[0] for m in upward} <= below_data, (path.name, upward)

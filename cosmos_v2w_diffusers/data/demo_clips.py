@@ -14,16 +14,11 @@ import numpy as np
 from diffusers.utils import export_to_video
 from PIL import Image
 
-from ..components import cache_root, resolve_pretrained
-from ..io_utils import build_folder_once
-from ..prepare_data import prepare_dataset
-from ..presets import ModelPreset
-
 logger = logging.getLogger(__name__)
 
 DEMO_PROMPT = "A video of sks teal robot."
 NUM_CLIPS = 16
-_DEMO_VERSION = "v5"
+DEMO_VERSION = "v5"
 
 
 # Every clip shows the same scene, as a user's clips of one robot do: this floor's colour, a teal square.
@@ -64,26 +59,3 @@ def export_clip(frames: list[np.ndarray], path: Path | str, fps: int = 16) -> No
     """Write uint8 HxWx3 frames as an mp4. diffusers' `export_to_video` multiplies numpy frames by 255
     (it expects floats in [0, 1]), which wraps uint8 values around; PIL images go through unscaled."""
     export_to_video([Image.fromarray(frame) for frame in frames], str(path), fps=fps)
-
-
-def demo_dataset_path(preset: ModelPreset) -> Path:
-    """The built-in sample for `preset`, rendered and prepared on first use. Beside its `videos/`, one more
-    clip in `held_out/` (`held_out_clip_path`) is never trained on: the demo continues it."""
-
-    def build(folder: Path) -> None:
-        (folder / "videos").mkdir()
-        (folder / "held_out").mkdir()
-        for i in range(NUM_CLIPS + 1):
-            frames = render_clip(preset.num_frames + 16, preset.height, preset.width, seed=i)
-            export_clip(frames, folder / ("videos" if i < NUM_CLIPS else "held_out") / f"robot_{i}.mp4")
-        prepare_dataset(
-            folder, prompt=DEMO_PROMPT, text_encoder=resolve_pretrained(preset), num_frames=preset.num_frames
-        )
-        logger.info("Rendered the built-in sample clips")
-
-    return build_folder_once(cache_root() / f"demo-{preset.short_name}-{_DEMO_VERSION}", build, "t5_xxl")
-
-
-def held_out_clip_path(preset: ModelPreset) -> Path:
-    """The built-in sample's clip that training never sees."""
-    return demo_dataset_path(preset) / "held_out" / f"robot_{NUM_CLIPS}.mp4"

@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..allocator import set_allocator_defaults
+from ..builtin_sample import demo_dataset_path
 from ..components import load_vae, resolve_pretrained
-from ..data.demo_clips import demo_dataset_path
 from ..data.hf_dataset import hub_dataset_folder, load_video2world_dataset
 from ..data.latent_cache import build_latent_cache
 from ..data.samples import DrawSampler, Video2WorldTrainDataset
