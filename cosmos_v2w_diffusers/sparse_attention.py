@@ -135,5 +135,8 @@ def enable_sparse_attention(transformer, processors: list) -> int:
         for processor in processors:
             processor.token_grid = grid
 
-    transformer.register_forward_pre_hook(record_grid, with_kwargs=True)
+    previous = getattr(transformer, "_token_grid_hook", None)
+    if previous is not None:  # enabled again: one hook keeps the grid, not two
+        previous.remove()
+    transformer._token_grid_hook = transformer.register_forward_pre_hook(record_grid, with_kwargs=True)
     return sum(layer is not None for layer in layers)
