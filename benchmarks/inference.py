@@ -31,7 +31,7 @@ from cosmos_v2w_diffusers.attention import BACKENDS, set_attention_backend
 from cosmos_v2w_diffusers.compile import compile_blocks
 from cosmos_v2w_diffusers.components import build_transformer
 from cosmos_v2w_diffusers.context_parallel import enable_context_parallel
-from cosmos_v2w_diffusers.inference import guidance_pair, offload_transformer_blocks, process_device
+from cosmos_v2w_diffusers.inference import generation_dims, offload_transformer_blocks, process_device
 from cosmos_v2w_diffusers.latents import use_channels_last_3d
 from cosmos_v2w_diffusers.presets import get_preset
 from cosmos_v2w_diffusers.sample_shape import latent_tokens
@@ -77,12 +77,12 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True  # as infer_video2world.py sets it on CUDA, with channels-last VAE weights
     use_channels_last_3d(pipe.vae)
     backend = set_attention_backend(pipe.transformer, args.attention_backend, device)
-    cp = args.num_gpus // 2 if args.guidance_parallel else args.num_gpus
-    if cp > 1:
+    dims = generation_dims(args.num_gpus, args.guidance_parallel)
+    if dims.cp > 1:
         tokens = latent_tokens(preset.num_frames, height, width)
-        enable_context_parallel(pipe.transformer, cp, device, tokens)
-    if args.guidance_parallel:
-        pipe.enable_guidance_parallel(guidance_pair(cp))
+        enable_context_parallel(pipe.transformer, dims, device, tokens)
+    if dims.guidance_parallel:
+        pipe.enable_guidance_parallel(dims.guidance_group())
     if args.compile:
         compile_blocks(pipe.transformer)
     if args.offload_model:  # as infer_video2world.py: each component on the GPU only while it computes
@@ -136,7 +136,7 @@ def main() -> None:
             "attention_backend": backend,
             "num_gpus": args.num_gpus,
             "clips_per_step": 1,  # one video a call, on however many GPUs
-            "context_parallel_size": cp,
+            "context_parallel_size": dims.cp,
             "guidance_parallel": args.guidance_parallel,
             "memory_fraction": args.memory_fraction,
             "offload_model": args.offload_model,

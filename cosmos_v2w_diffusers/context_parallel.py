@@ -13,7 +13,8 @@ templated all-to-all attention); this module supplies what diffusers 0.42 lacks 
   would stay local. Cross-attention stays local: each rank's queries attend to the whole (unsharded) text.
 - the set-up itself: `ModelMixin.enable_parallelism` computes `rank % torch.accelerator.device_count()`,
   which divides by zero on a machine without an accelerator (our CPU tests), and builds a mesh over all
-  ranks, where data parallelism needs one context-parallel group per data-parallel rank.
+  ranks, where data parallelism needs one context-parallel group per data-parallel rank: the groups are
+  `ParallelDims`' (`parallel_dims.py`), the one layout training and generation share.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from diffusers.models._modeling_parallel import (
     ContextParallelOutput,
     ParallelConfig,
 )
-from torch.distributed.device_mesh import init_device_mesh
 
 from .attention import attention_processors
+from .parallel_dims import ParallelDims
 
 
 def cosmos_cp_plan(num_blocks: int) -> dict:
@@ -45,14 +46,15 @@ def cosmos_cp_plan(num_blocks: int) -> dict:
 
 
 def enable_context_parallel(
-    transformer: CosmosTransformer3DModel, cp_size: int, device: torch.device, tokens: int
+    transformer: CosmosTransformer3DModel, dims: ParallelDims, device: torch.device, tokens: int
 ) -> ParallelConfig:
-    """Shard `transformer`'s sequence of `tokens` latent tokens over groups of `cp_size` consecutive ranks
-    (Ulysses).
+    """Shard `transformer`'s sequence of `tokens` latent tokens over the groups of `dims.cp` consecutive ranks
+    that `dims` lays out (Ulysses).
 
-    Ranks `[k * cp_size, (k + 1) * cp_size)` form data-parallel rank `k`'s group: they must see the same
-    sample and the same noise. Call before wrapping the model (DDP/FSDP) and before `torch.compile`.
+    The ranks of a group must see the same sample and the same noise. Call before wrapping the model (DDP/FSDP)
+    and before `torch.compile`.
     """
+    cp_size = dims.cp
     if not (dist.is_available() and dist.is_initialized()):
         raise ValueError(
             f"--context_parallel_size {cp_size} needs {cp_size} or more processes started together: "
@@ -60,17 +62,18 @@ def enable_context_parallel(
             f"--multi_gpu --num_processes N ...` (`accelerate launch --cpu` starts several processes only "
             f"through MPI)."
         )
-    world, rank = dist.get_world_size(), dist.get_rank()
-    if world % cp_size:
-        raise ValueError(f"--context_parallel_size {cp_size} must divide the number of processes ({world}).")
+    if (dims.world_size, dims.rank) != (dist.get_world_size(), dist.get_rank()):
+        raise ValueError(
+            f"The layout says rank {dims.rank} of {dims.world_size}, torch.distributed says rank "
+            f"{dist.get_rank()} of {dist.get_world_size()}: build it from the processes started."
+        )
     if tokens % cp_size:
         raise ValueError(f"--context_parallel_size {cp_size} must divide the {tokens} latent tokens of a sample.")
     heads = transformer.config.num_attention_heads
     if heads % cp_size:
         raise ValueError(f"--context_parallel_size {cp_size} must divide the model's {heads} attention heads.")
-    mesh = init_device_mesh(device.type, (world // cp_size, 1, cp_size), mesh_dim_names=("dp", "ring", "ulysses"))
     config = ParallelConfig(context_parallel_config=ContextParallelConfig(ulysses_degree=cp_size))
-    config.context_parallel_config.setup(rank, world, device, mesh["ring", "ulysses"])
+    config.context_parallel_config.setup(dims.rank, dims.world_size, device, dims.context_parallel_mesh(device.type))
     for processor in attention_processors(transformer, "self"):
         processor._parallel_config = config
     apply_context_parallel(

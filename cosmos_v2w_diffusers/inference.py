@@ -41,6 +41,7 @@ from .exports import LORA_WEIGHTS_NAME
 from .generation_flags import parse_args
 from .io_utils import read_regular_file
 from .latents import use_channels_last_3d
+from .parallel_dims import ParallelDims
 from .pipeline import CosmosVideo2WorldPipeline, check_conditioning_frames, nvidia_initial_noise, open_image
 from .presets import get_preset
 from .sample_shape import check_sample_shape, latent_shape, latent_tokens
@@ -192,12 +193,12 @@ def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
     if args.lora_path:
         pipe.load_lora_weights(args.lora_path)
     set_attention_backend(pipe.transformer, args.attention_backend, device)
-    cp = args.num_gpus // 2 if args.guidance_parallel else args.num_gpus
-    if cp > 1:
+    dims = generation_dims(args.num_gpus, args.guidance_parallel)
+    if dims.cp > 1:
         height, width, num_frames = sample_size(args)
-        enable_context_parallel(pipe.transformer, cp, device, latent_tokens(num_frames, height, width))
-    if args.guidance_parallel:
-        pipe.enable_guidance_parallel(guidance_pair(cp))
+        enable_context_parallel(pipe.transformer, dims, device, latent_tokens(num_frames, height, width))
+    if dims.guidance_parallel:
+        pipe.enable_guidance_parallel(dims.guidance_group())
     if args.fp8:
         pipe.enable_fp8()
     if args.sparse_attention == "natten":
@@ -232,15 +233,10 @@ def offload_transformer_blocks(transformer: CosmosTransformer3DModel, device: to
     )
 
 
-def guidance_pair(cp: int) -> dist.ProcessGroup:
-    """This rank's two processes of guidance parallelism over `2 * cp` ranks: context parallelism puts consecutive
-    ranks in a group (`context_parallel.py`), so ranks `i` and `i + cp` hold the same tokens, each for one side of
-    the guidance. Every rank creates every pair, as `new_group` requires."""
-    rank, mine = dist.get_rank(), None
-    for first in range(cp):
-        group = dist.new_group([first, first + cp])
-        mine = group if rank in (first, first + cp) else mine
-    return mine
+def generation_dims(num_gpus: int, guidance_parallel: bool) -> ParallelDims:
+    """The layout of this generation's processes (`process_device` has joined them)."""
+    rank = dist.get_rank() if num_gpus > 1 else 0
+    return ParallelDims.for_generation(num_gpus, rank, guidance_parallel)
 
 
 def process_device(num_gpus: int) -> torch.device:

@@ -10,12 +10,14 @@ import torch.distributed as dist
 
 from cosmos_v2w_diffusers.components import load_transformer
 from cosmos_v2w_diffusers.context_parallel import enable_context_parallel
+from cosmos_v2w_diffusers.parallel_dims import ParallelDims
 from cosmos_v2w_diffusers.preconditioning import conditioning_mask, denoise
 from cosmos_v2w_diffusers.presets import get_preset
 
 dist.init_process_group("gloo")
 sharded, reference = load_transformer(get_preset("tiny")), load_transformer(get_preset("tiny"))
-enable_context_parallel(sharded, dist.get_world_size(), torch.device("cpu"), tokens=140)
+dims = ParallelDims(dist.get_world_size(), dist.get_rank(), cp=dist.get_world_size(), engine="ddp")
+enable_context_parallel(sharded, dims, torch.device("cpu"), tokens=140)
 tokens_seen = []
 sharded.transformer_blocks[0].attn1.register_forward_pre_hook(lambda m, args: tokens_seen.append(args[0].shape[1]))
 generator = torch.Generator().manual_seed(1)

@@ -18,6 +18,7 @@ from torch.distributed.fsdp import fully_shard
 from cosmos_v2w_diffusers.components import load_transformer
 from cosmos_v2w_diffusers.context_parallel import enable_context_parallel
 from cosmos_v2w_diffusers.objective import draw_training_randomness, video2world_loss
+from cosmos_v2w_diffusers.parallel_dims import ParallelDims
 from cosmos_v2w_diffusers.presets import get_preset
 from cosmos_v2w_diffusers.training.activation_checkpointing import canonical_name, wrap_blocks_for_fsdp
 from cosmos_v2w_diffusers.training.parallel import fsdp_mixed_precision, full_tensor
@@ -28,7 +29,8 @@ TINY = get_preset("tiny")
 reference, sharded = load_transformer(TINY), load_transformer(TINY)
 initial = {n: p.detach().clone() for n, p in reference.named_parameters()}
 if cp > 1:
-    enable_context_parallel(sharded, cp, torch.device("cpu"), tokens=140)
+    dims = ParallelDims(dist.get_world_size(), rank, cp, engine="fsdp")
+    enable_context_parallel(sharded, dims, torch.device("cpu"), tokens=140)
 wrap_blocks_for_fsdp(sharded, "selective", None)
 policy = fsdp_mixed_precision(torch.float32)
 for block in sharded.transformer_blocks:

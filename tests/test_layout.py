@@ -65,7 +65,7 @@ def test_parallel_dims_describe_the_layout_once():
     import pytest
     from accelerate.utils import DistributedType
 
-    from cosmos_v2w_diffusers.training.parallel_dims import ParallelDims
+    from cosmos_v2w_diffusers.parallel_dims import ParallelDims
 
     def accelerator(kind, world, rank):
         return SimpleNamespace(
@@ -89,6 +89,31 @@ def test_parallel_dims_describe_the_layout_once():
         ParallelDims.from_accelerator(fsdp1)
     with pytest.raises(ValueError, match="must divide the number of processes"):
         ParallelDims.from_accelerator(accelerator(DistributedType.FSDP, 6, 0), context_parallel_size=4)
+
+
+def test_generation_takes_its_rank_layout_from_parallel_dims():
+    """Context parallelism and guidance parallelism in generation use the training layout (consecutive ranks
+    share tokens), so rank i and rank i + cp hold the same tokens and pair up for the two guidance sides."""
+    import pytest
+
+    from cosmos_v2w_diffusers.parallel_dims import ParallelDims
+
+    split = ParallelDims.for_generation(8, 5, guidance_parallel=True)
+    assert (split.cp, split.cp_rank, split.dp_rank, split.dp_size) == (4, 1, 1, 2)
+    assert split.guidance_pairs() == [(0, 4), (1, 5), (2, 6), (3, 7)]
+    whole = ParallelDims.for_generation(4, 3)
+    assert (whole.cp, whole.cp_rank, whole.guidance_pairs()) == (4, 3, [])
+    with pytest.raises(ValueError, match="even number of processes"):
+        ParallelDims.for_generation(3, 0, guidance_parallel=True)
+    with pytest.raises(ValueError, match="no guidance parallelism"):
+        whole.guidance_group()
+    with pytest.raises(ValueError, match="is not one of the 2 processes"):
+        ParallelDims.for_generation(2, 2)
+    # Nothing else in the package works out which ranks share tokens or pair up.
+    for path in PACKAGE.rglob("*.py"):
+        if path.name != "parallel_dims.py":
+            text = path.read_text()
+            assert "init_device_mesh" not in text and "new_group" not in text, path
 
 
 def test_the_library_takes_nothing_from_the_clis_and_data_imports_nothing_above_it():

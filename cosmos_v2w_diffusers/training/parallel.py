@@ -98,7 +98,7 @@ def prepare_for_wrapping(
     attention_backend = set_attention_backend(transformer, c.attention_backend, device)
     logger.info("Attention kernel: %s", attention_backend)
     if cp > 1:
-        enable_context_parallel(transformer, cp, device, tokens)
+        enable_context_parallel(transformer, dims, device, tokens)
         logger.info("Context parallel: %d ranks per sample, %d of its %d tokens each", cp, tokens // cp, tokens)
     planner = dict(
         compiled=compiled,

@@ -37,6 +37,7 @@ from ..data.samples import DrawSampler, Video2WorldTrainDataset
 from ..exports import check_export_targets, export_final
 from ..latents import encode_video, use_channels_last_3d
 from ..objective import draw_training_randomness, video2world_loss
+from ..parallel_dims import ParallelDims
 from ..presets import get_preset
 from ..sample_shape import latent_tokens
 from .activation_checkpointing import canonical_name
@@ -49,7 +50,6 @@ from .metrics import describe_throughput, loss_trend, throughput_summary
 from .model import load_trainable_transformer, meta_trainable_transformer
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
 from .parallel import default_mixed_precision, prepare_for_wrapping
-from .parallel_dims import ParallelDims
 from .run_lock import RunLock
 from .state import train_state
 from .validation import Validator, read_validation_inputs
