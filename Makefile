@@ -3,13 +3,9 @@
 #   make test   install into .venv, then run the test suite (slow end-to-end variants: make test-all)
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# torch is pinned to the wheels this project is tested with; on x86_64 CPU machines they come from the
-# local wheel cache. People who manage their own environment run `pip install -e ".[dev]"` instead.
-ifeq ($(shell uname -m),aarch64)
-TORCH := torch==2.9.1 torchvision==0.24.1
-else
+# torch is pinned to the wheels this project is tested with (setup.py's floor, 2.11, is the oldest tested; see
+# compat.TORCH_TESTED). People who manage their own environment run `pip install -e ".[dev]"` instead.
 TORCH := torch==2.14.1 torchvision==0.29.1
-endif
 
 .PHONY: install demo test test-all
 

@@ -14,9 +14,9 @@ setup(
     package_data={"cosmos_v2w_diffusers": ["assets/tiny_video2world/*", "assets/tiny_video2world/*/*"]},
     python_requires=">=3.10",
     install_requires=[
-        # torch is pinned by the Makefile/CI (a bare `torch` would pull a multi-GB CUDA build here);
-        # any torch >= 2.4 works.
-        "torch>=2.4",
+        # torch is pinned by the Makefile/CI (a bare `torch` would pull a multi-GB CUDA build here). The floor is
+        # the lowest version tested (the GPU machines' 2.11; CI's is 2.14.1): `compat.TORCH_TESTED`.
+        "torch>=2.11",
         "torchvision",
         "diffusers>=0.42,<0.43",
         "transformers>=5,<6",
@@ -33,12 +33,12 @@ setup(
     ],
     extras_require={
         # DeepSpeed ZeRO-2/3 (accelerate_configs/deepspeed_zero*.yaml); the tests run it in one CPU process.
-        "deepspeed": ["deepspeed>=0.17"],
+        "deepspeed": ["deepspeed>=0.19.8"],  # compat.DEEPSPEED_TESTED
         "dev": [
             "pytest",
             "scikit-video",
             "tensorboard",
-            "deepspeed>=0.17",
+            "deepspeed>=0.19.8",
             "ruff==0.17.6",
             "mypy==2.4.1",
             "natten>=0.21",

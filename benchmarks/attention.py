@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from benchmarks.common import median_seconds, write_result
-from cosmos_v2w_diffusers.attention import activate_flash4, flash4_available
+from cosmos_v2w_diffusers.attention import flash4_available
+from cosmos_v2w_diffusers.compat import activate_flash_attention_4
 
 
 def measure(backend: SDPBackend, q, k, v, grad, repeats: int) -> dict:
@@ -56,7 +57,7 @@ def main() -> None:
     kernels = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash2": SDPBackend.FLASH_ATTENTION}
     results = {name: measure(backend, q, k, v, grad, args.repeats) for name, backend in kernels.items()}
     if flash4_available(q.device):
-        activate_flash4()  # torch's flash SDPA now runs FlashAttention-4
+        activate_flash_attention_4()  # torch's flash SDPA now runs FlashAttention-4
         results["flash4"] = measure(SDPBackend.FLASH_ATTENTION, q, k, v, grad, args.repeats)
     else:
         results["flash4"] = {"error": "flash_attn.cute (flash-attn-4) is not installed or this GPU is not sm90/sm100"}

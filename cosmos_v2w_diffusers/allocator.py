@@ -6,6 +6,8 @@ import os
 
 import torch
 
+from . import compat
+
 
 def set_allocator_defaults() -> None:
     """Expandable segments unless the user configured the CUDA allocator. Without them, fragmentation of the
@@ -15,6 +17,6 @@ def set_allocator_defaults() -> None:
     if "PYTORCH_CUDA_ALLOC_CONF" in os.environ or "PYTORCH_ALLOC_CONF" in os.environ:
         return
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+        compat.set_cuda_allocator_settings("expandable_segments:True")
     else:
         os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"

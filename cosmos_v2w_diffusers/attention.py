@@ -35,6 +35,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from torch.utils.checkpoint import checkpoint
 
+from . import compat
 from .choices import ATTENTION_BACKENDS as BACKENDS
 
 _DISPATCH_NAME = {"cudnn": "_native_cudnn", "flash4": "_native_flash", "native": "native"}
@@ -167,32 +168,6 @@ def attention_processors(transformer: CosmosTransformer3DModel, which: str = "al
     return processors
 
 
-def _flash_attn_fwd(*args, **kwargs):
-    """FlashAttention-4's forward as torch's SDPA hook unpacks it: `(out, lse)`. flash-attn-4 4.0.0b36
-    returns more values, which torch 2.11 (our benchmark machine's) cannot unpack; torch 2.14 ignores the rest."""
-    from flash_attn.cute.interface import _flash_attn_fwd as forward
-
-    out, lse, *_ = forward(*args, **kwargs)
-    return out, lse
-
-
-def _flash_attn_bwd(*args, **kwargs):
-    from flash_attn.cute.interface import _flash_attn_bwd as backward
-
-    return backward(*args, **kwargs)
-
-
-def activate_flash4() -> None:
-    """Route torch's flash SDPA kernels to FlashAttention-4, through this module's two functions above
-    (torch's `activate_flash_attention_impl("FA4")` would load flash-attn-4's own, whose forward it
-    unpacks wrongly before torch 2.14)."""
-    from torch.nn.attention import _fa4, _registry
-
-    register = functools.partial(_fa4.register_flash_attention_fa4, module_path=__name__)
-    _registry.register_flash_attention_impl("FA4", register_fn=register)
-    torch.nn.attention.activate_flash_attention_impl("FA4")
-
-
 def flash4_available(device: torch.device) -> bool:
     """FlashAttention-4 is installed, torch can route SDPA to it, and `device` is a Hopper or Blackwell GPU."""
     if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] not in (9, 10):
@@ -233,7 +208,7 @@ def set_attention_backend(transformer: CosmosTransformer3DModel, backend: str, d
     use. Call before `torch.compile`."""
     backend = resolve_attention_backend(backend, device)
     if backend == "flash4":
-        activate_flash4()
+        compat.activate_flash_attention_4()
     for processor in attention_processors(transformer):
         processor._attention_backend = _DISPATCH_NAME[backend]
     return backend

@@ -23,23 +23,22 @@ import torch
 import torch.distributed as dist
 from diffusers import CosmosTransformer3DModel
 from diffusers.hooks.context_parallel import apply_context_parallel
-from diffusers.models._modeling_parallel import (
-    ContextParallelConfig,
-    ContextParallelInput,
-    ContextParallelOutput,
-    ParallelConfig,
-)
 
+from . import compat
 from .attention import attention_processors
 from .parallel_dims import ParallelDims
 
 
 def cosmos_cp_plan(num_blocks: int) -> dict:
     """The split/gather plan of `CosmosTransformer3DModel` (token dimension 1 of `[B, THW, C]`)."""
-    tokens = ContextParallelInput(split_dim=1, expected_dims=3)
+    tokens = compat.context_parallel_input(split_dim=1, expected_dims=3)
     per_token_time = {"embedded_timestep": tokens, "temb": tokens}
-    rope_rows = ContextParallelInput(split_dim=0, expected_dims=2, split_output=True)
-    plan = {"rope": {0: rope_rows, 1: rope_rows}, "norm_out": per_token_time, "proj_out": ContextParallelOutput(1, 3)}
+    rope_rows = compat.context_parallel_input(split_dim=0, expected_dims=2, split_output=True)
+    plan = {
+        "rope": {0: rope_rows, 1: rope_rows},
+        "norm_out": per_token_time,
+        "proj_out": compat.context_parallel_output(1, 3),
+    }
     for i in range(num_blocks):
         plan[f"transformer_blocks.{i}"] = {"hidden_states": tokens, **per_token_time} if i == 0 else per_token_time
     return plan
@@ -47,7 +46,7 @@ def cosmos_cp_plan(num_blocks: int) -> dict:
 
 def enable_context_parallel(
     transformer: CosmosTransformer3DModel, dims: ParallelDims, device: torch.device, tokens: int
-) -> ParallelConfig:
+) -> object:
     """Shard `transformer`'s sequence of `tokens` latent tokens over the groups of `dims.cp` consecutive ranks
     that `dims` lays out (Ulysses).
 
@@ -72,12 +71,12 @@ def enable_context_parallel(
     heads = transformer.config.num_attention_heads
     if heads % cp_size:
         raise ValueError(f"--context_parallel_size {cp_size} must divide the model's {heads} attention heads.")
-    config = ParallelConfig(context_parallel_config=ContextParallelConfig(ulysses_degree=cp_size))
+    config = compat.ulysses_parallel_config(cp_size)
     config.context_parallel_config.setup(dims.rank, dims.world_size, device, dims.context_parallel_mesh(device.type))
     for processor in attention_processors(transformer, "self"):
         processor._parallel_config = config
     apply_context_parallel(
         transformer, config.context_parallel_config, cosmos_cp_plan(len(transformer.transformer_blocks))
     )
-    transformer._parallel_config = config
+    compat.set_model_parallel_config(transformer, config)
     return config

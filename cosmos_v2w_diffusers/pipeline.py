@@ -43,6 +43,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import T5EncoderModel, T5TokenizerFast
 
+from . import compat
 from .attention import attention_processors
 from .choices import DEFAULT_NEGATIVE_PROMPT
 from .fp8 import quantize_blocks_to_fp8
@@ -293,7 +294,7 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
     def enable_sparse_attention(self) -> int:
         """NVIDIA's neighbourhood attention (natten) in its sparse layers (`sparse_attention.py`); returns how many
         layers are sparse."""
-        if getattr(self.transformer, "_parallel_config", None) is not None:
+        if compat.model_parallel_config(self.transformer) is not None:
             raise ValueError(
                 "--sparse_attention with context parallelism is not supported: drop one, or use --num_gpus 2 "
                 "--guidance_parallel (no token sharding)."

@@ -38,7 +38,7 @@ class StepCache:
                 f"--cache {threshold}: the threshold is a relative change between steps, between 0 and 1 "
                 "(0.05 to 0.3 in practice); leave --cache out for dense generation."
             )
-        if getattr(transformer, "_parallel_config", None) is not None:
+        if compat.model_parallel_config(transformer) is not None:
             raise ValueError(
                 "--cache with context parallelism (--num_gpus N without --guidance_parallel, or N > 2 with it): each "
                 "rank would decide on its own tokens; drop --cache, or use --num_gpus 2 --guidance_parallel."

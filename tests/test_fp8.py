@@ -91,15 +91,29 @@ def test_a_run_that_cannot_fit_its_memory_budget_is_refused_before_any_weight_lo
     none = memory.LeanLevers()
     with pytest.raises(ValueError, match="--train_architecture lora"):
         memory.check_fits(
-            meta_trainable_transformer(two, full, torch.bfloat16), full, 84_480, torch.bfloat16, budget, none
+            meta_trainable_transformer(two, full.weights, full.seed, torch.bfloat16),
+            full,
+            84_480,
+            torch.bfloat16,
+            budget,
+            none,
         )
     lean = TrainConfig(model="2B", train_architecture="lora", base_precision="fp8", low_vram=True).resolved()
     least = memory.check_fits(
-        meta_trainable_transformer(two, lean, torch.bfloat16), lean, 84_480, torch.bfloat16, budget, none
+        meta_trainable_transformer(two, lean.weights, lean.seed, torch.bfloat16),
+        lean,
+        84_480,
+        torch.bfloat16,
+        budget,
+        none,
     )
     bf16_lora = TrainConfig(model="2B", train_architecture="lora", low_vram=True).resolved()
     more = memory.leanest_step_bytes(
-        meta_trainable_transformer(two, bf16_lora, torch.bfloat16), bf16_lora, 84_480, torch.bfloat16, none
+        meta_trainable_transformer(two, bf16_lora.weights, bf16_lora.seed, torch.bfloat16),
+        bf16_lora,
+        84_480,
+        torch.bfloat16,
+        none,
     )
     blocks = build_transformer(two, device="meta").transformer_blocks
     block_weights = sum(p.numel() for p in blocks.parameters())
@@ -188,7 +202,7 @@ def test_the_lean_levers_are_chosen_cheapest_first_where_the_step_fits_only_with
 
     fourteen = get_preset("14B")
     lora = TrainConfig(model="14B", train_architecture="lora", low_vram=True).resolved()
-    meta = meta_trainable_transformer(fourteen, lora, torch.bfloat16)
+    meta = meta_trainable_transformer(fourteen, lora.weights, lora.seed, torch.bfloat16)
 
     def least(**levers):
         return memory.leanest_step_bytes(meta, lora, 84_480, torch.bfloat16, LeanLevers(**levers)) / 2**30
@@ -205,7 +219,9 @@ def test_the_lean_levers_are_chosen_cheapest_first_where_the_step_fits_only_with
 
     assert chosen(lora, swap_fits) == LeanLevers(block_swap=True)
     assert chosen(lora, parts_fit) == LeanLevers(block_swap=True, checkpoint_parts=True)
-    asked = LeanLevers.asked_by(TrainConfig(model="14B", block_swap=True, train_architecture="lora").resolved())
+    asked = LeanLevers.asked_by(
+        TrainConfig(model="14B", block_swap=True, train_architecture="lora").resolved().parallel
+    )
     assert chosen(lora, parts_fit).beyond(asked) == ["checkpoint_parts"]  # what the trainer logs as chosen
     assert chosen(lora, 80) == LeanLevers()
     assert chosen(lora, swap_fits, one_gpu=False) == LeanLevers(checkpoint_parts=True)

@@ -125,3 +125,37 @@ def test_the_library_takes_nothing_from_the_clis_and_data_imports_nothing_above_
     for path in (PACKAGE / "data").glob("*.py"):  # data/ may use only what sits below it, never prepare_data & co.
         upward = {m for m in _imported_modules(path.read_text()) if m.startswith("..")}
         assert {m[2:].split(".")[0] for m in upward} <= below_data, (path.name, upward)
+
+
+def _code_lines(source: str) -> dict[int, str]:
+    """`source`'s lines with their strings and comments left out (docstrings may name private APIs)."""
+    import io
+    import tokenize
+
+    lines: dict[int, str] = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type not in (tokenize.STRING, tokenize.COMMENT):
+            lines[token.start[0]] = lines.get(token.start[0], "") + token.string
+    return lines
+
+
+def test_only_compat_names_another_librarys_private_api():
+    """A private module, function or attribute of torch, diffusers, DeepSpeed, flash-attn or accelerate is reached
+    through `compat.py` alone, so an upgrade that moves one breaks one module, with a tested message."""
+    import re
+
+    private = re.compile(
+        r"\b(?:torch|diffusers|deepspeed|flash_attn|accelerate)(?:\.\w+)*\._[a-z]\w*"  # torch._dynamo, x._fa4
+        r"|\b(?:transformer|model)\._parallel_config"  # diffusers' ModelMixin's
+        r"|\._(?:lazy_init_hp\w*|set_allocator\w*)\b"
+        r"|\b(?:single_partition_of_fp32_groups|fp32_partitioned_groups_flat)\b"  # DeepSpeed's optimizer's
+    )
+    assert all(private.search(line) for line in ("torch._dynamo.config.x = 0", "transformer._parallel_config = c"))
+    found = {
+        f"{path.relative_to(PACKAGE)}:{n}": line
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "compat.py"
+        for n, line in _code_lines(path.read_text()).items()
+        if private.search(line)
+    }
+    assert not found, found

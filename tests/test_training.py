@@ -586,7 +586,7 @@ def test_diffusers_flags_parse_and_refuse_what_cannot_apply():
     assert TrainConfig(model="tiny", num_train_epochs=3, max_iter=4).resolved(steps_per_epoch=5).max_iter == 4
     # diffusers' schedules by name: a linear warm-up to --learning_rate, then the cosine.
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=parsed.learning_rate)
-    scheduler = build_lr_scheduler(optimizer, dataclasses.replace(parsed, lr_decay_steps=10))
+    scheduler = build_lr_scheduler(optimizer, dataclasses.replace(parsed.optim, lr_decay_steps=10))
     lrs = []
     for _ in range(4):
         lrs.append(scheduler.get_last_lr()[0])
@@ -667,3 +667,52 @@ def test_variant_weights_of_a_local_base_load_with_variant(tmp_path):
     assert load_vae(tiny, str(base), **config.hub_kwargs()) is not None
     with pytest.raises(OSError):  # without --variant the plain weights file is looked for
         load_transformer(tiny, str(base))
+
+
+def test_every_flag_is_in_exactly_one_section_and_components_take_their_section():
+    """The sections (`training/sections.py`) partition the flags, hold what `resolved()` filled in, and `--help`
+    lists the flags under their section's heading."""
+    from cosmos_v2w_diffusers.training.run_config import RunConfig
+    from cosmos_v2w_diffusers.training.sections import SECTIONS, OptimConfig
+
+    flags = [f.name for f in dataclasses.fields(TrainConfig)]
+    owners = {
+        name: [s for s, cls in SECTIONS.items() if name in {f.name for f in dataclasses.fields(cls)}] for name in flags
+    }
+    assert {name: len(sections) for name, sections in owners.items() if len(sections) != 1} == {}
+    assert sum(len(dataclasses.fields(cls)) for cls in SECTIONS.values()) == len(flags)
+    run = TrainConfig(model="tiny", max_iter=7).resolved()
+    assert isinstance(run, RunConfig)
+    for name, cls in SECTIONS.items():
+        section = getattr(run, name)
+        assert isinstance(section, cls) and all(
+            getattr(section, f.name) == getattr(run, f.name) for f in dataclasses.fields(cls)
+        )
+    assert run.optim == OptimConfig.of(run) and run.optim.max_iter == 7 and run.optim.lr_decay_steps == 7
+    assert "hub_token" not in repr(TrainConfig(hub_token="hf_" + "x" * 30).resolved().hub)
+    help_text = TrainConfig.parser().format_help()
+    assert help_text.index("\noptim:") < help_text.index("\n  --learning_rate") < help_text.index("\ncheckpoint:")
+
+
+@pytest.mark.parametrize(
+    "flags,dims,message",
+    [
+        (dict(train_architecture="lora", base_precision="fp8"), ("ddp", 2), "runs on one GPU for now"),
+        (dict(train_architecture="lora", block_swap=True), ("ddp", 2), "--block_swap is for one GPU"),
+        (dict(low_vram=True), ("fsdp", 2), "--low_vram is for one GPU"),
+        (dict(learning_rate=-1.0), None, "--learning_rate must be more than 0"),
+        (dict(lr_warmup_steps=5, lr_scheduler="constant_with_warmup", max_iter=5), None, "never reach its peak"),
+    ],
+)
+def test_one_validate_refuses_flags_resolved_values_and_what_the_layout_rules_out(flags, dims, message):
+    from cosmos_v2w_diffusers.parallel_dims import ParallelDims
+    from cosmos_v2w_diffusers.training.checks import validate
+
+    config = TrainConfig(model="tiny", **flags)
+    layout = ParallelDims(dims[1], 0, 1, dims[0]) if dims else None
+    if layout is not None:
+        config.resolved()  # valid on one process
+    with pytest.raises(ValueError, match=message):
+        validate(config.resolved() if layout else config, layout) if layout else config.resolved()
+    if layout is not None:
+        validate(config.resolved(), ParallelDims(1, 0, 1, "single"))  # and on one GPU it runs

@@ -91,7 +91,7 @@ def test_the_hub_token_is_never_written_to_checkpoints_trackers_or_the_card(tiny
         assert TOKEN.encode() not in path.read_bytes(), path
     config = TrainConfig(model="tiny", hub_token=TOKEN)
     assert TOKEN not in repr(config) and TOKEN not in config.to_json()
-    from cosmos_v2w_diffusers.training.config import redacted_command
+    from cosmos_v2w_diffusers.training.secrets import redacted_command
 
     command = redacted_command(
         ["train_video2world.py", "--hub_token", TOKEN, f"--hub_token={TOKEN}", "--prompt", TOKEN]

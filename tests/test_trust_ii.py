@@ -22,7 +22,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from cosmos_v2w_diffusers.components import tiny_pretrained_path
-from cosmos_v2w_diffusers.training.config import TrainConfig, redacted_command
+from cosmos_v2w_diffusers.training.config import TrainConfig
+from cosmos_v2w_diffusers.training.secrets import redacted_command
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,25 +12,20 @@ from functools import partial
 
 import torch
 from diffusers import CosmosTransformer3DModel
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper, checkpoint_wrapper
 from torch.utils.checkpoint import (
     CheckpointPolicy,
     checkpoint,
     create_selective_checkpoint_contexts,
 )
 
+from .. import compat
 from ..attention import attention_processors
 from .block_swap import BlockSwap
 
 # Attention is ~85% of a block's FLOPs but its output is small: keeping it and recomputing the cheap
 # rest (norms, RoPE, MLP, projections) saves a re-run of attention per block (measured on an H100:
 # 2B step 17.7 s -> ~14.9 s for ~13 GiB more). NVIDIA also uses a selective policy.
-_ATTENTION_OPS = {
-    torch.ops.aten._scaled_dot_product_cudnn_attention.default,
-    torch.ops.aten._scaled_dot_product_flash_attention.default,
-    torch.ops.aten._scaled_dot_product_efficient_attention.default,
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
-}
+_ATTENTION_OPS = compat.attention_kernel_ops()
 
 
 def _keep_attention_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
@@ -143,7 +138,7 @@ class _PerBlockCheckpoint:
 SLICES = 8
 
 
-class _ChunkedCheckpoint(CheckpointWrapper):
+class _ChunkedCheckpoint(compat.checkpoint_wrapper_class()):  # type: ignore[misc]
     """Full recompute of a token-wise module (the MLP) over `chunks` slices of the sequence `[B, S, D]`, one at a
     time: its backward holds one slice's hidden layer instead of the whole sequence's."""
 
@@ -153,7 +148,7 @@ class _ChunkedCheckpoint(CheckpointWrapper):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         slices = hidden_states.chunk(self.chunks, dim=1)
-        return torch.cat([CheckpointWrapper.forward(self, part) for part in slices], dim=1)
+        return torch.cat([super(_ChunkedCheckpoint, self).forward(part) for part in slices], dim=1)
 
 
 def checkpoint_block_parts(transformer: CosmosTransformer3DModel, slices: int = SLICES) -> None:
@@ -229,10 +224,10 @@ def wrap_blocks_for_fsdp(transformer: CosmosTransformer3DModel, mode: str, n_sel
     for i, block in enumerate(transformer.transformer_blocks):
         # Full recompute passes no context_fn: torch's default keeps only the block's inputs.
         kwargs = {"context_fn": _KEEP_ATTENTION_OUTPUTS} if i < n_selective else {}
-        transformer.transformer_blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False, **kwargs)
+        transformer.transformer_blocks[i] = compat.checkpoint_wrapper(block, preserve_rng_state=False, **kwargs)
     return n_selective
 
 
 def canonical_name(name: str) -> str:
     """A parameter's name without the activation-checkpoint wrapper's part (the name of the plain model)."""
-    return name.replace("._checkpoint_wrapped_module", "")
+    return name.replace(compat.CHECKPOINT_WRAPPED_PREFIX, "")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from accelerate.logging import get_logger
@@ -17,6 +17,10 @@ from .checkpoint import PARTS, CheckpointDir, rng_state, set_rng_state, stored_c
 from .config import TrainConfig
 from .guards import NonFiniteSteps
 from .optim import continue_linearly
+from .sections import CheckpointConfig, OptimConfig
+
+if TYPE_CHECKING:
+    from .run_config import RunConfig
 
 logger = get_logger(__name__)
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
@@ -32,11 +36,14 @@ class Checkpointer:
     it keeps `--checkpoints_total_limit` of them and hands what the pipeline loads to the Hub uploader.
     """
 
-    def __init__(self, config, accelerator):
-        self.config, self.accelerator = config, accelerator
+    def __init__(self, config: CheckpointConfig, optim: OptimConfig, run: RunConfig, accelerator):
+        """`config` says where and when; `optim` the schedule a resume continues and when non-finite steps stop
+        the run; `run` is what each checkpoint records (its flags) and what a resume must share with it."""
+        self.config, self.optim, self.accelerator = config, optim, accelerator
+        self.run_definition, self.stored_flags = run.run_definition(), run.to_json()
         self.folder = CheckpointDir(config.output_dir)
         self.nonfinite = NonFiniteSteps(
-            self.folder, config.max_nonfinite_steps, config.learning_rate, accelerator.is_main_process
+            self.folder, optim.max_nonfinite_steps, optim.learning_rate, accelerator.is_main_process
         )
         self._resume_iteration: int | None = None
         self._trainer_part: dict | None = None  # the resume point's trainer part, read once
@@ -53,7 +60,7 @@ class Checkpointer:
                 if stored is None
                 else [  # NVIDIA's trainer stores no config: nothing to compare
                     f"--{k} {stored.get(k, _DEFAULTS[k])} -> {v}"
-                    for k, v in c.run_definition().items()
+                    for k, v in self.run_definition.items()
                     if stored.get(k, _DEFAULTS[k]) != v  # a flag added since the checkpoint: its default then
                 ]
             )
@@ -97,7 +104,7 @@ class Checkpointer:
         checkpoint as its rate). A schedule that already ended cannot go on: refused with what to do instead."""
         restored = lr_scheduler.get_last_lr()[0]
         planned = lr_scheduler.base_lrs[0] * lr_scheduler.lr_lambdas[0](iteration)
-        end = self.config.lr_decay_steps
+        end = self.optim.lr_decay_steps
         if math.isclose(restored, planned, rel_tol=1e-6) or iteration >= end:  # unchanged, or nothing left to train
             return
         if restored == 0:
@@ -161,7 +168,7 @@ class Checkpointer:
                 "grad_scaler": {},
                 "iteration": iteration,
                 "rng": rng_state(),
-                "config": self.config.to_json(),
+                "config": self.stored_flags,
             }
             self.folder.save(
                 iteration,
@@ -174,7 +181,7 @@ class Checkpointer:
             )
             if self.config.checkpoints_total_limit:
                 self.folder.prune(self.config.checkpoints_total_limit)
-            if upload is not None and iteration < self.config.max_iter:  # the final upload follows the export
+            if upload is not None and iteration < self.optim.max_iter:  # the final upload follows the export
                 upload(iteration, weights, shadows)
         self.accelerator.wait_for_everyone()
         return True

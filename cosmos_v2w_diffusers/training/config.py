@@ -1,25 +1,29 @@
-"""Training configuration: one dataclass, whose fields are also the command-line flags.
+"""Training flags: `TrainConfig`, one dataclass whose fields are the command-line flags, as given.
 
 A field's `help` metadata is its flag's help; `None` defaults are filled from the model preset (docs/recipe.md's
-optimisation table) by `TrainConfig.resolved()`. Adding a flag is adding a field.
+optimisation table) by `TrainConfig.resolved()` (`run_config.py`), which also checks them (`checks.py`). The
+resolved `RunConfig` hands each component its section (`sections.py`). Adding a flag is adding a field here and
+to its section. Resuming from a checkpoint file merges that checkpoint's recipe in (`from_args`); secrets are
+kept out of what is stored (`secrets.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..choices import ATTENTION_BACKENDS
-from ..sample_shape import check_sample_shape
+from .secrets import SECRET_FIELDS
+
+if TYPE_CHECKING:
+    from .run_config import RunConfig
 
 LORA_TARGET_MODULES = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
 # What a checkpoint's weights and optimizer state depend on: a resume must not change these.
@@ -80,101 +84,14 @@ DIFFUSERS_SCHEDULERS = (
     "constant_with_warmup",
     "piecewise_constant",
 )
-# Flags whose values are secrets: never stored in a checkpoint, a tracker, a log or a model card.
-SECRET_FIELDS = ("hub_token",)
-# A Hugging Face access token anywhere in a command line (a value given to some other flag, say).
-_HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{20,}")
-# Flags that must be at least 1 (or 0), checked before any default replaces them.
-_AT_LEAST = {
-    "max_iter": 1,
-    "save_iter": 1,
-    "batch_size": 1,
-    "gradient_accumulation_steps": 1,
-    "num_frames": 1,
-    "height": 16,
-    "width": 16,
-    "lora_rank": 1,
-    "lora_alpha": 1,
-    "lr_decay_steps": 1,
-    "cache_windows_per_clip": 1,
-    "max_nonfinite_steps": 1,
-    "checkpoints_total_limit": 1,
-    "validation_steps": 1,
-    "validation_num_frames": 1,
-    "validation_num_inference_steps": 1,
-    "dataloader_num_workers": 0,
-    "max_skipped_clips": 0,
-    "selective_checkpointing_blocks": 0,
-    "context_parallel_size": 1,
-    "lr_warmup_steps": 0,
-    "num_train_epochs": 1,
-    "validation_epochs": 1,
-    "num_validation_videos": 1,
-}
 
-# Upper bounds, so a typo or a received checkpoint's stored numbers cannot ask for hours of caching, a rank no
-# layer has, or a sample no memory holds (the largest side NVIDIA's models take is 1280 pixels).
-_AT_MOST = {
-    "height": 2048,
-    "width": 2048,
-    "num_frames": 1001,
-    "lora_rank": 1024,
-    "lora_alpha": 2**16,
-    "cache_windows_per_clip": 64,
-    "batch_size": 256,
-    "gradient_accumulation_steps": 2**14,
-    "num_validation_videos": 64,
-    "validation_num_frames": 1001,
-    "validation_num_inference_steps": 1000,
-    "dataloader_num_workers": 256,
-    "context_parallel_size": 4096,
-    "max_iter": 10**9,
-    "save_iter": 10**9,
-    "lr_decay_steps": 10**9,
-    "lr_warmup_steps": 10**9,
-    "num_train_epochs": 10**6,
-}
-# Real-valued recipe numbers and the interval each must lie in: (low, high, whether low itself is allowed).
-# ema_relative_std: EDM2's power EMA has gamma > 0 only below sqrt(1/12) = 0.2887 (Karras et al. 2024, eq. 2).
-_INTERVALS = {
-    "learning_rate": (0.0, 1e30, False),  # finite; a diverging run is stopped by `--max_nonfinite_steps`
-    "lr_f_max": (0.0, 1e3, False),
-    "weight_decay": (0.0, 1e3, True),
-    "adam_beta1": (0.0, 1.0 - 1e-12, True),
-    "adam_beta2": (0.0, 1.0 - 1e-12, True),
-    "adam_epsilon": (0.0, 1.0, False),
-    "max_grad_norm": (0.0, 1e12, False),
-    "ema_relative_std": (0.0, 0.2886, False),
-    "memory_budget_gib": (0.0, 2.0**20, False),
-    "lora_dropout": (0.0, 1.0 - 1e-12, True),
-}
+
+# The sides a sample may have, in pixels (the largest NVIDIA's models take is 1280).
+SIDE_PIXELS = (16, 2048)
 
 
 def _f(default, help: str, **kwargs):
     return field(default=default, metadata={"help": help, **kwargs})
-
-
-def redacted_command(argv: list[str]) -> list[str]:
-    """A command line safe to write down: the values of secret flags and anything shaped like a Hub token
-    are replaced by `***`."""
-    out, hide_next = [], False
-    for arg in argv:
-        flag, equals, _ = arg.partition("=")
-        secret = _names_a_secret(flag)
-        if hide_next:
-            out.append("***")
-        elif equals and secret:
-            out.append(f"{flag}=***")
-        else:
-            out.append(_HF_TOKEN.sub("***", arg))
-        hide_next = not equals and secret
-    return out
-
-
-def _names_a_secret(arg: str) -> bool:
-    """Whether `arg` is a secret flag in any spelling argparse could take for it (an abbreviation such as
-    `--hub_tok`, even though our parsers refuse abbreviations)."""
-    return arg.startswith("--") and len(arg) > len("--hub_") and any(f"--{n}".startswith(arg) for n in SECRET_FIELDS)
 
 
 def parse_resolution(resolution: str) -> tuple[int, int]:
@@ -183,9 +100,9 @@ def parse_resolution(resolution: str) -> tuple[int, int]:
     if len(parts) not in (1, 2) or not all(p.strip().isascii() and p.strip().isdigit() for p in parts):
         raise ValueError(f"--resolution {resolution!r}: pass one size (512) or height x width (704x1280).")
     height, width = (int(parts[0]), int(parts[-1]))
-    if not (_AT_LEAST["height"] <= min(height, width) and max(height, width) <= _AT_MOST["height"]):
+    if not (SIDE_PIXELS[0] <= min(height, width) and max(height, width) <= SIDE_PIXELS[1]):
         raise ValueError(
-            f"--resolution {resolution!r}: each side must be {_AT_LEAST['height']} to {_AT_MOST['height']} pixels "
+            f"--resolution {resolution!r}: each side must be {SIDE_PIXELS[0]} to {SIDE_PIXELS[1]} pixels "
             f"(NVIDIA's 720p is 704x1280)."
         )
     return height, width
@@ -413,97 +330,15 @@ class TrainConfig:
     )
     hub_private: bool = _f(False, "create the --push_to_hub repo as private")
 
-    def _check_values(self) -> None:
-        """Refuse values no run can use, before any work (a 0 is refused, not replaced by the default)."""
-        for name, least in _AT_LEAST.items():
-            value = getattr(self, name)
-            if value is not None and value < least:
-                raise ValueError(f"--{name} must be at least {least}, got {value}.")
-        for name, most in _AT_MOST.items():
-            value = getattr(self, name)
-            if value is not None and value > most:
-                raise ValueError(f"--{name} must be at most {most:,}, got {value:,}.")
-        for name, (low, high, low_allowed) in _INTERVALS.items():
-            value = getattr(self, name)
-            if value is not None and not (low <= value <= high and (low_allowed or value > low)):
-                side = "at least" if low_allowed else "more than"
-                raise ValueError(f"--{name} must be {side} {low:g} and at most {high:g}, got {value}.")
-        if not re.fullmatch(r"[0-9]+ *[KMGT]?I?B", self.export_max_shard_size.upper()):
-            raise ValueError(
-                f"--export_max_shard_size {self.export_max_shard_size!r}: give a size such as 10GB or 500MB."
-            )
-        if self.dataset_path and Path(self.dataset_path).is_symlink() and not Path(self.dataset_path).exists():
-            raise ValueError(
-                f"--dataset_path {self.dataset_path} is a link that loops or leads nowhere: pass the folder holding "
-                f"videos/ and metas/."
-            )
-        if self.revision and self.pretrained_model_name_or_path and Path(self.pretrained_model_name_or_path).is_dir():
-            raise ValueError(
-                f"--revision {self.revision}: --pretrained_model_name_or_path {self.pretrained_model_name_or_path} is "
-                f"a local folder, which has no revisions; drop --revision (or pass the Hub id)."
-            )
-        if self.resolution and (self.height or self.width):
-            raise ValueError("--resolution sets --height and --width: pass one or the other.")
-        if self.validation_epochs and self.validation_steps:
-            raise ValueError("--validation_epochs and --validation_steps both say when to validate: pass one.")
-        if self.dataset_config_name and not self.dataset_name:
-            raise ValueError("--dataset_config_name picks a folder of --dataset_name's repo: pass --dataset_name too.")
-        if self.dataset_name and self.dataset_path:
-            raise ValueError("--dataset_name downloads the dataset --dataset_path names locally: pass one of them.")
-        if self.lr_scheduler == "nvidia" and self.lr_warmup_steps:
-            raise ValueError(
-                "--lr_warmup_steps: NVIDIA's schedule (--lr_scheduler nvidia, the default) has no warm-up; pick one "
-                "of diffusers' schedules (e.g. --lr_scheduler constant_with_warmup) or drop --lr_warmup_steps."
-            )
-        if self.block_swap and self.train_architecture != "lora":
-            raise ValueError(
-                "--block_swap streams a frozen base: it is for --train_architecture lora (full post-training updates "
-                "every weight each step)."
-            )
-        if self.base_precision != "bf16" and self.train_architecture != "lora":
-            raise ValueError(
-                f"--base_precision {self.base_precision} stores a frozen base: it is for --train_architecture lora "
-                f"(full post-training trains every weight in fp32)."
-            )
-        if self.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
-            raise ValueError("--use_8bit_adam needs the bitsandbytes package: `pip install bitsandbytes`, or drop it.")
-        if self.load_ema and not self.dit_path:
-            raise ValueError(
-                "--load_ema picks the EMA weights of --dit_path: pass --dit_path too, or drop --load_ema."
-            )
-        if self.selective_checkpointing_blocks is not None and self.activation_checkpointing not in (
-            None,
-            "selective",
-        ):
-            raise ValueError("--selective_checkpointing_blocks needs --activation_checkpointing selective.")
-        if self.hub_token and self.report_to in ("wandb", "all"):  # as diffusers' examples: W&B would upload the token
-            raise ValueError(
-                "--hub_token with --report_to wandb would expose the token; log in with `hf auth login` (or set "
-                "HF_TOKEN) and drop --hub_token."
-            )
-        tracker_package = TRACKER_PACKAGES.get(self.report_to)
-        if tracker_package and importlib.util.find_spec(tracker_package) is None:  # accelerate would only warn
-            raise ValueError(
-                f"--report_to {self.report_to} needs the {tracker_package} package: "
-                f"`pip install {tracker_package}`, or "
-                f"pick another tracker."
-            )
-        if self.output_dir and self.pretrained_model_name_or_path:
-            output, base = Path(self.output_dir).absolute(), Path(self.pretrained_model_name_or_path).absolute()
-            if output == base or (base.exists() and output.exists() and output.samefile(base)):
-                raise ValueError(
-                    f"--output_dir {self.output_dir} is the base model's folder "
-                    f"(--pretrained_model_name_or_path): the "
-                    f"run's export would replace its transformer/. Pass another --output_dir."
-                )
-
     def run_definition(self) -> dict:
         """The run-defining flags of a resolved config (`RUN_DEFINING_FIELDS`)."""
         return {name: getattr(self, name) for name in RUN_DEFINING_FIELDS}
 
     def hub_kwargs(self) -> dict:
         """What `from_pretrained` takes besides the name: --revision, --variant and --cache_dir, where given."""
-        return {k: getattr(self, k) for k in ("revision", "variant", "cache_dir") if getattr(self, k) is not None}
+        from .sections import hub_kwargs
+
+        return hub_kwargs(self)
 
     def public_dict(self) -> dict:
         """Every flag but the secrets: what checkpoints store and trackers log."""
@@ -512,101 +347,12 @@ class TrainConfig:
     def to_json(self) -> str:
         return json.dumps(self.public_dict(), sort_keys=True)
 
-    def resolved(self, steps_per_epoch: int | None = None, clips_per_step: int | None = None) -> "RunConfig":
-        """A frozen copy with every default that depends on the preset (and the weights) filled in.
+    def resolved(self, steps_per_epoch: int | None = None, clips_per_step: int | None = None) -> RunConfig:
+        """This run's `RunConfig`: every default that depends on the preset, the weights, the dataset's size
+        (`steps_per_epoch`) or the launch (`clips_per_step`) filled in, the flags checked (`run_config.resolve`)."""
+        from .run_config import resolve  # diffusers and transformers: kept out of `--help`
 
-        `steps_per_epoch` (optimizer steps in one pass over the clips, which only the loaded dataset tells) turns
-        `--num_train_epochs` and `--validation_epochs` into steps, and `clips_per_step` (which the launch tells)
-        scales the learning rate under `--scale_lr`; without them neither is applied. The trainer resolves once for
-        the run's folder and data, then again with those counts; neither copy changes.
-        """
-        if isinstance(self, RunConfig) and self.flags is not None:  # resolved values are no flags: start again
-            return self.flags.resolved(steps_per_epoch, clips_per_step)
-        # diffusers and transformers: imported here, kept out of `--help`
-        from ..components import preset_of_pretrained
-        from ..presets import get_preset
-
-        self._check_values()
-        asked = get_preset(self.model) if self.model else None
-        found = (
-            preset_of_pretrained(self.pretrained_model_name_or_path, **self.hub_kwargs())
-            if self.pretrained_model_name_or_path
-            else None
-        )
-        if asked and found and asked.name != found.name:
-            raise ValueError(
-                f"--model {self.model} contradicts --pretrained_model_name_or_path "
-                f"{self.pretrained_model_name_or_path}, "
-                f"whose transformer is the {found.name} architecture: pass --model {found.name}, or drop --model."
-            )
-        preset = asked or found or get_preset("2B")
-        lora = self.train_architecture == "lora"
-
-        def given_or(name: str, default):
-            value = getattr(self, name)
-            return default if value is None else value
-
-        rank = self.lora_rank or preset.lora_rank
-        lr_scale = (clips_per_step or 1) if self.scale_lr else 1  # diffusers' --scale_lr
-        height, width = parse_resolution(self.resolution) if self.resolution else (self.height, self.width)
-        epochs = self.num_train_epochs if steps_per_epoch else None
-        max_iter = self.max_iter or (epochs * steps_per_epoch if epochs and steps_per_epoch else preset.max_iter)
-        every_epochs = self.validation_epochs * steps_per_epoch if self.validation_epochs and steps_per_epoch else None
-        save_iter = self.save_iter or (preset.save_iter_lora if lora else preset.save_iter)
-        # Selective checkpointing is the default: the trainer keeps attention outputs in as many blocks as
-        # the GPU has memory for and recomputes the rest in full (`training/memory.py`).
-        recompute = self.activation_checkpointing or ("full" if self.low_vram else "selective")
-        if self.dataset_path:
-            dataset = Path(self.dataset_path).resolve().name
-        else:
-            dataset = self.dataset_name.rsplit("/", 1)[-1] if self.dataset_name else "demo"
-        group = "video2world_lora" if lora else "video2world"
-        flags: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
-        resolved: dict[str, Any] = dict(
-            model=preset.name,
-            lora_rank=rank,
-            lora_alpha=self.lora_alpha or rank,
-            max_iter=max_iter,
-            save_iter=save_iter,
-            num_frames=self.num_frames or preset.num_frames,
-            height=preset.height if height is None else height,
-            width=preset.width if width is None else width,
-            resolution=None,  # now in --height and --width
-            learning_rate=given_or("learning_rate", preset.learning_rate) * lr_scale,
-            weight_decay=given_or("weight_decay", preset.weight_decay),
-            lr_f_max=given_or("lr_f_max", preset.lr_f_max),
-            lr_decay_steps=self.lr_decay_steps or max_iter,
-            activation_checkpointing=recompute,
-            validation_steps=self.validation_steps or every_epochs or save_iter,
-            output_dir=self.output_dir
-            or str(Path("checkpoints", "posttraining", group, f"{preset.short_name}_{dataset}")),
-        )
-        c = RunConfig(**{**flags, **resolved}, flags=self)
-        if c.block_swap and c.activation_checkpointing == "none":
-            raise ValueError(
-                "--block_swap drops a block's weights once it has run, so the backward must recompute the block: "
-                "drop --activation_checkpointing none."
-            )
-        if c.checkpoint_block_parts and not c.low_vram:
-            raise ValueError("--checkpoint_block_parts goes with --low_vram: add it.")
-        if c.low_vram and c.activation_checkpointing != "full":
-            raise ValueError("--low_vram offloads what full recompute keeps: drop --activation_checkpointing.")
-        if c.validation_num_frames is not None and (c.validation_num_frames - 1) % 4:
-            raise ValueError(f"--validation_num_frames must be 4k+1, got {c.validation_num_frames}.")
-        if c.lr_warmup_steps >= min(c.max_iter, c.lr_decay_steps):
-            raise ValueError(
-                f"--lr_warmup_steps {c.lr_warmup_steps} is not shorter than the run's {c.max_iter} steps: the "
-                f"learning rate would never reach its peak; shorten the warm-up."
-            )
-        if c.lr_decay_steps < c.max_iter and c.lr_scheduler not in ("constant", "constant_with_warmup"):
-            raise ValueError(
-                f"--lr_decay_steps {c.lr_decay_steps} is shorter than --max_iter {c.max_iter}: the last "
-                f"{c.max_iter - c.lr_decay_steps} steps would train at learning rate 0; raise it or drop it."
-            )
-        if (c.validation_image or c.validation_video) and not c.validation_prompt:
-            raise ValueError("--validation_image/--validation_video need a --validation_prompt.")
-        check_sample_shape(c.num_frames, c.height, c.width, "--num_frames", "--height and --width")
-        return c
+        return resolve(self, steps_per_epoch, clips_per_step)
 
     @property
     def ema_gamma(self) -> float:
@@ -614,10 +360,20 @@ class TrainConfig:
 
     @classmethod
     def parser(cls, defaults: bool = True) -> argparse.ArgumentParser:
-        """The flags; `defaults=False` leaves out every flag not given (to tell what the user set)."""
+        """The flags, listed by section (`sections.py`); `defaults=False` leaves out every flag not given (to tell
+        what the user set)."""
+        from .sections import SECTIONS
+
         # No abbreviations: `--hub_tok` would otherwise set the token under a spelling no redaction expects.
         parser = argparse.ArgumentParser(description="Cosmos-Predict2 Video2World post-training", allow_abbrev=False)
-        for f in dataclasses.fields(cls):
+        flags = {f.name: f for f in dataclasses.fields(TrainConfig)}
+        groups = {}
+        for section in SECTIONS.values():
+            title = section.__name__.removesuffix("Config").lower()
+            group = parser.add_argument_group(title, (section.__doc__ or "").split("(")[0].strip())
+            for name in (f.name for f in dataclasses.fields(section)):
+                groups[name] = group
+        for f in flags.values():
             # A None default is resolved from the preset or the device: the help text says how.
             shown = "" if f.default is None else " (default: %(default)s)"
             kwargs = dict(
@@ -630,9 +386,9 @@ class TrainConfig:
                 kwargs["action"] = argparse.BooleanOptionalAction
             else:
                 kwargs["type"] = {"int": int, "float": float, "str": str}[kind]
-            parser.add_argument(f"--{f.name}", *f.metadata.get("aliases", []), **kwargs)
+            groups[f.name].add_argument(f"--{f.name}", *f.metadata.get("aliases", []), **kwargs)
         # diffusers' examples switch full recompute on with a bare `--gradient_checkpointing`.
-        parser.add_argument(
+        groups["activation_checkpointing"].add_argument(
             "--gradient_checkpointing",
             dest="activation_checkpointing",
             nargs="?",
@@ -672,31 +428,3 @@ class TrainConfig:
         logging.getLogger(__name__).info("Taken from %s: %s", checkpoint, ", ".join(taken) or "nothing")
         rebuilt["output_dir"] = str(output_dir_of(checkpoint))
         return dataclasses.replace(config, **{**rebuilt, **given})
-
-
-@dataclass(frozen=True)
-class RunConfig(TrainConfig):
-    """A `TrainConfig` resolved (`TrainConfig.resolved`): every default that depends on the preset, the weights, the
-    dataset's size or the launch filled in, so these fields are never None, and the flags it came from kept
-    (`flags`), so that resolving again starts from them. The defaults below are placeholders: a RunConfig is only
-    ever made by `resolved()`, which gives every one of them."""
-
-    model: str = ""
-    output_dir: str = ""
-    lora_rank: int = 0
-    lora_alpha: int = 0
-    max_iter: int = 0
-    save_iter: int = 0
-    num_frames: int = 0
-    height: int = 0
-    width: int = 0
-    learning_rate: float = 0.0
-    weight_decay: float = 0.0
-    lr_f_max: float = 0.0
-    lr_decay_steps: int = 0
-    activation_checkpointing: str = ""
-    validation_steps: int = 0
-    flags: TrainConfig | None = field(default=None, repr=False, compare=False)
-
-    def public_dict(self) -> dict:
-        return {k: v for k, v in super().public_dict().items() if k != "flags"}

@@ -22,7 +22,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import validate_repo_id
 
 from ..exports import BASE_COMPONENTS
-from .config import redacted_command
+from .secrets import redacted_command
 
 logger = logging.getLogger(__name__)
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .sections import ParallelConfig
+
 GIB = 2**30
 # Bytes per (token x hidden channel) that a block keeps when it saves its attention output (0.62 GiB at 84,480 x 2048).
 SELECTIVE_BYTES = 4.0
@@ -167,7 +169,7 @@ def _capacity_bytes(device: torch.device) -> int:
     return capacity
 
 
-def memory_budget_bytes(config, device: torch.device) -> int | None:
+def memory_budget_bytes(config: ParallelConfig, device: torch.device) -> int | None:
     """The memory a run plans for: `--memory_budget_gib` (capped by the card's), or the card's; None off the GPU
     without a budget."""
     budget = int(config.memory_budget_gib * GIB) if config.memory_budget_gib else None
@@ -186,7 +188,7 @@ class LeanLevers:
     checkpoint_parts: bool = False
 
     @classmethod
-    def asked_by(cls, config) -> LeanLevers:
+    def asked_by(cls, config: ParallelConfig) -> LeanLevers:
         """The levers the run's flags ask for (`--block_swap`, `--checkpoint_block_parts`)."""
         return cls(block_swap=config.block_swap, checkpoint_parts=config.checkpoint_block_parts)
 
@@ -221,7 +223,7 @@ def choose_lean_levers(
     (a LoRA run on one GPU; its copies run beside the compute), then the parts checkpointed (--low_vram; a step
     8% slower, 2B at 720p on an H200 with the fp8 base and block swap: 15.2 -> 16.5 s). Both change no result, so
     they may be chosen for the user; an fp8 base changes the numerics, so it is only ever asked for."""
-    levers = LeanLevers.asked_by(config)
+    levers = LeanLevers.asked_by(config.parallel)
     if not (config.low_vram or config.memory_budget_gib is not None):
         return levers
     may_swap = one_gpu and config.train_architecture == "lora" and config.activation_checkpointing != "none"

@@ -11,6 +11,7 @@ from peft import LoraConfig
 from ..checkpoint_format import load_into_transformer, load_native_checkpoint
 from ..components import build_transformer, load_transformer
 from ..fp8 import quantize_blocks_to_fp8
+from .sections import WeightsConfig
 
 
 def apply_lora(
@@ -35,7 +36,9 @@ def apply_lora(
         )
 
 
-def load_trainable_transformer(preset, config, compute_dtype: torch.dtype) -> CosmosTransformer3DModel:
+def load_trainable_transformer(
+    preset, config: WeightsConfig, seed: int, compute_dtype: torch.dtype
+) -> CosmosTransformer3DModel:
     """The transformer a run trains: the preset's (or `--pretrained_model_name_or_path`'s), initialised from
     `--dit_path` if given. Full post-training keeps fp32 master weights (compute under autocast); LoRA keeps
     its frozen base in the compute dtype (bf16, as NVIDIA does: half the memory), or its blocks' weights in fp8
@@ -47,7 +50,7 @@ def load_trainable_transformer(preset, config, compute_dtype: torch.dtype) -> Co
         load_into_transformer(transformer, load_native_checkpoint(config.dit_path, config.load_ema), config.dit_path)
         source = config.dit_path
     check_finite_weights(transformer, source)
-    return _as_trained(transformer, config)
+    return _as_trained(transformer, config, seed)
 
 
 def check_finite_weights(transformer: torch.nn.Module, source: str) -> None:
@@ -61,19 +64,21 @@ def check_finite_weights(transformer: torch.nn.Module, source: str) -> None:
             )
 
 
-def meta_trainable_transformer(preset, config, compute_dtype: torch.dtype) -> CosmosTransformer3DModel:
+def meta_trainable_transformer(
+    preset, config: WeightsConfig, seed: int, compute_dtype: torch.dtype
+) -> CosmosTransformer3DModel:
     """The transformer as `load_trainable_transformer` makes it, on the meta device (no memory, no weights): what
     the memory check counts before anything loads."""
     dtype = compute_dtype if config.train_architecture == "lora" else torch.float32
-    return _as_trained(build_transformer(preset, device="meta").to(dtype), config)
+    return _as_trained(build_transformer(preset, device="meta").to(dtype), config, seed)
 
 
-def _as_trained(transformer: CosmosTransformer3DModel, config) -> CosmosTransformer3DModel:
+def _as_trained(transformer: CosmosTransformer3DModel, config: WeightsConfig, seed: int) -> CosmosTransformer3DModel:
     """A LoRA run's base frozen (in fp8 with --base_precision fp8) under an fp32 adapter; a full run unchanged."""
     if config.train_architecture == "lora":
         if config.base_precision == "fp8":
             quantize_blocks_to_fp8(transformer)
         targets = config.lora_target_modules.split(",")
-        apply_lora(transformer, config.lora_rank, config.lora_alpha, targets, config.seed, config.lora_dropout)
+        apply_lora(transformer, config.lora_rank, config.lora_alpha, targets, seed, config.lora_dropout)
         cast_training_params(transformer, torch.float32)
     return transformer

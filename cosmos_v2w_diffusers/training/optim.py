@@ -11,8 +11,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
+from .sections import OptimConfig
 
-def build_optimizer(params: list[torch.nn.Parameter], config) -> torch.optim.Optimizer:
+
+def build_optimizer(params: list[torch.nn.Parameter], config: OptimConfig) -> torch.optim.Optimizer:
     """AdamW with weight decay on every trainable tensor (NVIDIA uses no no-decay group); bitsandbytes' 8-bit
     AdamW with `--use_8bit_adam`, as diffusers' examples offer it (CUDA only)."""
     settings = dict(
@@ -35,7 +37,7 @@ def linear_decay_factor(step: int, f_max: float, decay_steps: int) -> float:
     return f_max * max(0.0, 1.0 - step / decay_steps)
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, config) -> torch.optim.lr_scheduler.LambdaLR:
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
     """NVIDIA's schedule (`--lr_scheduler nvidia`, the default), or diffusers' `get_scheduler` by name, with
     `--lr_warmup_steps` and `--lr_decay_steps` as its training steps (diffusers' schedules peak at
     `--learning_rate` itself; NVIDIA's at `lr_f_max` times it). Stepped once per optimizer step by the trainer

@@ -18,6 +18,7 @@ from diffusers import CosmosTransformer3DModel
 from torch.distributed.fsdp import MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from .. import compat
 from ..attention import set_attention_backend
 from ..compile import compile_blocks
 from ..context_parallel import enable_context_parallel
@@ -88,8 +89,6 @@ def prepare_for_wrapping(
     or the trainer's choice (`memory.choose_lean_levers`).
     """
     c, cp, device = config, dims.cp, accelerator.device
-    if levers.block_swap and dims.engine != "single":
-        raise ValueError(f"--block_swap is for one GPU, one process: under {dims.engine} drop it.")
     on_gpu = device.type == "cuda"
     compiled = c.compile if c.compile is not None else on_gpu
     selective_blocks = c.selective_checkpointing_blocks
@@ -106,7 +105,7 @@ def prepare_for_wrapping(
         ema_device=_forced_ema_device(c, on_gpu),
         fsdp_shards=dims.state_shards,
         ddp=dims.engine == "ddp",
-        budget_bytes=memory_budget_bytes(c, device),
+        budget_bytes=memory_budget_bytes(c.parallel, device),
         block_swap=levers.block_swap,
     )
     memory = plan_gpu_memory(transformer, vae, c, device, tokens // cp, compute_dtype, **planner)
@@ -127,8 +126,6 @@ def prepare_for_wrapping(
     if plan.estimated_peak_bytes is not None:
         logger.info(memory.describe(len(transformer.transformer_blocks)))
     if dims.engine == "fsdp":
-        if c.low_vram:
-            raise ValueError("--low_vram is for one GPU: under FSDP the sharded states already leave room; drop it.")
         plugin = accelerator.state.fsdp_plugin
         plugin.activation_checkpointing = False  # ours, per block (accelerate's would recompute in full)
         plugin.mixed_precision_policy = fsdp_mixed_precision(compute_dtype)
@@ -167,7 +164,7 @@ def prepare_for_wrapping(
             # holds an activation checkpoint (pytorch#104674): with selectively checkpointed blocks the first
             # step fails with "self is on meta". Each block is its own graph here, so there is nothing to split:
             # DDP's hooks bucket the gradients as each block's backward produces them.
-            torch._dynamo.config.optimize_ddp = False
+            compat.keep_ddp_graphs_whole()
         compile_blocks(transformer)
     return plan
 

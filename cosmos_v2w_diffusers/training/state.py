@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from .. import compat
 from .parallel import full_tensor, like
 
 
@@ -192,7 +193,7 @@ class ZeroTrainState(_TrainState):
     def _flat_partitions(self) -> list[torch.Tensor]:
         """The flat fp32 master partitions of this rank, which AdamW's state is keyed by. DeepSpeed names them
         differently in ZeRO-1/2 and ZeRO-3 and exposes neither publicly."""
-        return self.zero.fp32_partitioned_groups_flat if self.stage3 else self.zero.single_partition_of_fp32_groups
+        return compat.zero_flat_fp32_partitions(self.zero, self.stage3)
 
     def _create_optimizer_state(self, saved: dict[str, torch.Tensor]) -> None:
         """AdamW creates its state at its first step, and DeepSpeed offers no public call that sets it before:
@@ -207,7 +208,7 @@ class ZeroTrainState(_TrainState):
                 for key, value in saved.items()
             }
         if not self.stage3:
-            self.zero._lazy_init_hp_params_optimizer_state()
+            compat.zero_link_optimizer_state(self.zero)
 
 
 def train_state(dims, model, optimizer, trainable: dict[str, torch.nn.Parameter]):

@@ -42,7 +42,8 @@ from ..presets import get_preset
 from ..sample_shape import latent_tokens
 from .activation_checkpointing import canonical_name
 from .checkpointer import Checkpointer
-from .config import RunConfig, TrainConfig
+from .checks import validate
+from .config import TrainConfig
 from .guards import RunGuards
 from .hub import HubUploader
 from .memory import LeanLevers, check_fits, choose_lean_levers, memory_budget_bytes
@@ -50,6 +51,7 @@ from .metrics import describe_throughput, loss_trend, throughput_summary
 from .model import load_trainable_transformer, meta_trainable_transformer
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
 from .parallel import default_mixed_precision, prepare_for_wrapping
+from .run_config import RunConfig
 from .run_lock import RunLock
 from .state import train_state
 from .validation import Validator, read_validation_inputs
@@ -104,18 +106,24 @@ class Trainer:
             raise
 
     def _setup(self) -> None:
-        """Everything after the output folder is ours: data, checks, models, optimisation state, resume."""
-        c = self.config
+        """Everything after the output folder is ours, in the order that fails cheapest first: the layout and the
+        flags it rules out, the data, where the run writes and uploads, the models, the optimisation state."""
         # Context parallelism: groups of `cp` consecutive ranks share a sample, each holding 1/cp of its tokens.
-        self.dims = ParallelDims.from_accelerator(self.accelerator, c.context_parallel_size)
-        if c.base_precision != "bf16" and self.dims.world_size > 1:
-            raise ValueError(f"--base_precision {c.base_precision} runs on one GPU for now; drop it for several.")
+        self.dims = ParallelDims.from_accelerator(self.accelerator, self.config.context_parallel_size)
+        validate(self.config, self.dims)
         self.history: list[float] = []  # mean loss of each optimizer step run by this process
         self.step_seconds: list[float] = []
         self.preempted = False  # True once a run stopped early on a signal, on every rank
         self.summary: dict[str, float] = {}  # throughput at the end of a run (`metrics.throughput_summary`)
+        table = self._load_clips()
+        validation_inputs = self._check_targets(table)
+        transformer, levers = self._load_models(table)
+        self._build_optimisation(transformer, levers, validation_inputs)
 
-        # 1. Data first: a folder with nothing usable fails before any model is loaded.
+    def _load_clips(self):
+        """The clips' table, first: a folder with nothing usable fails before any model is loaded. With the clips
+        and the ranks counted, the config is resolved for epochs and `--scale_lr` (from the flags again)."""
+        c = self.config
         with self.accelerator.main_process_first():  # one process fills the caches, the others read them
             dataset_path: str | Path
             if c.dataset_name:
@@ -126,7 +134,7 @@ class Trainer:
         logger.info(
             "Dataset %s: %d clips, %d x %d x %d samples", dataset_path, len(table), c.num_frames, c.height, c.width
         )
-        if c.num_train_epochs or c.validation_epochs or c.scale_lr:  # now that the clips and ranks are counted
+        if c.num_train_epochs or c.validation_epochs or c.scale_lr:
             clips_per_step = self.dims.clips_per_step(c.batch_size, c.gradient_accumulation_steps)
             steps_per_epoch = math.ceil(len(table) / clips_per_step)
             self.config = c = self.flags.resolved(steps_per_epoch, clips_per_step)
@@ -136,28 +144,36 @@ class Trainer:
                 c.max_iter,
                 c.learning_rate,
             )
-        self.checkpointer = Checkpointer(c, self.accelerator)
+        return table
+
+    def _check_targets(self, table):
+        """Where the run resumes from, exports and uploads, checked before any model loads: another run's
+        checkpoint, a folder of the user's in the way, a bad repo id or token fail now, not after training.
+        Returns the validation inputs (read on the main process)."""
+        c = self.config
+        self.checkpointer = Checkpointer(c.checkpointing, c.optim, c, self.accelerator)
         if self.lock:
             self.checkpointer.folder.remove_stale_temp_files()
         self.checkpointer.resume_point()  # before any model is loaded: a resume must come from the same run
-        # Where the exports and the upload go, checked before any model loads: a folder of the user's in the way,
-        # a bad repo id or token fails now, not after training.
         self.base_pipeline = resolve_pretrained(self.preset, c.pretrained_model_name_or_path)  # exports take its parts
         main = self.accelerator.is_main_process
         if main:
             check_export_targets(c, self.base_pipeline)
-        validation_inputs = read_validation_inputs(c, table[0]["video_path"]) if c.validation_prompt and main else None
         base_model = c.pretrained_model_name_or_path or self.preset.hub_id
         self.uploader = HubUploader(c, base_model) if c.push_to_hub and main else None
         max_skipped = c.max_skipped_clips if c.max_skipped_clips is not None else max(1, len(table) // 10)
         self.guards = RunGuards(self.accelerator, c.output_dir, max_skipped)
+        return read_validation_inputs(c, table[0]["video_path"]) if c.validation_prompt and main else None
 
-        # 2. Models, once the leanest step is known to fit the memory the run has (a budget, or the card's).
+    def _load_models(self, table):
+        """The transformer, the VAE and the training samples, once the leanest step is known to fit the memory the
+        run has (a budget, or the card's); the transformer prepared for its engine. Returns it and the levers."""
+        c = self.config
         self.tokens = latent_tokens(c.num_frames, c.height, c.width)
-        budget = memory_budget_bytes(c, self.device)
-        levers = asked = LeanLevers.asked_by(c)
+        budget = memory_budget_bytes(c.parallel, self.device)
+        levers = asked = LeanLevers.asked_by(c.parallel)
         if budget is not None and self.dims.engine in ("single", "ddp"):
-            meta = meta_trainable_transformer(self.preset, c, self.compute_dtype)
+            meta = meta_trainable_transformer(self.preset, c.weights, c.seed, self.compute_dtype)
             one_gpu = self.dims.engine == "single"
             levers = choose_lean_levers(meta, c, self.tokens, self.compute_dtype, budget, one_gpu)
             least = check_fits(meta, c, self.tokens, self.compute_dtype, budget, levers)
@@ -169,7 +185,7 @@ class Trainer:
                     ", ".join(name.replace("_", " ") for name in chosen),
                     least / 2**30,
                 )
-        transformer = load_trainable_transformer(self.preset, c, self.compute_dtype)
+        transformer = load_trainable_transformer(self.preset, c.weights, c.seed, self.compute_dtype)
         self.vae = load_vae(self.preset, c.pretrained_model_name_or_path, self.compute_dtype, **c.hub_kwargs())
         self.vae.to(self.device).eval().requires_grad_(False)
         if self.device.type == "cuda":
@@ -188,8 +204,12 @@ class Trainer:
             transformer, self.vae, c, self.accelerator, self.dims, self.tokens, self.compute_dtype, levers
         )
         transformer.train()
+        return transformer, levers
 
-        # 3. Optimisation state.
+    def _build_optimisation(self, transformer, levers, validation_inputs) -> None:
+        """The optimizer, its schedule, the EMA and the validator, the model handed to accelerate, and the
+        checkpoint this run resumes from loaded into them."""
+        c = self.config
         trainable = [p for p in transformer.parameters() if p.requires_grad]
         n_trainable, total = sum(p.numel() for p in trainable), sum(p.numel() for p in transformer.parameters())
         logger.info(
@@ -200,12 +220,8 @@ class Trainer:
             f"{total:,}",
             100 * n_trainable / total,
         )
-        if c.use_8bit_adam and self.dims.engine in ("fsdp", "deepspeed"):
-            raise ValueError(
-                f"--use_8bit_adam: bitsandbytes' optimizer does not run under {self.dims.engine}; drop it."
-            )
-        optimizer = build_optimizer(trainable, c)
-        self.lr_scheduler = build_lr_scheduler(optimizer, c)
+        optimizer = build_optimizer(trainable, c.optim)
+        self.lr_scheduler = build_lr_scheduler(optimizer, c.optim)
         self.transformer, self.optimizer = self.accelerator.prepare(transformer, optimizer)
         # FSDP and DeepSpeed swap parameters for sharded or bf16 ones: take them from the prepared model.
         self.trainable = {canonical_name(n): p for n, p in self._unwrapped().named_parameters() if p.requires_grad}

@@ -1,0 +1,225 @@
+"""Every check of a run's flags, in one function: `validate(config, dims)`.
+
+Three kinds, each where its facts are first known: the flags as given (bounds, and flags that go together, before
+any default replaces them), the resolved values (what the preset, the weights and the dataset's size filled in:
+`RunConfig`), and what the processes' layout allows (`ParallelDims`). `TrainConfig.resolved()` runs the first two;
+the trainer runs all three once the layout is known.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..sample_shape import check_sample_shape
+from .config import SIDE_PIXELS, TRACKER_PACKAGES
+
+if TYPE_CHECKING:
+    from ..parallel_dims import ParallelDims
+    from .config import TrainConfig
+    from .run_config import RunConfig
+
+# Flags that must be at least 1 (or 0), checked before any default replaces them.
+_AT_LEAST = {
+    "max_iter": 1,
+    "save_iter": 1,
+    "batch_size": 1,
+    "gradient_accumulation_steps": 1,
+    "num_frames": 1,
+    "height": SIDE_PIXELS[0],
+    "width": SIDE_PIXELS[0],
+    "lora_rank": 1,
+    "lora_alpha": 1,
+    "lr_decay_steps": 1,
+    "cache_windows_per_clip": 1,
+    "max_nonfinite_steps": 1,
+    "checkpoints_total_limit": 1,
+    "validation_steps": 1,
+    "validation_num_frames": 1,
+    "validation_num_inference_steps": 1,
+    "dataloader_num_workers": 0,
+    "max_skipped_clips": 0,
+    "selective_checkpointing_blocks": 0,
+    "context_parallel_size": 1,
+    "lr_warmup_steps": 0,
+    "num_train_epochs": 1,
+    "validation_epochs": 1,
+    "num_validation_videos": 1,
+}
+
+# Upper bounds, so a typo or a received checkpoint's stored numbers cannot ask for hours of caching, a rank no
+# layer has, or a sample no memory holds (the largest side NVIDIA's models take is 1280 pixels).
+_AT_MOST = {
+    "height": SIDE_PIXELS[1],
+    "width": SIDE_PIXELS[1],
+    "num_frames": 1001,
+    "lora_rank": 1024,
+    "lora_alpha": 2**16,
+    "cache_windows_per_clip": 64,
+    "batch_size": 256,
+    "gradient_accumulation_steps": 2**14,
+    "num_validation_videos": 64,
+    "validation_num_frames": 1001,
+    "validation_num_inference_steps": 1000,
+    "dataloader_num_workers": 256,
+    "context_parallel_size": 4096,
+    "max_iter": 10**9,
+    "save_iter": 10**9,
+    "lr_decay_steps": 10**9,
+    "lr_warmup_steps": 10**9,
+    "num_train_epochs": 10**6,
+}
+# Real-valued recipe numbers and the interval each must lie in: (low, high, whether low itself is allowed).
+# ema_relative_std: EDM2's power EMA has gamma > 0 only below sqrt(1/12) = 0.2887 (Karras et al. 2024, eq. 2).
+_INTERVALS = {
+    "learning_rate": (0.0, 1e30, False),  # finite; a diverging run is stopped by `--max_nonfinite_steps`
+    "lr_f_max": (0.0, 1e3, False),
+    "weight_decay": (0.0, 1e3, True),
+    "adam_beta1": (0.0, 1.0 - 1e-12, True),
+    "adam_beta2": (0.0, 1.0 - 1e-12, True),
+    "adam_epsilon": (0.0, 1.0, False),
+    "max_grad_norm": (0.0, 1e12, False),
+    "ema_relative_std": (0.0, 0.2886, False),
+    "memory_budget_gib": (0.0, 2.0**20, False),
+    "lora_dropout": (0.0, 1.0 - 1e-12, True),
+}
+
+
+def validate(config: TrainConfig, dims: ParallelDims | None = None) -> None:
+    """Refuse, in one line naming the flag and the fix, what no run can do: `config`'s flags (for a resolved
+    `RunConfig`, the flags it was resolved from, then its resolved values) and, given `dims`, what the layout of
+    the processes allows."""
+    from .run_config import RunConfig  # it imports this module
+
+    if isinstance(config, RunConfig):
+        _check_flags(config.flags or config)
+        _check_resolved(config)
+    else:
+        _check_flags(config)
+    if dims is not None:
+        _check_layout(config, dims)
+
+
+def _check_flags(flags: TrainConfig) -> None:
+    """Values no run can use, and flags that contradict each other (a 0 is refused, not replaced by the default)."""
+    for name, least in _AT_LEAST.items():
+        value = getattr(flags, name)
+        if value is not None and value < least:
+            raise ValueError(f"--{name} must be at least {least}, got {value}.")
+    for name, most in _AT_MOST.items():
+        value = getattr(flags, name)
+        if value is not None and value > most:
+            raise ValueError(f"--{name} must be at most {most:,}, got {value:,}.")
+    for name, (low, high, low_allowed) in _INTERVALS.items():
+        value = getattr(flags, name)
+        if value is not None and not (low <= value <= high and (low_allowed or value > low)):
+            side = "at least" if low_allowed else "more than"
+            raise ValueError(f"--{name} must be {side} {low:g} and at most {high:g}, got {value}.")
+    if not re.fullmatch(r"[0-9]+ *[KMGT]?I?B", flags.export_max_shard_size.upper()):
+        raise ValueError(
+            f"--export_max_shard_size {flags.export_max_shard_size!r}: give a size such as 10GB or 500MB."
+        )
+    if flags.dataset_path and Path(flags.dataset_path).is_symlink() and not Path(flags.dataset_path).exists():
+        raise ValueError(
+            f"--dataset_path {flags.dataset_path} is a link that loops or leads nowhere: pass the folder holding "
+            f"videos/ and metas/."
+        )
+    if flags.revision and flags.pretrained_model_name_or_path and Path(flags.pretrained_model_name_or_path).is_dir():
+        raise ValueError(
+            f"--revision {flags.revision}: --pretrained_model_name_or_path {flags.pretrained_model_name_or_path} is "
+            f"a local folder, which has no revisions; drop --revision (or pass the Hub id)."
+        )
+    if flags.resolution and (flags.height or flags.width):
+        raise ValueError("--resolution sets --height and --width: pass one or the other.")
+    if flags.validation_epochs and flags.validation_steps:
+        raise ValueError("--validation_epochs and --validation_steps both say when to validate: pass one.")
+    if flags.dataset_config_name and not flags.dataset_name:
+        raise ValueError("--dataset_config_name picks a folder of --dataset_name's repo: pass --dataset_name too.")
+    if flags.dataset_name and flags.dataset_path:
+        raise ValueError("--dataset_name downloads the dataset --dataset_path names locally: pass one of them.")
+    if flags.lr_scheduler == "nvidia" and flags.lr_warmup_steps:
+        raise ValueError(
+            "--lr_warmup_steps: NVIDIA's schedule (--lr_scheduler nvidia, the default) has no warm-up; pick one "
+            "of diffusers' schedules (e.g. --lr_scheduler constant_with_warmup) or drop --lr_warmup_steps."
+        )
+    if flags.block_swap and flags.train_architecture != "lora":
+        raise ValueError(
+            "--block_swap streams a frozen base: it is for --train_architecture lora (full post-training updates "
+            "every weight each step)."
+        )
+    if flags.base_precision != "bf16" and flags.train_architecture != "lora":
+        raise ValueError(
+            f"--base_precision {flags.base_precision} stores a frozen base: it is for --train_architecture lora "
+            f"(full post-training trains every weight in fp32)."
+        )
+    if flags.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("--use_8bit_adam needs the bitsandbytes package: `pip install bitsandbytes`, or drop it.")
+    if flags.load_ema and not flags.dit_path:
+        raise ValueError("--load_ema picks the EMA weights of --dit_path: pass --dit_path too, or drop --load_ema.")
+    if flags.selective_checkpointing_blocks is not None and flags.activation_checkpointing not in (
+        None,
+        "selective",
+    ):
+        raise ValueError("--selective_checkpointing_blocks needs --activation_checkpointing selective.")
+    if flags.hub_token and flags.report_to in ("wandb", "all"):  # as diffusers' examples: W&B would upload the token
+        raise ValueError(
+            "--hub_token with --report_to wandb would expose the token; log in with `hf auth login` (or set "
+            "HF_TOKEN) and drop --hub_token."
+        )
+    tracker_package = TRACKER_PACKAGES.get(flags.report_to)
+    if tracker_package and importlib.util.find_spec(tracker_package) is None:  # accelerate would only warn
+        raise ValueError(
+            f"--report_to {flags.report_to} needs the {tracker_package} package: "
+            f"`pip install {tracker_package}`, or "
+            f"pick another tracker."
+        )
+    if flags.output_dir and flags.pretrained_model_name_or_path:
+        output, base = Path(flags.output_dir).absolute(), Path(flags.pretrained_model_name_or_path).absolute()
+        if output == base or (base.exists() and output.exists() and output.samefile(base)):
+            raise ValueError(
+                f"--output_dir {flags.output_dir} is the base model's folder "
+                f"(--pretrained_model_name_or_path): the "
+                f"run's export would replace its transformer/. Pass another --output_dir."
+            )
+
+
+def _check_resolved(run: RunConfig) -> None:
+    """What the filled-in defaults make impossible: a warm-up as long as the run, a schedule shorter than it."""
+    if run.block_swap and run.activation_checkpointing == "none":
+        raise ValueError(
+            "--block_swap drops a block's weights once it has run, so the backward must recompute the block: "
+            "drop --activation_checkpointing none."
+        )
+    if run.checkpoint_block_parts and not run.low_vram:
+        raise ValueError("--checkpoint_block_parts goes with --low_vram: add it.")
+    if run.low_vram and run.activation_checkpointing != "full":
+        raise ValueError("--low_vram offloads what full recompute keeps: drop --activation_checkpointing.")
+    if run.validation_num_frames is not None and (run.validation_num_frames - 1) % 4:
+        raise ValueError(f"--validation_num_frames must be 4k+1, got {run.validation_num_frames}.")
+    if run.lr_warmup_steps >= min(run.max_iter, run.lr_decay_steps):
+        raise ValueError(
+            f"--lr_warmup_steps {run.lr_warmup_steps} is not shorter than the run's {run.max_iter} steps: the "
+            f"learning rate would never reach its peak; shorten the warm-up."
+        )
+    if run.lr_decay_steps < run.max_iter and run.lr_scheduler not in ("constant", "constant_with_warmup"):
+        raise ValueError(
+            f"--lr_decay_steps {run.lr_decay_steps} is shorter than --max_iter {run.max_iter}: the last "
+            f"{run.max_iter - run.lr_decay_steps} steps would train at learning rate 0; raise it or drop it."
+        )
+    if (run.validation_image or run.validation_video) and not run.validation_prompt:
+        raise ValueError("--validation_image/--validation_video need a --validation_prompt.")
+    check_sample_shape(run.num_frames, run.height, run.width, "--num_frames", "--height and --width")
+
+
+def _check_layout(config: TrainConfig, dims: ParallelDims) -> None:
+    """What the launch's processes and engine rule out."""
+    if config.base_precision != "bf16" and dims.world_size > 1:
+        raise ValueError(f"--base_precision {config.base_precision} runs on one GPU for now; drop it for several.")
+    if config.block_swap and dims.engine != "single":
+        raise ValueError(f"--block_swap is for one GPU, one process: under {dims.engine} drop it.")
+    if config.low_vram and dims.engine == "fsdp":
+        raise ValueError("--low_vram is for one GPU: under FSDP the sharded states already leave room; drop it.")
+    if config.use_8bit_adam and dims.engine in ("fsdp", "deepspeed"):
+        raise ValueError(f"--use_8bit_adam: bitsandbytes' optimizer does not run under {dims.engine}; drop it.")

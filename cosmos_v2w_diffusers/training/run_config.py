@@ -1,0 +1,138 @@
+"""A run's resolved configuration, and the sections each component is handed.
+
+`resolve(flags)` fills in every default of a `TrainConfig` that depends on the preset, the weights, the dataset's
+size or the launch, and checks the result (`checks.validate`): a `RunConfig`, whose resolved fields are never None
+and which keeps the flags it came from. Its sections (`run.data`, `run.weights`, `run.optim`, `run.checkpointing`,
+`run.hub`, `run.parallel`, `run.validation`) are frozen views of its fields, one per concern: a component takes the
+section it reads (the optimizer its `OptimConfig`), not the whole run. Every flag is in exactly one section
+(`tests/test_training.py` checks), and `--help` lists the flags by section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..components import preset_of_pretrained
+from ..presets import get_preset
+from .checks import validate
+from .config import TrainConfig, parse_resolution
+from .sections import (
+    CheckpointConfig,
+    DataConfig,
+    HubConfig,
+    OptimConfig,
+    ParallelConfig,
+    SectionOf,
+    ValidationConfig,
+    WeightsConfig,
+)
+
+
+@dataclass(frozen=True)
+class RunConfig(TrainConfig):
+    """A `TrainConfig` resolved (`TrainConfig.resolved`): every default that depends on the preset, the weights, the
+    dataset's size or the launch filled in, so these fields are never None, and the flags it came from kept
+    (`flags`), so that resolving again starts from them. The defaults below are placeholders: a RunConfig is only
+    ever made by `resolved()`, which gives every one of them."""
+
+    model: str = ""
+    output_dir: str = ""
+    lora_rank: int = 0
+    lora_alpha: int = 0
+    max_iter: int = 0
+    save_iter: int = 0
+    num_frames: int = 0
+    height: int = 0
+    width: int = 0
+    learning_rate: float = 0.0
+    weight_decay: float = 0.0
+    lr_f_max: float = 0.0
+    lr_decay_steps: int = 0
+    activation_checkpointing: str = ""
+    validation_steps: int = 0
+    flags: TrainConfig | None = field(default=None, repr=False, compare=False)
+
+    def public_dict(self) -> dict:
+        return {k: v for k, v in super().public_dict().items() if k != "flags"}
+
+    # Its sections, each built from its fields when asked for (`run.optim` is an `OptimConfig`).
+    data = SectionOf(DataConfig)
+    weights = SectionOf(WeightsConfig)
+    optim = SectionOf(OptimConfig)
+    checkpointing = SectionOf(CheckpointConfig)
+    hub = SectionOf(HubConfig)
+    parallel = SectionOf(ParallelConfig)
+    validation = SectionOf(ValidationConfig)
+
+
+def resolve(flags: TrainConfig, steps_per_epoch: int | None = None, clips_per_step: int | None = None) -> RunConfig:
+    """`flags` with every default that depends on the preset (and the weights) filled in, checked.
+
+    `steps_per_epoch` (optimizer steps in one pass over the clips, which only the loaded dataset tells) turns
+    `--num_train_epochs` and `--validation_epochs` into steps, and `clips_per_step` (which the launch tells)
+    scales the learning rate under `--scale_lr`; without them neither is applied. Resolving a `RunConfig` again
+    starts from its flags, so the trainer's second resolution (once the dataset is counted) sees what the user gave.
+    """
+    if isinstance(flags, RunConfig) and flags.flags is not None:  # resolved values are no flags: start again
+        flags = flags.flags
+    validate(flags)
+    asked = get_preset(flags.model) if flags.model else None
+    found = (
+        preset_of_pretrained(flags.pretrained_model_name_or_path, **flags.hub_kwargs())
+        if flags.pretrained_model_name_or_path
+        else None
+    )
+    if asked and found and asked.name != found.name:
+        raise ValueError(
+            f"--model {flags.model} contradicts --pretrained_model_name_or_path "
+            f"{flags.pretrained_model_name_or_path}, "
+            f"whose transformer is the {found.name} architecture: pass --model {found.name}, or drop --model."
+        )
+    preset = asked or found or get_preset("2B")
+    lora = flags.train_architecture == "lora"
+
+    def given_or(name: str, default):
+        value = getattr(flags, name)
+        return default if value is None else value
+
+    rank = flags.lora_rank or preset.lora_rank
+    lr_scale = (clips_per_step or 1) if flags.scale_lr else 1  # diffusers' --scale_lr
+    height, width = parse_resolution(flags.resolution) if flags.resolution else (flags.height, flags.width)
+    epochs = flags.num_train_epochs if steps_per_epoch else None
+    max_iter = flags.max_iter or (epochs * steps_per_epoch if epochs and steps_per_epoch else preset.max_iter)
+    every_epochs = flags.validation_epochs * steps_per_epoch if flags.validation_epochs and steps_per_epoch else None
+    save_iter = flags.save_iter or (preset.save_iter_lora if lora else preset.save_iter)
+    # Selective checkpointing is the default: the trainer keeps attention outputs in as many blocks as
+    # the GPU has memory for and recomputes the rest in full (`training/memory.py`).
+    recompute = flags.activation_checkpointing or ("full" if flags.low_vram else "selective")
+    if flags.dataset_path:
+        dataset = Path(flags.dataset_path).resolve().name
+    else:
+        dataset = flags.dataset_name.rsplit("/", 1)[-1] if flags.dataset_name else "demo"
+    group = "video2world_lora" if lora else "video2world"
+    given: dict[str, Any] = {f.name: getattr(flags, f.name) for f in dataclasses.fields(TrainConfig)}
+    resolved: dict[str, Any] = dict(
+        model=preset.name,
+        lora_rank=rank,
+        lora_alpha=flags.lora_alpha or rank,
+        max_iter=max_iter,
+        save_iter=save_iter,
+        num_frames=flags.num_frames or preset.num_frames,
+        height=preset.height if height is None else height,
+        width=preset.width if width is None else width,
+        resolution=None,  # now in --height and --width
+        learning_rate=given_or("learning_rate", preset.learning_rate) * lr_scale,
+        weight_decay=given_or("weight_decay", preset.weight_decay),
+        lr_f_max=given_or("lr_f_max", preset.lr_f_max),
+        lr_decay_steps=flags.lr_decay_steps or max_iter,
+        activation_checkpointing=recompute,
+        validation_steps=flags.validation_steps or every_epochs or save_iter,
+        output_dir=flags.output_dir
+        or str(Path("checkpoints", "posttraining", group, f"{preset.short_name}_{dataset}")),
+    )
+    run = RunConfig(**{**given, **resolved}, flags=flags)
+    validate(run)
+    return run
