@@ -100,6 +100,43 @@ WORKSTATION_NOTES = {
 }
 
 
+# Faster generation (issue 36): the settings `fast_generation.py` picked, against the dense run of the same call.
+# row name -> (result file, its label). The distances are to the dense output of a random-weights network.
+FAST_GENERATION = {
+    "generation_2b_720p_fast": ("fast_generation_2b_720p", "fast"),
+    "generation_2b_720p_quality": ("fast_generation_2b_720p", "quality"),
+}
+FAST_GENERATION_DATE = "2026-12-06"
+FAST_GENERATION_NOTE = (
+    "random weights (nothing downloads on the benchmark machine): the skip rate of the step cache, and so its speed, "
+    "are those of a random network, whose first block changes little from step to step; NVIDIA's checkpoint will "
+    "skip fewer. The PSNR/SSIM are at 21 frames, 2 inputs"
+)
+
+
+def _fast_generation_row(name: str, file: str, label: str) -> dict:
+    result = _read(file)
+    speed, dense = result["speed"][label], result["speed"]["dense"]
+    quality = result["quality"][speed["setting"]]
+    return {
+        "name": name,
+        "setting": speed["setting"],
+        "seconds_at_35_steps": speed["seconds_at_35_steps"],
+        "dense_seconds_at_35_steps": dense["seconds_at_35_steps"],
+        "speedup": round(dense["seconds_at_35_steps"] / speed["seconds_at_35_steps"], 2),
+        "peak_gib": speed["peak_gib"],
+        "skipped_forwards": round(speed.get("skipped_forwards", 0.0), 3),
+        "psnr_vs_dense": min(quality["psnr_per_input"]),
+        "worst_frame_psnr_vs_dense": quality["worst_frame_psnr"],
+        "ssim_vs_dense": quality["mean_ssim"],
+        "gpu": result["environment"]["gpu"],
+        "command": result["command"],
+        "date": FAST_GENERATION_DATE,
+        "note": FAST_GENERATION_NOTE,
+        "result": f"benchmarks/results/{file}.json",
+    }
+
+
 def _read(file: str) -> dict:
     return json.loads((RESULTS / f"{file}.json").read_text())
 
@@ -206,6 +243,7 @@ def main() -> None:
             }
             | ({"note": WORKSTATION_NOTES[name]} if name in WORKSTATION_NOTES else {})
         )
+    summary += [_fast_generation_row(name, *source) for name, source in FAST_GENERATION.items()]
     headline_medians(summary)
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for row in summary:
