@@ -70,6 +70,7 @@ def _assert_same_masters(workdir: Path, run: str, reference: str, iteration: int
         torch.testing.assert_close(ours[name], theirs[name], rtol=rtol, atol=atol, msg=f"{run} vs {reference}: {name}")
 
 
+@pytest.mark.slow  # 55 s on 2 cores; FSDP2 with CP 2 below keeps a context-parallel run in `make test`
 def test_context_parallel_2_trains_like_one_process_and_resumes_in_one(prepared_dataset, tmp_path):
     """Two CPU processes with `--context_parallel_size 2` end 3 steps with the fp32 master weights of one
     process; their checkpoint resumes in one process, as a run of one process would."""
@@ -143,7 +144,7 @@ def _generations_match_one_process(tmp_path: Path, num_gpus: int, port: int, **l
         assert difference < 3.0, (name, float(difference))
 
 
-@pytest.mark.slow  # 33 s on 2 cores; the CP training test above keeps several processes in `make test`
+@pytest.mark.slow  # 33 s on 2 cores; FSDP2 with CP 2 keeps several processes in `make test`
 def test_num_gpus_2_generation_writes_the_one_process_video(tmp_path):
     """`--num_gpus 2`, its tokens sharded or its guidance split (`--guidance_parallel`), against one process."""
     _generations_match_one_process(tmp_path, 2, 29538, cp=[], guidance=["--guidance_parallel"])

@@ -119,6 +119,7 @@ def test_neighbourhood_attention_over_the_whole_grid_is_dense_attention():
     assert not torch.allclose(local(query, key, value, grid), dense.transpose(1, 2), atol=1e-3)
 
 
+@pytest.mark.slow  # 18 s; `make test` runs natten through the CLI (test_cli_generates_with_every_fast_option...)
 def test_sparse_attention_generation_runs_every_layer_kind(dense):
     pytest.importorskip("natten")
     pipe = _pipe()

@@ -82,6 +82,8 @@ def test_parallel_dims_describe_the_layout_once():
     assert (ddp.engine, ddp.dp_size, ddp.dp_rank, ddp.state_shards) == ("ddp", 4, 3, None)
     zero = ParallelDims.from_accelerator(accelerator(DistributedType.DEEPSPEED, 2, 0))
     assert (zero.engine, zero.zero_stage) == ("deepspeed", 3)
+    with pytest.raises(ValueError, match="not DeepSpeed: use accelerate_configs/fsdp_8gpu.yaml"):
+        ParallelDims.from_accelerator(accelerator(DistributedType.DEEPSPEED, 2, 0), context_parallel_size=2)
     assert ParallelDims.from_accelerator(accelerator(DistributedType.NO, 1, 0)).engine == "single"
     fsdp1 = accelerator(DistributedType.FSDP, 2, 0)
     fsdp1.state.fsdp_plugin = SimpleNamespace(fsdp_version=1)

@@ -146,6 +146,7 @@ def _wait_for_steps(process: subprocess.Popen, log: list[str]) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow  # 28 s; `make test` keeps the signal to the launcher (test_trust.py)
 def test_sigterm_saves_a_checkpoint_and_exits_with_the_documented_code(prepared_dataset, tmp_path):
     out = tmp_path / "run"
     process, log = _train_process(prepared_dataset, out), []
@@ -505,6 +506,7 @@ def _children(pid: int) -> list[int]:
     return children
 
 
+@pytest.mark.slow  # 18 s; the 4-process signal test is in the slow set too, the launcher's in `make test`
 def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(prepared_dataset, tmp_path):
     import os
 
