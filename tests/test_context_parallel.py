@@ -28,6 +28,7 @@ def _masters(folder: Path, iteration: int) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["master_weights"]
 
 
+@pytest.mark.slow  # 11 s; `make test` checks CP's numerics through FSDP2 with CP 2 (below)
 def test_the_sharded_transformer_computes_the_unsharded_output_and_gradient(tmp_path):
     """Each rank holds half the tokens; outputs match; the ranks' gradients sum to the unsharded one."""
     cmd = torchrun(

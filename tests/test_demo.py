@@ -32,6 +32,7 @@ def test_exported_clips_keep_their_colours(tmp_path):
     assert np.abs(decoded - np.stack(frames)).mean() < 6  # mp4 compression only
 
 
+@pytest.mark.slow  # 9 s; `make test` keeps the VAE's check on the robot clip (below)
 def test_the_shipped_tiny_vae_reconstructs_footage_it_never_saw(video_paths):
     """The whole of a real clip the VAE never saw (all 14 of `bikes.mp4`'s 17-frame windows, as `tiny_model.py`
     reports it), and a demo clip. A random VAE of the same shape scores 10.7 and 11.2 dB; the shipped one 24.23

@@ -67,6 +67,7 @@ def dense():
     return _videos(_pipe())
 
 
+@pytest.mark.slow  # 17 s (the README's CPU numbers); `make test` runs --cache through the CLI
 def test_step_cache_skips_blocks_says_how_many_and_stays_near_dense(dense, caplog):
     pipe = _pipe()
     cache = pipe.enable_step_cache(0.1)

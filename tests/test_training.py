@@ -609,6 +609,7 @@ def test_diffusers_flags_parse_and_refuse_what_cannot_apply():
             TrainConfig(model="tiny", use_8bit_adam=True).resolved()
 
 
+@pytest.mark.slow  # 12 s; `make test` resolves epochs into steps without training (test_diffusers_flags...)
 def test_a_run_in_epochs_from_a_hub_dataset_validates_per_epoch_and_logs_where_asked(
     prepared_dataset, video_paths, tmp_path, monkeypatch
 ):

@@ -25,7 +25,7 @@ S = TypeVar("S", bound="Section")
 
 @dataclass(frozen=True)
 class Section:
-    """A frozen view of some of a resolved config's fields (`RunConfig`'s properties build them)."""
+    """A frozen view of some of a resolved config's fields (built by `RunConfig`'s section attributes)."""
 
     @classmethod
     def of(cls: type[S], run: RunConfig) -> S:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -306,7 +307,11 @@ class Trainer:
             self.grad_norm = self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.lr_scheduler.step()
+        with warnings.catch_warnings():
+            # A skipped update still advances the schedule (so later steps draw the same): torch takes a schedule
+            # stepped before any optimizer step for a misordered call and says so; here it is meant.
+            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
+            self.lr_scheduler.step()
         if self.ema is not None and math.isfinite(mean_loss):
             self.ema.update(step)
         return mean_loss
