@@ -424,7 +424,8 @@ class TrainConfig:
         if stored.get("lr_decay_steps") == stored.get("max_iter") and "lr_decay_steps" not in given:
             rebuilt.pop("lr_decay_steps", None)  # it was the default: it follows --max_iter, as in a plain resume
         taken = [f"--{name} {value}" for name, value in rebuilt.items() if name not in given]
-        # A received file's numbers are bounded like flags (`_check_values`) and listed, so none is taken unseen.
+        # A received file's numbers are bounded like flags (`checks.validate`, when the run is resolved) and
+        # listed, so none is taken unseen.
         logging.getLogger(__name__).info("Taken from %s: %s", checkpoint, ", ".join(taken) or "nothing")
         rebuilt["output_dir"] = str(output_dir_of(checkpoint))
         return dataclasses.replace(config, **{**rebuilt, **given})
