@@ -81,8 +81,6 @@ class ParallelDims:
     def for_generation(cls, world_size: int, rank: int, guidance_parallel: bool = False) -> "ParallelDims":
         """A generation's layout over `world_size` processes: every one shares the video's tokens, or, with
         `guidance_parallel`, each half shares them and runs one side of the guidance."""
-        if guidance_parallel and world_size % 2:
-            raise ValueError(f"--guidance_parallel needs an even number of processes, got {world_size}.")
         cp = world_size // 2 if guidance_parallel else world_size
         return cls(world_size, rank, cp, "generation", guidance_parallel=guidance_parallel)
 

@@ -2,8 +2,8 @@
 
 Three kinds, each where its facts are first known: the flags as given (bounds, and flags that go together, before
 any default replaces them), the resolved values (what the preset, the weights and the dataset's size filled in:
-`RunConfig`), and what the processes' layout allows (`ParallelDims`). `TrainConfig.resolved()` runs the first two;
-the trainer runs all three once the layout is known.
+`RunConfig`), and what the processes' layout allows (`ParallelDims`). Resolving checks the flags, then the values
+it filled in; the trainer checks the layout once it is known.
 """
 
 from __future__ import annotations
@@ -88,13 +88,12 @@ _INTERVALS = {
 
 
 def validate(config: TrainConfig, dims: ParallelDims | None = None) -> None:
-    """Refuse, in one line naming the flag and the fix, what no run can do: `config`'s flags (for a resolved
-    `RunConfig`, the flags it was resolved from, then its resolved values) and, given `dims`, what the layout of
-    the processes allows."""
+    """Refuse, in one line naming the flag and the fix, what no run can do: `config`'s flags, or for a resolved
+    `RunConfig` its resolved values (`resolve` checked its flags before filling them in), and, given `dims`, what
+    the layout of the processes allows."""
     from .run_config import RunConfig  # it imports this module
 
     if isinstance(config, RunConfig):
-        _check_flags(config.flags or config)
         _check_resolved(config)
     else:
         _check_flags(config)

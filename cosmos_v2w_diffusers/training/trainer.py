@@ -12,6 +12,7 @@ uninterrupted run would have done, with nothing but the weights, optimizer and s
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -59,6 +60,15 @@ from .validation import Validator, read_validation_inputs
 
 # accelerate's logger: the main process logs (per-rank facts say `main_process_only=False`).
 logger = get_logger(__name__)
+
+
+@contextlib.contextmanager
+def _schedule_without_update():
+    """A skipped update still advances the schedule (so later steps draw the same): where no optimizer step has run
+    yet, torch takes that for a misordered call and warns; here it is meant."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
+        yield
 
 
 def _step_seed(*parts: int) -> int:
@@ -118,8 +128,8 @@ class Trainer:
         self.summary: dict[str, float] = {}  # throughput at the end of a run (`metrics.throughput_summary`)
         table = self._load_clips()
         validation_inputs = self._check_targets(table)
-        transformer, levers = self._load_models(table)
-        self._build_optimisation(transformer, levers, validation_inputs)
+        transformer = self._load_models(table)
+        self._build_optimisation(transformer, validation_inputs)
 
     def _load_clips(self):
         """The clips' table, first: a folder with nothing usable fails before any model is loaded. With the clips
@@ -168,7 +178,7 @@ class Trainer:
 
     def _load_models(self, table):
         """The transformer, the VAE and the training samples, once the leanest step is known to fit the memory the
-        run has (a budget, or the card's); the transformer prepared for its engine. Returns it and the levers."""
+        run has (a budget, or the card's); the transformer prepared for its engine, and returned."""
         c = self.config
         self.tokens = latent_tokens(c.num_frames, c.height, c.width)
         budget = memory_budget_bytes(c.parallel, self.device)
@@ -205,9 +215,9 @@ class Trainer:
             transformer, self.vae, c, self.accelerator, self.dims, self.tokens, self.compute_dtype, levers
         )
         transformer.train()
-        return transformer, levers
+        return transformer
 
-    def _build_optimisation(self, transformer, levers, validation_inputs) -> None:
+    def _build_optimisation(self, transformer, validation_inputs) -> None:
         """The optimizer, its schedule, the EMA and the validator, the model handed to accelerate, and the
         checkpoint this run resumes from loaded into them."""
         c = self.config
@@ -307,10 +317,7 @@ class Trainer:
             self.grad_norm = self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        with warnings.catch_warnings():
-            # A skipped update still advances the schedule (so later steps draw the same): torch takes a schedule
-            # stepped before any optimizer step for a misordered call and says so; here it is meant.
-            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
+        with contextlib.nullcontext() if math.isfinite(mean_loss) else _schedule_without_update():
             self.lr_scheduler.step()
         if self.ema is not None and math.isfinite(mean_loss):
             self.ema.update(step)
