@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cosmos_v2w_diffusers.io_utils import atomic_write
+
 
 def environment() -> dict:
     import accelerate
@@ -53,7 +55,8 @@ def write_result(name: str, result: dict) -> Path:
     folder = Path(os.environ.get("OUT") or Path(__file__).parents[1] / "outputs" / "benchmarks")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
-    path.write_text(json.dumps({"environment": environment(), **result}, indent=2) + "\n")
+    with atomic_write(path, "w") as f:  # a kill mid-write leaves the previous result whole
+        f.write(json.dumps({"environment": environment(), **result}, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return path
 
