@@ -7,6 +7,7 @@ Random weights and random text embeddings (nothing can be downloaded here); bf16
     python benchmarks/inference.py --model 2B             # --no-compile for diffusers' transformer as is
     torchrun --nproc_per_node 4 benchmarks/inference.py --num_gpus 4 [--guidance_parallel]
     python benchmarks/inference.py --model 14B --steps 8   # a long run's time from fewer steps (seconds_at_35_steps)
+    python benchmarks/inference.py --student_steps 4 --name generation_2b_720p_distilled   # a distilled student
 
 With `--num_gpus N`, the pipeline is set up as `infer_video2world.py --num_gpus N` sets it up: context
 parallelism over the N ranks, or guidance-parallel pairs of N / 2 context-parallel ranks.
@@ -25,7 +26,7 @@ import torch.distributed as dist
 from diffusers import AutoencoderKLWan
 
 from benchmarks.common import write_result
-from cosmos_v2w_diffusers import CosmosMultistepScheduler, CosmosVideo2WorldPipeline
+from cosmos_v2w_diffusers import CosmosFewStepScheduler, CosmosMultistepScheduler, CosmosVideo2WorldPipeline
 from cosmos_v2w_diffusers.allocator import set_allocator_defaults
 from cosmos_v2w_diffusers.attention import BACKENDS, set_attention_backend
 from cosmos_v2w_diffusers.compile import compile_blocks
@@ -40,7 +41,14 @@ from cosmos_v2w_diffusers.sample_shape import latent_tokens
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="2B")
-    parser.add_argument("--steps", type=int, default=35)
+    parser.add_argument("--steps", type=int, default=None, help="default: 35, or --student_steps")
+    parser.add_argument(
+        "--student_steps",
+        type=int,
+        default=None,
+        help="a distilled student's generation: its few-step sampler (CosmosFewStepScheduler) for this many steps, "
+        "no guidance, no final x0 evaluation",
+    )
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--name", default=None)
     parser.add_argument("--attention_backend", default="auto", choices=BACKENDS)
@@ -58,6 +66,7 @@ def main() -> None:
         "that generation fits a smaller card",
     )
     args = parser.parse_args()
+    args.steps = args.steps or args.student_steps or 35
     set_allocator_defaults()  # as infer_video2world.py
     preset = get_preset(args.model)
     height, width = args.height or preset.height, args.width or preset.width
@@ -68,7 +77,7 @@ def main() -> None:
         tokenizer=None,
         transformer=build_transformer(preset, device).to(torch.bfloat16),
         vae=AutoencoderKLWan().to(device, torch.bfloat16),
-        scheduler=CosmosMultistepScheduler(),
+        scheduler=CosmosFewStepScheduler(args.student_steps) if args.student_steps else CosmosMultistepScheduler(),
         disable_guardrail=True,
     )
     if args.memory_fraction:  # after the weights: 14B's fp32 initialisation takes 56 GB on the GPU
@@ -95,6 +104,7 @@ def main() -> None:
         image=image,
         prompt_embeds=text,
         negative_prompt_embeds=text.flip(1),
+        guidance_scale=1.0 if args.student_steps else 7.0,
         height=height,
         width=width,
         num_frames=preset.num_frames,
@@ -131,7 +141,8 @@ def main() -> None:
             "model": preset.name,
             "sample": [preset.num_frames, height, width],
             "num_inference_steps": args.steps,
-            "guidance": True,
+            "guidance": not args.student_steps,
+            "student_steps": args.student_steps,
             "compiled_blocks": args.compile,
             "attention_backend": backend,
             "num_gpus": args.num_gpus,
@@ -144,7 +155,9 @@ def main() -> None:
             "seconds": round(total, 2),
             "seconds_per_step": round(per_step, 3) if per_step else None,
             # A shorter run (--steps) stands for the default 35 steps: its time with the missing steps added.
-            "seconds_at_35_steps": round(total + (35 - args.steps) * per_step, 1) if per_step else None,
+            "seconds_at_35_steps": (
+                round(total + (35 - args.steps) * per_step, 1) if per_step and not args.student_steps else None
+            ),
             "warmup_call_seconds_incl_compile": round(warmup, 1),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         },

@@ -12,6 +12,7 @@ log_escaping.install()
 
 _EXPORTS = {
     "PRESETS": ".presets",
+    "CosmosFewStepScheduler": ".scheduler_few_step",
     "CosmosMultistepScheduler": ".scheduler",
     "CosmosVideo2WorldPipeline": ".pipeline",
     "ModelPreset": ".presets",

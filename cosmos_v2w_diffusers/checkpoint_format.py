@@ -7,6 +7,7 @@ its Cosmos-Predict2 rename table, checked key-for-key against it by the tests.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from diffusers import CosmosTransformer3DModel
 from diffusers.loaders.single_file_utils import (
     convert_cosmos_transformer_checkpoint_to_diffusers,
 )
+
+from .io_utils import read_regular_file
 
 # diffusers name fragment -> NVIDIA name fragment, applied in order (the reverse of diffusers'
 # TRANSFORMER_KEYS_RENAME_DICT_COSMOS_2_0).
@@ -130,6 +133,33 @@ def load_native_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> di
         raise ValueError(
             f"{path} holds no `{prefix}*` tensors: not a Cosmos-Predict2 native checkpoint{hint}."
         ) from None
+
+
+def distilled_steps_of(path: str | os.PathLike) -> int | None:
+    """The steps a distilled student (`train_video2world.py --distill_steps N`) was made for, where `path` is the
+    model file of such a run's checkpoint (`<output_dir>/checkpoints/model/iter_N.pt`, its run's flags beside it in
+    `trainer/`) or its exported `pipeline/` or `transformer/` folder; None for any other weights.
+
+    NVIDIA's model file holds only the network's tensors, which a student shares with any Video2World net, so
+    what makes it a student is read from the run that wrote it."""
+    path = Path(path)
+    if path.is_dir():
+        for sampler in (path / "scheduler_nvidia", path.parent / "pipeline" / "scheduler_nvidia"):
+            config = sampler / "scheduler_config.json"
+            if config.is_file():
+                saved = json.loads(read_regular_file(config, max_bytes=2**16))
+                if saved.get("_class_name") == "CosmosFewStepScheduler":
+                    return int(saved["num_train_steps"])
+        return None
+    trainer = path.parent.parent / "trainer" / path.name
+    if path.parent.name != "model" or not trainer.is_file():
+        return None
+    try:
+        part = torch.load(trainer, map_location="cpu", weights_only=True)
+        steps = json.loads(part.get("config") or "{}").get("distill_steps")
+    except Exception:  # not ours, or unreadable: such a file is no student of ours
+        return None
+    return int(steps) if steps else None
 
 
 def check_checkpoint_matches(

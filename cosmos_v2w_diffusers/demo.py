@@ -94,21 +94,21 @@ def first_frame(real: torch.Tensor) -> Image.Image:
     return Image.fromarray((real[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
 
 
-def continue_first_frame(pipe: CosmosVideo2WorldPipeline, real: torch.Tensor, seed: int = 0) -> torch.Tensor:
+def continue_first_frame(pipe: CosmosVideo2WorldPipeline, real: torch.Tensor, seed: int = 0, **kwargs) -> torch.Tensor:
     """The pipeline's continuation of `real[0]`, from NVIDIA's initial noise for `seed` as
-    `infer_video2world.py --seed` draws it: float `[T, 3, H, W]` in [0, 1]."""
+    `infer_video2world.py --seed` draws it: float `[T, 3, H, W]` in [0, 1]. `kwargs` replace the pipeline arguments
+    (the benchmarks' guidance, say)."""
     frames, _, height, width = real.shape
     shape = (1, *latent_shape(pipe.vae.config, frames, height, width))
+    arguments = dict(prompt=DEMO_PROMPT, guidance_scale=GUIDANCE_SCALE, latents=nvidia_initial_noise(seed, shape))
     return (
         pipe(
             image=first_frame(real),
-            prompt=DEMO_PROMPT,
             height=height,
             width=width,
             num_frames=frames,
-            guidance_scale=GUIDANCE_SCALE,
-            latents=nvidia_initial_noise(seed, shape),
             output_type="pt",
+            **{**arguments, **kwargs},
         )
         .frames[0]
         .cpu()

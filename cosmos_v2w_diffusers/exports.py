@@ -24,6 +24,9 @@ from safetensors.torch import load_file, save_file
 
 from .components import write_stock_model_index
 from .io_utils import check_replaceable, copy_regular_file, publish_folder
+from .pipeline import NVIDIA_SAMPLER_FOLDER, SAVED_BY_KEY, SAVED_SAMPLER_KEY
+from .scheduler_few_step import CosmosFewStepScheduler
+from .step_cache import STEP_CACHE_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 LORA_EMA_WEIGHTS_NAME = "pytorch_lora_weights_ema.safetensors"
 # What is added to an export folder after it is written (the Hub card and validation video): a new export
 # replaces a folder holding these and what the last export wrote (its manifest), and refuses any other.
-ADDED_LATER = frozenset({"README.md", "validation.mp4"})
+ADDED_LATER = frozenset({"README.md", "validation.mp4", STEP_CACHE_FILE})
 # The base model's components a pipeline export takes as they are, and the files of theirs a loader reads (configs,
 # weights, tokenizer files): nothing else in a received folder (a NOTICE.txt linked to /proc/self/environ, say)
 # is copied or uploaded.
@@ -154,11 +157,13 @@ def write_diffusers_pipeline(
     cache_dir: str | None = None,
     dtype: torch.dtype = torch.bfloat16,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    sampler: CosmosFewStepScheduler | None = None,
 ) -> Path:
     """A pipeline folder that diffusers' `DiffusionPipeline`, its stock `Cosmos2VideoToWorldPipeline` and our
     `CosmosVideo2WorldPipeline` load: the base model's text encoder, tokenizer and VAE, the scheduler the stock
     pipeline samples with, and `transformer/` from `state_dict` (see the module docstring). `revision` and
-    `cache_dir` say where a Hub base is read from."""
+    `cache_dir` say where a Hub base is read from. A distilled student's `sampler` is saved where our pipeline
+    reads NVIDIA's sampler from (`pipeline.NVIDIA_SAMPLER_FOLDER`), so it samples with it by default."""
     source = base_pipeline_folder(base, revision, cache_dir)
     missing = [name for name in BASE_COMPONENTS if not (source / name).is_dir()]
     if missing:
@@ -178,6 +183,11 @@ def write_diffusers_pipeline(
         transformer.save_config(staging / "transformer")
         write_weights(staging / "transformer", state_dict, dtype, max_shard_size)
         write_stock_model_index(staging)
+        if sampler is not None:
+            sampler.save_config(staging / NVIDIA_SAMPLER_FOLDER)
+            index = json.loads((staging / "model_index.json").read_text())
+            index.update({SAVED_SAMPLER_KEY: NVIDIA_SAMPLER_FOLDER, SAVED_BY_KEY: "CosmosVideo2WorldPipeline"})
+            (staging / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
     return publish_folder(folder, build, ADDED_LATER)
 
@@ -185,7 +195,7 @@ def write_diffusers_pipeline(
 def export_folders(config) -> list[Path]:
     """The folders `export_final` writes for a run of `config`."""
     out = Path(config.output_dir)
-    if config.train_architecture == "lora":
+    if config.train_architecture == "lora" and not config.distill_steps:
         return [out / "lora"]
     return [out / "transformer", *([out / "transformer_ema"] if config.ema else []), out / "pipeline"]
 
@@ -195,7 +205,7 @@ def check_export_targets(config, base: str) -> None:
     or take a file from outside a local base folder (`base_component_files`), naming them."""
     for folder in export_folders(config):
         check_replaceable(folder, ADDED_LATER, "--output_dir")
-    if config.train_architecture == "full" and Path(base).is_dir():
+    if (config.train_architecture == "full" or config.distill_steps) and Path(base).is_dir():
         base_component_files(Path(base))
 
 
@@ -203,9 +213,11 @@ def export_final(transformer, state_dict: dict[str, torch.Tensor], ema_state: di
     """Write, for a full run, `<output_dir>/pipeline` (the transformer from the EMA weights, or the live ones
     without an EMA or with `--export_live_weights`) and `<output_dir>/transformer` (+ `transformer_ema`);
     for LoRA, `<output_dir>/lora` (`pytorch_lora_weights.safetensors`, + `pytorch_lora_weights_ema.safetensors`
-    from the EMA). Returns the folder a Hub upload pushes: the pipeline, or the LoRA folder."""
+    from the EMA). A distillation exports its student (`state_dict` and `ema_state`: plain nets) as a full run's,
+    its pipeline sampling with the student's few-step sampler. Returns the folder a Hub upload pushes: the
+    pipeline, or the LoRA folder."""
     out = Path(config.output_dir)
-    if config.train_architecture == "lora":
+    if config.train_architecture == "lora" and not config.distill_steps:
         lora_layers = get_peft_model_state_dict(transformer, state_dict=state_dict)
         ema_layers = get_peft_model_state_dict(transformer, state_dict=ema_state) if ema_state is not None else None
         # The adapter's config (rank, alpha, targets) goes into the file's metadata, as diffusers' LoRA examples
@@ -235,8 +247,9 @@ def export_final(transformer, state_dict: dict[str, torch.Tensor], ema_state: di
         write_diffusers_transformer(out / "transformer_ema", transformer, ema_state, dtype, shard)
     live = ema_state is None or config.export_live_weights
     weights = state_dict if live or ema_state is None else ema_state
+    sampler = CosmosFewStepScheduler(config.distill_steps) if config.distill_steps else None
     write_diffusers_pipeline(
-        out / "pipeline", base, transformer, weights, config.revision, config.cache_dir, dtype, shard
+        out / "pipeline", base, transformer, weights, config.revision, config.cache_dir, dtype, shard, sampler
     )
     logger.info(
         "Exported the diffusers pipeline (%s weights) to %s, and the transformer to %s",

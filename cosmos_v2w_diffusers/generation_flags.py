@@ -39,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--num_conditional_frames", type=int, default=1, choices=[1, 5], help="a video's last N frames condition"
     )
     p.add_argument(
-        "--guidance", type=float, default=7.0, help="classifier-free guidance scale; 1 or less: no guidance"
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale; 1 or less: no guidance (default: 7, NVIDIA's; 1 for a distilled "
+        "student, whose guidance is built in)",
     )
     p.add_argument("--seed", type=int, default=0, help="the initial noise, drawn as NVIDIA draws it")
     p.add_argument("--resolution", default="720", choices=sorted(RESOLUTIONS), help="the video's height class")
@@ -52,7 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=None, help="override the resolution table (multiple of 16)")
     p.add_argument("--width", type=int, default=None, help="override the resolution table (multiple of 16)")
     p.add_argument("--num_frames", type=int, default=None, help="override the frame count (4k+1)")
-    p.add_argument("--num_inference_steps", type=int, default=35, help="sampling steps")
+    p.add_argument(
+        "--num_inference_steps",
+        type=int,
+        default=None,
+        help="sampling steps (default: 35, NVIDIA's; for a distilled student --dit_path, the steps it was distilled "
+        "for, sampled with its few-step sampler)",
+    )
     p.add_argument(
         "--scheduler", default="cosmos", choices=["cosmos", "euler"], help="NVIDIA's sampler or diffusers' Euler"
     )
@@ -110,14 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fast.add_argument(
         "--cache",
-        type=float,
+        type=_cache_threshold,
         default=None,
-        metavar="THRESHOLD",
+        metavar="THRESHOLD|auto",
         help="training-free step caching (diffusers' First Block Cache): where the first block's residual changed by "
         "less than THRESHOLD (relative) since the last step, the other blocks are skipped and their last residual "
-        "reused; the log says how many block evaluations were skipped. Measured: the tiny model at 0.1 skips 35%% "
-        "of the forwards at 40.7 dB from dense (worst frame, CPU); the 2B at 720p on an H100 with random weights: 0.2 "
-        "generates 93 frames in 41.7 s instead of 244.9 s (a trained model skips fewer)",
+        "reused; the log says how many block evaluations were skipped. On trained weights (the tiny model, worst "
+        "frame against dense): 0.1 skips 35%% of the forwards at 40.7 dB, 0.2 50%% at 13.6 dB. auto: the first "
+        "input is generated dense and again at falling thresholds until one keeps --cache_min_psnr; the choice is "
+        "logged and stored beside the weights (step_cache.json), so later runs with the same settings reuse it",
+    )
+    fast.add_argument(
+        "--cache_min_psnr",
+        type=float,
+        default=30.0,
+        help="with --cache auto: the lowest PSNR (dB) against dense any frame of the first input may have",
     )
     fast.add_argument(
         "--sparse_attention",
@@ -136,14 +153,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _cache_threshold(value: str) -> float | str:
+    """`--cache`: a number, or `auto`."""
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a number nor auto") from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
-    if args.cache is not None and not 0 < args.cache < 1:
+    if isinstance(args.cache, float) and not 0 < args.cache < 1:
         p.error(
             f"--cache {args.cache}: the threshold is a relative change between steps, between 0 and 1 (0.05 to 0.3)."
         )
-    if args.guidance_parallel and (args.num_gpus < 2 or args.num_gpus % 2 or args.guidance <= 1):
+    if not 0 < args.cache_min_psnr < 100:
+        p.error(
+            f"--cache_min_psnr {args.cache_min_psnr}: give a PSNR in dB between 0 and 100 (30 is close, 40 near exact)"
+        )
+    if args.guidance_parallel and (args.num_gpus < 2 or args.num_gpus % 2 or (args.guidance or 7.0) <= 1):
         p.error(
             "--guidance_parallel splits the two sides of guidance over two halves of the processes (each half "
             "shards the tokens when it has several): pass an even --num_gpus (under torchrun --nproc_per_node N) "

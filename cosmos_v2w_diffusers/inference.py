@@ -29,12 +29,13 @@ from .allocator import set_allocator_defaults
 from .attention import set_attention_backend
 from .checkpoint_format import (
     check_checkpoint_matches,
+    distilled_steps_of,
     load_into_transformer,
     load_native_checkpoint,
 )
 from .choices import NUM_FRAMES_BY_FPS, RESOLUTIONS
 from .compile import compile_block_forwards, compile_blocks
-from .components import build_transformer, check_transformer_matches, resolve_pretrained
+from .components import build_transformer, cache_root, check_transformer_matches, resolve_pretrained
 from .context_parallel import enable_context_parallel
 from .data.folder import presented_frame_count
 from .exports import LORA_WEIGHTS_NAME
@@ -45,6 +46,8 @@ from .parallel_dims import ParallelDims
 from .pipeline import CosmosVideo2WorldPipeline, check_conditioning_frames, nvidia_initial_noise, open_image
 from .presets import get_preset
 from .sample_shape import check_sample_shape, latent_shape, latent_tokens
+from .scheduler_few_step import CosmosFewStepScheduler
+from .step_cache import STEP_CACHE_FILE, Calibration, calibrate, read_calibration, write_calibration
 
 logger = logging.getLogger(__name__)
 
@@ -170,8 +173,29 @@ def _adapter_metadata_problem(adapter: dict, ranks: set[int]) -> str | None:
     return None
 
 
+def student_steps(args: argparse.Namespace) -> int | None:
+    """The steps `--dit_path` was distilled for, if it is a distilled student (`checkpoint_format.distilled_steps_of`),
+    checked against the flags before any model loads: a student takes no step cache (its few steps have none
+    to skip) and no other scheduler."""
+    steps = distilled_steps_of(args.dit_path) if args.dit_path else None
+    if steps is None:
+        return None
+    if args.cache is not None:
+        raise ValueError(
+            f"--cache skips steps of a long sampling; --dit_path {args.dit_path} is a {steps}-step distilled student, "
+            f"which has none to spare: drop --cache."
+        )
+    if args.scheduler != "cosmos":
+        raise ValueError(
+            f"--scheduler {args.scheduler}: --dit_path {args.dit_path} is a distilled student, which samples with its "
+            f"own few-step sampler; drop --scheduler."
+        )
+    return steps
+
+
 def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
     preset = get_preset(args.model_size)
+    steps = student_steps(args)
     weights = load_post_trained_weights(args.dit_path, args.load_ema, args.model_size) if args.dit_path else None
     if args.lora_path:
         check_lora_adapter(args.lora_path, preset)
@@ -182,6 +206,11 @@ def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
     kwargs = {"dtype": dtype, "disable_guardrail": args.disable_guardrail}
     if args.scheduler == "euler":
         kwargs["scheduler"] = FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True)
+    if steps is not None:
+        kwargs["scheduler"] = CosmosFewStepScheduler(steps)
+        logger.info(
+            "%s is a %d-step distilled student: its few-step sampler, no guidance by default", args.dit_path, steps
+        )
     if isinstance(weights, CosmosTransformer3DModel):
         kwargs["transformer"] = weights.to(dtype)
     pipe = CosmosVideo2WorldPipeline.from_pretrained(
@@ -208,7 +237,7 @@ def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
     if args.compile if args.compile is not None else device.type == "cuda":
         # The step cache's hooks go around each block's forward, so only the forward inside them is compiled.
         (compile_block_forwards if args.cache is not None else compile_blocks)(pipe.transformer)
-    if args.cache is not None:
+    if isinstance(args.cache, float):  # `auto` is calibrated on the first input (`main`)
         pipe.enable_step_cache(args.cache)
     if args.offload_model:
         pipe.enable_model_cpu_offload()
@@ -231,6 +260,42 @@ def offload_transformer_blocks(transformer: CosmosTransformer3DModel, device: to
     transformer.enable_group_offload(
         device, offload_type="block_level", num_blocks_per_group=1, use_stream=device.type == "cuda"
     )
+
+
+def step_cache_file(args: argparse.Namespace) -> Path:
+    """Where `--cache auto` stores its choice: beside the weights it was made for (the LoRA adapter, else
+    `--dit_path`, else a local base folder), else in this package's cache folder."""
+    for given in (args.lora_path, args.dit_path, args.pretrained_model_name_or_path):
+        if given and Path(given).is_dir():
+            return Path(given) / STEP_CACHE_FILE
+        if given and Path(given).is_file():
+            return Path(given).with_name(f"{Path(given).stem}.{STEP_CACHE_FILE}")
+    return cache_root() / "step_cache" / f"{args.model_size}.json"
+
+
+def step_cache_settings(args: argparse.Namespace, height: int, width: int, num_frames: int) -> dict:
+    """What a `--cache auto` choice holds for: the weights and every sampling setting that changes the steps."""
+    weights = {
+        name: str(Path(value).resolve()) if value and Path(value).exists() else value
+        for name, value in (
+            ("pretrained", args.pretrained_model_name_or_path),
+            ("dit_path", args.dit_path),
+            ("lora_path", args.lora_path),
+        )
+    }
+    return {
+        **weights,
+        "model_size": args.model_size,
+        "load_ema": args.load_ema,
+        "size": [num_frames, height, width],
+        "num_inference_steps": args.num_inference_steps or 35,
+        "guidance": 7.0 if args.guidance is None else args.guidance,
+        "scheduler": args.scheduler,
+        "num_conditional_frames": args.num_conditional_frames,
+        "fp8": args.fp8,
+        "sparse_attention": args.sparse_attention,
+        "min_psnr_db": args.cache_min_psnr,
+    }
 
 
 def generation_dims(num_gpus: int, guidance_parallel: bool) -> ParallelDims:
@@ -317,6 +382,16 @@ def check_no_input_is_overwritten(jobs: list[dict]) -> None:
                 )
 
 
+def store_calibration(path: Path, calibration: Calibration) -> None:
+    """Write `--cache auto`'s choice for the next run; a folder we may not write to costs only the reuse."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_calibration(path, calibration)
+        logger.info("Stored the choice in %s: later runs with these weights and settings reuse it", path)
+    except OSError as exc:
+        logger.warning("Could not store the --cache auto choice in %s (%s); the next run calibrates again.", path, exc)
+
+
 def check_save_path(path: Path) -> None:
     """Refuse a save path that would fail only after the whole generation: a folder, or not `.mp4`."""
     if path.is_dir():
@@ -342,28 +417,48 @@ def main(argv: list[str] | None = None) -> list[Path]:
                 f"--input_path {job['input_path']}",
                 "--num_conditional_frames",
             )
+    student_steps(args)  # a student's flags, before any model loads
     set_allocator_defaults()
     pipe = build_pipeline(args)
+    main_rank = args.num_gpus == 1 or dist.get_rank() == 0  # every rank holds the whole video; one writes it
+    calibration = None
+    if args.cache == "auto":
+        settings = step_cache_settings(args, height, width, num_frames)
+        calibration = read_calibration(step_cache_file(args), settings)
+        if calibration is not None:
+            logger.info("--cache auto: %s (stored in %s)", calibration.describe(), step_cache_file(args))
+            if calibration.threshold is not None:
+                pipe.enable_step_cache(calibration.threshold)
     written = []
     for job, (image, video) in tqdm(list(zip(jobs, inputs)), desc="Videos", disable=len(jobs) == 1):
         shape = (1, *latent_shape(pipe.vae.config, num_frames, height, width))
-        frames = pipe(
-            image=image,
-            video=video,
-            prompt=job["prompt"],
-            negative_prompt=args.negative_prompt,
-            height=height,
-            width=width,
-            num_frames=num_frames,
-            num_conditional_frames=args.num_conditional_frames,
-            num_inference_steps=args.num_inference_steps,
-            guidance_scale=args.guidance,
-            fps=args.fps,
-            latents=nvidia_initial_noise(args.seed, shape),
-            output_type="np",
-        ).frames[0]
+
+        def generate(image=image, video=video, prompt=job["prompt"]):
+            return pipe(
+                image=image,
+                video=video,
+                prompt=prompt,
+                negative_prompt=args.negative_prompt,
+                height=height,
+                width=width,
+                num_frames=num_frames,
+                num_conditional_frames=args.num_conditional_frames,
+                num_inference_steps=args.num_inference_steps,
+                guidance_scale=args.guidance,
+                fps=args.fps,
+                latents=nvidia_initial_noise(args.seed, shape),
+                output_type="np",
+            ).frames[0]
+
+        if args.cache == "auto" and calibration is None:
+            calibration, frames = calibrate(pipe, generate, args.cache_min_psnr, settings)
+            logger.info("--cache auto, calibrated on %s: %s", job["input_path"], calibration.describe())
+            if main_rank:
+                store_calibration(step_cache_file(args), calibration)
+        else:
+            frames = generate()
         save_path = Path(job["save_path"])
-        if args.num_gpus > 1 and dist.get_rank() != 0:  # every rank holds the whole video; one writes it
+        if not main_rank:
             continue
         save_path.parent.mkdir(parents=True, exist_ok=True)
         # Written beside the target and renamed, so an existing video is never left half-overwritten.

@@ -51,6 +51,7 @@ from .latents import decode_latents, encode_video
 from .preconditioning import SIGMA_CONDITIONING, conditioning_mask, denoise
 from .sample_shape import check_sample_shape, latent_shape, num_latent_frames, vae_space_stride
 from .scheduler import CosmosMultistepScheduler
+from .scheduler_few_step import CosmosFewStepScheduler
 from .sparse_attention import enable_sparse_attention
 from .step_cache import StepCache
 from .text_encoding import MAX_TEXT_TOKENS, embed_prompts
@@ -68,7 +69,9 @@ GUARDRAIL_NOTICE = (
 # Where `save_pretrained` keeps NVIDIA's sampler, and the `model_index.json` keys that say so and who saved the
 # folder (diffusers' loaders ignore keys that start with "_").
 NVIDIA_SAMPLER_FOLDER = "scheduler_nvidia"
-_SAVED_SAMPLER, _SAVED_BY = "_nvidia_sampler", "_saved_by"
+SAVED_SAMPLER_KEY, SAVED_BY_KEY = "_nvidia_sampler", "_saved_by"
+# The samplers that folder may hold: NVIDIA's multistep sampler, or a distilled student's few-step one.
+_SAMPLERS = {cls.__name__: cls for cls in (CosmosMultistepScheduler, CosmosFewStepScheduler)}
 
 
 def default_safety_checker():
@@ -157,7 +160,7 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         tokenizer: T5TokenizerFast,
         transformer: CosmosTransformer3DModel,
         vae: AutoencoderKLWan,
-        scheduler: CosmosMultistepScheduler | FlowMatchEulerDiscreteScheduler,
+        scheduler: CosmosMultistepScheduler | CosmosFewStepScheduler | FlowMatchEulerDiscreteScheduler,
         safety_checker: Any = None,
         disable_guardrail: bool = False,
     ):
@@ -189,12 +192,13 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         `scheduler` is passed."""
         hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "local_files_only", "revision", "token") if k in kwargs}
         index = cls.load_config(pretrained_model_name_or_path, **hub_kwargs)
-        if index.get(_SAVED_SAMPLER):
-            sampler = CosmosMultistepScheduler.from_pretrained(
-                pretrained_model_name_or_path, subfolder=index[_SAVED_SAMPLER], **hub_kwargs
+        if index.get(SAVED_SAMPLER_KEY):
+            saved = CosmosMultistepScheduler.load_config(
+                pretrained_model_name_or_path, subfolder=index[SAVED_SAMPLER_KEY], **hub_kwargs
             )
-            kwargs.setdefault("scheduler", sampler)
-        elif cls.__name__ not in (index.get("_class_name"), index.get(_SAVED_BY)):
+            sampler_class = _SAMPLERS.get(saved.get("_class_name"), CosmosMultistepScheduler)
+            kwargs.setdefault("scheduler", sampler_class.from_config(saved))
+        elif cls.__name__ not in (index.get("_class_name"), index.get(SAVED_BY_KEY)):
             kwargs.setdefault("scheduler", CosmosMultistepScheduler())
         kwargs.setdefault("use_safetensors", True)  # never a pickled .bin, which can run code as it loads
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
@@ -207,14 +211,15 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         super().save_pretrained(save_directory, **kwargs)
         folder = Path(save_directory)
         index = json.loads((folder / "model_index.json").read_text())
-        index.update({"_class_name": "Cosmos2VideoToWorldPipeline", _SAVED_BY: type(self).__name__})
+        index.update({"_class_name": "Cosmos2VideoToWorldPipeline", SAVED_BY_KEY: type(self).__name__})
         index.pop("disable_guardrail", None)  # ours; the stock class takes no such argument
-        if isinstance(self.scheduler, CosmosMultistepScheduler):
+        if isinstance(self.scheduler, tuple(_SAMPLERS.values())):
             shutil.rmtree(folder / NVIDIA_SAMPLER_FOLDER, ignore_errors=True)
             os.replace(folder / "scheduler", folder / NVIDIA_SAMPLER_FOLDER)
             FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True).save_pretrained(folder / "scheduler")
             index.update(
-                scheduler=["diffusers", "FlowMatchEulerDiscreteScheduler"], **{_SAVED_SAMPLER: NVIDIA_SAMPLER_FOLDER}
+                scheduler=["diffusers", "FlowMatchEulerDiscreteScheduler"],
+                **{SAVED_SAMPLER_KEY: NVIDIA_SAMPLER_FOLDER},
             )
         (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
@@ -348,10 +353,13 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         if diffusers_compat and not isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler):
             euler = FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True)  # what diffusers' exports hold
             return self._euler_schedule(euler.config, num_inference_steps, device)
-        if not isinstance(self.scheduler, (CosmosMultistepScheduler, FlowMatchEulerDiscreteScheduler)):
+        if not isinstance(
+            self.scheduler, (CosmosMultistepScheduler, CosmosFewStepScheduler, FlowMatchEulerDiscreteScheduler)
+        ):
             raise ValueError(
                 f"{type(self.scheduler).__name__} cannot drive this pipeline: use CosmosMultistepScheduler (NVIDIA's "
-                f"sampler, the default) or FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True)."
+                f"sampler, the default), CosmosFewStepScheduler (a distilled student's) or "
+                f"FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True)."
             )
         if not isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler):
             self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -437,8 +445,8 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         height: int = 704,
         width: int = 1280,
         num_frames: int = 93,
-        num_inference_steps: int = 35,
-        guidance_scale: float = 7.0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         fps: int = 16,
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | None = None,
@@ -464,6 +472,8 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
             negative_prompt / negative_prompt_embeds: the unconditional text of classifier-free guidance
                 (default: NVIDIA's negative prompt). Guidance is skipped when `guidance_scale` is 1 or less.
             height, width: multiples of 16 (720p 16:9 is 704x1280). num_frames: 4k+1 (93 at 16 fps).
+            num_inference_steps, guidance_scale: default 35 and 7 (NVIDIA's); with a distilled student's
+                `CosmosFewStepScheduler`, the steps it was distilled for and 1 (its guidance is built in).
             fps: the video's frame rate. It does not reach the transformer unless `diffusers_compat`.
             generator / latents: the initial noise; `latents` (`(1, 16, T, H/8, W/8)` for the 2B and 14B; in
                 general `sample_shape.latent_shape`; standard normal) is scaled by sigma_max = 80.
@@ -482,6 +492,11 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
             prompt's videos next to each other.
         """
         self.check_inputs(height, width, num_frames, image, video, num_conditional_frames)
+        student = isinstance(self.scheduler, CosmosFewStepScheduler) and not diffusers_compat
+        if num_inference_steps is None:
+            num_inference_steps = self.scheduler.config.num_train_steps if student else 35
+        if guidance_scale is None:
+            guidance_scale = 1.0 if student else 7.0
         if prompt is None and prompt_embeds is None:
             raise ValueError("Pass a `prompt` or `prompt_embeds`.")
         unknown = [name for name in callback_on_step_end_tensor_inputs if name not in self._callback_tensor_inputs]
@@ -553,8 +568,8 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
                 )
                 x = (returned or {}).get("latents", x)
         self._current_timestep = None
-        if not diffusers_compat:
-            # NVIDIA returns one more guided x0, evaluated at sigma_min.
+        if not diffusers_compat and not student:
+            # NVIDIA returns one more guided x0, evaluated at sigma_min (a student's last step returned its x0).
             x = self._guided_x0(x, sigmas[-1].float(), clean, cond_mask, text, negative_text, guidance_scale, None)
         if self._step_cache is not None:
             logger.info(self._step_cache.summary())

@@ -18,11 +18,20 @@ own shard of the tokens and the ranks could disagree, so caching is refused ther
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
 
 from . import compat
+from .io_utils import atomic_write, read_regular_file
+from .video_metrics import psnr
 
 # diffusers' names of the first block's hook and the others' (hooks/first_block_cache.py)
 _HEAD_HOOK, _BLOCK_HOOK = "fbc_leader_block_hook", "fbc_block_hook"
@@ -72,8 +81,92 @@ class StepCache:
         """How many block evaluations were skipped, for the log."""
         total = self.forwards * self.num_blocks
         skipped = self.skipped_forwards * (self.num_blocks - 1)
-        share = skipped / total if total else 0.0
+        share = self.skipped_share
         return (
             f"step cache (threshold {self.threshold}): skipped {skipped} of {total} block evaluations ({share:.0%}); "
             f"{self.skipped_forwards} of {self.forwards} transformer forwards ran the first block alone"
         )
+
+    @property
+    def skipped_share(self) -> float:
+        """The share of block evaluations the last generation skipped."""
+        total = self.forwards * self.num_blocks
+        return self.skipped_forwards * (self.num_blocks - 1) / total if total else 0.0
+
+
+# `--cache auto`'s record of its choice, beside the weights it was made for (`inference.step_cache_file`).
+STEP_CACHE_FILE = "step_cache.json"
+# `--cache auto` tries these thresholds, most skipping first, and keeps the first that is close enough to dense.
+CALIBRATION_THRESHOLDS = (0.5, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03)
+# ... with this much to spare on the input it calibrates on: one input's distance is a sample of the distances. On
+# the demo's post-trained tiny model at guidance 7, a threshold at 30.2 dB on that input gave 27.4 to 30.7 dB on
+# three others (benchmarks/results/cache_auto_tiny.json, before the margin).
+CALIBRATION_MARGIN_DB = 3.0
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What `--cache auto` chose for some weights and sampling settings: the threshold (None: no threshold tried
+    kept the quality, so generation stays dense), its worst-frame PSNR against dense and its skipped share."""
+
+    threshold: float | None
+    psnr_db: float
+    skipped_share: float
+    settings: dict
+
+    def describe(self) -> str:
+        if self.threshold is None:
+            return (
+                f"no threshold keeps every frame {self.settings['min_psnr_db']:g} dB (and a margin) from dense: dense"
+            )
+        return (
+            f"threshold {self.threshold:g}: worst frame {self.psnr_db:.1f} dB from dense, "
+            f"{self.skipped_share:.0%} of the block evaluations skipped"
+        )
+
+
+def worst_frame_psnr(frames: np.ndarray, reference: np.ndarray) -> float:
+    """The lowest PSNR (dB) of any frame of `frames` against `reference` (`[T, H, W, C]` in [0, 1])."""
+    return min(psnr(torch.from_numpy(a), torch.from_numpy(b)) for a, b in zip(frames, reference))
+
+
+def calibrate(
+    pipe, generate: Callable[[], np.ndarray], min_psnr: float, settings: dict
+) -> tuple[Calibration, np.ndarray]:
+    """`--cache auto`: generate once dense (`generate()` gives `[T, H, W, C]` frames in [0, 1]), then with each of
+    `CALIBRATION_THRESHOLDS` in turn until one keeps every frame at least `min_psnr` dB (plus
+    `CALIBRATION_MARGIN_DB`) from the dense one. Returns the choice (the pipeline's cache left at it, or off) and
+    the dense frames, which are the input's video."""
+    pipe.disable_step_cache()
+    dense = generate()
+    for threshold in CALIBRATION_THRESHOLDS:
+        cache = pipe.enable_step_cache(threshold)
+        quality = worst_frame_psnr(generate(), dense)
+        if quality >= min_psnr + CALIBRATION_MARGIN_DB:
+            return Calibration(threshold, quality, cache.skipped_share, settings), dense
+    pipe.disable_step_cache()
+    return Calibration(None, math.inf, 0.0, settings), dense
+
+
+def read_calibration(path: Path, settings: dict) -> Calibration | None:
+    """The calibration stored at `path` for exactly these `settings`, or None (none stored, other settings, or a
+    file that is not one of ours: calibrate again)."""
+    try:
+        stored = json.loads(read_regular_file(path, max_bytes=2**16))
+        if stored.get("settings") != settings:
+            return None
+        threshold = stored["threshold"]
+        if threshold is not None and not 0 < float(threshold) < 1:
+            return None
+        quality = math.inf if stored["psnr_db"] is None else float(stored["psnr_db"])
+        return Calibration(threshold, quality, float(stored["skipped_share"]), settings)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def write_calibration(path: Path, calibration: Calibration) -> None:
+    """Store `calibration` at `path`, atomically (a kill mid-write leaves the previous file whole)."""
+    record = dataclasses.asdict(calibration)
+    record["psnr_db"] = None if math.isinf(calibration.psnr_db) else calibration.psnr_db
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(record, indent=2, sort_keys=True) + "\n")

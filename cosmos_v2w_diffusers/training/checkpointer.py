@@ -15,6 +15,7 @@ from accelerate.logging import get_logger
 from ..checkpoint_format import from_native_state_dict, to_native_state_dict
 from .checkpoint import PARTS, CheckpointDir, rng_state, set_rng_state, stored_config
 from .config import TrainConfig
+from .distill import student_nets
 from .guards import NonFiniteSteps
 from .optim import continue_linearly
 from .sections import CheckpointConfig, OptimConfig
@@ -47,6 +48,9 @@ class Checkpointer:
         )
         self._resume_iteration: int | None = None
         self._trainer_part: dict | None = None  # the resume point's trainer part, read once
+        # A distillation's model file holds the student as a plain net (the adapters merged into the teacher), as
+        # every Video2World checkpoint does; its adapters' EMA, which that cannot give back, goes with the optimizer.
+        self.student_scale = run.lora_alpha / run.lora_rank if run.distill_steps else None
 
     def resume_point(self) -> int | None:
         """The iteration this run resumes from (None: it starts afresh), refused if its run-defining flags differ."""
@@ -90,7 +94,7 @@ class Checkpointer:
         lr_scheduler.load_state_dict(parts["scheduler"])
         self._continue_schedule(lr_scheduler, iteration)
         if ema is not None:
-            shadows = from_native_state_dict(parts["model"], "net_ema.")
+            shadows = parts["optim"].get("ema") or from_native_state_dict(parts["model"], "net_ema.")
             ema.load_state_dict({n: state.local_ema(n, t, shadows[n]) for n, t in ema.state_dict().items()})
         set_rng_state(self._trainer_part["rng"])
         logger.info("Resumed from %s", self.folder.path("model", iteration), main_process_only=False)
@@ -159,11 +163,15 @@ class Checkpointer:
         optimizer = state.optimizer_state_dict()
         if main:
             model_config = self.accelerator.unwrap_model(transformer).config
-            model = to_native_state_dict(
-                {k: v.cpu() for k, v in weights.items()}, model_config, "net.", torch.bfloat16
-            )
-            if shadows is not None:
-                model.update(to_native_state_dict(shadows, model_config, "net_ema.", torch.float32))
+            weights = {k: v.cpu() for k, v in weights.items()}
+            optim = {"optimizer": optimizer, "master_weights": masters}
+            net, net_ema = weights, shadows
+            if self.student_scale is not None:
+                net, net_ema = student_nets(weights, shadows, self.student_scale)
+                optim["ema"] = shadows
+            model = to_native_state_dict(net, model_config, "net.", torch.bfloat16)
+            if net_ema is not None:
+                model.update(to_native_state_dict(net_ema, model_config, "net_ema.", torch.float32))
             trainer_part = {
                 "grad_scaler": {},
                 "iteration": iteration,
@@ -174,7 +182,7 @@ class Checkpointer:
                 iteration,
                 {
                     "model": model,
-                    "optim": {"optimizer": optimizer, "master_weights": masters},
+                    "optim": optim,
                     "scheduler": lr_scheduler.state_dict(),
                     "trainer": trainer_part,
                 },

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..presets import get_preset
 from ..sample_shape import check_sample_shape
 from .config import SIDE_PIXELS, TRACKER_PACKAGES
 
@@ -47,6 +48,8 @@ _AT_LEAST = {
     "num_train_epochs": 1,
     "validation_epochs": 1,
     "num_validation_videos": 1,
+    "distill_steps": 1,
+    "student_update_freq": 1,
 }
 
 # Upper bounds, so a typo or a received checkpoint's stored numbers cannot ask for hours of caching, a rank no
@@ -70,6 +73,8 @@ _AT_MOST = {
     "lr_decay_steps": 10**9,
     "lr_warmup_steps": 10**9,
     "num_train_epochs": 10**6,
+    "distill_steps": 8,  # MAX_DISTILL_STEPS: beyond it, the 35-step teacher itself is the better sampler
+    "student_update_freq": 1000,
 }
 # Real-valued recipe numbers and the interval each must lie in: (low, high, whether low itself is allowed).
 # ema_relative_std: EDM2's power EMA has gamma > 0 only below sqrt(1/12) = 0.2887 (Karras et al. 2024, eq. 2).
@@ -84,6 +89,7 @@ _INTERVALS = {
     "ema_relative_std": (0.0, 0.2886, False),
     "memory_budget_gib": (0.0, 2.0**20, False),
     "lora_dropout": (0.0, 1.0 - 1e-12, True),
+    "guidance": (0.0, 100.0, True),
 }
 
 
@@ -155,6 +161,13 @@ def _check_flags(flags: TrainConfig) -> None:
         )
     if flags.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
         raise ValueError("--use_8bit_adam needs the bitsandbytes package: `pip install bitsandbytes`, or drop it.")
+    if flags.distill_steps is None and flags.lora_path:
+        raise ValueError(
+            "--lora_path is the teacher of a distillation: pass --distill_steps N too (to post-train on from a "
+            "LoRA, continue its run with the same --output_dir)."
+        )
+    if flags.distill_steps is not None:
+        _check_teacher(flags)
     if flags.load_ema and not flags.dit_path:
         raise ValueError("--load_ema picks the EMA weights of --dit_path: pass --dit_path too, or drop --load_ema.")
     if flags.selective_checkpointing_blocks is not None and flags.activation_checkpointing not in (
@@ -184,6 +197,36 @@ def _check_flags(flags: TrainConfig) -> None:
             )
 
 
+def _check_teacher(flags: TrainConfig) -> None:
+    """A distillation's teacher, before any model loads: not a student already, its LoRA readable and of a size
+    that fits (`inference.check_lora_adapter`, as generation checks it; without --model, against the size
+    --pretrained_model_name_or_path has, checked again once resolved)."""
+    from ..checkpoint_format import distilled_steps_of  # torch: kept out of `--help`
+
+    if flags.dit_path and distilled_steps_of(flags.dit_path):
+        raise ValueError(
+            f"--dit_path {flags.dit_path} is already a {distilled_steps_of(flags.dit_path)}-step student: distil "
+            f"from its teacher (the post-trained model it was distilled from) instead."
+        )
+    if flags.lora_path and flags.model:
+        from ..inference import check_lora_adapter
+
+        check_lora_adapter(flags.lora_path, get_preset(flags.model))
+
+
+def _check_resolved_teacher(run: RunConfig) -> None:
+    """A distillation's teacher against the resolved model size, on the meta device: its `--dit_path` weights and
+    `--lora_path` adapter must fit it (the adapters sit on the teacher, so it is loaded before any of them)."""
+    if not run.distill_steps:
+        return
+    from ..inference import check_lora_adapter, load_post_trained_weights
+
+    if run.dit_path:
+        load_post_trained_weights(run.dit_path, run.load_ema, run.model)
+    if run.lora_path:
+        check_lora_adapter(run.lora_path, get_preset(run.model))
+
+
 def _check_resolved(run: RunConfig) -> None:
     """What the filled-in defaults make impossible: a warm-up as long as the run, a schedule shorter than it."""
     if run.block_swap and run.activation_checkpointing == "none":
@@ -210,6 +253,7 @@ def _check_resolved(run: RunConfig) -> None:
     if (run.validation_image or run.validation_video) and not run.validation_prompt:
         raise ValueError("--validation_image/--validation_video need a --validation_prompt.")
     check_sample_shape(run.num_frames, run.height, run.width, "--num_frames", "--height and --width")
+    _check_resolved_teacher(run)
 
 
 def _check_layout(config: TrainConfig, dims: ParallelDims) -> None:

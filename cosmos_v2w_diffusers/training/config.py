@@ -37,7 +37,12 @@ RUN_DEFINING_FIELDS = (
     "lora_alpha",
     "lora_target_modules",
     "base_precision",  # the frozen base's weights and the loss they give (fp8 or bf16)
+    "distill_steps",  # a distillation's student and its sampler
 )
+# What a distillation's checkpoints depend on besides (its teacher: the frozen base the adapters sit on, which the
+# checkpoint does not hold, and the guidance folded into the student). Not taken from a checkpoint file on
+# `--resume_from_checkpoint <path>`: where weights come from is the user's flags' to say.
+TEACHER_FIELDS = ("pretrained_model_name_or_path", "dit_path", "load_ema", "lora_path", "guidance")
 # What a run rebuilt from a checkpoint file (`--resume_from_checkpoint <path>`) takes from the config stored
 # there: what the run is and the numbers of its recipe. Where weights are read from, where the run uploads or
 # logs to, and any secret always come from the user's own flags: a checkpoint received from someone else must
@@ -330,9 +335,26 @@ class TrainConfig:
     )
     hub_private: bool = _f(False, "create the --push_to_hub repo as private")
 
+    distill_steps: int | None = _f(
+        None,
+        "distil the loaded model (the teacher: --dit_path, --lora_path) into a student that generates in this many "
+        "steps (1-8) without guidance (DMD2, with the student and its critic as two LoRA adapters of --lora_rank "
+        "over the frozen teacher); its presence makes the run a distillation",
+    )
+    guidance: float = _f(
+        7.0, "with --distill_steps: the teacher's classifier-free guidance, folded into the student (1: none)"
+    )
+    lora_path: str | None = _f(
+        None, "with --distill_steps: the teacher's LoRA adapter (<output_dir>/lora of a LoRA run), fused into it"
+    )
+    student_update_freq: int = _f(
+        5, "with --distill_steps: every Nth step updates the student, the others its critic (NVIDIA's 5)"
+    )
+
     def run_definition(self) -> dict:
-        """The run-defining flags of a resolved config (`RUN_DEFINING_FIELDS`)."""
-        return {name: getattr(self, name) for name in RUN_DEFINING_FIELDS}
+        """The run-defining flags of a resolved config (`RUN_DEFINING_FIELDS`, and a distillation's teacher)."""
+        names = RUN_DEFINING_FIELDS + (TEACHER_FIELDS if self.distill_steps else ())
+        return {name: getattr(self, name) for name in names}
 
     def hub_kwargs(self) -> dict:
         """What `from_pretrained` takes besides the name: --revision, --variant and --cache_dir, where given."""

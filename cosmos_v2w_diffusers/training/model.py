@@ -11,7 +11,8 @@ from peft import LoraConfig
 from ..checkpoint_format import load_into_transformer, load_native_checkpoint
 from ..components import build_transformer, load_transformer
 from ..fp8 import quantize_blocks_to_fp8
-from .sections import WeightsConfig
+from .distill import add_distillation_adapters, fuse_teacher_lora
+from .sections import DistillConfig, WeightsConfig
 
 
 def apply_lora(
@@ -37,20 +38,24 @@ def apply_lora(
 
 
 def load_trainable_transformer(
-    preset, config: WeightsConfig, seed: int, compute_dtype: torch.dtype
+    preset, config: WeightsConfig, seed: int, compute_dtype: torch.dtype, distill: DistillConfig | None = None
 ) -> CosmosTransformer3DModel:
     """The transformer a run trains: the preset's (or `--pretrained_model_name_or_path`'s), initialised from
     `--dit_path` if given. Full post-training keeps fp32 master weights (compute under autocast); LoRA keeps
     its frozen base in the compute dtype (bf16, as NVIDIA does: half the memory), or its blocks' weights in fp8
-    with `--base_precision fp8` (`fp8.py`), and its adapter in fp32."""
+    with `--base_precision fp8` (`fp8.py`), and its adapter in fp32. A distillation (`distill` with its
+    `distill_steps`) fuses the teacher's `--lora_path` into the base and adds the student's and critic's adapters."""
     dtype = compute_dtype if config.train_architecture == "lora" else torch.float32
     transformer = load_transformer(preset, config.pretrained_model_name_or_path, dtype, **config.hub_kwargs())
     source = config.pretrained_model_name_or_path or preset.hub_id or f"the {preset.name} base model"
     if config.dit_path:
         load_into_transformer(transformer, load_native_checkpoint(config.dit_path, config.load_ema), config.dit_path)
         source = config.dit_path
+    if distill is not None and distill.lora_path:
+        fuse_teacher_lora(transformer, distill.lora_path)
+        source = f"{source} with --lora_path {distill.lora_path}"
     check_finite_weights(transformer, source)
-    return _as_trained(transformer, config, seed)
+    return _as_trained(transformer, config, seed, distill)
 
 
 def check_finite_weights(transformer: torch.nn.Module, source: str) -> None:
@@ -65,20 +70,26 @@ def check_finite_weights(transformer: torch.nn.Module, source: str) -> None:
 
 
 def meta_trainable_transformer(
-    preset, config: WeightsConfig, seed: int, compute_dtype: torch.dtype
+    preset, config: WeightsConfig, seed: int, compute_dtype: torch.dtype, distill: DistillConfig | None = None
 ) -> CosmosTransformer3DModel:
     """The transformer as `load_trainable_transformer` makes it, on the meta device (no memory, no weights): what
     the memory check counts before anything loads."""
     dtype = compute_dtype if config.train_architecture == "lora" else torch.float32
-    return _as_trained(build_transformer(preset, device="meta").to(dtype), config, seed)
+    return _as_trained(build_transformer(preset, device="meta").to(dtype), config, seed, distill)
 
 
-def _as_trained(transformer: CosmosTransformer3DModel, config: WeightsConfig, seed: int) -> CosmosTransformer3DModel:
-    """A LoRA run's base frozen (in fp8 with --base_precision fp8) under an fp32 adapter; a full run unchanged."""
+def _as_trained(
+    transformer: CosmosTransformer3DModel, config: WeightsConfig, seed: int, distill: DistillConfig | None = None
+) -> CosmosTransformer3DModel:
+    """A LoRA run's base frozen (in fp8 with --base_precision fp8) under an fp32 adapter (a distillation's: two);
+    a full run unchanged."""
     if config.train_architecture == "lora":
         if config.base_precision == "fp8":
             quantize_blocks_to_fp8(transformer)
         targets = config.lora_target_modules.split(",")
-        apply_lora(transformer, config.lora_rank, config.lora_alpha, targets, seed, config.lora_dropout)
+        if distill is not None and distill.distill_steps:
+            add_distillation_adapters(transformer, config.lora_rank, config.lora_alpha, targets, seed)
+        else:
+            apply_lora(transformer, config.lora_rank, config.lora_alpha, targets, seed, config.lora_dropout)
         cast_training_params(transformer, torch.float32)
     return transformer

@@ -22,6 +22,7 @@ from .config import TrainConfig, parse_resolution
 from .sections import (
     CheckpointConfig,
     DataConfig,
+    DistillConfig,
     HubConfig,
     OptimConfig,
     ParallelConfig,
@@ -66,6 +67,7 @@ class RunConfig(TrainConfig):
     hub = SectionOf(HubConfig)
     parallel = SectionOf(ParallelConfig)
     validation = SectionOf(ValidationConfig)
+    distill = SectionOf(DistillConfig)
 
 
 def resolve(flags: TrainConfig, steps_per_epoch: int | None = None, clips_per_step: int | None = None) -> RunConfig:
@@ -92,7 +94,8 @@ def resolve(flags: TrainConfig, steps_per_epoch: int | None = None, clips_per_st
             f"whose transformer is the {found.name} architecture: pass --model {found.name}, or drop --model."
         )
     preset = asked or found or get_preset("2B")
-    lora = flags.train_architecture == "lora"
+    # A distillation trains two LoRA adapters (student, critic) over the frozen teacher (`training/distill.py`).
+    lora = flags.train_architecture == "lora" or bool(flags.distill_steps)
 
     def given_or(name: str, default):
         value = getattr(flags, name)
@@ -112,10 +115,11 @@ def resolve(flags: TrainConfig, steps_per_epoch: int | None = None, clips_per_st
         dataset = Path(flags.dataset_path).resolve().name
     else:
         dataset = flags.dataset_name.rsplit("/", 1)[-1] if flags.dataset_name else "demo"
-    group = "video2world_lora" if lora else "video2world"
+    group = "video2world_distill" if flags.distill_steps else "video2world_lora" if lora else "video2world"
     given: dict[str, Any] = {f.name: getattr(flags, f.name) for f in dataclasses.fields(TrainConfig)}
     resolved: dict[str, Any] = dict(
         model=preset.name,
+        train_architecture="lora" if lora else "full",
         lora_rank=rank,
         lora_alpha=flags.lora_alpha or rank,
         max_iter=max_iter,

@@ -160,6 +160,16 @@ class ValidationConfig(Section):
     validation_live: bool
 
 
+@dataclass(frozen=True)
+class DistillConfig(Section):
+    """Step distillation of the loaded model (the teacher) into a few-step student (`training/distill.py`)."""
+
+    distill_steps: int | None
+    guidance: float
+    lora_path: str | None
+    student_update_freq: int
+
+
 class SectionOf(Generic[S]):
     """A `RunConfig` attribute that gives the section `cls` of the run it is read on."""
 
@@ -179,4 +189,5 @@ SECTIONS: dict[str, type[Section]] = {
     "hub": HubConfig,
     "parallel": ParallelConfig,
     "validation": ValidationConfig,
+    "distill": DistillConfig,
 }

@@ -40,12 +40,14 @@ from ..exports import check_export_targets, export_final
 from ..latents import encode_video, use_channels_last_3d
 from ..objective import draw_training_randomness, video2world_loss
 from ..parallel_dims import ParallelDims
+from ..pipeline import SIGMA_MAX
 from ..presets import get_preset
 from ..sample_shape import latent_tokens
 from .activation_checkpointing import canonical_name
 from .checkpointer import Checkpointer
 from .checks import validate
 from .config import TrainConfig
+from .distill import DMD2, student_nets
 from .guards import RunGuards
 from .hub import HubUploader
 from .memory import LeanLevers, check_fits, choose_lean_levers, memory_budget_bytes
@@ -95,7 +97,12 @@ class Trainer:
             ),
             # Under DDP, gradients as views into the communication buckets, as DDP's docs advise for memory. A 2B
             # DDP step still peaked one gradient-sized buffer above one GPU's (4x H200), which the planner counts.
-            kwargs_handlers=[DistributedDataParallelKwargs(gradient_as_bucket_view=True)],
+            # A distillation's steps train one adapter each (student or critic): the other gets no gradient.
+            kwargs_handlers=[
+                DistributedDataParallelKwargs(
+                    gradient_as_bucket_view=True, find_unused_parameters=bool(c.distill_steps)
+                )
+            ],
         )
         self.device = self.accelerator.device
         if self.device.type == "cuda":
@@ -183,8 +190,9 @@ class Trainer:
         self.tokens = latent_tokens(c.num_frames, c.height, c.width)
         budget = memory_budget_bytes(c.parallel, self.device)
         levers = asked = LeanLevers.asked_by(c.parallel)
+        distill = c.distill if c.distill_steps else None
         if budget is not None and self.dims.engine in ("single", "ddp"):
-            meta = meta_trainable_transformer(self.preset, c.weights, c.seed, self.compute_dtype)
+            meta = meta_trainable_transformer(self.preset, c.weights, c.seed, self.compute_dtype, distill)
             one_gpu = self.dims.engine == "single"
             levers = choose_lean_levers(meta, c, self.tokens, self.compute_dtype, budget, one_gpu)
             least = check_fits(meta, c, self.tokens, self.compute_dtype, budget, levers)
@@ -196,7 +204,7 @@ class Trainer:
                     ", ".join(name.replace("_", " ") for name in chosen),
                     least / 2**30,
                 )
-        transformer = load_trainable_transformer(self.preset, c.weights, c.seed, self.compute_dtype)
+        transformer = load_trainable_transformer(self.preset, c.weights, c.seed, self.compute_dtype, distill)
         self.vae = load_vae(self.preset, c.pretrained_model_name_or_path, self.compute_dtype, **c.hub_kwargs())
         self.vae.to(self.device).eval().requires_grad_(False)
         if self.device.type == "cuda":
@@ -231,6 +239,7 @@ class Trainer:
             f"{total:,}",
             100 * n_trainable / total,
         )
+        self.distiller = DMD2(c.distill, SIGMA_MAX) if c.distill_steps else None
         optimizer = build_optimizer(trainable, c.optim)
         self.lr_scheduler = build_lr_scheduler(optimizer, c.optim)
         self.transformer, self.optimizer = self.accelerator.prepare(transformer, optimizer)
@@ -259,13 +268,22 @@ class Trainer:
         """The whole EMA on the main process (a collective under FSDP and ZeRO-3: every rank calls it)."""
         return self.state.ema_on_main(self.ema.state_dict(), self.accelerator.is_main_process) if self.ema else None
 
+    def _net_weights(self, weights: dict, ema: dict | None) -> tuple[dict, dict | None]:
+        """What validation and exports generate with: the trained weights, or a distillation's student as a plain
+        net (its adapter merged into the teacher)."""
+        if self.distiller is None or not weights:  # `weights` is empty off the main process under FSDP
+            return weights, ema
+        c = self.config
+        return student_nets(weights, ema, c.lora_alpha / c.lora_rank)
+
+    def _export(self, weights: dict, ema: dict | None) -> Path:
+        return export_final(self._unwrapped(), *self._net_weights(weights, ema), self.config, self.base_pipeline)
+
     def _upload(self, iteration: int, weights: dict, ema: dict | None) -> None:
         """Send what the pipeline loads to the Hub in the background, unless an upload is still running."""
         assert self.uploader is not None  # the main process of a --push_to_hub run uploads
         if not self.uploader.busy():
-            self.uploader.upload(
-                export_final(self._unwrapped(), weights, ema, self.config, self.base_pipeline), iteration
-            )
+            self.uploader.upload(self._export(weights, ema), iteration)
 
     # ------------------------------------------------------------------ training
 
@@ -288,16 +306,21 @@ class Trainer:
                     )  # a context-parallel group draws alike
                 )
                 draws = draw_training_randomness(tuple(latents.shape), generator)
+                text = batch["t5_text_embeddings"].to(self.device)
                 with self._autocast():
-                    loss = video2world_loss(
-                        self.transformer,
-                        latents,
-                        draws.noise.to(self.device),
-                        draws.sigma.to(self.device),
-                        draws.num_cond_frames,
-                        batch["t5_text_embeddings"].to(self.device),
-                        draws.drop_text,
-                    )
+                    if self.distiller is not None:
+                        distill_batch = self.distiller.draw(latents, text, draws, generator)
+                        loss = self.distiller.loss(step, self.transformer, self._unwrapped(), distill_batch)
+                    else:
+                        loss = video2world_loss(
+                            self.transformer,
+                            latents,
+                            draws.noise.to(self.device),
+                            draws.sigma.to(self.device),
+                            draws.num_cond_frames,
+                            text,
+                            draws.drop_text,
+                        )
                 # DeepSpeed's engine steps its optimizer inside `backward` at the step's last micro-batch, before
                 # the loss below is looked at: there a non-finite loss (on any rank) skips the backward of this and
                 # every later micro-batch of the step, so the engine never steps on it.
@@ -421,7 +444,7 @@ class Trainer:
         ema = self._gathered_ema()
         if self.accelerator.is_main_process:
             try:
-                export_dir = export_final(self._unwrapped(), state, ema, c, self.base_pipeline)
+                export_dir = self._export(state, ema)
             except KeyboardInterrupt:  # Ctrl-C: each export folder is swapped in whole, so the last one stands
                 self.preempted = True
                 logger.warning(
@@ -450,7 +473,7 @@ class Trainer:
         weights is a collective under FSDP; the main process generates while the others wait."""
         state = self.accelerator.get_state_dict(self.transformer)
         ema = self._gathered_ema()
-        self.validator.validate(iteration, state, ema, self.accelerator)
+        self.validator.validate(iteration, *self._net_weights(state, ema), self.accelerator)
         if self.uploader:
             self.uploader.validation = self.validator.last
         self.accelerator.wait_for_everyone()

@@ -22,6 +22,7 @@ from torchvision.transforms.v2 import functional as TF
 from ..components import load_text_encoder, load_transformer, resolve_pretrained
 from ..pipeline import DEFAULT_NEGATIVE_PROMPT, CosmosVideo2WorldPipeline, open_image
 from ..scheduler import CosmosMultistepScheduler
+from ..scheduler_few_step import CosmosFewStepScheduler
 from ..text_encoding import embed_prompts
 from ..video_metrics import psnr, ssim
 from .model import apply_lora
@@ -95,14 +96,18 @@ class Validator:
         ).split(1)
         del tokenizer, encoder
         transformer = load_transformer(preset, c.pretrained_model_name_or_path, compute_dtype, **c.hub_kwargs())
-        if c.train_architecture == "lora":
+        # A distillation validates its student: a plain net (the trainer merges it), sampled as it was distilled.
+        self.adapter_only = c.train_architecture == "lora" and not c.distill_steps
+        if self.adapter_only:
             apply_lora(transformer, c.lora_rank, c.lora_alpha, c.lora_target_modules.split(","), c.seed)
+        scheduler = CosmosFewStepScheduler(c.distill_steps) if c.distill_steps else CosmosMultistepScheduler()
+        self.num_inference_steps = c.distill_steps or c.validation_num_inference_steps
         self.pipe = CosmosVideo2WorldPipeline(
             text_encoder=None,
             tokenizer=None,
             transformer=transformer.eval(),
             vae=vae,
-            scheduler=CosmosMultistepScheduler(),
+            scheduler=scheduler,
             disable_guardrail=True,
         )
         self.pipe.set_progress_bar_config(disable=True)
@@ -121,7 +126,7 @@ class Validator:
         `--validation_video`).
         """
         transformer, vae = self.pipe.transformer, self.pipe.vae
-        if self.config.train_architecture == "lora":
+        if self.adapter_only:
             # Only the adapter changes; the base stays the one loaded from the weights (bf16 even when training
             # stores it in fp8): users generate with the LoRA on the full-precision base.
             adapter = {k: v for k, v in weights.items() if "lora_" in k}
@@ -173,7 +178,7 @@ class Validator:
                 height=self.config.height,
                 width=self.config.width,
                 num_frames=self.num_frames,
-                num_inference_steps=self.config.validation_num_inference_steps,
+                num_inference_steps=self.num_inference_steps,
                 generator=torch.Generator(self.device).manual_seed(seed),
                 output_type="pt",
             )

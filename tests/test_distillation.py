@@ -1,0 +1,238 @@
+"""Few-step distillation (`--distill_steps`): the student's sampler, the DMD2 updates, a tiny distillation end to
+end (checkpoint, exact resume, exports, generation), and every refusal before models load."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import PROMPT, cli_error, make_dataset_folder, tiny_config, train_to_the_end
+
+from cosmos_v2w_diffusers.checkpoint_format import distilled_steps_of, load_native_checkpoint
+from cosmos_v2w_diffusers.components import build_transformer, tiny_pretrained_path
+from cosmos_v2w_diffusers.generation_flags import parse_args
+from cosmos_v2w_diffusers.inference import student_steps
+from cosmos_v2w_diffusers.objective import draw_training_randomness
+from cosmos_v2w_diffusers.pipeline import CosmosVideo2WorldPipeline
+from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.scheduler_few_step import CosmosFewStepScheduler, few_step_sigmas
+from cosmos_v2w_diffusers.training.config import TrainConfig
+from cosmos_v2w_diffusers.training.distill import (
+    DMD2,
+    FAKE_SCORE,
+    STUDENT,
+    add_distillation_adapters,
+    merged_student,
+    use_adapter,
+)
+from cosmos_v2w_diffusers.training.trainer import Trainer
+
+TEACHER_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
+
+
+@pytest.fixture(scope="module")
+def bikes_dataset(video_paths, tmp_path_factory):
+    return make_dataset_folder(tmp_path_factory.mktemp("bikes"), {"bikes": video_paths["bikes"]})
+
+
+def test_the_student_sampler_uses_nvidias_levels_and_renoises_with_the_initial_noise():
+    # NVIDIA's 4-step DMD2 times pi/2, atan(15), atan(5), atan(5/3) as EDM sigmas (pi/2: the teacher's sigma_max).
+    assert torch.allclose(few_step_sigmas(4), torch.tensor([80.0, 15.0, 5.0, 5 / 3, 0.0], dtype=torch.float64))
+    assert few_step_sigmas(1).tolist() == [80.0, 0.0]
+    with pytest.raises(ValueError, match="1 to 8 steps"):
+        few_step_sigmas(9)
+    scheduler = CosmosFewStepScheduler(4)
+    scheduler.set_timesteps()
+    assert len(scheduler) == 4
+    noise = torch.randn(1, 16, 3, 4, 4)
+    x, seen = noise * 80.0, []
+    for i, sigma in enumerate(scheduler.timesteps):
+        x0 = torch.full_like(x, float(i))  # a model whose x0 is the step's number
+        seen.append(x.clone())
+        x = scheduler.step(x0, sigma, x).prev_sample
+    for i in range(1, 4):  # each input: the last x0 noised to this level with the noise the sampling started from
+        assert torch.allclose(seen[i], (i - 1) + float(scheduler.sigmas[i]) * noise, atol=1e-5)
+    assert torch.equal(x, torch.full_like(x, 3.0))  # the last step returns the x0 itself
+
+
+def test_a_student_pipeline_runs_its_steps_without_guidance_or_a_final_evaluation(monkeypatch):
+    pipe = CosmosVideo2WorldPipeline.from_pretrained(
+        str(tiny_pretrained_path()), scheduler=CosmosFewStepScheduler(3), disable_guardrail=True
+    )
+    pipe.set_progress_bar_config(disable=True)
+    calls = []
+    forward = pipe.transformer.forward
+    monkeypatch.setattr(pipe.transformer, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    frames = pipe(
+        image=torch.zeros(3, 64, 112), prompt=PROMPT, height=64, width=112, num_frames=17, output_type="pt"
+    ).frames
+    assert len(calls) == 3 and pipe.guidance_scale == 1.0 and frames.shape == (1, 17, 3, 64, 112)
+
+
+def test_the_merged_student_is_the_adapted_network():
+    torch.manual_seed(0)
+    transformer = build_transformer(get_preset("tiny"))
+    add_distillation_adapters(transformer, 4, 8, TEACHER_LORA_TARGETS, seed=0)
+    trainable = {n for n, p in transformer.named_parameters() if p.requires_grad}
+    assert trainable and all((".student." in n) != (".fake_score." in n) for n in trainable)
+    with torch.no_grad():  # B = 0 at the start: make the student differ from the teacher
+        for name, param in transformer.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    inputs = dict(
+        hidden_states=torch.randn(1, 17, 2, 16, 28),
+        timestep=torch.full((1, 1, 2, 1, 1), 0.5),
+        encoder_hidden_states=torch.randn(1, 512, 32),
+        padding_mask=torch.zeros(1, 1, 16, 28),
+        return_dict=False,
+    )
+    use_adapter(transformer, STUDENT)
+    with torch.no_grad():
+        student = transformer(**inputs)[0]
+        use_adapter(transformer, None)
+        teacher = transformer(**inputs)[0]
+    plain = build_transformer(get_preset("tiny"))
+    plain.load_state_dict(merged_student(transformer.state_dict(), scale=8 / 4))
+    with torch.no_grad():
+        merged = plain(**inputs)[0]
+    assert not torch.allclose(student, teacher, atol=1e-3)
+    assert torch.allclose(merged, student, atol=1e-4)
+
+
+def test_each_update_trains_its_own_adapter():
+    """A student step's gradients reach the student's adapter alone, a critic step's the fake score's; at the start
+    (student = critic = teacher) the distribution-matching gradient is zero without guidance, and with guidance it
+    is the guidance's own pull."""
+    transformer = build_transformer(get_preset("tiny"))
+    add_distillation_adapters(transformer, 4, 4, TEACHER_LORA_TARGETS, seed=0)
+    config = SimpleNamespace(distill_steps=2, guidance=3.0, lora_path=None, student_update_freq=2)
+    dmd = DMD2(config, sigma_max=80.0)
+    latents, text = torch.randn(1, 16, 5, 16, 28), torch.randn(1, 512, 32)
+    generator = torch.Generator().manual_seed(0)
+    batch = dmd.draw(latents, text, draw_training_randomness(tuple(latents.shape), generator), generator)
+
+    def grads_after(step: int) -> set[str]:
+        transformer.zero_grad(set_to_none=True)
+        loss = dmd.loss(step, transformer, transformer, batch)
+        loss.backward()
+        return {n.split(".lora_")[1].split(".")[1] for n, p in transformer.named_parameters() if p.grad is not None}
+
+    assert dmd.updates_student(0) and not dmd.updates_student(1)
+    assert grads_after(1) == {FAKE_SCORE}
+    unguided = DMD2(SimpleNamespace(**{**vars(config), "guidance": 1.0}), sigma_max=80.0)
+    assert unguided.student_loss(transformer, transformer, batch).item() == 0.0
+    assert dmd.student_loss(transformer, transformer, batch).item() > 0
+    with torch.no_grad():  # once the critic differs from the teacher, the student gets a gradient
+        for name, param in transformer.named_parameters():
+            if "lora_B" in name and FAKE_SCORE in name:
+                param.normal_(0, 0.1)
+    assert grads_after(0) == {STUDENT}
+    assert unguided.student_loss(transformer, transformer, batch).item() > 0
+
+
+def _distil(dataset, output_dir, **overrides):
+    settings = dict(distill_steps=2, guidance=3.0, max_iter=4, lr_decay_steps=4, save_iter=2, student_update_freq=2)
+    return tiny_config(dataset, output_dir, **{**settings, **overrides})
+
+
+def test_a_tiny_distillation_checkpoints_a_plain_student_resumes_exactly_and_generates_in_its_steps(
+    bikes_dataset, tmp_path
+):
+    straight = train_to_the_end(_distil(bikes_dataset, tmp_path / "straight"))
+    assert straight.config.train_architecture == "lora" and straight.config.output_dir == str(tmp_path / "straight")
+    half = train_to_the_end(_distil(bikes_dataset, tmp_path / "halves", max_iter=2))
+    resumed = Trainer(_distil(bikes_dataset, tmp_path / "halves"))
+    assert resumed.start_iter == 2
+    resumed.train()
+    resumed.close()
+    assert resumed.history == straight.history[2:] and half.history == straight.history[:2]
+    for name, param in resumed.trainable.items():
+        assert torch.equal(param, straight.trainable[name]), name
+
+    # The model file holds the student as a plain Video2World net (NVIDIA's keys, no adapter), live and EMA.
+    model_file = tmp_path / "straight" / "checkpoints" / "model" / "iter_000000004.pt"
+    for ema in (False, True):
+        weights = load_native_checkpoint(model_file, use_ema=ema)
+        assert not any("lora" in k or "base_layer" in k for k in weights)
+        build_transformer(get_preset("tiny")).load_state_dict(weights)  # strict: every tensor of the net
+    assert distilled_steps_of(model_file) == 2
+    assert distilled_steps_of(tmp_path / "straight" / "pipeline") == 2
+    assert distilled_steps_of(tmp_path / "straight" / "transformer") == 2
+    assert distilled_steps_of(tiny_pretrained_path()) is None
+
+    # The exported pipeline samples with the student's sampler by default; stock loading keeps working.
+    pipe = CosmosVideo2WorldPipeline.from_pretrained(str(tmp_path / "straight" / "pipeline"), disable_guardrail=True)
+    assert isinstance(pipe.scheduler, CosmosFewStepScheduler) and pipe.scheduler.config.num_train_steps == 2
+    index = json.loads((tmp_path / "straight" / "pipeline" / "model_index.json").read_text())
+    assert index["scheduler"] == ["diffusers", "FlowMatchEulerDiscreteScheduler"]
+    video = tmp_path / "student.mp4"
+    from cosmos_v2w_diffusers.inference import main as infer
+
+    image = tmp_path / "first.png"
+    import PIL.Image
+
+    PIL.Image.new("RGB", (112, 64), (0, 128, 128)).save(image)
+    written = infer(
+        [
+            "--model_size", "tiny", "--dit_path", str(model_file), "--load_ema", "--input_path", str(image),
+            "--prompt", PROMPT, "--disable_guardrail", "--save_path", str(video),
+        ]
+    )  # fmt: skip
+    assert written == [video] and video.stat().st_size > 0
+
+
+def test_a_resume_with_another_teacher_is_refused(bikes_dataset, tmp_path):
+    train_to_the_end(_distil(bikes_dataset, tmp_path / "run", max_iter=2))
+    with pytest.raises(ValueError, match="--guidance 3.0 -> 5.0"):
+        Trainer(_distil(bikes_dataset, tmp_path / "run", guidance=5.0))
+    with pytest.raises(ValueError, match="--distill_steps 2 -> 4"):
+        Trainer(_distil(bikes_dataset, tmp_path / "run", distill_steps=4))
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--distill_steps", "0"], "--distill_steps must be at least 1"),
+        (["--distill_steps", "99"], "--distill_steps must be at most 8"),
+        (["--distill_steps", "4", "--guidance", "-1"], "--guidance must be at least 0"),
+        (["--lora_path", "x"], "--lora_path is the teacher of a distillation"),
+    ],
+)
+def test_bad_distillation_flags_are_one_line_before_any_model_loads(monkeypatch, flags, message):
+    assert message in cli_error(monkeypatch, "train_video2world.py", "--model", "tiny", *flags)
+
+
+def test_a_teacher_that_does_not_fit_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    lora = tmp_path / "lora.safetensors"  # an adapter of a larger model's layers (2048 wide)
+    save_file({"transformer.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 2048)}, lora)
+    message = cli_error(
+        monkeypatch, "train_video2world.py", "--model", "tiny", "--distill_steps", "4", "--lora_path", str(lora)
+    )
+    assert "is for another model" in message
+    big = tmp_path / "checkpoints" / "model" / "iter_000000001.pt"
+    big.parent.mkdir(parents=True)
+    torch.save({"net.x_embedder.proj.1.weight": torch.zeros(2048, 68)}, big)
+    message = cli_error(
+        monkeypatch, "train_video2world.py", "--model", "tiny", "--distill_steps", "4", "--dit_path", str(big)
+    )
+    assert "different model size" in message
+
+
+def test_a_student_as_teacher_and_a_student_with_the_step_cache_are_refused(tmp_path, monkeypatch):
+    model_file = tmp_path / "checkpoints" / "model" / "iter_000000010.pt"
+    trainer_file = tmp_path / "checkpoints" / "trainer" / "iter_000000010.pt"
+    for file in (model_file, trainer_file):
+        file.parent.mkdir(parents=True)
+    torch.save({"net.x": torch.zeros(1)}, model_file)
+    torch.save({"iteration": 10, "config": json.dumps({"distill_steps": 4})}, trainer_file)
+    message = cli_error(
+        monkeypatch, "train_video2world.py", "--model", "tiny", "--distill_steps", "2", "--dit_path", str(model_file)
+    )
+    assert "already a 4-step student" in message
+    args = parse_args(["--model_size", "tiny", "--dit_path", str(model_file), "--cache", "0.1"])
+    with pytest.raises(ValueError, match="drop --cache"):
+        student_steps(args)
+    assert student_steps(parse_args(["--model_size", "tiny", "--dit_path", str(model_file)])) == 4
+    assert TrainConfig(model="tiny", distill_steps=2).resolved().output_dir.endswith("video2world_distill/tiny_demo")
