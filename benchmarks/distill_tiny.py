@@ -30,7 +30,7 @@ from diffusers import CosmosTransformer3DModel
 from benchmarks.common import write_result
 from cosmos_v2w_diffusers.components import tiny_pretrained_path
 from cosmos_v2w_diffusers.data.demo_clips import DEMO_PROMPT
-from cosmos_v2w_diffusers.demo import held_out_clip, robot_error
+from cosmos_v2w_diffusers.demo import continue_first_frame, held_out_clip, robot_error
 from cosmos_v2w_diffusers.pipeline import CosmosVideo2WorldPipeline
 from cosmos_v2w_diffusers.presets import get_preset
 from cosmos_v2w_diffusers.scheduler_few_step import CosmosFewStepScheduler
