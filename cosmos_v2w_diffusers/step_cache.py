@@ -100,7 +100,7 @@ STEP_CACHE_FILE = "step_cache.json"
 CALIBRATION_THRESHOLDS = (0.5, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03)
 # ... with this much to spare on the input it calibrates on: one input's distance is a sample of the distances. On
 # the demo's post-trained tiny model at guidance 7, a threshold at 30.2 dB on that input gave 27.4 to 30.7 dB on
-# three others (benchmarks/results/cache_auto_tiny.json, before the margin).
+# three others (benchmarks/results/cache_auto_tiny_no_margin.json; with it: 34.1 dB, cache_auto_tiny.json).
 CALIBRATION_MARGIN_DB = 3.0
 
 

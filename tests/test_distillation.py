@@ -231,8 +231,43 @@ def test_a_student_as_teacher_and_a_student_with_the_step_cache_are_refused(tmp_
         monkeypatch, "train_video2world.py", "--model", "tiny", "--distill_steps", "2", "--dit_path", str(model_file)
     )
     assert "already a 4-step student" in message
-    args = parse_args(["--model_size", "tiny", "--dit_path", str(model_file), "--cache", "0.1"])
-    with pytest.raises(ValueError, match="drop --cache"):
-        student_steps(args)
+    for cache in ("0.1", "auto"):
+        args = parse_args(["--model_size", "tiny", "--dit_path", str(model_file), "--cache", cache])
+        with pytest.raises(ValueError, match="drop --cache"):
+            student_steps(args)
     assert student_steps(parse_args(["--model_size", "tiny", "--dit_path", str(model_file)])) == 4
     assert TrainConfig(model="tiny", distill_steps=2).resolved().output_dir.endswith("video2world_distill/tiny_demo")
+
+
+def test_cache_auto_calibrates_on_the_first_input_stores_the_choice_and_the_next_run_reuses_it(tmp_path, caplog):
+    import logging
+    import shutil
+
+    from cosmos_v2w_diffusers.inference import main as infer
+    from cosmos_v2w_diffusers.step_cache import CALIBRATION_THRESHOLDS, STEP_CACHE_FILE
+
+    weights = tmp_path / "transformer"  # a post-trained transformer folder, as --dit_path takes it
+    shutil.copytree(tiny_pretrained_path() / "transformer", weights)
+    image = tmp_path / "first.png"
+    import PIL.Image
+
+    PIL.Image.new("RGB", (112, 64), (0, 128, 128)).save(image)
+    flags = [
+        "--model_size", "tiny", "--dit_path", str(weights), "--input_path", str(image), "--prompt", PROMPT,
+        "--disable_guardrail", "--num_inference_steps", "8", "--cache", "auto",
+    ]  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="cosmos_v2w_diffusers"):
+        infer([*flags, "--save_path", str(tmp_path / "a.mp4")])
+    stored = json.loads((weights / STEP_CACHE_FILE).read_text())
+    assert stored["threshold"] in (*CALIBRATION_THRESHOLDS, None) and stored["settings"]["num_inference_steps"] == 8
+    assert stored["threshold"] is None or stored["psnr_db"] >= 33.0  # the 30 dB bar and its margin
+    assert any("--cache auto, calibrated on" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cosmos_v2w_diffusers"):
+        infer([*flags, "--save_path", str(tmp_path / "b.mp4")])
+    assert not any("calibrated on" in r.getMessage() for r in caplog.records)
+    assert any("(stored in" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cosmos_v2w_diffusers"):  # other settings: calibrated again
+        infer([*flags, "--cache_min_psnr", "40", "--save_path", str(tmp_path / "c.mp4")])
+    assert any("calibrated on" in r.getMessage() for r in caplog.records)
