@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # compat.TORCH_TESTED). People who manage their own environment run `pip install -e ".[dev]"` instead.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-all
+.PHONY: install demo demo-distill test test-all
 
 # Without an NVIDIA GPU, x86_64 machines take torch's CPU build (about 200 MB where the CUDA build fills 6.5 GB) from
 # PyTorch's CPU index, and the pinned CUDA build where that index cannot be reached (as on the machines our CI runs
@@ -37,6 +37,17 @@ demo: install
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		train_video2world.py --model tiny --output_dir $(DEMO_RUN) --cache_latents --cache_windows_per_clip 4
 	$(PY) -m cosmos_v2w_diffusers.demo --run_dir $(DEMO_RUN) --output_dir outputs/demo
+
+# After `make demo`: distil its post-trained model into a 4-step student without guidance (DMD2, 500 steps, about
+# 3 minutes on 2 cores), then redo the demo's pictures with a third row: outputs/demo/comparison.png (rows: real,
+# before, after, distilled) and the student's metrics in demo_metrics.json.
+DISTILL_RUN := outputs/demo/distill
+demo-distill: install
+	test -f $(DEMO_RUN)/transformer_ema/config.json || $(MAKE) demo
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		train_video2world.py --model tiny --dit_path $(DEMO_RUN)/checkpoints/model/iter_000002000.pt --load_ema \
+		--distill_steps 4 --guidance 1 --max_iter 500 --output_dir $(DISTILL_RUN) --cache_latents --cache_windows_per_clip 4
+	$(PY) -m cosmos_v2w_diffusers.demo --run_dir $(DEMO_RUN) --student_dir $(DISTILL_RUN) --output_dir outputs/demo
 
 # One of each kind of case (about 9 minutes on 2 cores: 518 and 554 s on 2026-12-06); test-all adds the slower end-to-end variants (CI runs both).
 test: install

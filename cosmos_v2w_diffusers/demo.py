@@ -13,6 +13,10 @@ the run started from and once with the post-trained EMA weights, and writes to `
 - `first_frame.png`: the frame it continues. The generation is the one `infer_video2world.py` makes from it
   (NVIDIA's initial noise from `--seed`), so the printed command reproduces `generated.mp4`.
 
+With `--student_dir` (`make demo-distill`: the post-trained model distilled into a 4-step student), a third row
+"distilled" in `comparison.png` and `psnr_distilled` / `robot_error_px_distilled` in `demo_metrics.json`: the
+student's continuation of the same frame from the same noise, in its 4 steps.
+
     python -m cosmos_v2w_diffusers.demo --run_dir outputs/demo/run --output_dir outputs/demo
 """
 
@@ -134,11 +138,15 @@ def comparison_image(
     return canvas
 
 
-def run_demo(run_dir: str | Path, output_dir: str | Path = "outputs/demo") -> dict:
+def run_demo(
+    run_dir: str | Path, output_dir: str | Path = "outputs/demo", student_dir: str | Path | None = None
+) -> dict:
     """Generate before and after post-training from the held-out clip and write the demo's three files.
 
     `run_dir` is the tiny run's output folder: its `transformer_ema/` (exported at the end of the run) holds
-    the post-trained EMA weights. Returns the metrics written to `demo_metrics.json`.
+    the post-trained EMA weights. `student_dir`, a distillation's output folder, adds its student (the exported
+    `pipeline/`, sampled as it loads: its few steps, no guidance). Returns the metrics written to
+    `demo_metrics.json`.
     """
     run_dir, output_dir = Path(run_dir), Path(output_dir)
     ema_dir = run_dir / "transformer_ema"
@@ -154,6 +162,15 @@ def run_demo(run_dir: str | Path, output_dir: str | Path = "outputs/demo") -> di
     before = continue_first_frame(pipe, real)
     pipe.transformer = CosmosTransformer3DModel.from_pretrained(ema_dir)
     after = continue_first_frame(pipe, real)
+    rows = {"real": real, "before": before, "after": after}
+    if student_dir is not None:
+        student = CosmosVideo2WorldPipeline.from_pretrained(
+            str(Path(student_dir) / "pipeline"), disable_guardrail=True
+        )
+        student.set_progress_bar_config(disable=True)
+        steps = student.scheduler.config.num_train_steps
+        # The student's own sampling (its steps, no guidance), not the demo's: `guidance_scale=None` lets it choose.
+        rows["distilled"] = continue_first_frame(student, real, guidance_scale=None)
 
     metrics = {
         "psnr_before": psnr(before[1:], real[1:]),
@@ -163,9 +180,17 @@ def run_demo(run_dir: str | Path, output_dir: str | Path = "outputs/demo") -> di
         "held_out_clip": str(held_out_clip_path(preset)),
         "weights_after": str(ema_dir),
     }
+    if student_dir is not None:
+        distilled = list(rows.values())[-1]
+        metrics.update(
+            psnr_distilled=psnr(distilled[1:], real[1:]),
+            robot_error_px_distilled=robot_error(distilled, real),
+            distilled_steps=steps,
+            weights_distilled=str(Path(student_dir) / "pipeline"),
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     export_to_video(list(after.permute(0, 2, 3, 1).numpy()), str(output_dir / "generated.mp4"), fps=16)
-    comparison_image({"real": real, "before": before, "after": after}).save(output_dir / "comparison.png")
+    comparison_image(rows).save(output_dir / "comparison.png")
     first_frame(real).save(output_dir / "first_frame.png")
     (output_dir / "demo_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
@@ -177,27 +202,38 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--run_dir", type=Path, required=True, help="the tiny run's --output_dir")
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/demo"))
+    parser.add_argument(
+        "--student_dir", type=Path, default=None, help="a distillation of the run (make demo-distill): a third row"
+    )
     args = parser.parse_args(argv)
     # On stdout: the summary is the command's result, which a newcomer reads and scripts capture.
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    metrics = run_demo(args.run_dir, args.output_dir)
+    metrics = run_demo(args.run_dir, args.output_dir, args.student_dir)
     out = args.output_dir
 
     def robot(error: float | None) -> str:
         return "gone" if error is None else f"{error:.1f} px off"
 
-    logger.info(
+    lines = [
         f"\nPSNR of the continuation against the real clip: {metrics['psnr_before']:.2f} dB before post-training, "
         f"{metrics['psnr_after']:.2f} dB after. The robot in the last frame: "
-        f"{robot(metrics['robot_error_px_before'])} before, {robot(metrics['robot_error_px_after'])} after.\n"
-        f"  {out / 'generated.mp4'}\n  {out / 'comparison.png'}   (rows: real, before, after)\n"
-        f"  {out / 'demo_metrics.json'}\n"
-        f"Next: this command makes generated.mp4 again; pass any image or video of yours as --input_path:\n"
+        f"{robot(metrics['robot_error_px_before'])} before, {robot(metrics['robot_error_px_after'])} after."
+    ]
+    if args.student_dir:
+        lines.append(
+            f"Distilled into {metrics['distilled_steps']} steps without guidance: {metrics['psnr_distilled']:.2f} dB, "
+            f"the robot {robot(metrics['robot_error_px_distilled'])}."
+        )
+    rows = "real, before, after" + (", distilled" if args.student_dir else "")
+    lines += [
+        f"  {out / 'generated.mp4'}\n  {out / 'comparison.png'}   (rows: {rows})\n  {out / 'demo_metrics.json'}",
+        "Next: this command makes generated.mp4 again; pass any image or video of yours as --input_path:",
         f"  {shlex.quote(os.path.relpath(sys.executable))} infer_video2world.py --model_size tiny "
         f"--dit_path {args.run_dir / 'transformer_ema'} "
         f'--input_path {out / "first_frame.png"} --prompt "{DEMO_PROMPT}" --guidance {GUIDANCE_SCALE:g} --seed 0 '
-        f"--disable_guardrail --save_path {out / 'my_video.mp4'}"
-    )
+        f"--disable_guardrail --save_path {out / 'my_video.mp4'}",
+    ]
+    logger.info("\n".join(lines))
 
 
 if __name__ == "__main__":

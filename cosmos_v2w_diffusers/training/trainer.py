@@ -420,6 +420,8 @@ class Trainer:
                 progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", s_per_step=f"{seconds:.2f}")
                 progress.update()
                 logs = {"loss": loss, "lr": lr, "clips_per_s": clips_per_step / seconds}
+                if self.distiller is not None:  # the two updates' losses are of different kinds: apart
+                    logs[f"{'student' if self.distiller.updates_student(step) else 'critic'}_loss"] = loss
                 if self.grad_norm is not None and c.report_to != "none":  # a host sync: only when it is logged
                     logs["grad_norm"] = float(self.grad_norm)
                 self.accelerator.log(logs, step=step + 1)
