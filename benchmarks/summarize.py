@@ -108,9 +108,9 @@ FAST_GENERATION = {
 }
 FAST_GENERATION_DATE = "2026-12-06"
 FAST_GENERATION_NOTE = (
-    "seconds from random weights (nothing downloads on the benchmark machine): the skip rate of the step cache, and so "
-    "its speed, are those of a random network, whose first block changes little from step to step; NVIDIA's checkpoint "
-    "will skip fewer. Quality from trained weights only: the tiny model with the same setting (quality_on)"
+    "seconds from random weights (nothing downloads on the benchmark machine): the skip rate of the step cache, and "
+    "so its speed, are those of a random network, whose first block changes little from step to step; NVIDIA's "
+    "checkpoint will skip fewer. Quality from trained weights only: the tiny model with the same setting (quality_on)"
 )
 # Every speed row's quality, measured on trained weights (the tiny model, CPU): a random network's distances measure
 # nothing. (result file, what it was measured on)

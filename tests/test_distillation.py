@@ -271,3 +271,24 @@ def test_cache_auto_calibrates_on_the_first_input_stores_the_choice_and_the_next
     with caplog.at_level(logging.INFO, logger="cosmos_v2w_diffusers"):  # other settings: calibrated again
         infer([*flags, "--cache_min_psnr", "40", "--save_path", str(tmp_path / "c.mp4")])
     assert any("calibrated on" in r.getMessage() for r in caplog.records)
+
+
+def test_a_students_model_card_says_how_it_samples_and_keeps_the_teachers_paths_out(tmp_path):
+    from cosmos_v2w_diffusers.training.hub import model_card
+
+    config = TrainConfig(model="tiny", distill_steps=4, guidance=3.0).resolved()
+    command = ["train_video2world.py", "--distill_steps", "4", "--lora_path", "/home/me/teacher/lora"]
+    card = str(model_card(config, None, command, "me/student"))
+    assert "4-step student" in card and "its 4-step sampler" in card and "cannot express the student's sampler" in card
+    assert "load_lora_weights" not in card and "/home/me" not in card and "| `distill_steps` | 4 |" in card
+
+
+def test_a_distillation_under_deepspeed_is_refused_and_runs_under_ddp_and_fsdp():
+    from cosmos_v2w_diffusers.parallel_dims import ParallelDims
+    from cosmos_v2w_diffusers.training.checks import validate
+
+    run = TrainConfig(model="tiny", distill_steps=4).resolved()
+    with pytest.raises(ValueError, match="DeepSpeed's ZeRO does not take"):
+        validate(run, ParallelDims(2, 0, 1, "deepspeed"))
+    for engine in ("ddp", "fsdp"):
+        validate(run, ParallelDims(2, 0, 1, engine))

@@ -264,5 +264,12 @@ def _check_layout(config: TrainConfig, dims: ParallelDims) -> None:
         raise ValueError(f"--block_swap is for one GPU, one process: under {dims.engine} drop it.")
     if config.low_vram and dims.engine == "fsdp":
         raise ValueError("--low_vram is for one GPU: under FSDP the sharded states already leave room; drop it.")
+    if (
+        config.distill_steps and dims.engine == "deepspeed"
+    ):  # ZeRO reduces every gradient; a step leaves one adapter's out
+        raise ValueError(
+            "--distill_steps trains one of its two adapters a step, which DeepSpeed's ZeRO does not take: use DDP or "
+            "FSDP2 (accelerate_configs/)."
+        )
     if config.use_8bit_adam and dims.engine in ("fsdp", "deepspeed"):
         raise ValueError(f"--use_8bit_adam: bitsandbytes' optimizer does not run under {dims.engine}; drop it.")

@@ -47,6 +47,8 @@ HYPERPARAMETERS = (
     "lora_alpha",
     "ema",
     "seed",
+    "distill_steps",
+    "guidance",
 )
 
 
@@ -58,6 +60,7 @@ PATH_FLAGS = frozenset(
         "--logging_dir",
         "--cache_dir",
         "--dit_path",
+        "--lora_path",
         "--validation_image",
         "--validation_video",
         "--resume_from_checkpoint",
@@ -105,7 +108,7 @@ def model_card(
     hyper-parameters and the validation metrics. diffusers' `load_or_create_model_card` is not called itself:
     its first half loads the card already on the Hub, which would keep the first save's card for every later one.
     """
-    lora = config.train_architecture == "lora"
+    lora = config.train_architecture == "lora" and not config.distill_steps  # a student is exported whole
     base = hub_id_or_none(base_model)
     video = bool(validation and validation.get("video"))
     widget = [{"text": config.validation_prompt, "output": {"url": "validation.mp4"}}] if video else None
@@ -123,6 +126,11 @@ from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline
 
 repo_id = "{repo_id}"
 pipe = CosmosVideo2WorldPipeline.from_pretrained(repo_id, dtype=torch.bfloat16)  # NVIDIA's sampler"""
+    if config.distill_steps:
+        usage = usage.replace(
+            "# NVIDIA's sampler",
+            f"# its {config.distill_steps}-step sampler, no guidance: pipe(image=..., prompt=...)",
+        )
     origin = f"[{base}](https://huggingface.co/{base})" if base else f"the Cosmos-Predict2 {config.model} preset"
     rows = "\n".join(f"| `{name}` | {getattr(config, name)} |" for name in HYPERPARAMETERS)
     stock = (
@@ -131,10 +139,25 @@ pipe = CosmosVideo2WorldPipeline.from_pretrained(repo_id, dtype=torch.bfloat16) 
         if lora
         else "`diffusers.DiffusionPipeline.from_pretrained(repo_id)` builds the stock `Cosmos2VideoToWorldPipeline` "
         "with its Euler sampler"
+        + (
+            f" (which cannot express the student's sampler: it samples the student as a 35-step model; use "
+            f"`CosmosVideo2WorldPipeline` for its {config.distill_steps} steps)"
+            if config.distill_steps
+            else ""
+        )
     )
-    description = f"""# Cosmos-Predict2 {config.model} Video2World, {config.train_architecture} post-trained
+    kind = f"distilled into {config.distill_steps} steps" if config.distill_steps else f"{config.train_architecture} "
+    kind += "" if config.distill_steps else "post-trained"
+    what = (
+        "A LoRA adapter for"
+        if lora
+        else f"A {config.distill_steps}-step student of"
+        if config.distill_steps
+        else "A post-trained"
+    )
+    description = f"""# Cosmos-Predict2 {config.model} Video2World, {kind}
 
-{"A LoRA adapter for" if lora else "A post-trained"} {origin}, made with `cosmos_v2w_diffusers` (NVIDIA's
+{what} {origin}, made with `cosmos_v2w_diffusers` (NVIDIA's
 Video2World recipe on diffusers and accelerate). It continues an image or the last frames of a video.
 
 ```python
