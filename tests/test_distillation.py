@@ -292,3 +292,18 @@ def test_a_distillation_under_deepspeed_is_refused_and_runs_under_ddp_and_fsdp()
         validate(run, ParallelDims(2, 0, 1, "deepspeed"))
     for engine in ("ddp", "fsdp"):
         validate(run, ParallelDims(2, 0, 1, engine))
+
+
+@pytest.mark.slow  # 25 s on 2 cores; the one-process distillation above is in `make test`
+def test_a_distillation_runs_under_ddp_on_two_processes(tmp_path):
+    from conftest import launch_training
+
+    from cosmos_v2w_diffusers.training.checkpoint import CheckpointDir
+
+    launch_training(
+        tmp_path / "run",
+        *("--distill_steps", "2", "--max_iter", "4", "--save_iter", "2", "--student_update_freq", "2"),
+        launcher=("--num_processes", "2", "--multi_gpu", "--main_process_port", "29561"),
+    )
+    assert CheckpointDir(tmp_path / "run").latest_iteration() == 4
+    assert distilled_steps_of(tmp_path / "run" / "pipeline") == 2

@@ -154,7 +154,8 @@ def test_cli_flags_are_checked_before_anything_loads(capsys):
     from cosmos_v2w_diffusers.generation_flags import parse_args
 
     refused = {
-        ("--cache", "x"): "invalid float value",
+        ("--cache", "x"): "neither a number nor auto",
+        ("--cache", "auto", "--cache_min_psnr", "0"): "give a PSNR in dB between 0 and 100",
         ("--cache", "0"): "between 0 and 1",
         ("--cache", "nan"): "between 0 and 1",
         ("--sparse_attention", "flash"): "invalid choice",
