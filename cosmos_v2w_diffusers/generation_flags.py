@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="THRESHOLD|auto",
         help="training-free step caching (diffusers' First Block Cache): where the first block's residual changed by "
         "less than THRESHOLD (relative) since the last step, the other blocks are skipped and their last residual "
-        "reused; the log says how many block evaluations were skipped. On trained weights (the tiny model, worst "
-        "frame against dense): 0.1 skips 35%% of the forwards at 40.7 dB, 0.2 50%% at 13.6 dB. auto: the first "
+        "reused; the log says how many block evaluations were skipped. On trained weights (the tiny models, 35 "
+        "steps with guidance 7, worst frame against dense): 0.1 skips 43-45%% of the forwards at 32-44 dB, 0.2 "
+        "57-59%% at 25-32 dB (BENCHMARKS.md). auto: the first "
         "input is generated dense and again at falling thresholds until one keeps --cache_min_psnr; the choice is "
         "logged and stored beside the weights (step_cache.json), so later runs with the same settings reuse it",
     )

@@ -307,3 +307,26 @@ def test_a_distillation_runs_under_ddp_on_two_processes(tmp_path):
     )
     assert CheckpointDir(tmp_path / "run").latest_iteration() == 4
     assert distilled_steps_of(tmp_path / "run" / "pipeline") == 2
+
+
+def test_a_distillation_pushes_its_student_pipeline_to_the_hub(bikes_dataset, tmp_path, monkeypatch):
+    """The real huggingface_hub client builds the commits; only the two network calls are replaced."""
+    from huggingface_hub import HfApi, RepoUrl
+
+    commits = []
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/me/{repo_id}")
+    )
+    monkeypatch.setattr(
+        HfApi,
+        "create_commit",
+        lambda self, repo_id, operations, **kw: commits.append([o.path_in_repo for o in operations]),
+    )
+    trainer = Trainer(_distil(bikes_dataset, tmp_path / "student", max_iter=2, push_to_hub=True))
+    trainer.uploader.busy = lambda: trainer.uploader.wait() or False  # deterministic order for the test
+    trainer.train()
+    trainer.close()
+    pushed = set().union(*commits)
+    assert {"README.md", "scheduler_nvidia/scheduler_config.json", "transformer/config.json"} <= pushed
+    assert not any("lora" in path for path in pushed)
+    assert "2-step student" in (tmp_path / "student" / "pipeline" / "README.md").read_text()
