@@ -196,6 +196,7 @@ def test_a_resume_with_another_teacher_is_refused(bikes_dataset, tmp_path):
         (["--distill_steps", "99"], "--distill_steps must be at most 8"),
         (["--distill_steps", "4", "--guidance", "-1"], "--guidance must be at least 0"),
         (["--lora_path", "x"], "--lora_path is the teacher of a distillation"),
+        (["--distill_steps", "4", "--base_precision", "fp8"], "the base is the teacher"),
     ],
 )
 def test_bad_distillation_flags_are_one_line_before_any_model_loads(monkeypatch, flags, message):

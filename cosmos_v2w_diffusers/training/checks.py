@@ -149,7 +149,19 @@ def _check_flags(flags: TrainConfig) -> None:
             "--lr_warmup_steps: NVIDIA's schedule (--lr_scheduler nvidia, the default) has no warm-up; pick one "
             "of diffusers' schedules (e.g. --lr_scheduler constant_with_warmup) or drop --lr_warmup_steps."
         )
-    if flags.block_swap and flags.train_architecture != "lora":
+    if flags.distill_steps is None and flags.lora_path:
+        raise ValueError(
+            "--lora_path is the teacher of a distillation: pass --distill_steps N too (to post-train on from a "
+            "LoRA, continue its run with the same --output_dir)."
+        )
+    if flags.distill_steps is not None:
+        _check_teacher(flags)
+        if flags.base_precision != "bf16":
+            raise ValueError(
+                f"--base_precision {flags.base_precision} with --distill_steps: the base is the teacher, and the "
+                f"student is exported merged into it at full precision; drop --base_precision (2B fits 80 GB in bf16)."
+            )
+    if flags.block_swap and flags.train_architecture != "lora" and not flags.distill_steps:
         raise ValueError(
             "--block_swap streams a frozen base: it is for --train_architecture lora (full post-training updates "
             "every weight each step)."
@@ -161,13 +173,6 @@ def _check_flags(flags: TrainConfig) -> None:
         )
     if flags.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
         raise ValueError("--use_8bit_adam needs the bitsandbytes package: `pip install bitsandbytes`, or drop it.")
-    if flags.distill_steps is None and flags.lora_path:
-        raise ValueError(
-            "--lora_path is the teacher of a distillation: pass --distill_steps N too (to post-train on from a "
-            "LoRA, continue its run with the same --output_dir)."
-        )
-    if flags.distill_steps is not None:
-        _check_teacher(flags)
     if flags.load_ema and not flags.dit_path:
         raise ValueError("--load_ema picks the EMA weights of --dit_path: pass --dit_path too, or drop --load_ema.")
     if flags.selective_checkpointing_blocks is not None and flags.activation_checkpointing not in (
