@@ -66,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scheduler", default="cosmos", choices=["cosmos", "euler"], help="NVIDIA's sampler or diffusers' Euler"
     )
+    p.add_argument(
+        "--num_chunks",
+        type=_whole_number,
+        default=1,
+        help="a long video: this many chunks, each continuing the last --num_conditional_frames frames of the one "
+        "before (NVIDIA's video2world_lvg.py, the frames handed over in memory at full precision), from seeds "
+        "--seed, --seed + 1, ...; F + (N-1)(F-c) frames (1 to 100)",
+    )
     p.add_argument("--save_path", default="output/generated_video.mp4", help="the .mp4 to write")
     p.add_argument(
         "--batch_input_json",
@@ -152,6 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
         "on Hopper and newer GPUs; the tiny model: 39.7 dB from dense, worst frame; the 2B on an H100: 9%% faster)",
     )
     return p
+
+
+def _whole_number(value: str) -> int:
+    """An integer, also written as `1e3`; the bounds are checked with the rest (`long_video.check_chunks`)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if not number.is_integer():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number")
+    return int(number)
 
 
 def _cache_threshold(value: str) -> float | str:

@@ -21,7 +21,6 @@ import torch
 import torch.distributed as dist
 from diffusers import CosmosTransformer3DModel, FlowMatchEulerDiscreteScheduler
 from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
-from diffusers.utils import export_to_video
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
@@ -42,6 +41,7 @@ from .exports import LORA_WEIGHTS_NAME
 from .generation_flags import parse_args
 from .io_utils import read_regular_file
 from .latents import use_channels_last_3d
+from .long_video import ChunkWriter, check_chunks, generate_long_video
 from .parallel_dims import ParallelDims
 from .pipeline import CosmosVideo2WorldPipeline, check_conditioning_frames, nvidia_initial_noise, open_image
 from .presets import get_preset
@@ -347,14 +347,28 @@ def jobs_from_args(args: argparse.Namespace) -> list[dict]:
                 "prompt": e.get("prompt"),
                 "input_path": e.get("input_path") or e.get("input_video"),
                 "save_path": e.get("save_path") or e.get("output_video"),
+                "num_chunks": e.get("num_chunks", args.num_chunks),
             }
             for e in entries
         ]
     else:
-        jobs = [{"prompt": args.prompt, "input_path": args.input_path, "save_path": args.save_path}]
+        jobs = [
+            {
+                "prompt": args.prompt,
+                "input_path": args.input_path,
+                "save_path": args.save_path,
+                "num_chunks": args.num_chunks,
+            }
+        ]
     for job in jobs:
         if not job["prompt"] or not job["input_path"] or not job["save_path"]:
-            raise ValueError(f"Each generation needs a prompt, an input_path and a save_path; got {job}.")
+            missing = [name for name in ("prompt", "input_path", "save_path") if not job[name]]
+            raise ValueError(
+                f"Each generation needs a prompt, an input_path and a save_path: {', '.join(missing)} missing "
+                f"(--{' --'.join(missing)}, or the entries of --batch_input_json)."
+            )
+        if type(job["num_chunks"]) is not int:
+            raise ValueError(f"num_chunks of {job['save_path']} must be a whole number, got {job['num_chunks']!r}.")
         check_save_path(Path(job["save_path"]))
     check_no_input_is_overwritten(jobs)
     return jobs
@@ -409,7 +423,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
     inputs = [
         read_conditioning(job["input_path"], args.num_conditional_frames) for job in jobs
     ]  # fail before loading any model
-    for job, (_, video) in zip(jobs, inputs):
+    for job, (image, video) in zip(jobs, inputs):
+        check_chunks(
+            job["num_chunks"], args.num_conditional_frames, image is not None, f"--input_path {job['input_path']}"
+        )
         if video is not None:
             check_conditioning_frames(
                 len(video),
@@ -432,41 +449,46 @@ def main(argv: list[str] | None = None) -> list[Path]:
     written = []
     for job, (image, video) in tqdm(list(zip(jobs, inputs)), desc="Videos", disable=len(jobs) == 1):
         shape = (1, *latent_shape(pipe.vae.config, num_frames, height, width))
+        call = dict(
+            prompt=job["prompt"],
+            negative_prompt=args.negative_prompt,
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance,
+            fps=args.fps,
+        )
 
-        def generate(image=image, video=video, prompt=job["prompt"]):
-            return pipe(
-                image=image,
-                video=video,
-                prompt=prompt,
-                negative_prompt=args.negative_prompt,
-                height=height,
-                width=width,
-                num_frames=num_frames,
-                num_conditional_frames=args.num_conditional_frames,
-                num_inference_steps=args.num_inference_steps,
-                guidance_scale=args.guidance,
-                fps=args.fps,
-                latents=nvidia_initial_noise(args.seed, shape),
-                output_type="np",
-            ).frames[0]
+        def generate(image=image, video=video, call=call):
+            conditioning = dict(image=image, video=video, num_conditional_frames=args.num_conditional_frames)
+            latents = nvidia_initial_noise(args.seed, shape)
+            return pipe(**conditioning, **call, latents=latents, output_type="np").frames[0]
 
+        frames = None
         if args.cache == "auto" and calibration is None:
             calibration, frames = calibrate(pipe, generate, args.cache_min_psnr, settings)
             logger.info("--cache auto, calibrated on %s: %s", job["input_path"], calibration.describe())
             if main_rank:
                 store_calibration(step_cache_file(args), calibration)
-        else:
-            frames = generate()
         save_path = Path(job["save_path"])
-        if not main_rank:
-            continue
-        save_path.parent.mkdir(parents=True, exist_ok=True)
-        # Written beside the target and renamed, so an existing video is never left half-overwritten.
-        partial = save_path.with_name(f".{save_path.stem}.partial{save_path.suffix}")
-        export_to_video(list(frames), str(partial), fps=args.fps)
-        os.replace(partial, save_path)
-        logger.info("Wrote %s (%d frames, %dx%d, %d fps)", save_path, len(frames), width, height, args.fps)
-        written.append(save_path)
+        with ChunkWriter(save_path, args.fps, enabled=main_rank) as writer:  # every rank holds the video; one writes
+            if job["num_chunks"] == 1:
+                writer.append(frames if frames is not None else generate())
+            else:  # (a calibration's dense video was its first chunk alone: the long one is made anew)
+                generate_long_video(
+                    pipe,
+                    job["num_chunks"],
+                    image=image,
+                    video=video,
+                    num_conditional_frames=args.num_conditional_frames,
+                    seed=args.seed,
+                    on_chunk=writer.append,
+                    **call,
+                )
+        if main_rank:
+            logger.info("Wrote %s (%d frames, %dx%d, %d fps)", save_path, writer.frames, width, height, args.fps)
+            written.append(save_path)
     if args.num_gpus > 1:
         dist.destroy_process_group()
     return written
