@@ -1,0 +1,92 @@
+"""Long videos by continuation (`--num_chunks`): the frame count, parity with NVIDIA's loop, streaming, refusals."""
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from conftest import PROMPT, cli_error
+
+from cosmos_v2w_diffusers.components import tiny_pretrained_path
+from cosmos_v2w_diffusers.long_video import MAX_CHUNKS, generate_long_video, long_video_frames
+from cosmos_v2w_diffusers.pipeline import CosmosVideo2WorldPipeline, nvidia_initial_noise
+from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.sample_shape import latent_shape
+from cosmos_v2w_diffusers.video_metrics import psnr
+
+TINY = get_preset("tiny")
+SIZE = dict(height=TINY.height, width=TINY.width, num_frames=TINY.num_frames)
+CALL = dict(prompt=PROMPT, num_inference_steps=4, guidance_scale=1.0)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = CosmosVideo2WorldPipeline.from_pretrained(str(tiny_pretrained_path()), disable_guardrail=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _image(seed: int = 0) -> PIL.Image.Image:
+    pixels = np.random.default_rng(seed).random((TINY.height // 8, TINY.width // 8, 3))
+    return PIL.Image.fromarray((pixels * 255).astype(np.uint8)).resize((TINY.width, TINY.height))
+
+
+def test_chunks_stream_as_made_and_the_video_has_f_plus_n_minus_1_times_f_minus_c_frames(pipe):
+    chunks = []
+    assert generate_long_video(pipe, 3, image=_image(), on_chunk=chunks.append, **SIZE, **CALL) is None
+    assert [len(c) for c in chunks] == [17, 16, 16]
+    whole = generate_long_video(pipe, 3, image=_image(), **SIZE, **CALL)
+    assert whole.shape == (long_video_frames(17, 3, 1), 64, 112, 3) == (49, 64, 112, 3)
+    assert np.array_equal(whole, np.concatenate(chunks))
+    frames = list(whole[:9])  # a video input, continued from its last 5 frames each time
+    five = generate_long_video(pipe, 2, video=frames, num_conditional_frames=5, **SIZE, **CALL)
+    assert len(five) == long_video_frames(17, 2, 5) == 29
+    one_chunk = pipe(image=_image(), latents=nvidia_initial_noise(0, (1, *latent_shape(pipe.vae.config, 17, 64, 112))),
+                     output_type="np", **SIZE, **CALL).frames[0]  # fmt: skip
+    assert np.array_equal(whole[:17], one_chunk)  # chunk 0 is the one-chunk video
+
+
+def test_one_conditional_frame_equals_nvidias_loop_over_the_one_chunk_pipeline(pipe, tmp_path):
+    """NVIDIA's `video2world_lvg.py` loop, as it is written: generate, keep the chunk (all of the first, the rest
+    without their first frame), write the last frame to a PNG, read it back as the next chunk's input; seed + chunk.
+    Its PNG is lossless but holds 8-bit frames, where our hand-off keeps the float frames: the videos agree to that
+    rounding, which the model carries on, and the first chunk is the same."""
+    shape = (1, *latent_shape(pipe.vae.config, 17, 64, 112))
+    chunks, current = [], _image()
+    for chunk_id in range(3):
+        video = pipe(image=current, latents=nvidia_initial_noise(chunk_id, shape), output_type="np", **SIZE, **CALL)
+        video = video.frames[0]
+        chunks.append(video if chunk_id == 0 else video[1:])
+        path = tmp_path / f"chunk{chunk_id}_overlap.png"
+        PIL.Image.fromarray((video[-1] * 255).round().astype(np.uint8)).save(path)
+        current = PIL.Image.open(path).convert("RGB")
+    nvidia = torch.from_numpy(np.concatenate(chunks))
+    ours = torch.from_numpy(generate_long_video(pipe, 3, image=_image(), **SIZE, **CALL))
+    assert nvidia.shape == ours.shape
+    assert torch.equal(nvidia[:17], ours[:17])
+    # measured: 75, 72 dB for chunks 1 and 2, at most 0.5/255 apart
+    assert psnr(ours, nvidia) > 60.0 and (ours - nvidia).abs().max() < 2 / 255, psnr(ours, nvidia)
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--num_chunks", "0"], f"--num_chunks must be 1 to {MAX_CHUNKS}"),
+        (["--num_chunks", "-1"], f"--num_chunks must be 1 to {MAX_CHUNKS}"),
+        (["--num_chunks", "1e9"], f"--num_chunks must be 1 to {MAX_CHUNKS}"),
+        (["--num_chunks", "3", "--num_conditional_frames", "5"], "is an image, one frame"),
+    ],
+)
+def test_bad_chunk_flags_are_one_line_before_any_model_loads(tmp_path, monkeypatch, flags, message):
+    image = tmp_path / "in.png"
+    _image().save(image)
+    args = [
+        "--model_size",
+        "tiny",
+        "--input_path",
+        str(image),
+        "--prompt",
+        PROMPT,
+        "--save_path",
+        str(tmp_path / "o.mp4"),
+    ]
+    assert message in cli_error(monkeypatch, "infer_video2world.py", *args, *flags)
