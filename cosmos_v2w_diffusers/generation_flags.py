@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch_input_json",
         default=None,
-        help='JSON list of {"prompt", "input_path", "save_path"} (NVIDIA: input_video, output_video)',
+        help='JSON list of {"prompt", "input_path", "save_path"} (NVIDIA: input_video, output_video), each with an '
+        'optional "num_chunks"',
     )
     p.add_argument("--disable_guardrail", action="store_true", help="run without cosmos_guardrail")
     p.add_argument(

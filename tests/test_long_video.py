@@ -90,3 +90,26 @@ def test_bad_chunk_flags_are_one_line_before_any_model_loads(tmp_path, monkeypat
         str(tmp_path / "o.mp4"),
     ]
     assert message in cli_error(monkeypatch, "infer_video2world.py", *args, *flags)
+
+
+def test_batch_entries_take_their_own_num_chunks(tmp_path):
+    import json
+
+    import decord
+
+    from cosmos_v2w_diffusers.inference import main as infer
+
+    image = tmp_path / "in.png"
+    _image().save(image)
+    entries = [
+        {"prompt": PROMPT, "input_path": str(image), "save_path": str(tmp_path / "two.mp4"), "num_chunks": 2},
+        {"prompt": PROMPT, "input_path": str(image), "save_path": str(tmp_path / "one.mp4")},
+    ]
+    batch = tmp_path / "batch.json"
+    batch.write_text(json.dumps(entries))
+    flags = ["--model_size", "tiny", "--disable_guardrail", "--num_inference_steps", "3", "--guidance", "1"]
+    infer([*flags, "--batch_input_json", str(batch)])
+    assert [len(decord.VideoReader(str(tmp_path / n))) for n in ("two.mp4", "one.mp4")] == [33, 17]
+    batch.write_text(json.dumps([{**entries[0], "num_chunks": "x"}]))
+    with pytest.raises(ValueError, match="num_chunks of .* must be a whole number"):
+        infer([*flags, "--batch_input_json", str(batch)])
