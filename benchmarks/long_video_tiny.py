@@ -58,6 +58,24 @@ def seam_ratios(frames: np.ndarray, chunk_frames: int, conditional: int) -> tupl
     return [float(change[t - 1]) / inside for t in seams], float(change[conditional - 1]) / inside, inside
 
 
+def seam_parts(pipe, first: Image.Image, call: dict, size: dict, inside: float) -> dict:
+    """A seam taken apart, as ratios to the median change inside chunks: the hand-off frame against its VAE
+    re-encoding (the next chunk's first frame), and that frame against the next chunk's first new one."""
+    shape = (1, *latent_shape(pipe.vae.config, size["num_frames"], size["height"], size["width"]))
+    chunk0 = pipe(image=first, latents=nvidia_initial_noise(0, shape), output_type="np", **size, **call).frames[0]
+    chunk1 = pipe(video=[chunk0[-1]], num_conditional_frames=1, latents=nvidia_initial_noise(1, shape),
+                  output_type="np", **size, **call).frames[0]  # fmt: skip
+
+    def change(a, b) -> float:
+        return round(float(np.abs(a - b).mean()) / inside, 3)
+
+    return {
+        "handoff_frame_vs_its_reencoding": change(chunk1[0], chunk0[-1]),
+        "reencoding_vs_first_new_frame": change(chunk1[1], chunk1[0]),
+        "real_first_frame_vs_its_reencoding": change(chunk0[0], np.asarray(first, dtype=np.float32) / 255),
+    }
+
+
 def nvidia_mp4_loop(pipe, video: list[np.ndarray], call: dict, size: dict, folder: Path) -> np.ndarray:
     """NVIDIA's `video2world_lvg.py` loop with 5 conditional frames: each hand-off written to an mp4 and read back."""
     shape = (1, *latent_shape(pipe.vae.config, size["num_frames"], size["height"], size["width"]))
@@ -108,6 +126,7 @@ def main() -> None:
             "robot_error_px_per_chunk": errors,
             "seam_change_ratio": [round(r, 3) for r in seams],
             "first_chunk_start_change_ratio": round(start, 3),
+            "seam_parts": seam_parts(pipe, first, call, size, inside),
             "inside_change_median": round(inside, 5),
             "seams_within_1_5x": all(r <= 1.5 for r in seams),
             "psnr_vs_real_db": psnr(as_chw(made[1:]), as_chw(real[1 : len(made)])),
