@@ -23,6 +23,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import (
+    AutocastKwargs,
     DistributedDataParallelKwargs,
     ProjectConfiguration,
     parse_flag_from_env,
@@ -97,11 +98,15 @@ class Trainer:
             ),
             # Under DDP, gradients as views into the communication buckets, as DDP's docs advise for memory. A 2B
             # DDP step still peaked one gradient-sized buffer above one GPU's (4x H200), which the planner counts.
-            # A distillation's steps train one adapter each (student or critic): the other gets no gradient.
+            # A distillation's steps train one adapter each (student or critic): the other gets no gradient. And its
+            # steps run forwards without gradients before the one with them: autocast's cache would keep the bf16
+            # weight copies cast there (no autograd history) for the later forward, and activation checkpointing's
+            # recompute would then cast anew and not match (measured: CheckpointError on the first critic step).
             kwargs_handlers=[
                 DistributedDataParallelKwargs(
                     gradient_as_bucket_view=True, find_unused_parameters=bool(c.distill_steps)
-                )
+                ),
+                AutocastKwargs(cache_enabled=False if c.distill_steps else None),
             ],
         )
         self.device = self.accelerator.device
