@@ -149,7 +149,8 @@ def _distilled_rows() -> list[dict]:
         if not (RESULTS / f"{file}.json").is_file():
             continue
         result = _read(file)
-        row = {"name": name, key: result[key], "seconds": result["seconds"], "gpu": result["environment"]["gpu"]}
+        row = {"name": name, key: result[key], "seconds": result["seconds"], "peak_gib": result["peak_gib"]}
+        row["gpu"] = result["environment"]["gpu"]
         row |= {"command": result["command"], "date": result.get("date", "2026-12-07"), "must": must, "goal": goal}
         row |= {"meets_must": result[key] <= must, "meets_goal": result[key] <= goal}
         row |= {"result": f"benchmarks/results/{file}.json", "quality_on": DISTILLED_QUALITY[1]}
