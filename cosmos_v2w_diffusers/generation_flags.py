@@ -83,6 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--disable_guardrail", action="store_true", help="run without cosmos_guardrail")
     p.add_argument(
+        "--disable_prompt_refiner",
+        action="store_true",
+        help="accepted for NVIDIA's command lines: no prompt refiner runs here (NVIDIA's post-training configs "
+        "disable it too)",
+    )
+    p.add_argument(
+        "--downcast_text_encoder",
+        action="store_true",
+        help="accepted for NVIDIA's command lines: the T5 encoder already runs in the pipeline's precision (bf16 on a "
+        "GPU), which is what NVIDIA's flag asks for",
+    )
+    p.add_argument(
+        "--benchmark",
+        action="store_true",
+        help="NVIDIA's benchmark mode: each generation runs once untimed (warm-up), then 3 timed times; each time and "
+        "their mean are logged, and the last video is written",
+    )
+    p.add_argument(
         "--offload_text_encoder",
         action="store_true",
         help="keep the T5 encoder on the CPU (about 11 GB of GPU memory in bf16)",
@@ -153,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="natten: NVIDIA's neighbourhood attention in its sparse layers (pip install natten); made for NVIDIA's "
         "NATTEN checkpoints (on a dense-trained tiny model: 12 dB from dense; with natten's Flex backend 15%% slower "
         "than dense cuDNN on an H100: its Hopper kernels are what give NVIDIA's 2.4x)",
+    )
+    fast.add_argument(
+        "--natten",
+        dest="sparse_attention",
+        action="store_const",
+        const="natten",
+        help="NVIDIA's name for --sparse_attention natten",
     )
     fast.add_argument(
         "--fp8",

@@ -13,7 +13,9 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
+from typing import Callable
 
 import decord
 import PIL.Image
@@ -396,6 +398,31 @@ def check_no_input_is_overwritten(jobs: list[dict]) -> None:
                 )
 
 
+BENCHMARK_TIMED_RUNS = 3  # NVIDIA's benchmark mode: 4 runs, the first one untimed
+
+
+def benchmark(write: Callable[[ChunkWriter], None], save_path: Path, fps: int) -> list[float]:
+    """`--benchmark`, as NVIDIA's `examples/video2world.py` means it: a warm-up generation, then
+    `BENCHMARK_TIMED_RUNS` timed ones (the GPU synchronised around each), each logged and their mean; the videos
+    are not written (the one after them is). Returns the seconds."""
+    seconds = []
+    for run in range(BENCHMARK_TIMED_RUNS + 1):
+        synchronize()
+        start = time.perf_counter()
+        write(ChunkWriter(save_path, fps, enabled=False))
+        synchronize()
+        if run:
+            seconds.append(time.perf_counter() - start)
+            logger.info("[run %d of %d] generation: %.1f s", run, BENCHMARK_TIMED_RUNS, seconds[-1])
+    logger.info("Mean generation time over %d runs after a warm-up: %.1f s", len(seconds), sum(seconds) / len(seconds))
+    return seconds
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def store_calibration(path: Path, calibration: Calibration) -> None:
     """Write `--cache auto`'s choice for the next run; a folder we may not write to costs only the reuse."""
     try:
@@ -472,7 +499,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
             if main_rank:
                 store_calibration(step_cache_file(args), calibration)
         save_path = Path(job["save_path"])
-        with ChunkWriter(save_path, args.fps, enabled=main_rank) as writer:  # every rank holds the video; one writes
+
+        def write(writer: ChunkWriter, job=job, image=image, video=video, call=call, frames=frames) -> None:
             if job["num_chunks"] == 1:
                 writer.append(frames if frames is not None else generate())
             else:  # (a calibration's dense video was its first chunk alone: the long one is made anew)
@@ -486,6 +514,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
                     on_chunk=writer.append,
                     **call,
                 )
+
+        if args.benchmark:
+            benchmark(write, save_path, args.fps)
+        with ChunkWriter(save_path, args.fps, enabled=main_rank) as writer:  # every rank holds the video; one writes
+            write(writer)
         if main_rank:
             logger.info("Wrote %s (%d frames, %dx%d, %d fps)", save_path, writer.frames, width, height, args.fps)
             written.append(save_path)

@@ -113,3 +113,32 @@ def test_batch_entries_take_their_own_num_chunks(tmp_path):
     batch.write_text(json.dumps([{**entries[0], "num_chunks": "x"}]))
     with pytest.raises(ValueError, match="num_chunks of .* must be a whole number"):
         infer([*flags, "--batch_input_json", str(batch)])
+
+
+def test_nvidias_other_generation_flags(tmp_path, caplog):
+    import logging
+
+    from cosmos_v2w_diffusers.generation_flags import parse_args
+    from cosmos_v2w_diffusers.inference import main as infer
+
+    args = parse_args(["--natten", "--disable_prompt_refiner", "--downcast_text_encoder", "--benchmark"])
+    assert args.sparse_attention == "natten" and args.benchmark
+    image = tmp_path / "in.png"
+    _image().save(image)
+    flags = ["--model_size", "tiny", "--disable_guardrail", "--num_inference_steps", "2", "--guidance", "1"]
+    with caplog.at_level(logging.INFO, logger="cosmos_v2w_diffusers"):
+        infer(
+            [
+                *flags,
+                "--input_path",
+                str(image),
+                "--prompt",
+                PROMPT,
+                "--save_path",
+                str(tmp_path / "b.mp4"),
+                "--benchmark",
+            ]
+        )
+    timed = [r.getMessage() for r in caplog.records if "] generation:" in r.getMessage()]
+    assert len(timed) == 3 and any("Mean generation time over 3 runs" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "b.mp4").is_file() and not list(tmp_path.glob(".*partial*"))
