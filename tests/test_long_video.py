@@ -142,3 +142,27 @@ def test_nvidias_other_generation_flags(tmp_path, caplog):
     timed = [r.getMessage() for r in caplog.records if "] generation:" in r.getMessage()]
     assert len(timed) == 3 and any("Mean generation time over 3 runs" in r.getMessage() for r in caplog.records)
     assert (tmp_path / "b.mp4").is_file() and not list(tmp_path.glob(".*partial*"))
+
+
+def test_a_long_validation_video_is_scored_chunk_by_chunk_as_far_as_the_clip_reaches(tmp_path, video_paths):
+    import decord
+    from conftest import make_dataset_folder, tiny_config, train_to_the_end
+
+    dataset = make_dataset_folder(tmp_path / "data", {"bikes": video_paths["bikes"]})
+    config = tiny_config(
+        dataset,
+        tmp_path / "run",
+        max_iter=1,
+        save_iter=1,
+        validation_prompt=PROMPT,
+        validation_video=str(video_paths["bikes"]),  # 250 frames: it reaches the whole 4-chunk video (65)
+        validation_num_inference_steps=2,
+        validation_num_chunks=4,
+        ema=False,
+    )
+    trainer = train_to_the_end(config)
+    assert len(decord.VideoReader(str(tmp_path / "run" / "validation" / "step_000000001_live.mp4"))) == 65
+    last = trainer.validator.last
+    assert {f"validation/live/psnr_chunk_{k}" for k in (1, 2, 3, 4)} <= set(last)
+    assert all(0 < last[f"validation/live/psnr_chunk_{k}"] < 60 for k in (1, 2, 3, 4))
+    assert trainer.validator._chunk_frames(40) == [slice(1, 17), slice(17, 33), slice(33, 40)]  # a 40-frame clip

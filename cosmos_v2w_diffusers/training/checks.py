@@ -40,6 +40,7 @@ _AT_LEAST = {
     "validation_steps": 1,
     "validation_num_frames": 1,
     "validation_num_inference_steps": 1,
+    "validation_num_chunks": 1,
     "dataloader_num_workers": 0,
     "max_skipped_clips": 0,
     "selective_checkpointing_blocks": 0,
@@ -66,6 +67,7 @@ _AT_MOST = {
     "num_validation_videos": 64,
     "validation_num_frames": 1001,
     "validation_num_inference_steps": 1000,
+    "validation_num_chunks": 100,  # long_video.MAX_CHUNKS
     "dataloader_num_workers": 256,
     "context_parallel_size": 4096,
     "max_iter": 10**9,

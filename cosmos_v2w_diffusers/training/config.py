@@ -302,6 +302,11 @@ class TrainConfig:
     num_validation_videos: int = _f(1, "videos per validation, from seeds --seed, --seed + 1, ...")
     validation_num_frames: int | None = _f(None, "frames of the validation video (default: --num_frames)")
     validation_num_inference_steps: int = _f(35, "sampling steps of the validation video")
+    validation_num_chunks: int = _f(
+        1,
+        "a long validation video: this many chunks, each continuing the last frame of the one before (as "
+        "infer_video2world.py --num_chunks); with --validation_video, PSNR/SSIM per chunk as far as the clip reaches",
+    )
     validation_live: bool = _f(False, "also validate the live weights, not only the EMA")
 
     export_live_weights: bool = _f(

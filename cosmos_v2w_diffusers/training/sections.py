@@ -157,6 +157,7 @@ class ValidationConfig(Section):
     num_validation_videos: int
     validation_num_frames: int | None
     validation_num_inference_steps: int
+    validation_num_chunks: int
     validation_live: bool
 
 

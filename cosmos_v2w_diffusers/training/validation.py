@@ -20,6 +20,7 @@ from diffusers.utils import export_to_video
 from torchvision.transforms.v2 import functional as TF
 
 from ..components import load_text_encoder, load_transformer, resolve_pretrained
+from ..long_video import generate_long_video, long_video_frames
 from ..pipeline import DEFAULT_NEGATIVE_PROMPT, CosmosVideo2WorldPipeline, open_image
 from ..scheduler import CosmosMultistepScheduler
 from ..scheduler_few_step import CosmosFewStepScheduler
@@ -32,10 +33,12 @@ logger = logging.getLogger(__name__)
 
 def read_validation_inputs(config, first_clip: str) -> tuple[PIL.Image.Image, torch.Tensor | None]:
     """The image validation continues, and the held-out clip's frames (`read_clip`; None without
-    `--validation_video`): read before any model loads, so a bad file is a one-line error naming its flag."""
+    `--validation_video`): read before any model loads, so a bad file is a one-line error naming its flag. A long
+    validation video (`--validation_num_chunks`) is scored as far as the clip reaches."""
     num_frames = config.validation_num_frames or config.num_frames
     video = config.validation_video
-    real = read_clip(video, num_frames, config.height, config.width) if video else None
+    wanted = long_video_frames(num_frames, config.validation_num_chunks, 1)
+    real = read_clip(video, num_frames, config.height, config.width, wanted) if video else None
     if config.validation_image:
         return open_image(config.validation_image, "--validation_image"), real
     # the first frame of the held-out clip, or of the first training clip
@@ -52,13 +55,15 @@ def _reader(path: str) -> decord.VideoReader:
         ) from None
 
 
-def read_clip(path: str, num_frames: int, height: int, width: int) -> torch.Tensor:
-    """The first `num_frames` frames of a clip, resized as training samples are: float `[T, 3, H, W]` in [0, 1]."""
+def read_clip(path: str, num_frames: int, height: int, width: int, wanted: int | None = None) -> torch.Tensor:
+    """The first `num_frames` frames of a clip (up to `wanted` where it has them), resized as training samples are:
+    float `[T, 3, H, W]` in [0, 1]."""
     reader = _reader(path)
     if len(reader) < num_frames:
         raise ValueError(
             f"--validation_video {path} has {len(reader)} frames; it needs {num_frames} (--validation_num_frames)."
         )
+    num_frames = min(len(reader), max(num_frames, wanted or 0))
     frames = torch.from_numpy(reader.get_batch(list(range(num_frames))).asnumpy()).permute(0, 3, 1, 2)
     return TF.resize(frames, [height, width], antialias=True).float() / 255
 
@@ -154,10 +159,18 @@ class Validator:
             written.append((path, frames))
         metrics = {}
         if self.real is not None:  # the generated frames against the real ones (the conditioning frame left out)
+            reach = min(len(self.real), len(videos[0]))
             metrics = {
-                f"validation/{name}/psnr": sum(psnr(f[1:], self.real[1:]) for f in videos) / len(videos),
-                f"validation/{name}/ssim": sum(ssim(f[1:], self.real[1:]) for f in videos) / len(videos),
+                f"validation/{name}/psnr": sum(psnr(f[1:reach], self.real[1:reach]) for f in videos) / len(videos),
+                f"validation/{name}/ssim": sum(ssim(f[1:reach], self.real[1:reach]) for f in videos) / len(videos),
             }
+            for chunk, frames in enumerate(self._chunk_frames(reach)):  # a long video's drift, chunk by chunk
+                metrics[f"validation/{name}/psnr_chunk_{chunk + 1}"] = sum(
+                    psnr(f[frames], self.real[frames]) for f in videos
+                ) / len(videos)
+                metrics[f"validation/{name}/ssim_chunk_{chunk + 1}"] = sum(
+                    ssim(f[frames], self.real[frames]) for f in videos
+                ) / len(videos)
         logger.info(
             "Validation (%s weights) at step %d: %s %s",
             name,
@@ -168,8 +181,33 @@ class Validator:
         self.last = {"video": str(written[0][0]), **metrics}
         return written, metrics
 
+    def _chunk_frames(self, reach: int) -> list[slice]:
+        """The new frames of each chunk of a long validation video (`--validation_num_chunks` > 1) that the held-out
+        clip's `reach` frames cover (chunk 1 without its conditioning frame); none for a one-chunk video."""
+        chunks, frames = self.config.validation_num_chunks, self.num_frames
+        if chunks == 1:
+            return []
+        bounds = [1] + [long_video_frames(frames, k + 1, 1) for k in range(chunks)]
+        return [slice(a, min(b, reach)) for a, b in zip(bounds, bounds[1:]) if a < reach]
+
     def _generate(self, seed: int) -> torch.Tensor:
-        """One validation video from `seed`: `[T, 3, H, W]` in [0, 1] on the CPU."""
+        """One validation video from `seed`: `[T, 3, H, W]` in [0, 1] on the CPU. A long one
+        (`--validation_num_chunks`) from NVIDIA's noise for `seed + chunk` (`long_video.generate_long_video`)."""
+        if self.config.validation_num_chunks > 1:
+            frames = generate_long_video(
+                self.pipe,
+                self.config.validation_num_chunks,
+                image=self.image,
+                seed=seed,
+                height=self.config.height,
+                width=self.config.width,
+                num_frames=self.num_frames,
+                prompt_embeds=self.prompt_embeds,
+                negative_prompt_embeds=self.negative_embeds,
+                num_inference_steps=self.num_inference_steps,
+            )
+            assert frames is not None  # collected: no on_chunk
+            return torch.from_numpy(frames).permute(0, 3, 1, 2)
         return (
             self.pipe(
                 image=self.image,
