@@ -18,3 +18,6 @@ RESOLUTIONS = {
     "480": {"16:9": (768, 432)},
 }
 NUM_FRAMES_BY_FPS = {16: 93, 10: 61}
+
+# The prompt refiner NVIDIA's examples/video2world.py runs for its base models (`prompt_refiner.py`).
+DEFAULT_PROMPT_REFINER = "nvidia/Cosmos-Reason1-7B"

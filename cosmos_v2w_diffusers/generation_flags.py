@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from .choices import ATTENTION_BACKENDS, NUM_FRAMES_BY_FPS, RESOLUTIONS
+from .choices import ATTENTION_BACKENDS, DEFAULT_PROMPT_REFINER, NUM_FRAMES_BY_FPS, RESOLUTIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,10 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--disable_guardrail", action="store_true", help="run without cosmos_guardrail")
     p.add_argument(
+        "--prompt_refiner",
+        nargs="?",
+        const=DEFAULT_PROMPT_REFINER,
+        default=None,
+        metavar="MODEL",
+        help=f"rewrite each prompt with a vision-language model that sees the conditioning image or video (NVIDIA's "
+        f"prompt refiner; alone: {DEFAULT_PROMPT_REFINER}, a Hub id or folder of a Qwen2.5-VL model); off by "
+        f"default, as in NVIDIA's post-training configs",
+    )
+    p.add_argument(
+        "--offload_prompt_refiner",
+        action="store_true",
+        help="keep the prompt refiner on the CPU, on the GPU only while it writes (about 16 GB in bf16)",
+    )
+    p.add_argument(
         "--disable_prompt_refiner",
         action="store_true",
-        help="accepted for NVIDIA's command lines: no prompt refiner runs here (NVIDIA's post-training configs "
-        "disable it too)",
+        help="accepted for NVIDIA's command lines: the refiner is off unless --prompt_refiner is given",
     )
     p.add_argument(
         "--downcast_text_encoder",
@@ -216,6 +230,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(
             f"--cache {args.cache}: the threshold is a relative change between steps, between 0 and 1 (0.05 to 0.3)."
         )
+    if args.prompt_refiner and args.disable_prompt_refiner:
+        p.error("--prompt_refiner turns the refiner on and --disable_prompt_refiner off: pass one.")
+    if args.offload_prompt_refiner and not args.prompt_refiner:
+        p.error("--offload_prompt_refiner places the refiner, which runs only with --prompt_refiner: add it.")
     if not 0 < args.cache_min_psnr < 100:
         p.error(
             f"--cache_min_psnr {args.cache_min_psnr}: give a PSNR in dB between 0 and 100 (30 is close, 40 near exact)"

@@ -36,7 +36,7 @@ from .checkpoint_format import (
 )
 from .choices import NUM_FRAMES_BY_FPS, RESOLUTIONS
 from .compile import compile_block_forwards, compile_blocks
-from .components import build_transformer, cache_root, check_transformer_matches, resolve_pretrained
+from .components import build_transformer, cache_root, check_transformer_matches, hub_source, resolve_pretrained
 from .context_parallel import enable_context_parallel
 from .data.folder import presented_frame_count
 from .exports import LORA_WEIGHTS_NAME
@@ -47,6 +47,7 @@ from .long_video import ChunkWriter, check_chunks, generate_long_video
 from .parallel_dims import ParallelDims
 from .pipeline import CosmosVideo2WorldPipeline, check_conditioning_frames, nvidia_initial_noise, open_image
 from .presets import get_preset
+from .prompt_refiner import PromptRefiner
 from .sample_shape import check_sample_shape, latent_shape, latent_tokens
 from .scheduler_few_step import CosmosFewStepScheduler
 from .step_cache import STEP_CACHE_FILE, Calibration, calibrate, read_calibration, write_calibration
@@ -462,8 +463,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
                 "--num_conditional_frames",
             )
     student_steps(args)  # a student's flags, before any model loads
+    if args.prompt_refiner:
+        hub_source(args.prompt_refiner, "--prompt_refiner")  # a refiner that cannot load: one line, before any model
     set_allocator_defaults()
     pipe = build_pipeline(args)
+    refiner = (
+        PromptRefiner(args.prompt_refiner, pipe._execution_device, pipe.transformer.dtype, args.offload_prompt_refiner)
+        if args.prompt_refiner
+        else None
+    )
     main_rank = args.num_gpus == 1 or dist.get_rank() == 0  # every rank holds the whole video; one writes it
     calibration = None
     if args.cache == "auto":
@@ -476,8 +484,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     written = []
     for job, (image, video) in tqdm(list(zip(jobs, inputs)), desc="Videos", disable=len(jobs) == 1):
         shape = (1, *latent_shape(pipe.vae.config, num_frames, height, width))
+        prompt = refiner.refine(job["prompt"], image, video) if refiner is not None else job["prompt"]
         call = dict(
-            prompt=job["prompt"],
+            prompt=prompt,
             negative_prompt=args.negative_prompt,
             height=height,
             width=width,
