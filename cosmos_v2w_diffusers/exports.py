@@ -90,6 +90,18 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     return {k: v for name in files for k, v in load_file(folder / name).items()}
 
 
+def save_public_config(transformer, folder: Path) -> None:
+    """`transformer.save_config(folder)` without the local folder it was loaded from: diffusers records it as
+    `_name_or_path`, and an export goes to the Hub, where a path names a user, a machine or a data folder."""
+    transformer.save_config(folder)
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text())
+    source = str(config.get("_name_or_path") or "")
+    if source and (Path(source).exists() or source.startswith(("/", ".", "~")) or "\\" in source):
+        del config["_name_or_path"]
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def write_diffusers_transformer(
     folder: Path,
     transformer,
@@ -101,7 +113,7 @@ def write_diffusers_transformer(
     are), sharded above `max_shard_size` (`write_weights`)."""
 
     def build(staging: Path) -> None:
-        transformer.save_config(staging)
+        save_public_config(transformer, staging)
         write_weights(staging, state_dict, dtype, max_shard_size)
 
     return publish_folder(folder, build, ADDED_LATER)
@@ -180,7 +192,7 @@ def write_diffusers_pipeline(
         # diffusers' Cosmos-Predict2 scheduler settings, whatever the base saved (a folder of ours holds NVIDIA's
         # sampler, which the stock pipeline cannot drive).
         FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True).save_config(staging / "scheduler")
-        transformer.save_config(staging / "transformer")
+        save_public_config(transformer, staging / "transformer")
         write_weights(staging / "transformer", state_dict, dtype, max_shard_size)
         write_stock_model_index(staging)
         if sampler is not None:

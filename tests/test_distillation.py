@@ -160,6 +160,12 @@ def test_a_tiny_distillation_checkpoints_a_plain_student_resumes_exactly_and_gen
     assert distilled_steps_of(tmp_path / "straight" / "transformer") == 2
     assert distilled_steps_of(tiny_pretrained_path()) is None
 
+    # No export file holds the base's local folder (diffusers' `_name_or_path`): exports go to the Hub.
+    base = str(tiny_pretrained_path()).encode()
+    for folder in ("pipeline", "transformer", "transformer_ema"):
+        files = [f for f in (tmp_path / "straight" / folder).rglob("*") if f.is_file()]
+        assert files and not [f for f in files if base in f.read_bytes()], folder
+
     # The exported pipeline samples with the student's sampler by default; stock loading keeps working.
     pipe = CosmosVideo2WorldPipeline.from_pretrained(str(tmp_path / "straight" / "pipeline"), disable_guardrail=True)
     assert isinstance(pipe.scheduler, CosmosFewStepScheduler) and pipe.scheduler.config.num_train_steps == 2
