@@ -182,6 +182,7 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         self._step_cache: StepCache | None = None  # set by enable_step_cache
         self._guidance_scale, self._num_timesteps, self._interrupt = 7.0, 0, False  # those of the last generation
         self._current_timestep, self._sigma_conditioning = None, SIGMA_CONDITIONING
+        self._round_x0_to: torch.dtype | None = None  # diffusers_compat: the model's dtype
         self.video_processor = VideoProcessor(vae_scale_factor=vae_space_stride(vae.config))
 
     @classmethod
@@ -316,7 +317,9 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         """One transformer evaluation for guidance side `side` ("cond" or "uncond"), through the step cache."""
         cached = self._step_cache.side(side) if self._step_cache is not None else contextlib.nullcontext()
         with cached:
-            return denoise(self.transformer, x, sigma, clean, cond_mask, text, fps, self._sigma_conditioning)
+            return denoise(
+                self.transformer, x, sigma, clean, cond_mask, text, fps, self._sigma_conditioning, self._round_x0_to
+            )
 
     def _guided_x0(self, x, sigma, clean, cond_mask, text, negative_text, guidance_scale, fps) -> torch.Tensor:
         """Classifier-free-guided x0: `x0_cond + w * (x0_cond - x0_uncond)`; conditioning frames stay in both."""
@@ -506,6 +509,8 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
             )
         device = self._execution_device
         self._sigma_conditioning = sigma_conditioning
+        # diffusers' pipeline rounds each x0 to the model's dtype (bf16): reproduced with diffusers_compat
+        self._round_x0_to = self.transformer.dtype if diffusers_compat else None
         if self.safety_checker is not None and prompt is not None:
             with self._guardrail_on(device):
                 for text in [prompt] if isinstance(prompt, str) else prompt:

@@ -41,6 +41,7 @@ def denoise(
     encoder_hidden_states: torch.Tensor,
     fps: float | None = None,
     sigma_conditioning: float = SIGMA_CONDITIONING,
+    round_to: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Predict x0 from `x_t = x0 + sigma * eps`.
 
@@ -54,6 +55,8 @@ def denoise(
             which scales temporal RoPE positions by 24/fps.
         sigma_conditioning: the noise level the conditioning frames are presented at (NVIDIA's 1e-4; diffusers'
             pipeline takes it as an argument).
+        round_to: round the EDM output to this dtype before the conditioning frames are put back, as diffusers'
+            pipeline does in the model's dtype (None: kept in float32, as NVIDIA and training do).
 
     Returns:
         x0 prediction, float32, same shape as `noisy_latents`, equal to `clean_latents` on conditioning frames.
@@ -84,4 +87,6 @@ def denoise(
 
     # 3. EDM output; conditioning frames are known exactly.
     x0_pred = c_skip * noisy_latents + c_out * output.float()
+    if round_to is not None:
+        x0_pred = x0_pred.to(round_to).float()
     return cond_mask * clean_latents + (1 - cond_mask) * x0_pred
