@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 
 from .choices import ATTENTION_BACKENDS, DEFAULT_PROMPT_REFINER, NUM_FRAMES_BY_FPS, RESOLUTIONS
+from .flag_parser import FlagParser
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The generation flags; `--help` shows each one's default."""
-    p = argparse.ArgumentParser(
+    p = FlagParser(
         description="Cosmos-Predict2 Video2World generation",
         allow_abbrev=False,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

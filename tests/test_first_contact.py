@@ -53,3 +53,22 @@ def test_readme_is_short_has_contents_and_its_links_resolve():
         assert (REPO / link).is_file(), link
     assert (REPO / "LICENSE").read_text().lstrip().startswith("Apache License")
     assert (REPO / "CHANGELOG.md").is_file()
+
+
+def test_a_misspelled_flag_is_one_line_naming_the_closest_and_no_value(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    for script, flags, says in (
+        (
+            "train_video2world.py",
+            ["--max_iters", "5", "--hub_tok", "hf_SECRET"],
+            "--max_iters (did you mean --max_iter?)",
+        ),
+        ("infer_video2world.py", ["--guidanc", "3"], "--guidanc (did you mean --guidance?)"),
+    ):
+        result = subprocess.run([sys.executable, str(REPO / script), *flags], capture_output=True, text=True)
+        assert result.returncode == 2 and says in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "hf_SECRET" not in result.stderr

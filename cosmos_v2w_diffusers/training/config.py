@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..choices import ATTENTION_BACKENDS
+from ..flag_parser import FlagParser
 from .secrets import SECRET_FIELDS
 
 if TYPE_CHECKING:
@@ -392,7 +393,7 @@ class TrainConfig:
         from .sections import SECTIONS
 
         # No abbreviations: `--hub_tok` would otherwise set the token under a spelling no redaction expects.
-        parser = argparse.ArgumentParser(description="Cosmos-Predict2 Video2World post-training", allow_abbrev=False)
+        parser = FlagParser(description="Cosmos-Predict2 Video2World post-training", allow_abbrev=False)
         flags = {f.name: f for f in dataclasses.fields(TrainConfig)}
         groups = {}
         for section in SECTIONS.values():
