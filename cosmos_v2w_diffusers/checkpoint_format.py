@@ -112,7 +112,8 @@ def load_native_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> di
     if path.is_dir():
         raise ValueError(
             f"{path} is a folder{'' if (path / 'config.json').is_file() else ' without config.json'}: pass a native "
-            f"model/iter_N.pt file here (a diffusers transformer folder goes to --pretrained_model_name_or_path)."
+            f"model/iter_N.pt file here (`python -m cosmos_v2w_diffusers.convert to_native` makes one of a diffusers "
+            f"transformer folder)."
         )
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist; pass the path of a model/iter_*.pt file.")

@@ -222,7 +222,8 @@ def _without_variant(hub_kwargs: dict) -> dict:
 def preset_of_pretrained(source: str, **hub_kwargs) -> ModelPreset | None:
     """The preset whose architecture `source`'s transformer has (`transformer/config.json` of a local folder,
     or of a Hub id through the cache); None when there is no config to read. A transformer of no preset's
-    architecture is refused."""
+    architecture is refused, and so is a transformer folder given where a pipeline is wanted."""
+    check_is_pipeline_folder(source)
     try:
         config = CosmosTransformer3DModel.load_config(source, subfolder="transformer", **_without_variant(hub_kwargs))
     except (OSError, ValueError):  # no such folder or file: loading the weights says so, with its own message
@@ -232,6 +233,24 @@ def preset_of_pretrained(source: str, **hub_kwargs) -> ModelPreset | None:
             return preset
     shape = ", ".join(f"{key}={config.get(key)}" for key in _ARCHITECTURE_KEYS)
     raise ValueError(f"{source}: its transformer ({shape}) is none of the model sizes {', '.join(PRESETS)}.")
+
+
+def check_is_pipeline_folder(source: str, flag: str = "--pretrained_model_name_or_path") -> None:
+    """Refuse a local transformer folder (its `config.json` names `CosmosTransformer3DModel`, no
+    `model_index.json`) given as the base pipeline: its weights would be read as the VAE's."""
+    folder = Path(source)
+    config = folder / "config.json"
+    if not folder.is_dir() or (folder / "model_index.json").is_file() or not config.is_file():
+        return
+    try:
+        class_name = json.loads(config.read_text()).get("_class_name")
+    except (OSError, ValueError):
+        return
+    if class_name == "CosmosTransformer3DModel":
+        raise ValueError(
+            f"{flag} {source} is a transformer folder, not a whole pipeline: pass it as --dit_path (with the base "
+            f"pipeline, the default or a pipeline/ folder, as {flag})."
+        )
 
 
 def check_transformer_matches(transformer: CosmosTransformer3DModel, preset: ModelPreset, source: str) -> None:

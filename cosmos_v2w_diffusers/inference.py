@@ -36,7 +36,14 @@ from .checkpoint_format import (
 )
 from .choices import NUM_FRAMES_BY_FPS, RESOLUTIONS
 from .compile import compile_block_forwards, compile_blocks
-from .components import build_transformer, cache_root, check_transformer_matches, hub_source, resolve_pretrained
+from .components import (
+    build_transformer,
+    cache_root,
+    check_is_pipeline_folder,
+    check_transformer_matches,
+    hub_source,
+    resolve_pretrained,
+)
 from .context_parallel import enable_context_parallel
 from .data.folder import presented_frame_count
 from .exports import LORA_WEIGHTS_NAME
@@ -463,6 +470,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
                 "--num_conditional_frames",
             )
     student_steps(args)  # a student's flags, before any model loads
+    if args.pretrained_model_name_or_path:
+        check_is_pipeline_folder(args.pretrained_model_name_or_path)
     if args.prompt_refiner:
         hub_source(args.prompt_refiner, "--prompt_refiner")  # a refiner that cannot load: one line, before any model
     set_allocator_defaults()

@@ -72,3 +72,34 @@ def test_a_misspelled_flag_is_one_line_naming_the_closest_and_no_value(tmp_path)
         result = subprocess.run([sys.executable, str(REPO / script), *flags], capture_output=True, text=True)
         assert result.returncode == 2 and says in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "hf_SECRET" not in result.stderr
+
+
+def test_a_transformer_folder_is_a_dit_path_and_as_a_base_pipeline_is_one_line(tmp_path, monkeypatch):
+    """README: `--dit_path` takes a diffusers folder; a transformer folder given as the base pipeline is refused
+    in one line that names --dit_path, before anything loads (it used to be read as the VAE, a traceback)."""
+    import shutil
+
+    from conftest import cli_error
+
+    from cosmos_v2w_diffusers.components import tiny_pretrained_path
+    from cosmos_v2w_diffusers.training.model import post_trained_weights
+
+    folder = tmp_path / "transformer"
+    shutil.copytree(tiny_pretrained_path() / "transformer", folder)
+    assert post_trained_weights(str(folder), load_ema=False)  # training's --dit_path reads it
+    assert post_trained_weights(str(tiny_pretrained_path()), load_ema=False)  # and a pipeline folder's transformer/
+    image = tmp_path / "x.png"
+    __import__("PIL.Image").Image.new("RGB", (112, 64)).save(image)
+    infer = [
+        "--model_size",
+        "tiny",
+        "--prompt",
+        "x",
+        "--input_path",
+        str(image),
+        "--save_path",
+        str(tmp_path / "o.mp4"),
+    ]
+    for script, flags in (("train_video2world.py", ["--model", "tiny"]), ("infer_video2world.py", infer)):
+        message = cli_error(monkeypatch, script, *flags, "--pretrained_model_name_or_path", str(folder))
+        assert "is a transformer folder, not a whole pipeline: pass it as --dit_path" in message

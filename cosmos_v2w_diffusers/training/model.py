@@ -3,6 +3,8 @@ LoRA runs, in the precision each kind of run keeps its weights in."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from diffusers import CosmosTransformer3DModel
 from diffusers.training_utils import cast_training_params
@@ -10,6 +12,7 @@ from peft import LoraConfig
 
 from ..checkpoint_format import load_into_transformer, load_native_checkpoint
 from ..components import build_transformer, load_transformer
+from ..exports import read_weights
 from ..fp8 import quantize_blocks_to_fp8
 from .distill import add_distillation_adapters, fuse_teacher_lora
 from .sections import DistillConfig, WeightsConfig
@@ -49,13 +52,34 @@ def load_trainable_transformer(
     transformer = load_transformer(preset, config.pretrained_model_name_or_path, dtype, **config.hub_kwargs())
     source = config.pretrained_model_name_or_path or preset.hub_id or f"the {preset.name} base model"
     if config.dit_path:
-        load_into_transformer(transformer, load_native_checkpoint(config.dit_path, config.load_ema), config.dit_path)
+        load_into_transformer(transformer, post_trained_weights(config.dit_path, config.load_ema), config.dit_path)
         source = config.dit_path
     if distill is not None and distill.lora_path:
         fuse_teacher_lora(transformer, distill.lora_path)
         source = f"{source} with --lora_path {distill.lora_path}"
     check_finite_weights(transformer, source)
     return _as_trained(transformer, config, seed, distill)
+
+
+def post_trained_weights(dit_path: str, load_ema: bool) -> dict[str, torch.Tensor]:
+    """`--dit_path`'s weights, diffusers-named: a native `iter_N.pt` (NVIDIA's or ours; `net_ema.*` with
+    `load_ema`), or a diffusers transformer folder (`<output_dir>/transformer`, `transformer_ema`, or a pipeline
+    folder's `transformer/`)."""
+    path = Path(dit_path)
+    if not path.is_dir():
+        return load_native_checkpoint(path, load_ema)
+    folder = path / "transformer" if (path / "transformer" / "config.json").is_file() else path
+    if not (folder / "config.json").is_file():
+        raise ValueError(
+            f"--dit_path {path} is a folder without config.json: pass a diffusers transformer folder "
+            f"(<output_dir>/transformer) or a native model/iter_N.pt file."
+        )
+    if load_ema:
+        raise ValueError(
+            f"--load_ema picks the net_ema.* weights of a native file; {path} is a diffusers folder: pass "
+            f"<output_dir>/transformer_ema instead, without --load_ema."
+        )
+    return read_weights(folder)
 
 
 def check_finite_weights(transformer: torch.nn.Module, source: str) -> None:
