@@ -32,3 +32,11 @@ class FlagParser(argparse.ArgumentParser):
             close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
             parts.append(f"{flag}" + (f" (did you mean {close[0]}?)" if close else ""))
         return "unrecognized " + ("argument " if len(parts) == 1 else "arguments ") + ", ".join(parts)
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" after each flag's help, unless the help already says its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        return help_text if "(default" in help_text else super()._get_help_string(action)

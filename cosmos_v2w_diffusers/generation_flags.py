@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from .choices import ATTENTION_BACKENDS, DEFAULT_PROMPT_REFINER, NUM_FRAMES_BY_FPS, RESOLUTIONS
-from .flag_parser import FlagParser
+from .flag_parser import DefaultsHelpFormatter, FlagParser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = FlagParser(
         description="Cosmos-Predict2 Video2World generation",
         allow_abbrev=False,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--model_size", default="2B", choices=["2B", "14B", "tiny"], help="the model's architecture")
     p.add_argument(

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from diffusers import CosmosTransformer3DModel, FlowMatchEulerDiscreteScheduler
 from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+from diffusers.utils import is_cosmos_guardrail_available
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
@@ -470,6 +471,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
                 "--num_conditional_frames",
             )
     student_steps(args)  # a student's flags, before any model loads
+    if not args.disable_guardrail and not is_cosmos_guardrail_available():  # not after minutes of loading
+        raise ValueError(
+            "NVIDIA's tooling runs the cosmos_guardrail safety checker by default, and it is not installed: "
+            "`pip install cosmos_guardrail`, or pass --disable_guardrail."
+        )
     if args.pretrained_model_name_or_path:
         check_is_pipeline_folder(args.pretrained_model_name_or_path)
     if args.prompt_refiner:

@@ -103,3 +103,29 @@ def test_a_transformer_folder_is_a_dit_path_and_as_a_base_pipeline_is_one_line(t
     for script, flags in (("train_video2world.py", ["--model", "tiny"]), ("infer_video2world.py", infer)):
         message = cli_error(monkeypatch, script, *flags, "--pretrained_model_name_or_path", str(folder))
         assert "is a transformer folder, not a whole pipeline: pass it as --dit_path" in message
+
+
+def test_generation_without_the_guardrail_installed_is_refused_before_anything_loads(tmp_path, monkeypatch):
+    import time
+
+    import PIL.Image
+    from conftest import cli_error
+
+    image = tmp_path / "x.png"
+    PIL.Image.new("RGB", (112, 64)).save(image)
+    flags = [
+        "--model_size",
+        "tiny",
+        "--prompt",
+        "x",
+        "--input_path",
+        str(image),
+        "--save_path",
+        str(tmp_path / "o.mp4"),
+    ]
+    monkeypatch.setattr("diffusers.utils.is_cosmos_guardrail_available", lambda: False)
+    monkeypatch.setattr("cosmos_v2w_diffusers.inference.is_cosmos_guardrail_available", lambda: False)
+    start = time.perf_counter()
+    message = cli_error(monkeypatch, "infer_video2world.py", *flags)
+    assert "pip install cosmos_guardrail" in message and "--disable_guardrail" in message
+    assert time.perf_counter() - start < 3 and not (tmp_path / "o.mp4").exists()
