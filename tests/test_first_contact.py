@@ -129,3 +129,17 @@ def test_generation_without_the_guardrail_installed_is_refused_before_anything_l
     message = cli_error(monkeypatch, "infer_video2world.py", *flags)
     assert "pip install cosmos_guardrail" in message and "--disable_guardrail" in message
     assert time.perf_counter() - start < 3 and not (tmp_path / "o.mp4").exists()
+
+
+def test_a_local_run_writes_a_complete_card_into_its_export(prepared_dataset, tmp_path):
+    """`hf upload <repo> <output_dir>/lora .` (README's route) publishes a card too: a run without --push_to_hub
+    writes it; no TODO sections; LoRA flags only on a LoRA's card; an install line and the guardrail named."""
+    from conftest import tiny_config, train_to_the_end
+
+    for architecture, folder in (("lora", "lora"), ("full", "pipeline")):
+        out = tmp_path / architecture
+        train_to_the_end(tiny_config(prepared_dataset, out, max_iter=1, train_architecture=architecture, ema=False))
+        card = (out / folder / "README.md").read_text()
+        assert "TODO" not in card and "not on PyPI" in card and "disable_guardrail=True" in card
+        assert ("| `lora_rank` |" in card) == (architecture == "lora")
+        assert str(tmp_path) not in card

@@ -17,11 +17,12 @@ import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from diffusers.utils.hub_utils import MODEL_CARD_TEMPLATE_PATH, populate_model_card
+from diffusers.utils.hub_utils import populate_model_card
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import validate_repo_id
 
 from ..exports import BASE_COMPONENTS
+from ..presets import get_preset
 from .secrets import redacted_command
 
 logger = logging.getLogger(__name__)
@@ -112,27 +113,37 @@ def model_card(
     base = hub_id_or_none(base_model)
     video = bool(validation and validation.get("video"))
     widget = [{"text": config.validation_prompt, "output": {"url": "validation.mp4"}}] if video else None
-    pipeline_base = base or "nvidia/Cosmos-Predict2-2B-Video2World"
+    # The base a LoRA goes on: the Hub id trained from, else the preset's own (the 14B's for a 14B adapter).
+    pipeline_base = base or get_preset(config.model).hub_id or "<the base pipeline the adapter was trained on>"
+    guardrail = "disable_guardrail=True"  # or `pip install cosmos_guardrail` and leave it out: NVIDIA's safety checker
     if lora:
         usage = f"""import torch
 from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline
 
 repo_id = "{repo_id}"
-pipe = CosmosVideo2WorldPipeline.from_pretrained("{pipeline_base}", dtype=torch.bfloat16)  # NVIDIA's sampler
+# NVIDIA's sampler; {guardrail}: without NVIDIA's safety checker (`pip install cosmos_guardrail` to run it)
+pipe = CosmosVideo2WorldPipeline.from_pretrained("{pipeline_base}", dtype=torch.bfloat16, {guardrail})
 pipe.load_lora_weights(repo_id)  # weight_name="pytorch_lora_weights_ema.safetensors": the EMA adapter"""
     else:
         usage = f"""import torch
 from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline
 
 repo_id = "{repo_id}"
-pipe = CosmosVideo2WorldPipeline.from_pretrained(repo_id, dtype=torch.bfloat16)  # NVIDIA's sampler"""
+# NVIDIA's sampler; {guardrail}: without NVIDIA's safety checker (`pip install cosmos_guardrail` to run it)
+pipe = CosmosVideo2WorldPipeline.from_pretrained(repo_id, dtype=torch.bfloat16, {guardrail})"""
     if config.distill_steps:
         usage = usage.replace(
             "# NVIDIA's sampler",
             f"# its {config.distill_steps}-step sampler, no guidance: pipe(image=..., prompt=...)",
         )
+    install = (
+        "`cosmos_v2w_diffusers` is not on PyPI: install it from a clone of its repository (`pip install -e .`), with "
+        "diffusers, transformers and torch."
+    )
     origin = f"[{base}](https://huggingface.co/{base})" if base else f"the Cosmos-Predict2 {config.model} preset"
-    rows = "\n".join(f"| `{name}` | {getattr(config, name)} |" for name in HYPERPARAMETERS)
+    shown = [n for n in HYPERPARAMETERS if (lora or config.distill_steps or not n.startswith("lora_"))]
+    shown = [n for n in shown if config.distill_steps or n not in ("distill_steps", "guidance")]
+    rows = "\n".join(f"| `{name}` | {getattr(config, name)} |" for name in shown)
     stock = (
         "the stock `Cosmos2VideoToWorldPipeline` takes the adapter with `pipe.transformer.load_lora_adapter(repo_id, "
         'weight_name="pytorch_lora_weights.safetensors", prefix="transformer")`'
@@ -164,7 +175,7 @@ Video2World recipe on diffusers and accelerate). It continues an image or the la
 {usage}
 ```
 
-With diffusers alone (it needs `pip install cosmos_guardrail`, or a `safety_checker=` of your own), {stock}.
+{install} With diffusers alone (it needs `pip install cosmos_guardrail`, or a `safety_checker=` of your own), {stock}.
 {f'{chr(10)}Validation prompt: "{config.validation_prompt}"{chr(10)}' if config.validation_prompt else ""}
 ## Command
 
@@ -190,11 +201,20 @@ With diffusers alone (it needs `pip install cosmos_guardrail`, or a `safety_chec
         instance_prompt=config.validation_prompt,
         widget=widget,
     )
-    card = ModelCard.from_template(
-        card_data=data, template_path=MODEL_CARD_TEMPLATE_PATH, model_description=description
-    )
+    # diffusers' template adds sections of TODOs for the author to fill; this card is complete as it is
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{description}")
     tags = ["diffusers-training", "diffusers", "cosmos", "video2world", "image-to-video"]
     return populate_model_card(card, tags=tags + (["lora", "template:sd-lora"] if lora else []))
+
+
+def write_model_card(config, base_model: str | None, folder: Path, validation: dict | None = None) -> Path:
+    """The card an upload would carry, written into a local run's export `folder`, so that uploading it by hand
+    (`hf upload <repo> <folder> .`) publishes one too. Its repo id is the one `--push_to_hub` would use."""
+    repo_id = config.hub_model_id or Path(config.output_dir).name
+    command = redacted_command([Path(sys.argv[0]).name] + sys.argv[1:])
+    path = Path(folder) / "README.md"
+    model_card(config, base_model, command, repo_id, validation).save(path)
+    return path
 
 
 class HubUploader:
@@ -204,7 +224,7 @@ class HubUploader:
         self.config, self.base_model = config, base_model
         self.api = HfApi(token=config.hub_token)  # None: HF_TOKEN or the logged-in token
         self.repo_id = self._create_repo(config.hub_model_id or Path(config.output_dir).name)
-        self.command = redacted_command([Path(sys.argv[0]).name] + sys.argv[1:])
+        self.command = redacted_command([Path(sys.argv[0]).name] + sys.argv[1:])  # as `write_model_card`
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-upload")
         self._pending: Future | None = None
         self.validation: dict | None = None  # the latest validation figures, for the card

@@ -50,7 +50,7 @@ from .checks import validate
 from .config import TrainConfig
 from .distill import DMD2, student_nets
 from .guards import RunGuards
-from .hub import HubUploader
+from .hub import HubUploader, write_model_card
 from .memory import LeanLevers, check_fits, choose_lean_levers, memory_budget_bytes
 from .metrics import describe_throughput, loss_trend, throughput_summary
 from .model import load_trainable_transformer, meta_trainable_transformer
@@ -460,6 +460,9 @@ class Trainer:
                 return self.history
             if self.uploader:
                 self.uploader.finish(export_dir, c.max_iter)
+            else:  # the card `hf upload <repo> <export> .` publishes with it
+                base = c.pretrained_model_name_or_path or self.preset.hub_id
+                write_model_card(c, base, export_dir, self.validator.last)
         self.accelerator.wait_for_everyone()
         return self.history
 
