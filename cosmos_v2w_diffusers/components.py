@@ -228,6 +228,12 @@ def preset_of_pretrained(source: str, **hub_kwargs) -> ModelPreset | None:
         config = CosmosTransformer3DModel.load_config(source, subfolder="transformer", **_without_variant(hub_kwargs))
     except (OSError, ValueError):  # no such folder or file: loading the weights says so, with its own message
         return None
+    found = config.get("_class_name")
+    if found not in (None, CosmosTransformer3DModel.__name__):
+        raise ValueError(
+            f"{source}: its transformer is a {found}, not the CosmosTransformer3DModel of Cosmos-Predict2 "
+            f"Video2World: pass a Cosmos-Predict2 Video2World pipeline."
+        )
     for preset in PRESETS.values():
         if all(preset.transformer_config[key] == config.get(key) for key in _ARCHITECTURE_KEYS):
             return preset

@@ -231,6 +231,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(
             f"--cache {args.cache}: the threshold is a relative change between steps, between 0 and 1 (0.05 to 0.3)."
         )
+    if args.offload_model and args.group_offload:
+        p.error(
+            "--offload_model moves whole models and --group_offload the transformer's blocks: pass one (group "
+            "offloading needs less GPU memory)."
+        )
     if args.prompt_refiner and args.disable_prompt_refiner:
         p.error("--prompt_refiner turns the refiner on and --disable_prompt_refiner off: pass one.")
     if args.offload_prompt_refiner and not args.prompt_refiner:

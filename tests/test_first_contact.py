@@ -143,3 +143,32 @@ def test_a_local_run_writes_a_complete_card_into_its_export(prepared_dataset, tm
         assert "TODO" not in card and "not on PyPI" in card and "disable_guardrail=True" in card
         assert ("| `lora_rank` |" in card) == (architecture == "lora")
         assert str(tmp_path) not in card
+
+
+@pytest.mark.parametrize("target", ["norm1", "transformer_blocks", "to_qq"])
+def test_lora_targets_that_name_no_linear_layer_are_one_line(monkeypatch, target):
+    from conftest import cli_error
+
+    flags = ["--model", "tiny", "--train_architecture", "lora", "--lora_target_modules", f"to_q,{target}"]
+    message = cli_error(monkeypatch, "train_video2world.py", *flags)
+    assert f"--lora_target_modules '{target}' names no linear layer" in message and "attn1.to_q" in message
+
+
+def test_a_unet_as_the_transformer_and_two_offloads_are_one_line(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from conftest import cli_error
+
+    from cosmos_v2w_diffusers.components import tiny_pretrained_path
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_pretrained_path(), base)
+    config = json.loads((base / "transformer" / "config.json").read_text())
+    (base / "transformer" / "config.json").write_text(json.dumps({**config, "_class_name": "UNet2DConditionModel"}))
+    message = cli_error(monkeypatch, "train_video2world.py", "--pretrained_model_name_or_path", str(base))
+    assert "its transformer is a UNet2DConditionModel, not the CosmosTransformer3DModel" in message
+    from cosmos_v2w_diffusers.generation_flags import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--offload_model", "--group_offload"])

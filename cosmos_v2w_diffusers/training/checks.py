@@ -221,6 +221,25 @@ def _check_teacher(flags: TrainConfig) -> None:
         check_lora_adapter(flags.lora_path, get_preset(flags.model))
 
 
+def _check_lora_targets(run: RunConfig) -> None:
+    """Each of `--lora_target_modules` names linear layers of the transformer, as PEFT matches names (the name, or
+    its last parts); PEFT would otherwise fail with a page of its own."""
+    import torch
+
+    from ..components import build_transformer
+
+    modules = dict(build_transformer(get_preset(run.model), device="meta").named_modules())
+    linear = sorted({n.split(".", 2)[-1] for n, m in modules.items() if isinstance(m, torch.nn.Linear)})
+    for target in run.lora_target_modules.split(","):
+        matched = [m for n, m in modules.items() if n == target or n.endswith("." + target)]
+        if not matched or not all(isinstance(m, torch.nn.Linear) for m in matched):
+            examples = ", ".join(name for name in linear if name.startswith(("attn1.", "ff.")))
+            raise ValueError(
+                f"--lora_target_modules {target!r} names no linear layer of the {run.model} transformer (LoRA wraps "
+                f"linear layers): give their names, e.g. {examples}."
+            )
+
+
 def _check_resolved_teacher(run: RunConfig) -> None:
     """A distillation's teacher against the resolved model size, on the meta device: its `--dit_path` weights and
     `--lora_path` adapter must fit it (the adapters sit on the teacher, so it is loaded before any of them)."""
@@ -260,6 +279,8 @@ def _check_resolved(run: RunConfig) -> None:
     if (run.validation_image or run.validation_video) and not run.validation_prompt:
         raise ValueError("--validation_image/--validation_video need a --validation_prompt.")
     check_sample_shape(run.num_frames, run.height, run.width, "--num_frames", "--height and --width")
+    if run.train_architecture == "lora":
+        _check_lora_targets(run)
     _check_resolved_teacher(run)
 
 
