@@ -172,3 +172,15 @@ def test_a_unet_as_the_transformer_and_two_offloads_are_one_line(tmp_path, monke
 
     with pytest.raises(SystemExit):
         parse_args(["--offload_model", "--group_offload"])
+
+
+def test_diffusers_checkpoint_names_resume(tmp_path):
+    from cosmos_v2w_diffusers.training.checkpoint import PARTS, CheckpointDir
+
+    folder = CheckpointDir(tmp_path)
+    for part in PARTS:
+        folder.path(part, 2).parent.mkdir(parents=True, exist_ok=True)
+        folder.path(part, 2).write_bytes(b"x")
+    assert folder.resolve("checkpoint-2") == folder.resolve("iter_2") == 2
+    with pytest.raises(FileNotFoundError, match="complete checkpoints"):
+        folder.resolve("checkpoint-3")

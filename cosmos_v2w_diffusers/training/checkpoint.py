@@ -102,14 +102,16 @@ class CheckpointDir:
         return sorted(i for i in map(_iteration_of, complete) if i is not None)
 
     def resolve(self, spec: str) -> int | None:
-        """The iteration `--resume_from_checkpoint` names: `latest`, `iter_N` / `iter_N.pt`, or a path to one
-        of its files (`.../model/iter_000000500.pt`). None when `latest` finds no checkpoint."""
+        """The iteration `--resume_from_checkpoint` names: `latest`, `iter_N` / `iter_N.pt`, diffusers' `checkpoint-N`,
+        or a path to one of its files (`.../model/iter_000000500.pt`). None when `latest` finds no checkpoint."""
         if spec == "latest":
             return self.latest_iteration()
-        iteration = _iteration_of(Path(spec).name)
+        diffusers_name = re.fullmatch(r"checkpoint-([0-9]+)", spec)  # diffusers' examples name their folders so
+        iteration = int(diffusers_name.group(1)) if diffusers_name else _iteration_of(Path(spec).name)
         if iteration is None:
             raise ValueError(
-                f"--resume_from_checkpoint {spec!r}: use latest, iter_N, or a path to a checkpoint's iter_N.pt."
+                f"--resume_from_checkpoint {spec!r}: use latest, iter_N (or checkpoint-N), or a path to a checkpoint's "
+                f"iter_N.pt."
             )
         missing = [part for part in PARTS if not self.path(part, iteration).is_file()]
         if missing:

@@ -150,7 +150,9 @@ class TrainConfig:
     load_ema: bool = _f(False, "with --dit_path: take the net_ema.* weights")
     resume: bool = _f(True, "continue from <output_dir>/checkpoints/latest_checkpoint.txt when it exists")
     resume_from_checkpoint: str = _f(
-        "latest", "which checkpoint to resume from: latest, iter_N, or a path to one of its iter_N.pt files"
+        "latest",
+        "which checkpoint to resume from: latest, iter_N (diffusers' checkpoint-N too), or a path to one of its "
+        "iter_N.pt files",
     )
 
     train_architecture: str = _f("full", "full post-training or LoRA", choices=["full", "lora"])
