@@ -110,8 +110,8 @@ class CheckpointDir:
         iteration = int(diffusers_name.group(1)) if diffusers_name else _iteration_of(Path(spec).name)
         if iteration is None:
             raise ValueError(
-                f"--resume_from_checkpoint {spec!r}: use latest, iter_N (or checkpoint-N), or a path to a checkpoint's "
-                f"iter_N.pt."
+                f"--resume_from_checkpoint {spec!r}: use latest, iter_N (or checkpoint-N), or a path to a "
+                f"checkpoint's iter_N.pt."
             )
         missing = [part for part in PARTS if not self.path(part, iteration).is_file()]
         if missing:
