@@ -91,6 +91,7 @@ def test_a_transformer_folder_is_a_dit_path_and_as_a_base_pipeline_is_one_line(t
     image = tmp_path / "x.png"
     __import__("PIL.Image").Image.new("RGB", (112, 64)).save(image)
     infer = [
+        "--disable_guardrail",
         "--model_size",
         "tiny",
         "--prompt",

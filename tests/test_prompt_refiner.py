@@ -104,6 +104,7 @@ def test_a_refiner_that_cannot_load_and_contradicting_flags_are_one_line(tmp_pat
     image = tmp_path / "in.png"
     PIL.Image.new("RGB", (112, 64)).save(image)
     base = [
+        "--disable_guardrail",
         "--model_size",
         "tiny",
         "--input_path",
