@@ -452,13 +452,9 @@ def check_save_path(path: Path) -> None:
         raise ValueError(f"--save_path {path}: {path.parent} is a file, not a folder.")
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
-    args = parse_args(argv)
-    height, width, num_frames = sample_size(args)
-    jobs = jobs_from_args(args)
-    inputs = [
-        read_conditioning(job["input_path"], args.num_conditional_frames) for job in jobs
-    ]  # fail before loading any model
+def check_before_loading(args: argparse.Namespace, jobs: list[dict], inputs: list[tuple]) -> None:
+    """What needs no model, checked before any loads: each job's chunks and conditioning frames, a distilled
+    student's flags, the guardrail, the base folder, the prompt refiner's reach."""
     for job, (image, video) in zip(jobs, inputs):
         check_chunks(
             job["num_chunks"], args.num_conditional_frames, image is not None, f"--input_path {job['input_path']}"
@@ -480,6 +476,16 @@ def main(argv: list[str] | None = None) -> list[Path]:
         check_is_pipeline_folder(args.pretrained_model_name_or_path)
     if args.prompt_refiner:
         hub_source(args.prompt_refiner, "--prompt_refiner")  # a refiner that cannot load: one line, before any model
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    args = parse_args(argv)
+    height, width, num_frames = sample_size(args)
+    jobs = jobs_from_args(args)
+    inputs = [
+        read_conditioning(job["input_path"], args.num_conditional_frames) for job in jobs
+    ]  # fail before loading any model
+    check_before_loading(args, jobs, inputs)
     set_allocator_defaults()
     pipe = build_pipeline(args)
     refiner = (
@@ -539,8 +545,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
                     **call,
                 )
 
-        if args.benchmark:
-            benchmark(write, save_path, args.fps)
+        if args.benchmark:  # each timed run generates (a calibration's video is not reused)
+            benchmark(lambda writer, write=write: write(writer, frames=None), save_path, args.fps)
         with ChunkWriter(save_path, args.fps, enabled=main_rank) as writer:  # every rank holds the video; one writes
             write(writer)
         if main_rank:
