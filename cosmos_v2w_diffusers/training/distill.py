@@ -129,6 +129,7 @@ class DistillBatch:
     draws: TrainingDraws
     student_steps: int  # how many student steps this update simulates (1..N)
     render_noise: torch.Tensor  # the noise its x0 is brought to a level sigma_D with, like `latents`
+    cond_mask: torch.Tensor  # `[B, 1, T, 1, 1]`, 1 on the conditioning latent frames
 
 
 class DMD2:
@@ -148,9 +149,10 @@ class DMD2:
         """The step's extra draws (after `draws`, from the same CPU generator: a pure function of seed and step)."""
         steps = int(torch.randint(1, self.num_steps + 1, (1,), generator=generator))
         render_noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-        return DistillBatch(latents, text, draws, steps, render_noise)
+        cond_mask = conditioning_mask(draws.num_cond_frames.to(latents.device), latents.shape[2])
+        return DistillBatch(latents, text, draws, steps, render_noise, cond_mask)
 
-    def simulate_student(self, net, model, batch: DistillBatch, cond_mask: torch.Tensor, grad: bool) -> torch.Tensor:
+    def simulate_student(self, net, model, batch: DistillBatch, grad: bool) -> torch.Tensor:
         """The student's x0 after `batch.student_steps` of its steps from `sigma_0 * eps`, with gradients
         through the last evaluation only when `grad`."""
         use_adapter(model, STUDENT)
@@ -160,7 +162,7 @@ class DMD2:
             last = k == batch.student_steps - 1
             sigma = torch.full((x.shape[0],), self.sigmas[k], device=x.device)
             with torch.set_grad_enabled(grad and last):
-                x0 = denoise(net, x, sigma, batch.latents, cond_mask, batch.text)
+                x0 = denoise(net, x, sigma, batch.latents, batch.cond_mask, batch.text)
             if not last:
                 x = x0 + self.sigmas[k + 1] * noise
         return x0
@@ -170,9 +172,8 @@ class DMD2:
 
     def student_loss(self, net, model, batch: DistillBatch) -> torch.Tensor:
         """The distribution-matching loss of the student (gradients reach the student adapter only)."""
-        cond_mask = conditioning_mask(batch.draws.num_cond_frames.to(batch.latents.device), batch.latents.shape[2])
-        x0_student = self.simulate_student(net, model, batch, cond_mask, grad=True)
-        sigma = self._critic_sigma(batch)
+        x0_student = self.simulate_student(net, model, batch, grad=True)
+        sigma, cond_mask = self._critic_sigma(batch), batch.cond_mask
         noisy = x0_student.detach() + sigma.view(-1, 1, 1, 1, 1) * batch.render_noise
         with torch.no_grad():
             use_adapter(model, FAKE_SCORE)
@@ -182,6 +183,7 @@ class DMD2:
             if self.config.guidance > 1:
                 unconditional = denoise(net, noisy, sigma, batch.latents, cond_mask, torch.zeros_like(batch.text))
                 x0_teacher = x0_teacher + self.config.guidance * (x0_teacher - unconditional)
+            # The student again: the backward recomputes its checkpointed forward with the active adapter.
             use_adapter(model, STUDENT)
             generated = 1 - cond_mask  # [B, 1, T, 1, 1]
             per_sample = ((x0_student - x0_teacher).abs() * generated).sum((1, 2, 3, 4))
@@ -192,11 +194,10 @@ class DMD2:
 
     def fake_score_loss(self, net, model, batch: DistillBatch) -> torch.Tensor:
         """The fake score's denoising loss on the student's samples (the teacher's own objective)."""
-        cond_mask = conditioning_mask(batch.draws.num_cond_frames.to(batch.latents.device), batch.latents.shape[2])
         with torch.no_grad():
-            x0_student = self.simulate_student(net, model, batch, cond_mask, grad=False)
-        use_adapter(model, FAKE_SCORE)
-        loss = video2world_loss(
+            x0_student = self.simulate_student(net, model, batch, grad=False)
+        use_adapter(model, FAKE_SCORE)  # and active through the backward (its recompute under checkpointing)
+        return video2world_loss(
             net,
             x0_student,
             batch.render_noise,
@@ -205,7 +206,6 @@ class DMD2:
             batch.text,
             batch.draws.drop_text,
         )
-        return loss
 
     def loss(self, step: int, net, model, batch: DistillBatch) -> torch.Tensor:
         """This step's loss: the student's on its steps, the fake score's on the others. `net` is the module to
