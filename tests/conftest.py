@@ -79,6 +79,26 @@ def tiny_run_flags(dataset: Path, output_dir: Path) -> list[str]:
     return ["--model", "tiny", "--dataset_path", str(dataset), "--output_dir", str(output_dir)]
 
 
+def tiny_generation_flags(folder: Path, disable_guardrail: bool = True) -> list[str]:
+    """`infer_video2world.py` flags of a tiny generation continuing a teal image written into `folder`, to
+    `folder/o.mp4`."""
+    import PIL.Image
+
+    image = folder / "in.png"
+    PIL.Image.new("RGB", (112, 64), (0, 128, 128)).save(image)
+    flags = [
+        "--model_size",
+        "tiny",
+        "--input_path",
+        str(image),
+        "--prompt",
+        PROMPT,
+        "--save_path",
+        str(folder / "o.mp4"),
+    ]
+    return flags + ["--disable_guardrail"] * disable_guardrail
+
+
 def endless_run_flags(dataset: Path, output_dir: Path) -> list[str]:
     """`train_video2world.py` flags of a tiny run that trains until it is stopped (no checkpoint before then)."""
     return tiny_run_flags(dataset, output_dir) + [

@@ -79,7 +79,7 @@ def test_a_transformer_folder_is_a_dit_path_and_as_a_base_pipeline_is_one_line(t
     in one line that names --dit_path, before anything loads (it used to be read as the VAE, a traceback)."""
     import shutil
 
-    from conftest import cli_error
+    from conftest import cli_error, tiny_generation_flags
 
     from cosmos_v2w_diffusers.components import tiny_pretrained_path
     from cosmos_v2w_diffusers.training.model import post_trained_weights
@@ -88,19 +88,7 @@ def test_a_transformer_folder_is_a_dit_path_and_as_a_base_pipeline_is_one_line(t
     shutil.copytree(tiny_pretrained_path() / "transformer", folder)
     assert post_trained_weights(str(folder), load_ema=False)  # training's --dit_path reads it
     assert post_trained_weights(str(tiny_pretrained_path()), load_ema=False)  # and a pipeline folder's transformer/
-    image = tmp_path / "x.png"
-    __import__("PIL.Image").Image.new("RGB", (112, 64)).save(image)
-    infer = [
-        "--disable_guardrail",
-        "--model_size",
-        "tiny",
-        "--prompt",
-        "x",
-        "--input_path",
-        str(image),
-        "--save_path",
-        str(tmp_path / "o.mp4"),
-    ]
+    infer = tiny_generation_flags(tmp_path)
     for script, flags in (("train_video2world.py", ["--model", "tiny"]), ("infer_video2world.py", infer)):
         message = cli_error(monkeypatch, script, *flags, "--pretrained_model_name_or_path", str(folder))
         assert "is a transformer folder, not a whole pipeline: pass it as --dit_path" in message
@@ -109,21 +97,9 @@ def test_a_transformer_folder_is_a_dit_path_and_as_a_base_pipeline_is_one_line(t
 def test_generation_without_the_guardrail_installed_is_refused_before_anything_loads(tmp_path, monkeypatch):
     import time
 
-    import PIL.Image
-    from conftest import cli_error
+    from conftest import cli_error, tiny_generation_flags
 
-    image = tmp_path / "x.png"
-    PIL.Image.new("RGB", (112, 64)).save(image)
-    flags = [
-        "--model_size",
-        "tiny",
-        "--prompt",
-        "x",
-        "--input_path",
-        str(image),
-        "--save_path",
-        str(tmp_path / "o.mp4"),
-    ]
+    flags = tiny_generation_flags(tmp_path, disable_guardrail=False)
     monkeypatch.setattr("diffusers.utils.is_cosmos_guardrail_available", lambda: False)
     monkeypatch.setattr("cosmos_v2w_diffusers.inference.is_cosmos_guardrail_available", lambda: False)
     start = time.perf_counter()

@@ -4,7 +4,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import PROMPT, cli_error
+from conftest import PROMPT, cli_error, tiny_generation_flags
 
 from cosmos_v2w_diffusers.components import tiny_pretrained_path
 from cosmos_v2w_diffusers.long_video import MAX_CHUNKS, generate_long_video, long_video_frames
@@ -77,19 +77,7 @@ def test_one_conditional_frame_equals_nvidias_loop_over_the_one_chunk_pipeline(p
     ],
 )
 def test_bad_chunk_flags_are_one_line_before_any_model_loads(tmp_path, monkeypatch, flags, message):
-    image = tmp_path / "in.png"
-    _image().save(image)
-    args = [
-        "--model_size",
-        "tiny",
-        "--input_path",
-        str(image),
-        "--prompt",
-        PROMPT,
-        "--save_path",
-        str(tmp_path / "o.mp4"),
-    ]
-    assert message in cli_error(monkeypatch, "infer_video2world.py", *args, *flags)
+    assert message in cli_error(monkeypatch, "infer_video2world.py", *tiny_generation_flags(tmp_path), *flags)
 
 
 def test_batch_entries_take_their_own_num_chunks(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import PROMPT, cli_error
+from conftest import PROMPT, cli_error, tiny_generation_flags
 
 SPECIAL = [
     "<|endoftext|>",
@@ -101,19 +101,7 @@ def test_infer_with_the_refiner_generates_from_the_refined_prompt(tiny_refiner, 
 
 
 def test_a_refiner_that_cannot_load_and_contradicting_flags_are_one_line(tmp_path, monkeypatch):
-    image = tmp_path / "in.png"
-    PIL.Image.new("RGB", (112, 64)).save(image)
-    base = [
-        "--disable_guardrail",
-        "--model_size",
-        "tiny",
-        "--input_path",
-        str(image),
-        "--prompt",
-        PROMPT,
-        "--save_path",
-        str(tmp_path / "o.mp4"),
-    ]
+    base = tiny_generation_flags(tmp_path)
     message = cli_error(monkeypatch, "infer_video2world.py", *base, "--prompt_refiner")  # HF_HUB_OFFLINE in tests
     assert "nvidia/Cosmos-Reason1-7B" in message and "HF_HUB_OFFLINE" in message
     with pytest.raises(SystemExit):
