@@ -311,7 +311,7 @@ def test_diffusers_compat_equals_the_stock_pipeline_in_bf16_with_guidance(full_r
     from diffusers import Cosmos2VideoToWorldPipeline
 
     folder = str(full_run / "pipeline")
-    kwargs = dict(safety_checker=StandInSafetyChecker(), torch_dtype=torch.bfloat16)
+    kwargs = dict(safety_checker=StandInSafetyChecker(), dtype=torch.bfloat16)
     stock = Cosmos2VideoToWorldPipeline.from_pretrained(folder, **kwargs)
     ours = CosmosVideo2WorldPipeline.from_pretrained(folder, **kwargs)
     call = {**_tiny_call(num_inference_steps=6), "guidance_scale": 7.0}
