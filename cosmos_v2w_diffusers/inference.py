@@ -9,6 +9,7 @@ Every input is checked (files, sizes, checkpoint shapes) before any model is loa
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -546,7 +547,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
                 )
 
         if args.benchmark:  # each timed run generates (a calibration's video is not reused)
-            benchmark(lambda writer, write=write: write(writer, frames=None), save_path, args.fps)
+            benchmark(functools.partial(write, frames=None), save_path, args.fps)
         with ChunkWriter(save_path, args.fps, enabled=main_rank) as writer:  # every rank holds the video; one writes
             write(writer)
         if main_rank:

@@ -161,3 +161,21 @@ def test_diffusers_checkpoint_names_resume(tmp_path):
     assert folder.resolve("checkpoint-2") == folder.resolve("iter_2") == 2
     with pytest.raises(FileNotFoundError, match="complete checkpoints"):
         folder.resolve("checkpoint-3")
+
+
+def test_diffusers_schedule_flags_reach_get_scheduler():
+    import torch
+
+    from cosmos_v2w_diffusers.training.config import TrainConfig
+    from cosmos_v2w_diffusers.training.optim import build_lr_scheduler
+
+    def lr_at(step: int, **flags) -> float:
+        optim = TrainConfig(model="tiny", max_iter=10, learning_rate=1.0, **flags).resolved().optim
+        scheduler = build_lr_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), optim)
+        for _ in range(step):
+            scheduler.step()
+        return scheduler.get_last_lr()[0]
+
+    assert lr_at(5, lr_scheduler="cosine_with_restarts", lr_num_cycles=2) == pytest.approx(1.0)  # restarted
+    assert lr_at(5, lr_scheduler="cosine_with_restarts") == pytest.approx(0.5)
+    assert lr_at(5, lr_scheduler="polynomial", lr_power=2.0) == pytest.approx(0.25, abs=1e-6)

@@ -46,6 +46,7 @@ _AT_LEAST = {
     "selective_checkpointing_blocks": 0,
     "context_parallel_size": 1,
     "lr_warmup_steps": 0,
+    "lr_num_cycles": 1,
     "num_train_epochs": 1,
     "validation_epochs": 1,
     "num_validation_videos": 1,
@@ -74,6 +75,7 @@ _AT_MOST = {
     "save_iter": 10**9,
     "lr_decay_steps": 10**9,
     "lr_warmup_steps": 10**9,
+    "lr_num_cycles": 10**6,
     "num_train_epochs": 10**6,
     "distill_steps": 8,  # MAX_DISTILL_STEPS: beyond it, the 35-step teacher itself is the better sampler
     "student_update_freq": 1000,
@@ -92,6 +94,7 @@ _INTERVALS = {
     "memory_budget_gib": (0.0, 2.0**20, False),
     "lora_dropout": (0.0, 1.0 - 1e-12, True),
     "guidance": (0.0, 100.0, True),
+    "lr_power": (0.0, 100.0, False),
 }
 
 

@@ -197,6 +197,8 @@ class TrainConfig:
         choices=["nvidia", *DIFFUSERS_SCHEDULERS],
     )
     lr_warmup_steps: int = _f(0, "warm-up steps of --lr_scheduler (diffusers' schedules; nvidia has none)")
+    lr_num_cycles: int = _f(1, "hard restarts of --lr_scheduler cosine_with_restarts (diffusers' flag)")
+    lr_power: float = _f(1.0, "power factor of --lr_scheduler polynomial (diffusers' flag)")
     use_8bit_adam: bool = _f(False, "bitsandbytes' 8-bit AdamW (needs the bitsandbytes package and a CUDA GPU)")
     allow_tf32: bool = _f(False, "allow TF32 matmuls and convolutions on Ampere and newer GPUs (fp32 runs go faster)")
     adam_beta1: float = _f(0.9, "AdamW beta1")

@@ -54,6 +54,8 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig) ->
             optimizer,
             num_warmup_steps=config.lr_warmup_steps,
             num_training_steps=config.lr_decay_steps,
+            num_cycles=config.lr_num_cycles,
+            power=config.lr_power,
         )
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: linear_decay_factor(step, config.lr_f_max, config.lr_decay_steps)

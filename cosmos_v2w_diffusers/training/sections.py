@@ -88,6 +88,8 @@ class OptimConfig(Section):
     lr_decay_steps: int
     lr_scheduler: str
     lr_warmup_steps: int
+    lr_num_cycles: int
+    lr_power: float
     use_8bit_adam: bool
     adam_beta1: float
     adam_beta2: float
