@@ -150,7 +150,7 @@ def distilled_steps_of(path: str | os.PathLike) -> int | None:
             if config.is_file():
                 saved = json.loads(read_regular_file(config, max_bytes=2**16))
                 if saved.get("_class_name") == "CosmosFewStepScheduler":
-                    return int(saved["num_train_steps"])
+                    return _stored_steps(saved.get("num_train_steps"), config)
         return None
     trainer = path.parent.parent / "trainer" / path.name
     if path.parent.name != "model" or not trainer.is_file():
@@ -160,7 +160,17 @@ def distilled_steps_of(path: str | os.PathLike) -> int | None:
         steps = json.loads(part.get("config") or "{}").get("distill_steps")
     except Exception:  # not ours, or unreadable: such a file is no student of ours
         return None
-    return int(steps) if steps else None
+    return _stored_steps(steps, trainer) if steps is not None else None
+
+
+def _stored_steps(value, source: Path) -> int:
+    """A student's step count as a received file stores it, bounded like `--distill_steps` (1 to 8)."""
+    if type(value) is not int or not 1 <= value <= 8:
+        raise ValueError(
+            f"{source} says the student takes {str(value)[:40]!r} steps, not a whole number from 1 to 8: the file is "
+            f"damaged or not ours; pass the student's own checkpoint or pipeline folder."
+        )
+    return value
 
 
 def check_checkpoint_matches(

@@ -205,9 +205,9 @@ def student_steps(args: argparse.Namespace) -> int | None:
     return steps
 
 
-def build_pipeline(args: argparse.Namespace) -> CosmosVideo2WorldPipeline:
+def build_pipeline(args: argparse.Namespace, steps: int | None = None) -> CosmosVideo2WorldPipeline:
+    """The pipeline the flags ask for; `steps`: those of a distilled student's `--dit_path` (`student_steps`)."""
     preset = get_preset(args.model_size)
-    steps = student_steps(args)
     weights = load_post_trained_weights(args.dit_path, args.load_ema, args.model_size) if args.dit_path else None
     if args.lora_path:
         check_lora_adapter(args.lora_path, preset)
@@ -453,9 +453,10 @@ def check_save_path(path: Path) -> None:
         raise ValueError(f"--save_path {path}: {path.parent} is a file, not a folder.")
 
 
-def check_before_loading(args: argparse.Namespace, jobs: list[dict], inputs: list[tuple]) -> None:
+def check_before_loading(args: argparse.Namespace, jobs: list[dict], inputs: list[tuple]) -> int | None:
     """What needs no model, checked before any loads: each job's chunks and conditioning frames, a distilled
-    student's flags, the guardrail, the base folder, the prompt refiner's reach."""
+    student's flags, the guardrail, the base folder, the prompt refiner's reach. Returns the student's steps
+    (None for any other weights)."""
     for job, (image, video) in zip(jobs, inputs):
         check_chunks(
             job["num_chunks"], args.num_conditional_frames, image is not None, f"--input_path {job['input_path']}"
@@ -467,7 +468,7 @@ def check_before_loading(args: argparse.Namespace, jobs: list[dict], inputs: lis
                 f"--input_path {job['input_path']}",
                 "--num_conditional_frames",
             )
-    student_steps(args)  # a student's flags, before any model loads
+    steps = student_steps(args)  # a student's flags, before any model loads
     if not args.disable_guardrail and not is_cosmos_guardrail_available():  # not after minutes of loading
         raise ValueError(
             "NVIDIA's tooling runs the cosmos_guardrail safety checker by default, and it is not installed: "
@@ -477,6 +478,7 @@ def check_before_loading(args: argparse.Namespace, jobs: list[dict], inputs: lis
         check_is_pipeline_folder(args.pretrained_model_name_or_path)
     if args.prompt_refiner:
         hub_source(args.prompt_refiner, "--prompt_refiner")  # a refiner that cannot load: one line, before any model
+    return steps
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
@@ -486,9 +488,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     inputs = [
         read_conditioning(job["input_path"], args.num_conditional_frames) for job in jobs
     ]  # fail before loading any model
-    check_before_loading(args, jobs, inputs)
+    steps = check_before_loading(args, jobs, inputs)
     set_allocator_defaults()
-    pipe = build_pipeline(args)
+    pipe = build_pipeline(args, steps)
     refiner = (
         PromptRefiner(args.prompt_refiner, pipe._execution_device, pipe.transformer.dtype, args.offload_prompt_refiner)
         if args.prompt_refiner

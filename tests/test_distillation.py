@@ -355,3 +355,52 @@ def test_a_bf16_distillation_with_checkpointing_trains_the_student_through_its_s
     masters = torch.load(tmp_path / "run" / "checkpoints" / "optim" / "iter_000000002.pt", weights_only=True)
     student = {n: t for n, t in masters["master_weights"].items() if ".student." in n and "lora_B" in n}
     assert student and any(t.abs().sum() > 0 for t in student.values())  # B starts at 0: the student moved
+
+
+@pytest.mark.parametrize("stored", ["x", 99, 0, 4.5])
+def test_a_received_students_stored_step_count_is_bounded(tmp_path, stored):
+    model_file = tmp_path / "checkpoints" / "model" / "iter_000000001.pt"
+    trainer_file = tmp_path / "checkpoints" / "trainer" / "iter_000000001.pt"
+    for file in (model_file, trainer_file):
+        file.parent.mkdir(parents=True)
+    torch.save({"net.x": torch.zeros(1)}, model_file)
+    torch.save({"iteration": 1, "config": json.dumps({"distill_steps": stored})}, trainer_file)
+    with pytest.raises(ValueError, match="not a whole number from 1 to 8"):
+        distilled_steps_of(model_file)
+    sampler = tmp_path / "pipeline" / "scheduler_nvidia"
+    sampler.mkdir(parents=True)
+    (sampler / "scheduler_config.json").write_text(
+        json.dumps({"_class_name": "CosmosFewStepScheduler", "num_train_steps": stored})
+    )
+    with pytest.raises(ValueError, match="not a whole number from 1 to 8"):
+        distilled_steps_of(tmp_path / "pipeline")
+
+
+def test_a_stored_cache_choice_that_cannot_be_right_is_calibrated_again(tmp_path):
+    """`--cache auto`'s record is a received file like any: unreadable, out of bounds, for other settings, a FIFO
+    or a link where it should be: each is ignored (the run calibrates again and writes its own, replacing it)."""
+    import os
+
+    from cosmos_v2w_diffusers.step_cache import Calibration, read_calibration, write_calibration
+
+    settings = {"size": [17, 64, 112]}
+    path = tmp_path / "step_cache.json"
+    records = [
+        {"settings": settings, "threshold": 5, "psnr_db": 40, "skipped_share": 1},  # no threshold is above 1
+        {"settings": {"size": [9, 64, 112]}, "threshold": 0.1, "psnr_db": 40, "skipped_share": 0.3},  # other settings
+    ]
+    for text in ["not json", "[]", *map(json.dumps, records)]:
+        path.write_text(text)
+        assert read_calibration(path, settings) is None, text
+    path.unlink()
+    os.mkfifo(path)
+    assert read_calibration(path, settings) is None  # read without blocking, and refused
+    write_calibration(path, Calibration(0.1, 35.0, 0.4, settings))  # the run's own record replaces it
+    assert read_calibration(path, settings) == Calibration(0.1, 35.0, 0.4, settings)
+    user_file = tmp_path / "elsewhere.json"
+    user_file.write_text("the user's")
+    path.unlink()
+    path.symlink_to(user_file)
+    write_calibration(path, Calibration(None, float("inf"), 0.0, settings))
+    assert user_file.read_text() == "the user's" and not path.is_symlink()  # the link is replaced, not followed
+    assert read_calibration(path, settings) == Calibration(None, float("inf"), 0.0, settings)

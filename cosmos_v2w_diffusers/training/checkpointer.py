@@ -15,7 +15,7 @@ from accelerate.logging import get_logger
 from ..checkpoint_format import from_native_state_dict, to_native_state_dict
 from .checkpoint import PARTS, CheckpointDir, rng_state, set_rng_state, stored_config
 from .config import TrainConfig
-from .distill import student_nets
+from .distill import student_nets, student_scale
 from .guards import NonFiniteSteps
 from .optim import continue_linearly
 from .sections import CheckpointConfig, OptimConfig
@@ -50,7 +50,7 @@ class Checkpointer:
         self._trainer_part: dict | None = None  # the resume point's trainer part, read once
         # A distillation's model file holds the student as a plain net (the adapters merged into the teacher), as
         # every Video2World checkpoint does; its adapters' EMA, which that cannot give back, goes with the optimizer.
-        self.student_scale = run.lora_alpha / run.lora_rank if run.distill_steps else None
+        self.student_scale = student_scale(run) if run.distill_steps else None
 
     def resume_point(self) -> int | None:
         """The iteration this run resumes from (None: it starts afresh), refused if its run-defining flags differ."""

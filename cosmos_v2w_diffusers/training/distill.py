@@ -111,6 +111,11 @@ def merged_student(
     return merged
 
 
+def student_scale(run) -> float:
+    """The student adapter's scale (alpha / rank, as PEFT applies it) of a distillation's resolved config."""
+    return run.lora_alpha / run.lora_rank
+
+
 def student_nets(
     weights: dict[str, torch.Tensor], ema: dict[str, torch.Tensor] | None, scale: float
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:

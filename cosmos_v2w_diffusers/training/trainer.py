@@ -48,7 +48,7 @@ from .activation_checkpointing import canonical_name
 from .checkpointer import Checkpointer
 from .checks import validate
 from .config import TrainConfig
-from .distill import DMD2, student_nets
+from .distill import DMD2, student_nets, student_scale
 from .guards import RunGuards
 from .hub import HubUploader, write_model_card
 from .memory import LeanLevers, check_fits, choose_lean_levers, memory_budget_bytes
@@ -278,8 +278,7 @@ class Trainer:
         net (its adapter merged into the teacher)."""
         if self.distiller is None or not weights:  # `weights` is empty off the main process under FSDP
             return weights, ema
-        c = self.config
-        return student_nets(weights, ema, c.lora_alpha / c.lora_rank)
+        return student_nets(weights, ema, student_scale(self.config))
 
     def _export(self, weights: dict, ema: dict | None) -> Path:
         return export_final(self._unwrapped(), *self._net_weights(weights, ema), self.config, self.base_pipeline)
