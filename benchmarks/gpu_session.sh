@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements behind BENCHMARKS.md, in groups that each fit one device call (< 10 minutes).
-#   bash benchmarks/gpu_session.sh train|small|encode|generate|attention|generate_flash4|h200_14b|fsdp|deepspeed|deepspeed_more|offload|fsdp_profile|workstation|workstation_levers|workstation_lean|workstation_capped|workstation_compiled [DATA]
+#   bash benchmarks/gpu_session.sh train|small|encode|generate|attention|generate_flash4|h200_14b|fsdp|deepspeed|deepspeed_more|offload|fsdp_profile|workstation|workstation_levers|workstation_lean|workstation_capped|workstation_compiled|long_video [DATA]
 # (fsdp also reads TINY_DATA: a prepared tiny-preset folder, e.g. the demo sample in ~/.cache/cosmos_v2w_diffusers)
 # Each row runs in its own process (clean allocator, its own peak); results land in $OUT or benchmarks/results/.
 set -uo pipefail
@@ -175,5 +175,13 @@ workstation_compiled)  # issue 22: the blocks' parts compiled on their own and s
   }
   lane_b() { row14 lora_14b_720p_one_gpu 46; }
   lanes lane_a lane_b
+  ;;
+long_video)  # issues 42 and 43: CUDA graphs (tiny and 2B 720p, 4 steps), a 6-chunk 2B rollout, the distillation step
+  python -m benchmarks.cuda_graphs_tiny
+  gen="python benchmarks/inference.py --student_steps 4"
+  $gen --name generation_2b_720p_4_steps
+  $gen --cuda_graphs --name generation_2b_720p_4_steps_cuda_graphs
+  $gen --num_chunks 6 --name generation_2b_720p_6_chunks
+  $tb --steps 5 --name distill_step_2b_720p -- --model 2B --distill_steps 4 --cache_latents
   ;;
 esac

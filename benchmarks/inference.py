@@ -32,8 +32,10 @@ from cosmos_v2w_diffusers.attention import BACKENDS, set_attention_backend
 from cosmos_v2w_diffusers.compile import compile_blocks
 from cosmos_v2w_diffusers.components import build_transformer
 from cosmos_v2w_diffusers.context_parallel import enable_context_parallel
+from cosmos_v2w_diffusers.cuda_graphs import WARMUP_CALLS, enable_cuda_graphs
 from cosmos_v2w_diffusers.inference import generation_dims, offload_transformer_blocks, process_device
 from cosmos_v2w_diffusers.latents import use_channels_last_3d
+from cosmos_v2w_diffusers.long_video import generate_long_video
 from cosmos_v2w_diffusers.presets import get_preset
 from cosmos_v2w_diffusers.sample_shape import latent_tokens
 
@@ -51,6 +53,14 @@ def main() -> None:
     )
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--name", default=None)
+    parser.add_argument("--cuda_graphs", action="store_true", help="as infer_video2world.py's --use_cuda_graphs")
+    parser.add_argument(
+        "--num_chunks",
+        type=int,
+        default=1,
+        help="as infer_video2world.py's: a long video of this many chunks (`generate_long_video`), each chunk's new "
+        "frames dropped as made, as the video writer takes them",
+    )
     parser.add_argument("--attention_backend", default="auto", choices=BACKENDS)
     parser.add_argument("--num_gpus", type=int, default=1, help="as infer_video2world.py's, under torchrun")
     parser.add_argument("--guidance_parallel", action="store_true", help="as infer_video2world.py's")
@@ -94,6 +104,8 @@ def main() -> None:
         pipe.enable_guidance_parallel(dims.guidance_group())
     if args.compile:
         compile_blocks(pipe.transformer)
+    if args.cuda_graphs:
+        enable_cuda_graphs(pipe.transformer)
     if args.offload_model:  # as infer_video2world.py: each component on the GPU only while it computes
         pipe.enable_model_cpu_offload(device=device)
     if args.group_offload:  # as infer_video2world.py: the transformer's blocks streamed from the CPU
@@ -115,7 +127,8 @@ def main() -> None:
     # Compilation apart: a one-step call compiles the blocks (and warms cuDNN); then the whole generation.
     torch.cuda.synchronize()
     start = time.perf_counter()
-    pipe(num_inference_steps=1, output_type="latent", **kwargs)
+    # With CUDA graphs, enough forwards to warm up and record (`cuda_graphs.WARMUP_CALLS`, then the recording).
+    pipe(num_inference_steps=WARMUP_CALLS + 1 if args.cuda_graphs else 1, output_type="latent", **kwargs)
     torch.cuda.synchronize()
     warmup = time.perf_counter() - start
     torch.cuda.reset_peak_memory_stats()
@@ -127,7 +140,19 @@ def main() -> None:
         return callback_kwargs
 
     start = time.perf_counter()
-    pipe(num_inference_steps=args.steps, output_type="np", callback_on_step_end=time_step, **kwargs)
+    if args.num_chunks == 1:
+        pipe(num_inference_steps=args.steps, output_type="np", callback_on_step_end=time_step, **kwargs)
+    else:  # NVIDIA's seeds and hand-off; each chunk's new frames dropped as made (the writer's memory is the CPU's)
+        del kwargs["generator"]
+        frames: list[int] = []
+        generate_long_video(
+            pipe,
+            args.num_chunks,
+            num_inference_steps=args.steps,
+            callback_on_step_end=time_step,
+            on_chunk=lambda new: frames.append(len(new)),
+            **kwargs,
+        )
     torch.cuda.synchronize()
     total = time.perf_counter() - start
     # A denoising step (two guided forwards): the median of the steps after the first, which also encodes the image.
@@ -152,6 +177,8 @@ def main() -> None:
             "memory_fraction": args.memory_fraction,
             "offload_model": args.offload_model,
             "group_offload": args.group_offload,
+            "cuda_graphs": args.cuda_graphs,
+            "num_chunks": args.num_chunks,
             "seconds": round(total, 2),
             "seconds_per_step": round(per_step, 3) if per_step else None,
             # A shorter run (--steps) stands for the default 35 steps: its time with the missing steps added.

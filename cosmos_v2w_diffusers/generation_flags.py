@@ -195,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="NVIDIA's name for --sparse_attention natten",
     )
     fast.add_argument(
+        "--use_cuda_graphs",
+        action="store_true",
+        help="record the transformer's forward once per shape as a CUDA graph and replay it (NVIDIA's flag): the CPU "
+        "stops launching each kernel; it pays where kernels are short (small models and sizes; BENCHMARKS.md). Not "
+        "with --cache, offloading or several GPUs",
+    )
+    fast.add_argument(
         "--fp8",
         action="store_true",
         help="the transformer blocks' linear layers in fp8 (e4m3 weights, per-token activation scales; fp8 matmuls "
@@ -236,6 +243,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "--offload_model moves whole models and --group_offload the transformer's blocks: pass one (group "
             "offloading needs less GPU memory)."
         )
+    if args.use_cuda_graphs:
+        clashing = [
+            flag
+            for flag, on in (
+                ("--cache", args.cache is not None),
+                ("--offload_model", args.offload_model),
+                ("--group_offload", args.group_offload),
+                (f"--num_gpus {args.num_gpus}", args.num_gpus > 1),
+            )
+            if on
+        ]
+        if clashing:
+            p.error(
+                f"--use_cuda_graphs replays a recorded forward, which cannot read the GPU or copy from the host as "
+                f"{clashing[0]} does: drop one of the two."
+            )
     if args.prompt_refiner and args.disable_prompt_refiner:
         p.error("--prompt_refiner turns the refiner on and --disable_prompt_refiner off: pass one.")
     if args.offload_prompt_refiner and not args.prompt_refiner:

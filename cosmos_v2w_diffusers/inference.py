@@ -47,6 +47,7 @@ from .components import (
     resolve_pretrained,
 )
 from .context_parallel import enable_context_parallel
+from .cuda_graphs import enable_cuda_graphs
 from .data.folder import presented_frame_count
 from .exports import LORA_WEIGHTS_NAME
 from .generation_flags import parse_args
@@ -249,6 +250,8 @@ def build_pipeline(args: argparse.Namespace, steps: int | None = None) -> Cosmos
     if args.compile if args.compile is not None else device.type == "cuda":
         # The step cache's hooks go around each block's forward, so only the forward inside them is compiled.
         (compile_block_forwards if args.cache is not None else compile_blocks)(pipe.transformer)
+    if args.use_cuda_graphs:
+        enable_cuda_graphs(pipe.transformer)
     if isinstance(args.cache, float):  # `auto` is calibrated on the first input (`main`)
         pipe.enable_step_cache(args.cache)
     if args.offload_model:
@@ -476,6 +479,8 @@ def check_before_loading(args: argparse.Namespace, jobs: list[dict], inputs: lis
         )
     if args.pretrained_model_name_or_path:
         check_is_pipeline_folder(args.pretrained_model_name_or_path)
+    if args.use_cuda_graphs and not torch.cuda.is_available():
+        raise ValueError("--use_cuda_graphs records GPU kernels, and there is no GPU here: drop it.")
     if args.prompt_refiner:
         hub_source(args.prompt_refiner, "--prompt_refiner")  # a refiner that cannot load: one line, before any model
     return steps

@@ -74,10 +74,23 @@ def test_one_conditional_frame_equals_nvidias_loop_over_the_one_chunk_pipeline(p
         (["--num_chunks", "-1"], f"--num_chunks must be 1 to {MAX_CHUNKS}"),
         (["--num_chunks", "1e9"], f"--num_chunks must be 1 to {MAX_CHUNKS}"),
         (["--num_chunks", "3", "--num_conditional_frames", "5"], "is an image, one frame"),
+        (["--use_cuda_graphs"], "records GPU kernels, and there is no GPU here"),  # CI has none
     ],
 )
 def test_bad_chunk_flags_are_one_line_before_any_model_loads(tmp_path, monkeypatch, flags, message):
     assert message in cli_error(monkeypatch, "infer_video2world.py", *tiny_generation_flags(tmp_path), *flags)
+
+
+@pytest.mark.parametrize("clash", [["--cache", "0.1"], ["--group_offload"], ["--num_gpus", "2"]])
+def test_cuda_graphs_with_what_leaves_the_gpu_mid_forward_is_one_line(clash, capsys):
+    from cosmos_v2w_diffusers.generation_flags import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--use_cuda_graphs", *clash])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(error) == 1 and f"as {' '.join(clash[:1] if clash[0] == '--cache' else clash)} does: drop one" in error[0]
+    )
 
 
 def test_batch_entries_take_their_own_num_chunks(tmp_path):
