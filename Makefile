@@ -10,23 +10,36 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 .PHONY: install demo demo-distill test test-all
 
 # Without an NVIDIA GPU, x86_64 machines take torch's CPU build (about 200 MB where the CUDA build fills 6.5 GB) from
-# PyTorch's CPU index, and the pinned CUDA build where that index cannot be reached (as on the machines our CI runs
-# on, which reach PyPI alone): both run the tests.
-CPU_INDEX := https://download.pytorch.org/whl/cpu
+# PyTorch's CPU index (TORCH_INDEX_URL, for a mirror of it), and the pinned CUDA build where that index cannot be
+# reached (as on the machines our CI runs on, which reach PyPI alone), saying so: both run the tests. A torch (and torchvision) already
+# installed in the python3 that runs make (2.11 or newer) is kept: the venv sees it (--system-site-packages).
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 CPU_TORCH := torch==2.14.1+cpu torchvision==0.29.1+cpu
+HAS_TORCH := python3 -c "import sys, torch, torchvision; sys.exit(tuple(map(int, torch.__version__.split('.')[:2])) < (2, 11))" 2>/dev/null
 
 $(VENV)/.installed: setup.py
-	python3 -m venv $(VENV)
-	if [ "$$(uname -m)" = x86_64 ] && ! command -v nvidia-smi >/dev/null 2>&1 \
-		&& $(PY) -m pip install -q --retries 0 --timeout 10 --index-url $(CPU_INDEX) $(CPU_TORCH) 2>/dev/null; then \
-		echo "installed torch's CPU build"; \
+	@if $(HAS_TORCH); then \
+		echo "[1/4] keeping the installed torch $$(python3 -c 'import torch; print(torch.__version__)')"; \
+		python3 -m venv --system-site-packages $(VENV); \
 	else \
-		$(PY) -m pip install -q $(TORCH); \
+		python3 -m venv $(VENV); \
+		if [ "$$(uname -m)" = x86_64 ] && ! command -v nvidia-smi >/dev/null 2>&1 \
+			&& echo "[1/4] torch's CPU build (about 200 MB) from $(TORCH_INDEX_URL)" \
+			&& $(PY) -m pip install -q --retries 0 --timeout 10 --index-url $(TORCH_INDEX_URL) $(CPU_TORCH) 2>/dev/null; then \
+			:; \
+		else \
+			echo "[1/4] torch's CUDA build from PyPI (about 6.5 GB, some minutes): $(TORCH_INDEX_URL) could not be reached or"; \
+			echo "      this machine has a GPU. For the CPU build, set TORCH_INDEX_URL to a reachable copy of PyTorch's CPU index,"; \
+			echo "      or install torch>=2.11 into python3 first (it is kept)."; \
+			$(PY) -m pip install -q $(TORCH); \
+		fi; \
 	fi
-	# natten builds against the torch installed above (its own build environment would fetch another torch)
-	$(PY) -m pip install -q --no-build-isolation "natten>=0.21"
-	$(PY) -m pip install -q -e ".[dev]"
-	touch $@
+	@# natten builds against the torch installed above (its own build environment would fetch another torch)
+	@echo "[2/4] natten (neighbourhood attention)" && $(PY) -m pip install -q --no-build-isolation "natten>=0.21"
+	@echo "[3/4] this package and its dependencies (diffusers, transformers, accelerate, peft, datasets, ...)"
+	@$(PY) -m pip install -q -e ".[dev]"
+	@echo "[4/4] installed into $(VENV)"
+	@touch $@
 
 install: $(VENV)/.installed
 

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 
+from cosmos_v2w_diffusers.training.checks import check_flags
 from cosmos_v2w_diffusers.training.config import TrainConfig
 
 
@@ -25,6 +26,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = TrainConfig.from_args()  # before the heavy imports below, so `--help` answers at once
+        check_flags(config)  # and so does a flag no run can use
     except (ValueError, OSError) as exc:  # a flag no run can use, or a checkpoint file that is not one
         sys.exit(f"error: {exc}")
     import torch

@@ -26,7 +26,11 @@ def demo_dataset_path(preset: ModelPreset) -> Path:
             frames = render_clip(preset.num_frames + 16, preset.height, preset.width, seed=i)
             export_clip(frames, folder / ("videos" if i < NUM_CLIPS else "held_out") / f"robot_{i}.mp4")
         prepare_dataset(
-            folder, prompt=DEMO_PROMPT, text_encoder=resolve_pretrained(preset), num_frames=preset.num_frames
+            folder,
+            prompt=DEMO_PROMPT,
+            text_encoder=resolve_pretrained(preset),
+            num_frames=preset.num_frames,
+            text_encoder_flag=f"the built-in sample's captions need --model {preset.name}'s text encoder:",
         )
         logger.info("Rendered the built-in sample clips")
 

@@ -21,3 +21,6 @@ NUM_FRAMES_BY_FPS = {16: 93, 10: 61}
 
 # The prompt refiner NVIDIA's examples/video2world.py runs for its base models (`prompt_refiner.py`).
 DEFAULT_PROMPT_REFINER = "nvidia/Cosmos-Reason1-7B"
+
+# T5 tokens a prompt is encoded to, and the embeddings' padded length: NVIDIA's 512.
+MAX_TEXT_TOKENS = 512

@@ -158,7 +158,8 @@ def run_demo(
     preset = get_preset("tiny")
     real = held_out_clip(preset)
     pipe = CosmosVideo2WorldPipeline.from_pretrained(str(tiny_pretrained_path()), disable_guardrail=True)
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(leave=False)  # each generation's steps as they run, gone once done
+    logger.info("Continuing the held-out clip's first frame with the shipped model, then with the post-trained one")
     before = continue_first_frame(pipe, real)
     pipe.transformer = CosmosTransformer3DModel.from_pretrained(ema_dir)
     after = continue_first_frame(pipe, real)
@@ -167,7 +168,7 @@ def run_demo(
         student = CosmosVideo2WorldPipeline.from_pretrained(
             str(Path(student_dir) / "pipeline"), disable_guardrail=True
         )
-        student.set_progress_bar_config(disable=True)
+        student.set_progress_bar_config(leave=False)
         steps = student.scheduler.config.num_train_steps
         # The student's own sampling (its steps, no guidance), not the demo's: `guidance_scale=None` lets it choose.
         rows["distilled"] = continue_first_frame(student, real, guidance_scale=None)

@@ -94,6 +94,7 @@ def prepare_dataset(
     num_frames: int = 93,
     batch_size: int = 8,
     max_length: int = MAX_TEXT_TOKENS,
+    text_encoder_flag: str = "--text_encoder",
 ) -> tuple[int, int]:
     """Caption and embed a dataset folder; returns (usable videos, pickles written).
 
@@ -132,7 +133,7 @@ def prepare_dataset(
     if not todo:
         logger.info("All %d usable videos already have T5 embeddings", len(rows))
         return len(rows), 0
-    source = {} if text_encoder == "tiny" else hub_source(text_encoder, "--text_encoder")
+    source = {} if text_encoder == "tiny" else hub_source(text_encoder, text_encoder_flag)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     logger.info("Loading text encoder %s on %s (%s)", text_encoder, device, dtype)

@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .choices import MAX_TEXT_TOKENS
 from .io_utils import atomic_write, read_regular_file
 from .presets import get_preset
-
-MAX_TEXT_TOKENS = 512
 
 
 class InvalidEmbeddingError(ValueError):

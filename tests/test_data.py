@@ -13,6 +13,7 @@ from cosmos_v2w_diffusers import Video2WorldTrainDataset, load_video2world_datas
 from cosmos_v2w_diffusers.components import load_text_encoder
 from cosmos_v2w_diffusers.data.demo_clips import export_clip
 from cosmos_v2w_diffusers.data.folder import NoUsableVideosError
+from cosmos_v2w_diffusers.data.hf_dataset import CaptionEncoder
 from cosmos_v2w_diffusers.data.samples import resize_frames
 from cosmos_v2w_diffusers.latents import to_model_range
 from cosmos_v2w_diffusers.presets import get_preset
@@ -128,19 +129,18 @@ def test_second_map_is_a_cache_hit(tmp_path, video_paths):
     for name in video_paths:
         (root / "metas").mkdir(exist_ok=True)
         (root / "metas" / f"{name}.txt").write_text(PROMPT)
-    tokenizer, encoder = load_text_encoder("tiny")
-    calls = []
-    encoder.register_forward_hook(lambda *args: calls.append(1))
+    encoder = CaptionEncoder("tiny")
     cache = tmp_path / "hf_cache"
-    first = load_video2world_dataset(root, tokenizer=tokenizer, text_encoder=encoder, cache_dir=cache)
-    assert len(calls) == 1  # both captions encoded in one batch
-    second = load_video2world_dataset(root, tokenizer=tokenizer, text_encoder=encoder, cache_dir=cache)
-    assert len(calls) == 1, "the second .map must read the cache and encode nothing"
+    first = load_video2world_dataset(root, text_encoder=encoder, embed_dim=TINY_DIM, cache_dir=cache)
+    assert encoder.loads == 1
+    encoder.free()
+    second = load_video2world_dataset(root, text_encoder=encoder, embed_dim=TINY_DIM, cache_dir=cache)
+    assert encoder.loads == 1, "the second .map must read the cache and load no encoder"
     assert first.cache_files == second.cache_files
     assert np.array_equal(np.asarray(first[0]["t5_xxl"]), np.asarray(second[0]["t5_xxl"]))
     # Editing an input invalidates the cache.
     write_t5_pickle(root / "t5_xxl" / "bikes.pickle", np.ones((3, TINY_DIM), np.float16))
-    third = load_video2world_dataset(root, tokenizer=tokenizer, text_encoder=encoder, cache_dir=cache)
+    third = load_video2world_dataset(root, text_encoder=encoder, embed_dim=TINY_DIM, cache_dir=cache)
     bikes = [r for r in third if r["video_path"].endswith("bikes.mp4")][0]
     assert np.asarray(bikes["t5_xxl"]).shape == (3, TINY_DIM)
 
@@ -252,3 +252,30 @@ def test_prepare_data_fetches_a_hub_dataset_into_videos_offline(video_paths, tmp
     assert sorted(p.name for p in (root / "videos").iterdir()) == ["bigbuckbunny.mp4", "bikes.mp4"]
     assert (root / "videos" / "bikes.mp4").read_bytes() == video_paths["bikes"].read_bytes()
     assert sorted(p.name for p in (root / "t5_xxl").glob("*.pickle")) == ["bigbuckbunny.pickle", "bikes.pickle"]
+
+
+def test_a_datasets_video_folder_trains_with_its_captions_encoded_once(tmp_path, video_paths):
+    """diffusers' layout: clips beside a metadata.csv (`file_name`, caption), as `--dataset_name <folder>
+    --caption_column caption`; a clip without a caption and a clip that is no video are reported and left out."""
+    from conftest import tiny_config, train_to_the_end
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ("a", "b", "uncaptioned"):
+        shutil.copy(video_paths["bikes"], folder / f"{name}.mp4")
+    (folder / "broken.mp4").write_bytes(b"not a video")
+    (folder / "metadata.csv").write_text(
+        f'file_name,caption\na.mp4,"{PROMPT}"\nb.mp4,"A video, with a comma."\nuncaptioned.mp4,\nbroken.mp4,x\n'
+    )
+    table = load_video2world_dataset(
+        folder, 17, CaptionEncoder("tiny"), TINY_DIM, cache_dir=tmp_path / "cache", caption_column="caption"
+    )
+    assert sorted(table["caption"]) == ["A video of sks teal robot.", "A video, with a comma."]
+    assert {len(np.asarray(e)) > 0 for e in table["t5_xxl"]} == {True}
+    with pytest.raises(ValueError, match="--caption_column text: .* its columns are video, caption"):
+        load_video2world_dataset(folder, 17, CaptionEncoder("tiny"), TINY_DIM, cache_dir=tmp_path / "cache")
+    config = tiny_config(
+        None, tmp_path / "out", dataset_path=None, dataset_name=str(folder), caption_column="caption", max_iter=2
+    )
+    trainer = train_to_the_end(config)
+    assert len(trainer.history) == 2 and all(np.isfinite(trainer.history))

@@ -179,3 +179,17 @@ def test_diffusers_schedule_flags_reach_get_scheduler():
     assert lr_at(5, lr_scheduler="cosine_with_restarts", lr_num_cycles=2) == pytest.approx(1.0)  # restarted
     assert lr_at(5, lr_scheduler="cosine_with_restarts") == pytest.approx(0.5)
     assert lr_at(5, lr_scheduler="polynomial", lr_power=2.0) == pytest.approx(0.25, abs=1e-6)
+
+
+def test_an_uncached_hub_dataset_offline_is_one_line_naming_it(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    from conftest import cli_error
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    flags = ("--model", "tiny", "--dataset_name", "me/clips", "--output_dir", str(tmp_path / "out"))
+    message = cli_error(monkeypatch, "train_video2world.py", *flags, "--cache_dir", str(tmp_path / "hub"))
+    assert (
+        "--dataset_name me/clips: the Hub cannot be reached (or HF_HUB_OFFLINE is set) and "
+        f"--cache_dir {tmp_path / 'hub'}" in message
+    )
+    assert "the output folder or a cache" not in message

@@ -279,8 +279,20 @@ def test_the_schedule_goes_on_without_a_jump_when_its_end_moves(lora_run, prepar
     # a schedule that has ended cannot go on: refused with what to do instead
     finished = tmp_path / "finished"
     train_to_the_end(tiny_config(prepared_dataset, finished, max_iter=1, train_architecture="lora", lora_rank=4))
-    with pytest.raises(ValueError, match="ended its learning-rate schedule.*--dit_path"):
+    with pytest.raises(ValueError, match="ended its learning-rate schedule.*--new_lr_cycle.*--dit_path"):
         Trainer(tiny_config(prepared_dataset, finished, max_iter=3, train_architecture="lora", lora_rank=4))
+    # ... unless a new cycle is asked for: this run's schedule again over the 2 steps left, optimizer state kept
+    cycled = Trainer(
+        tiny_config(prepared_dataset, finished, max_iter=3, train_architecture="lora", lora_rank=4, new_lr_cycle=True)
+    )
+    try:
+        from cosmos_v2w_diffusers.training.optim import linear_decay_factor
+
+        first = cycled.lr_scheduler.base_lrs[0] * linear_decay_factor(0, cycled.config.lr_f_max, 2)
+        assert cycled.start_iter == 1 and first > 0 and cycled.optimizer.param_groups[0]["lr"] == pytest.approx(first)
+        assert cycled.lr_scheduler.lr_lambdas[0](3) == 0 and cycled.optimizer.state  # the moments came back
+    finally:
+        cycled.close()
 
 
 def test_the_base_precision_is_run_defining(lora_run, prepared_dataset, tmp_path, monkeypatch):
@@ -546,3 +558,16 @@ def test_the_train_step_benchmark_saves_and_checks_a_checkpoint(prepared_dataset
         trainer.close()
     assert result["masters_fp32_complete"] and result["moments_complete"] and result["net_ema_tensors_fp32"] > 0
     assert not (tmp_path / "run" / "checkpoints").exists()  # deleted after the check
+
+
+def test_a_resume_says_which_clips_were_added_or_removed(lora_run, prepared_dataset, tmp_path, caplog):
+    out, fewer = tmp_path / "run", tmp_path / "fewer"
+    shutil.copytree(lora_run, out)
+    shutil.copytree(prepared_dataset, fewer)
+    (fewer / "videos" / "bikes.mp4").unlink()
+    config = tiny_config(fewer, out, max_iter=3, train_architecture="lora", lora_rank=4)
+    with caplog.at_level(logging.WARNING):
+        Trainer(config).close()
+    notice = [r.getMessage() for r in caplog.records if "The dataset changed since checkpoint 2" in r.getMessage()]
+    assert len(notice) == 1 and "clips added: none; removed: 1 (bikes.mp4)" in notice[0], notice
+    assert "the data order differs" in notice[0]

@@ -24,6 +24,7 @@ import torch
 
 from ..text_encoding import MAX_TEXT_TOKENS, encode_prompts, read_t5_pickle
 from .folder import SkippedFile, raise_if_empty, report_skipped, scan_dataset_folder
+from .video_folder import is_video_folder, scan_video_folder
 
 logger = logging.getLogger(__name__)
 
@@ -55,21 +56,61 @@ def weights_hash(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _encoder_identity(tokenizer, text_encoder) -> str:
-    """What a cached embedding depends on: the text encoder's config and weights, and its tokenizer."""
-    if text_encoder is None:
-        return "no-encoder"
-    return f"{text_encoder.config.to_json_string()}|{weights_hash(text_encoder)}|{tokenizer.name_or_path}"
+class CaptionEncoder:
+    """The text encoder for captions that have no T5 pickle, loaded only when the `.map` has one to encode: every
+    process of a run asks for the table, a cache hit encodes nothing, and T5-XXL is 11B parameters. Its identity,
+    part of the cache key, is read from its files (a local folder's sizes and modification times, a Hub model's
+    cached commit), not from loaded weights."""
+
+    def __init__(self, name_or_path: str, device: str | torch.device = "cpu", **hub_kwargs):
+        self.name_or_path, self.device, self.hub_kwargs = name_or_path, torch.device(device), hub_kwargs
+        self.loads = 0
+        self._loaded: tuple | None = None
+
+    def identity(self) -> str:
+        from huggingface_hub import try_to_load_from_cache
+
+        from ..components import tiny_pretrained_path
+
+        folder = Path(str(tiny_pretrained_path()) if self.name_or_path == "tiny" else self.name_or_path)
+        if folder.is_dir():
+            files = sorted(
+                f for sub in ("text_encoder", "tokenizer") for f in (folder / sub).rglob("*") if f.is_file()
+            )
+            return "|".join(file_signature(str(f)) for f in files or sorted(folder.glob("*")))
+        cached = try_to_load_from_cache(  # .../snapshots/<commit>/text_encoder/config.json once downloaded
+            self.name_or_path,
+            "text_encoder/config.json",
+            self.hub_kwargs.get("cache_dir"),
+            self.hub_kwargs.get("revision"),
+        )
+        return str(cached) if isinstance(cached, str) else f"{self.name_or_path}@{self.hub_kwargs.get('revision')}"
+
+    def load(self) -> tuple:
+        """(tokenizer, encoder), loaded on the first call: bf16 on a GPU, float32 on the CPU (as `prepare_data`)."""
+        from ..components import load_text_encoder
+
+        if self._loaded is None:
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+            logger.info("Loading text encoder %s to encode the captions (once: they are cached)", self.name_or_path)
+            tokenizer, encoder = load_text_encoder(self.name_or_path, dtype, **self.hub_kwargs)
+            self._loaded, self.loads = (tokenizer, encoder.to(self.device)), self.loads + 1
+        return self._loaded
+
+    def free(self) -> None:
+        self._loaded = None
 
 
-def _add_embeddings(batch: dict, tokenizer, text_encoder, max_length: int, embed_dim: int) -> dict:
+def _add_embeddings(batch: dict, text_encoder: CaptionEncoder | None, max_length: int, embed_dim: int) -> dict:
     """Batched `.map` function: read each row's NVIDIA pickle, or encode its caption when it has none."""
     embeddings: list[np.ndarray | None] = [
         read_t5_pickle(path, embed_dim) if path else None for path in batch["t5_path"]
     ]
     missing = [i for i, e in enumerate(embeddings) if e is None]
     if missing:
-        encoded = encode_prompts([batch["caption"][i] for i in missing], tokenizer, text_encoder, max_length)
+        assert text_encoder is not None, "rows without a pickle are left out when there is no encoder"
+        tokenizer, encoder = text_encoder.load()
+        encoded = encode_prompts([batch["caption"][i] for i in missing], tokenizer, encoder, max_length)
         for i, embedding in zip(missing, encoded):
             embeddings[i] = embedding
     return {T5_COLUMN: embeddings}
@@ -102,28 +143,32 @@ def reported_cache_space(cache_dir: str | os.PathLike | None) -> Iterator[None]:
 def load_video2world_dataset(
     dataset_path: str | os.PathLike,
     num_frames: int = 93,
-    tokenizer=None,
-    text_encoder: torch.nn.Module | None = None,
+    text_encoder: CaptionEncoder | None = None,
     embed_dim: int = 1024,
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 16,
     max_text_tokens: int = MAX_TEXT_TOKENS,
+    video_column: str = "video",
+    caption_column: str = "text",
 ) -> datasets.Dataset:
-    """One row per usable video of an NVIDIA-layout folder: path, caption, frame count, fps, size, T5 embedding.
+    """One row per usable video of a dataset folder: path, caption, frame count, fps, size, T5 embedding.
 
     Args:
-        dataset_path: folder with `videos/`, `metas/` and, optionally, `t5_xxl/`.
+        dataset_path: NVIDIA's layout (`videos/`, `metas/` and, optionally, `t5_xxl/`), or a `datasets` video
+            folder (a `metadata.csv` naming each clip's `file_name` and its caption; `video_folder.py`).
         num_frames: frames a training sample takes; shorter clips are skipped.
-        tokenizer, text_encoder: encode captions that have no `t5_xxl/<name>.pickle`. Without them such
-            videos are skipped (with the reason logged): run `prepare_data` first, or pass an encoder.
+        text_encoder: encodes captions that have no `t5_xxl/<name>.pickle` (all of a video folder's). Without it
+            such videos are skipped (with the reason logged): run `prepare_data` first, or pass an encoder.
         embed_dim: the text encoder's width (1024 for T5-XXL); pickles of another width are skipped.
         cache_dir: where datasets keeps its Arrow cache (default: datasets' `HF_DATASETS_CACHE`).
+        video_column, caption_column: a video folder's columns (`--video_column`, `--caption_column`).
 
     The `t5_xxl` column holds each caption's trimmed `[n_tokens, embed_dim]` float16 embedding.
     """
-    if text_encoder is not None:
-        embed_dim = text_encoder.config.d_model
-    rows, skipped = scan_dataset_folder(dataset_path, min_frames=num_frames, embed_dim=embed_dim)
+    if is_video_folder(dataset_path):
+        rows, skipped = scan_video_folder(dataset_path, num_frames, video_column, caption_column, cache_dir)
+    else:
+        rows, skipped = scan_dataset_folder(dataset_path, min_frames=num_frames, embed_dim=embed_dim)
     if text_encoder is None:
         fix = f"run `python -m cosmos_v2w_diffusers.prepare_data --dataset_path {dataset_path}` or pass a text_encoder"
         skipped += [
@@ -153,15 +198,13 @@ def load_video2world_dataset(
             cache_dir=str(cache_dir) if cache_dir else None,
         )
         identity = json.dumps(
-            [rows, signatures, _encoder_identity(tokenizer, text_encoder), max_text_tokens, embed_dim]
+            [rows, signatures, text_encoder.identity() if text_encoder else None, max_text_tokens, embed_dim]
         )
         return table.map(
             _add_embeddings,
             batched=True,
             batch_size=batch_size,
-            fn_kwargs=dict(
-                tokenizer=tokenizer, text_encoder=text_encoder, max_length=max_text_tokens, embed_dim=embed_dim
-            ),
+            fn_kwargs=dict(text_encoder=text_encoder, max_length=max_text_tokens, embed_dim=embed_dim),
             features=datasets.Features(
                 {**features, T5_COLUMN: datasets.Array2D(shape=(None, embed_dim), dtype="float16")}
             ),
@@ -178,7 +221,17 @@ def hub_dataset_folder(repo_id: str, cache_dir: str | None = None, config_name: 
     from huggingface_hub import snapshot_download
 
     patterns = [f"{config_name}/*"] if config_name else None
-    folder = Path(snapshot_download(repo_id, repo_type="dataset", cache_dir=cache_dir, allow_patterns=patterns))
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, repo_type="dataset", cache_dir=cache_dir, allow_patterns=patterns))
+    except LocalEntryNotFoundError:  # an OSError, which would otherwise read as a disk's
+        cache = f"--cache_dir {cache_dir}" if cache_dir else "the Hugging Face cache"
+        raise ValueError(
+            f"--dataset_name {repo_id}: the Hub cannot be reached (or HF_HUB_OFFLINE is set) and {cache} "
+            f"does not hold it: download it where the Hub is reachable (`hf download {repo_id} --repo-type "
+            f"dataset`), pass the --cache_dir that holds it, or a local folder as --dataset_name."
+        ) from None
     if config_name and not (folder / config_name).is_dir():
         raise ValueError(f"--dataset_config_name {config_name}: {repo_id} has no folder of that name.")
     return str(folder / config_name) if config_name else str(folder)

@@ -17,7 +17,7 @@ from .checkpoint import PARTS, CheckpointDir, rng_state, set_rng_state, stored_c
 from .config import TrainConfig
 from .distill import student_nets, student_scale
 from .guards import NonFiniteSteps
-from .optim import continue_linearly
+from .optim import continue_linearly, start_new_cycle
 from .sections import CheckpointConfig, OptimConfig
 
 if TYPE_CHECKING:
@@ -37,10 +37,14 @@ class Checkpointer:
     it keeps `--checkpoints_total_limit` of them and hands what the pipeline loads to the Hub uploader.
     """
 
-    def __init__(self, config: CheckpointConfig, optim: OptimConfig, run: RunConfig, accelerator):
+    def __init__(
+        self, config: CheckpointConfig, optim: OptimConfig, run: RunConfig, accelerator, clips: list[str] | None = None
+    ):
         """`config` says where and when; `optim` the schedule a resume continues and when non-finite steps stop
-        the run; `run` is what each checkpoint records (its flags) and what a resume must share with it."""
+        the run; `run` is what each checkpoint records (its flags) and what a resume must share with it; `clips`
+        the file names of the clips trained on (recorded, so a resume can say what changed)."""
         self.config, self.optim, self.accelerator = config, optim, accelerator
+        self.clips = sorted(clips or [])
         self.run_definition, self.stored_flags = run.run_definition(), run.to_json()
         self.folder = CheckpointDir(config.output_dir)
         self.nonfinite = NonFiniteSteps(
@@ -73,8 +77,29 @@ class Checkpointer:
                     f"{self.folder.path('trainer', iteration)} was written by a run with other run-defining flags "
                     f"({'; '.join(changed)}): use the checkpoint's values, a new --output_dir, or --no-resume."
                 )
+            self._report_clip_changes(self._trainer_part.get("clips"), iteration)
         self._resume_iteration = iteration
         return iteration
+
+    def _report_clip_changes(self, stored: list[str] | None, iteration: int) -> None:
+        """Say which clips were added or removed since checkpoint `iteration` (checkpoints record them), and what
+        that means: training goes on from the saved state, but the samples are drawn from the new list."""
+        if stored is None or stored == self.clips:
+            return
+        added, removed = sorted(set(self.clips) - set(stored)), sorted(set(stored) - set(self.clips))
+
+        def some(names: list[str]) -> str:
+            return f"{len(names)} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else "none"
+
+        logger.warning(
+            "The dataset changed since checkpoint %d: clips added: %s; removed: %s. Training goes on from the saved "
+            "weights, optimizer and schedule, but from here the samples are drawn from the %d clips now there, so "
+            "the data order differs from a run that was not interrupted.",
+            iteration,
+            some(added),
+            some(removed),
+            len(self.clips),
+        )
 
     def load(self, state, lr_scheduler, ema, trainable: dict[str, torch.nn.Parameter]) -> int:
         """Restore the resume point into the train state, the schedule, the EMA and the RNGs; returns the
@@ -106,6 +131,15 @@ class Checkpointer:
         checkpoint's rate, falling linearly to 0 at the new end, rather than jump to where a schedule of the new
         length would be; a resume of such a run compares with that continued schedule again (it is stored in the
         checkpoint as its rate). A schedule that already ended cannot go on: refused with what to do instead."""
+        if self.optim.new_lr_cycle and iteration < self.optim.max_iter:
+            start_new_cycle(lr_scheduler, iteration, self.optim)
+            logger.info(
+                "--new_lr_cycle: a new learning-rate cycle from step %d to %d, starting at lr %.3g",
+                iteration,
+                self.optim.max_iter,
+                lr_scheduler.get_last_lr()[0],
+            )
+            return
         restored = lr_scheduler.get_last_lr()[0]
         planned = lr_scheduler.base_lrs[0] * lr_scheduler.lr_lambdas[0](iteration)
         end = self.optim.lr_decay_steps
@@ -114,7 +148,8 @@ class Checkpointer:
         if restored == 0:
             raise ValueError(
                 f"{self.folder.root}: checkpoint {iteration} ended its learning-rate schedule (lr 0); training on "
-                f"would run at lr 0. Start a fresh schedule from its weights with --dit_path "
+                f"would run at lr 0. Raise --max_iter and pass --new_lr_cycle to start a new cycle that keeps the "
+                f"optimizer state and EMA, or start afresh from its weights with --dit_path "
                 f"{self.folder.path('model', iteration)} (--load_ema for the EMA) and a new --output_dir."
             )
         continue_linearly(lr_scheduler, iteration, end)
@@ -177,6 +212,7 @@ class Checkpointer:
                 "iteration": iteration,
                 "rng": rng_state(),
                 "config": self.stored_flags,
+                "clips": self.clips,
             }
             self.folder.save(
                 iteration,

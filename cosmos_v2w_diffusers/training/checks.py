@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..choices import MAX_TEXT_TOKENS
 from ..presets import get_preset
 from ..sample_shape import check_sample_shape
 from .config import SIDE_PIXELS, TRACKER_PACKAGES
@@ -107,13 +108,14 @@ def validate(config: TrainConfig, dims: ParallelDims | None = None) -> None:
     if isinstance(config, RunConfig):
         _check_resolved(config)
     else:
-        _check_flags(config)
+        check_flags(config)
     if dims is not None:
         _check_layout(config, dims)
 
 
-def _check_flags(flags: TrainConfig) -> None:
-    """Values no run can use, and flags that contradict each other (a 0 is refused, not replaced by the default)."""
+def check_flags(flags: TrainConfig) -> None:
+    """Values no run can use, and flags that contradict each other (a 0 is refused, not replaced by the default).
+    Imports nothing heavy: the CLI runs it before torch and diffusers load, so a bad flag answers at once."""
     for name, least in _AT_LEAST.items():
         value = getattr(flags, name)
         if value is not None and value < least:
@@ -141,12 +143,21 @@ def _check_flags(flags: TrainConfig) -> None:
             f"--revision {flags.revision}: --pretrained_model_name_or_path {flags.pretrained_model_name_or_path} is "
             f"a local folder, which has no revisions; drop --revision (or pass the Hub id)."
         )
+    # The sizes given (the preset fills in the rest when the run is resolved, and checks the whole shape again).
+    check_sample_shape(
+        flags.num_frames or 1, flags.height or 16, flags.width or 16, "--num_frames", "--height and --width"
+    )
     if flags.resolution and (flags.height or flags.width):
         raise ValueError("--resolution sets --height and --width: pass one or the other.")
     if flags.validation_epochs and flags.validation_steps:
         raise ValueError("--validation_epochs and --validation_steps both say when to validate: pass one.")
     if flags.dataset_config_name and not flags.dataset_name:
         raise ValueError("--dataset_config_name picks a folder of --dataset_name's repo: pass --dataset_name too.")
+    if not 1 <= flags.max_sequence_length <= MAX_TEXT_TOKENS:
+        raise ValueError(
+            f"--max_sequence_length {flags.max_sequence_length}: T5 reads 1 to {MAX_TEXT_TOKENS} tokens (the "
+            f"embeddings the transformer was trained on are {MAX_TEXT_TOKENS} long)."
+        )
     if flags.dataset_name and flags.dataset_path:
         raise ValueError("--dataset_name downloads the dataset --dataset_path names locally: pass one of them.")
     if flags.lr_scheduler == "nvidia" and flags.lr_warmup_steps:

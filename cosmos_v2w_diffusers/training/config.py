@@ -138,10 +138,17 @@ class TrainConfig:
     cache_dir: str | None = _f(None, "where Hub downloads are cached (default: huggingface_hub's)")
     dataset_path: str | None = _f(None, "NVIDIA-layout dataset folder (default: the built-in sample clips)")
     dataset_name: str | None = _f(
-        None, "a Hub dataset repo in NVIDIA's layout (videos/, metas/, t5_xxl/), downloaded and used as --dataset_path"
+        None,
+        "a datasets video folder (clips and a metadata.csv with file_name and caption columns; local or a Hub "
+        "dataset repo), or a Hub dataset repo in NVIDIA's layout (videos/, metas/, t5_xxl/)",
     )
     dataset_config_name: str | None = _f(
         None, "with --dataset_name: the folder of the repo that holds the NVIDIA layout (a subset, in datasets' terms)"
+    )
+    video_column: str = _f("video", "a video folder's column of clips (datasets names it video, from file_name)")
+    caption_column: str = _f("text", "a video folder's column of captions, encoded by the base's T5 once, then cached")
+    max_sequence_length: int = _f(
+        512, "T5 tokens a caption or validation prompt is encoded to (NVIDIA's 512; embeddings are zero-padded to 512)"
     )
     output_dir: str | None = _f(
         None, "run folder (default: checkpoints/posttraining/<video2world|video2world_lora>/<model>_<dataset>)"
@@ -199,6 +206,11 @@ class TrainConfig:
     lr_warmup_steps: int = _f(0, "warm-up steps of --lr_scheduler (diffusers' schedules; nvidia has none)")
     lr_num_cycles: int = _f(1, "hard restarts of --lr_scheduler cosine_with_restarts (diffusers' flag)")
     lr_power: float = _f(1.0, "power factor of --lr_scheduler polynomial (diffusers' flag)")
+    new_lr_cycle: bool = _f(
+        False,
+        "on resume, start the learning-rate schedule again at the checkpoint's step (a new cycle, as NVIDIA's "
+        "cycle_lengths give), running to --max_iter; the weights, optimizer moments and EMA go on as saved",
+    )
     use_8bit_adam: bool = _f(False, "bitsandbytes' 8-bit AdamW (needs the bitsandbytes package and a CUDA GPU)")
     allow_tf32: bool = _f(False, "allow TF32 matmuls and convolutions on Ampere and newer GPUs (fp32 runs go faster)")
     adam_beta1: float = _f(0.9, "AdamW beta1")

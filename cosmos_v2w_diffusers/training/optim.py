@@ -7,6 +7,7 @@ sanitising, and the EDM2 EMA (neither torch, accelerate nor diffusers' `EMAModel
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
@@ -72,6 +73,20 @@ def continue_linearly(lr_scheduler: torch.optim.lr_scheduler.LambdaLR, step: int
     lr_scheduler.lr_lambdas = [
         (lambda s, f=f: f) if constant else (lambda s, f=f: f * max(0.0, (end - s) / (end - step))) for f in factors
     ]
+
+
+def start_new_cycle(lr_scheduler: torch.optim.lr_scheduler.LambdaLR, step: int, config: OptimConfig) -> None:
+    """Make a restored schedule (now at `step`) begin again: this run's schedule over the `--max_iter - step` steps
+    left, from its start (warm-up included), as one more of NVIDIA's cycles. The learning rate takes the new
+    cycle's first value at once."""
+    if not isinstance(lr_scheduler, torch.optim.lr_scheduler.LambdaLR):
+        raise TypeError(f"cannot restart a {type(lr_scheduler).__name__}")
+    cycle = build_lr_scheduler(
+        lr_scheduler.optimizer, dataclasses.replace(config, lr_decay_steps=config.max_iter - step)
+    )
+    lr_scheduler.lr_lambdas = [lambda s, fn=fn: fn(s - step) for fn in cycle.lr_lambdas]
+    lr_scheduler.last_epoch -= 1  # stepping again to `step` sets the new cycle's rate
+    lr_scheduler.step()
 
 
 def sanitize_gradients(params: list[torch.nn.Parameter]) -> None:

@@ -39,6 +39,9 @@ class DataConfig(Section):
     dataset_path: str | None
     dataset_name: str | None
     dataset_config_name: str | None
+    video_column: str
+    caption_column: str
+    max_sequence_length: int
     num_frames: int
     height: int
     width: int
@@ -90,6 +93,7 @@ class OptimConfig(Section):
     lr_warmup_steps: int
     lr_num_cycles: int
     lr_power: float
+    new_lr_cycle: bool
     use_8bit_adam: bool
     adam_beta1: float
     adam_beta2: float

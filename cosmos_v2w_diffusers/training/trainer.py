@@ -34,9 +34,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ..allocator import set_allocator_defaults
 from ..builtin_sample import demo_dataset_path
 from ..components import load_vae, resolve_pretrained
-from ..data.hf_dataset import hub_dataset_folder, load_video2world_dataset
+from ..data.hf_dataset import CaptionEncoder, hub_dataset_folder, load_video2world_dataset
 from ..data.latent_cache import build_latent_cache
 from ..data.samples import DrawSampler, Video2WorldTrainDataset
+from ..data.video_folder import is_video_folder
 from ..exports import check_export_targets, export_final
 from ..latents import encode_video, use_channels_last_3d
 from ..objective import draw_training_randomness, video2world_loss
@@ -149,11 +150,24 @@ class Trainer:
         c = self.config
         with self.accelerator.main_process_first():  # one process fills the caches, the others read them
             dataset_path: str | Path
-            if c.dataset_name:
+            if c.dataset_name and not Path(c.dataset_name).is_dir():
                 dataset_path = hub_dataset_folder(c.dataset_name, c.cache_dir, c.dataset_config_name)
             else:
-                dataset_path = c.dataset_path or demo_dataset_path(self.preset)
-            table = load_video2world_dataset(dataset_path, c.num_frames, embed_dim=self.preset.text_embed_dim)
+                dataset_path = c.dataset_name or c.dataset_path or demo_dataset_path(self.preset)
+            # Captions without a T5 pickle (a video folder's) are encoded by the base's encoder, loaded only if needed.
+            text_encoder = CaptionEncoder(
+                resolve_pretrained(self.preset, c.pretrained_model_name_or_path), self.device, **c.hub_kwargs()
+            )
+            table = load_video2world_dataset(
+                dataset_path,
+                c.num_frames,
+                text_encoder=text_encoder if is_video_folder(dataset_path) else None,
+                embed_dim=self.preset.text_embed_dim,
+                max_text_tokens=c.max_sequence_length,
+                video_column=c.video_column,
+                caption_column=c.caption_column,
+            )
+            text_encoder.free()
         logger.info(
             "Dataset %s: %d clips, %d x %d x %d samples", dataset_path, len(table), c.num_frames, c.height, c.width
         )
@@ -174,7 +188,8 @@ class Trainer:
         checkpoint, a folder of the user's in the way, a bad repo id or token fail now, not after training.
         Returns the validation inputs (read on the main process)."""
         c = self.config
-        self.checkpointer = Checkpointer(c.checkpointing, c.optim, c, self.accelerator)
+        clips = [Path(path).name for path in table["video_path"]]
+        self.checkpointer = Checkpointer(c.checkpointing, c.optim, c, self.accelerator, clips)
         if self.lock:
             self.checkpointer.folder.remove_stale_temp_files()
         self.checkpointer.resume_point()  # before any model is loaded: a resume must come from the same run

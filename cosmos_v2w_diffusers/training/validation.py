@@ -24,7 +24,7 @@ from ..long_video import generate_long_video, long_video_frames
 from ..pipeline import DEFAULT_NEGATIVE_PROMPT, CosmosVideo2WorldPipeline, open_image
 from ..scheduler import CosmosMultistepScheduler
 from ..scheduler_few_step import CosmosFewStepScheduler
-from ..text_encoding import embed_prompts
+from ..text_encoding import MAX_TEXT_TOKENS, embed_prompts
 from ..video_metrics import psnr, ssim
 from .model import apply_lora
 
@@ -96,9 +96,11 @@ class Validator:
         # The prompts are encoded once; the text encoder is freed right after (T5-XXL is 11B parameters).
         pretrained = resolve_pretrained(preset, c.pretrained_model_name_or_path)
         tokenizer, encoder = load_text_encoder(pretrained, torch.float32, **c.hub_kwargs())
-        self.prompt_embeds, self.negative_embeds = embed_prompts(
-            [c.validation_prompt, DEFAULT_NEGATIVE_PROMPT], tokenizer, encoder
-        ).split(1)
+        embeds = embed_prompts(
+            [c.validation_prompt, DEFAULT_NEGATIVE_PROMPT], tokenizer, encoder, c.max_sequence_length
+        )
+        embeds = torch.nn.functional.pad(embeds, (0, 0, 0, MAX_TEXT_TOKENS - embeds.shape[1]))  # as training pads
+        self.prompt_embeds, self.negative_embeds = embeds.split(1)
         del tokenizer, encoder
         transformer = load_transformer(preset, c.pretrained_model_name_or_path, compute_dtype, **c.hub_kwargs())
         # A distillation validates its student: a plain net (the trainer merges it), sampled as it was distilled.
