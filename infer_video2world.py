@@ -10,9 +10,13 @@ import logging
 import sys
 
 from cosmos_v2w_diffusers.generation_flags import parse_args
+from cosmos_v2w_diffusers.generation_jobs import check_jobs
 
 if __name__ == "__main__":
-    parse_args()  # before the heavy imports below, so `--help` and flag errors answer at once
+    try:  # before the heavy imports below, so `--help` and every check that needs no model answer at once
+        check_jobs(parse_args())
+    except (ValueError, OSError) as exc:
+        sys.exit(f"error: {exc}")
     from safetensors import SafetensorError
 
     from cosmos_v2w_diffusers.inference import main

@@ -33,7 +33,8 @@ from benchmarks.common import write_result
 from cosmos_v2w_diffusers.components import tiny_pretrained_path
 from cosmos_v2w_diffusers.data.demo_clips import DEMO_PROMPT, NUM_CLIPS, render_clip
 from cosmos_v2w_diffusers.demo import GUIDANCE_SCALE, robot_distance
-from cosmos_v2w_diffusers.long_video import generate_long_video, long_video_frames
+from cosmos_v2w_diffusers.generation_jobs import long_video_frames
+from cosmos_v2w_diffusers.long_video import generate_long_video
 from cosmos_v2w_diffusers.pipeline import CosmosVideo2WorldPipeline, nvidia_initial_noise
 from cosmos_v2w_diffusers.presets import get_preset
 from cosmos_v2w_diffusers.sample_shape import latent_shape

@@ -24,7 +24,6 @@ import torch
 import torch.distributed as dist
 from diffusers import CosmosTransformer3DModel, FlowMatchEulerDiscreteScheduler
 from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
-from diffusers.utils import is_cosmos_guardrail_available
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
@@ -51,9 +50,9 @@ from .cuda_graphs import enable_cuda_graphs
 from .data.folder import presented_frame_count
 from .exports import LORA_WEIGHTS_NAME
 from .generation_flags import parse_args
-from .io_utils import read_regular_file
+from .generation_jobs import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_chunks, check_jobs
 from .latents import use_channels_last_3d
-from .long_video import ChunkWriter, check_chunks, generate_long_video
+from .long_video import ChunkWriter, generate_long_video
 from .parallel_dims import ParallelDims
 from .pipeline import CosmosVideo2WorldPipeline, check_conditioning_frames, nvidia_initial_noise, open_image
 from .presets import get_preset
@@ -63,9 +62,6 @@ from .scheduler_few_step import CosmosFewStepScheduler
 from .step_cache import STEP_CACHE_FILE, Calibration, calibrate, read_calibration, write_calibration
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
 
 
 def sample_size(args: argparse.Namespace) -> tuple[int, int, int]:
@@ -345,72 +341,6 @@ def process_device(num_gpus: int) -> torch.device:
     return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
 
 
-def jobs_from_args(args: argparse.Namespace) -> list[dict]:
-    """The generations to run, each checked (prompt, input, a writable `.mp4` save path) before any model loads."""
-    if args.batch_input_json:
-        source = Path(args.batch_input_json)
-        try:
-            entries = json.loads(read_regular_file(source, max_bytes=64 * 2**20))
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"--batch_input_json {source} cannot be read as JSON ({exc}).") from None
-        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            raise ValueError(
-                f'--batch_input_json {source} must hold a list of {{"prompt", "input_path", "save_path"}} objects.'
-            )
-        jobs = [
-            {
-                "prompt": e.get("prompt"),
-                "input_path": e.get("input_path") or e.get("input_video"),
-                "save_path": e.get("save_path") or e.get("output_video"),
-                "num_chunks": e.get("num_chunks", args.num_chunks),
-            }
-            for e in entries
-        ]
-    else:
-        jobs = [
-            {
-                "prompt": args.prompt,
-                "input_path": args.input_path,
-                "save_path": args.save_path,
-                "num_chunks": args.num_chunks,
-            }
-        ]
-    for job in jobs:
-        if not job["prompt"] or not job["input_path"] or not job["save_path"]:
-            missing = [name for name in ("prompt", "input_path", "save_path") if not job[name]]
-            raise ValueError(
-                f"Each generation needs a prompt, an input_path and a save_path: {', '.join(missing)} missing "
-                f"(--{' --'.join(missing)}, or the entries of --batch_input_json)."
-            )
-        if type(job["num_chunks"]) is not int:
-            raise ValueError(f"num_chunks of {job['save_path']} must be a whole number, got {job['num_chunks']!r}.")
-        check_save_path(Path(job["save_path"]))
-    check_no_input_is_overwritten(jobs)
-    return jobs
-
-
-def check_no_input_is_overwritten(jobs: list[dict]) -> None:
-    """Refuse, before any generation, a save path that is an input of any job (the input would be destroyed,
-    perhaps before a later job reads it) or that two jobs share (the first video would be lost)."""
-
-    def same(a: Path, b: Path) -> bool:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
-
-    inputs = [Path(job["input_path"]) for job in jobs]
-    for n, job in enumerate(jobs):
-        save = Path(job["save_path"])
-        for source in inputs:
-            if same(save, source):
-                raise ValueError(
-                    f"--save_path {save} is the input {source}: writing it would destroy the input; pass another path."
-                )
-        for other in jobs[n + 1 :]:
-            if same(save, Path(other["save_path"])):
-                raise ValueError(
-                    f"--save_path {save} is given to two generations: the second would replace the first; pass two."
-                )
-
-
 BENCHMARK_TIMED_RUNS = 3  # NVIDIA's benchmark mode: 4 runs, the first one untimed
 
 
@@ -446,19 +376,9 @@ def store_calibration(path: Path, calibration: Calibration) -> None:
         logger.warning("Could not store the --cache auto choice in %s (%s); the next run calibrates again.", path, exc)
 
 
-def check_save_path(path: Path) -> None:
-    """Refuse a save path that would fail only after the whole generation: a folder, or not `.mp4`."""
-    if path.is_dir():
-        raise ValueError(f"--save_path {path} is a folder: pass a file name ending in .mp4 inside it.")
-    if path.suffix.lower() != ".mp4":
-        raise ValueError(f"--save_path {path} does not end in .mp4: the video is written as MP4.")
-    if path.parent.exists() and not path.parent.is_dir():
-        raise ValueError(f"--save_path {path}: {path.parent} is a file, not a folder.")
-
-
 def check_before_loading(args: argparse.Namespace, jobs: list[dict], inputs: list[tuple]) -> int | None:
-    """What needs no model, checked before any loads: each job's chunks and conditioning frames, a distilled
-    student's flags, the guardrail, the base folder, the prompt refiner's reach. Returns the student's steps
+    """What needs no model but the inputs' frames, checked before any loads: each job's chunks and conditioning
+    frames, a distilled student's flags, the base folder, the prompt refiner's reach. Returns the student's steps
     (None for any other weights)."""
     for job, (image, video) in zip(jobs, inputs):
         check_chunks(
@@ -472,11 +392,6 @@ def check_before_loading(args: argparse.Namespace, jobs: list[dict], inputs: lis
                 "--num_conditional_frames",
             )
     steps = student_steps(args)  # a student's flags, before any model loads
-    if not args.disable_guardrail and not is_cosmos_guardrail_available():  # not after minutes of loading
-        raise ValueError(
-            "NVIDIA's tooling runs the cosmos_guardrail safety checker by default, and it is not installed: "
-            "`pip install cosmos_guardrail`, or pass --disable_guardrail."
-        )
     if args.pretrained_model_name_or_path:
         check_is_pipeline_folder(args.pretrained_model_name_or_path)
     if args.use_cuda_graphs and not torch.cuda.is_available():
@@ -489,7 +404,7 @@ def check_before_loading(args: argparse.Namespace, jobs: list[dict], inputs: lis
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     height, width, num_frames = sample_size(args)
-    jobs = jobs_from_args(args)
+    jobs = check_jobs(args)  # (the CLI asked the same before importing torch)
     inputs = [
         read_conditioning(job["input_path"], args.num_conditional_frames) for job in jobs
     ]  # fail before loading any model

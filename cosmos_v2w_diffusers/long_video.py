@@ -24,34 +24,11 @@ import PIL.Image
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from .generation_jobs import check_chunks
 from .pipeline import CosmosVideo2WorldPipeline, nvidia_initial_noise
 from .sample_shape import latent_shape
 
 logger = logging.getLogger(__name__)
-
-# A bound on --num_chunks: 100 chunks of 93 frames at 16 fps are over 9 minutes of video (hours to generate).
-MAX_CHUNKS = 100
-
-
-def long_video_frames(num_frames: int, num_chunks: int, num_conditional_frames: int) -> int:
-    """Frames of an N-chunk video of F-frame chunks conditioned on c frames: `F + (N - 1)(F - c)`."""
-    return num_frames + (num_chunks - 1) * (num_frames - num_conditional_frames)
-
-
-def check_chunks(
-    num_chunks: int, num_conditional_frames: int, image_input: bool, source: str = "--input_path"
-) -> None:
-    """Refuse, before any model loads, a chunk count out of 1..`MAX_CHUNKS` or a 5-frame continuation of an image."""
-    if not 1 <= num_chunks <= MAX_CHUNKS:
-        raise ValueError(
-            f"--num_chunks must be 1 to {MAX_CHUNKS} (100 chunks of 93 frames are over 9 minutes at 16 fps), got "
-            f"{num_chunks}."
-        )
-    if num_chunks > 1 and num_conditional_frames > 1 and image_input:
-        raise ValueError(
-            f"{source} is an image, one frame, and --num_conditional_frames {num_conditional_frames} continues each "
-            f"chunk from its last {num_conditional_frames} frames: pass a video, or --num_conditional_frames 1."
-        )
 
 
 def generate_long_video(

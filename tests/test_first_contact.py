@@ -95,13 +95,14 @@ def test_a_transformer_folder_is_a_dit_path_and_as_a_base_pipeline_is_one_line(t
 
 
 def test_generation_without_the_guardrail_installed_is_refused_before_anything_loads(tmp_path, monkeypatch):
+    import importlib.util
     import time
 
     from conftest import cli_error, tiny_generation_flags
 
     flags = tiny_generation_flags(tmp_path, disable_guardrail=False)
-    monkeypatch.setattr("diffusers.utils.is_cosmos_guardrail_available", lambda: False)
-    monkeypatch.setattr("cosmos_v2w_diffusers.inference.is_cosmos_guardrail_available", lambda: False)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "cosmos_guardrail" else real(n, *a))
     start = time.perf_counter()
     message = cli_error(monkeypatch, "infer_video2world.py", *flags)
     assert "pip install cosmos_guardrail" in message and "--disable_guardrail" in message

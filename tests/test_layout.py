@@ -35,25 +35,43 @@ def test_no_module_outside_training_imports_training():
     assert ".training" in _imported_modules("from . import training")  # the form that once slipped through
 
 
-def test_every_cli_answers_help_without_importing_torch_diffusers_or_transformers():
+def test_every_cli_answers_help_and_flag_refusals_without_importing_torch_diffusers_or_transformers():
+    """`--help`, and generation refusals that need no model (a chunk count, a missing prompt, the guardrail), answer
+    before the heavy imports: in a fraction of a second, not the 6-18 s torch and diffusers take to import."""
     import subprocess
     import sys
 
     heavy = "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
-    runs = {
-        "infer_video2world.py": "runpy.run_path('infer_video2world.py', run_name='__main__')",
-        "convert": "runpy.run_module('cosmos_v2w_diffusers.convert', run_name='__main__')",
-    }
-    for name, run in runs.items():
+    infer = "runpy.run_path('infer_video2world.py', run_name='__main__')"
+    runs = [
+        ("infer_video2world.py", ["--help"], infer, "--help"),
+        ("convert", ["--help"], "runpy.run_module('cosmos_v2w_diffusers.convert', run_name='__main__')", "--help"),
+        ("infer_video2world.py", ["--num_chunks", "0"], infer, "missing"),
+        (
+            "infer_video2world.py",
+            ["--prompt", "p", "--input_path", "a.png", "--save_path", "o.mp4", "--num_chunks", "1e9"],
+            infer,
+            "--num_chunks must be 1 to 100",
+        ),
+        (
+            "infer_video2world.py",
+            ["--prompt", "p", "--input_path", "a.png", "--save_path", "o.mp4", "--num_chunks", "2"]
+            + ["--num_conditional_frames", "5", "--disable_guardrail"],
+            infer,
+            "a.png is an image",
+        ),
+    ]
+    for name, argv, run, expected in runs:
         probe = (
-            f"import runpy, sys\nsys.argv = ['{name}', '--help']\ntry:\n    {run}\nexcept SystemExit:\n    pass\n"
-            f"{heavy}"
+            f"import runpy, sys\nsys.argv = {[name, *argv]!r}\ntry:\n    {run}\nexcept SystemExit as exc:\n"
+            f"    print(exc.code)\n{heavy}"
         )
         result = subprocess.run(
             [sys.executable, "-c", probe], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=60
         )
-        assert "--help" in result.stdout and result.stdout.strip().endswith("[]"), (
+        assert expected in result.stdout + result.stderr and result.stdout.strip().endswith("[]"), (
             name,
+            argv,
             result.stdout[-500:],
             result.stderr[-500:],
         )
@@ -123,7 +141,17 @@ def test_the_library_takes_nothing_from_the_clis_and_data_imports_nothing_above_
     for module in ("pipeline.py", "attention.py", "training/config.py", "demo.py", "data/demo_clips.py"):
         imported = {m.lstrip(".").split(".")[0] for m in _imported_modules((PACKAGE / module).read_text())}
         assert not imported & {c.lstrip(".") for c in cli_modules}, (module, imported & cli_modules)
-    below_data = {"presets", "io_utils", "text_encoding", "sample_shape", "latents", "log_escaping", ""}
+    below_data = {
+        "presets",
+        "components",
+        "choices",
+        "io_utils",
+        "text_encoding",
+        "sample_shape",
+        "latents",
+        "log_escaping",
+        "",
+    }
     for path in (PACKAGE / "data").glob("*.py"):  # data/ may use only what sits below it, never prepare_data & co.
         upward = {m for m in _imported_modules(path.read_text()) if m.startswith("..")}
         assert {m[2:].split(".")[0] for m in upward} <= below_data, (path.name, upward)

@@ -7,7 +7,8 @@ import torch
 from conftest import PROMPT, cli_error, tiny_generation_flags
 
 from cosmos_v2w_diffusers.components import tiny_pretrained_path
-from cosmos_v2w_diffusers.long_video import MAX_CHUNKS, generate_long_video, long_video_frames
+from cosmos_v2w_diffusers.generation_jobs import MAX_CHUNKS, long_video_frames
+from cosmos_v2w_diffusers.long_video import generate_long_video
 from cosmos_v2w_diffusers.pipeline import CosmosVideo2WorldPipeline, nvidia_initial_noise
 from cosmos_v2w_diffusers.presets import get_preset
 from cosmos_v2w_diffusers.sample_shape import latent_shape

@@ -532,7 +532,7 @@ def test_bad_run_folders_and_checkpoints_are_one_line_errors(tiny_run, prepared_
 
 
 def test_bad_generation_inputs_are_one_line_errors_before_any_model_loads(tmp_path, monkeypatch):
-    from cosmos_v2w_diffusers import convert, inference
+    from cosmos_v2w_diffusers import convert, generation_jobs, inference
 
     image = tmp_path / "portrait.jpg"
     exif = PIL.Image.Exif()
@@ -570,13 +570,13 @@ def test_bad_generation_inputs_are_one_line_errors_before_any_model_loads(tmp_pa
     batch.write_text(json.dumps([{"input_path": str(image), "save_path": str(tmp_path / "a.mp4")}]))
     base = ["--model_size", "tiny", "--disable_guardrail"]
     with pytest.raises(ValueError, match="needs a prompt"):
-        inference.jobs_from_args(inference.parse_args([*base, "--batch_input_json", str(batch)]))
+        generation_jobs.jobs_from_args(inference.parse_args([*base, "--batch_input_json", str(batch)]))
     for save_path, reason in ((tmp_path, "is a folder"), (tmp_path / "video.avi", "does not end in .mp4")):
         args = inference.parse_args(
             [*base, "--prompt", "p", "--input_path", str(image), "--save_path", str(save_path)]
         )
         with pytest.raises(ValueError, match=reason):
-            inference.jobs_from_args(args)
+            generation_jobs.jobs_from_args(args)
 
 
 # ---------------------------------------------------------------- correctness

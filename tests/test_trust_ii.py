@@ -206,21 +206,23 @@ def test_convert_never_overwrites_weights(full_run, lora_run, tmp_path):
 
 
 def test_generation_never_writes_over_an_input_or_another_output(video_paths, tmp_path):
-    from cosmos_v2w_diffusers import inference
+    from cosmos_v2w_diffusers import generation_jobs, inference
 
     clip = tmp_path / "clip.mp4"
     shutil.copy(video_paths["bikes"], clip)
     base = ["--model_size", "tiny", "--disable_guardrail", "--prompt", PROMPT]
     for save in (clip, tmp_path / "." / "clip.mp4"):
         with pytest.raises(ValueError, match="would destroy the input"):
-            inference.jobs_from_args(
+            generation_jobs.jobs_from_args(
                 inference.parse_args([*base, "--input_path", str(clip), "--save_path", str(save)])
             )
     batch = tmp_path / "batch.json"
     entries = [{"prompt": PROMPT, "input_path": str(clip), "save_path": str(tmp_path / "out.mp4")}] * 2
     batch.write_text(json.dumps(entries))
     with pytest.raises(ValueError, match="given to two generations"):
-        inference.jobs_from_args(inference.parse_args(["--model_size", "tiny", "--batch_input_json", str(batch)]))
+        generation_jobs.jobs_from_args(
+            inference.parse_args(["--model_size", "tiny", "--batch_input_json", str(batch)])
+        )
     assert clip.read_bytes() == video_paths["bikes"].read_bytes()
 
 

@@ -20,7 +20,8 @@ from diffusers.utils import export_to_video
 from torchvision.transforms.v2 import functional as TF
 
 from ..components import load_text_encoder, load_transformer, resolve_pretrained
-from ..long_video import generate_long_video, long_video_frames
+from ..generation_jobs import long_video_frames
+from ..long_video import generate_long_video
 from ..pipeline import DEFAULT_NEGATIVE_PROMPT, CosmosVideo2WorldPipeline, open_image
 from ..scheduler import CosmosMultistepScheduler
 from ..scheduler_few_step import CosmosFewStepScheduler
