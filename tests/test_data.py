@@ -254,6 +254,35 @@ def test_prepare_data_fetches_a_hub_dataset_into_videos_offline(video_paths, tmp
     assert sorted(p.name for p in (root / "t5_xxl").glob("*.pickle")) == ["bigbuckbunny.pickle", "bikes.pickle"]
 
 
+def test_a_parquet_table_holding_the_clips_is_read_through_files_written_once(tmp_path, video_paths):
+    """A Hub-style parquet dataset (`data/*.parquet`) whose video column holds each clip's bytes: each clip is
+    written once, by its hash, under the cache and read from there; a row without bytes or caption is left out."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "table"
+    (folder / "data").mkdir(parents=True)
+    clip = video_paths["bikes"].read_bytes()
+    videos = [{"bytes": clip, "path": "a.mp4"}, {"bytes": clip, "path": "b.mp4"}, {"bytes": None, "path": None}]
+    pq.write_table(
+        pa.table({"clip": videos, "caption": [PROMPT, "", "no clip"]}), folder / "data" / "train-00000.parquet"
+    )
+    cache = tmp_path / "cache"
+    for _ in range(2):  # the second read finds the clip's file written
+        table = load_video2world_dataset(
+            folder,
+            17,
+            CaptionEncoder("tiny"),
+            TINY_DIM,
+            cache_dir=cache,
+            video_column="clip",
+            caption_column="caption",
+        )
+        assert table["caption"] == [PROMPT] and table[0]["num_frames"] == 250
+        (written,) = (cache / "cosmos_v2w_clips").iterdir()
+        assert table[0]["video_path"] == str(written) and written.read_bytes() == clip
+
+
 def test_a_datasets_video_folder_trains_with_its_captions_encoded_once(tmp_path, video_paths):
     """diffusers' layout: clips beside a metadata.csv (`file_name`, caption), as `--dataset_name <folder>
     --caption_column caption`; a clip without a caption and a clip that is no video are reported and left out."""

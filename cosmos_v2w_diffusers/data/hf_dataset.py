@@ -155,7 +155,8 @@ def load_video2world_dataset(
 
     Args:
         dataset_path: NVIDIA's layout (`videos/`, `metas/` and, optionally, `t5_xxl/`), or a `datasets` video
-            folder (a `metadata.csv` naming each clip's `file_name` and its caption; `video_folder.py`).
+            table (a `metadata.csv` naming each clip's `file_name` and its caption, or parquet files holding the
+            clips; `video_folder.py`).
         num_frames: frames a training sample takes; shorter clips are skipped.
         text_encoder: encodes captions that have no `t5_xxl/<name>.pickle` (all of a video folder's). Without it
             such videos are skipped (with the reason logged): run `prepare_data` first, or pass an encoder.
@@ -214,15 +215,14 @@ def load_video2world_dataset(
 
 
 def hub_dataset_folder(repo_id: str, cache_dir: str | None = None, config_name: str | None = None) -> str:
-    """`--dataset_name`: a Hub dataset repo in NVIDIA's layout, as a local folder (downloaded once, then read from
-    huggingface_hub's cache) that `load_video2world_dataset` reads like any `--dataset_path`; with `config_name`
-    (`--dataset_config_name`), the repo's folder of that name. datasets' `load_dataset` reads tables, not a folder
-    of mp4s beside their captions and T5 pickles, so the repo's files are fetched as they are."""
+    """`--dataset_name`: a Hub dataset repo (NVIDIA's layout or a `datasets` video table) as a local folder,
+    downloaded once, then read from huggingface_hub's cache by `load_video2world_dataset` like any `--dataset_path`;
+    with `config_name` (`--dataset_config_name`), the repo's folder of that name. The repo's files are fetched as
+    they are: datasets' `load_dataset` reads tables, not a folder of mp4s beside their captions and T5 pickles."""
     from huggingface_hub import snapshot_download
-
-    patterns = [f"{config_name}/*"] if config_name else None
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    patterns = [f"{config_name}/*"] if config_name else None
     try:
         folder = Path(snapshot_download(repo_id, repo_type="dataset", cache_dir=cache_dir, allow_patterns=patterns))
     except LocalEntryNotFoundError:  # an OSError, which would otherwise read as a disk's
