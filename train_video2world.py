@@ -38,6 +38,7 @@ def main() -> None:
     from cosmos_v2w_diffusers.training.checkpoint import CheckpointSpaceError
     from cosmos_v2w_diffusers.training.guards import EXIT_PREEMPTED
     from cosmos_v2w_diffusers.training.hub import HubUploadError
+    from cosmos_v2w_diffusers.training.nodes import lost_peer_message
     from cosmos_v2w_diffusers.training.run_lock import OutputDirInUseError
     from cosmos_v2w_diffusers.training.trainer import Trainer
 
@@ -56,6 +57,11 @@ def main() -> None:
         sys.exit(f"error: {exc}")
     except OSError as exc:  # a full disk, a read-only or missing folder: one line naming the file
         sys.exit(f"error: {describe_os_error(exc, 'the output folder or a cache')}")
+    except RuntimeError as exc:  # a collective that lost a peer (torch's DistBackendError is one): name the node
+        message = lost_peer_message(exc, config.ddp_timeout, config.output_dir or "the output folder")
+        if message is None:
+            raise
+        sys.exit(f"error: {message}")
     trainer.close()
     if trainer.preempted:  # SIGTERM/SIGINT: a checkpoint was saved; run the same command to resume
         sys.exit(EXIT_PREEMPTED)

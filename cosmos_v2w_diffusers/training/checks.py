@@ -46,6 +46,7 @@ _AT_LEAST = {
     "max_skipped_clips": 0,
     "selective_checkpointing_blocks": 0,
     "context_parallel_size": 1,
+    "ddp_timeout": 10,
     "lr_warmup_steps": 0,
     "lr_num_cycles": 1,
     "num_train_epochs": 1,
@@ -72,6 +73,7 @@ _AT_MOST = {
     "validation_num_chunks": 100,  # long_video.MAX_CHUNKS
     "dataloader_num_workers": 256,
     "context_parallel_size": 4096,
+    "ddp_timeout": 7 * 24 * 3600,
     "max_iter": 10**9,
     "save_iter": 10**9,
     "lr_decay_steps": 10**9,

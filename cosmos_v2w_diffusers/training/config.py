@@ -242,6 +242,11 @@ class TrainConfig:
         "shard each sample's latent tokens over this many processes (Ulysses attention); the data-parallel degree "
         "is processes / N, and N must divide the attention heads and the tokens",
     )
+    ddp_timeout: int = _f(
+        1800,
+        "seconds a process waits for the others in a collective before the job ends with an error naming a lost "
+        "node (transformers' name and default; torch's process-group timeout)",
+    )
     memory_budget_gib: float | None = _f(
         None,
         "plan the step for this much GPU memory instead of the card's (a smaller card, or room for other work); a run "

@@ -138,6 +138,7 @@ class ParallelConfig(Section):
     (`training/parallel.py`, `training/memory.py`)."""
 
     context_parallel_size: int
+    ddp_timeout: int
     mixed_precision: str | None
     allow_tf32: bool
     compile: bool | None

@@ -5,14 +5,17 @@ Launch with accelerate (one GPU to many nodes; DDP, FSDP or DeepSpeed come from 
     accelerate launch train_video2world.py --model 2B --dataset_path datasets/cosmos_nemo_assets
     accelerate launch --config_file accelerate_configs/fsdp_8gpu.yaml train_video2world.py --model 14B ...
 
-Randomness is a pure function of (seed, step, micro-step, rank): the data stream, each clip's frame window,
-the noise, sigma, conditioning frames and text dropout. A resumed run therefore replays exactly what the
-uninterrupted run would have done, with nothing but the weights, optimizer and scheduler to restore.
+Randomness is a pure function of the seed and a micro-batch's place in the run's stream
+(`(step * accumulation + micro-step) * data-parallel size + data-parallel rank`): the data stream, each clip's frame
+window, the noise, sigma, conditioning frames and text dropout. A resumed run therefore replays exactly what the
+uninterrupted run would have done, with nothing but the weights, optimizer and scheduler to restore, and one
+process accumulating N micro-batches draws what N data-parallel processes draw.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
 import time
 import warnings
@@ -25,6 +28,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import (
     AutocastKwargs,
     DistributedDataParallelKwargs,
+    InitProcessGroupKwargs,
     ProjectConfiguration,
     parse_flag_from_env,
 )
@@ -55,6 +59,7 @@ from .hub import HubUploader, write_model_card
 from .memory import LeanLevers, check_fits, choose_lean_levers, memory_budget_bytes
 from .metrics import describe_throughput, loss_trend, throughput_summary
 from .model import load_trainable_transformer, meta_trainable_transformer
+from .nodes import caches_filled_in_order, check_same_run_everywhere
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
 from .parallel import default_mixed_precision, prepare_for_wrapping
 from .run_config import RunConfig
@@ -108,6 +113,7 @@ class Trainer:
                     gradient_as_bucket_view=True, find_unused_parameters=bool(c.distill_steps)
                 ),
                 AutocastKwargs(cache_enabled=False if c.distill_steps else None),
+                InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=c.ddp_timeout)),
             ],
         )
         self.device = self.accelerator.device
@@ -133,6 +139,7 @@ class Trainer:
         """Everything after the output folder is ours, in the order that fails cheapest first: the layout and the
         flags it rules out, the data, where the run writes and uploads, the models, the optimisation state."""
         # Context parallelism: groups of `cp` consecutive ranks share a sample, each holding 1/cp of its tokens.
+        check_same_run_everywhere(self.accelerator, self.config)  # the first exchange: every node's flags alike
         self.dims = ParallelDims.from_accelerator(self.accelerator, self.config.context_parallel_size)
         validate(self.config, self.dims)
         self.history: list[float] = []  # mean loss of each optimizer step run by this process
@@ -148,7 +155,7 @@ class Trainer:
         """The clips' table, first: a folder with nothing usable fails before any model is loaded. With the clips
         and the ranks counted, the config is resolved for epochs and `--scale_lr` (from the flags again)."""
         c = self.config
-        with self.accelerator.main_process_first():  # one process fills the caches, the others read them
+        with caches_filled_in_order(self.accelerator):  # one process a node fills its caches, the others read
             dataset_path: str | Path
             if c.dataset_name and not Path(c.dataset_name).is_dir():
                 dataset_path = hub_dataset_folder(c.dataset_name, c.cache_dir, c.dataset_config_name)
@@ -231,7 +238,7 @@ class Trainer:
             use_channels_last_3d(self.vae)
         latent_table = None
         if c.cache_latents:
-            with self.accelerator.main_process_first():
+            with caches_filled_in_order(self.accelerator):
                 latent_table = build_latent_cache(
                     table, self.vae, c.num_frames, c.height, c.width, c.cache_windows_per_clip, c.seed
                 )
@@ -319,11 +326,13 @@ class Trainer:
                     latents = batch["latents"].to(self.device, non_blocking=True)
                 else:
                     latents = encode_video(self.vae, batch["video"])
-                generator = torch.Generator().manual_seed(
-                    _step_seed(
-                        self.config.seed, step, micro, self.dims.dp_rank
-                    )  # a context-parallel group draws alike
-                )
+                # Seeded by the micro-batch's place in the run's stream, as the data sampler reads it: one process
+                # accumulating 2 micro-batches draws the noise 2 data-parallel processes draw (and a context-parallel
+                # group draws alike). One process, one micro-batch a step: the place is the step.
+                place = (
+                    step * self.config.gradient_accumulation_steps + micro
+                ) * self.dims.dp_size + self.dims.dp_rank
+                generator = torch.Generator().manual_seed(_step_seed(self.config.seed, place, 0, 0))
                 draws = draw_training_randomness(tuple(latents.shape), generator)
                 text = batch["t5_text_embeddings"].to(self.device)
                 with self._autocast():
