@@ -9,8 +9,8 @@ Every flag: `python infer_video2world.py --help`.
 import logging
 import sys
 
-from cosmos_v2w_diffusers.generation_flags import parse_args
-from cosmos_v2w_diffusers.generation_jobs import check_jobs
+from cosmos_v2w_diffusers.generation.flags import parse_args
+from cosmos_v2w_diffusers.generation.jobs import check_jobs
 
 if __name__ == "__main__":
     try:  # before the heavy imports below, so `--help` and every check that needs no model answer at once
@@ -19,7 +19,7 @@ if __name__ == "__main__":
         sys.exit(f"error: {exc}")
     from safetensors import SafetensorError
 
-    from cosmos_v2w_diffusers.inference import main
+    from cosmos_v2w_diffusers.generation.runner import main
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -34,13 +34,13 @@ def main() -> None:
     if not torch.cuda.is_available():  # DeepSpeed picks its CPU accelerator here anyway, with a warning each start
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from cosmos_v2w_diffusers.data.folder import NoUsableVideosError
-    from cosmos_v2w_diffusers.io_utils import describe_os_error
     from cosmos_v2w_diffusers.training.checkpoint import CheckpointSpaceError
     from cosmos_v2w_diffusers.training.guards import EXIT_PREEMPTED
     from cosmos_v2w_diffusers.training.hub import HubUploadError
     from cosmos_v2w_diffusers.training.nodes import lost_peer_message
     from cosmos_v2w_diffusers.training.run_lock import OutputDirInUseError
     from cosmos_v2w_diffusers.training.trainer import Trainer
+    from cosmos_v2w_diffusers.utils.io_utils import describe_os_error
 
     try:  # bad input, a busy output folder, a full disk: one line that says what and how to fix
         trainer = Trainer(config)

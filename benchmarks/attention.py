@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from benchmarks.common import median_seconds, write_result
-from cosmos_v2w_diffusers.attention import flash4_available
 from cosmos_v2w_diffusers.compat import activate_flash_attention_4
+from cosmos_v2w_diffusers.models.attention import flash4_available
 
 
 def measure(backend: SDPBackend, q, k, v, grad, repeats: int) -> dict:

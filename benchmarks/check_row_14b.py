@@ -22,8 +22,8 @@ from benchmarks.memory_table_14b import (
     activation_model,
 )
 from benchmarks.slice_14b import GIB, measure
-from cosmos_v2w_diffusers.components import build_transformer
-from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.models.components import build_transformer
+from cosmos_v2w_diffusers.models.presets import get_preset
 
 SLICE_BLOCKS = 3
 CAPACITY_80GB = next(capacity for _, card, capacity in CLUSTERS if card == "80 GB")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cosmos_v2w_diffusers.io_utils import atomic_write
+from cosmos_v2w_diffusers.utils.io_utils import atomic_write
 
 
 def environment() -> dict:

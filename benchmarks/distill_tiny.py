@@ -7,7 +7,7 @@ a 4-step student distilled from it on the demo's sample clips (CPU), both scored
    (the exported `pipeline/`, loaded with `CosmosVideo2WorldPipeline.from_pretrained` and called with its
    defaults: 4 steps of its few-step sampler, no guidance) continue the first frame of the held-out clip from
    NVIDIA's noise for seeds 0..3: PSNR against the real continuation and the robot's position error in the last
-   frame (`demo.py`), and the student's PSNR against the teacher's video. Seed 0 is the demo's own input; the
+   frame (`cli/demo.py`), and the student's PSNR against the teacher's video. Seed 0 is the demo's own input; the
    means are over the seeds. Guidance's unconditional side is the zero text embedding, as distilled (the demo
    itself generates without guidance: NVIDIA's negative prompt at 7 turns the tiny model's errors into stripes).
    The control: the teacher itself sampled with the student's 4-step sampler and guidance G (`teacher_4_steps_*`),
@@ -28,14 +28,14 @@ import torch
 from diffusers import CosmosTransformer3DModel
 
 from benchmarks.common import write_result
-from cosmos_v2w_diffusers.components import tiny_pretrained_path
+from cosmos_v2w_diffusers.cli.demo import continue_first_frame, held_out_clip, robot_error
 from cosmos_v2w_diffusers.data.demo_clips import DEMO_PROMPT
-from cosmos_v2w_diffusers.demo import continue_first_frame, held_out_clip, robot_error
-from cosmos_v2w_diffusers.pipeline import CosmosVideo2WorldPipeline
-from cosmos_v2w_diffusers.presets import get_preset
-from cosmos_v2w_diffusers.scheduler_few_step import CosmosFewStepScheduler
+from cosmos_v2w_diffusers.generation.pipeline import CosmosVideo2WorldPipeline
+from cosmos_v2w_diffusers.generation.scheduler_few_step import CosmosFewStepScheduler
+from cosmos_v2w_diffusers.generation.video_metrics import psnr
+from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
+from cosmos_v2w_diffusers.models.presets import get_preset
 from cosmos_v2w_diffusers.training.config import TrainConfig
-from cosmos_v2w_diffusers.video_metrics import psnr
 
 SEEDS = (0, 1, 2, 3)
 

@@ -31,13 +31,13 @@ from diffusers import AutoencoderKLWan
 
 from benchmarks.common import write_result
 from cosmos_v2w_diffusers import CosmosMultistepScheduler, CosmosVideo2WorldPipeline
-from cosmos_v2w_diffusers.allocator import set_allocator_defaults
-from cosmos_v2w_diffusers.attention import set_attention_backend
-from cosmos_v2w_diffusers.compile import compile_block_forwards
-from cosmos_v2w_diffusers.components import build_transformer, tiny_pretrained_path
-from cosmos_v2w_diffusers.latents import use_channels_last_3d
-from cosmos_v2w_diffusers.presets import get_preset
-from cosmos_v2w_diffusers.video_metrics import psnr, ssim
+from cosmos_v2w_diffusers.generation.video_metrics import psnr, ssim
+from cosmos_v2w_diffusers.models.attention import set_attention_backend
+from cosmos_v2w_diffusers.models.compile import compile_block_forwards
+from cosmos_v2w_diffusers.models.components import build_transformer, tiny_pretrained_path
+from cosmos_v2w_diffusers.models.latents import use_channels_last_3d
+from cosmos_v2w_diffusers.models.presets import get_preset
+from cosmos_v2w_diffusers.utils.allocator import set_allocator_defaults
 
 # (name, fp8, natten, cache threshold); the fp8 settings come last: fp8 replaces the layers for good.
 SETTINGS = [

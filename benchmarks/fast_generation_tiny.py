@@ -25,14 +25,14 @@ from diffusers import CosmosTransformer3DModel
 from PIL import Image
 
 from benchmarks.common import write_result
-from cosmos_v2w_diffusers.components import tiny_pretrained_path
+from cosmos_v2w_diffusers.cli.demo import held_out_clip
 from cosmos_v2w_diffusers.data.demo_clips import DEMO_PROMPT
-from cosmos_v2w_diffusers.demo import held_out_clip
-from cosmos_v2w_diffusers.pipeline import CosmosVideo2WorldPipeline, nvidia_initial_noise
-from cosmos_v2w_diffusers.presets import get_preset
-from cosmos_v2w_diffusers.sample_shape import latent_shape
-from cosmos_v2w_diffusers.step_cache import worst_frame_psnr
-from cosmos_v2w_diffusers.video_metrics import ssim
+from cosmos_v2w_diffusers.generation.pipeline import CosmosVideo2WorldPipeline, nvidia_initial_noise
+from cosmos_v2w_diffusers.generation.step_cache import worst_frame_psnr
+from cosmos_v2w_diffusers.generation.video_metrics import ssim
+from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
+from cosmos_v2w_diffusers.models.presets import get_preset
+from cosmos_v2w_diffusers.models.sample_shape import latent_shape
 
 INPUT_FRAMES = (0, 4, 8, 12)
 # (name, cache threshold, fp8, natten), the settings of `fast_generation.py`; fp8 last: it replaces the layers.

@@ -27,17 +27,17 @@ from diffusers import AutoencoderKLWan
 
 from benchmarks.common import write_result
 from cosmos_v2w_diffusers import CosmosFewStepScheduler, CosmosMultistepScheduler, CosmosVideo2WorldPipeline
-from cosmos_v2w_diffusers.allocator import set_allocator_defaults
-from cosmos_v2w_diffusers.attention import BACKENDS, set_attention_backend
-from cosmos_v2w_diffusers.compile import compile_blocks
-from cosmos_v2w_diffusers.components import build_transformer
-from cosmos_v2w_diffusers.context_parallel import enable_context_parallel
-from cosmos_v2w_diffusers.cuda_graphs import WARMUP_CALLS, enable_cuda_graphs
-from cosmos_v2w_diffusers.inference import generation_dims, offload_transformer_blocks, process_device
-from cosmos_v2w_diffusers.latents import use_channels_last_3d
-from cosmos_v2w_diffusers.long_video import generate_long_video
-from cosmos_v2w_diffusers.presets import get_preset
-from cosmos_v2w_diffusers.sample_shape import latent_tokens
+from cosmos_v2w_diffusers.generation.cuda_graphs import WARMUP_CALLS, enable_cuda_graphs
+from cosmos_v2w_diffusers.generation.long_video import generate_long_video
+from cosmos_v2w_diffusers.generation.runner import generation_dims, offload_transformer_blocks, process_device
+from cosmos_v2w_diffusers.models.attention import BACKENDS, set_attention_backend
+from cosmos_v2w_diffusers.models.compile import compile_blocks
+from cosmos_v2w_diffusers.models.components import build_transformer
+from cosmos_v2w_diffusers.models.latents import use_channels_last_3d
+from cosmos_v2w_diffusers.models.presets import get_preset
+from cosmos_v2w_diffusers.models.sample_shape import latent_tokens
+from cosmos_v2w_diffusers.parallel.context_parallel import enable_context_parallel
+from cosmos_v2w_diffusers.utils.allocator import set_allocator_defaults
 
 
 def main() -> None:

@@ -30,15 +30,15 @@ from diffusers.utils import export_to_video
 from PIL import Image
 
 from benchmarks.common import write_result
-from cosmos_v2w_diffusers.components import tiny_pretrained_path
+from cosmos_v2w_diffusers.cli.demo import GUIDANCE_SCALE, robot_distance
 from cosmos_v2w_diffusers.data.demo_clips import DEMO_PROMPT, NUM_CLIPS, render_clip
-from cosmos_v2w_diffusers.demo import GUIDANCE_SCALE, robot_distance
-from cosmos_v2w_diffusers.generation_jobs import long_video_frames
-from cosmos_v2w_diffusers.long_video import generate_long_video
-from cosmos_v2w_diffusers.pipeline import CosmosVideo2WorldPipeline, nvidia_initial_noise
-from cosmos_v2w_diffusers.presets import get_preset
-from cosmos_v2w_diffusers.sample_shape import latent_shape
-from cosmos_v2w_diffusers.video_metrics import psnr
+from cosmos_v2w_diffusers.generation.jobs import long_video_frames
+from cosmos_v2w_diffusers.generation.long_video import generate_long_video
+from cosmos_v2w_diffusers.generation.pipeline import CosmosVideo2WorldPipeline, nvidia_initial_noise
+from cosmos_v2w_diffusers.generation.video_metrics import psnr
+from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
+from cosmos_v2w_diffusers.models.presets import get_preset
+from cosmos_v2w_diffusers.models.sample_shape import latent_shape
 
 CHUNKS = 4
 

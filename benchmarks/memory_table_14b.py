@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import write_result
-from cosmos_v2w_diffusers.components import build_transformer
-from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.models.components import build_transformer
+from cosmos_v2w_diffusers.models.presets import get_preset
 from cosmos_v2w_diffusers.training.config import LORA_TARGET_MODULES
 from cosmos_v2w_diffusers.training.memory import HEADROOM_BYTES, fsdp_buffer_bytes, state_bytes
 from cosmos_v2w_diffusers.training.model import apply_lora

@@ -23,8 +23,8 @@ from transformers import T5Config, T5EncoderModel
 
 from benchmarks.common import write_result
 from cosmos_v2w_diffusers import CosmosMultistepScheduler, CosmosVideo2WorldPipeline
-from cosmos_v2w_diffusers.components import build_transformer, load_text_encoder
-from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.models.components import build_transformer, load_text_encoder
+from cosmos_v2w_diffusers.models.presets import get_preset
 
 # t5-11b's encoder (google-t5/t5-11b config.json), the text encoder Cosmos-Predict2 uses.
 T5_11B = dict(

@@ -16,16 +16,16 @@ from diffusers import AutoencoderKLWan
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import median_seconds, write_result
-from cosmos_v2w_diffusers.attention import BACKENDS, set_attention_backend
-from cosmos_v2w_diffusers.compile import compile_blocks
-from cosmos_v2w_diffusers.components import build_transformer
-from cosmos_v2w_diffusers.latents import (
+from cosmos_v2w_diffusers.models.attention import BACKENDS, set_attention_backend
+from cosmos_v2w_diffusers.models.compile import compile_blocks
+from cosmos_v2w_diffusers.models.components import build_transformer
+from cosmos_v2w_diffusers.models.latents import (
     decode_latents,
     encode_video,
     use_channels_last_3d,
 )
-from cosmos_v2w_diffusers.preconditioning import conditioning_mask, denoise
-from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.models.preconditioning import conditioning_mask, denoise
+from cosmos_v2w_diffusers.models.presets import get_preset
 
 
 def category(name: str) -> str:

@@ -25,14 +25,14 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import write_result
-from cosmos_v2w_diffusers.builtin_sample import demo_dataset_path
-from cosmos_v2w_diffusers.components import tiny_pretrained_path
-from cosmos_v2w_diffusers.demo import continue_first_frame, held_out_clip
-from cosmos_v2w_diffusers.pipeline import CosmosVideo2WorldPipeline
-from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.cli.demo import continue_first_frame, held_out_clip
+from cosmos_v2w_diffusers.data.builtin_sample import demo_dataset_path
+from cosmos_v2w_diffusers.generation.pipeline import CosmosVideo2WorldPipeline
+from cosmos_v2w_diffusers.generation.video_metrics import psnr, ssim
+from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
+from cosmos_v2w_diffusers.models.presets import get_preset
 from cosmos_v2w_diffusers.training.config import TrainConfig
 from cosmos_v2w_diffusers.training.trainer import Trainer
-from cosmos_v2w_diffusers.video_metrics import psnr, ssim
 
 PRECISIONS = ("bf16", "fp8")
 

@@ -18,9 +18,9 @@ import dataclasses
 import torch
 
 from benchmarks.common import write_result
-from cosmos_v2w_diffusers.components import build_transformer
-from cosmos_v2w_diffusers.preconditioning import conditioning_mask, denoise
-from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.models.components import build_transformer
+from cosmos_v2w_diffusers.models.preconditioning import conditioning_mask, denoise
+from cosmos_v2w_diffusers.models.presets import get_preset
 from cosmos_v2w_diffusers.training.activation_checkpointing import apply_activation_checkpointing
 
 GIB = 2**30

@@ -130,6 +130,44 @@ DISTILLED_QUALITY = (
     "4 seeds on the held-out clip, PSNR and robot error against the real continuation",
 )
 
+# Long videos and CUDA graphs (issue 43): against the one-chunk run made on the same machine in the same session.
+LONG_VIDEO_BASELINE = "generation_2b_720p_4_steps"
+LONG_VIDEO = {
+    "generation_2b_720p_6_chunks": "generation_2b_720p_6_chunks",
+    "generation_2b_720p_cuda_graphs": "generation_2b_720p_4_steps_cuda_graphs",
+}
+
+
+def _long_video_rows() -> list[dict]:
+    """6 chunks (the peak held to one chunk's, within 5%) and CUDA graphs (the speedup), where measured."""
+    if not (RESULTS / f"{LONG_VIDEO_BASELINE}.json").is_file():
+        return []
+    one = _read(LONG_VIDEO_BASELINE)
+    rows = []
+    for name, file in LONG_VIDEO.items():
+        if not (RESULTS / f"{file}.json").is_file():
+            continue
+        result = _read(file)
+        row = {"name": name, "seconds": result["seconds"], "peak_gib": result["peak_gib"]}
+        row |= {"baseline_seconds": one["seconds"], "baseline_peak_gib": one["peak_gib"]}
+        if result.get("num_chunks", 1) > 1:
+            row |= {"num_chunks": result["num_chunks"]}
+            row |= {
+                "peak_within_5_percent_of_one_chunk": abs(result["peak_gib"] - one["peak_gib"])
+                <= 0.05 * one["peak_gib"]
+            }
+        else:
+            row |= {"speedup": round(one["seconds"] / result["seconds"], 3)}
+        row |= {"gpu": result["environment"]["gpu"], "command": result["command"], "date": "2026-12-07"}
+        rows.append(
+            row
+            | {
+                "result": f"benchmarks/results/{file}.json",
+                "baseline": f"benchmarks/results/{LONG_VIDEO_BASELINE}.json",
+            }
+        )
+    return rows
+
 
 def _tiny_quality(setting: str) -> dict:
     """The trained-weights quality of a fast-generation `setting`, from both tiny models."""
@@ -287,6 +325,7 @@ def main() -> None:
         )
     summary += [_fast_generation_row(name, *source) for name, source in FAST_GENERATION.items()]
     summary += _distilled_rows()
+    summary += _long_video_rows()
     headline_medians(summary)
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for row in summary:

@@ -40,10 +40,11 @@ from filelock import FileLock
 from torch.profiler import ProfilerActivity
 
 from benchmarks.common import make_dataset, write_result
-from cosmos_v2w_diffusers.components import build_transformer
-from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.models.components import build_transformer
+from cosmos_v2w_diffusers.models.presets import get_preset
 from cosmos_v2w_diffusers.training.config import TrainConfig
 from cosmos_v2w_diffusers.training.metrics import throughput_summary
+from cosmos_v2w_diffusers.training.run_config import resolve
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
 
@@ -79,7 +80,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO)
 
     config = TrainConfig.from_args(trainer_argv)
-    resolved = config.resolved()
+    resolved = resolve(config)
     preset = get_preset(resolved.model)
     work = Path(args.workdir)
     weights = work / f"weights_{preset.short_name}"

@@ -12,7 +12,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from benchmarks.common import median_seconds, write_result
-from cosmos_v2w_diffusers.latents import encode_video
+from cosmos_v2w_diffusers.models.latents import encode_video
 
 
 def timed(vae, video) -> float:

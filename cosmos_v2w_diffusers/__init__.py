@@ -6,18 +6,18 @@ without loading torch, diffusers and transformers.
 
 from importlib import import_module
 
-from . import log_escaping
+from .utils import log_escaping
 
 log_escaping.install()
 
 _EXPORTS = {
-    "PRESETS": ".presets",
-    "CosmosFewStepScheduler": ".scheduler_few_step",
-    "CosmosMultistepScheduler": ".scheduler",
-    "CosmosVideo2WorldPipeline": ".pipeline",
-    "ModelPreset": ".presets",
+    "PRESETS": ".models.presets",
+    "CosmosFewStepScheduler": ".generation.scheduler_few_step",
+    "CosmosMultistepScheduler": ".generation.scheduler",
+    "CosmosVideo2WorldPipeline": ".generation.pipeline",
+    "ModelPreset": ".models.presets",
     "Video2WorldTrainDataset": ".data.samples",
-    "get_preset": ".presets",
+    "get_preset": ".models.presets",
     "load_video2world_dataset": ".data.hf_dataset",
 }
 

@@ -10,7 +10,7 @@ DEFAULT_NEGATIVE_PROMPT = (
     "fake elements, unconvincing visuals, poorly edited content, jump cuts, visual noise, and flickering. "
     "Overall, the video is of poor quality."
 )
-# `--attention_backend` of both CLIs (`attention.py` routes them).
+# `--attention_backend` of both CLIs (`models/attention.py` routes them).
 ATTENTION_BACKENDS = ("auto", "cudnn", "flash4", "native")
 # (width, height) by resolution and aspect ratio, as NVIDIA's inference script.
 RESOLUTIONS = {
@@ -19,7 +19,7 @@ RESOLUTIONS = {
 }
 NUM_FRAMES_BY_FPS = {16: 93, 10: 61}
 
-# The prompt refiner NVIDIA's examples/video2world.py runs for its base models (`prompt_refiner.py`).
+# The prompt refiner NVIDIA's examples/video2world.py runs for its base models (`generation/prompt_refiner.py`).
 DEFAULT_PROMPT_REFINER = "nvidia/Cosmos-Reason1-7B"
 
 # T5 tokens a prompt is encoded to, and the embeddings' padded length: NVIDIA's 512.

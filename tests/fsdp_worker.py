@@ -15,12 +15,12 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 
-from cosmos_v2w_diffusers.components import load_transformer
-from cosmos_v2w_diffusers.context_parallel import enable_context_parallel
-from cosmos_v2w_diffusers.objective import draw_training_randomness, video2world_loss
-from cosmos_v2w_diffusers.parallel_dims import ParallelDims
-from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.models.components import load_transformer
+from cosmos_v2w_diffusers.models.presets import get_preset
+from cosmos_v2w_diffusers.parallel.context_parallel import enable_context_parallel
+from cosmos_v2w_diffusers.parallel.parallel_dims import ParallelDims
 from cosmos_v2w_diffusers.training.activation_checkpointing import canonical_name, wrap_blocks_for_fsdp
+from cosmos_v2w_diffusers.training.objective import draw_training_randomness, video2world_loss
 from cosmos_v2w_diffusers.training.parallel import fsdp_mixed_precision, full_tensor
 
 dist.init_process_group("gloo")

@@ -18,14 +18,14 @@ def lora_step(
     gradients of the second, and the swap (None without one)."""
     from diffusers.training_utils import cast_training_params
 
-    from cosmos_v2w_diffusers.compile import compile_blocks
-    from cosmos_v2w_diffusers.components import load_transformer
-    from cosmos_v2w_diffusers.fp8 import quantize_blocks_to_fp8
-    from cosmos_v2w_diffusers.objective import draw_training_randomness, video2world_loss
-    from cosmos_v2w_diffusers.presets import get_preset
+    from cosmos_v2w_diffusers.models.compile import compile_blocks
+    from cosmos_v2w_diffusers.models.components import load_transformer
+    from cosmos_v2w_diffusers.models.fp8 import quantize_blocks_to_fp8
+    from cosmos_v2w_diffusers.models.presets import get_preset
     from cosmos_v2w_diffusers.training.activation_checkpointing import apply_activation_checkpointing, canonical_name
     from cosmos_v2w_diffusers.training.block_swap import BlockSwap
     from cosmos_v2w_diffusers.training.model import apply_lora
+    from cosmos_v2w_diffusers.training.objective import draw_training_randomness, video2world_loss
 
     tiny = get_preset("tiny")
     torch.manual_seed(0)

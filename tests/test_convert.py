@@ -3,8 +3,8 @@
 import torch
 from safetensors.torch import load_file
 
-from cosmos_v2w_diffusers import convert
-from cosmos_v2w_diffusers.checkpoint_format import training_counters
+from cosmos_v2w_diffusers.cli import convert
+from cosmos_v2w_diffusers.models.checkpoint_format import training_counters
 from cosmos_v2w_diffusers.training.config import TrainConfig
 from cosmos_v2w_diffusers.training.trainer import Trainer
 

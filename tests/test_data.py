@@ -10,14 +10,14 @@ import torch
 from conftest import PROMPT, make_dataset_folder
 
 from cosmos_v2w_diffusers import Video2WorldTrainDataset, load_video2world_dataset
-from cosmos_v2w_diffusers.components import load_text_encoder
 from cosmos_v2w_diffusers.data.demo_clips import export_clip
 from cosmos_v2w_diffusers.data.folder import NoUsableVideosError
 from cosmos_v2w_diffusers.data.hf_dataset import CaptionEncoder
 from cosmos_v2w_diffusers.data.samples import resize_frames
-from cosmos_v2w_diffusers.latents import to_model_range
-from cosmos_v2w_diffusers.presets import get_preset
-from cosmos_v2w_diffusers.text_encoding import read_t5_pickle, write_t5_pickle
+from cosmos_v2w_diffusers.models.components import load_text_encoder
+from cosmos_v2w_diffusers.models.latents import to_model_range
+from cosmos_v2w_diffusers.models.presets import get_preset
+from cosmos_v2w_diffusers.models.text_encoding import read_t5_pickle, write_t5_pickle
 
 TINY = get_preset("tiny")
 TINY_DIM = TINY.text_embed_dim
@@ -25,7 +25,7 @@ TINY_DIM = TINY.text_embed_dim
 
 def test_prepare_data_cli_writes_nvidia_layout(tmp_path, video_paths):
     root = make_dataset_folder(tmp_path / "D", video_paths, prepare=False)
-    cmd = [sys.executable, "-m", "cosmos_v2w_diffusers.prepare_data", "--dataset_path", str(root)]
+    cmd = [sys.executable, "-m", "cosmos_v2w_diffusers.data.prepare_data", "--dataset_path", str(root)]
     result = subprocess.run(cmd + ["--prompt", PROMPT, "--text_encoder", "tiny"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     for name in video_paths:
@@ -52,7 +52,7 @@ def test_prepare_data_cli_fails_when_nothing_is_usable(tmp_path):
         [
             sys.executable,
             "-m",
-            "cosmos_v2w_diffusers.prepare_data",
+            "cosmos_v2w_diffusers.data.prepare_data",
             "--dataset_path",
             str(tmp_path),
             "--prompt",
@@ -213,7 +213,7 @@ def test_nothing_usable_raises_with_every_reason(tmp_path):
 
 def test_prepare_data_fetches_a_hub_dataset_into_videos_offline(video_paths, tmp_path, monkeypatch):
     """The real huggingface_hub client, offline, against a Hugging Face cache laid out as a download leaves it."""
-    from cosmos_v2w_diffusers import prepare_data
+    from cosmos_v2w_diffusers.data import prepare_data
 
     cache, commit = tmp_path / "hub", "0123456789abcdef0123456789abcdef01234567"
     repo = cache / "datasets--nvidia--Cosmos-NeMo-Assets"

@@ -14,12 +14,12 @@ import torch
 from conftest import ONE_CPU_PROCESS, accelerate_launch
 from PIL import Image
 
-from cosmos_v2w_diffusers.components import load_text_encoder, load_vae
+from cosmos_v2w_diffusers.cli.tiny_model import eval_windows, frame_weighted_mean, reconstruction_psnr
 from cosmos_v2w_diffusers.data.demo_clips import export_clip, render_clip
 from cosmos_v2w_diffusers.data.samples import read_frames
-from cosmos_v2w_diffusers.presets import get_preset
-from cosmos_v2w_diffusers.text_encoding import embed_prompts
-from cosmos_v2w_diffusers.tiny_model import eval_windows, frame_weighted_mean, reconstruction_psnr
+from cosmos_v2w_diffusers.models.components import load_text_encoder, load_vae
+from cosmos_v2w_diffusers.models.presets import get_preset
+from cosmos_v2w_diffusers.models.text_encoding import embed_prompts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def test_exported_clips_keep_their_colours(tmp_path):
 
 @pytest.mark.slow  # 9 s; `make test` keeps the VAE's check on the robot clip (below)
 def test_the_shipped_tiny_vae_reconstructs_footage_it_never_saw(video_paths):
-    """The whole of a real clip the VAE never saw (all 14 of `bikes.mp4`'s 17-frame windows, as `tiny_model.py`
+    """The whole of a real clip the VAE never saw (all 14 of `bikes.mp4`'s 17-frame windows, as `cli/tiny_model.py`
     reports it), and a demo clip. A random VAE of the same shape scores 10.7 and 11.2 dB; the shipped one 24.23
     and 42.1 dB (issue 20's aim: 24 dB on the real clip). The VAEs shipped before: 23.81 and 22.94 dB on the real
     clip, and 19.83 with the real one's 8x spatial compression."""
@@ -49,8 +49,8 @@ def test_the_shipped_tiny_vae_keeps_the_robot_in_the_frame_video2world_continues
     trained on, the reconstructed frame shows the teal square within 1 pixel of where it was drawn (the
     shipped VAE: 0.23 pixels at most). The VAE shipped before, with 8x spatial compression, found it within 4
     pixels in 15 of the 20, a blurred blob in the other 5."""
-    from cosmos_v2w_diffusers.demo import robot_distance
-    from cosmos_v2w_diffusers.tiny_model import reconstruct
+    from cosmos_v2w_diffusers.cli.demo import robot_distance
+    from cosmos_v2w_diffusers.cli.tiny_model import reconstruct
 
     vae = load_vae(get_preset("tiny"))
     clips = torch.stack(
@@ -102,7 +102,7 @@ def test_make_demo_writes_a_video_a_comparison_and_metrics_and_a_rerun_is_comple
     demo = [
         sys.executable,
         "-m",
-        "cosmos_v2w_diffusers.demo",
+        "cosmos_v2w_diffusers.cli.demo",
         "--run_dir",
         str(run_dir),
         "--output_dir",
@@ -153,8 +153,8 @@ def test_make_demo_writes_a_video_a_comparison_and_metrics_and_a_rerun_is_comple
 
 
 def test_the_robot_is_found_where_it_was_drawn_and_missed_where_it_is_gone():
+    from cosmos_v2w_diffusers.cli.demo import robot_centre, robot_error
     from cosmos_v2w_diffusers.data.demo_clips import render_clip
-    from cosmos_v2w_diffusers.demo import robot_centre, robot_error
 
     frames = torch.stack([torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in render_clip(17, 64, 112, 3)])
     side = 16

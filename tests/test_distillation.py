@@ -8,14 +8,13 @@ import pytest
 import torch
 from conftest import PROMPT, cli_error, make_dataset_folder, tiny_config, train_to_the_end
 
-from cosmos_v2w_diffusers.checkpoint_format import distilled_steps_of, load_native_checkpoint
-from cosmos_v2w_diffusers.components import build_transformer, tiny_pretrained_path
-from cosmos_v2w_diffusers.generation_flags import parse_args
-from cosmos_v2w_diffusers.inference import student_steps
-from cosmos_v2w_diffusers.objective import draw_training_randomness
-from cosmos_v2w_diffusers.pipeline import CosmosVideo2WorldPipeline
-from cosmos_v2w_diffusers.presets import get_preset
-from cosmos_v2w_diffusers.scheduler_few_step import CosmosFewStepScheduler, few_step_sigmas
+from cosmos_v2w_diffusers.generation.flags import parse_args
+from cosmos_v2w_diffusers.generation.pipeline import CosmosVideo2WorldPipeline
+from cosmos_v2w_diffusers.generation.runner import student_steps
+from cosmos_v2w_diffusers.generation.scheduler_few_step import CosmosFewStepScheduler, few_step_sigmas
+from cosmos_v2w_diffusers.models.checkpoint_format import distilled_steps_of, load_native_checkpoint
+from cosmos_v2w_diffusers.models.components import build_transformer, tiny_pretrained_path
+from cosmos_v2w_diffusers.models.presets import get_preset
 from cosmos_v2w_diffusers.training.config import TrainConfig
 from cosmos_v2w_diffusers.training.distill import (
     DMD2,
@@ -25,6 +24,8 @@ from cosmos_v2w_diffusers.training.distill import (
     merged_student,
     use_adapter,
 )
+from cosmos_v2w_diffusers.training.objective import draw_training_randomness
+from cosmos_v2w_diffusers.training.run_config import resolve
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
 TEACHER_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
@@ -172,7 +173,7 @@ def test_a_tiny_distillation_checkpoints_a_plain_student_resumes_exactly_and_gen
     index = json.loads((tmp_path / "straight" / "pipeline" / "model_index.json").read_text())
     assert index["scheduler"] == ["diffusers", "FlowMatchEulerDiscreteScheduler"]
     video = tmp_path / "student.mp4"
-    from cosmos_v2w_diffusers.inference import main as infer
+    from cosmos_v2w_diffusers.generation.runner import main as infer
 
     image = tmp_path / "first.png"
     import PIL.Image
@@ -243,15 +244,15 @@ def test_a_student_as_teacher_and_a_student_with_the_step_cache_are_refused(tmp_
         with pytest.raises(ValueError, match="drop --cache"):
             student_steps(args)
     assert student_steps(parse_args(["--model_size", "tiny", "--dit_path", str(model_file)])) == 4
-    assert TrainConfig(model="tiny", distill_steps=2).resolved().output_dir.endswith("video2world_distill/tiny_demo")
+    assert resolve(TrainConfig(model="tiny", distill_steps=2)).output_dir.endswith("video2world_distill/tiny_demo")
 
 
 def test_cache_auto_calibrates_on_the_first_input_stores_the_choice_and_the_next_run_reuses_it(tmp_path, caplog):
     import logging
     import shutil
 
-    from cosmos_v2w_diffusers.inference import main as infer
-    from cosmos_v2w_diffusers.step_cache import CALIBRATION_THRESHOLDS, STEP_CACHE_FILE
+    from cosmos_v2w_diffusers.generation.runner import main as infer
+    from cosmos_v2w_diffusers.generation.step_cache import CALIBRATION_THRESHOLDS, STEP_CACHE_FILE
 
     weights = tmp_path / "transformer"  # a post-trained transformer folder, as --dit_path takes it
     shutil.copytree(tiny_pretrained_path() / "transformer", weights)
@@ -283,7 +284,7 @@ def test_cache_auto_calibrates_on_the_first_input_stores_the_choice_and_the_next
 def test_a_students_model_card_says_how_it_samples_and_keeps_the_teachers_paths_out(tmp_path):
     from cosmos_v2w_diffusers.training.hub import model_card
 
-    config = TrainConfig(model="tiny", distill_steps=4, guidance=3.0).resolved()
+    config = resolve(TrainConfig(model="tiny", distill_steps=4, guidance=3.0))
     command = ["train_video2world.py", "--distill_steps", "4", "--lora_path", "/home/me/teacher/lora"]
     card = str(model_card(config, None, command, "me/student"))
     assert "4-step student" in card and "its 4-step sampler" in card and "cannot express the student's sampler" in card
@@ -291,10 +292,10 @@ def test_a_students_model_card_says_how_it_samples_and_keeps_the_teachers_paths_
 
 
 def test_a_distillation_under_deepspeed_is_refused_and_runs_under_ddp_and_fsdp():
-    from cosmos_v2w_diffusers.parallel_dims import ParallelDims
-    from cosmos_v2w_diffusers.training.checks import validate
+    from cosmos_v2w_diffusers.parallel.parallel_dims import ParallelDims
+    from cosmos_v2w_diffusers.training.run_config import validate
 
-    run = TrainConfig(model="tiny", distill_steps=4).resolved()
+    run = resolve(TrainConfig(model="tiny", distill_steps=4))
     with pytest.raises(ValueError, match="DeepSpeed's ZeRO does not take"):
         validate(run, ParallelDims(2, 0, 1, "deepspeed"))
     for engine in ("ddp", "fsdp"):
@@ -381,7 +382,7 @@ def test_a_stored_cache_choice_that_cannot_be_right_is_calibrated_again(tmp_path
     or a link where it should be: each is ignored (the run calibrates again and writes its own, replacing it)."""
     import os
 
-    from cosmos_v2w_diffusers.step_cache import Calibration, read_calibration, write_calibration
+    from cosmos_v2w_diffusers.generation.step_cache import Calibration, read_calibration, write_calibration
 
     settings = {"size": [17, 64, 112]}
     path = tmp_path / "step_cache.json"

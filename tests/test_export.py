@@ -7,8 +7,8 @@ from conftest import PROMPT
 from safetensors.torch import load_file
 
 from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline
-from cosmos_v2w_diffusers.exports import WEIGHTS_NAME
-from cosmos_v2w_diffusers.scheduler import CosmosMultistepScheduler
+from cosmos_v2w_diffusers.export.exports import WEIGHTS_NAME
+from cosmos_v2w_diffusers.generation.scheduler import CosmosMultistepScheduler
 from cosmos_v2w_diffusers.training.config import TrainConfig
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
@@ -76,7 +76,7 @@ def test_lora_exports_load_into_the_stock_pipeline_and_combine_on_ours(prepared_
     `load_lora_adapter` takes our file. Ours loads several and mixes them with `set_adapters`."""
     from diffusers import Cosmos2VideoToWorldPipeline
 
-    from cosmos_v2w_diffusers.components import tiny_pretrained_path
+    from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
 
     folders = {}
     for name, seed in (("robot", 0), ("arm", 1)):

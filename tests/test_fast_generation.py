@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline
-from cosmos_v2w_diffusers import sparse_attention as sparse
-from cosmos_v2w_diffusers.components import tiny_pretrained_path
-from cosmos_v2w_diffusers.fp8 import Float8FrozenLinear
-from cosmos_v2w_diffusers.presets import get_preset
-from cosmos_v2w_diffusers.video_metrics import psnr, ssim
+from cosmos_v2w_diffusers.generation import sparse_attention as sparse
+from cosmos_v2w_diffusers.generation.video_metrics import psnr, ssim
+from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
+from cosmos_v2w_diffusers.models.fp8 import Float8FrozenLinear
+from cosmos_v2w_diffusers.models.presets import get_preset
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = get_preset("tiny")
@@ -71,7 +71,7 @@ def dense():
 def test_step_cache_skips_blocks_says_how_many_and_stays_near_dense(dense, caplog):
     pipe = _pipe()
     cache = pipe.enable_step_cache(0.1)
-    with caplog.at_level(logging.INFO, logger="cosmos_v2w_diffusers.pipeline"):
+    with caplog.at_level(logging.INFO, logger="cosmos_v2w_diffusers.generation.pipeline"):
         cached = _videos(pipe)
     summaries = [r.getMessage() for r in caplog.records if "step cache" in r.getMessage()]
     assert len(summaries) == len(SEEDS)
@@ -151,7 +151,7 @@ def test_fp8_linear_layers_stay_near_dense(dense):
 
 
 def test_cli_flags_are_checked_before_anything_loads(capsys):
-    from cosmos_v2w_diffusers.generation_flags import parse_args
+    from cosmos_v2w_diffusers.generation.flags import parse_args
 
     refused = {
         ("--cache", "x"): "neither a number nor auto",

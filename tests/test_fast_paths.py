@@ -9,14 +9,7 @@ import weakref
 import pytest
 import torch
 
-from cosmos_v2w_diffusers import attention, load_video2world_dataset
-from cosmos_v2w_diffusers.attention import (
-    CosmosAttnProcessor,
-    resolve_attention_backend,
-    set_attention_backend,
-)
-from cosmos_v2w_diffusers.compile import compile_blocks
-from cosmos_v2w_diffusers.components import load_transformer, load_vae
+from cosmos_v2w_diffusers import load_video2world_dataset
 from cosmos_v2w_diffusers.data import latent_cache
 from cosmos_v2w_diffusers.data.latent_cache import build_latent_cache
 from cosmos_v2w_diffusers.data.samples import (
@@ -24,14 +17,22 @@ from cosmos_v2w_diffusers.data.samples import (
     read_frames,
     resize_frames,
 )
-from cosmos_v2w_diffusers.latents import encode_video
-from cosmos_v2w_diffusers.objective import draw_training_randomness, video2world_loss
-from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.models import attention
+from cosmos_v2w_diffusers.models.attention import (
+    CosmosAttnProcessor,
+    resolve_attention_backend,
+    set_attention_backend,
+)
+from cosmos_v2w_diffusers.models.compile import compile_blocks
+from cosmos_v2w_diffusers.models.components import load_transformer, load_vae
+from cosmos_v2w_diffusers.models.latents import encode_video
+from cosmos_v2w_diffusers.models.presets import get_preset
 from cosmos_v2w_diffusers.training.activation_checkpointing import apply_activation_checkpointing, canonical_name
 from cosmos_v2w_diffusers.training.memory import (
     selective_blocks_that_fit,
     step_bytes_without_selective,
 )
+from cosmos_v2w_diffusers.training.objective import draw_training_randomness, video2world_loss
 
 TINY = get_preset("tiny")
 
@@ -228,7 +229,7 @@ def test_memory_plan_estimates_measured_2b_steps(monkeypatch):
     from pathlib import Path
     from types import SimpleNamespace
 
-    from cosmos_v2w_diffusers.components import build_transformer
+    from cosmos_v2w_diffusers.models.components import build_transformer
     from cosmos_v2w_diffusers.training import memory
 
     results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -272,7 +273,7 @@ def test_context_parallelism_that_is_not_needed_is_named(monkeypatch):
     slows the run (0.92 of one GPU's throughput per GPU against 0.99). On a 40 GiB card it is needed."""
     from types import SimpleNamespace
 
-    from cosmos_v2w_diffusers.components import build_transformer
+    from cosmos_v2w_diffusers.models.components import build_transformer
     from cosmos_v2w_diffusers.training import memory
 
     transformer = build_transformer(get_preset("2B"), device="meta")
@@ -361,9 +362,9 @@ _FSDP_COMPILE_SCRIPT = """
 import os, torch, torch.distributed as dist
 import torch._dynamo.utils as dynamo_utils
 from torch.distributed.fsdp import fully_shard
-from cosmos_v2w_diffusers.compile import compile_blocks
-from cosmos_v2w_diffusers.components import load_transformer
-from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.models.compile import compile_blocks
+from cosmos_v2w_diffusers.models.components import load_transformer
+from cosmos_v2w_diffusers.models.presets import get_preset
 from cosmos_v2w_diffusers.training.activation_checkpointing import wrap_blocks_for_fsdp
 
 dist.init_process_group("gloo", rank=0, world_size=1)

@@ -9,7 +9,8 @@ import huggingface_hub
 import pytest
 from conftest import PROMPT, make_dataset_folder
 
-from cosmos_v2w_diffusers import prepare_data
+from cosmos_v2w_diffusers.data import prepare_data
+from cosmos_v2w_diffusers.training.run_config import resolve
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,7 +82,7 @@ def test_a_transformer_folder_is_a_dit_path_and_as_a_base_pipeline_is_one_line(t
 
     from conftest import cli_error, tiny_generation_flags
 
-    from cosmos_v2w_diffusers.components import tiny_pretrained_path
+    from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
     from cosmos_v2w_diffusers.training.model import post_trained_weights
 
     folder = tmp_path / "transformer"
@@ -138,7 +139,7 @@ def test_a_unet_as_the_transformer_and_two_offloads_are_one_line(tmp_path, monke
 
     from conftest import cli_error
 
-    from cosmos_v2w_diffusers.components import tiny_pretrained_path
+    from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
 
     base = tmp_path / "base"
     shutil.copytree(tiny_pretrained_path(), base)
@@ -146,7 +147,7 @@ def test_a_unet_as_the_transformer_and_two_offloads_are_one_line(tmp_path, monke
     (base / "transformer" / "config.json").write_text(json.dumps({**config, "_class_name": "UNet2DConditionModel"}))
     message = cli_error(monkeypatch, "train_video2world.py", "--pretrained_model_name_or_path", str(base))
     assert "its transformer is a UNet2DConditionModel, not the CosmosTransformer3DModel" in message
-    from cosmos_v2w_diffusers.generation_flags import parse_args
+    from cosmos_v2w_diffusers.generation.flags import parse_args
 
     with pytest.raises(SystemExit):
         parse_args(["--offload_model", "--group_offload"])
@@ -171,7 +172,7 @@ def test_diffusers_schedule_flags_reach_get_scheduler():
     from cosmos_v2w_diffusers.training.optim import build_lr_scheduler
 
     def lr_at(step: int, **flags) -> float:
-        optim = TrainConfig(model="tiny", max_iter=10, learning_rate=1.0, **flags).resolved().optim
+        optim = resolve(TrainConfig(model="tiny", max_iter=10, learning_rate=1.0, **flags)).optim
         scheduler = build_lr_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), optim)
         for _ in range(step):
             scheduler.step()

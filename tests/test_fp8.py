@@ -6,8 +6,9 @@ import torch
 from conftest import make_dataset_folder, tiny_config
 from swap_step import lora_step
 
-from cosmos_v2w_diffusers.fp8 import Float8FrozenLinear
+from cosmos_v2w_diffusers.models.fp8 import Float8FrozenLinear
 from cosmos_v2w_diffusers.training.config import TrainConfig
+from cosmos_v2w_diffusers.training.run_config import resolve
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
 
@@ -65,15 +66,15 @@ def test_lora_on_an_fp8_base_trains_like_the_full_precision_base(bikes_dataset, 
 
 def test_an_fp8_base_is_for_lora_runs():
     with pytest.raises(ValueError, match="for --train_architecture lora"):
-        TrainConfig(model="tiny", base_precision="fp8").resolved()
+        resolve(TrainConfig(model="tiny", base_precision="fp8"))
 
 
 def test_a_run_that_cannot_fit_its_memory_budget_is_refused_before_any_weight_loads(
     prepared_dataset, tmp_path, monkeypatch
 ):
     """`--memory_budget_gib`: the leanest step of the run (counted on a meta-device model) against the budget."""
-    from cosmos_v2w_diffusers.components import build_transformer
-    from cosmos_v2w_diffusers.presets import get_preset
+    from cosmos_v2w_diffusers.models.components import build_transformer
+    from cosmos_v2w_diffusers.models.presets import get_preset
     from cosmos_v2w_diffusers.training import memory, model
     from cosmos_v2w_diffusers.training.model import meta_trainable_transformer
 
@@ -87,7 +88,7 @@ def test_a_run_that_cannot_fit_its_memory_budget_is_refused_before_any_weight_lo
     # 2B at 93x704x1280 on a 24 GB card: full post-training cannot fit; LoRA on an fp8 base with --low_vram can.
     two = get_preset("2B")
     budget = 24 * 2**30
-    full = TrainConfig(model="2B").resolved()
+    full = resolve(TrainConfig(model="2B"))
     none = memory.LeanLevers()
     with pytest.raises(ValueError, match="--train_architecture lora"):
         memory.check_fits(
@@ -98,7 +99,7 @@ def test_a_run_that_cannot_fit_its_memory_budget_is_refused_before_any_weight_lo
             budget,
             none,
         )
-    lean = TrainConfig(model="2B", train_architecture="lora", base_precision="fp8", low_vram=True).resolved()
+    lean = resolve(TrainConfig(model="2B", train_architecture="lora", base_precision="fp8", low_vram=True))
     least = memory.check_fits(
         meta_trainable_transformer(two, lean.weights, lean.seed, torch.bfloat16),
         lean,
@@ -107,7 +108,7 @@ def test_a_run_that_cannot_fit_its_memory_budget_is_refused_before_any_weight_lo
         budget,
         none,
     )
-    bf16_lora = TrainConfig(model="2B", train_architecture="lora", low_vram=True).resolved()
+    bf16_lora = resolve(TrainConfig(model="2B", train_architecture="lora", low_vram=True))
     more = memory.leanest_step_bytes(
         meta_trainable_transformer(two, bf16_lora.weights, bf16_lora.seed, torch.bfloat16),
         bf16_lora,
@@ -171,11 +172,9 @@ def test_block_swap_gives_the_plain_gradients_with_two_blocks_on_the_device(mode
 
 def test_block_swap_is_for_lora_runs_that_recompute_on_one_gpu():
     with pytest.raises(ValueError, match="--block_swap streams a frozen base: it is for --train_architecture lora"):
-        TrainConfig(model="tiny", block_swap=True).resolved()
+        resolve(TrainConfig(model="tiny", block_swap=True))
     with pytest.raises(ValueError, match="drop --activation_checkpointing none"):
-        TrainConfig(
-            model="tiny", train_architecture="lora", block_swap=True, activation_checkpointing="none"
-        ).resolved()
+        resolve(TrainConfig(model="tiny", train_architecture="lora", block_swap=True, activation_checkpointing="none"))
 
 
 def test_a_lora_run_with_block_swap_trains_as_without(bikes_dataset, tmp_path):
@@ -195,13 +194,13 @@ def test_the_lean_levers_are_chosen_cheapest_first_where_the_step_fits_only_with
     blocks' parts checkpointed. Block swap comes first; the parts only where swapping is not enough; neither on
     80 GiB, nor without --low_vram or a budget. Block swap never under several processes or for a full run; the
     parts need --low_vram."""
-    from cosmos_v2w_diffusers.presets import get_preset
+    from cosmos_v2w_diffusers.models.presets import get_preset
     from cosmos_v2w_diffusers.training import memory
     from cosmos_v2w_diffusers.training.memory import LeanLevers
     from cosmos_v2w_diffusers.training.model import meta_trainable_transformer
 
     fourteen = get_preset("14B")
-    lora = TrainConfig(model="14B", train_architecture="lora", low_vram=True).resolved()
+    lora = resolve(TrainConfig(model="14B", train_architecture="lora", low_vram=True))
     meta = meta_trainable_transformer(fourteen, lora.weights, lora.seed, torch.bfloat16)
 
     def least(**levers):
@@ -219,16 +218,14 @@ def test_the_lean_levers_are_chosen_cheapest_first_where_the_step_fits_only_with
 
     assert chosen(lora, swap_fits) == LeanLevers(block_swap=True)
     assert chosen(lora, parts_fit) == LeanLevers(block_swap=True, checkpoint_parts=True)
-    asked = LeanLevers.asked_by(
-        TrainConfig(model="14B", block_swap=True, train_architecture="lora").resolved().parallel
-    )
+    asked = LeanLevers.asked_by(resolve(TrainConfig(model="14B", block_swap=True, train_architecture="lora")).parallel)
     assert chosen(lora, parts_fit).beyond(asked) == ["checkpoint_parts"]  # what the trainer logs as chosen
     assert chosen(lora, 80) == LeanLevers()
     assert chosen(lora, swap_fits, one_gpu=False) == LeanLevers(checkpoint_parts=True)
-    plain = TrainConfig(model="14B", train_architecture="lora").resolved()
+    plain = resolve(TrainConfig(model="14B", train_architecture="lora"))
     assert chosen(plain, swap_fits) == LeanLevers()  # nothing asked it to fit: refused with the levers instead
-    budgeted = TrainConfig(model="14B", train_architecture="lora", memory_budget_gib=40).resolved()
+    budgeted = resolve(TrainConfig(model="14B", train_architecture="lora", memory_budget_gib=40))
     assert chosen(budgeted, parts_fit) == LeanLevers(block_swap=True)  # the parts need --low_vram
-    assert not chosen(TrainConfig(model="14B", low_vram=True).resolved(), swap_fits).block_swap
+    assert not chosen(resolve(TrainConfig(model="14B", low_vram=True)), swap_fits).block_swap
     budget = int(parts_fit * 2**30)
     assert memory.check_fits(meta, lora, 84_480, torch.bfloat16, budget, chosen(lora, parts_fit)) < budget

@@ -16,17 +16,18 @@ from conftest import PROMPT, cli_error, tiny_config, train_to_the_end
 from safetensors.torch import load_file
 
 from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline
-from cosmos_v2w_diffusers.components import build_transformer, tiny_pretrained_path
-from cosmos_v2w_diffusers.exports import (
+from cosmos_v2w_diffusers.export.exports import (
     WEIGHTS_INDEX_NAME,
     WEIGHTS_NAME,
     plan_shards,
     read_weights,
     write_diffusers_transformer,
 )
-from cosmos_v2w_diffusers.presets import get_preset
-from cosmos_v2w_diffusers.scheduler import CosmosMultistepScheduler
+from cosmos_v2w_diffusers.generation.scheduler import CosmosMultistepScheduler
+from cosmos_v2w_diffusers.models.components import build_transformer, tiny_pretrained_path
+from cosmos_v2w_diffusers.models.presets import get_preset
 from cosmos_v2w_diffusers.training.config import DIFFUSERS_SCHEDULERS, TRACKER_PACKAGES, TrainConfig
+from cosmos_v2w_diffusers.training.run_config import resolve
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
 TINY = get_preset("tiny")
@@ -108,7 +109,7 @@ def test_fp32_exports_on_request(full_run, tmp_path):
     assert (tmp_path / "fp32" / WEIGHTS_NAME).is_file() and not (tmp_path / "fp32" / WEIGHTS_INDEX_NAME).exists()
     assert {t.dtype for t in load_file(tmp_path / "fp32" / WEIGHTS_NAME).values()} == {torch.float32}
     with pytest.raises(ValueError, match="--export_max_shard_size"):
-        TrainConfig(model="tiny", export_max_shard_size="ten gigs").resolved()
+        resolve(TrainConfig(model="tiny", export_max_shard_size="ten gigs"))
 
 
 def test_a_14b_export_splits_into_files_the_hub_accepts():
@@ -133,7 +134,7 @@ def test_the_model_card_is_diffusers_and_its_snippet_runs_as_pasted(full_run, tm
     command = ["train_video2world.py", "--dataset_path", "/home/me/secret_robot_data", "--output_dir=/home/me/out"]
     command += ["--pretrained_model_name_or_path", local_base, "--validation_image", "/home/me/first.png"]
     validation = {"video": str(tmp_path / "v.mp4"), "psnr": 30.1}
-    card = model_card(config.resolved(), local_base, command, "someone/robot-v2w", validation)
+    card = model_card(resolve(config), local_base, command, "someone/robot-v2w", validation)
     text = str(card)
     assert "diffusers-training" in card.data.tags and "template:sd-lora" not in card.data.tags
     assert card.data.widget == [{"text": PROMPT, "output": {"url": "validation.mp4"}}]
@@ -142,7 +143,7 @@ def test_the_model_card_is_diffusers_and_its_snippet_runs_as_pasted(full_run, tm
         assert private not in text, private
     assert PROMPT in text and "<local path>" in text
 
-    lora = tiny_config(tmp_path / "data", tmp_path / "out", train_architecture="lora").resolved()
+    lora = resolve(tiny_config(tmp_path / "data", tmp_path / "out", train_architecture="lora"))
     lora_card = model_card(lora, "nvidia/Cosmos-Predict2-2B-Video2World", ["t.py"], "someone/robot-lora")
     assert {"lora", "template:sd-lora", "diffusers-training"} <= set(lora_card.data.tags)
     assert lora_card.data.base_model == "nvidia/Cosmos-Predict2-2B-Video2World"
@@ -169,7 +170,7 @@ def test_later_uploads_send_only_what_changed(full_run, tmp_path, monkeypatch):
     commits = []
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: type("Url", (), {"repo_id": repo_id}))
     monkeypatch.setattr(HfApi, "create_commit", lambda self, repo_id, operations, **kwargs: commits.append(operations))
-    config = tiny_config(tmp_path, tmp_path / "out", push_to_hub=True, hub_model_id="me/robot").resolved()
+    config = resolve(tiny_config(tmp_path, tmp_path / "out", push_to_hub=True, hub_model_id="me/robot"))
     uploader = HubUploader(config, None)
     folder = tmp_path / "pipeline"
     import shutil
@@ -250,9 +251,9 @@ def test_diffusers_example_flags_are_accepted(tmp_path, monkeypatch):
         + ["--gradient_accumulation_steps", "3", "--lr_scheduler", "piecewise_constant"]
     )
     assert config.tracker_project_name == "x"
-    assert config.resolved(clips_per_step=6).learning_rate == pytest.approx(6 * config.resolved().learning_rate)
+    assert resolve(config, clips_per_step=6).learning_rate == pytest.approx(6 * resolve(config).learning_rate)
     with pytest.raises(ValueError, match="--dataset_config_name picks a folder of --dataset_name"):
-        TrainConfig.from_args(["--model", "tiny", "--dataset_config_name", "robots"]).resolved()
+        resolve(TrainConfig.from_args(["--model", "tiny", "--dataset_config_name", "robots"]))
     missing = next((name for name, package in TRACKER_PACKAGES.items() if not _installed(package)), None)
     if missing:
         message = cli_error(monkeypatch, "train_video2world.py", "--model", "tiny", "--report_to", missing)
@@ -281,8 +282,8 @@ def test_grad_norm_and_the_validation_video_reach_tensorboard(full_run):
 
 
 def test_from_single_file_takes_the_ema_and_needs_no_config(full_run):
-    from cosmos_v2w_diffusers.checkpoint_format import load_native_checkpoint
-    from cosmos_v2w_diffusers.conversion import transformer_from_single_file
+    from cosmos_v2w_diffusers.export.conversion import transformer_from_single_file
+    from cosmos_v2w_diffusers.models.checkpoint_format import load_native_checkpoint
 
     native = full_run / "checkpoints" / "model" / "iter_000000001.pt"
     for ema in (False, True):
@@ -295,7 +296,7 @@ def test_from_single_file_takes_the_ema_and_needs_no_config(full_run):
 def test_convert_subcommands_have_their_own_help_and_a_missing_variant_names_the_flag(
     capsys, prepared_dataset, tmp_path
 ):
-    from cosmos_v2w_diffusers import convert
+    from cosmos_v2w_diffusers.cli import convert
 
     with pytest.raises(SystemExit):
         convert.main(["lora_to_native", "--help"])

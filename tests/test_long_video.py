@@ -6,13 +6,13 @@ import pytest
 import torch
 from conftest import PROMPT, cli_error, tiny_generation_flags
 
-from cosmos_v2w_diffusers.components import tiny_pretrained_path
-from cosmos_v2w_diffusers.generation_jobs import MAX_CHUNKS, long_video_frames
-from cosmos_v2w_diffusers.long_video import generate_long_video
-from cosmos_v2w_diffusers.pipeline import CosmosVideo2WorldPipeline, nvidia_initial_noise
-from cosmos_v2w_diffusers.presets import get_preset
-from cosmos_v2w_diffusers.sample_shape import latent_shape
-from cosmos_v2w_diffusers.video_metrics import psnr
+from cosmos_v2w_diffusers.generation.jobs import MAX_CHUNKS, long_video_frames
+from cosmos_v2w_diffusers.generation.long_video import generate_long_video
+from cosmos_v2w_diffusers.generation.pipeline import CosmosVideo2WorldPipeline, nvidia_initial_noise
+from cosmos_v2w_diffusers.generation.video_metrics import psnr
+from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
+from cosmos_v2w_diffusers.models.presets import get_preset
+from cosmos_v2w_diffusers.models.sample_shape import latent_shape
 
 TINY = get_preset("tiny")
 SIZE = dict(height=TINY.height, width=TINY.width, num_frames=TINY.num_frames)
@@ -84,7 +84,7 @@ def test_bad_chunk_flags_are_one_line_before_any_model_loads(tmp_path, monkeypat
 
 @pytest.mark.parametrize("clash", [["--cache", "0.1"], ["--group_offload"], ["--num_gpus", "2"]])
 def test_cuda_graphs_with_what_leaves_the_gpu_mid_forward_is_one_line(clash, capsys):
-    from cosmos_v2w_diffusers.generation_flags import parse_args
+    from cosmos_v2w_diffusers.generation.flags import parse_args
 
     with pytest.raises(SystemExit):
         parse_args(["--use_cuda_graphs", *clash])
@@ -99,7 +99,7 @@ def test_batch_entries_take_their_own_num_chunks(tmp_path):
 
     import decord
 
-    from cosmos_v2w_diffusers.inference import main as infer
+    from cosmos_v2w_diffusers.generation.runner import main as infer
 
     image = tmp_path / "in.png"
     _image().save(image)
@@ -120,8 +120,8 @@ def test_batch_entries_take_their_own_num_chunks(tmp_path):
 def test_nvidias_other_generation_flags(tmp_path, caplog):
     import logging
 
-    from cosmos_v2w_diffusers.generation_flags import parse_args
-    from cosmos_v2w_diffusers.inference import main as infer
+    from cosmos_v2w_diffusers.generation.flags import parse_args
+    from cosmos_v2w_diffusers.generation.runner import main as infer
 
     args = parse_args(["--natten", "--disable_prompt_refiner", "--downcast_text_encoder", "--benchmark"])
     assert args.sparse_attention == "natten" and args.benchmark

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from cosmos_v2w_diffusers.components import load_transformer
-from cosmos_v2w_diffusers.objective import draw_training_randomness, video2world_loss
-from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.models.components import load_transformer
+from cosmos_v2w_diffusers.models.presets import get_preset
+from cosmos_v2w_diffusers.training.objective import draw_training_randomness, video2world_loss
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline
-from cosmos_v2w_diffusers.components import tiny_pretrained_path
-from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
+from cosmos_v2w_diffusers.models.presets import get_preset
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CPU offload moves weights to a GPU")
 TINY = get_preset("tiny")

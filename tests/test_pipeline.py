@@ -14,11 +14,11 @@ import torch
 from diffusers import Cosmos2VideoToWorldPipeline, FlowMatchEulerDiscreteScheduler
 
 from cosmos_v2w_diffusers import CosmosMultistepScheduler, CosmosVideo2WorldPipeline
-from cosmos_v2w_diffusers.checkpoint_format import to_native_state_dict
-from cosmos_v2w_diffusers.components import save_tiny_pretrained, tiny_pretrained_path
-from cosmos_v2w_diffusers.inference import load_post_trained_weights
-from cosmos_v2w_diffusers.latents import encode_video
-from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.generation.runner import load_post_trained_weights
+from cosmos_v2w_diffusers.models.checkpoint_format import to_native_state_dict
+from cosmos_v2w_diffusers.models.components import save_tiny_pretrained, tiny_pretrained_path
+from cosmos_v2w_diffusers.models.latents import encode_video
+from cosmos_v2w_diffusers.models.presets import get_preset
 from cosmos_v2w_diffusers.training.config import TrainConfig
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
@@ -152,7 +152,7 @@ def test_video_input_uses_its_last_frames(pipe):
 
 
 def test_precomputed_embeddings_equal_prompts(pipe):
-    from cosmos_v2w_diffusers.text_encoding import embed_prompts
+    from cosmos_v2w_diffusers.models.text_encoding import embed_prompts
 
     embeds = embed_prompts([PROMPT], pipe.tokenizer, pipe.text_encoder)
     a = _generate(pipe, image=_image(), output_type="latent")
@@ -213,7 +213,7 @@ def test_native_and_ema_checkpoints_load(pipe, trained):
         (True, trainer.ema.shadow),
     ):
         loaded = CosmosVideo2WorldPipeline.from_pretrained(str(tiny_pretrained_path()), disable_guardrail=True)
-        from cosmos_v2w_diffusers.checkpoint_format import load_into_transformer
+        from cosmos_v2w_diffusers.models.checkpoint_format import load_into_transformer
 
         load_into_transformer(loaded.transformer, load_post_trained_weights(str(native), use_ema, "tiny"), str(native))
         state = loaded.transformer.state_dict()
@@ -295,12 +295,12 @@ def test_cli_writes_a_playable_mp4(trained, tmp_path):
 
 
 def test_cli_refuses_bad_input_before_loading_models(tmp_path, monkeypatch):
-    from cosmos_v2w_diffusers import inference
+    from cosmos_v2w_diffusers.generation import runner
 
     def no_models(*args, **kwargs):
         raise AssertionError("models were loaded before the input was checked")
 
-    monkeypatch.setattr(inference, "build_pipeline", no_models)
+    monkeypatch.setattr(runner, "build_pipeline", no_models)
     (tmp_path / "notes.txt").write_text("hi")
     (tmp_path / "broken.png").write_bytes(b"not a png")
     _image().save(tmp_path / "ok.png")
@@ -322,10 +322,10 @@ def test_cli_refuses_bad_input_before_loading_models(tmp_path, monkeypatch):
     ]
     for extra, error, match in cases:
         with pytest.raises(error, match=match):
-            inference.main(common + extra)
+            runner.main(common + extra)
     monkeypatch.undo()
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        inference.build_pipeline(inference.parse_args(common + ["--dit_path", str(tmp_path / "nope.pt")]))
+        runner.build_pipeline(runner.parse_args(common + ["--dit_path", str(tmp_path / "nope.pt")]))
     # The script turns these into a one-line error and a non-zero exit.
     result = _cli(*common, "--input_path", str(tmp_path / "notes.txt"), cwd=tmp_path)
     assert (
@@ -346,7 +346,7 @@ def test_cli_batch_input_json_writes_every_video(tmp_path, monkeypatch):
     import json
     import os
 
-    from cosmos_v2w_diffusers import inference
+    from cosmos_v2w_diffusers.generation import runner
 
     # Sampling configures the CUDA allocator as training does (a 2B generation capped at 15 GiB ran out of memory in
     # the VAE decode with 3.1 GiB reserved but free; with expandable segments it peaked at 13.0 GiB).
@@ -367,7 +367,7 @@ def test_cli_batch_input_json_writes_every_video(tmp_path, monkeypatch):
         },
     ]
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
-    written = inference.main(
+    written = runner.main(
         [
             "--model_size",
             "tiny",
@@ -385,7 +385,7 @@ def test_cli_batch_input_json_writes_every_video(tmp_path, monkeypatch):
         assert len(decord.VideoReader(str(path))) == TINY.num_frames
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:64")  # the user's own setting is kept
-    inference.set_allocator_defaults()
+    runner.set_allocator_defaults()
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:64"
 
 
@@ -394,11 +394,11 @@ def test_group_offload_flag_streams_the_transformer_and_changes_no_result():
     samples what the plain pipeline samples (on the CPU the blocks stay where they are; the copies are on the GPU)."""
     from diffusers.hooks.group_offloading import _is_group_offload_enabled
 
-    from cosmos_v2w_diffusers import inference
-    from cosmos_v2w_diffusers.generation_flags import parse_args
+    from cosmos_v2w_diffusers.generation import runner
+    from cosmos_v2w_diffusers.generation.flags import parse_args
 
     flags = ["--model_size", "tiny", "--disable_guardrail", "--prompt", PROMPT]
-    plain, offloaded = (inference.build_pipeline(parse_args(flags + extra)) for extra in ([], ["--group_offload"]))
+    plain, offloaded = (runner.build_pipeline(parse_args(flags + extra)) for extra in ([], ["--group_offload"]))
     assert _is_group_offload_enabled(offloaded.transformer) and not _is_group_offload_enabled(plain.transformer)
     torch.testing.assert_close(
         _generate(offloaded, image=_image(), output_type="pt"), _generate(plain, image=_image(), output_type="pt")

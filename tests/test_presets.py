@@ -5,7 +5,7 @@ import torch
 from diffusers import AutoencoderKLWan
 from safetensors.torch import load_file
 
-from cosmos_v2w_diffusers.components import (
+from cosmos_v2w_diffusers.models.components import (
     build_transformer,
     load_text_encoder,
     load_transformer,
@@ -13,8 +13,8 @@ from cosmos_v2w_diffusers.components import (
     save_tiny_pretrained,
     tiny_pretrained_path,
 )
-from cosmos_v2w_diffusers.presets import get_preset
-from cosmos_v2w_diffusers.sample_shape import latent_shape, latent_tokens, vae_space_stride
+from cosmos_v2w_diffusers.models.presets import get_preset
+from cosmos_v2w_diffusers.models.sample_shape import latent_shape, latent_tokens, vae_space_stride
 
 
 def _count(model: torch.nn.Module) -> int:

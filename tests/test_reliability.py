@@ -22,12 +22,13 @@ from cosmos_v2w_diffusers.data.samples import (
     Video2WorldTrainDataset,
     read_frames,
 )
-from cosmos_v2w_diffusers.presets import get_preset
-from cosmos_v2w_diffusers.text_encoding import InvalidEmbeddingError, read_t5_pickle
+from cosmos_v2w_diffusers.models.presets import get_preset
+from cosmos_v2w_diffusers.models.text_encoding import InvalidEmbeddingError, read_t5_pickle
 from cosmos_v2w_diffusers.training import trainer as trainer_module
 from cosmos_v2w_diffusers.training.checkpoint import CheckpointDir
 from cosmos_v2w_diffusers.training.config import TrainConfig
 from cosmos_v2w_diffusers.training.guards import EXIT_PREEMPTED
+from cosmos_v2w_diffusers.training.run_config import resolve
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,7 +197,7 @@ def test_resume_restores_rng_states_from_plain_tensors(prepared_dataset, tmp_pat
 
 
 def test_a_hostile_or_truncated_dit_path_is_refused_with_its_name(tmp_path, capsys):
-    from cosmos_v2w_diffusers.checkpoint_format import load_native_checkpoint
+    from cosmos_v2w_diffusers.models.checkpoint_format import load_native_checkpoint
 
     hostile = tmp_path / "hostile.pt"
     torch.save({"net.x": _RunsCode()}, hostile)
@@ -356,18 +357,18 @@ def test_resume_from_a_named_checkpoint_and_a_truncated_one_names_the_earlier(pr
 def test_impossible_flags_are_refused_before_any_work():
     for bad in (dict(max_iter=0), dict(save_iter=-1), dict(batch_size=0), dict(learning_rate=0.0), dict(lora_rank=0)):
         with pytest.raises(ValueError, match="must be"):
-            TrainConfig(model="tiny", **bad).resolved()
+            resolve(TrainConfig(model="tiny", **bad))
     with pytest.raises(ValueError, match="--load_ema"):
-        TrainConfig(model="tiny", load_ema=True).resolved()
+        resolve(TrainConfig(model="tiny", load_ema=True))
     with pytest.raises(ValueError, match="selective"):
-        TrainConfig(model="tiny", activation_checkpointing="full", selective_checkpointing_blocks=2).resolved()
+        resolve(TrainConfig(model="tiny", activation_checkpointing="full", selective_checkpointing_blocks=2))
 
 
 # ---------------------------------------------------------------- other inputs
 
 
 def test_a_symlinked_clip_keeps_its_own_name(video_paths, tmp_path):
-    from cosmos_v2w_diffusers.prepare_data import prepare_dataset
+    from cosmos_v2w_diffusers.data.prepare_data import prepare_dataset
 
     elsewhere = tmp_path / "store" / "original_name.mp4"
     elsewhere.parent.mkdir()
@@ -384,7 +385,7 @@ def test_a_symlinked_clip_keeps_its_own_name(video_paths, tmp_path):
 def test_prepare_data_warns_about_short_clips_but_prepares_them_and_reports_bad_pickles(
     prepared_dataset, tmp_path, caplog
 ):
-    from cosmos_v2w_diffusers.prepare_data import prepare_dataset
+    from cosmos_v2w_diffusers.data.prepare_data import prepare_dataset
 
     root = tmp_path / "data"
     shutil.copytree(prepared_dataset, root)
@@ -403,7 +404,7 @@ def test_prepare_data_warns_about_short_clips_but_prepares_them_and_reports_bad_
 
 
 def test_prepare_data_on_a_read_only_folder_says_so(prepared_dataset, tmp_path, monkeypatch, caplog):
-    from cosmos_v2w_diffusers import prepare_data
+    from cosmos_v2w_diffusers.data import prepare_data
 
     root = tmp_path / "data"
     shutil.copytree(prepared_dataset, root)
@@ -423,7 +424,7 @@ def test_prepare_data_on_a_read_only_folder_says_so(prepared_dataset, tmp_path, 
 def test_images_of_every_mode_reach_the_model_with_their_values(mode):
     import PIL.Image
 
-    from cosmos_v2w_diffusers.pipeline import to_rgb
+    from cosmos_v2w_diffusers.generation.pipeline import to_rgb
 
     gray = np.tile(np.linspace(0, 255, 32).round().astype(np.uint8), (8, 1))  # a ramp, black to white
     base = PIL.Image.fromarray(gray, "L")
@@ -449,7 +450,7 @@ def test_images_of_every_mode_reach_the_model_with_their_values(mode):
 def test_a_conditioning_video_shorter_than_num_conditional_frames_is_refused():
     import PIL.Image
 
-    from cosmos_v2w_diffusers.pipeline import CosmosVideo2WorldPipeline
+    from cosmos_v2w_diffusers.generation.pipeline import CosmosVideo2WorldPipeline
 
     frames = [PIL.Image.new("RGB", (32, 32))] * 3
     with pytest.raises(ValueError, match="3 frames, fewer than num_conditional_frames=5"):
@@ -457,8 +458,8 @@ def test_a_conditioning_video_shorter_than_num_conditional_frames_is_refused():
 
 
 def test_a_dit_path_folder_without_config_is_named(tmp_path):
-    from cosmos_v2w_diffusers.checkpoint_format import load_native_checkpoint
-    from cosmos_v2w_diffusers.inference import load_post_trained_weights
+    from cosmos_v2w_diffusers.generation.runner import load_post_trained_weights
+    from cosmos_v2w_diffusers.models.checkpoint_format import load_native_checkpoint
 
     folder = tmp_path / "weights"
     folder.mkdir()

@@ -50,7 +50,7 @@ def _launch_node(rank: int, nodes: int, per_node: int, port: int, flags: list[st
         launcher += ["--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", f"job{port}"]
     else:
         several = ["--multi_gpu"] if nodes * per_node > 1 else []  # (accelerate refuses it for one process)
-        launcher = ["-m", "cosmos_v2w_diffusers.launch", *several, "--num_machines", str(nodes)]
+        launcher = ["-m", "cosmos_v2w_diffusers.cli.launch", *several, "--num_machines", str(nodes)]
         launcher += ["--machine_rank", str(rank), "--num_processes", str(nodes * per_node)]
         launcher += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]
         launcher += ["--mixed_precision", "no", "--dynamo_backend", "no"]
@@ -120,7 +120,7 @@ def _assert_ok(results: list[tuple[int, str]]) -> str:
 
 def test_the_node_launcher_refuses_a_rank_out_of_range_and_a_main_process_that_does_not_answer():
     """accelerate would start both and wait (a rendezvous that never completes; 15 minutes for the address)."""
-    launch = [sys.executable, "-m", "cosmos_v2w_diffusers.launch", "--num_machines", "2", "--num_processes", "2"]
+    launch = [sys.executable, "-m", "cosmos_v2w_diffusers.cli.launch", "--num_machines", "2", "--num_processes", "2"]
     script = [str(REPO / "train_video2world.py"), "--model", "tiny"]
     out_of_range = subprocess.run([*launch, "--machine_rank", "2", *script], capture_output=True, text=True, cwd=REPO)
     assert out_of_range.returncode != 0

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from cosmos_v2w_diffusers.components import load_text_encoder
-from cosmos_v2w_diffusers.text_encoding import (
+from cosmos_v2w_diffusers.models.components import load_text_encoder
+from cosmos_v2w_diffusers.models.text_encoding import (
     InvalidEmbeddingError,
     embed_prompts,
     encode_prompts,

@@ -15,14 +15,15 @@ from diffusers.loaders.single_file_utils import (
     convert_cosmos_transformer_checkpoint_to_diffusers,
 )
 
-from cosmos_v2w_diffusers.components import load_transformer
-from cosmos_v2w_diffusers.latents import encode_video
-from cosmos_v2w_diffusers.objective import draw_training_randomness, video2world_loss
-from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.models.components import load_transformer
+from cosmos_v2w_diffusers.models.latents import encode_video
+from cosmos_v2w_diffusers.models.presets import get_preset
 from cosmos_v2w_diffusers.training.checkpoint import CheckpointDir
 from cosmos_v2w_diffusers.training.config import TrainConfig, edm2_ema_gamma
 from cosmos_v2w_diffusers.training.model import apply_lora
+from cosmos_v2w_diffusers.training.objective import draw_training_randomness, video2world_loss
 from cosmos_v2w_diffusers.training.optim import PowerEMA, linear_decay_factor
+from cosmos_v2w_diffusers.training.run_config import resolve
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def bikes_dataset(video_paths, tmp_path_factory):
 
 
 def test_recipe_defaults_per_preset():
-    two = TrainConfig(model="2B", dataset_path="datasets/cosmos_nemo_assets").resolved()
+    two = resolve(TrainConfig(model="2B", dataset_path="datasets/cosmos_nemo_assets"))
     assert (two.learning_rate, two.weight_decay, two.lr_f_max) == (2**-14.5, 0.1, 0.6)
     assert (two.max_iter, two.save_iter, two.lr_decay_steps, two.num_frames, two.height, two.width) == (
         1000,
@@ -46,13 +47,13 @@ def test_recipe_defaults_per_preset():
     )
     assert (two.adam_beta1, two.adam_beta2, two.adam_epsilon, two.max_grad_norm) == (0.9, 0.99, 1e-8, 1.0)
     assert two.ema and two.output_dir == "checkpoints/posttraining/video2world/2b_cosmos_nemo_assets"
-    fourteen = TrainConfig(model="14B", train_architecture="lora", dataset_path="d/x").resolved()
+    fourteen = resolve(TrainConfig(model="14B", train_architecture="lora", dataset_path="d/x"))
     assert (fourteen.weight_decay, fourteen.lr_f_max, fourteen.lora_rank, fourteen.lora_alpha) == (0.2, 0.25, 32, 32)
     assert fourteen.save_iter == 200 and fourteen.ema  # NVIDIA's LoRA recipe keeps an EMA of the adapter
     assert (two.activation_checkpointing, fourteen.activation_checkpointing) == ("selective", "selective")
-    assert TrainConfig(model="2B", low_vram=True).resolved().activation_checkpointing == "full"
+    assert resolve(TrainConfig(model="2B", low_vram=True)).activation_checkpointing == "full"
     with pytest.raises(ValueError, match="low_vram"):
-        TrainConfig(model="2B", low_vram=True, activation_checkpointing="selective").resolved()
+        resolve(TrainConfig(model="2B", low_vram=True, activation_checkpointing="selective"))
     # Device-dependent defaults are the plan's, not the config's: bf16 on a GPU only.
     from cosmos_v2w_diffusers.training.parallel import default_mixed_precision
 
@@ -63,7 +64,7 @@ def test_recipe_defaults_per_preset():
         two.learning_rate = 1.0
     assert fourteen.output_dir == "checkpoints/posttraining/video2world_lora/14b_x"
     with pytest.raises(ValueError, match="4k\\+1"):
-        TrainConfig(model="tiny", num_frames=18).resolved()
+        resolve(TrainConfig(model="tiny", num_frames=18))
     # Every field is a flag.
     parsed = TrainConfig.from_args(["--model", "tiny", "--lora_rank", "8", "--no-resume", "--learning_rate", "0.5"])
     assert (parsed.lora_rank, parsed.resume, parsed.learning_rate) == (8, False, 0.5)
@@ -139,7 +140,7 @@ def test_checkpoint_layout_and_round_trip(bikes_dataset, tmp_path):
     assert set(converted) == set(live)
     assert all(torch.equal(converted[k], live[k].to(torch.bfloat16)) for k in live)
     # ... and diffusers' from_single_file recognises and loads the file as a Cosmos-Predict2 model.
-    from cosmos_v2w_diffusers.components import tiny_pretrained_path
+    from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
 
     single = CosmosTransformer3DModel.from_single_file(
         str(root / "model" / "iter_000000002.pt"),
@@ -472,7 +473,7 @@ def test_checkpoints_total_limit_keeps_the_newest(bikes_dataset, tmp_path):
 
 def test_a_lora_run_resumes_its_ema_and_the_ema_adapter_loads_into_the_pipeline(bikes_dataset, tmp_path):
     from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline
-    from cosmos_v2w_diffusers.components import tiny_pretrained_path
+    from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
 
     out = tmp_path / "lora"
     first = Trainer(
@@ -539,7 +540,7 @@ def test_validation_writes_a_video_and_scores_it_against_a_held_out_clip(bikes_d
 
 
 def test_psnr_and_ssim():
-    from cosmos_v2w_diffusers.video_metrics import psnr, ssim
+    from cosmos_v2w_diffusers.generation.video_metrics import psnr, ssim
 
     frames = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert ssim(frames, frames) == pytest.approx(1.0) and psnr(frames, frames) == float("inf")
@@ -555,35 +556,37 @@ def test_a_tracker_that_is_not_installed_is_refused_before_any_work(monkeypatch)
         importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a)
     )
     with pytest.raises(ValueError, match="--report_to wandb needs the wandb package"):
-        TrainConfig(model="tiny", report_to="wandb").resolved()
-    assert TrainConfig(model="tiny", report_to="all").resolved().report_to == "all"
+        resolve(TrainConfig(model="tiny", report_to="wandb"))
+    assert resolve(TrainConfig(model="tiny", report_to="all")).report_to == "all"
 
 
 def test_the_model_size_comes_from_the_weights_and_a_contradicting_one_is_refused():
-    from cosmos_v2w_diffusers.components import tiny_pretrained_path
+    from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
 
     base = str(tiny_pretrained_path())
-    assert TrainConfig(pretrained_model_name_or_path=base).resolved().model == "tiny"
-    assert TrainConfig().resolved().model == "2B"  # no weights named: NVIDIA's 2B
+    assert resolve(TrainConfig(pretrained_model_name_or_path=base)).model == "tiny"
+    assert resolve(TrainConfig()).model == "2B"  # no weights named: NVIDIA's 2B
     with pytest.raises(ValueError, match="--model 2B contradicts .* the tiny architecture: pass --model tiny"):
-        TrainConfig(model="2B", pretrained_model_name_or_path=base).resolved()
+        resolve(TrainConfig(model="2B", pretrained_model_name_or_path=base))
 
 
 def test_diffusers_flags_parse_and_refuse_what_cannot_apply():
     from cosmos_v2w_diffusers.training.optim import build_lr_scheduler
 
-    parsed = TrainConfig.from_args(
-        ["--model", "tiny", "--resolution", "64x112", "--adam_weight_decay", "0.03", "--lr_scheduler", "cosine"]
-        + ["--lr_warmup_steps", "2", "--lora_dropout", "0.1", "--allow_tf32", "--logging_dir", "tb"]
-        + ["--revision", "main", "--variant", "fp16", "--cache_dir", "hub", "--num_train_epochs", "3"]
-        + ["--validation_epochs", "1", "--num_validation_videos", "2", "--dataset_name", "me/clips"]
-    ).resolved()
+    parsed = resolve(
+        TrainConfig.from_args(
+            ["--model", "tiny", "--resolution", "64x112", "--adam_weight_decay", "0.03", "--lr_scheduler", "cosine"]
+            + ["--lr_warmup_steps", "2", "--lora_dropout", "0.1", "--allow_tf32", "--logging_dir", "tb"]
+            + ["--revision", "main", "--variant", "fp16", "--cache_dir", "hub", "--num_train_epochs", "3"]
+            + ["--validation_epochs", "1", "--num_validation_videos", "2", "--dataset_name", "me/clips"]
+        )
+    )
     assert (parsed.height, parsed.width, parsed.weight_decay, parsed.lora_dropout) == (64, 112, 0.03, 0.1)
     assert parsed.allow_tf32 and parsed.logging_dir == "tb" and parsed.output_dir.endswith("tiny_clips")
     assert parsed.hub_kwargs() == {"revision": "main", "variant": "fp16", "cache_dir": "hub"}
-    assert TrainConfig(model="tiny", resolution="64").resolved().width == 64
-    assert TrainConfig(model="tiny", num_train_epochs=3).resolved(steps_per_epoch=5).max_iter == 15
-    assert TrainConfig(model="tiny", num_train_epochs=3, max_iter=4).resolved(steps_per_epoch=5).max_iter == 4
+    assert resolve(TrainConfig(model="tiny", resolution="64")).width == 64
+    assert resolve(TrainConfig(model="tiny", num_train_epochs=3), steps_per_epoch=5).max_iter == 15
+    assert resolve(TrainConfig(model="tiny", num_train_epochs=3, max_iter=4), steps_per_epoch=5).max_iter == 4
     # diffusers' schedules by name: a linear warm-up to --learning_rate, then the cosine.
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=parsed.learning_rate)
     scheduler = build_lr_scheduler(optimizer, dataclasses.replace(parsed.optim, lr_decay_steps=10))
@@ -603,10 +606,10 @@ def test_diffusers_flags_parse_and_refuse_what_cannot_apply():
     }
     for message, flags in refused.items():
         with pytest.raises(ValueError, match=message):
-            TrainConfig(model="tiny", **flags).resolved()
+            resolve(TrainConfig(model="tiny", **flags))
     if importlib.util.find_spec("bitsandbytes") is None:
         with pytest.raises(ValueError, match="needs the bitsandbytes package"):
-            TrainConfig(model="tiny", use_8bit_adam=True).resolved()
+            resolve(TrainConfig(model="tiny", use_8bit_adam=True))
 
 
 @pytest.mark.slow  # 12 s; `make test` resolves epochs into steps without training (test_diffusers_flags...)
@@ -655,14 +658,14 @@ def test_a_run_in_epochs_from_a_hub_dataset_validates_per_epoch_and_logs_where_a
 def test_variant_weights_of_a_local_base_load_with_variant(tmp_path):
     import shutil
 
-    from cosmos_v2w_diffusers.components import load_vae, tiny_pretrained_path
+    from cosmos_v2w_diffusers.models.components import load_vae, tiny_pretrained_path
 
     base = tmp_path / "base"
     shutil.copytree(tiny_pretrained_path(), base)
     for name in ("transformer", "vae"):
         weights = next((base / name).glob("*.safetensors"))
         weights.rename(weights.with_name(weights.name.replace(".safetensors", ".fp16.safetensors")))
-    config = TrainConfig(model="tiny", pretrained_model_name_or_path=str(base), variant="fp16").resolved()
+    config = resolve(TrainConfig(model="tiny", pretrained_model_name_or_path=str(base), variant="fp16"))
     tiny = get_preset("tiny")
     assert load_transformer(tiny, str(base), **config.hub_kwargs()).config.num_layers == 4
     assert load_vae(tiny, str(base), **config.hub_kwargs()) is not None
@@ -682,7 +685,7 @@ def test_every_flag_is_in_exactly_one_section_and_components_take_their_section(
     }
     assert {name: len(sections) for name, sections in owners.items() if len(sections) != 1} == {}
     assert sum(len(dataclasses.fields(cls)) for cls in SECTIONS.values()) == len(flags)
-    run = TrainConfig(model="tiny", max_iter=7).resolved()
+    run = resolve(TrainConfig(model="tiny", max_iter=7))
     assert isinstance(run, RunConfig)
     for name, cls in SECTIONS.items():
         section = getattr(run, name)
@@ -690,7 +693,7 @@ def test_every_flag_is_in_exactly_one_section_and_components_take_their_section(
             getattr(section, f.name) == getattr(run, f.name) for f in dataclasses.fields(cls)
         )
     assert run.optim == OptimConfig.of(run) and run.optim.max_iter == 7 and run.optim.lr_decay_steps == 7
-    assert "hub_token" not in repr(TrainConfig(hub_token="hf_" + "x" * 30).resolved().hub)
+    assert "hub_token" not in repr(resolve(TrainConfig(hub_token="hf_" + "x" * 30)).hub)
     help_text = TrainConfig.parser().format_help()
     assert help_text.index("\noptim:") < help_text.index("\n  --learning_rate") < help_text.index("\ncheckpoint:")
 
@@ -706,14 +709,14 @@ def test_every_flag_is_in_exactly_one_section_and_components_take_their_section(
     ],
 )
 def test_one_validate_refuses_flags_resolved_values_and_what_the_layout_rules_out(flags, dims, message):
-    from cosmos_v2w_diffusers.parallel_dims import ParallelDims
-    from cosmos_v2w_diffusers.training.checks import validate
+    from cosmos_v2w_diffusers.parallel.parallel_dims import ParallelDims
+    from cosmos_v2w_diffusers.training.run_config import validate
 
     config = TrainConfig(model="tiny", **flags)
     layout = ParallelDims(dims[1], 0, 1, dims[0]) if dims else None
     if layout is not None:
-        config.resolved()  # valid on one process
+        resolve(config)  # valid on one process
     with pytest.raises(ValueError, match=message):
-        validate(config.resolved() if layout else config, layout) if layout else config.resolved()
+        validate(resolve(config) if layout else config, layout) if layout else resolve(config)
     if layout is not None:
-        validate(config.resolved(), ParallelDims(1, 0, 1, "single"))  # and on one GPU it runs
+        validate(resolve(config), ParallelDims(1, 0, 1, "single"))  # and on one GPU it runs

@@ -39,9 +39,10 @@ from cosmos_v2w_diffusers.data.samples import (
     Video2WorldTrainDataset,
     read_frames,
 )
-from cosmos_v2w_diffusers.presets import get_preset
+from cosmos_v2w_diffusers.models.presets import get_preset
 from cosmos_v2w_diffusers.training.checkpoint import CheckpointDir
 from cosmos_v2w_diffusers.training.config import TrainConfig
+from cosmos_v2w_diffusers.training.run_config import resolve
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,10 +98,10 @@ def test_the_hub_token_is_never_written_to_checkpoints_trackers_or_the_card(tiny
         ["train_video2world.py", "--hub_token", TOKEN, f"--hub_token={TOKEN}", "--prompt", TOKEN]
     )
     assert command == ["train_video2world.py", "--hub_token", "***", "--hub_token=***", "--prompt", "***"]
-    card = str(model_card(config.resolved(), None, command, "me/robot"))
+    card = str(model_card(resolve(config), None, command, "me/robot"))
     assert TOKEN not in card and "--hub_token '***'" in card
     with pytest.raises(ValueError, match="hub_token with --report_to wandb"):
-        TrainConfig(model="tiny", hub_token=TOKEN, report_to="wandb").resolved()
+        resolve(TrainConfig(model="tiny", hub_token=TOKEN, report_to="wandb"))
 
 
 def test_a_received_checkpoint_cannot_redirect_uploads_trackers_or_weights(tiny_run, prepared_dataset, tmp_path):
@@ -157,7 +158,7 @@ def test_a_planted_owner_file_is_replaced_never_written_through(tmp_path):
 
 
 def test_convert_never_deletes_a_folder_it_did_not_write(tiny_run, tmp_path):
-    from cosmos_v2w_diffusers import convert
+    from cosmos_v2w_diffusers.cli import convert
 
     native = tiny_run / "checkpoints" / "model" / "iter_000000001.pt"
     models = tmp_path / "models"
@@ -183,17 +184,17 @@ def test_convert_never_deletes_a_folder_it_did_not_write(tiny_run, tmp_path):
 
 
 def test_an_output_dir_that_is_the_base_model_folder_is_refused_up_front(tmp_path):
-    from cosmos_v2w_diffusers.components import tiny_pretrained_path
+    from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
 
     base = tmp_path / "base"
     shutil.copytree(tiny_pretrained_path(), base)
     for output in (base, tmp_path / "." / "base"):
         with pytest.raises(ValueError, match="base model's folder"):
-            TrainConfig(model="tiny", pretrained_model_name_or_path=str(base), output_dir=str(output)).resolved()
+            resolve(TrainConfig(model="tiny", pretrained_model_name_or_path=str(base), output_dir=str(output)))
 
 
 def test_written_files_and_folders_follow_the_umask(tiny_run, tmp_path):
-    from cosmos_v2w_diffusers.io_utils import atomic_write, publish_folder
+    from cosmos_v2w_diffusers.utils.io_utils import atomic_write, publish_folder
 
     for path in [*tiny_run.glob("checkpoints/*/*.pt"), *tiny_run.glob("lora/*.safetensors")]:
         assert path.stat().st_mode & 0o777 == 0o644, path  # the suite runs under umask 022
@@ -213,7 +214,7 @@ def test_written_files_and_folders_follow_the_umask(tiny_run, tmp_path):
 
 
 def test_an_edited_caption_is_reported_in_training_and_re_encoded_by_prepare_data(prepared_dataset, tmp_path, caplog):
-    from cosmos_v2w_diffusers.prepare_data import prepare_dataset
+    from cosmos_v2w_diffusers.data.prepare_data import prepare_dataset
 
     root = tmp_path / "data"
     shutil.copytree(prepared_dataset, root)
@@ -228,8 +229,8 @@ def test_an_edited_caption_is_reported_in_training_and_re_encoded_by_prepare_dat
 
 
 def test_the_latent_cache_key_covers_every_weight_of_the_vae():
-    from cosmos_v2w_diffusers.components import load_vae
     from cosmos_v2w_diffusers.data.latent_cache import _vae_identity
+    from cosmos_v2w_diffusers.models.components import load_vae
 
     vae = load_vae(TINY, None, torch.float32)
     before = _vae_identity(vae)
@@ -271,7 +272,7 @@ def test_a_clip_re_encoded_shorter_during_a_run_is_skipped_and_listed(prepared_d
 
 
 def test_bad_caption_files_are_reported_by_name(tmp_path, video_paths):
-    from cosmos_v2w_diffusers.prepare_data import prepare_dataset
+    from cosmos_v2w_diffusers.data.prepare_data import prepare_dataset
 
     latin = tmp_path / "latin.txt"
     latin.write_bytes("Un robot à roulettes.".encode("latin-1"))
@@ -421,7 +422,7 @@ def test_sigterm_during_validation_stops_without_another_step_or_validation(prep
 def test_the_conditioning_video_decodes_only_the_frames_it_uses(video_paths, monkeypatch):
     import decord
 
-    from cosmos_v2w_diffusers import inference
+    from cosmos_v2w_diffusers.generation import runner
 
     asked = []
 
@@ -430,8 +431,8 @@ def test_the_conditioning_video_decodes_only_the_frames_it_uses(video_paths, mon
             asked.append(list(indices))
             return super().get_batch(indices)
 
-    monkeypatch.setattr(inference.decord, "VideoReader", Recording)
-    image, frames = inference.read_conditioning(str(video_paths["bigbuckbunny"]), 5)
+    monkeypatch.setattr(runner.decord, "VideoReader", Recording)
+    image, frames = runner.read_conditioning(str(video_paths["bigbuckbunny"]), 5)
     assert image is None and len(frames) == 5 and asked == [[127, 128, 129, 130, 131]]
 
 
@@ -466,7 +467,7 @@ def _mount(*args: str) -> bool:
 
 
 def test_a_read_only_mount_and_a_full_disk_are_one_line_from_prepare_data(prepared_dataset, tmp_path, caplog):
-    from cosmos_v2w_diffusers import prepare_data
+    from cosmos_v2w_diffusers.data import prepare_data
 
     source = tmp_path / "data"
     shutil.copytree(prepared_dataset, source)
@@ -532,13 +533,14 @@ def test_bad_run_folders_and_checkpoints_are_one_line_errors(tiny_run, prepared_
 
 
 def test_bad_generation_inputs_are_one_line_errors_before_any_model_loads(tmp_path, monkeypatch):
-    from cosmos_v2w_diffusers import convert, generation_jobs, inference
+    from cosmos_v2w_diffusers.cli import convert
+    from cosmos_v2w_diffusers.generation import jobs, runner
 
     image = tmp_path / "portrait.jpg"
     exif = PIL.Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees to show
     PIL.Image.new("RGB", (40, 20)).save(image, exif=exif)
-    assert inference.read_conditioning(str(image))[0].size == (20, 40)
+    assert runner.read_conditioning(str(image))[0].size == (20, 40)
 
     hostile = tmp_path / "hostile"
     hostile.mkdir()
@@ -564,19 +566,17 @@ def test_bad_generation_inputs_are_one_line_errors_before_any_model_loads(tmp_pa
     bomb = tmp_path / "bomb.png"
     PIL.Image.new("1", (16384, 16384)).save(bomb)
     with pytest.raises(ValueError, match="bomb.png cannot be read as an image"):
-        inference.read_conditioning(str(bomb))
+        runner.read_conditioning(str(bomb))
 
     batch = tmp_path / "batch.json"
     batch.write_text(json.dumps([{"input_path": str(image), "save_path": str(tmp_path / "a.mp4")}]))
     base = ["--model_size", "tiny", "--disable_guardrail"]
     with pytest.raises(ValueError, match="needs a prompt"):
-        generation_jobs.jobs_from_args(inference.parse_args([*base, "--batch_input_json", str(batch)]))
+        jobs.jobs_from_args(runner.parse_args([*base, "--batch_input_json", str(batch)]))
     for save_path, reason in ((tmp_path, "is a folder"), (tmp_path / "video.avi", "does not end in .mp4")):
-        args = inference.parse_args(
-            [*base, "--prompt", "p", "--input_path", str(image), "--save_path", str(save_path)]
-        )
+        args = runner.parse_args([*base, "--prompt", "p", "--input_path", str(image), "--save_path", str(save_path)])
         with pytest.raises(ValueError, match=reason):
-            generation_jobs.jobs_from_args(args)
+            jobs.jobs_from_args(args)
 
 
 # ---------------------------------------------------------------- correctness
@@ -584,18 +584,19 @@ def test_bad_generation_inputs_are_one_line_errors_before_any_model_loads(tmp_pa
 
 def test_the_lora_export_keeps_alpha_for_every_documented_loader(tiny_run, tmp_path):
     """Rank 4, alpha 16: every loader must scale the adapter by 4 (it was read as alpha 4: scale 1)."""
-    from cosmos_v2w_diffusers import conversion, inference
+    from cosmos_v2w_diffusers.export import conversion
+    from cosmos_v2w_diffusers.generation import runner
 
     native = tiny_run / "checkpoints" / "model" / "iter_000000001.pt"
     converted = conversion.lora_native_to_diffusers(native, tmp_path / "converted")
     for lora_folder, weight_name in ((tiny_run / "lora", None), (converted.parent, converted.name)):
-        args = inference.parse_args(
+        args = runner.parse_args(
             ["--model_size", "tiny", "--disable_guardrail", "--lora_path", str(lora_folder), "--no-compile"]
         )
-        pipe = inference.build_pipeline(args) if weight_name is None else None
+        pipe = runner.build_pipeline(args) if weight_name is None else None
         if pipe is None:  # the converted file, through diffusers' own loader
             from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline
-            from cosmos_v2w_diffusers.components import tiny_pretrained_path
+            from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
 
             pipe = CosmosVideo2WorldPipeline.from_pretrained(str(tiny_pretrained_path()), disable_guardrail=True)
             pipe.load_lora_weights(str(lora_folder), weight_name=weight_name)

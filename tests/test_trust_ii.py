@@ -21,8 +21,9 @@ from conftest import PROMPT, cli_error, tiny_config, train_to_the_end
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from cosmos_v2w_diffusers.components import tiny_pretrained_path
+from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
 from cosmos_v2w_diffusers.training.config import TrainConfig
+from cosmos_v2w_diffusers.training.run_config import resolve
 from cosmos_v2w_diffusers.training.secrets import redacted_command
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
@@ -128,7 +129,7 @@ def test_a_token_flag_is_refused_abbreviated_and_redacted_in_any_spelling(tmp_pa
     command = ["train_video2world.py", "--hub_tok", "secret-value-1", "--hub_toke=secret-value-2", "--hub_token", "s3"]
     redacted = redacted_command(command)
     assert not any("secret-value" in arg or arg == "s3" for arg in redacted), redacted
-    card = model_card(TrainConfig(model="tiny", output_dir=str(tmp_path)).resolved(), None, redacted, "me/robot")
+    card = model_card(resolve(TrainConfig(model="tiny", output_dir=str(tmp_path))), None, redacted, "me/robot")
     assert "secret-value" not in str(card)
 
 
@@ -179,13 +180,13 @@ def test_exports_never_replace_or_delete_the_users_files(full_run, prepared_data
     out = tmp_path / "again"
     shutil.copytree(full_run / "pipeline", out / "pipeline")
     (out / "pipeline" / "README.md").write_text("card")
-    from cosmos_v2w_diffusers.exports import check_export_targets
+    from cosmos_v2w_diffusers.export.exports import check_export_targets
 
-    check_export_targets(tiny_config(prepared_dataset, out, ema=False).resolved(), str(tiny_pretrained_path()))
+    check_export_targets(resolve(tiny_config(prepared_dataset, out, ema=False)), str(tiny_pretrained_path()))
 
 
 def test_convert_never_overwrites_weights(full_run, lora_run, tmp_path):
-    from cosmos_v2w_diffusers import convert
+    from cosmos_v2w_diffusers.cli import convert
 
     native = full_run / "checkpoints" / "model" / "iter_000000001.pt"
     user_model = tmp_path / "model" / "transformer"
@@ -206,23 +207,19 @@ def test_convert_never_overwrites_weights(full_run, lora_run, tmp_path):
 
 
 def test_generation_never_writes_over_an_input_or_another_output(video_paths, tmp_path):
-    from cosmos_v2w_diffusers import generation_jobs, inference
+    from cosmos_v2w_diffusers.generation import jobs, runner
 
     clip = tmp_path / "clip.mp4"
     shutil.copy(video_paths["bikes"], clip)
     base = ["--model_size", "tiny", "--disable_guardrail", "--prompt", PROMPT]
     for save in (clip, tmp_path / "." / "clip.mp4"):
         with pytest.raises(ValueError, match="would destroy the input"):
-            generation_jobs.jobs_from_args(
-                inference.parse_args([*base, "--input_path", str(clip), "--save_path", str(save)])
-            )
+            jobs.jobs_from_args(runner.parse_args([*base, "--input_path", str(clip), "--save_path", str(save)]))
     batch = tmp_path / "batch.json"
     entries = [{"prompt": PROMPT, "input_path": str(clip), "save_path": str(tmp_path / "out.mp4")}] * 2
     batch.write_text(json.dumps(entries))
     with pytest.raises(ValueError, match="given to two generations"):
-        generation_jobs.jobs_from_args(
-            inference.parse_args(["--model_size", "tiny", "--batch_input_json", str(batch)])
-        )
+        jobs.jobs_from_args(runner.parse_args(["--model_size", "tiny", "--batch_input_json", str(batch)]))
     assert clip.read_bytes() == video_paths["bikes"].read_bytes()
 
 
@@ -252,7 +249,7 @@ def test_generation_never_writes_over_an_input_or_another_output(video_paths, tm
 )
 def test_recipe_numbers_and_sizes_no_run_can_use_are_refused(flags, reason, tmp_path):
     with pytest.raises(ValueError, match=reason):
-        TrainConfig(model="tiny", output_dir=str(tmp_path), **flags).resolved()
+        resolve(TrainConfig(model="tiny", output_dir=str(tmp_path), **flags))
 
 
 def test_the_schedule_goes_on_without_a_jump_when_its_end_moves(lora_run, prepared_dataset, tmp_path):
@@ -319,7 +316,7 @@ def test_a_received_checkpoints_numbers_are_bounded_and_listed(lora_run, prepare
         )
     assert "--cache_windows_per_clip 100000" in caplog.text and str(trainer_file) in caplog.text
     with pytest.raises(ValueError, match="--cache_windows_per_clip must be at most 64"):
-        config.resolved()
+        resolve(config)
 
 
 def test_a_damaged_t5_record_marks_its_embedding_stale(prepared_dataset, tmp_path):
@@ -362,9 +359,7 @@ def test_a_base_with_non_finite_weights_is_refused_as_it_loads(prepared_dataset,
 
 def test_a_revision_of_a_local_folder_is_refused(tmp_path):
     with pytest.raises(ValueError, match="--revision main.*local folder"):
-        TrainConfig(
-            model="tiny", pretrained_model_name_or_path=str(tiny_pretrained_path()), revision="main"
-        ).resolved()
+        resolve(TrainConfig(model="tiny", pretrained_model_name_or_path=str(tiny_pretrained_path()), revision="main"))
 
 
 # ---------------------------------------------------------------- one-line errors
@@ -466,7 +461,7 @@ def test_bad_generation_adapters_and_devices_are_one_line_errors(lora_run, video
 
 
 def test_ctrl_c_during_export_exits_75_and_leaves_the_export_whole(prepared_dataset, tmp_path, monkeypatch):
-    from cosmos_v2w_diffusers import exports
+    from cosmos_v2w_diffusers.export import exports
 
     out = tmp_path / "run"
     flags = ["--model", "tiny", "--dataset_path", str(prepared_dataset), "--output_dir", str(out)]

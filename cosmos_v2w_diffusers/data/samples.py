@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from ..text_encoding import MAX_TEXT_TOKENS, pad_embedding
+from ..models.text_encoding import MAX_TEXT_TOKENS, pad_embedding
 from .folder import presented_frame_count
 from .hf_dataset import T5_COLUMN
 

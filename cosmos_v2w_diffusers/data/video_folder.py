@@ -17,7 +17,7 @@ from pathlib import Path
 
 import datasets
 
-from ..io_utils import atomic_write
+from ..utils.io_utils import atomic_write
 from .folder import BadVideoError, SkippedFile, probe_video
 
 METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")

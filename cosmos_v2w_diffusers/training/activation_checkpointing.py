@@ -19,7 +19,7 @@ from torch.utils.checkpoint import (
 )
 
 from .. import compat
-from ..attention import attention_processors
+from ..models.attention import attention_processors
 from .block_swap import BlockSwap
 
 # Attention is ~85% of a block's FLOPs but its output is small: keeping it and recomputing the cheap

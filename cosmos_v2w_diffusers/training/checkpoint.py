@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io_utils import atomic_write, read_regular_file
+from ..utils.io_utils import atomic_write, read_regular_file
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from accelerate.logging import get_logger
 
-from ..checkpoint_format import from_native_state_dict, to_native_state_dict
+from ..models.checkpoint_format import from_native_state_dict, to_native_state_dict
 from .checkpoint import PARTS, CheckpointDir, rng_state, set_rng_state, stored_config
 from .config import TrainConfig
 from .distill import student_nets, student_scale

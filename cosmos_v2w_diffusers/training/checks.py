@@ -1,9 +1,9 @@
-"""Every check of a run's flags, in one function: `validate(config, dims)`.
+"""The checks of a run's flags as given, in one function: `check_flags(flags)`: bounds, and flags that go
+together, before any default replaces them, and before torch is imported (`train_video2world.py` calls it first).
 
-Three kinds, each where its facts are first known: the flags as given (bounds, and flags that go together, before
-any default replaces them), the resolved values (what the preset, the weights and the dataset's size filled in:
-`RunConfig`), and what the processes' layout allows (`ParallelDims`). Resolving checks the flags, then the values
-it filled in; the trainer checks the layout once it is known.
+The other two kinds read what only a resolved run knows: the values the preset, the weights and the dataset's size
+filled in, and the processes' layout (`ParallelDims`). They are `run_config.validate`'s, which `resolve` and the
+trainer call (this module stays below `run_config.py`: no import cycle).
 """
 
 from __future__ import annotations
@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..choices import MAX_TEXT_TOKENS
-from ..presets import get_preset
-from ..sample_shape import check_sample_shape
+from ..models.presets import get_preset
+from ..models.sample_shape import check_sample_shape
 from .config import SIDE_PIXELS, TRACKER_PACKAGES
 
 if TYPE_CHECKING:
-    from ..parallel_dims import ParallelDims
     from .config import TrainConfig
-    from .run_config import RunConfig
 
 # Flags that must be at least 1 (or 0), checked before any default replaces them.
 _AT_LEAST = {
@@ -99,20 +97,6 @@ _INTERVALS = {
     "guidance": (0.0, 100.0, True),
     "lr_power": (0.0, 100.0, False),
 }
-
-
-def validate(config: TrainConfig, dims: ParallelDims | None = None) -> None:
-    """Refuse, in one line naming the flag and the fix, what no run can do: `config`'s flags, or for a resolved
-    `RunConfig` its resolved values (`resolve` checked its flags before filling them in), and, given `dims`, what
-    the layout of the processes allows."""
-    from .run_config import RunConfig  # it imports this module
-
-    if isinstance(config, RunConfig):
-        _check_resolved(config)
-    else:
-        check_flags(config)
-    if dims is not None:
-        _check_layout(config, dims)
 
 
 def check_flags(flags: TrainConfig) -> None:
@@ -224,7 +208,7 @@ def _check_teacher(flags: TrainConfig) -> None:
     """A distillation's teacher, before any model loads: not a student already, its LoRA readable and of a size
     that fits (`inference.check_lora_adapter`, as generation checks it; without --model, against the size
     --pretrained_model_name_or_path has, checked again once resolved)."""
-    from ..checkpoint_format import distilled_steps_of  # torch: kept out of `--help`
+    from ..models.checkpoint_format import distilled_steps_of  # torch: kept out of `--help`
 
     if flags.dit_path and distilled_steps_of(flags.dit_path):
         raise ValueError(
@@ -232,88 +216,6 @@ def _check_teacher(flags: TrainConfig) -> None:
             f"from its teacher (the post-trained model it was distilled from) instead."
         )
     if flags.lora_path and flags.model:
-        from ..inference import check_lora_adapter
+        from ..generation.runner import check_lora_adapter
 
         check_lora_adapter(flags.lora_path, get_preset(flags.model))
-
-
-def _check_lora_targets(run: RunConfig) -> None:
-    """Each of `--lora_target_modules` names linear layers of the transformer, as PEFT matches names (the name, or
-    its last parts); PEFT would otherwise fail with a page of its own."""
-    import torch
-
-    from ..components import build_transformer
-
-    modules = dict(build_transformer(get_preset(run.model), device="meta").named_modules())
-    linear = sorted({n.split(".", 2)[-1] for n, m in modules.items() if isinstance(m, torch.nn.Linear)})
-    for target in run.lora_target_modules.split(","):
-        matched = [m for n, m in modules.items() if n == target or n.endswith("." + target)]
-        if not matched or not all(isinstance(m, torch.nn.Linear) for m in matched):
-            examples = ", ".join(name for name in linear if name.startswith(("attn1.", "ff.")))
-            raise ValueError(
-                f"--lora_target_modules {target!r} names no linear layer of the {run.model} transformer (LoRA wraps "
-                f"linear layers): give their names, e.g. {examples}."
-            )
-
-
-def _check_resolved_teacher(run: RunConfig) -> None:
-    """A distillation's teacher against the resolved model size, on the meta device: its `--dit_path` weights and
-    `--lora_path` adapter must fit it (the adapters sit on the teacher, so it is loaded before any of them)."""
-    if not run.distill_steps:
-        return
-    from ..inference import check_lora_adapter, load_post_trained_weights
-
-    if run.dit_path:
-        load_post_trained_weights(run.dit_path, run.load_ema, run.model)
-    if run.lora_path:
-        check_lora_adapter(run.lora_path, get_preset(run.model))
-
-
-def _check_resolved(run: RunConfig) -> None:
-    """What the filled-in defaults make impossible: a warm-up as long as the run, a schedule shorter than it."""
-    if run.block_swap and run.activation_checkpointing == "none":
-        raise ValueError(
-            "--block_swap drops a block's weights once it has run, so the backward must recompute the block: "
-            "drop --activation_checkpointing none."
-        )
-    if run.checkpoint_block_parts and not run.low_vram:
-        raise ValueError("--checkpoint_block_parts goes with --low_vram: add it.")
-    if run.low_vram and run.activation_checkpointing != "full":
-        raise ValueError("--low_vram offloads what full recompute keeps: drop --activation_checkpointing.")
-    if run.validation_num_frames is not None and (run.validation_num_frames - 1) % 4:
-        raise ValueError(f"--validation_num_frames must be 4k+1, got {run.validation_num_frames}.")
-    if run.lr_warmup_steps >= min(run.max_iter, run.lr_decay_steps):
-        raise ValueError(
-            f"--lr_warmup_steps {run.lr_warmup_steps} is not shorter than the run's {run.max_iter} steps: the "
-            f"learning rate would never reach its peak; shorten the warm-up."
-        )
-    if run.lr_decay_steps < run.max_iter and run.lr_scheduler not in ("constant", "constant_with_warmup"):
-        raise ValueError(
-            f"--lr_decay_steps {run.lr_decay_steps} is shorter than --max_iter {run.max_iter}: the last "
-            f"{run.max_iter - run.lr_decay_steps} steps would train at learning rate 0; raise it or drop it."
-        )
-    if (run.validation_image or run.validation_video) and not run.validation_prompt:
-        raise ValueError("--validation_image/--validation_video need a --validation_prompt.")
-    check_sample_shape(run.num_frames, run.height, run.width, "--num_frames", "--height and --width")
-    if run.train_architecture == "lora":
-        _check_lora_targets(run)
-    _check_resolved_teacher(run)
-
-
-def _check_layout(config: TrainConfig, dims: ParallelDims) -> None:
-    """What the launch's processes and engine rule out."""
-    if config.base_precision != "bf16" and dims.world_size > 1:
-        raise ValueError(f"--base_precision {config.base_precision} runs on one GPU for now; drop it for several.")
-    if config.block_swap and dims.engine != "single":
-        raise ValueError(f"--block_swap is for one GPU, one process: under {dims.engine} drop it.")
-    if config.low_vram and dims.engine == "fsdp":
-        raise ValueError("--low_vram is for one GPU: under FSDP the sharded states already leave room; drop it.")
-    if (
-        config.distill_steps and dims.engine == "deepspeed"
-    ):  # ZeRO reduces every gradient; a step leaves one adapter's out
-        raise ValueError(
-            "--distill_steps trains one of its two adapters a step, which DeepSpeed's ZeRO does not take: use DDP or "
-            "FSDP2 (accelerate_configs/)."
-        )
-    if config.use_8bit_adam and dims.engine in ("fsdp", "deepspeed"):
-        raise ValueError(f"--use_8bit_adam: bitsandbytes' optimizer does not run under {dims.engine}; drop it.")

@@ -1,7 +1,7 @@
 """Training flags: `TrainConfig`, one dataclass whose fields are the command-line flags, as given.
 
 A field's `help` metadata is its flag's help; `None` defaults are filled from the model preset (docs/recipe.md's
-optimisation table) by `TrainConfig.resolved()` (`run_config.py`), which also checks them (`checks.py`). The
+optimisation table) by `run_config.resolve(flags)`, which also checks them (`checks.py`). The
 resolved `RunConfig` hands each component its section (`sections.py`). Adding a flag is adding a field here and
 to its section. Resuming from a checkpoint file merges that checkpoint's recipe in (`from_args`); secrets are
 kept out of what is stored (`secrets.py`).
@@ -15,16 +15,12 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..choices import ATTENTION_BACKENDS
-from ..flag_parser import FlagParser
+from ..utils.flag_parser import FlagParser
 from .secrets import SECRET_FIELDS
-
-if TYPE_CHECKING:
-    from .run_config import RunConfig
 
 LORA_TARGET_MODULES = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
 # What a checkpoint's weights and optimizer state depend on: a resume must not change these.
@@ -396,13 +392,6 @@ class TrainConfig:
     def to_json(self) -> str:
         return json.dumps(self.public_dict(), sort_keys=True)
 
-    def resolved(self, steps_per_epoch: int | None = None, clips_per_step: int | None = None) -> RunConfig:
-        """This run's `RunConfig`: every default that depends on the preset, the weights, the dataset's size
-        (`steps_per_epoch`) or the launch (`clips_per_step`) filled in, the flags checked (`run_config.resolve`)."""
-        from .run_config import resolve  # diffusers and transformers: kept out of `--help`
-
-        return resolve(self, steps_per_epoch, clips_per_step)
-
     @property
     def ema_gamma(self) -> float:
         return edm2_ema_gamma(self.ema_relative_std)
@@ -473,7 +462,7 @@ class TrainConfig:
         if stored.get("lr_decay_steps") == stored.get("max_iter") and "lr_decay_steps" not in given:
             rebuilt.pop("lr_decay_steps", None)  # it was the default: it follows --max_iter, as in a plain resume
         taken = [f"--{name} {value}" for name, value in rebuilt.items() if name not in given]
-        # A received file's numbers are bounded like flags (`checks.validate`, when the run is resolved) and
+        # A received file's numbers are bounded like flags (`run_config.validate`, when the run is resolved) and
         # listed, so none is taken unseen.
         logging.getLogger(__name__).info("Taken from %s: %s", checkpoint, ", ".join(taken) or "nothing")
         rebuilt["output_dir"] = str(output_dir_of(checkpoint))

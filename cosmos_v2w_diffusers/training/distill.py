@@ -14,8 +14,8 @@ one copy of the weights, two small adapters and their optimizer state.
 
 **The two updates**, alternating: every `--student_update_freq`-th step updates the student, the others the
 critic (NVIDIA's 5: four critic updates a student update). Both start by simulating the student as it samples
-(`scheduler_few_step.py`): from `sigma_0 * eps`, `n` of its steps (n drawn from 1..N), noising each x0 to the next
-level with the initial noise; only the last evaluation carries gradients ("backward simulation", DMD2 4.5).
+(`generation/scheduler_few_step.py`): from `sigma_0 * eps`, `n` of its steps (n drawn from 1..N), noising each x0 to
+the next level with the initial noise; only the last evaluation carries gradients ("backward simulation", DMD2 4.5).
 
 - student: its x0 is noised to a level sigma_D; the distribution-matching gradient is `x0_fake - x0_teacher`
   there, the teacher with classifier-free guidance folded in (`x0_c + w (x0_c - x0_u)`, the unconditional side
@@ -40,9 +40,9 @@ import torch
 from diffusers import CosmosTransformer3DModel
 from peft import LoraConfig
 
-from ..objective import TrainingDraws, video2world_loss
-from ..preconditioning import conditioning_mask, denoise
-from ..scheduler_few_step import few_step_sigmas
+from ..generation.scheduler_few_step import few_step_sigmas
+from ..models.preconditioning import conditioning_mask, denoise
+from .objective import TrainingDraws, video2world_loss
 from .sections import DistillConfig
 
 STUDENT, FAKE_SCORE = "student", "fake_score"

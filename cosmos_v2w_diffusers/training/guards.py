@@ -26,7 +26,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import gather_object
 
-from ..io_utils import atomic_write
+from ..utils.io_utils import atomic_write
 
 logger = get_logger(__name__)
 

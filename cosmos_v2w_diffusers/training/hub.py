@@ -21,8 +21,8 @@ from diffusers.utils.hub_utils import populate_model_card
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import validate_repo_id
 
-from ..exports import BASE_COMPONENTS
-from ..presets import get_preset
+from ..export.exports import BASE_COMPONENTS
+from ..models.presets import get_preset
 from .secrets import redacted_command
 
 logger = logging.getLogger(__name__)

@@ -10,10 +10,10 @@ from diffusers import CosmosTransformer3DModel
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 
-from ..checkpoint_format import load_into_transformer, load_native_checkpoint
-from ..components import build_transformer, load_transformer
-from ..exports import read_weights
-from ..fp8 import quantize_blocks_to_fp8
+from ..export.exports import read_weights
+from ..models.checkpoint_format import load_into_transformer, load_native_checkpoint
+from ..models.components import build_transformer, load_transformer
+from ..models.fp8 import quantize_blocks_to_fp8
 from .distill import add_distillation_adapters, fuse_teacher_lora
 from .sections import DistillConfig, WeightsConfig
 
@@ -46,7 +46,7 @@ def load_trainable_transformer(
     """The transformer a run trains: the preset's (or `--pretrained_model_name_or_path`'s), initialised from
     `--dit_path` if given. Full post-training keeps fp32 master weights (compute under autocast); LoRA keeps
     its frozen base in the compute dtype (bf16, as NVIDIA does: half the memory), or its blocks' weights in fp8
-    with `--base_precision fp8` (`fp8.py`), and its adapter in fp32. A distillation (`distill` with its
+    with `--base_precision fp8` (`models/fp8.py`), and its adapter in fp32. A distillation (`distill` with its
     `distill_steps`) fuses the teacher's `--lora_path` into the base and adds the student's and critic's adapters."""
     dtype = compute_dtype if config.train_architecture == "lora" else torch.float32
     transformer = load_transformer(preset, config.pretrained_model_name_or_path, dtype, **config.hub_kwargs())

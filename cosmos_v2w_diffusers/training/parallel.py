@@ -19,9 +19,9 @@ from torch.distributed.fsdp import MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from .. import compat
-from ..attention import set_attention_backend
-from ..compile import compile_blocks
-from ..context_parallel import enable_context_parallel
+from ..models.attention import set_attention_backend
+from ..models.compile import compile_blocks
+from ..parallel.context_parallel import enable_context_parallel
 from .activation_checkpointing import apply_activation_checkpointing, wrap_blocks_for_fsdp
 from .block_swap import BlockSwap
 from .memory import LeanLevers, context_parallel_advice, memory_budget_bytes, plan_gpu_memory, swapped_weight_bytes

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, TypeVar
-
-if TYPE_CHECKING:
-    from .run_config import RunConfig
+from typing import Any, Generic, TypeVar
 
 
 def hub_kwargs(config) -> dict:
@@ -28,7 +25,7 @@ class Section:
     """A frozen view of some of a resolved config's fields (built by `RunConfig`'s section attributes)."""
 
     @classmethod
-    def of(cls: type[S], run: RunConfig) -> S:
+    def of(cls: type[S], run: Any) -> S:  # a `RunConfig` (`run_config.py`, which imports this module)
         return cls(**{f.name: getattr(run, f.name) for f in dataclasses.fields(cls)})
 
 
@@ -107,7 +104,7 @@ class OptimConfig(Section):
 @dataclass(frozen=True)
 class CheckpointConfig(Section):
     """Where the run writes, when it checkpoints, what it resumes from and what it exports
-    (`training/checkpointer.py`, `exports.py`)."""
+    (`training/checkpointer.py`, `export/exports.py`)."""
 
     output_dir: str
     resume: bool
@@ -184,7 +181,7 @@ class SectionOf(Generic[S]):
     def __init__(self, cls: type[S]):
         self.cls = cls
 
-    def __get__(self, run: RunConfig, owner: type) -> S:
+    def __get__(self, run: Any, owner: type) -> S:  # `run`: a RunConfig
         return self.cls.of(run)
 
 

@@ -35,23 +35,21 @@ from accelerate.utils import (
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..allocator import set_allocator_defaults
-from ..builtin_sample import demo_dataset_path
-from ..components import load_vae, resolve_pretrained
+from ..data.builtin_sample import demo_dataset_path
 from ..data.hf_dataset import CaptionEncoder, hub_dataset_folder, load_video2world_dataset
 from ..data.latent_cache import build_latent_cache
 from ..data.samples import DrawSampler, Video2WorldTrainDataset
 from ..data.video_folder import is_video_folder
-from ..exports import check_export_targets, export_final
-from ..latents import encode_video, use_channels_last_3d
-from ..objective import draw_training_randomness, video2world_loss
-from ..parallel_dims import ParallelDims
-from ..pipeline import SIGMA_MAX
-from ..presets import get_preset
-from ..sample_shape import latent_tokens
+from ..export.exports import check_export_targets, export_final
+from ..generation.pipeline import SIGMA_MAX
+from ..models.components import load_vae, resolve_pretrained
+from ..models.latents import encode_video, use_channels_last_3d
+from ..models.presets import get_preset
+from ..models.sample_shape import latent_tokens
+from ..parallel.parallel_dims import ParallelDims
+from ..utils.allocator import set_allocator_defaults
 from .activation_checkpointing import canonical_name
 from .checkpointer import Checkpointer
-from .checks import validate
 from .config import TrainConfig
 from .distill import DMD2, student_nets, student_scale
 from .guards import RunGuards
@@ -60,9 +58,10 @@ from .memory import LeanLevers, check_fits, choose_lean_levers, memory_budget_by
 from .metrics import describe_throughput, loss_trend, throughput_summary
 from .model import load_trainable_transformer, meta_trainable_transformer
 from .nodes import caches_filled_in_order, check_same_run_everywhere
+from .objective import draw_training_randomness, video2world_loss
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
 from .parallel import default_mixed_precision, prepare_for_wrapping
-from .run_config import RunConfig
+from .run_config import RunConfig, resolve, validate
 from .run_lock import RunLock
 from .state import train_state
 from .validation import Validator, read_validation_inputs
@@ -92,7 +91,7 @@ class Trainer:
         # would leave out `--cpu` and make every rank a main process.
         on_gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
         self.flags = config  # as given: resolved again once the dataset's size is known (`_setup`)
-        self.config: RunConfig = config.resolved()
+        self.config: RunConfig = resolve(config)
         c = self.config
         self.preset = get_preset(c.model)
         self.accelerator = Accelerator(
@@ -181,7 +180,7 @@ class Trainer:
         if c.num_train_epochs or c.validation_epochs or c.scale_lr:
             clips_per_step = self.dims.clips_per_step(c.batch_size, c.gradient_accumulation_steps)
             steps_per_epoch = math.ceil(len(table) / clips_per_step)
-            self.config = c = self.flags.resolved(steps_per_epoch, clips_per_step)
+            self.config = c = resolve(self.flags, steps_per_epoch, clips_per_step)
             logger.info(
                 "%d steps to a pass over the clips: --max_iter %d; learning rate %.4g",
                 steps_per_epoch,

@@ -19,14 +19,14 @@ import torch
 from diffusers.utils import export_to_video
 from torchvision.transforms.v2 import functional as TF
 
-from ..components import load_text_encoder, load_transformer, resolve_pretrained
-from ..generation_jobs import long_video_frames
-from ..long_video import generate_long_video
-from ..pipeline import DEFAULT_NEGATIVE_PROMPT, CosmosVideo2WorldPipeline, open_image
-from ..scheduler import CosmosMultistepScheduler
-from ..scheduler_few_step import CosmosFewStepScheduler
-from ..text_encoding import MAX_TEXT_TOKENS, embed_prompts
-from ..video_metrics import psnr, ssim
+from ..generation.jobs import long_video_frames
+from ..generation.long_video import generate_long_video
+from ..generation.pipeline import DEFAULT_NEGATIVE_PROMPT, CosmosVideo2WorldPipeline, open_image
+from ..generation.scheduler import CosmosMultistepScheduler
+from ..generation.scheduler_few_step import CosmosFewStepScheduler
+from ..generation.video_metrics import psnr, ssim
+from ..models.components import load_text_encoder, load_transformer, resolve_pretrained
+from ..models.text_encoding import MAX_TEXT_TOKENS, embed_prompts
 from .model import apply_lora
 
 logger = logging.getLogger(__name__)

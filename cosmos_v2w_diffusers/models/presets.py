@@ -1,6 +1,6 @@
 """Model presets: the 2B and 14B Cosmos-Predict2 Video2World models, and a tiny one for CPU tests.
 
-A preset is a plain record of numbers (architecture, sample size, training defaults); `components.py`
+A preset is a plain record of numbers (architecture, sample size, training defaults); `models/components.py`
 turns it into diffusers/transformers modules and loads their weights. No torch here: the CLIs' `--help`
 reads these numbers.
 
@@ -141,5 +141,5 @@ def get_preset(name: str) -> ModelPreset:
 # after 1,900 steps; with 4x, 24.2 dB after 7,300 (tiny_vae_report.json). With 32 latent channels it reached
 # 24.1 dB sooner, but the tiny transformer could not generate those latents (BENCHMARKS.md). 1.9 M parameters: 4 MB
 # in float16; a 17x64x112 clip encodes and decodes in about a second on one CPU core. The shipped one is trained
-# (`tiny_model.py`); `components.save_tiny_pretrained` builds it random.
+# (`cli/tiny_model.py`); `components.save_tiny_pretrained` builds it random.
 TINY_VAE_CONFIG = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[True, True])

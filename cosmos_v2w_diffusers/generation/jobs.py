@@ -10,7 +10,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from .io_utils import read_regular_file
+from ..utils.io_utils import read_regular_file
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv", ".webm"}

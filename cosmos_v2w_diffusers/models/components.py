@@ -1,7 +1,7 @@
 """The model's components built from a preset, and loaded from a Hub id or a local folder in diffusers layout.
 
 Real weights always go through `from_pretrained`. The tiny preset's weights ship with the package in the same
-layout (`assets/tiny_video2world/`: a VAE trained by `tiny_model.py`, a fixed random text encoder and a trained
+layout (`assets/tiny_video2world/`: a VAE trained by `cli/tiny_model.py`, a fixed random text encoder and a trained
 transformer) and load with the very same code, so the tests exercise the loading path real weights take.
 """
 
@@ -61,7 +61,7 @@ def save_tiny_pretrained(folder: str | Path, seed: int = 0, vae: AutoencoderKLWa
     """Write the tiny preset's components to `folder` in the diffusers Video2World layout.
 
     Every component is random, from `seed` (the global RNG is forked, so callers' random state is
-    untouched), except `vae` when one is given: `tiny_model.py` passes its trained one to build the folder the
+    untouched), except `vae` when one is given: `cli/tiny_model.py` passes its trained one to build the folder the
     package ships. The layout (`transformer/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`,
     `model_index.json`) is the one of `nvidia/Cosmos-Predict2-2B-Video2World`, so every loader reads it as it
     reads real weights.
@@ -107,7 +107,7 @@ def write_stock_model_index(folder: Path) -> None:
 
 # The tiny model the package ships: `save_tiny_pretrained(seed=0)` with a trained VAE and transformer, written
 # by `python -m cosmos_v2w_diffusers.tiny_model` (its reports, `tiny_*_report.json`, lie beside them).
-TINY_PRETRAINED_DIR = Path(__file__).parent / "assets" / "tiny_video2world"
+TINY_PRETRAINED_DIR = Path(__file__).parents[1] / "assets" / "tiny_video2world"
 
 
 def cache_root() -> Path:

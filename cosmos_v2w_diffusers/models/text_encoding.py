@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .choices import MAX_TEXT_TOKENS
-from .io_utils import atomic_write, read_regular_file
+from ..choices import MAX_TEXT_TOKENS
+from ..utils.io_utils import atomic_write, read_regular_file
 from .presets import get_preset
 
 

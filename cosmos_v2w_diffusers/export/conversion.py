@@ -19,20 +19,20 @@ import torch
 from diffusers import CosmosTransformer3DModel
 from safetensors.torch import load_file
 
-from .checkpoint_format import (
+from ..models.checkpoint_format import (
     from_native_state_dict,
     load_native_checkpoint,
     to_native_key,
     to_native_state_dict,
 )
+from ..models.presets import PRESETS
+from ..utils.io_utils import atomic_write, current_umask
 from .exports import (
     LORA_EMA_WEIGHTS_NAME,
     LORA_WEIGHTS_NAME,
     read_weights,
     write_diffusers_transformer,
 )
-from .io_utils import atomic_write, current_umask
-from .presets import PRESETS
 
 logger = logging.getLogger(__name__)
 

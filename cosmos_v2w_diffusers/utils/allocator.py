@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from . import compat
+from .. import compat
 
 
 def set_allocator_defaults() -> None:

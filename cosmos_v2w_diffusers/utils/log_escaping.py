@@ -12,7 +12,7 @@ import logging
 
 # C0 and C1 control characters but tab, as the escapes Python's repr() gives them.
 _ESCAPES = {c: repr(chr(c))[1:-1] for c in [*range(0x00, 0x09), *range(0x0A, 0x20), *range(0x7F, 0xA0)]}
-_PACKAGE = __name__.rsplit(".", 1)[0]
+_PACKAGE = __name__.split(".", 1)[0]  # the package, from its utils.log_escaping
 
 
 def escape_control_characters(text: str) -> str:

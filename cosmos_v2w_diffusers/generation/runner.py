@@ -27,17 +27,18 @@ from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
-from .allocator import set_allocator_defaults
-from .attention import set_attention_backend
-from .checkpoint_format import (
+from ..choices import NUM_FRAMES_BY_FPS, RESOLUTIONS
+from ..data.folder import presented_frame_count
+from ..models.attention import set_attention_backend
+from ..models.checkpoint_format import (
+    LORA_WEIGHTS_NAME,
     check_checkpoint_matches,
     distilled_steps_of,
     load_into_transformer,
     load_native_checkpoint,
 )
-from .choices import NUM_FRAMES_BY_FPS, RESOLUTIONS
-from .compile import compile_block_forwards, compile_blocks
-from .components import (
+from ..models.compile import compile_block_forwards, compile_blocks
+from ..models.components import (
     build_transformer,
     cache_root,
     check_is_pipeline_folder,
@@ -45,19 +46,18 @@ from .components import (
     hub_source,
     resolve_pretrained,
 )
-from .context_parallel import enable_context_parallel
+from ..models.latents import use_channels_last_3d
+from ..models.presets import get_preset
+from ..models.sample_shape import check_sample_shape, latent_shape, latent_tokens
+from ..parallel.context_parallel import enable_context_parallel
+from ..parallel.parallel_dims import ParallelDims
+from ..utils.allocator import set_allocator_defaults
 from .cuda_graphs import enable_cuda_graphs
-from .data.folder import presented_frame_count
-from .exports import LORA_WEIGHTS_NAME
-from .generation_flags import parse_args
-from .generation_jobs import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_chunks, check_jobs
-from .latents import use_channels_last_3d
+from .flags import parse_args
+from .jobs import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_chunks, check_jobs
 from .long_video import ChunkWriter, generate_long_video
-from .parallel_dims import ParallelDims
 from .pipeline import CosmosVideo2WorldPipeline, check_conditioning_frames, nvidia_initial_noise, open_image
-from .presets import get_preset
 from .prompt_refiner import PromptRefiner
-from .sample_shape import check_sample_shape, latent_shape, latent_tokens
 from .scheduler_few_step import CosmosFewStepScheduler
 from .step_cache import STEP_CACHE_FILE, Calibration, calibrate, read_calibration, write_calibration
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .preconditioning import conditioning_mask, denoise
+from ..models.preconditioning import conditioning_mask, denoise
 
 HIGH_SIGMA_PROBABILITY = 0.05
 HIGH_SIGMA_RANGE = (200.0, 100000.0)

@@ -17,7 +17,11 @@ from diffusers.loaders.single_file_utils import (
     convert_cosmos_transformer_checkpoint_to_diffusers,
 )
 
-from .io_utils import read_regular_file
+from ..utils.io_utils import read_regular_file
+
+# diffusers' LoRA file names (`load_lora_weights(folder)` reads the first): our exports write them, generation reads.
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+LORA_EMA_WEIGHTS_NAME = "pytorch_lora_weights_ema.safetensors"
 
 # diffusers name fragment -> NVIDIA name fragment, applied in order (the reverse of diffusers'
 # TRANSFORMER_KEYS_RENAME_DICT_COSMOS_2_0).

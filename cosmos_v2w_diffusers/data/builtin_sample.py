@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .components import cache_root, resolve_pretrained
-from .data.demo_clips import DEMO_PROMPT, DEMO_VERSION, NUM_CLIPS, export_clip, render_clip
-from .io_utils import build_folder_once
+from ..models.components import cache_root, resolve_pretrained
+from ..models.presets import ModelPreset
+from ..utils.io_utils import build_folder_once
+from .demo_clips import DEMO_PROMPT, DEMO_VERSION, NUM_CLIPS, export_clip, render_clip
 from .prepare_data import prepare_dataset
-from .presets import ModelPreset
 
 logger = logging.getLogger(__name__)
 

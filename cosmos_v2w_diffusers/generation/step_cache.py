@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
 
-from . import compat
-from .io_utils import atomic_write, read_regular_file
+from .. import compat
+from ..utils.io_utils import atomic_write, read_regular_file
 from .video_metrics import psnr
 
 # diffusers' names of the first block's hook and the others' (hooks/first_block_cache.py)

@@ -39,7 +39,7 @@ def compile_blocks(transformer: CosmosTransformer3DModel, **compile_kwargs) -> N
 
 def compile_block_forwards(transformer: CosmosTransformer3DModel, **compile_kwargs) -> None:
     """`torch.compile` each block's `forward` alone, for generation with hooks put around it afterwards (the step
-    cache, `step_cache.py`): diffusers' hooks replace `forward`, and `block.compile()` would trace them too, with
-    their per-call cache state and the one number they read from the GPU, into every block's graph."""
+    cache, `generation/step_cache.py`): diffusers' hooks replace `forward`, and `block.compile()` would trace them
+    too, with their per-call cache state and the one number they read from the GPU, into every block's graph."""
     for block in transformer.transformer_blocks:
         block.forward = torch.compile(block.forward, **compile_kwargs)

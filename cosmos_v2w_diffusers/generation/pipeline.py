@@ -43,18 +43,18 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import T5EncoderModel, T5TokenizerFast
 
-from . import compat
-from .attention import attention_processors
-from .choices import DEFAULT_NEGATIVE_PROMPT
-from .fp8 import quantize_blocks_to_fp8
-from .latents import decode_latents, encode_video
-from .preconditioning import SIGMA_CONDITIONING, conditioning_mask, denoise
-from .sample_shape import check_sample_shape, latent_shape, num_latent_frames, vae_space_stride
+from .. import compat
+from ..choices import DEFAULT_NEGATIVE_PROMPT
+from ..models.attention import attention_processors
+from ..models.fp8 import quantize_blocks_to_fp8
+from ..models.latents import decode_latents, encode_video
+from ..models.preconditioning import SIGMA_CONDITIONING, conditioning_mask, denoise
+from ..models.sample_shape import check_sample_shape, latent_shape, num_latent_frames, vae_space_stride
+from ..models.text_encoding import MAX_TEXT_TOKENS, embed_prompts
 from .scheduler import CosmosMultistepScheduler
 from .scheduler_few_step import CosmosFewStepScheduler
 from .sparse_attention import enable_sparse_attention
 from .step_cache import StepCache
-from .text_encoding import MAX_TEXT_TOKENS, embed_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -285,8 +285,8 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
 
     def enable_step_cache(self, threshold: float) -> StepCache:
         """Skip the transformer's blocks after the first where the first block's residual changed by less than
-        `threshold` since the last step (`step_cache.py`); each generation logs how many were skipped. A second
-        call replaces the first's threshold."""
+        `threshold` since the last step (`generation/step_cache.py`); each generation logs how many were skipped. A
+        second call replaces the first's threshold."""
         self.disable_step_cache()
         cache = self._step_cache = StepCache(self.transformer, threshold)
         return cache
@@ -298,8 +298,8 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
             self._step_cache = None
 
     def enable_sparse_attention(self) -> int:
-        """NVIDIA's neighbourhood attention (natten) in its sparse layers (`sparse_attention.py`); returns how many
-        layers are sparse."""
+        """NVIDIA's neighbourhood attention (natten) in its sparse layers (`generation/sparse_attention.py`); returns
+        how many layers are sparse."""
         if compat.model_parallel_config(self.transformer) is not None:
             raise ValueError(
                 "--sparse_attention with context parallelism is not supported: drop one, or use --num_gpus 2 "
@@ -308,7 +308,7 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         return enable_sparse_attention(self.transformer, attention_processors(self.transformer, "self"))
 
     def enable_fp8(self) -> int:
-        """The transformer blocks' linear layers in fp8 (`fp8.py`): weights stored in e4m3 with a scale per
+        """The transformer blocks' linear layers in fp8 (`models/fp8.py`): weights stored in e4m3 with a scale per
         output channel, and on Hopper or newer GPUs the matmuls run on the fp8 units with each token's activations
         scaled to e4m3. Returns how many layers were converted."""
         return quantize_blocks_to_fp8(self.transformer, fp8_matmul=True)

@@ -14,7 +14,7 @@ templated all-to-all attention); this module supplies what diffusers 0.42 lacks 
 - the set-up itself: `ModelMixin.enable_parallelism` computes `rank % torch.accelerator.device_count()`,
   which divides by zero on a machine without an accelerator (our CPU tests), and builds a mesh over all
   ranks, where data parallelism needs one context-parallel group per data-parallel rank: the groups are
-  `ParallelDims`' (`parallel_dims.py`), the one layout training and generation share.
+  `ParallelDims`' (`parallel/parallel_dims.py`), the one layout training and generation share.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import torch.distributed as dist
 from diffusers import CosmosTransformer3DModel
 from diffusers.hooks.context_parallel import apply_context_parallel
 
-from . import compat
-from .attention import attention_processors
+from .. import compat
+from ..models.attention import attention_processors
 from .parallel_dims import ParallelDims
 
 

@@ -4,7 +4,7 @@ Training builds it from the accelerator and `--context_parallel_size` (`from_acc
 processes torchrun started and `--guidance_parallel` (`for_generation`); whatever depends on the layout asks it:
 the draw stream (data-parallel rank and size), the loss scaling, the memory planner (how many ranks share the
 states), the wrapping (which engine), the train state (DeepSpeed's stage), the metrics (clips per step), the
-context-parallel mesh (`context_parallel.py`) and the guidance pairs (`pipeline.enable_guidance_parallel`).
+context-parallel mesh (`parallel/context_parallel.py`) and the guidance pairs (`pipeline.enable_guidance_parallel`).
 
 One layout everywhere: rank = group * cp + cp_rank. Each group of `cp` consecutive ranks shares one sample's
 tokens; the groups are the data-parallel ranks in training and, under guidance parallelism, the two sides of

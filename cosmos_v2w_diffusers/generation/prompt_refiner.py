@@ -17,8 +17,8 @@ import logging
 import PIL.Image
 import torch
 
-from .choices import DEFAULT_PROMPT_REFINER
-from .components import hub_source
+from ..choices import DEFAULT_PROMPT_REFINER
+from ..models.components import hub_source
 
 logger = logging.getLogger(__name__)
 

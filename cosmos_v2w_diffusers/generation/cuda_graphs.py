@@ -8,11 +8,11 @@ are long (the 2B at 720p spends about 3 s a forward on the GPU; BENCHMARKS.md ha
 torch has the parts (`torch.cuda.CUDAGraph`, `torch.cuda.graph`) but no wrapper for an inference forward with
 keyword arguments: `torch.cuda.make_graphed_callables` takes positional tensors only and records a backward too,
 and `torch.compile(mode="reduce-overhead")` would also recompile the blocks our own compilation
-(`compile.py`) already compiles. So this module keeps, per call signature, static input buffers, one graph and
+(`models/compile.py`) already compiles. So this module keeps, per call signature, static input buffers, one graph and
 its output; a call copies its tensors in and replays.
 
 Not with anything that talks to the CPU inside the forward: the step cache (it reads a number from the GPU every
-step), offloading (host copies), context parallelism (collectives of another process group). `inference.py`
+step), offloading (host copies), context parallelism (collectives of another process group). `generation/runner.py`
 refuses those pairs before any model loads.
 """
 

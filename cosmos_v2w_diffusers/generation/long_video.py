@@ -24,9 +24,9 @@ import PIL.Image
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .generation_jobs import check_chunks
+from ..models.sample_shape import latent_shape
+from .jobs import check_chunks
 from .pipeline import CosmosVideo2WorldPipeline, nvidia_initial_noise
-from .sample_shape import latent_shape
 
 logger = logging.getLogger(__name__)
 

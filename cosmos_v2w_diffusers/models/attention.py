@@ -35,8 +35,8 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from torch.utils.checkpoint import checkpoint
 
-from . import compat
-from .choices import ATTENTION_BACKENDS as BACKENDS
+from .. import compat
+from ..choices import ATTENTION_BACKENDS as BACKENDS
 
 _DISPATCH_NAME = {"cudnn": "_native_cudnn", "flash4": "_native_flash", "native": "native"}
 # Fastest first, as measured at 84,480 tokens on an H100 (benchmarks/attention.py): FlashAttention-4 701
@@ -58,8 +58,8 @@ class CosmosAttnProcessor:
     projection_slices = 0
     # The token-wise parts around the kernel as `compile_projections` compiled them; empty: they run as they are.
     _compiled_parts: dict = {}
-    # `--sparse_attention natten` (`sparse_attention.py`): this block's neighbourhood attention, and the `(T, H, W)`
-    # token grid of the current forward that it lays the tokens out on; None: dense self-attention.
+    # `--sparse_attention natten` (`generation/sparse_attention.py`): this block's neighbourhood attention, and the
+    # `(T, H, W)` token grid of the current forward that it lays the tokens out on; None: dense self-attention.
     sparse_attention = None
     token_grid = None
 

@@ -22,18 +22,17 @@ from huggingface_hub import split_torch_state_dict_into_shards
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from .components import write_stock_model_index
-from .io_utils import check_replaceable, copy_regular_file, publish_folder
-from .pipeline import NVIDIA_SAMPLER_FOLDER, SAVED_BY_KEY, SAVED_SAMPLER_KEY
-from .scheduler_few_step import CosmosFewStepScheduler
-from .step_cache import STEP_CACHE_FILE
+from ..generation.pipeline import NVIDIA_SAMPLER_FOLDER, SAVED_BY_KEY, SAVED_SAMPLER_KEY
+from ..generation.scheduler_few_step import CosmosFewStepScheduler
+from ..generation.step_cache import STEP_CACHE_FILE
+from ..models.checkpoint_format import LORA_EMA_WEIGHTS_NAME, LORA_WEIGHTS_NAME
+from ..models.components import write_stock_model_index
+from ..utils.io_utils import check_replaceable, copy_regular_file, publish_folder
 
 logger = logging.getLogger(__name__)
 
 # diffusers' own file name, so `CosmosTransformer3DModel.from_pretrained(folder)` reads it.
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
-LORA_EMA_WEIGHTS_NAME = "pytorch_lora_weights_ema.safetensors"
 # What is added to an export folder after it is written (the Hub card and validation video): a new export
 # replaces a folder holding these and what the last export wrote (its manifest), and refuses any other.
 ADDED_LATER = frozenset({"README.md", "validation.mp4", STEP_CACHE_FILE})

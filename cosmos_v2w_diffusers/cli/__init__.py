@@ -1,0 +1,1 @@
+"""The command-line tools' mains (`python -m cosmos_v2w_diffusers.<tool>` runs each)."""

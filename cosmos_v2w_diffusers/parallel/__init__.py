@@ -1,0 +1,1 @@
+"""How processes split the work: the parallel dimensions and context parallelism."""
