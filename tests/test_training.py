@@ -704,6 +704,8 @@ def test_every_flag_is_in_exactly_one_section_and_components_take_their_section(
         (dict(train_architecture="lora", base_precision="fp8"), ("ddp", 2), "runs on one GPU for now"),
         (dict(train_architecture="lora", block_swap=True), ("ddp", 2), "--block_swap is for one GPU"),
         (dict(low_vram=True), ("fsdp", 2), "--low_vram is for one GPU"),
+        (dict(context_parallel_size=3), ("ddp", 3, 3), "must divide the 140 latent tokens of a sample"),
+        (dict(context_parallel_size=5), ("fsdp", 5, 5), "must divide the model's 4 attention heads"),
         (dict(learning_rate=-1.0), None, "--learning_rate must be more than 0"),
         (dict(lr_warmup_steps=5, lr_scheduler="constant_with_warmup", max_iter=5), None, "never reach its peak"),
     ],
@@ -713,7 +715,7 @@ def test_one_validate_refuses_flags_resolved_values_and_what_the_layout_rules_ou
     from cosmos_v2w_diffusers.training.run_config import validate
 
     config = TrainConfig(model="tiny", **flags)
-    layout = ParallelDims(dims[1], 0, 1, dims[0]) if dims else None
+    layout = ParallelDims(dims[1], 0, dims[2] if len(dims) > 2 else 1, dims[0]) if dims else None
     if layout is not None:
         resolve(config)  # valid on one process
     with pytest.raises(ValueError, match=message):

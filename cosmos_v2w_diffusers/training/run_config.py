@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..models.components import preset_of_pretrained
 from ..models.presets import get_preset
-from ..models.sample_shape import check_sample_shape
+from ..models.sample_shape import check_sample_shape, latent_tokens
 from .checks import check_flags
 from .config import TrainConfig, parse_resolution
 
@@ -219,8 +219,19 @@ def _check_resolved(run: RunConfig) -> None:
     _check_resolved_teacher(run)
 
 
-def _check_layout(config: TrainConfig, dims: ParallelDims) -> None:
-    """What the launch's processes and engine rule out."""
+def _check_layout(config: RunConfig, dims: ParallelDims) -> None:
+    """What the launch's processes and engine rule out, before any weight loads or latent is cached (the context-
+    parallel plan checks the same again as it is applied, for generation's callers too)."""
+    if dims.cp > 1:
+        tokens = latent_tokens(config.num_frames, config.height, config.width)
+        heads = get_preset(config.model).transformer_config["num_attention_heads"]
+        if tokens % dims.cp:
+            raise ValueError(
+                f"--context_parallel_size {dims.cp} must divide the {tokens} latent tokens of a sample: pick another, "
+                f"or another --num_frames/--height/--width."
+            )
+        if heads % dims.cp:
+            raise ValueError(f"--context_parallel_size {dims.cp} must divide the model's {heads} attention heads.")
     if config.base_precision != "bf16" and dims.world_size > 1:
         raise ValueError(f"--base_precision {config.base_precision} runs on one GPU for now; drop it for several.")
     if config.block_swap and dims.engine != "single":
