@@ -1,4 +1,4 @@
-"""`accelerate launch` for one node of a several-node job, with the checks accelerate leaves out:
+r"""`accelerate launch` for one node of a several-node job, with the checks accelerate leaves out:
 
     python -m cosmos_v2w_diffusers.launch --config_file accelerate_configs/fsdp_multinode.yaml --machine_rank 1 \
         train_video2world.py --model 14B --dataset_path datasets/my_robot --context_parallel_size 4
@@ -75,6 +75,8 @@ def check_node(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(argv):  # ours first, then accelerate's own arguments
+        print(f"{__doc__}\n  --main_process_wait SECONDS  (default {DEFAULT_MAIN_PROCESS_WAIT:g})\n")
     try:
         args, rest = node_settings(argv)
         check_node(args)
