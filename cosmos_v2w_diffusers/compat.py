@@ -11,16 +11,20 @@ fields), and DeepSpeed's `safe_get_full_*`/`safe_set_full_*` are its documented 
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import diffusers
 import torch
 from packaging.version import Version
+
+logger = logging.getLogger(__name__)
 
 # The versions each private API below was tested with (the lowest and highest installed in our CI and on the GPU
 # machines); an older one is refused by name.
 DIFFUSERS_TESTED = (Version("0.42.0"), Version("0.42.1"))
 TORCH_TESTED = (Version("2.11.0"), Version("2.14.1"))
 DEEPSPEED_TESTED = (Version("0.19.8"), Version("0.19.8"))
+FLASH_ATTN_TESTED = (Version("4.0.0"), Version("4.0.0"))  # flash-attn-4 4.0.0b36 (its base version)
 
 # Every private API reached below, by the package that owns it and its dotted path (`tests/test_compat.py`
 # resolves each one on the installed versions).
@@ -47,6 +51,10 @@ PRIVATE_APIS = {
         "torch.ops.aten._scaled_dot_product_efficient_attention",
         "torch.ops.aten._scaled_dot_product_flash_attention_for_cpu",
     ),
+    "flash_attn": (  # the `flash4` extra, GPU machines only
+        "flash_attn.cute.interface._flash_attn_fwd",
+        "flash_attn.cute.interface._flash_attn_bwd",
+    ),
     "deepspeed": (
         "deepspeed.runtime.zero.stage_1_and_2.DeepSpeedZeroOptimizer._lazy_init_hp_params_optimizer_state",
         "deepspeed.runtime.zero.stage_1_and_2.DeepSpeedZeroOptimizer.single_partition_of_fp32_groups",
@@ -55,11 +63,30 @@ PRIVATE_APIS = {
 }
 
 
+_WARNED_NEWER: set[str] = set()  # the packages whose newer-than-tested version was already named
+
+
 def _require(package: str, installed: str, tested: tuple[Version, Version], api: str) -> None:
-    if Version(Version(installed).base_version) < tested[0]:
+    """Refuse a version older than the oldest tested; name, once a process, a version newer than the newest tested
+    (it may have moved what we reach: the warning says what to check)."""
+    version = Version(Version(installed).base_version)
+    if version < tested[0]:
         raise ImportError(
             f"{api} needs {package} >= {tested[0]} (tested {tested[0]} to {tested[1]}), found {installed}: "
             f'`pip install -U "{package}>={tested[0]}"`.'
+        )
+    if version > tested[1] and package not in _WARNED_NEWER:
+        _WARNED_NEWER.add(package)
+        logger.warning(
+            "%s %s is newer than the newest tested (%s): this package reaches its private %s (and the rest of "
+            "compat.PRIVATE_APIS[%r]); if one fails, run tests/test_compat.py, or install %s<=%s.",
+            package,
+            installed,
+            tested[1],
+            api,
+            package,
+            package,
+            tested[1],
         )
 
 
@@ -69,6 +96,16 @@ def _require_diffusers(api: str) -> None:
 
 def _require_torch(api: str) -> None:
     _require("torch", torch.__version__, TORCH_TESTED, api)
+
+
+def _require_flash_attn(api: str) -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("flash-attn-4")
+    except PackageNotFoundError:  # the kernels come from elsewhere (a source build): nothing to compare
+        return
+    _require("flash-attn-4", installed, FLASH_ATTN_TESTED, api)
 
 
 def _require_deepspeed(api: str) -> None:
@@ -213,6 +250,7 @@ def activate_flash_attention_4() -> None:
     torch's public `activate_flash_attention_impl("FA4")` would load flash-attn-4's own, whose forward it unpacks
     wrongly before torch 2.14, so the implementation is registered (privately) from this module."""
     _require_torch("torch.nn.attention._registry.register_flash_attention_impl")
+    _require_flash_attn("flash_attn.cute.interface._flash_attn_fwd/_flash_attn_bwd")
     import functools
 
     from torch.nn.attention import _fa4, _registry

@@ -28,6 +28,8 @@ def _resolve(dotted: str):
 
 @pytest.mark.parametrize("dotted", [path for paths in compat.PRIVATE_APIS.values() for path in paths])
 def test_every_private_api_resolves_on_the_installed_versions(dotted):
+    if dotted.startswith("flash_attn."):  # the `flash4` extra: on GPU machines only
+        pytest.importorskip("flash_attn.cute.interface")
     owner_path, name = dotted.rsplit(".", 1)
     owner = _resolve(owner_path)
     if isinstance(owner, type) and not hasattr(owner, name):  # an attribute each instance sets in __init__
@@ -77,6 +79,18 @@ def test_each_wrapper_refuses_an_untested_older_version_by_name(monkeypatch, pac
     monkeypatch.setattr(module, "__version__", "0.1.0")
     with pytest.raises(ImportError, match=rf"needs {package} >= .*tested .* found 0\.1\.0: `pip install -U"):
         call()
+
+
+def test_a_newer_untested_version_is_named_once_with_what_to_check(monkeypatch, caplog):
+    monkeypatch.setattr(torch, "__version__", "99.0.0")
+    monkeypatch.setattr(compat, "_WARNED_NEWER", set())
+    with caplog.at_level("WARNING", logger="cosmos_v2w_diffusers.compat"):
+        compat.attention_kernel_ops()
+        compat.checkpoint_wrapper_class()  # a second torch API: no second warning
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert "torch 99.0.0 is newer than the newest tested" in message and "PRIVATE_APIS['torch']" in message
+    assert "tests/test_compat.py" in message and f"torch<={compat.TORCH_TESTED[1]}" in message
 
 
 def test_the_wrappers_work_on_the_installed_versions():
