@@ -68,10 +68,8 @@ def lost_peer_message(exc: BaseException, ddp_timeout: int, output_dir: str) -> 
     if not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return None
     text = str(exc)
-    if not isinstance(exc, (torch.distributed.DistBackendError, RuntimeError)) or not any(
-        sign in text.lower() for sign in _LOST_PEER_SIGNS
-    ):
-        return None
+    if not isinstance(exc, RuntimeError) or not any(sign in text.lower() for sign in _LOST_PEER_SIGNS):
+        return None  # (torch's DistBackendError is a RuntimeError)
     first_line = next((line for line in text.splitlines() if line.strip()), text)
     first_line = re.sub(r"^\[[^\]]*\]\s*", "", first_line)[:120]  # gloo's source location is no help
     return (

@@ -327,7 +327,8 @@ class Trainer:
                     latents = encode_video(self.vae, batch["video"])
                 # Seeded by the micro-batch's place in the run's stream, as the data sampler reads it: one process
                 # accumulating 2 micro-batches draws the noise 2 data-parallel processes draw (and a context-parallel
-                # group draws alike). One process, one micro-batch a step: the place is the step.
+                # group draws alike). One process, one micro-batch a step: the place is the step, and the two
+                # zeros keep that stream the one it was when the step, micro-step and rank were seeded apart.
                 place = (
                     step * self.config.gradient_accumulation_steps + micro
                 ) * self.dims.dp_size + self.dims.dp_rank
