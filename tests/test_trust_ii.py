@@ -245,6 +245,10 @@ def test_generation_never_writes_over_an_input_or_another_output(video_paths, tm
         (dict(resolution="0"), "each side must be"),
         (dict(resolution="99984x99984"), "each side must be"),
         (dict(resolution="²x²"), "pass one size"),
+        (dict(ddp_timeout=0), "--ddp_timeout must be at least 10"),
+        (dict(ddp_timeout=10**9), "--ddp_timeout must be at most"),
+        (dict(max_sequence_length=0), "--max_sequence_length 0: T5 reads 1 to 512 tokens"),
+        (dict(max_sequence_length=513), "--max_sequence_length 513: T5 reads 1 to 512 tokens"),
     ],
 )
 def test_recipe_numbers_and_sizes_no_run_can_use_are_refused(flags, reason, tmp_path):
