@@ -7,7 +7,7 @@ import torch
 from conftest import PROMPT, cli_error, tiny_generation_flags
 
 from cosmos_v2w_diffusers.generation.jobs import MAX_CHUNKS, long_video_frames
-from cosmos_v2w_diffusers.generation.long_video import generate_long_video
+from cosmos_v2w_diffusers.generation.long_video import fade_in_handoff, generate_long_video
 from cosmos_v2w_diffusers.generation.pipeline import CosmosVideo2WorldPipeline, nvidia_initial_noise
 from cosmos_v2w_diffusers.generation.video_metrics import psnr
 from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
@@ -68,6 +68,30 @@ def test_one_conditional_frame_equals_nvidias_loop_over_the_one_chunk_pipeline(p
     assert psnr(ours, nvidia) > 60.0 and (ours - nvidia).abs().max() < 2 / 255, psnr(ours, nvidia)
 
 
+def test_seam_correction_meets_the_handoff_frame_then_fades_to_the_models_own_frames():
+    rng = np.random.default_rng(0)
+    frames = rng.random((93, 4, 4, 3), dtype=np.float32) * 0.5 + 0.25
+    handoff = np.clip(frames[4] + 0.2 * rng.standard_normal((4, 4, 3), dtype=np.float32), 0, 1)
+    faded = fade_in_handoff(frames, handoff, num_conditional_frames=5)
+    assert np.array_equal(faded[:4], frames[:4])  # before the last conditioning frame: untouched
+    np.testing.assert_allclose(faded[4], handoff, atol=1e-6)  # the last conditioning frame is the hand-off
+    shift = np.abs(faded - frames).mean(axis=(1, 2, 3))
+    assert np.all(np.diff(shift[4:]) <= 1e-7) and shift[-1] < 1e-4 * shift[4]  # fading, gone by the end
+    assert fade_in_handoff(frames, np.zeros_like(handoff) - 1, 1).min() == 0.0  # clipped to [0, 1]
+
+
+def test_seam_correction_smooths_the_seams_of_a_long_video(pipe):
+    plain = generate_long_video(pipe, 2, image=_image(), **SIZE, **CALL)
+    corrected = generate_long_video(pipe, 2, image=_image(), seam_correction=True, **SIZE, **CALL)
+    assert np.array_equal(plain[:17], corrected[:17]) and not np.array_equal(plain[17:], corrected[17:])
+    assert corrected.min() >= 0.0 and corrected.max() <= 1.0
+
+    def seam(video):  # the change into chunk 1's first new frame
+        return np.abs(video[17] - video[16]).mean()
+
+    assert seam(corrected) < seam(plain), (seam(corrected), seam(plain))
+
+
 @pytest.mark.parametrize(
     "flags,message",
     [
@@ -110,7 +134,7 @@ def test_batch_entries_take_their_own_num_chunks(tmp_path):
     batch = tmp_path / "batch.json"
     batch.write_text(json.dumps(entries))
     flags = ["--model_size", "tiny", "--disable_guardrail", "--num_inference_steps", "3", "--guidance", "1"]
-    infer([*flags, "--batch_input_json", str(batch)])
+    infer([*flags, "--batch_input_json", str(batch), "--seam_correction"])  # the correction reaches the runner
     assert [len(decord.VideoReader(str(tmp_path / n))) for n in ("two.mp4", "one.mp4")] == [33, 17]
     batch.write_text(json.dumps([{**entries[0], "num_chunks": "x"}]))
     with pytest.raises(ValueError, match="num_chunks of .* must be a whole number"):

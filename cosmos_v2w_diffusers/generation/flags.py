@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         "before (NVIDIA's video2world_lvg.py, the frames handed over in memory at full precision), from seeds "
         "--seed, --seed + 1, ...; F + (N-1)(F-c) frames (1 to 100)",
     )
+    p.add_argument(
+        "--seam_correction",
+        action="store_true",
+        help="with --num_chunks: shift each later chunk's first frames by the VAE's offset on its conditioning "
+        "frame, fading over 8 frames, so the seams do not jump (not in NVIDIA's loop: off by default)",
+    )
     p.add_argument("--save_path", default="output/generated_video.mp4", help="the .mp4 to write")
     p.add_argument(
         "--batch_input_json",

@@ -465,6 +465,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
                     num_conditional_frames=args.num_conditional_frames,
                     seed=args.seed,
                     on_chunk=writer.append,
+                    seam_correction=args.seam_correction,
                     **call,
                 )
 
