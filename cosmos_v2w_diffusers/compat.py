@@ -11,6 +11,7 @@ fields), and DeepSpeed's `safe_get_full_*`/`safe_set_full_*` are its documented 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 
 import diffusers
@@ -26,6 +27,10 @@ TORCH_TESTED = (Version("2.11.0"), Version("2.14.1"))
 DEEPSPEED_TESTED = (Version("0.19.8"), Version("0.19.8"))
 FLASH_ATTN_TESTED = (Version("4.0.0"), Version("4.0.0"))  # flash-attn-4 4.0.0b36 (its base version)
 
+# The attributes DeepSpeed's ZeRO-3 sets on each parameter it partitions (`partition_parameters.py`): this rank's
+# part, the group it is split over, and the whole tensor's size and shape.
+ZERO3_PARAM_ATTRIBUTES = ("ds_tensor", "ds_process_group", "ds_numel", "ds_shape")
+
 # Every private API reached below, by the package that owns it and its dotted path (`tests/test_compat.py`
 # resolves each one on the installed versions).
 PRIVATE_APIS = {
@@ -36,6 +41,8 @@ PRIVATE_APIS = {
         "diffusers.models._modeling_parallel.ContextParallelInput",
         "diffusers.models._modeling_parallel.ContextParallelOutput",
         "diffusers.models._modeling_parallel.ParallelConfig",
+        "diffusers.models.attention_dispatch.AttentionBackendName._NATIVE_CUDNN",
+        "diffusers.models.attention_dispatch.AttentionBackendName._NATIVE_FLASH",
         "diffusers.models.modeling_utils.ModelMixin._parallel_config",
     ),
     "torch": (
@@ -43,6 +50,7 @@ PRIVATE_APIS = {
         "torch.cuda.memory._set_allocator_settings",
         "torch._dynamo.config.optimize_ddp",
         "torch.distributed.algorithms._checkpoint.checkpoint_wrapper.CheckpointWrapper",
+        "torch.distributed.algorithms._checkpoint.checkpoint_wrapper._CHECKPOINT_WRAPPED_MODULE",
         "torch.distributed.algorithms._checkpoint.checkpoint_wrapper.checkpoint_wrapper",
         "torch.nn.attention._fa4.register_flash_attention_fa4",
         "torch.nn.attention._registry.register_flash_attention_impl",
@@ -59,6 +67,8 @@ PRIVATE_APIS = {
         "deepspeed.runtime.zero.stage_1_and_2.DeepSpeedZeroOptimizer._lazy_init_hp_params_optimizer_state",
         "deepspeed.runtime.zero.stage_1_and_2.DeepSpeedZeroOptimizer.single_partition_of_fp32_groups",
         "deepspeed.runtime.zero.stage3.DeepSpeedZeroOptimizer_Stage3.fp32_partitioned_groups_flat",
+        # set on each parameter by ZeRO-3 (`ZERO3_PARAM_ATTRIBUTES`; the test finds their assignments)
+        *(f"deepspeed.runtime.zero.partition_parameters.param.{name}" for name in ZERO3_PARAM_ATTRIBUTES),
     ),
 }
 
@@ -185,6 +195,28 @@ def ulysses_parallel_config(degree: int):
     return ParallelConfig(context_parallel_config=ContextParallelConfig(ulysses_degree=degree))
 
 
+# Our attention backends' names in diffusers' dispatcher (`AttentionBackendName`; the cuDNN and flash SDPA kernels
+# are its private members).
+_DISPATCH_BACKENDS = {"cudnn": "_NATIVE_CUDNN", "flash4": "_NATIVE_FLASH", "native": "NATIVE"}
+
+
+def set_processor_attention_backend(processor, backend: str) -> None:
+    """Route `processor`'s attention to our `backend` (cudnn, flash4, native) through diffusers' dispatcher, in
+    the attribute diffusers' `ModelMixin.set_attention_backend` sets on processors (so that a user's call to it
+    still works on ours)."""
+    _require_diffusers("diffusers.models.attention_dispatch.AttentionBackendName._NATIVE_CUDNN/_NATIVE_FLASH")
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    processor._attention_backend = AttentionBackendName[_DISPATCH_BACKENDS[backend]]
+
+
+def set_processor_parallel_config(processor, config) -> None:
+    """Give `processor` the model's parallel config, where diffusers' `ModelMixin.enable_parallelism` puts it on
+    each processor (its `_parallel_config`)."""
+    _require_diffusers("diffusers.models.modeling_utils.ModelMixin._parallel_config")
+    processor._parallel_config = config
+
+
 def set_model_parallel_config(model: torch.nn.Module, config) -> None:
     """Record `config` where diffusers' `ModelMixin.enable_parallelism` keeps it (`model._parallel_config`)."""
     _require_diffusers("diffusers.models.modeling_utils.ModelMixin._parallel_config")
@@ -241,8 +273,17 @@ def checkpoint_wrapper(module: torch.nn.Module, **kwargs) -> torch.nn.Module:
     return wrap(module, **kwargs)
 
 
-# The name torch's checkpoint wrapper puts its module under, in every parameter name below it.
+# The name torch's checkpoint wrapper puts its module under, in every parameter name below it (its private
+# `_CHECKPOINT_WRAPPED_MODULE`; `tests/test_compat.py` compares them).
 CHECKPOINT_WRAPPED_PREFIX = "._checkpoint_wrapped_module"
+
+
+def checkpoint_wrapped(module: torch.nn.Module) -> torch.nn.Module | None:
+    """The module torch's checkpoint wrapper holds, where `module` is one (None where it is not)."""
+    _require_torch("torch.distributed.algorithms._checkpoint.checkpoint_wrapper._CHECKPOINT_WRAPPED_MODULE")
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import _CHECKPOINT_WRAPPED_MODULE
+
+    return getattr(module, _CHECKPOINT_WRAPPED_MODULE, None)
 
 
 def activate_flash_attention_4() -> None:
@@ -299,6 +340,23 @@ def zero_flat_fp32_partitions(zero, stage3: bool) -> list[torch.Tensor]:
     name = "fp32_partitioned_groups_flat" if stage3 else "single_partition_of_fp32_groups"
     _require_deepspeed(f"DeepSpeedZeroOptimizer.{name}")
     return getattr(zero, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Zero3Partition:
+    """Where ZeRO-3 keeps a parameter: `local` (this rank's flat part, `[numel / ranks]` padded), split over
+    `group`, of a whole tensor of `numel` elements and shape `shape`."""
+
+    local: torch.Tensor
+    group: object
+    numel: int
+    shape: torch.Size
+
+
+def zero3_partition(param: torch.nn.Parameter) -> Zero3Partition:
+    """`param`'s ZeRO-3 partition, from the attributes DeepSpeed sets on it (it has no accessor for them)."""
+    _require_deepspeed("ZeRO-3's parameter attributes " + ", ".join(ZERO3_PARAM_ATTRIBUTES))
+    return Zero3Partition(*(getattr(param, name) for name in ZERO3_PARAM_ATTRIBUTES))
 
 
 def zero_link_optimizer_state(zero) -> None:

@@ -95,7 +95,7 @@ def test_zero_checkpoints_hold_whole_fp32_state_in_nvidia_layout_and_resume(
             torch.testing.assert_close(model[key].float(), tensor.float(), rtol=1e-2, atol=1e-3 * scale, msg=key)
 
 
-@pytest.mark.slow  # 13 s end to end; the refusal itself is ParallelDims' (test_layout.py, in `make test`)
+@pytest.mark.slow  # 13 s end to end; the refusal itself is `validate`'s (test_training.py's REFUSALS, in `make test`)
 def test_deepspeed_refuses_context_parallelism_and_names_the_config_to_use(prepared_dataset, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = accelerate_launch(

@@ -150,15 +150,14 @@ def test_parallel_dims_describe_the_layout_once():
     assert (ddp.engine, ddp.dp_size, ddp.dp_rank, ddp.state_shards) == ("ddp", 4, 3, None)
     zero = ParallelDims.from_accelerator(accelerator(DistributedType.DEEPSPEED, 2, 0))
     assert (zero.engine, zero.zero_stage) == ("deepspeed", 3)
-    with pytest.raises(ValueError, match="not DeepSpeed: use accelerate_configs/fsdp_8gpu.yaml"):
-        ParallelDims.from_accelerator(accelerator(DistributedType.DEEPSPEED, 2, 0), context_parallel_size=2)
+    assert ParallelDims.from_accelerator(accelerator(DistributedType.DEEPSPEED, 2, 0), 2).cp == 2  # validate refuses
     assert ParallelDims.from_accelerator(accelerator(DistributedType.NO, 1, 0)).engine == "single"
     fsdp1 = accelerator(DistributedType.FSDP, 2, 0)
     fsdp1.state.fsdp_plugin = SimpleNamespace(fsdp_version=1)
     with pytest.raises(ValueError, match="fsdp_version: 2"):
         ParallelDims.from_accelerator(fsdp1)
-    with pytest.raises(ValueError, match="must divide the number of processes"):
-        ParallelDims.from_accelerator(accelerator(DistributedType.FSDP, 6, 0), context_parallel_size=4)
+    with pytest.raises(ValueError, match="must be at least 1"):
+        ParallelDims.from_accelerator(accelerator(DistributedType.FSDP, 6, 0), context_parallel_size=0)
 
 
 def test_generation_takes_its_rank_layout_from_parallel_dims():

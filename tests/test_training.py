@@ -596,18 +596,7 @@ def test_diffusers_flags_parse_and_refuse_what_cannot_apply():
         optimizer.step()
         scheduler.step()
     assert lrs[0] == 0 and lrs[2] == pytest.approx(parsed.learning_rate) and lrs[3] < lrs[2]
-    refused = {
-        "--resolution sets": dict(resolution="64", height=64),
-        "one size": dict(resolution="64xx"),
-        "has no warm-up": dict(lr_warmup_steps=5),
-        "pass one of them": dict(dataset_name="me/clips", dataset_path="clips"),
-        "--lora_dropout must be at least 0 and at most 1": dict(lora_dropout=1.0),
-        "both say when": dict(validation_epochs=1, validation_steps=2),
-    }
-    for message, flags in refused.items():
-        with pytest.raises(ValueError, match=message):
-            resolve(TrainConfig(model="tiny", **flags))
-    if importlib.util.find_spec("bitsandbytes") is None:
+    if importlib.util.find_spec("bitsandbytes") is None:  # (other refusals: the table below)
         with pytest.raises(ValueError, match="needs the bitsandbytes package"):
             resolve(TrainConfig(model="tiny", use_8bit_adam=True))
 
@@ -698,27 +687,81 @@ def test_every_flag_is_in_exactly_one_section_and_components_take_their_section(
     assert help_text.index("\noptim:") < help_text.index("\n  --learning_rate") < help_text.index("\ncheckpoint:")
 
 
-@pytest.mark.parametrize(
-    "flags,dims,message",
-    [
-        (dict(train_architecture="lora", base_precision="fp8"), ("ddp", 2), "runs on one GPU for now"),
-        (dict(train_architecture="lora", block_swap=True), ("ddp", 2), "--block_swap is for one GPU"),
-        (dict(low_vram=True), ("fsdp", 2), "--low_vram is for one GPU"),
-        (dict(context_parallel_size=3), ("ddp", 3, 3), "must divide the 140 latent tokens of a sample"),
-        (dict(context_parallel_size=5), ("fsdp", 5, 5), "must divide the model's 4 attention heads"),
-        (dict(learning_rate=-1.0), None, "--learning_rate must be more than 0"),
-        (dict(lr_warmup_steps=5, lr_scheduler="constant_with_warmup", max_iter=5), None, "never reach its peak"),
-    ],
-)
-def test_one_validate_refuses_flags_resolved_values_and_what_the_layout_rules_out(flags, dims, message):
+# Every refusal that needs no weights, one row each: (flags, layout, device, message). Without a layout or a device,
+# the flags themselves or their resolved values are refused (`resolve`: `check_flags`, then `validate`); with one,
+# the run resolves, runs on one process (and on no particular device), and `validate` refuses it for that layout
+# (engine, processes[, context-parallel size]) or that device. A new flag's bad values are one more row.
+REFUSALS = [
+    # flag values, as given (`checks.check_flags`, before torch is imported)
+    (dict(max_iter=0), None, None, "--max_iter must be at least 1"),
+    (dict(save_iter=-1), None, None, "--save_iter must be at least"),
+    (dict(batch_size=0), None, None, "--batch_size must be at least 1"),
+    (dict(learning_rate=0.0), None, None, "--learning_rate must be more than 0"),
+    (dict(learning_rate=-1.0), None, None, "--learning_rate must be more than 0"),
+    (dict(lora_rank=0), None, None, "--lora_rank must be at least 1"),
+    (dict(lora_dropout=1.0), None, None, "--lora_dropout must be at least 0 and at most 1"),
+    (dict(export_max_shard_size="big"), None, None, "give a size such as 10GB"),
+    (dict(max_sequence_length=513), None, None, "T5 reads 1 to 512 tokens"),
+    (dict(resolution="64", height=64), None, None, "--resolution sets --height and --width"),
+    (dict(resolution="64xx"), None, None, "one size"),
+    (dict(validation_epochs=1, validation_steps=2), None, None, "both say when"),
+    (dict(dataset_config_name="x"), None, None, "pass --dataset_name too"),
+    (dict(dataset_name="me/clips", dataset_path="clips"), None, None, "pass one of them"),
+    (dict(lr_warmup_steps=5), None, None, "has no warm-up"),
+    (dict(lora_path="lora"), None, None, "the teacher of a distillation"),
+    (dict(distill_steps=4, base_precision="fp8"), None, None, "with --distill_steps: the base is the teacher"),
+    (dict(block_swap=True), None, None, "it is for --train_architecture lora"),
+    (dict(base_precision="fp8"), None, None, "stores a frozen base"),
+    (dict(load_ema=True), None, None, "--load_ema picks the EMA weights of --dit_path"),
+    (dict(activation_checkpointing="full", selective_checkpointing_blocks=2), None, None, "needs --activation"),
+    # resolved values (`run_config.validate`)
+    (dict(lr_warmup_steps=5, lr_scheduler="constant_with_warmup", max_iter=5), None, None, "never reach its peak"),
+    (dict(lr_decay_steps=3, lr_scheduler="cosine", max_iter=5), None, None, "would train at learning rate 0"),
+    (dict(train_architecture="lora", block_swap=True, activation_checkpointing="none"), None, None, "recompute"),
+    (dict(checkpoint_block_parts=True), None, None, "goes with --low_vram"),
+    (dict(low_vram=True, activation_checkpointing="selective"), None, None, "offloads what full recompute keeps"),
+    (dict(validation_num_frames=10), None, None, "must be 4k\\+1"),
+    (dict(validation_image="a.png"), None, None, "need a --validation_prompt"),
+    (dict(num_frames=18), None, None, "--num_frames"),
+    (dict(train_architecture="lora", lora_target_modules="attn9.to_x"), None, None, "names no linear layer"),
+    # what the layout rules out (`validate(run, dims)`)
+    (dict(train_architecture="lora", base_precision="fp8"), ("ddp", 2), None, "runs on one GPU for now"),
+    (dict(train_architecture="lora", block_swap=True), ("ddp", 2), None, "--block_swap is for one GPU"),
+    (dict(low_vram=True), ("fsdp", 2), None, "--low_vram is for one GPU"),
+    (dict(context_parallel_size=2), ("deepspeed", 2, 2), None, "not DeepSpeed: use accelerate_configs/fsdp_8gpu"),
+    (dict(context_parallel_size=4), ("fsdp", 6, 4), None, "must divide the number of processes \\(6\\)"),
+    (dict(context_parallel_size=3), ("ddp", 3, 3), None, "must divide the 140 latent tokens of a sample"),
+    (dict(context_parallel_size=5), ("fsdp", 5, 5), None, "must divide the model's 4 attention heads"),
+    (dict(distill_steps=4), ("deepspeed", 2), None, "DeepSpeed's ZeRO does not take"),
+    (dict(use_8bit_adam=True), ("fsdp", 2), None, "does not run under fsdp"),
+    # what the process's device cannot run (`validate(run, device=...)`)
+    (dict(attention_backend="cudnn"), None, "cpu", "--attention_backend cudnn needs a CUDA GPU"),
+    (dict(use_8bit_adam=True), None, "cpu", "runs on CUDA GPUs only, not the cpu"),
+]
+
+
+@pytest.mark.parametrize("flags,layout,device,message", REFUSALS)
+def test_every_refusal_that_needs_no_weights_is_one_row(flags, layout, device, message, monkeypatch):
+    import importlib.machinery
+    import sys
+    import types
+
     from cosmos_v2w_diffusers.parallel.parallel_dims import ParallelDims
     from cosmos_v2w_diffusers.training.run_config import validate
 
+    if flags.get("use_8bit_adam") and importlib.util.find_spec("bitsandbytes") is None:  # installed, as far as
+        bitsandbytes = types.ModuleType("bitsandbytes")  # the flag check looks
+        bitsandbytes.__spec__ = importlib.machinery.ModuleSpec("bitsandbytes", None)
+        monkeypatch.setitem(sys.modules, "bitsandbytes", bitsandbytes)
     config = TrainConfig(model="tiny", **flags)
-    layout = ParallelDims(dims[1], 0, dims[2] if len(dims) > 2 else 1, dims[0]) if dims else None
-    if layout is not None:
-        resolve(config)  # valid on one process
+    if layout is None and device is None:
+        with pytest.raises(ValueError, match=message):
+            resolve(config)
+        return
+    run = resolve(config)
+    validate(run, ParallelDims(1, 0, 1, "single"))  # one process runs it
     with pytest.raises(ValueError, match=message):
-        validate(resolve(config) if layout else config, layout) if layout else resolve(config)
-    if layout is not None:
-        validate(resolve(config), ParallelDims(1, 0, 1, "single"))  # and on one GPU it runs
+        if layout is not None:
+            validate(run, ParallelDims(layout[1], 0, layout[2] if len(layout) > 2 else 1, layout[0]))
+        else:
+            validate(run, device=torch.device(device))

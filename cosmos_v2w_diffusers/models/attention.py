@@ -38,7 +38,6 @@ from torch.utils.checkpoint import checkpoint
 from .. import compat
 from ..choices import ATTENTION_BACKENDS as BACKENDS
 
-_DISPATCH_NAME = {"cudnn": "_native_cudnn", "flash4": "_native_flash", "native": "native"}
 # Fastest first, as measured at 84,480 tokens on an H100 (benchmarks/attention.py): FlashAttention-4 701
 # TFLOP/s forward and 661 forward+backward, cuDNN 642 and 568. `native` lets SDPA choose, which is cuDNN on
 # Hopper (torch 2.11 and later) and FlashAttention-2 on older GPUs.
@@ -210,5 +209,5 @@ def set_attention_backend(transformer: CosmosTransformer3DModel, backend: str, d
     if backend == "flash4":
         compat.activate_flash_attention_4()
     for processor in attention_processors(transformer):
-        processor._attention_backend = _DISPATCH_NAME[backend]
+        compat.set_processor_attention_backend(processor, backend)
     return backend

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from diffusers import CosmosTransformer3DModel
 
+from .. import compat
+
 
 def compile_blocks(transformer: CosmosTransformer3DModel, **compile_kwargs) -> None:
     """`torch.compile` each transformer block on its own: one compilation serves all 28/36 identical blocks.
@@ -26,8 +28,8 @@ def compile_blocks(transformer: CosmosTransformer3DModel, **compile_kwargs) -> N
     `compile_kwargs` go to `torch.compile` (tests pass `backend="eager"`).
     """
     for block in transformer.transformer_blocks:
-        block = getattr(block, "_checkpoint_wrapped_module", block)
-        mlp_alone = getattr(block.ff, "_checkpoint_wrapped_module", None)  # the block's parts checkpointed
+        block = compat.checkpoint_wrapped(block) or block
+        mlp_alone = compat.checkpoint_wrapped(block.ff)  # the block's parts checkpointed
         if mlp_alone is None:
             block.compile(**compile_kwargs)
             continue

@@ -74,7 +74,7 @@ def enable_context_parallel(
     config = compat.ulysses_parallel_config(cp_size)
     config.context_parallel_config.setup(dims.rank, dims.world_size, device, dims.context_parallel_mesh(device.type))
     for processor in attention_processors(transformer, "self"):
-        processor._parallel_config = config
+        compat.set_processor_parallel_config(processor, config)
     apply_context_parallel(
         transformer, config.context_parallel_config, cosmos_cp_plan(len(transformer.transformer_blocks))
     )

@@ -24,9 +24,7 @@ def build_optimizer(params: list[torch.nn.Parameter], config: OptimConfig) -> to
         eps=config.adam_epsilon,
         weight_decay=config.weight_decay,
     )
-    if config.use_8bit_adam:
-        if not all(p.is_cuda for p in params):
-            raise ValueError("--use_8bit_adam: bitsandbytes' 8-bit AdamW runs on CUDA GPUs only; drop it here.")
+    if config.use_8bit_adam:  # on CUDA: `run_config.validate` refuses it elsewhere
         import bitsandbytes
 
         return bitsandbytes.optim.AdamW8bit(params, **settings)

@@ -22,6 +22,8 @@ from .checks import check_flags
 from .config import TrainConfig, parse_resolution
 
 if TYPE_CHECKING:
+    import torch
+
     from ..parallel.parallel_dims import ParallelDims
 
 from .sections import (
@@ -147,13 +149,27 @@ def resolve(flags: TrainConfig, steps_per_epoch: int | None = None, clips_per_st
     return run
 
 
-def validate(run: RunConfig, dims: ParallelDims | None = None) -> None:
+def validate(run: RunConfig, dims: ParallelDims | None = None, device: torch.device | None = None) -> None:
     """Refuse, in one line naming the flag and the fix, what no run can do with a resolved run's values (`resolve`
     checked its flags with `checks.check_flags` before filling them in), and, given `dims`, what the layout of the
-    processes allows."""
+    processes allows, and, given `device`, what its device can run. Every check that needs no weights is here (or
+    in `check_flags`), run before anything loads; `tests/test_training.py` holds one table of them all."""
     _check_resolved(run)
     if dims is not None:
         _check_layout(run, dims)
+    if device is not None:
+        _check_device(run, device)
+
+
+def _check_device(run: RunConfig, device: torch.device) -> None:
+    """What the process's device cannot run: an attention kernel it lacks, bitsandbytes' CUDA-only optimizer."""
+    from ..models.attention import resolve_attention_backend
+
+    resolve_attention_backend(run.attention_backend, device)
+    if run.use_8bit_adam and device.type != "cuda":
+        raise ValueError(
+            f"--use_8bit_adam: bitsandbytes' 8-bit AdamW runs on CUDA GPUs only, not the {device.type}; drop it."
+        )
 
 
 def _check_lora_targets(run: RunConfig) -> None:
@@ -222,6 +238,13 @@ def _check_resolved(run: RunConfig) -> None:
 def _check_layout(config: RunConfig, dims: ParallelDims) -> None:
     """What the launch's processes and engine rule out, before any weight loads or latent is cached (the context-
     parallel plan checks the same again as it is applied, for generation's callers too)."""
+    if dims.engine == "deepspeed" and dims.cp > 1:  # its gradient scaling is tested under DDP and FSDP2 only
+        raise ValueError(
+            "--context_parallel_size is supported under DDP and FSDP2, not DeepSpeed: use "
+            "accelerate_configs/fsdp_8gpu.yaml, or drop --context_parallel_size."
+        )
+    if dims.world_size % dims.cp:
+        raise ValueError(f"--context_parallel_size {dims.cp} must divide the number of processes ({dims.world_size}).")
     if dims.cp > 1:
         tokens = latent_tokens(config.num_frames, config.height, config.width)
         heads = get_preset(config.model).transformer_config["num_attention_heads"]

@@ -26,6 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from .. import compat
+from ..compat import zero3_partition
 from .parallel import full_tensor, like
 
 
@@ -112,7 +113,7 @@ class ZeroTrainState(_TrainState):
         self.zero = optimizer.optimizer  # DeepSpeed's ZeRO optimizer (accelerate wraps it once more)
         self.adamw = self.zero.optimizer  # our AdamW, over DeepSpeed's flat fp32 partitions
         self.stage3 = stage3
-        self.ema_sources = {n: p.ds_tensor for n, p in trainable.items()} if self.stage3 else trainable
+        self.ema_sources = {n: zero3_partition(p).local for n, p in trainable.items()} if self.stage3 else trainable
 
     def full_masters(self) -> Iterator[tuple[str, torch.Tensor]]:
         from deepspeed.utils import safe_get_full_fp32_param
@@ -124,10 +125,10 @@ class ZeroTrainState(_TrainState):
         if not self.stage3:
             return shadow
         # ZeRO-3 splits the flattened tensor into equal parts by rank, the last part padded.
-        param = self.trainable[name]
-        parts = [torch.empty_like(shadow) for _ in range(dist.get_world_size(param.ds_process_group))]
-        dist.all_gather(parts, shadow, group=param.ds_process_group)
-        return torch.cat(parts)[: param.ds_numel].view(param.ds_shape)
+        zero3 = zero3_partition(self.trainable[name])
+        parts = [torch.empty_like(shadow) for _ in range(dist.get_world_size(zero3.group))]
+        dist.all_gather(parts, shadow, group=zero3.group)
+        return torch.cat(parts)[: zero3.numel].view(zero3.shape)
 
     def local_ema(self, name: str, shadow: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
         part = self._partition(self.trainable[name], full) if self.stage3 else full
@@ -136,8 +137,9 @@ class ZeroTrainState(_TrainState):
     @staticmethod
     def _partition(param: torch.nn.Parameter, full: torch.Tensor) -> torch.Tensor:
         """This rank's ZeRO-3 part of the flattened `full`, zero-padded to the part's size."""
-        size = param.ds_tensor.numel()
-        start = dist.get_rank(param.ds_process_group) * size
+        zero3 = zero3_partition(param)
+        size = zero3.local.numel()
+        start = dist.get_rank(zero3.group) * size
         part = torch.zeros(size, dtype=full.dtype, device=full.device)
         piece = full.flatten()[start : start + size]
         part[: piece.numel()] = piece
@@ -181,7 +183,7 @@ class ZeroTrainState(_TrainState):
                 safe_set_full_fp32_param(param, master)
                 # The bf16 live weights: DeepSpeed's rounding of the masters (it refreshes them after each step).
                 if self.stage3:
-                    param.ds_tensor.copy_(self._partition(param, master))
+                    zero3_partition(param).local.copy_(self._partition(param, master))
                 else:
                     param.copy_(master)
                 for key, value in saved.get(name, {}).items():

@@ -140,7 +140,7 @@ class Trainer:
         # Context parallelism: groups of `cp` consecutive ranks share a sample, each holding 1/cp of its tokens.
         check_same_run_everywhere(self.accelerator, self.config)  # the first exchange: every node's flags alike
         self.dims = ParallelDims.from_accelerator(self.accelerator, self.config.context_parallel_size)
-        validate(self.config, self.dims)
+        validate(self.config, self.dims, self.device)
         self.history: list[float] = []  # mean loss of each optimizer step run by this process
         self.step_seconds: list[float] = []
         self.preempted = False  # True once a run stopped early on a signal, on every rank
