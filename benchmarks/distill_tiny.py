@@ -29,13 +29,13 @@ from diffusers import CosmosTransformer3DModel
 
 from benchmarks.common import write_result
 from cosmos_v2w_diffusers.cli.demo import continue_first_frame, held_out_clip, robot_error
+from cosmos_v2w_diffusers.cli.train import parse_train_flags
 from cosmos_v2w_diffusers.data.demo_clips import DEMO_PROMPT
 from cosmos_v2w_diffusers.generation.pipeline import CosmosVideo2WorldPipeline
 from cosmos_v2w_diffusers.generation.scheduler_few_step import CosmosFewStepScheduler
 from cosmos_v2w_diffusers.generation.video_metrics import psnr
 from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
 from cosmos_v2w_diffusers.models.presets import get_preset
-from cosmos_v2w_diffusers.training.config import TrainConfig
 
 SEEDS = (0, 1, 2, 3)
 
@@ -57,7 +57,7 @@ def distil(teacher_checkpoint: Path, output_dir: Path, max_iter: int, guidance: 
         *extra,
     ]  # fmt: skip
     start = time.perf_counter()
-    trainer = Trainer(TrainConfig.from_args(argv))
+    trainer = Trainer(parse_train_flags(argv))
     trainer.train()
     trainer.close()
     return time.perf_counter() - start

@@ -40,9 +40,9 @@ from filelock import FileLock
 from torch.profiler import ProfilerActivity
 
 from benchmarks.common import make_dataset, write_result
+from cosmos_v2w_diffusers.cli.train import parse_train_flags
 from cosmos_v2w_diffusers.models.components import build_transformer
 from cosmos_v2w_diffusers.models.presets import get_preset
-from cosmos_v2w_diffusers.training.config import TrainConfig
 from cosmos_v2w_diffusers.training.metrics import throughput_summary
 from cosmos_v2w_diffusers.training.run_config import resolve
 from cosmos_v2w_diffusers.training.trainer import Trainer
@@ -79,7 +79,7 @@ def main() -> None:
     args = parser.parse_args(ours)
     logging.basicConfig(level=logging.INFO)
 
-    config = TrainConfig.from_args(trainer_argv)
+    config = parse_train_flags(trainer_argv)
     resolved = resolve(config)
     preset = get_preset(resolved.model)
     work = Path(args.workdir)

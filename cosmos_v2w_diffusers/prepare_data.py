@@ -1,8 +1,8 @@
-"""`python -m cosmos_v2w_diffusers.prepare_data` runs `cosmos_v2w_diffusers.data.prepare_data`."""
+"""`python -m cosmos_v2w_diffusers.prepare_data` runs `cosmos_v2w_diffusers.cli.prepare_data`."""
 
 import sys
 
-from .data.prepare_data import main
+from .cli.prepare_data import main
 
 if __name__ == "__main__":
     sys.exit(main())

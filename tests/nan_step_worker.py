@@ -5,12 +5,12 @@ import json
 import sys
 from pathlib import Path
 
+from cosmos_v2w_diffusers.cli.train import parse_train_flags
 from cosmos_v2w_diffusers.training import trainer as trainer_module
-from cosmos_v2w_diffusers.training.config import TrainConfig
 
 
 def main() -> None:
-    config = TrainConfig.from_args(sys.argv[1:])
+    config = parse_train_flags(sys.argv[1:])
     trainer = trainer_module.Trainer(config)
     snapshots, real_loss = [], trainer_module.video2world_loss
 

@@ -25,7 +25,7 @@ TINY_DIM = TINY.text_embed_dim
 
 def test_prepare_data_cli_writes_nvidia_layout(tmp_path, video_paths):
     root = make_dataset_folder(tmp_path / "D", video_paths, prepare=False)
-    cmd = [sys.executable, "-m", "cosmos_v2w_diffusers.data.prepare_data", "--dataset_path", str(root)]
+    cmd = [sys.executable, "-m", "cosmos_v2w_diffusers.prepare_data", "--dataset_path", str(root)]
     result = subprocess.run(cmd + ["--prompt", PROMPT, "--text_encoder", "tiny"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     for name in video_paths:
@@ -52,7 +52,7 @@ def test_prepare_data_cli_fails_when_nothing_is_usable(tmp_path):
         [
             sys.executable,
             "-m",
-            "cosmos_v2w_diffusers.data.prepare_data",
+            "cosmos_v2w_diffusers.prepare_data",
             "--dataset_path",
             str(tmp_path),
             "--prompt",
@@ -213,6 +213,7 @@ def test_nothing_usable_raises_with_every_reason(tmp_path):
 
 def test_prepare_data_fetches_a_hub_dataset_into_videos_offline(video_paths, tmp_path, monkeypatch):
     """The real huggingface_hub client, offline, against a Hugging Face cache laid out as a download leaves it."""
+    from cosmos_v2w_diffusers.cli import prepare_data as prepare_data_cli
     from cosmos_v2w_diffusers.data import prepare_data
 
     cache, commit = tmp_path / "hub", "0123456789abcdef0123456789abcdef01234567"
@@ -233,7 +234,7 @@ def test_prepare_data_fetches_a_hub_dataset_into_videos_offline(video_paths, tmp
     )
     root = tmp_path / "datasets" / "cosmos_nemo_assets"
     assert (
-        prepare_data.main(
+        prepare_data_cli.main(
             [
                 "--dataset_path",
                 str(root),

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import PROMPT, cli_error, make_dataset_folder, tiny_config, train_to_the_end
 
-from cosmos_v2w_diffusers.generation.flags import parse_args
+from cosmos_v2w_diffusers.cli.infer_flags import parse_args
 from cosmos_v2w_diffusers.generation.pipeline import CosmosVideo2WorldPipeline
 from cosmos_v2w_diffusers.generation.runner import student_steps
 from cosmos_v2w_diffusers.generation.scheduler_few_step import CosmosFewStepScheduler, few_step_sigmas
@@ -173,7 +173,7 @@ def test_a_tiny_distillation_checkpoints_a_plain_student_resumes_exactly_and_gen
     index = json.loads((tmp_path / "straight" / "pipeline" / "model_index.json").read_text())
     assert index["scheduler"] == ["diffusers", "FlowMatchEulerDiscreteScheduler"]
     video = tmp_path / "student.mp4"
-    from cosmos_v2w_diffusers.generation.runner import main as infer
+    from cosmos_v2w_diffusers.cli.infer import main as infer
 
     image = tmp_path / "first.png"
     import PIL.Image
@@ -251,7 +251,7 @@ def test_cache_auto_calibrates_on_the_first_input_stores_the_choice_and_the_next
     import logging
     import shutil
 
-    from cosmos_v2w_diffusers.generation.runner import main as infer
+    from cosmos_v2w_diffusers.cli.infer import main as infer
     from cosmos_v2w_diffusers.generation.step_cache import CALIBRATION_THRESHOLDS, STEP_CACHE_FILE
 
     weights = tmp_path / "transformer"  # a post-trained transformer folder, as --dit_path takes it

@@ -151,7 +151,7 @@ def test_fp8_linear_layers_stay_near_dense(dense):
 
 
 def test_cli_flags_are_checked_before_anything_loads(capsys):
-    from cosmos_v2w_diffusers.generation.flags import parse_args
+    from cosmos_v2w_diffusers.cli.infer_flags import parse_args
 
     refused = {
         ("--cache", "x"): "neither a number nor auto",

@@ -9,7 +9,7 @@ import huggingface_hub
 import pytest
 from conftest import PROMPT, make_dataset_folder
 
-from cosmos_v2w_diffusers.data import prepare_data
+from cosmos_v2w_diffusers.cli import prepare_data as prepare_data_cli
 from cosmos_v2w_diffusers.training.run_config import resolve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,9 +29,9 @@ def test_prepare_data_offline_fails_at_once_naming_the_model_and_the_way_out(how
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_cache"))  # nothing cached
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
     errors = []
-    monkeypatch.setattr(prepare_data.logger, "error", lambda fmt, *args: errors.append(fmt % args))
+    monkeypatch.setattr(prepare_data_cli.logger, "error", lambda fmt, *args: errors.append(fmt % args))
     start = time.monotonic()
-    assert prepare_data.main(["--dataset_path", str(folder), "--prompt", PROMPT]) == 1
+    assert prepare_data_cli.main(["--dataset_path", str(folder), "--prompt", PROMPT]) == 1
     assert time.monotonic() - start < 20
     (message,) = errors
     assert (
@@ -147,7 +147,7 @@ def test_a_unet_as_the_transformer_and_two_offloads_are_one_line(tmp_path, monke
     (base / "transformer" / "config.json").write_text(json.dumps({**config, "_class_name": "UNet2DConditionModel"}))
     message = cli_error(monkeypatch, "train_video2world.py", "--pretrained_model_name_or_path", str(base))
     assert "its transformer is a UNet2DConditionModel, not the CosmosTransformer3DModel" in message
-    from cosmos_v2w_diffusers.generation.flags import parse_args
+    from cosmos_v2w_diffusers.cli.infer_flags import parse_args
 
     with pytest.raises(SystemExit):
         parse_args(["--offload_model", "--group_offload"])

@@ -16,6 +16,7 @@ from conftest import PROMPT, cli_error, tiny_config, train_to_the_end
 from safetensors.torch import load_file
 
 from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline
+from cosmos_v2w_diffusers.cli.train import parse_train_flags
 from cosmos_v2w_diffusers.export.exports import (
     WEIGHTS_INDEX_NAME,
     WEIGHTS_NAME,
@@ -246,14 +247,14 @@ def test_diffusers_example_flags_are_accepted(tmp_path, monkeypatch):
 
     assert set(TRACKER_PACKAGES) == set(LOGGER_TYPE_TO_CLASS)
     assert set(DIFFUSERS_SCHEDULERS) == {t.value for t in SchedulerType}
-    config = TrainConfig.from_args(
+    config = parse_train_flags(
         ["--model", "tiny", "--tracker_project_name", "x", "--scale_lr", "--batch_size", "2"]
         + ["--gradient_accumulation_steps", "3", "--lr_scheduler", "piecewise_constant"]
     )
     assert config.tracker_project_name == "x"
     assert resolve(config, clips_per_step=6).learning_rate == pytest.approx(6 * resolve(config).learning_rate)
     with pytest.raises(ValueError, match="--dataset_config_name picks a folder of --dataset_name"):
-        resolve(TrainConfig.from_args(["--model", "tiny", "--dataset_config_name", "robots"]))
+        resolve(parse_train_flags(["--model", "tiny", "--dataset_config_name", "robots"]))
     missing = next((name for name, package in TRACKER_PACKAGES.items() if not _installed(package)), None)
     if missing:
         message = cli_error(monkeypatch, "train_video2world.py", "--model", "tiny", "--report_to", missing)

@@ -67,6 +67,41 @@ def test_each_layer_imports_only_itself_and_the_layers_below():
     assert top == {"compat", "choices"} | TOOL_SHIMS, top  # the tree shows the layers
 
 
+def _runtime_imports(source: str) -> set[str]:
+    """The top-level package names a module imports when it runs (not those under `if TYPE_CHECKING:`)."""
+    tree = ast.parse(source)
+    typing_only = {
+        id(node)
+        for branch in ast.walk(tree)
+        if isinstance(branch, ast.If) and getattr(branch.test, "id", None) == "TYPE_CHECKING"
+        for statement in branch.body
+        for node in ast.walk(statement)
+    }
+    names = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only or node is None:
+            continue
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_argparse_is_imported_by_the_cli_layer_alone():
+    """Every command line is parsed in `cli/` (the top-level shims run its mains); the library takes parsed
+    flags (a `TrainConfig`, the generation flags' namespace, typed under TYPE_CHECKING only)."""
+    parsing = sorted(
+        _module_name(path)
+        for path in PACKAGE.rglob("*.py")
+        if "argparse" in _runtime_imports(path.read_text()) and path.parent.name != "cli"
+    )
+    assert parsing == [], parsing
+    assert "argparse" in _runtime_imports("import argparse") and "argparse" not in _runtime_imports(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from argparse import Namespace\n"
+    )
+
+
 def test_no_import_cycle_anywhere_in_the_package():
     graph = _import_graph()
 

@@ -108,7 +108,7 @@ def test_bad_chunk_flags_are_one_line_before_any_model_loads(tmp_path, monkeypat
 
 @pytest.mark.parametrize("clash", [["--cache", "0.1"], ["--group_offload"], ["--num_gpus", "2"]])
 def test_cuda_graphs_with_what_leaves_the_gpu_mid_forward_is_one_line(clash, capsys):
-    from cosmos_v2w_diffusers.generation.flags import parse_args
+    from cosmos_v2w_diffusers.cli.infer_flags import parse_args
 
     with pytest.raises(SystemExit):
         parse_args(["--use_cuda_graphs", *clash])
@@ -123,7 +123,7 @@ def test_batch_entries_take_their_own_num_chunks(tmp_path):
 
     import decord
 
-    from cosmos_v2w_diffusers.generation.runner import main as infer
+    from cosmos_v2w_diffusers.cli.infer import main as infer
 
     image = tmp_path / "in.png"
     _image().save(image)
@@ -144,8 +144,8 @@ def test_batch_entries_take_their_own_num_chunks(tmp_path):
 def test_nvidias_other_generation_flags(tmp_path, caplog):
     import logging
 
-    from cosmos_v2w_diffusers.generation.flags import parse_args
-    from cosmos_v2w_diffusers.generation.runner import main as infer
+    from cosmos_v2w_diffusers.cli.infer import main as infer
+    from cosmos_v2w_diffusers.cli.infer_flags import parse_args
 
     args = parse_args(["--natten", "--disable_prompt_refiner", "--downcast_text_encoder", "--benchmark"])
     assert args.sparse_attention == "natten" and args.benchmark

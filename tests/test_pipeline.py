@@ -14,7 +14,9 @@ import torch
 from diffusers import Cosmos2VideoToWorldPipeline, FlowMatchEulerDiscreteScheduler
 
 from cosmos_v2w_diffusers import CosmosMultistepScheduler, CosmosVideo2WorldPipeline
-from cosmos_v2w_diffusers.generation.runner import load_post_trained_weights
+from cosmos_v2w_diffusers.cli import infer as infer_cli
+from cosmos_v2w_diffusers.cli import infer_flags
+from cosmos_v2w_diffusers.generation.post_trained import load_post_trained_weights
 from cosmos_v2w_diffusers.models.checkpoint_format import to_native_state_dict
 from cosmos_v2w_diffusers.models.components import save_tiny_pretrained, tiny_pretrained_path
 from cosmos_v2w_diffusers.models.latents import encode_video
@@ -322,10 +324,10 @@ def test_cli_refuses_bad_input_before_loading_models(tmp_path, monkeypatch):
     ]
     for extra, error, match in cases:
         with pytest.raises(error, match=match):
-            runner.main(common + extra)
+            infer_cli.main(common + extra)
     monkeypatch.undo()
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        runner.build_pipeline(runner.parse_args(common + ["--dit_path", str(tmp_path / "nope.pt")]))
+        runner.build_pipeline(infer_flags.parse_args(common + ["--dit_path", str(tmp_path / "nope.pt")]))
     # The script turns these into a one-line error and a non-zero exit.
     result = _cli(*common, "--input_path", str(tmp_path / "notes.txt"), cwd=tmp_path)
     assert (
@@ -367,7 +369,7 @@ def test_cli_batch_input_json_writes_every_video(tmp_path, monkeypatch):
         },
     ]
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
-    written = runner.main(
+    written = infer_cli.main(
         [
             "--model_size",
             "tiny",
@@ -394,8 +396,8 @@ def test_group_offload_flag_streams_the_transformer_and_changes_no_result():
     samples what the plain pipeline samples (on the CPU the blocks stay where they are; the copies are on the GPU)."""
     from diffusers.hooks.group_offloading import _is_group_offload_enabled
 
+    from cosmos_v2w_diffusers.cli.infer_flags import parse_args
     from cosmos_v2w_diffusers.generation import runner
-    from cosmos_v2w_diffusers.generation.flags import parse_args
 
     flags = ["--model_size", "tiny", "--disable_guardrail", "--prompt", PROMPT]
     plain, offloaded = (runner.build_pipeline(parse_args(flags + extra)) for extra in ([], ["--group_offload"]))

@@ -89,7 +89,7 @@ def test_the_refiner_rewrites_a_prompt_looking_at_an_image_or_a_video(tiny_refin
 
 
 def test_infer_with_the_refiner_generates_from_the_refined_prompt(tiny_refiner, tmp_path, caplog):
-    from cosmos_v2w_diffusers.generation.runner import main as infer
+    from cosmos_v2w_diffusers.cli.infer import main as infer
 
     image = tmp_path / "in.png"
     PIL.Image.new("RGB", (112, 64), (0, 128, 128)).save(image)
@@ -105,6 +105,6 @@ def test_a_refiner_that_cannot_load_and_contradicting_flags_are_one_line(tmp_pat
     message = cli_error(monkeypatch, "infer_video2world.py", *base, "--prompt_refiner")  # HF_HUB_OFFLINE in tests
     assert "nvidia/Cosmos-Reason1-7B" in message and "HF_HUB_OFFLINE" in message
     with pytest.raises(SystemExit):
-        from cosmos_v2w_diffusers.generation.flags import parse_args
+        from cosmos_v2w_diffusers.cli.infer_flags import parse_args
 
         parse_args([*base, "--prompt_refiner", "--disable_prompt_refiner"])

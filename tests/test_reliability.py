@@ -16,6 +16,7 @@ import torch
 from conftest import before_each_forward, endless_run_flags, make_dataset_folder, tiny_config, tiny_run_flags, torchrun
 
 from cosmos_v2w_diffusers import load_video2world_dataset
+from cosmos_v2w_diffusers.cli.train import parse_train_flags
 from cosmos_v2w_diffusers.data.folder import probe_video
 from cosmos_v2w_diffusers.data.samples import (
     ClipDecodeError,
@@ -393,6 +394,7 @@ def test_prepare_data_warns_about_short_clips_but_prepares_them_and_reports_bad_
 
 
 def test_prepare_data_on_a_read_only_folder_says_so(prepared_dataset, tmp_path, monkeypatch, caplog):
+    from cosmos_v2w_diffusers.cli import prepare_data as prepare_data_cli
     from cosmos_v2w_diffusers.data import prepare_data
 
     root = tmp_path / "data"
@@ -403,7 +405,7 @@ def test_prepare_data_on_a_read_only_folder_says_so(prepared_dataset, tmp_path, 
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(prepare_data, "write_t5_pickle", read_only)
-    assert prepare_data.main(["--dataset_path", str(root), "--text_encoder", "tiny"]) == 1
+    assert prepare_data_cli.main(["--dataset_path", str(root), "--text_encoder", "tiny"]) == 1
     assert "the dataset folder is read-only" in caplog.text and "bikes.pickle" in caplog.text
 
 
@@ -447,7 +449,7 @@ def test_a_conditioning_video_shorter_than_num_conditional_frames_is_refused():
 
 
 def test_a_dit_path_folder_without_config_is_named(tmp_path):
-    from cosmos_v2w_diffusers.generation.runner import load_post_trained_weights
+    from cosmos_v2w_diffusers.generation.post_trained import load_post_trained_weights
     from cosmos_v2w_diffusers.models.checkpoint_format import load_native_checkpoint
 
     folder = tmp_path / "weights"
@@ -473,7 +475,7 @@ def test_resume_from_checkpoint_rebuilds_the_run_from_its_storedtiny_config(prep
         )
     ).train()
     model_file = out / "checkpoints" / "model" / "iter_000000001.pt"
-    config = TrainConfig.from_args(
+    config = parse_train_flags(
         ["--resume_from_checkpoint", str(model_file), "--max_iter", "3", "--dataset_path", str(prepared_dataset)]
     )
     assert (config.model, config.train_architecture, config.lora_rank, config.num_frames) == ("tiny", "lora", 4, 9)

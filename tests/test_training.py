@@ -15,6 +15,7 @@ from diffusers.loaders.single_file_utils import (
     convert_cosmos_transformer_checkpoint_to_diffusers,
 )
 
+from cosmos_v2w_diffusers.cli.train import parse_train_flags, train_parser
 from cosmos_v2w_diffusers.models.components import load_transformer
 from cosmos_v2w_diffusers.models.latents import encode_video
 from cosmos_v2w_diffusers.models.presets import get_preset
@@ -66,7 +67,7 @@ def test_recipe_defaults_per_preset():
     with pytest.raises(ValueError, match="4k\\+1"):
         resolve(TrainConfig(model="tiny", num_frames=18))
     # Every field is a flag.
-    parsed = TrainConfig.from_args(["--model", "tiny", "--lora_rank", "8", "--no-resume", "--learning_rate", "0.5"])
+    parsed = parse_train_flags(["--model", "tiny", "--lora_rank", "8", "--no-resume", "--learning_rate", "0.5"])
     assert (parsed.lora_rank, parsed.resume, parsed.learning_rate) == (8, False, 0.5)
 
 
@@ -417,7 +418,7 @@ def test_two_process_data_parallel_run_resumes_exactly(prepared_dataset, tmp_pat
 
 
 def test_flags_a_diffusers_user_guesses_and_a_fast_help():
-    aliased = TrainConfig.from_args(
+    aliased = parse_train_flags(
         [
             "--model",
             "tiny",
@@ -447,7 +448,7 @@ def test_flags_a_diffusers_user_guesses_and_a_fast_help():
         "no",
     )
     assert aliased.resume_from_checkpoint == "iter_3"
-    assert TrainConfig.from_args(["--gradient_checkpointing", "selective"]).activation_checkpointing == "selective"
+    assert parse_train_flags(["--gradient_checkpointing", "selective"]).activation_checkpointing == "selective"
     # --help lists every default and answers without importing torch, diffusers or transformers.
     probe = (
         "import sys, runpy; sys.argv = ['train_video2world.py', '--help']\ntry:\n"
@@ -495,7 +496,7 @@ def test_validation_writes_a_video_and_scores_it_against_a_held_out_clip(bikes_d
     import decord
 
     out = tmp_path / "run"
-    config = TrainConfig.from_args(
+    config = parse_train_flags(
         [
             *tiny_run_flags(str(bikes_dataset), str(out)),
             "--dataloader_num_workers",
@@ -574,7 +575,7 @@ def test_diffusers_flags_parse_and_refuse_what_cannot_apply():
     from cosmos_v2w_diffusers.training.optim import build_lr_scheduler
 
     parsed = resolve(
-        TrainConfig.from_args(
+        parse_train_flags(
             ["--model", "tiny", "--resolution", "64x112", "--adam_weight_decay", "0.03", "--lr_scheduler", "cosine"]
             + ["--lr_warmup_steps", "2", "--lora_dropout", "0.1", "--allow_tf32", "--logging_dir", "tb"]
             + ["--revision", "main", "--variant", "fp16", "--cache_dir", "hub", "--num_train_epochs", "3"]
@@ -683,7 +684,7 @@ def test_every_flag_is_in_exactly_one_section_and_components_take_their_section(
         )
     assert run.optim == OptimConfig.of(run) and run.optim.max_iter == 7 and run.optim.lr_decay_steps == 7
     assert "hub_token" not in repr(resolve(TrainConfig(hub_token="hf_" + "x" * 30)).hub)
-    help_text = TrainConfig.parser().format_help()
+    help_text = train_parser().format_help()
     assert help_text.index("\noptim:") < help_text.index("\n  --learning_rate") < help_text.index("\ncheckpoint:")
 
 

@@ -28,6 +28,8 @@ from conftest import (
 )
 
 from cosmos_v2w_diffusers import load_video2world_dataset
+from cosmos_v2w_diffusers.cli import infer_flags
+from cosmos_v2w_diffusers.cli.train import parse_train_flags
 from cosmos_v2w_diffusers.data.folder import (
     BadVideoError,
     probe_video,
@@ -122,7 +124,7 @@ def test_a_received_checkpoint_cannot_redirect_uploads_trackers_or_weights(tiny_
     part["config"] = json.dumps(stored)
     torch.save(part, trainer_file)
 
-    config = TrainConfig.from_args(
+    config = parse_train_flags(
         ["--resume_from_checkpoint", str(trainer_file), "--dataset_path", str(prepared_dataset)]
     )
     assert (config.push_to_hub, config.hub_model_id, config.report_to) == (False, None, "none")
@@ -130,7 +132,7 @@ def test_a_received_checkpoint_cannot_redirect_uploads_trackers_or_weights(tiny_
     assert (config.model, config.train_architecture, config.lora_rank, config.lora_alpha) == ("tiny", "lora", 4, 16)
     assert config.output_dir == str(received.absolute())
     with pytest.raises(ValueError, match="pass --dataset_path"):  # a checkpoint never chooses what a run reads
-        TrainConfig.from_args(["--resume_from_checkpoint", str(trainer_file)])
+        parse_train_flags(["--resume_from_checkpoint", str(trainer_file)])
 
 
 def test_a_planted_owner_file_is_replaced_never_written_through(tmp_path):
@@ -467,7 +469,7 @@ def _mount(*args: str) -> bool:
 
 
 def test_a_read_only_mount_and_a_full_disk_are_one_line_from_prepare_data(prepared_dataset, tmp_path, caplog):
-    from cosmos_v2w_diffusers.data import prepare_data
+    from cosmos_v2w_diffusers.cli import prepare_data as prepare_data_cli
 
     source = tmp_path / "data"
     shutil.copytree(prepared_dataset, source)
@@ -478,7 +480,7 @@ def test_a_read_only_mount_and_a_full_disk_are_one_line_from_prepare_data(prepar
         pytest.skip("mounting is not permitted here")
     try:
         assert _mount("-o", "remount,bind,ro", str(read_only))
-        assert prepare_data.main(["--dataset_path", str(read_only), "--text_encoder", "tiny"]) == 1
+        assert prepare_data_cli.main(["--dataset_path", str(read_only), "--text_encoder", "tiny"]) == 1
         assert "is read-only to us" in caplog.text and "bikes.pickle" in caplog.text
     finally:
         subprocess.run(["umount", str(read_only)], capture_output=True)
@@ -496,7 +498,7 @@ def test_a_read_only_mount_and_a_full_disk_are_one_line_from_prepare_data(prepar
             except OSError:
                 pass
         caplog.clear()
-        assert prepare_data.main(["--dataset_path", str(small), "--prompt", PROMPT, "--text_encoder", "tiny"]) == 1
+        assert prepare_data_cli.main(["--dataset_path", str(small), "--prompt", PROMPT, "--text_encoder", "tiny"]) == 1
         assert "No space left on the device writing" in caplog.text
         assert not list(small.rglob("*.tmp")) and not list(small.rglob(".*.tmp"))
     finally:
@@ -572,9 +574,11 @@ def test_bad_generation_inputs_are_one_line_errors_before_any_model_loads(tmp_pa
     batch.write_text(json.dumps([{"input_path": str(image), "save_path": str(tmp_path / "a.mp4")}]))
     base = ["--model_size", "tiny", "--disable_guardrail"]
     with pytest.raises(ValueError, match="needs a prompt"):
-        jobs.jobs_from_args(runner.parse_args([*base, "--batch_input_json", str(batch)]))
+        jobs.jobs_from_args(infer_flags.parse_args([*base, "--batch_input_json", str(batch)]))
     for save_path, reason in ((tmp_path, "is a folder"), (tmp_path / "video.avi", "does not end in .mp4")):
-        args = runner.parse_args([*base, "--prompt", "p", "--input_path", str(image), "--save_path", str(save_path)])
+        args = infer_flags.parse_args(
+            [*base, "--prompt", "p", "--input_path", str(image), "--save_path", str(save_path)]
+        )
         with pytest.raises(ValueError, match=reason):
             jobs.jobs_from_args(args)
 
@@ -590,7 +594,7 @@ def test_the_lora_export_keeps_alpha_for_every_documented_loader(tiny_run, tmp_p
     native = tiny_run / "checkpoints" / "model" / "iter_000000001.pt"
     converted = conversion.lora_native_to_diffusers(native, tmp_path / "converted")
     for lora_folder, weight_name in ((tiny_run / "lora", None), (converted.parent, converted.name)):
-        args = runner.parse_args(
+        args = infer_flags.parse_args(
             ["--model_size", "tiny", "--disable_guardrail", "--lora_path", str(lora_folder), "--no-compile"]
         )
         pipe = runner.build_pipeline(args) if weight_name is None else None

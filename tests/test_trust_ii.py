@@ -21,6 +21,8 @@ from conftest import PROMPT, cli_error, tiny_config, train_to_the_end
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from cosmos_v2w_diffusers.cli import infer_flags
+from cosmos_v2w_diffusers.cli.train import parse_train_flags, train_parser
 from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
 from cosmos_v2w_diffusers.training.config import TrainConfig
 from cosmos_v2w_diffusers.training.run_config import resolve
@@ -125,7 +127,7 @@ def test_a_token_flag_is_refused_abbreviated_and_redacted_in_any_spelling(tmp_pa
     from cosmos_v2w_diffusers.training.hub import model_card
 
     with pytest.raises(SystemExit):  # argparse's abbreviations are refused
-        TrainConfig.parser().parse_args(["--hub_tok", "secret-value-1"])
+        train_parser().parse_args(["--hub_tok", "secret-value-1"])
     command = ["train_video2world.py", "--hub_tok", "secret-value-1", "--hub_toke=secret-value-2", "--hub_token", "s3"]
     redacted = redacted_command(command)
     assert not any("secret-value" in arg or arg == "s3" for arg in redacted), redacted
@@ -207,19 +209,19 @@ def test_convert_never_overwrites_weights(full_run, lora_run, tmp_path):
 
 
 def test_generation_never_writes_over_an_input_or_another_output(video_paths, tmp_path):
-    from cosmos_v2w_diffusers.generation import jobs, runner
+    from cosmos_v2w_diffusers.generation import jobs
 
     clip = tmp_path / "clip.mp4"
     shutil.copy(video_paths["bikes"], clip)
     base = ["--model_size", "tiny", "--disable_guardrail", "--prompt", PROMPT]
     for save in (clip, tmp_path / "." / "clip.mp4"):
         with pytest.raises(ValueError, match="would destroy the input"):
-            jobs.jobs_from_args(runner.parse_args([*base, "--input_path", str(clip), "--save_path", str(save)]))
+            jobs.jobs_from_args(infer_flags.parse_args([*base, "--input_path", str(clip), "--save_path", str(save)]))
     batch = tmp_path / "batch.json"
     entries = [{"prompt": PROMPT, "input_path": str(clip), "save_path": str(tmp_path / "out.mp4")}] * 2
     batch.write_text(json.dumps(entries))
     with pytest.raises(ValueError, match="given to two generations"):
-        jobs.jobs_from_args(runner.parse_args(["--model_size", "tiny", "--batch_input_json", str(batch)]))
+        jobs.jobs_from_args(infer_flags.parse_args(["--model_size", "tiny", "--batch_input_json", str(batch)]))
     assert clip.read_bytes() == video_paths["bikes"].read_bytes()
 
 
@@ -315,7 +317,7 @@ def test_a_received_checkpoints_numbers_are_bounded_and_listed(lora_run, prepare
     part["config"] = json.dumps({**json.loads(part["config"]), "cache_windows_per_clip": 100000})
     torch.save(part, trainer_file)
     with caplog.at_level(logging.INFO):
-        config = TrainConfig.from_args(
+        config = parse_train_flags(
             ["--resume_from_checkpoint", str(trainer_file), "--dataset_path", str(prepared_dataset)]
         )
     assert "--cache_windows_per_clip 100000" in caplog.text and str(trainer_file) in caplog.text

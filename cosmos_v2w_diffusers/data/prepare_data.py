@@ -13,10 +13,8 @@ exits non-zero only when no usable video remains.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -28,9 +26,8 @@ from ..models.text_encoding import (
     stale_embedding_reason,
     write_t5_pickle,
 )
-from ..utils.io_utils import atomic_write, describe_os_error
+from ..utils.io_utils import atomic_write
 from .folder import (
-    NoUsableVideosError,
     list_videos,
     raise_if_empty,
     report_skipped,
@@ -152,47 +149,3 @@ def prepare_dataset(
         pickle_path = dataset_path / "t5_xxl" / f"{Path(row['video_path']).stem}.pickle"
         write_t5_pickle(pickle_path, embeddings[row["caption"]], row["caption"], text_encoder)
     return len(rows), len(todo)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--dataset_path", required=True, help="folder holding videos/*.mp4")
-    parser.add_argument("--prompt", default=None, help="caption for videos without metas/<name>.txt")
-    parser.add_argument(
-        "--hub_dataset",
-        default=None,
-        help="first fetch this Hub dataset's mp4s into videos/ (e.g. nvidia/Cosmos-NeMo-Assets)",
-    )
-    parser.add_argument(
-        "--text_encoder",
-        default=DEFAULT_TEXT_ENCODER,
-        help="T5 encoder: Hub id or local folder (default T5-XXL), or `tiny` for the tiny preset's encoder",
-    )
-    parser.add_argument(
-        "--num_frames",
-        type=int,
-        default=93,
-        help="training's frame count: shorter clips are prepared, with a warning that training will skip them",
-    )
-    parser.add_argument("--batch_size", type=int, default=8, help="captions encoded per forward pass")
-    parser.add_argument("--max_length", type=int, default=MAX_TEXT_TOKENS, help="T5 token budget")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.hub_dataset:
-            download_hub_dataset(args.hub_dataset, args.dataset_path)
-        usable, written = prepare_dataset(
-            args.dataset_path, args.prompt, args.text_encoder, args.num_frames, args.batch_size, args.max_length
-        )
-    except (NoUsableVideosError, FileNotFoundError, ValueError) as exc:
-        logger.error("%s", exc)
-        return 1
-    except OSError as exc:
-        logger.error("%s", describe_os_error(exc, "the dataset folder"))
-        return 1
-    logger.info("%d usable videos; wrote %d T5 pickles under %s", usable, written, Path(args.dataset_path) / "t5_xxl")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

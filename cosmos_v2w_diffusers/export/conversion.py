@@ -9,11 +9,11 @@ folder (`io_utils.check_replaceable`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from diffusers import CosmosTransformer3DModel
@@ -86,7 +86,7 @@ def transformer_from_single_file(
 def diffusers_to_native(folder: Path, output: Path) -> Path:
     config = CosmosTransformer3DModel.load_config(folder)
     weights = read_weights(folder)
-    _save_pt(to_native_state_dict(weights, argparse.Namespace(**config)), output)
+    _save_pt(to_native_state_dict(weights, SimpleNamespace(**config)), output)
     return output
 
 

@@ -5,12 +5,15 @@ guardrail in well under three seconds, before the heavy imports (and `inference.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..utils.io_utils import read_regular_file
+
+if TYPE_CHECKING:
+    from argparse import Namespace  # the CLI's parsed flags (`cli/infer_flags.py`)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
@@ -40,7 +43,7 @@ def check_chunks(
         )
 
 
-def jobs_from_args(args: argparse.Namespace) -> list[dict]:
+def jobs_from_args(args: Namespace) -> list[dict]:
     """The generations to run, each checked (prompt, input, a writable `.mp4` save path) before any model loads."""
     if args.batch_input_json:
         source = Path(args.batch_input_json)
@@ -116,7 +119,7 @@ def check_save_path(path: Path) -> None:
         raise ValueError(f"--save_path {path}: {path.parent} is a file, not a folder.")
 
 
-def check_jobs(args: argparse.Namespace) -> list[dict]:
+def check_jobs(args: Namespace) -> list[dict]:
     """`jobs_from_args`, each job's chunk count against its input's kind (told by its suffix here; the frames are
     read later), and the guardrail's presence: every refusal that needs neither torch nor a model."""
     jobs = jobs_from_args(args)

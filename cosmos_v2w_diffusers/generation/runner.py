@@ -8,38 +8,29 @@ Every input is checked (files, sizes, checkpoint shapes) before any model is loa
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import decord
 import PIL.Image
 import torch
 import torch.distributed as dist
 from diffusers import CosmosTransformer3DModel, FlowMatchEulerDiscreteScheduler
-from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
-from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from ..choices import NUM_FRAMES_BY_FPS, RESOLUTIONS
 from ..data.folder import presented_frame_count
 from ..models.attention import set_attention_backend
 from ..models.checkpoint_format import (
-    LORA_WEIGHTS_NAME,
-    check_checkpoint_matches,
     distilled_steps_of,
     load_into_transformer,
-    load_native_checkpoint,
 )
 from ..models.compile import compile_block_forwards, compile_blocks
 from ..models.components import (
-    build_transformer,
     cache_root,
     check_is_pipeline_folder,
     check_transformer_matches,
@@ -53,18 +44,21 @@ from ..parallel.context_parallel import enable_context_parallel
 from ..parallel.parallel_dims import ParallelDims
 from ..utils.allocator import set_allocator_defaults
 from .cuda_graphs import enable_cuda_graphs
-from .flags import parse_args
 from .jobs import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_chunks, check_jobs
 from .long_video import ChunkWriter, generate_long_video
 from .pipeline import CosmosVideo2WorldPipeline, check_conditioning_frames, nvidia_initial_noise, open_image
+from .post_trained import check_lora_adapter, load_post_trained_weights
 from .prompt_refiner import PromptRefiner
+
+if TYPE_CHECKING:
+    from argparse import Namespace  # the CLI's parsed flags
 from .scheduler_few_step import CosmosFewStepScheduler
 from .step_cache import STEP_CACHE_FILE, Calibration, calibrate, read_calibration, write_calibration
 
 logger = logging.getLogger(__name__)
 
 
-def sample_size(args: argparse.Namespace) -> tuple[int, int, int]:
+def sample_size(args: Namespace) -> tuple[int, int, int]:
     """(height, width, num_frames) from the flags, refusing sizes the model cannot take."""
     preset = get_preset(args.model_size)
     if args.model_size == "tiny":
@@ -106,83 +100,7 @@ def read_conditioning(path: str, num_frames: int = 5) -> tuple[PIL.Image.Image |
     )
 
 
-def load_post_trained_weights(
-    dit_path: str, load_ema: bool, model_size: str
-) -> dict[str, torch.Tensor] | CosmosTransformer3DModel:
-    """Read `--dit_path` and check it against the model size on the meta device, before loading any model."""
-    preset = get_preset(model_size)
-    path = Path(dit_path)
-    if path.is_dir() and not ((path / "config.json").is_file() or (path / "transformer" / "config.json").is_file()):
-        raise ValueError(
-            f"--dit_path {path} is a folder without config.json: pass a diffusers transformer folder "
-            f"(<output_dir>/transformer) or a native model/iter_N.pt file."
-        )
-    if path.is_dir():
-        subfolder = "transformer" if (path / "transformer").is_dir() else None
-        transformer = CosmosTransformer3DModel.from_pretrained(path, subfolder=subfolder, use_safetensors=True)
-        check_transformer_matches(transformer, preset, str(path))
-        return transformer
-    state = load_native_checkpoint(path, use_ema=load_ema)
-    if any("lora_A" in k for k in state):
-        raise ValueError(
-            f"{path} is a LoRA training checkpoint: pass the adapter export instead (--lora_path <output_dir>/lora)."
-        )
-    check_checkpoint_matches(build_transformer(preset, device="meta"), state, str(path))
-    return state
-
-
-def check_lora_adapter(lora_path: str, preset) -> None:
-    """Refuse, before any model loads, a `--lora_path` adapter that does not fit the preset's transformer, or whose
-    metadata cannot be true of it: a rank its tensors do not have, an alpha that is not a positive number, DoRA
-    (its magnitude vectors are missing) or an initialisation that changes the base weights (PiSSA, OLoRA, ...),
-    which a plain base then gets wrong. diffusers would fail deep in PEFT, or apply the adapter at a wrong scale."""
-    path = Path(lora_path)
-    file = path / LORA_WEIGHTS_NAME if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"--lora_path {file} does not exist: pass <output_dir>/lora or its .safetensors file.")
-    try:
-        with safe_open(file, "pt") as f:
-            metadata = f.metadata() or {}
-            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
-        adapter = json.loads(metadata.get(LORA_ADAPTER_METADATA_KEY) or "{}")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"--lora_path {file} is not a readable LoRA safetensors file ({exc}).") from None
-    modules = dict(build_transformer(preset, device="meta").named_modules())
-    ranks = set()
-    for key, shape in shapes.items():
-        name, _, part = key.removeprefix("transformer.").rpartition(".lora_")
-        module = modules.get(name)
-        if part not in ("A.weight", "B.weight") or not isinstance(module, torch.nn.Linear) or len(shape) != 2:
-            raise ValueError(f"--lora_path {file}: {key} is not a LoRA weight of the {preset.name} transformer.")
-        expected = (shape[0], module.in_features) if part == "A.weight" else (module.out_features, shape[1])
-        if shape != expected:
-            raise ValueError(
-                f"--lora_path {file}: {key} has shape {list(shape)}, but {name} of the {preset.name} transformer "
-                f"needs {list(expected)}: the adapter is for another model (pass its --model_size)."
-            )
-        ranks.add(shape[0] if part == "A.weight" else shape[1])
-    problem = _adapter_metadata_problem(adapter, ranks)
-    if problem:
-        raise ValueError(f"--lora_path {file}: its metadata {problem}; only plain LoRA adapters are loaded.")
-
-
-def _adapter_metadata_problem(adapter: dict, ranks: set[int]) -> str | None:
-    """What in a LoRA file's adapter metadata (diffusers' `transformer.*` keys) cannot be true of an adapter whose
-    tensors have `ranks`, or None."""
-    rank, alpha = adapter.get("transformer.r"), adapter.get("transformer.lora_alpha")
-    init = adapter.get("transformer.init_lora_weights", True)
-    if rank is not None and (type(rank) is not int or {rank} != ranks):
-        return f"says rank {rank!r}, its tensors have rank {sorted(ranks)}"
-    if alpha is not None and not (type(alpha) in (int, float) and 0 < alpha < math.inf):
-        return f"says alpha {alpha!r}, not a positive number"
-    if adapter.get("transformer.use_dora"):
-        return "is a DoRA adapter"
-    if init not in (True, False, "gaussian"):
-        return f"was initialised with {init!r}, which changes the base weights"
-    return None
-
-
-def student_steps(args: argparse.Namespace) -> int | None:
+def student_steps(args: Namespace) -> int | None:
     """The steps `--dit_path` was distilled for, if it is a distilled student (`checkpoint_format.distilled_steps_of`),
     checked against the flags before any model loads: a student takes no step cache (its few steps have none
     to skip) and no other scheduler."""
@@ -202,7 +120,7 @@ def student_steps(args: argparse.Namespace) -> int | None:
     return steps
 
 
-def build_pipeline(args: argparse.Namespace, steps: int | None = None) -> CosmosVideo2WorldPipeline:
+def build_pipeline(args: Namespace, steps: int | None = None) -> CosmosVideo2WorldPipeline:
     """The pipeline the flags ask for; `steps`: those of a distilled student's `--dit_path` (`student_steps`)."""
     preset = get_preset(args.model_size)
     weights = load_post_trained_weights(args.dit_path, args.load_ema, args.model_size) if args.dit_path else None
@@ -273,7 +191,7 @@ def offload_transformer_blocks(transformer: CosmosTransformer3DModel, device: to
     )
 
 
-def step_cache_file(args: argparse.Namespace) -> Path:
+def step_cache_file(args: Namespace) -> Path:
     """Where `--cache auto` stores its choice: beside the weights it was made for (the LoRA adapter, else
     `--dit_path`, else a local base folder), else in this package's cache folder."""
     for given in (args.lora_path, args.dit_path, args.pretrained_model_name_or_path):
@@ -284,7 +202,7 @@ def step_cache_file(args: argparse.Namespace) -> Path:
     return cache_root() / "step_cache" / f"{args.model_size}.json"
 
 
-def step_cache_settings(args: argparse.Namespace, height: int, width: int, num_frames: int) -> dict:
+def step_cache_settings(args: Namespace, height: int, width: int, num_frames: int) -> dict:
     """What a `--cache auto` choice holds for: the weights and every sampling setting that changes the steps."""
     weights = {
         name: str(Path(value).resolve()) if value and Path(value).exists() else value
@@ -376,7 +294,7 @@ def store_calibration(path: Path, calibration: Calibration) -> None:
         logger.warning("Could not store the --cache auto choice in %s (%s); the next run calibrates again.", path, exc)
 
 
-def check_before_loading(args: argparse.Namespace, jobs: list[dict], inputs: list[tuple]) -> int | None:
+def check_before_loading(args: Namespace, jobs: list[dict], inputs: list[tuple]) -> int | None:
     """What needs no model but the inputs' frames, checked before any loads: each job's chunks and conditioning
     frames, a distilled student's flags, the base folder, the prompt refiner's reach. Returns the student's steps
     (None for any other weights)."""
@@ -401,8 +319,8 @@ def check_before_loading(args: argparse.Namespace, jobs: list[dict], inputs: lis
     return steps
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
-    args = parse_args(argv)
+def generate_videos(args: Namespace) -> list[Path]:
+    """Every video `args` (the CLI's flags, `cli/infer_flags.py`) asks for, written; their paths (rank 0)."""
     height, width, num_frames = sample_size(args)
     jobs = check_jobs(args)  # (the CLI asked the same before importing torch)
     inputs = [

@@ -216,6 +216,6 @@ def _check_teacher(flags: TrainConfig) -> None:
             f"from its teacher (the post-trained model it was distilled from) instead."
         )
     if flags.lora_path and flags.model:
-        from ..generation.runner import check_lora_adapter
+        from ..generation.post_trained import check_lora_adapter
 
         check_lora_adapter(flags.lora_path, get_preset(flags.model))

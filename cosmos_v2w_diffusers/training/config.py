@@ -3,23 +3,19 @@
 A field's `help` metadata is its flag's help; `None` defaults are filled from the model preset (docs/recipe.md's
 optimisation table) by `run_config.resolve(flags)`, which also checks them (`checks.py`). The
 resolved `RunConfig` hands each component its section (`sections.py`). Adding a flag is adding a field here and
-to its section. Resuming from a checkpoint file merges that checkpoint's recipe in (`from_args`); secrets are
+to its section. The command line is read by `cli/train.py` (a checkpoint file's recipe merged in there); secrets are
 kept out of what is stored (`secrets.py`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from ..choices import ATTENTION_BACKENDS
-from ..utils.flag_parser import FlagParser
 from .secrets import SECRET_FIELDS
 
 LORA_TARGET_MODULES = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
@@ -395,75 +391,3 @@ class TrainConfig:
     @property
     def ema_gamma(self) -> float:
         return edm2_ema_gamma(self.ema_relative_std)
-
-    @classmethod
-    def parser(cls, defaults: bool = True) -> argparse.ArgumentParser:
-        """The flags, listed by section (`sections.py`); `defaults=False` leaves out every flag not given (to tell
-        what the user set)."""
-        from .sections import SECTIONS
-
-        # No abbreviations: `--hub_tok` would otherwise set the token under a spelling no redaction expects.
-        parser = FlagParser(description="Cosmos-Predict2 Video2World post-training", allow_abbrev=False)
-        flags = {f.name: f for f in dataclasses.fields(TrainConfig)}
-        groups = {}
-        for section in SECTIONS.values():
-            title = section.__name__.removesuffix("Config").lower()
-            group = parser.add_argument_group(title, (section.__doc__ or "").split("(")[0].strip())
-            for name in (f.name for f in dataclasses.fields(section)):
-                groups[name] = group
-        for f in flags.values():
-            # A None default is resolved from the preset or the device: the help text says how.
-            shown = "" if f.default is None else " (default: %(default)s)"
-            kwargs = dict(
-                default=f.default if defaults else argparse.SUPPRESS, help=f.metadata["help"] + shown, dest=f.name
-            )
-            if "choices" in f.metadata:
-                kwargs["choices"] = f.metadata["choices"]
-            kind = f.type.split(" |")[0]
-            if kind == "bool":
-                kwargs["action"] = argparse.BooleanOptionalAction
-            else:
-                kwargs["type"] = {"int": int, "float": float, "str": str}[kind]
-            groups[f.name].add_argument(f"--{f.name}", *f.metadata.get("aliases", []), **kwargs)
-        # diffusers' examples switch full recompute on with a bare `--gradient_checkpointing`.
-        groups["activation_checkpointing"].add_argument(
-            "--gradient_checkpointing",
-            dest="activation_checkpointing",
-            nargs="?",
-            const="full",
-            choices=["full", "selective", "none"],
-            default=argparse.SUPPRESS,
-            help="alias of --activation_checkpointing; alone it means full",
-        )
-        return parser
-
-    @classmethod
-    def from_args(cls, argv: list[str] | None = None) -> "TrainConfig":
-        """The config of a command line. With `--resume_from_checkpoint <path to a checkpoint file>`, the run
-        continues in that checkpoint's output folder with the `RESUMED_FIELDS` stored there (what the run is
-        and its recipe's numbers), changed only by the flags given on the command line. Everything else (the
-        dataset, the base weights, trackers, the Hub) comes from the command line alone."""
-        config = cls(**vars(cls.parser().parse_args(argv)))
-        checkpoint = Path(config.resume_from_checkpoint)
-        if config.resume_from_checkpoint == "latest" or not checkpoint.is_file():
-            return config
-        from .checkpoint import config_of_checkpoint, output_dir_of  # torch: kept out of `--help`
-
-        stored = config_of_checkpoint(checkpoint)
-        if stored is None:
-            return config
-        given = vars(cls.parser(defaults=False).parse_args(argv))
-        if stored.get("dataset_path") and "dataset_path" not in given:
-            raise ValueError(
-                f"{checkpoint} was trained on --dataset_path {stored['dataset_path']}: pass --dataset_path (that "
-                f"folder, or another) to continue it; a checkpoint never chooses what a run reads."
-            )
-        rebuilt = {name: stored[name] for name in RESUMED_FIELDS if name in stored}
-        if stored.get("lr_decay_steps") == stored.get("max_iter") and "lr_decay_steps" not in given:
-            rebuilt.pop("lr_decay_steps", None)  # it was the default: it follows --max_iter, as in a plain resume
-        taken = [f"--{name} {value}" for name, value in rebuilt.items() if name not in given]
-        # A received file's numbers are bounded like flags (`run_config.validate`, when the run is resolved) and
-        # listed, so none is taken unseen.
-        logging.getLogger(__name__).info("Taken from %s: %s", checkpoint, ", ".join(taken) or "nothing")
-        rebuilt["output_dir"] = str(output_dir_of(checkpoint))
-        return dataclasses.replace(config, **{**rebuilt, **given})

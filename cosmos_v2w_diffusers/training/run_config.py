@@ -196,7 +196,7 @@ def _check_resolved_teacher(run: RunConfig) -> None:
     `--lora_path` adapter must fit it (the adapters sit on the teacher, so it is loaded before any of them)."""
     if not run.distill_steps:
         return
-    from ..generation.runner import check_lora_adapter, load_post_trained_weights
+    from ..generation.post_trained import check_lora_adapter, load_post_trained_weights
 
     if run.dit_path:
         load_post_trained_weights(run.dit_path, run.load_ema, run.model)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from ..choices import ATTENTION_BACKENDS, DEFAULT_PROMPT_REFINER, NUM_FRAMES_BY_FPS, RESOLUTIONS
-from ..utils.flag_parser import DefaultsHelpFormatter, FlagParser
+from .flag_parser import DefaultsHelpFormatter, FlagParser
 
 
 def build_parser() -> argparse.ArgumentParser:
