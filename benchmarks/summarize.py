@@ -138,6 +138,26 @@ LONG_VIDEO = {
 }
 
 
+def _cuda_graphs_tiny_row() -> list[dict]:
+    """`--use_cuda_graphs` where launching dominates: the tiny model, eager and graphed in one process."""
+    if not (RESULTS / "cuda_graphs_tiny.json").is_file():
+        return []
+    result = _read("cuda_graphs_tiny")
+    return [
+        {
+            "name": "generation_tiny_cuda_graphs",
+            "seconds": statistics.median(result["cuda_graphs_seconds"]),
+            "baseline_seconds": statistics.median(result["eager_seconds"]),
+            "speedup": result["speedup"],
+            "max_abs_difference_of_255": result["max_abs_difference_of_255"],
+            "gpu": result["environment"]["gpu"],
+            "command": result["command"],
+            "date": "2026-12-07",
+            "result": "benchmarks/results/cuda_graphs_tiny.json",
+        }
+    ]
+
+
 def _long_video_rows() -> list[dict]:
     """6 chunks (the peak held to one chunk's, within 5%) and CUDA graphs (the speedup), where measured."""
     if not (RESULTS / f"{LONG_VIDEO_BASELINE}.json").is_file():
@@ -326,6 +346,7 @@ def main() -> None:
     summary += [_fast_generation_row(name, *source) for name, source in FAST_GENERATION.items()]
     summary += _distilled_rows()
     summary += _long_video_rows()
+    summary += _cuda_graphs_tiny_row()
     headline_medians(summary)
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for row in summary:

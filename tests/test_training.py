@@ -722,6 +722,7 @@ REFUSALS = [
     (dict(checkpoint_block_parts=True), None, None, "goes with --low_vram"),
     (dict(low_vram=True, activation_checkpointing="selective"), None, None, "offloads what full recompute keeps"),
     (dict(validation_num_frames=10), None, None, "must be 4k\\+1"),
+    (dict(distill_steps=4, compile=True), None, None, "--compile with --distill_steps and activation checkpointing"),
     (dict(validation_image="a.png"), None, None, "need a --validation_prompt"),
     (dict(num_frames=18), None, None, "--num_frames"),
     (dict(train_architecture="lora", lora_target_modules="attn9.to_x"), None, None, "names no linear layer"),

@@ -215,6 +215,12 @@ def _check_resolved(run: RunConfig) -> None:
         raise ValueError("--checkpoint_block_parts goes with --low_vram: add it.")
     if run.low_vram and run.activation_checkpointing != "full":
         raise ValueError("--low_vram offloads what full recompute keeps: drop --activation_checkpointing.")
+    if run.compile and run.distill_steps and run.activation_checkpointing != "none":
+        raise ValueError(
+            "--compile with --distill_steps and activation checkpointing: the student's and critic's adapters switch "
+            "between a block's forward and its recompute, which compiled blocks do not replay alike; drop --compile "
+            "(a distillation is left uncompiled by default), or pass --activation_checkpointing none."
+        )
     if run.validation_num_frames is not None and (run.validation_num_frames - 1) % 4:
         raise ValueError(f"--validation_num_frames must be 4k+1, got {run.validation_num_frames}.")
     if run.lr_warmup_steps >= min(run.max_iter, run.lr_decay_steps):
