@@ -24,10 +24,12 @@ TINY_DIM = TINY.text_embed_dim
 
 
 def test_prepare_data_cli_writes_nvidia_layout(tmp_path, video_paths):
+    from cosmos_v2w_diffusers.cli.prepare_data import main as prepare_data
+
+    # In this process (the `python -m` entry point runs in the next test, as a subprocess).
     root = make_dataset_folder(tmp_path / "D", video_paths, prepare=False)
-    cmd = [sys.executable, "-m", "cosmos_v2w_diffusers.prepare_data", "--dataset_path", str(root)]
-    result = subprocess.run(cmd + ["--prompt", PROMPT, "--text_encoder", "tiny"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    flags = ["--dataset_path", str(root), "--text_encoder", "tiny"]
+    assert prepare_data([*flags, "--prompt", PROMPT]) == 0
     for name in video_paths:
         assert (root / "metas" / f"{name}.txt").read_text() == PROMPT
         embedding = read_t5_pickle(root / "t5_xxl" / f"{name}.pickle", TINY_DIM)
@@ -36,8 +38,7 @@ def test_prepare_data_cli_writes_nvidia_layout(tmp_path, video_paths):
     (root / "metas" / "bikes.txt").write_text("Bikes riding by.")
     (root / "t5_xxl" / "bikes.pickle").unlink()
     before = (root / "t5_xxl" / "bigbuckbunny.pickle").stat().st_mtime_ns
-    result = subprocess.run(cmd + ["--text_encoder", "tiny"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    assert prepare_data(flags) == 0
     assert (root / "t5_xxl" / "bigbuckbunny.pickle").stat().st_mtime_ns == before
     tokenizer, encoder = load_text_encoder("tiny")
     assert read_t5_pickle(root / "t5_xxl" / "bikes.pickle", TINY_DIM).shape[0] == len(

@@ -81,6 +81,9 @@ def test_the_tiny_text_encoder_tells_prompts_apart():
     assert (robot - empty).norm() > 0.5 * robot.norm()
 
 
+@pytest.mark.slow  # 62 s on 2 cores: five subprocesses of the README's demo path. `make test` keeps its parts: the
+# trainer (test_training.py), the generation CLI (test_pipeline.py's test_cli_writes_a_playable_mp4), the metrics
+# (the robot tests below)
 def test_make_demo_writes_a_video_a_comparison_and_metrics_and_a_rerun_is_complete(tmp_path):
     """The two commands of `make demo`, with fewer steps."""
     run_dir = tmp_path / "outputs" / "demo" / "run"

@@ -105,16 +105,16 @@ def _loss_on_fixed_draws(transformer, latents: torch.Tensor, text: torch.Tensor,
 
 
 def test_loss_falls_on_one_real_clip(bikes_dataset, tmp_path):
-    trainer = Trainer(tiny_config(bikes_dataset, tmp_path / "run", max_iter=40, save_iter=1000))
+    trainer = Trainer(tiny_config(bikes_dataset, tmp_path / "run", max_iter=20, save_iter=1000))
     sample = trainer.samples[0]
     latents = encode_video(trainer.vae, sample["video"][None])
     text = sample["t5_text_embeddings"][None]
     before = _loss_on_fixed_draws(trainer._unwrapped(), latents, text)
     losses = trainer.train()
-    assert len(losses) == 40 and all(np.isfinite(losses))
+    assert len(losses) == 20 and all(np.isfinite(losses))
     # The same draws before and after, so a trainer that does not learn stays at 1.0 of `before`. Measured on the
-    # shipped base (trained on cartoon footage, meeting real footage here): 17.72 -> 16.09, 9.2% lower (the base
-    # before it, with the VAE of 5,505 steps: 15.73 -> 13.85, 12%).
+    # shipped base (trained on cartoon footage, meeting real footage here): 7.0% lower after 20 steps (9.2% after
+    # 40, which `make test` no longer waits for).
     assert _loss_on_fixed_draws(trainer._unwrapped(), latents, text) < 0.95 * before
 
 
