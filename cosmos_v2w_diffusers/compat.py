@@ -210,17 +210,17 @@ def set_processor_attention_backend(processor, backend: str) -> None:
     processor._attention_backend = AttentionBackendName[_DISPATCH_BACKENDS[backend]]
 
 
-def set_processor_parallel_config(processor, config) -> None:
+def set_processor_parallel_config(processor, parallel_config) -> None:
     """Give `processor` the model's parallel config, where diffusers' `ModelMixin.enable_parallelism` puts it on
     each processor (its `_parallel_config`)."""
     _require_diffusers("diffusers.models.modeling_utils.ModelMixin._parallel_config")
-    processor._parallel_config = config
+    processor._parallel_config = parallel_config
 
 
-def set_model_parallel_config(model: torch.nn.Module, config) -> None:
+def set_model_parallel_config(model: torch.nn.Module, parallel_config) -> None:
     """Record `config` where diffusers' `ModelMixin.enable_parallelism` keeps it (`model._parallel_config`)."""
     _require_diffusers("diffusers.models.modeling_utils.ModelMixin._parallel_config")
-    model._parallel_config = config
+    model._parallel_config = parallel_config
 
 
 def model_parallel_config(model: torch.nn.Module):

@@ -252,3 +252,68 @@ def test_only_compat_names_another_librarys_private_api():
         if private.search(line)
     }
     assert not found, found
+
+
+# The components that still read the whole run, each with why (issue 45: to be cut into sections): the model card
+# lists the run's recipe, every section of it; the validator and the memory planner read across data, weights,
+# parallel and validation.
+WHOLE_RUN_READERS = {
+    "training.hub.model_card",
+    "training.hub.write_model_card",
+    "training.hub.HubUploader.__init__",
+    "training.validation.Validator.__init__",
+    "training.parallel.prepare_for_wrapping",
+    "training.memory.plan_gpu_memory",
+    "training.memory.choose_lean_levers",
+    "training.memory.check_fits",
+    "training.memory.context_parallel_advice",
+    "training.memory.leanest_step_bytes",
+}
+# Where the whole run is the subject: the flags, their checks and resolution, the trainer, the command lines.
+WHOLE_RUN_MODULES = {
+    "training.config",
+    "training.sections",
+    "training.checks",
+    "training.run_config",
+    "training.trainer",
+}
+
+
+def _signatures():
+    """(dotted name, parameter name, annotation source) of every function and method in the package."""
+    for path in PACKAGE.rglob("*.py"):
+        module = _module_name(path).removeprefix("cosmos_v2w_diffusers.")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                functions = [(f"{node.name}.{f.name}", f) for f in node.body if isinstance(f, ast.FunctionDef)]
+            elif isinstance(node, ast.Module):
+                functions = [(f.name, f) for f in node.body if isinstance(f, ast.FunctionDef)]
+            else:
+                continue
+            for name, function in functions:
+                for arg in function.args.args + function.args.kwonlyargs:
+                    annotation = ast.unparse(arg.annotation) if arg.annotation is not None else None
+                    yield module, f"{module}.{name}", arg.arg, annotation
+
+
+def test_components_take_the_config_sections_they_read_not_the_whole_run():
+    """Outside the trainer, the flags' own modules and the command lines, no function takes a `TrainConfig` or a
+    `RunConfig`, or an unnamed config (a parameter called `config` or `run` without a type), but the listed ones."""
+    whole = sorted(
+        {
+            function
+            for module, function, parameter, annotation in _signatures()
+            if module not in WHOLE_RUN_MODULES
+            and not module.startswith("cli.")
+            and (
+                (annotation is not None and ("RunConfig" in annotation or "TrainConfig" in annotation))
+                or (annotation is None and parameter in ("config", "run"))
+            )
+        }
+    )
+    assert [f for f in whole if f not in WHOLE_RUN_READERS] == [], whole
+    assert [f for f in WHOLE_RUN_READERS if f not in whole] == [], (
+        "no longer reads the whole run: drop it from the list"
+    )
+    found = {(function, parameter) for _, function, parameter, _ in _signatures()}
+    assert ("training.optim.build_optimizer", "config") in found  # the scan sees typed components (OptimConfig)

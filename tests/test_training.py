@@ -20,11 +20,12 @@ from cosmos_v2w_diffusers.models.components import load_transformer
 from cosmos_v2w_diffusers.models.latents import encode_video
 from cosmos_v2w_diffusers.models.presets import get_preset
 from cosmos_v2w_diffusers.training.checkpoint import CheckpointDir
-from cosmos_v2w_diffusers.training.config import TrainConfig, edm2_ema_gamma
+from cosmos_v2w_diffusers.training.config import TrainConfig
 from cosmos_v2w_diffusers.training.model import apply_lora
 from cosmos_v2w_diffusers.training.objective import draw_training_randomness, video2world_loss
 from cosmos_v2w_diffusers.training.optim import PowerEMA, linear_decay_factor
 from cosmos_v2w_diffusers.training.run_config import resolve
+from cosmos_v2w_diffusers.training.sections import edm2_ema_gamma
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +59,10 @@ def test_recipe_defaults_per_preset():
     # Device-dependent defaults are the plan's, not the config's: bf16 on a GPU only.
     from cosmos_v2w_diffusers.training.parallel import default_mixed_precision
 
-    assert (default_mixed_precision(two, True), default_mixed_precision(two, False)) == ("bf16", "no")
+    assert (default_mixed_precision(two.parallel, True), default_mixed_precision(two.parallel, False)) == (
+        "bf16",
+        "no",
+    )
     assert two.mixed_precision is None and two.compile is None and two.ema_device is None
     # Resolved once, then frozen: nothing may change a field afterwards.
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -667,7 +671,7 @@ def test_every_flag_is_in_exactly_one_section_and_components_take_their_section(
     """The sections (`training/sections.py`) partition the flags, hold what `resolved()` filled in, and `--help`
     lists the flags under their section's heading."""
     from cosmos_v2w_diffusers.training.run_config import RunConfig
-    from cosmos_v2w_diffusers.training.sections import SECTIONS, OptimConfig
+    from cosmos_v2w_diffusers.training.sections import SECTIONS
 
     flags = [f.name for f in dataclasses.fields(TrainConfig)]
     owners = {
@@ -682,7 +686,10 @@ def test_every_flag_is_in_exactly_one_section_and_components_take_their_section(
         assert isinstance(section, cls) and all(
             getattr(section, f.name) == getattr(run, f.name) for f in dataclasses.fields(cls)
         )
-    assert run.optim == OptimConfig.of(run) and run.optim.max_iter == 7 and run.optim.lr_decay_steps == 7
+    assert run.optim is run.optim and run.optim.max_iter == 7 and run.optim.lr_decay_steps == 7  # built once
+    assert not isinstance(run, TrainConfig) and run.flags.max_iter == 7 and run.max_iter == 7  # flat reads answered
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.optim.max_iter = 8  # type: ignore[misc]
     assert "hub_token" not in repr(resolve(TrainConfig(hub_token="hf_" + "x" * 30)).hub)
     help_text = train_parser().format_help()
     assert help_text.index("\noptim:") < help_text.index("\n  --learning_rate") < help_text.index("\ncheckpoint:")

@@ -93,7 +93,7 @@ def test_the_hub_token_is_never_written_to_checkpoints_trackers_or_the_card(tiny
     for path in written:
         assert TOKEN.encode() not in path.read_bytes(), path
     config = TrainConfig(model="tiny", hub_token=TOKEN)
-    assert TOKEN not in repr(config) and TOKEN not in config.to_json()
+    assert TOKEN not in repr(config) and TOKEN not in resolve(config).to_json()
     from cosmos_v2w_diffusers.training.secrets import redacted_command
 
     command = redacted_command(

@@ -183,8 +183,10 @@ def test_exports_never_replace_or_delete_the_users_files(full_run, prepared_data
     shutil.copytree(full_run / "pipeline", out / "pipeline")
     (out / "pipeline" / "README.md").write_text("card")
     from cosmos_v2w_diffusers.export.exports import check_export_targets
+    from cosmos_v2w_diffusers.training.run_config import export_settings
 
-    check_export_targets(resolve(tiny_config(prepared_dataset, out, ema=False)), str(tiny_pretrained_path()))
+    settings = export_settings(resolve(tiny_config(prepared_dataset, out, ema=False)))
+    check_export_targets(settings, str(tiny_pretrained_path()))
 
 
 def test_convert_never_overwrites_weights(full_run, lora_run, tmp_path):

@@ -13,6 +13,7 @@ import fnmatch
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -203,24 +204,44 @@ def write_diffusers_pipeline(
     return publish_folder(folder, build, ADDED_LATER)
 
 
-def export_folders(config) -> list[Path]:
+@dataclass(frozen=True)
+class ExportSettings:
+    """What a run's exports need to know of it (the trainer builds it from the run's sections): where they go
+    (`--output_dir`), whether the run trained a LoRA adapter (a distillation's student is exported as a full net)
+    and kept an EMA, the transformer's dtype and shard size, whether the pipeline takes the live weights, where the
+    base comes from (`--revision`, `--cache_dir`), and a distilled student's step count (None otherwise)."""
+
+    output_dir: str
+    lora: bool
+    ema: bool
+    dtype: str
+    max_shard_size: str
+    live_weights: bool
+    revision: str | None
+    cache_dir: str | None
+    student_steps: int | None
+
+
+def export_folders(config: ExportSettings) -> list[Path]:
     """The folders `export_final` writes for a run of `config`."""
     out = Path(config.output_dir)
-    if config.train_architecture == "lora" and not config.distill_steps:
+    if config.lora:
         return [out / "lora"]
     return [out / "transformer", *([out / "transformer_ema"] if config.ema else []), out / "pipeline"]
 
 
-def check_export_targets(config, base: str) -> None:
+def check_export_targets(config: ExportSettings, base: str) -> None:
     """Before any training: refuse a run whose exports would replace files we did not write (`check_replaceable`),
     or take a file from outside a local base folder (`base_component_files`), naming them."""
     for folder in export_folders(config):
         check_replaceable(folder, ADDED_LATER, "--output_dir")
-    if (config.train_architecture == "full" or config.distill_steps) and Path(base).is_dir():
+    if not config.lora and Path(base).is_dir():
         base_component_files(Path(base))
 
 
-def export_final(transformer, state_dict: dict[str, torch.Tensor], ema_state: dict | None, config, base: str) -> Path:
+def export_final(
+    transformer, state_dict: dict[str, torch.Tensor], ema_state: dict | None, config: ExportSettings, base: str
+) -> Path:
     """Write, for a full run, `<output_dir>/pipeline` (the transformer from the EMA weights, or the live ones
     without an EMA or with `--export_live_weights`) and `<output_dir>/transformer` (+ `transformer_ema`);
     for LoRA, `<output_dir>/lora` (`pytorch_lora_weights.safetensors`, + `pytorch_lora_weights_ema.safetensors`
@@ -228,7 +249,7 @@ def export_final(transformer, state_dict: dict[str, torch.Tensor], ema_state: di
     its pipeline sampling with the student's few-step sampler. Returns the folder a Hub upload pushes: the
     pipeline, or the LoRA folder."""
     out = Path(config.output_dir)
-    if config.train_architecture == "lora" and not config.distill_steps:
+    if config.lora:
         lora_layers = get_peft_model_state_dict(transformer, state_dict=state_dict)
         ema_layers = get_peft_model_state_dict(transformer, state_dict=ema_state) if ema_state is not None else None
         # The adapter's config (rank, alpha, targets) goes into the file's metadata, as diffusers' LoRA examples
@@ -252,13 +273,13 @@ def export_final(transformer, state_dict: dict[str, torch.Tensor], ema_state: di
             f"; the EMA: weight_name={LORA_EMA_WEIGHTS_NAME!r}" if ema_layers is not None else "",
         )
         return out / "lora"
-    dtype, shard = EXPORT_DTYPES[config.export_dtype], config.export_max_shard_size
+    dtype, shard = EXPORT_DTYPES[config.dtype], config.max_shard_size
     write_diffusers_transformer(out / "transformer", transformer, state_dict, dtype, shard)
     if ema_state is not None:
         write_diffusers_transformer(out / "transformer_ema", transformer, ema_state, dtype, shard)
-    live = ema_state is None or config.export_live_weights
+    live = ema_state is None or config.live_weights
     weights = state_dict if live or ema_state is None else ema_state
-    sampler = CosmosFewStepScheduler(config.distill_steps) if config.distill_steps else None
+    sampler = CosmosFewStepScheduler(config.student_steps) if config.student_steps else None
     write_diffusers_pipeline(
         out / "pipeline", base, transformer, weights, config.revision, config.cache_dir, dtype, shard, sampler
     )

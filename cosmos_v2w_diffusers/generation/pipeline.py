@@ -370,10 +370,10 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         return self._euler_schedule(self.scheduler.config, num_inference_steps, device)
 
     @staticmethod
-    def _euler_schedule(config, num_inference_steps: int, device) -> FlowMatchEulerDiscreteScheduler:
-        """A copy of an Euler scheduler of `config` with Karras sigmas between Cosmos' extremes, and a last sigma
-        equal to the one before (a zero-length final step), as diffusers' Cosmos-Predict2 pipeline sets them."""
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
+    def _euler_schedule(scheduler_config, num_inference_steps: int, device) -> FlowMatchEulerDiscreteScheduler:
+        """A copy of an Euler scheduler of `scheduler_config` with Karras sigmas between Cosmos' extremes, and a last
+        sigma equal to the one before (a zero-length final step), as diffusers' Cosmos-Predict2 pipeline sets them."""
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
         # Not `from_config` arguments: these keys exist only in the config, which set_timesteps reads.
         scheduler.register_to_config(
             sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN, sigma_data=1.0, final_sigmas_type="sigma_min"

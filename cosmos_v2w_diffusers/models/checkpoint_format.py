@@ -59,17 +59,17 @@ def to_native_key(key: str) -> str:
     return key
 
 
-def rope_buffers(config) -> dict[str, torch.Tensor]:
+def rope_buffers(transformer_config) -> dict[str, torch.Tensor]:
     """The three RoPE buffers NVIDIA's network registers and saves.
 
     diffusers recomputes them, so its state dict lacks them; but its single-file loader recognises a
     Cosmos-Predict2 file only by `net.pos_embedder.dim_spatial_range`, and NVIDIA's strict loading wants all
     three. Values follow NVIDIA's `VideoRopePosition3DEmb` (head dim split into t, h, w parts).
     """
-    head_dim = config.attention_head_dim
+    head_dim = transformer_config.attention_head_dim
     dim_h = head_dim // 6 * 2
     dim_t = head_dim - 2 * dim_h
-    max_t, max_h, max_w = (m // p for m, p in zip(config.max_size, config.patch_size))
+    max_t, max_h, max_w = (m // p for m, p in zip(transformer_config.max_size, transformer_config.patch_size))
     return {
         "pos_embedder.seq": torch.arange(max(max_t, max_h, max_w), dtype=torch.float32),
         "pos_embedder.dim_spatial_range": torch.arange(0, dim_h, 2)[: dim_h // 2].float() / dim_h,
@@ -89,12 +89,12 @@ def training_counters() -> dict[str, torch.Tensor]:
 
 
 def to_native_state_dict(
-    state_dict: dict[str, torch.Tensor], config, prefix: str = "net.", dtype: torch.dtype | None = None
+    state_dict: dict[str, torch.Tensor], transformer_config, prefix: str = "net.", dtype: torch.dtype | None = None
 ) -> dict[str, torch.Tensor]:
     """diffusers-named tensors -> NVIDIA-named `prefix*` tensors (plus the RoPE buffers and the training
     counters NVIDIA's network expects), optionally cast."""
     native = {prefix + to_native_key(k): (v.to(dtype) if dtype is not None else v) for k, v in state_dict.items()}
-    native.update({prefix + k: v for k, v in rope_buffers(config).items()})
+    native.update({prefix + k: v for k, v in rope_buffers(transformer_config).items()})
     native.update({prefix + k: v for k, v in training_counters().items()})
     return native
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from accelerate.logging import get_logger
@@ -15,16 +15,24 @@ from accelerate.logging import get_logger
 from ..models.checkpoint_format import from_native_state_dict, to_native_state_dict
 from .checkpoint import PARTS, CheckpointDir, rng_state, set_rng_state, stored_config
 from .config import TrainConfig
-from .distill import student_nets, student_scale
+from .distill import student_nets
 from .guards import NonFiniteSteps
 from .optim import continue_linearly, start_new_cycle
 from .sections import CheckpointConfig, OptimConfig
 
-if TYPE_CHECKING:
-    from .run_config import RunConfig
-
 logger = get_logger(__name__)
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """What every checkpoint records of its run, and what a resume must share with it: the run-defining fields
+    (`RunConfig.run_definition`), every field but the secrets as JSON, and, for a distillation, the student
+    adapter's scale (its model file holds the student merged into the teacher)."""
+
+    definition: dict
+    flags_json: str
+    student_scale: float | None = None
 
 
 class Checkpointer:
@@ -38,14 +46,19 @@ class Checkpointer:
     """
 
     def __init__(
-        self, config: CheckpointConfig, optim: OptimConfig, run: RunConfig, accelerator, clips: list[str] | None = None
+        self,
+        config: CheckpointConfig,
+        optim: OptimConfig,
+        record: RunRecord,
+        accelerator,
+        clips: list[str] | None = None,
     ):
         """`config` says where and when; `optim` the schedule a resume continues and when non-finite steps stop
-        the run; `run` is what each checkpoint records (its flags) and what a resume must share with it; `clips`
-        the file names of the clips trained on (recorded, so a resume can say what changed)."""
+        the run; `record` is what each checkpoint records of the run; `clips` the file names of the clips trained
+        on (recorded, so a resume can say what changed)."""
         self.config, self.optim, self.accelerator = config, optim, accelerator
         self.clips = sorted(clips or [])
-        self.run_definition, self.stored_flags = run.run_definition(), run.to_json()
+        self.run_definition, self.stored_flags = record.definition, record.flags_json
         self.folder = CheckpointDir(config.output_dir)
         self.nonfinite = NonFiniteSteps(
             self.folder, optim.max_nonfinite_steps, optim.learning_rate, accelerator.is_main_process
@@ -54,7 +67,7 @@ class Checkpointer:
         self._trainer_part: dict | None = None  # the resume point's trainer part, read once
         # A distillation's model file holds the student as a plain net (the adapters merged into the teacher), as
         # every Video2World checkpoint does; its adapters' EMA, which that cannot give back, goes with the optimizer.
-        self.student_scale = student_scale(run) if run.distill_steps else None
+        self.student_scale = record.student_scale
 
     def resume_point(self) -> int | None:
         """The iteration this run resumes from (None: it starts afresh), refused if its run-defining flags differ."""

@@ -9,14 +9,9 @@ kept out of what is stored (`secrets.py`).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from ..choices import ATTENTION_BACKENDS
-from .secrets import SECRET_FIELDS
 
 LORA_TARGET_MODULES = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
 # What a checkpoint's weights and optimizer state depend on: a resume must not change these.
@@ -104,13 +99,6 @@ def parse_resolution(resolution: str) -> tuple[int, int]:
             f"(NVIDIA's 720p is 704x1280)."
         )
     return height, width
-
-
-def edm2_ema_gamma(relative_std: float) -> float:
-    """EDM2's power-EMA exponent for a relative std: the largest real root of
-    `g^3 + 7 g^2 + (16 - s^-2) g + (12 - s^-2)` (Karras et al. 2024, eq. 3); 6.9372 for s = 0.1."""
-    roots = np.roots([1.0, 7.0, 16.0 - relative_std**-2, 12.0 - relative_std**-2])
-    return float(max(r.real for r in roots if abs(r.imag) < 1e-9))
 
 
 @dataclass(frozen=True)
@@ -370,24 +358,8 @@ class TrainConfig:
         5, "with --distill_steps: every Nth step updates the student, the others its critic (NVIDIA's 5)"
     )
 
-    def run_definition(self) -> dict:
-        """The run-defining flags of a resolved config (`RUN_DEFINING_FIELDS`, and a distillation's teacher)."""
-        names = RUN_DEFINING_FIELDS + (TEACHER_FIELDS if self.distill_steps else ())
-        return {name: getattr(self, name) for name in names}
-
     def hub_kwargs(self) -> dict:
         """What `from_pretrained` takes besides the name: --revision, --variant and --cache_dir, where given."""
         from .sections import hub_kwargs
 
         return hub_kwargs(self)
-
-    def public_dict(self) -> dict:
-        """Every flag but the secrets: what checkpoints store and trackers log."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in SECRET_FIELDS}
-
-    def to_json(self) -> str:
-        return json.dumps(self.public_dict(), sort_keys=True)
-
-    @property
-    def ema_gamma(self) -> float:
-        return edm2_ema_gamma(self.ema_relative_std)

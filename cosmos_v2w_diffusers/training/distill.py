@@ -43,7 +43,7 @@ from peft import LoraConfig
 from ..generation.scheduler_few_step import few_step_sigmas
 from ..models.preconditioning import conditioning_mask, denoise
 from .objective import TrainingDraws, video2world_loss
-from .sections import DistillConfig
+from .sections import DistillConfig, WeightsConfig
 
 STUDENT, FAKE_SCORE = "student", "fake_score"
 # The adapters' names, as they appear in parameter names (`...to_q.lora_A.student.weight`).
@@ -111,9 +111,9 @@ def merged_student(
     return merged
 
 
-def student_scale(run) -> float:
-    """The student adapter's scale (alpha / rank, as PEFT applies it) of a distillation's resolved config."""
-    return run.lora_alpha / run.lora_rank
+def student_scale(weights: WeightsConfig) -> float:
+    """The student adapter's scale (alpha / rank, as PEFT applies it) of a distillation's resolved weights."""
+    return weights.lora_alpha / weights.lora_rank
 
 
 def student_nets(

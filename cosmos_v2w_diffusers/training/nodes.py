@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
@@ -35,13 +35,13 @@ def caches_filled_in_order(accelerator: Accelerator) -> Iterator[None]:
         yield
 
 
-def check_same_run_everywhere(accelerator: Accelerator, config) -> None:
+def check_same_run_everywhere(accelerator: Accelerator, mine: dict[str, Any]) -> None:
     """Refuse, on every process at the job's first exchange, a job whose nodes were given different run-defining
-    flags (`RESUMED_FIELDS`: what the run is and its recipe's numbers): each node would train another run and the
-    checkpoint would hold the main process's. Paths (data, output folder) may differ, as mounts do."""
+    flags (`mine`: this process's `RESUMED_FIELDS`, what the run is and its recipe's numbers): each node would
+    train another run and the checkpoint would hold the main process's. Paths (data, output folder) may differ, as
+    mounts do."""
     if accelerator.num_processes == 1:
         return
-    mine = {name: getattr(config, name) for name in RESUMED_FIELDS}
     everyone = gather_object([mine])
     first = everyone[0]
     for rank, flags in enumerate(everyone):

@@ -25,6 +25,7 @@ from ..parallel.context_parallel import enable_context_parallel
 from .activation_checkpointing import apply_activation_checkpointing, wrap_blocks_for_fsdp
 from .block_swap import BlockSwap
 from .memory import LeanLevers, context_parallel_advice, memory_budget_bytes, plan_gpu_memory, swapped_weight_bytes
+from .sections import ParallelConfig
 
 logger = get_logger(__name__)
 
@@ -44,13 +45,13 @@ class DevicePlan:
     capacity_bytes: int | None = None
 
 
-def default_mixed_precision(config, on_gpu: bool) -> str:
+def default_mixed_precision(config: ParallelConfig, on_gpu: bool) -> str:
     """`--mixed_precision`, or bf16 on a GPU (NVIDIA trains in bf16) and fp32 on the CPU. Decided before the
     Accelerator exists, which is built with it."""
     return config.mixed_precision or ("bf16" if on_gpu else "no")
 
 
-def _forced_ema_device(config, on_gpu: bool) -> str | None:
+def _forced_ema_device(config: ParallelConfig, on_gpu: bool) -> str | None:
     """`--ema_device`, or where the EMA must live: beside the weights off the GPU, on the CPU with --low_vram;
     None leaves it to the memory planner."""
     if config.ema_device is not None:
@@ -97,7 +98,9 @@ def prepare_for_wrapping(
     compiled = c.compile if c.compile is not None else on_gpu and not distill_recomputes
     selective_blocks = c.selective_checkpointing_blocks
     if dims.engine == "deepspeed":
-        compiled, selective_blocks = configure_deepspeed(accelerator.state.deepspeed_plugin, c, compiled)
+        compiled, selective_blocks = configure_deepspeed(
+            accelerator.state.deepspeed_plugin, c.parallel, c.batch_size, c.max_grad_norm, compiled
+        )
     attention_backend = set_attention_backend(transformer, c.attention_backend, device)
     logger.info("Attention kernel: %s", attention_backend)
     if cp > 1:
@@ -106,7 +109,7 @@ def prepare_for_wrapping(
     planner = dict(
         compiled=compiled,
         selective_blocks=selective_blocks,
-        ema_device=_forced_ema_device(c, on_gpu),
+        ema_device=_forced_ema_device(c.parallel, on_gpu),
         fsdp_shards=dims.state_shards,
         ddp=dims.engine == "ddp",
         budget_bytes=memory_budget_bytes(c.parallel, device),
@@ -173,7 +176,9 @@ def prepare_for_wrapping(
     return plan
 
 
-def configure_deepspeed(plugin, config, compiled: bool) -> tuple[bool, int | None]:
+def configure_deepspeed(
+    plugin, config: ParallelConfig, batch_size: int, max_grad_norm: float, compiled: bool
+) -> tuple[bool, int | None]:
     """Settle accelerate's DeepSpeed config from the run's flags, before `accelerator.prepare`; returns whether
     blocks are compiled and how many keep their attention outputs under DeepSpeed.
 
@@ -185,8 +190,8 @@ def configure_deepspeed(plugin, config, compiled: bool) -> tuple[bool, int | Non
     `--selective_checkpointing_blocks` every block recomputes in full.
     """
     c, ds = config, plugin.deepspeed_config
-    ds["train_micro_batch_size_per_gpu"] = c.batch_size
-    ds["gradient_clipping"] = c.max_grad_norm
+    ds["train_micro_batch_size_per_gpu"] = batch_size
+    ds["gradient_clipping"] = max_grad_norm
     if plugin.zero_stage == 3:
         ds.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
         if compiled:
@@ -195,8 +200,8 @@ def configure_deepspeed(plugin, config, compiled: bool) -> tuple[bool, int | Non
     logger.info(
         "DeepSpeed ZeRO-%d: %d clip(s) per micro-step, gradients clipped to %s",
         plugin.zero_stage,
-        c.batch_size,
-        c.max_grad_norm,
+        batch_size,
+        max_grad_norm,
     )
     selective = c.selective_checkpointing_blocks
     if c.activation_checkpointing == "selective" and selective is None:

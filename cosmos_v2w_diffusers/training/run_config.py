@@ -1,80 +1,119 @@
 """A run's resolved configuration, and the sections each component is handed.
 
 `resolve(flags)` fills in every default of a `TrainConfig` that depends on the preset, the weights, the dataset's
-size or the launch, and checks the result (`validate`, below): a `RunConfig`, whose resolved fields are never None
-and which keeps the flags it came from. Its sections (`run.data`, `run.weights`, `run.optim`, `run.checkpointing`,
-`run.hub`, `run.parallel`, `run.validation`) are frozen views of its fields, one per concern: a component takes the
-section it reads (the optimizer its `OptimConfig`), not the whole run. Every flag is in exactly one section
-(`tests/test_training.py` checks), and `--help` lists the flags by section.
+size or the launch, checks the result (`validate`, below) and builds a `RunConfig`: the resolved values in their
+sections (`run.data`, `run.weights`, `run.optim`, `run.checkpointing`, `run.hub`, `run.parallel`, `run.validation`,
+`run.distill`), each built once and frozen, and the flags it came from. A component takes the section it reads (the
+optimizer its `OptimConfig`), not the whole run. Every flag is in exactly one section (`tests/test_training.py`
+checks), and `--help` lists the flags by section.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..export.exports import ExportSettings
 from ..models.components import preset_of_pretrained
 from ..models.presets import get_preset
 from ..models.sample_shape import check_sample_shape, latent_tokens
 from .checks import check_flags
-from .config import TrainConfig, parse_resolution
+from .config import RUN_DEFINING_FIELDS, TEACHER_FIELDS, TrainConfig, parse_resolution
 
 if TYPE_CHECKING:
     import torch
 
     from ..parallel.parallel_dims import ParallelDims
 
+from .secrets import SECRET_FIELDS
 from .sections import (
+    SECTIONS,
     CheckpointConfig,
     DataConfig,
     DistillConfig,
     HubConfig,
     OptimConfig,
     ParallelConfig,
-    SectionOf,
     ValidationConfig,
     WeightsConfig,
 )
 
 
 @dataclass(frozen=True)
-class RunConfig(TrainConfig):
-    """A `TrainConfig` resolved (`TrainConfig.resolved`): every default that depends on the preset, the weights, the
-    dataset's size or the launch filled in, so these fields are never None, and the flags it came from kept
-    (`flags`), so that resolving again starts from them. The defaults below are placeholders: a RunConfig is only
-    ever made by `resolved()`, which gives every one of them."""
+class RunConfig:
+    """A run's configuration, resolved once (`resolve`) and frozen: one section per concern, each built once, with
+    every default that depends on the preset, the weights, the dataset's size or the launch filled in (those fields
+    are never None), and the flags it came from (`flags`), so that resolving again starts from them.
 
-    model: str = ""
-    output_dir: str = ""
-    lora_rank: int = 0
-    lora_alpha: int = 0
-    max_iter: int = 0
-    save_iter: int = 0
-    num_frames: int = 0
-    height: int = 0
-    width: int = 0
-    learning_rate: float = 0.0
-    weight_decay: float = 0.0
-    lr_f_max: float = 0.0
-    lr_decay_steps: int = 0
-    activation_checkpointing: str = ""
-    validation_steps: int = 0
-    flags: TrainConfig | None = field(default=None, repr=False, compare=False)
+    A component takes the section it reads (`build_optimizer(params, run.optim)`); the trainer, which sees the whole
+    run, may read a field flat (`run.max_iter`): the section that owns it answers."""
+
+    data: DataConfig
+    weights: WeightsConfig
+    optim: OptimConfig
+    checkpointing: CheckpointConfig
+    hub: HubConfig
+    parallel: ParallelConfig
+    validation: ValidationConfig
+    distill: DistillConfig
+    flags: TrainConfig = field(repr=False, compare=False)
+
+    def __getattr__(self, name: str) -> Any:
+        section = _SECTION_OF_FIELD.get(name)
+        if section is None:
+            raise AttributeError(f"RunConfig has no field {name!r}")
+        return getattr(getattr(self, section), name)
+
+    def values(self) -> dict[str, Any]:
+        """Every field by its flag's name, in the flags' order."""
+        return {name: getattr(self, name) for name in _SECTION_OF_FIELD}
 
     def public_dict(self) -> dict:
-        return {k: v for k, v in super().public_dict().items() if k != "flags"}
+        """Every field but the secrets: what checkpoints store and trackers log."""
+        return {k: v for k, v in self.values().items() if k not in SECRET_FIELDS}
 
-    # Its sections, each built from its fields when asked for (`run.optim` is an `OptimConfig`).
-    data = SectionOf(DataConfig)
-    weights = SectionOf(WeightsConfig)
-    optim = SectionOf(OptimConfig)
-    checkpointing = SectionOf(CheckpointConfig)
-    hub = SectionOf(HubConfig)
-    parallel = SectionOf(ParallelConfig)
-    validation = SectionOf(ValidationConfig)
-    distill = SectionOf(DistillConfig)
+    def to_json(self) -> str:
+        return json.dumps(self.public_dict(), sort_keys=True)
+
+    def run_definition(self) -> dict:
+        """The run-defining fields (`RUN_DEFINING_FIELDS`, and a distillation's teacher): what a resume must match."""
+        names = RUN_DEFINING_FIELDS + (TEACHER_FIELDS if self.distill.distill_steps else ())
+        return {name: getattr(self, name) for name in names}
+
+    def hub_kwargs(self) -> dict:
+        return self.weights.hub_kwargs()
+
+    @property
+    def ema_gamma(self) -> float:
+        return self.optim.ema_gamma
+
+
+# Each field's section (every flag is in exactly one: `tests/test_training.py`), in the flags' order.
+_SECTION_OF_FIELD = {
+    f.name: name
+    for f in dataclasses.fields(TrainConfig)
+    for name, section in SECTIONS.items()
+    if f.name in {g.name for g in dataclasses.fields(section)}
+}
+
+
+def export_settings(run: RunConfig) -> ExportSettings:
+    """What the run's exports need of its sections (`export/exports.py` reads no training config)."""
+    c = run.checkpointing
+    return ExportSettings(
+        output_dir=c.output_dir,
+        lora=run.weights.train_architecture == "lora" and not run.distill.distill_steps,
+        ema=run.optim.ema,
+        dtype=c.export_dtype,
+        max_shard_size=c.export_max_shard_size,
+        live_weights=c.export_live_weights,
+        revision=run.weights.revision,
+        cache_dir=run.weights.cache_dir,
+        student_steps=run.distill.distill_steps,
+    )
 
 
 def resolve(flags: TrainConfig, steps_per_epoch: int | None = None, clips_per_step: int | None = None) -> RunConfig:
@@ -85,7 +124,7 @@ def resolve(flags: TrainConfig, steps_per_epoch: int | None = None, clips_per_st
     scales the learning rate under `--scale_lr`; without them neither is applied. Resolving a `RunConfig` again
     starts from its flags, so the trainer's second resolution (once the dataset is counted) sees what the user gave.
     """
-    if isinstance(flags, RunConfig) and flags.flags is not None:  # resolved values are no flags: start again
+    if isinstance(flags, RunConfig):  # resolved values are no flags: start again from its flags
         flags = flags.flags
     check_flags(flags)
     asked = get_preset(flags.model) if flags.model else None
@@ -144,7 +183,12 @@ def resolve(flags: TrainConfig, steps_per_epoch: int | None = None, clips_per_st
         output_dir=flags.output_dir
         or str(Path("checkpoints", "posttraining", group, f"{preset.short_name}_{dataset}")),
     )
-    run = RunConfig(**{**given, **resolved}, flags=flags)
+    values = {**given, **resolved}
+    sections: dict[str, Any] = {
+        name: section(**{f.name: values[f.name] for f in dataclasses.fields(section)})
+        for name, section in SECTIONS.items()
+    }
+    run = RunConfig(**sections, flags=flags)
     validate(run)
     return run
 

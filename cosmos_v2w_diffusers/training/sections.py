@@ -1,4 +1,4 @@
-"""The sections of a run's configuration: frozen views of a resolved `RunConfig`'s fields, one per concern, each
+"""The sections of a run's configuration: a resolved `RunConfig`'s fields, one frozen section per concern, each
 handed to the component that reads it (`run.optim` to the optimizer and its schedule, `run.checkpointing` to the
 checkpointer, ...). Every flag belongs to exactly one section (`tests/test_training.py` checks); `--help` groups the
 flags by them. No torch here: `--help` imports this module.
@@ -6,9 +6,9 @@ flags by them. No torch here: `--help` imports this module.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+
+import numpy as np
 
 
 def hub_kwargs(config) -> dict:
@@ -17,16 +17,17 @@ def hub_kwargs(config) -> dict:
     return {k: getattr(config, k) for k in ("revision", "variant", "cache_dir") if getattr(config, k) is not None}
 
 
-S = TypeVar("S", bound="Section")
+def edm2_ema_gamma(relative_std: float) -> float:
+    """EDM2's power-EMA exponent for a relative std: the largest real root of
+    `g^3 + 7 g^2 + (16 - s^-2) g + (12 - s^-2)` (Karras et al. 2024, eq. 3); 6.9372 for s = 0.1."""
+    roots = np.roots([1.0, 7.0, 16.0 - relative_std**-2, 12.0 - relative_std**-2])
+    return float(max(r.real for r in roots if abs(r.imag) < 1e-9))
 
 
 @dataclass(frozen=True)
 class Section:
-    """A frozen view of some of a resolved config's fields (built by `RunConfig`'s section attributes)."""
-
-    @classmethod
-    def of(cls: type[S], run: Any) -> S:  # a `RunConfig` (`run_config.py`, which imports this module)
-        return cls(**{f.name: getattr(run, f.name) for f in dataclasses.fields(cls)})
+    """One concern's resolved fields, built once by `run_config.resolve` and handed to the component that reads
+    them."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,11 @@ class OptimConfig(Section):
     max_nonfinite_steps: int
     ema: bool
     ema_relative_std: float
+
+    @property
+    def ema_gamma(self) -> float:
+        """The power EMA's exponent for `ema_relative_std` (EDM2's relation)."""
+        return edm2_ema_gamma(self.ema_relative_std)
 
 
 @dataclass(frozen=True)
@@ -173,16 +179,6 @@ class DistillConfig(Section):
     guidance: float
     lora_path: str | None
     student_update_freq: int
-
-
-class SectionOf(Generic[S]):
-    """A `RunConfig` attribute that gives the section `cls` of the run it is read on."""
-
-    def __init__(self, cls: type[S]):
-        self.cls = cls
-
-    def __get__(self, run: Any, owner: type) -> S:  # `run`: a RunConfig
-        return self.cls.of(run)
 
 
 # A RunConfig's attribute name -> its section (in --help's order).

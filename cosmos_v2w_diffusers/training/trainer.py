@@ -49,8 +49,8 @@ from ..models.sample_shape import latent_tokens
 from ..parallel.parallel_dims import ParallelDims
 from ..utils.allocator import set_allocator_defaults
 from .activation_checkpointing import canonical_name
-from .checkpointer import Checkpointer
-from .config import TrainConfig
+from .checkpointer import Checkpointer, RunRecord
+from .config import RESUMED_FIELDS, TrainConfig
 from .distill import DMD2, student_nets, student_scale
 from .guards import RunGuards
 from .hub import HubUploader, write_model_card
@@ -61,7 +61,7 @@ from .nodes import caches_filled_in_order, check_same_run_everywhere
 from .objective import draw_training_randomness, video2world_loss
 from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
 from .parallel import default_mixed_precision, prepare_for_wrapping
-from .run_config import RunConfig, resolve, validate
+from .run_config import RunConfig, export_settings, resolve, validate
 from .run_lock import RunLock
 from .state import train_state
 from .validation import Validator, read_validation_inputs
@@ -95,7 +95,7 @@ class Trainer:
         c = self.config
         self.preset = get_preset(c.model)
         self.accelerator = Accelerator(
-            mixed_precision=default_mixed_precision(c, on_gpu),
+            mixed_precision=default_mixed_precision(c.parallel, on_gpu),
             gradient_accumulation_steps=c.gradient_accumulation_steps,
             log_with=None if c.report_to == "none" else c.report_to,
             project_config=ProjectConfiguration(
@@ -138,7 +138,8 @@ class Trainer:
         """Everything after the output folder is ours, in the order that fails cheapest first: the layout and the
         flags it rules out, the data, where the run writes and uploads, the models, the optimisation state."""
         # Context parallelism: groups of `cp` consecutive ranks share a sample, each holding 1/cp of its tokens.
-        check_same_run_everywhere(self.accelerator, self.config)  # the first exchange: every node's flags alike
+        run_defining = {name: getattr(self.config, name) for name in RESUMED_FIELDS}
+        check_same_run_everywhere(self.accelerator, run_defining)  # the first exchange: every node's flags alike
         self.dims = ParallelDims.from_accelerator(self.accelerator, self.config.context_parallel_size)
         validate(self.config, self.dims, self.device)
         self.history: list[float] = []  # mean loss of each optimizer step run by this process
@@ -195,19 +196,22 @@ class Trainer:
         Returns the validation inputs (read on the main process)."""
         c = self.config
         clips = [Path(path).name for path in table["video_path"]]
-        self.checkpointer = Checkpointer(c.checkpointing, c.optim, c, self.accelerator, clips)
+        scale = student_scale(c.weights) if c.distill_steps else None
+        record = RunRecord(c.run_definition(), c.to_json(), scale)
+        self.checkpointer = Checkpointer(c.checkpointing, c.optim, record, self.accelerator, clips)
         if self.lock:
             self.checkpointer.folder.remove_stale_temp_files()
         self.checkpointer.resume_point()  # before any model is loaded: a resume must come from the same run
         self.base_pipeline = resolve_pretrained(self.preset, c.pretrained_model_name_or_path)  # exports take its parts
         main = self.accelerator.is_main_process
         if main:
-            check_export_targets(c, self.base_pipeline)
+            check_export_targets(export_settings(c), self.base_pipeline)
         base_model = c.pretrained_model_name_or_path or self.preset.hub_id
         self.uploader = HubUploader(c, base_model) if c.push_to_hub and main else None
         max_skipped = c.max_skipped_clips if c.max_skipped_clips is not None else max(1, len(table) // 10)
         self.guards = RunGuards(self.accelerator, c.output_dir, max_skipped)
-        return read_validation_inputs(c, table[0]["video_path"]) if c.validation_prompt and main else None
+        first_clip = table[0]["video_path"]
+        return read_validation_inputs(c.validation, c.data, first_clip) if c.validation_prompt and main else None
 
     def _load_models(self, table):
         """The transformer, the VAE and the training samples, once the leanest step is known to fit the memory the
@@ -299,10 +303,11 @@ class Trainer:
         net (its adapter merged into the teacher)."""
         if self.distiller is None or not weights:  # `weights` is empty off the main process under FSDP
             return weights, ema
-        return student_nets(weights, ema, student_scale(self.config))
+        return student_nets(weights, ema, student_scale(self.config.weights))
 
     def _export(self, weights: dict, ema: dict | None) -> Path:
-        return export_final(self._unwrapped(), *self._net_weights(weights, ema), self.config, self.base_pipeline)
+        net, net_ema = self._net_weights(weights, ema)
+        return export_final(self._unwrapped(), net, net_ema, export_settings(self.config), self.base_pipeline)
 
     def _upload(self, iteration: int, weights: dict, ema: dict | None) -> None:
         """Send what the pipeline loads to the Hub in the background, unless an upload is still running."""

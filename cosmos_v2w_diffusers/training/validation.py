@@ -28,18 +28,21 @@ from ..generation.video_metrics import psnr, ssim
 from ..models.components import load_text_encoder, load_transformer, resolve_pretrained
 from ..models.text_encoding import MAX_TEXT_TOKENS, embed_prompts
 from .model import apply_lora
+from .sections import DataConfig, ValidationConfig
 
 logger = logging.getLogger(__name__)
 
 
-def read_validation_inputs(config, first_clip: str) -> tuple[PIL.Image.Image, torch.Tensor | None]:
-    """The image validation continues, and the held-out clip's frames (`read_clip`; None without
-    `--validation_video`): read before any model loads, so a bad file is a one-line error naming its flag. A long
-    validation video (`--validation_num_chunks`) is scored as far as the clip reaches."""
-    num_frames = config.validation_num_frames or config.num_frames
+def read_validation_inputs(
+    config: ValidationConfig, data: DataConfig, first_clip: str
+) -> tuple[PIL.Image.Image, torch.Tensor | None]:
+    """The image validation continues, and the held-out clip's frames (`read_clip`, at the training samples' size
+    in `data`; None without `--validation_video`): read before any model loads, so a bad file is a one-line error
+    naming its flag. A long validation video (`--validation_num_chunks`) is scored as far as the clip reaches."""
+    num_frames = config.validation_num_frames or data.num_frames
     video = config.validation_video
     wanted = long_video_frames(num_frames, config.validation_num_chunks, 1)
-    real = read_clip(video, num_frames, config.height, config.width, wanted) if video else None
+    real = read_clip(video, num_frames, data.height, data.width, wanted) if video else None
     if config.validation_image:
         return open_image(config.validation_image, "--validation_image"), real
     # the first frame of the held-out clip, or of the first training clip
