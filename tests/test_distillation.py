@@ -261,9 +261,22 @@ def test_cache_auto_calibrates_on_the_first_input_stores_the_choice_and_the_next
 
     PIL.Image.new("RGB", (112, 64), (0, 128, 128)).save(image)
     flags = [
-        "--model_size", "tiny", "--dit_path", str(weights), "--input_path", str(image), "--prompt", PROMPT,
-        "--disable_guardrail", "--num_inference_steps", "8", "--cache", "auto",
-    ]  # fmt: skip
+        "--model_size",
+        "tiny",
+        "--dit_path",
+        str(weights),
+        "--input_path",
+        str(image),
+        "--prompt",
+        PROMPT,
+        "--disable_guardrail",
+        "--num_inference_steps",
+        "8",
+        "--guidance",
+        "1",
+        "--cache",
+        "auto",
+    ]  # fmt: skip (without guidance: one forward a step, half the calibration's time)
     with caplog.at_level(logging.INFO, logger="cosmos_v2w_diffusers"):
         infer([*flags, "--save_path", str(tmp_path / "a.mp4")])
     stored = json.loads((weights / STEP_CACHE_FILE).read_text())

@@ -185,6 +185,7 @@ def test_cli_generates_with_every_fast_option_and_logs_the_skipped_blocks(tmp_pa
     assert len(decord.VideoReader(str(tmp_path / "out.mp4"))) == TINY.num_frames
 
 
+@pytest.mark.slow  # 8 s: a benchmark script's input check, in a subprocess (not a user's path)
 def test_the_benchmark_refuses_a_video_that_is_no_regular_file(tmp_path):
     """`benchmarks/fast_generation.py --video` given a FIFO, which a reader would wait on forever."""
     import os

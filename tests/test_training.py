@@ -171,30 +171,30 @@ class _Crash(Exception):
 
 
 def test_interrupted_run_resumes_exactly(bikes_dataset, tmp_path, monkeypatch):
-    settings = dict(max_iter=6, save_iter=3, gradient_accumulation_steps=2)
+    settings = dict(max_iter=4, save_iter=2, gradient_accumulation_steps=2)
     straight = Trainer(tiny_config(bikes_dataset, tmp_path / "straight", **settings))
     expected = straight.train()
 
     crashing = Trainer(tiny_config(bikes_dataset, tmp_path / "crashed", **settings))
 
     def crash(forward):
-        if forward == 2 * 5:  # in step 5, after step 4: mid-way between the checkpoint at 3 and the next at 6
+        if forward == 2 * 3:  # in step 4, after step 3: mid-way between the checkpoint at 2 and the next at 4
             raise _Crash
 
     with monkeypatch.context() as patch:
         before_each_forward(patch, crash)
         with pytest.raises(_Crash):
             crashing.train()
-    assert CheckpointDir(tmp_path / "crashed").latest_iteration() == 3
+    assert CheckpointDir(tmp_path / "crashed").latest_iteration() == 2
 
     resumed = Trainer(tiny_config(bikes_dataset, tmp_path / "crashed", **settings))
-    assert resumed.start_iter == 3
-    assert resumed.train() == expected[3:]
+    assert resumed.start_iter == 2
+    assert resumed.train() == expected[2:]
     for name, p in resumed.trainable.items():
         assert torch.equal(p, straight.trainable[name]), name
     for part in ("model", "optim"):
-        a = torch.load(tmp_path / "straight" / "checkpoints" / part / "iter_000000006.pt", weights_only=True)
-        b = torch.load(tmp_path / "crashed" / "checkpoints" / part / "iter_000000006.pt", weights_only=True)
+        a = torch.load(tmp_path / "straight" / "checkpoints" / part / "iter_000000004.pt", weights_only=True)
+        b = torch.load(tmp_path / "crashed" / "checkpoints" / part / "iter_000000004.pt", weights_only=True)
         if part == "optim":
             a, b = a["master_weights"], b["master_weights"]
         assert all(torch.equal(a[k], b[k]) for k in a)
@@ -517,7 +517,7 @@ def test_validation_writes_a_video_and_scores_it_against_a_held_out_clip(bikes_d
             str(video_paths["bigbuckbunny"]),
             "--validation_live",
             "--validation_num_inference_steps",
-            "4",
+            "2",
             "--report_to",
             "tensorboard",
         ]
