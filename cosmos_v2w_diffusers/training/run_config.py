@@ -121,11 +121,9 @@ def resolve(flags: TrainConfig, steps_per_epoch: int | None = None, clips_per_st
 
     `steps_per_epoch` (optimizer steps in one pass over the clips, which only the loaded dataset tells) turns
     `--num_train_epochs` and `--validation_epochs` into steps, and `clips_per_step` (which the launch tells)
-    scales the learning rate under `--scale_lr`; without them neither is applied. Resolving a `RunConfig` again
-    starts from its flags, so the trainer's second resolution (once the dataset is counted) sees what the user gave.
+    scales the learning rate under `--scale_lr`; without them neither is applied. The trainer's second resolution
+    (once the clips are counted) starts again from the run's `flags`, so it sees what the user gave.
     """
-    if isinstance(flags, RunConfig):  # resolved values are no flags: start again from its flags
-        flags = flags.flags
     check_flags(flags)
     asked = get_preset(flags.model) if flags.model else None
     found = (

@@ -90,9 +90,9 @@ class Trainer:
         # settings as accelerate reads them; building accelerate's state here, before the Accelerator,
         # would leave out `--cpu` and make every rank a main process.
         on_gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
-        self.flags = config  # as given: resolved again once the dataset's size is known (`_setup`)
-        self.config: RunConfig = resolve(config)
-        c = self.config
+        # What the launch needs (precision, accumulation, folders) does not depend on the clips; the run is
+        # resolved once more, from the same flags, when they are counted (`_resolve_for_clips`).
+        launch = c = resolve(config)
         self.preset = get_preset(c.model)
         self.accelerator = Accelerator(
             mixed_precision=default_mixed_precision(c.parallel, on_gpu),
@@ -129,32 +129,32 @@ class Trainer:
         if self.lock:
             self.lock.acquire()
         try:
-            self._setup()
+            self._setup(launch)
         except BaseException:  # a refused or failed setup frees the output folder for the next attempt
             self._release_lock()
             raise
 
-    def _setup(self) -> None:
+    def _setup(self, launch: RunConfig) -> None:
         """Everything after the output folder is ours, in the order that fails cheapest first: the layout and the
-        flags it rules out, the data, where the run writes and uploads, the models, the optimisation state."""
+        flags it rules out, the data (and the run resolved for it, once), where the run writes and uploads, the
+        models, the optimisation state."""
         # Context parallelism: groups of `cp` consecutive ranks share a sample, each holding 1/cp of its tokens.
-        run_defining = {name: getattr(self.config, name) for name in RESUMED_FIELDS}
+        run_defining = {name: getattr(launch, name) for name in RESUMED_FIELDS}
         check_same_run_everywhere(self.accelerator, run_defining)  # the first exchange: every node's flags alike
-        self.dims = ParallelDims.from_accelerator(self.accelerator, self.config.context_parallel_size)
-        validate(self.config, self.dims, self.device)
+        self.dims = ParallelDims.from_accelerator(self.accelerator, launch.context_parallel_size)
+        validate(launch, self.dims, self.device)
         self.history: list[float] = []  # mean loss of each optimizer step run by this process
         self.step_seconds: list[float] = []
         self.preempted = False  # True once a run stopped early on a signal, on every rank
         self.summary: dict[str, float] = {}  # throughput at the end of a run (`metrics.throughput_summary`)
-        table = self._load_clips()
+        table = self._load_clips(launch)
+        self.config: RunConfig = self._resolve_for_clips(launch, len(table))
         validation_inputs = self._check_targets(table)
         transformer = self._load_models(table)
         self._build_optimisation(transformer, validation_inputs)
 
-    def _load_clips(self):
-        """The clips' table, first: a folder with nothing usable fails before any model is loaded. With the clips
-        and the ranks counted, the config is resolved for epochs and `--scale_lr` (from the flags again)."""
-        c = self.config
+    def _load_clips(self, c: RunConfig):
+        """The clips' table, first: a folder with nothing usable fails before any model is loaded."""
         with caches_filled_in_order(self.accelerator):  # one process a node fills its caches, the others read
             dataset_path: str | Path
             if c.dataset_name and not Path(c.dataset_name).is_dir():
@@ -178,17 +178,23 @@ class Trainer:
         logger.info(
             "Dataset %s: %d clips, %d x %d x %d samples", dataset_path, len(table), c.num_frames, c.height, c.width
         )
-        if c.num_train_epochs or c.validation_epochs or c.scale_lr:
-            clips_per_step = self.dims.clips_per_step(c.batch_size, c.gradient_accumulation_steps)
-            steps_per_epoch = math.ceil(len(table) / clips_per_step)
-            self.config = c = resolve(self.flags, steps_per_epoch, clips_per_step)
-            logger.info(
-                "%d steps to a pass over the clips: --max_iter %d; learning rate %.4g",
-                steps_per_epoch,
-                c.max_iter,
-                c.learning_rate,
-            )
         return table
+
+    def _resolve_for_clips(self, launch: RunConfig, num_clips: int) -> RunConfig:
+        """The run, with the clips and the ranks counted: epochs become steps and `--scale_lr` scales by the clips
+        a step takes (resolved again from `launch`'s flags); `launch` itself where neither is asked for."""
+        if not (launch.num_train_epochs or launch.validation_epochs or launch.scale_lr):
+            return launch
+        clips_per_step = self.dims.clips_per_step(launch.batch_size, launch.gradient_accumulation_steps)
+        steps_per_epoch = math.ceil(num_clips / clips_per_step)
+        run = resolve(launch.flags, steps_per_epoch, clips_per_step)
+        logger.info(
+            "%d steps to a pass over the clips: --max_iter %d; learning rate %.4g",
+            steps_per_epoch,
+            run.max_iter,
+            run.learning_rate,
+        )
+        return run
 
     def _check_targets(self, table):
         """Where the run resumes from, exports and uploads, checked before any model loads: another run's
