@@ -161,5 +161,11 @@ def prepared_dataset(video_paths, tmp_path_factory) -> Path:
     return make_dataset_folder(tmp_path_factory.mktemp("prepared"), video_paths)
 
 
+@pytest.fixture(scope="session")
+def bikes_dataset(video_paths, tmp_path_factory) -> Path:
+    """`prepared_dataset` with one clip (bikes.mp4, 250 frames). Treat as read-only."""
+    return make_dataset_folder(tmp_path_factory.mktemp("bikes"), {"bikes": video_paths["bikes"]})
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import PROMPT, cli_error, make_dataset_folder, tiny_config, train_to_the_end
+from conftest import PROMPT, cli_error, tiny_config, train_to_the_end
 
 from cosmos_v2w_diffusers.cli.infer_flags import parse_args
 from cosmos_v2w_diffusers.generation.pipeline import CosmosVideo2WorldPipeline
@@ -29,11 +29,6 @@ from cosmos_v2w_diffusers.training.run_config import resolve
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
 TEACHER_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
-
-
-@pytest.fixture(scope="module")
-def bikes_dataset(video_paths, tmp_path_factory):
-    return make_dataset_folder(tmp_path_factory.mktemp("bikes"), {"bikes": video_paths["bikes"]})
 
 
 def test_the_student_sampler_uses_nvidias_levels_and_renoises_with_the_initial_noise():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset_folder, tiny_config
+from conftest import tiny_config
 from swap_step import lora_step
 
 from cosmos_v2w_diffusers.models.fp8 import Float8FrozenLinear
@@ -24,11 +24,6 @@ def test_an_fp8_linear_computes_the_linear_within_fp8_rounding_and_saves_like_on
     saved = quantized.state_dict()
     assert set(saved) == {"weight", "bias"} and saved["weight"].dtype == torch.bfloat16
     assert (saved["weight"].float() - linear.weight.float()).abs().max() <= linear.weight.float().abs().max() / 16
-
-
-@pytest.fixture(scope="module")
-def bikes_dataset(video_paths, tmp_path_factory):
-    return make_dataset_folder(tmp_path_factory.mktemp("bikes"), {"bikes": video_paths["bikes"]})
 
 
 @pytest.mark.slow  # 47 s on 2 cores; `make test` keeps the fp8 layer's own test above

@@ -170,13 +170,14 @@ def test_nvidias_other_generation_flags(tmp_path, caplog):
     assert (tmp_path / "b.mp4").is_file() and not list(tmp_path.glob(".*partial*"))
 
 
-def test_a_long_validation_video_is_scored_chunk_by_chunk_as_far_as_the_clip_reaches(tmp_path, video_paths):
+def test_a_long_validation_video_is_scored_chunk_by_chunk_as_far_as_the_clip_reaches(
+    tmp_path, video_paths, bikes_dataset
+):
     import decord
-    from conftest import make_dataset_folder, tiny_config, train_to_the_end
+    from conftest import tiny_config, train_to_the_end
 
-    dataset = make_dataset_folder(tmp_path / "data", {"bikes": video_paths["bikes"]})
     config = tiny_config(
-        dataset,
+        bikes_dataset,
         tmp_path / "run",
         max_iter=1,
         save_iter=1,

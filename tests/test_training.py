@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import before_each_forward, make_dataset_folder, tiny_config, tiny_run_flags, torchrun
+from conftest import before_each_forward, tiny_config, tiny_run_flags, torchrun
 from diffusers import CosmosTransformer3DModel
 from diffusers.loaders.single_file_utils import (
     convert_cosmos_transformer_checkpoint_to_diffusers,
@@ -29,11 +29,6 @@ from cosmos_v2w_diffusers.training.sections import edm2_ema_gamma
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def bikes_dataset(video_paths, tmp_path_factory):
-    return make_dataset_folder(tmp_path_factory.mktemp("bikes"), {"bikes": video_paths["bikes"]})
 
 
 def test_recipe_defaults_per_preset():
