@@ -79,7 +79,7 @@ def _runtime_imports(source: str) -> set[str]:
     }
     names = set()
     for node in ast.walk(tree):
-        if id(node) in typing_only or node is None:
+        if id(node) in typing_only:
             continue
         if isinstance(node, ast.Import):
             names.update(alias.name.split(".")[0] for alias in node.names)

@@ -14,10 +14,10 @@ from .infer_flags import parse_args
 def main(argv: list[str] | None = None) -> list[Path]:
     """Generate what `argv` asks for; the videos written (on rank 0). Bad input raises with one line."""
     args = parse_args(argv)
-    check_jobs(args)  # before the heavy imports below: every check that needs no model answers at once
+    jobs = check_jobs(args)  # before the heavy imports below: every check that needs no model answers at once
     from ..generation.runner import generate_videos
 
-    return generate_videos(args)
+    return generate_videos(args, jobs)
 
 
 def cli() -> None:

@@ -44,7 +44,7 @@ from ..parallel.context_parallel import enable_context_parallel
 from ..parallel.parallel_dims import ParallelDims
 from ..utils.allocator import set_allocator_defaults
 from .cuda_graphs import enable_cuda_graphs
-from .jobs import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_chunks, check_jobs
+from .jobs import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_chunks
 from .long_video import ChunkWriter, generate_long_video
 from .pipeline import CosmosVideo2WorldPipeline, check_conditioning_frames, nvidia_initial_noise, open_image
 from .post_trained import check_lora_adapter, load_post_trained_weights
@@ -319,10 +319,10 @@ def check_before_loading(args: Namespace, jobs: list[dict], inputs: list[tuple])
     return steps
 
 
-def generate_videos(args: Namespace) -> list[Path]:
-    """Every video `args` (the CLI's flags, `cli/infer_flags.py`) asks for, written; their paths (rank 0)."""
+def generate_videos(args: Namespace, jobs: list[dict]) -> list[Path]:
+    """Every video of `jobs` (`jobs.check_jobs(args)`, checked before torch was imported) made as `args` (the CLI's
+    flags, `cli/infer_flags.py`) say, and written; their paths (rank 0)."""
     height, width, num_frames = sample_size(args)
-    jobs = check_jobs(args)  # (the CLI asked the same before importing torch)
     inputs = [
         read_conditioning(job["input_path"], args.num_conditional_frames) for job in jobs
     ]  # fail before loading any model

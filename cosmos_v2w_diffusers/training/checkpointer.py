@@ -32,7 +32,7 @@ class RunRecord:
 
     definition: dict
     flags_json: str
-    student_scale: float | None = None
+    student_scale: float | None
 
 
 class Checkpointer:
