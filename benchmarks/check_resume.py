@@ -34,7 +34,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp())
 
     def config(out):
-        return TrainConfig(
+        return TrainConfig.from_flags(
             model="tiny",
             dataset_path=args.dataset_path,
             output_dir=str(work / out),

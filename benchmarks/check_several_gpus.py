@@ -64,7 +64,7 @@ def stage(args: argparse.Namespace) -> None:
     from cosmos_v2w_diffusers.training.trainer import Trainer
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    config = TrainConfig(
+    config = TrainConfig.from_flags(
         model="tiny",
         dataset_path=args.dataset_path,
         output_dir=args.output_dir,

@@ -27,7 +27,8 @@ from PIL import Image
 from benchmarks.common import write_result
 from cosmos_v2w_diffusers.cli.demo import held_out_clip
 from cosmos_v2w_diffusers.data.demo_clips import DEMO_PROMPT
-from cosmos_v2w_diffusers.generation.pipeline import CosmosVideo2WorldPipeline, nvidia_initial_noise
+from cosmos_v2w_diffusers.generation.inputs import nvidia_initial_noise
+from cosmos_v2w_diffusers.generation.pipeline import CosmosVideo2WorldPipeline
 from cosmos_v2w_diffusers.generation.step_cache import worst_frame_psnr
 from cosmos_v2w_diffusers.generation.video_metrics import ssim
 from cosmos_v2w_diffusers.models.components import tiny_pretrained_path

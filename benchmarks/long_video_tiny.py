@@ -33,9 +33,10 @@ from PIL import Image
 from benchmarks.common import write_result
 from cosmos_v2w_diffusers.cli.demo import GUIDANCE_SCALE, robot_distance
 from cosmos_v2w_diffusers.data.demo_clips import DEMO_PROMPT, NUM_CLIPS, render_clip
+from cosmos_v2w_diffusers.generation.inputs import nvidia_initial_noise
 from cosmos_v2w_diffusers.generation.jobs import long_video_frames
 from cosmos_v2w_diffusers.generation.long_video import generate_long_video
-from cosmos_v2w_diffusers.generation.pipeline import CosmosVideo2WorldPipeline, nvidia_initial_noise
+from cosmos_v2w_diffusers.generation.pipeline import CosmosVideo2WorldPipeline
 from cosmos_v2w_diffusers.generation.video_metrics import psnr
 from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
 from cosmos_v2w_diffusers.models.presets import get_preset

@@ -28,9 +28,9 @@ import torch
 from benchmarks.common import write_result
 from cosmos_v2w_diffusers.models.components import build_transformer
 from cosmos_v2w_diffusers.models.presets import get_preset
-from cosmos_v2w_diffusers.training.config import LORA_TARGET_MODULES
 from cosmos_v2w_diffusers.training.memory import HEADROOM_BYTES, fsdp_buffer_bytes, state_bytes
 from cosmos_v2w_diffusers.training.model import apply_lora
+from cosmos_v2w_diffusers.training.sections.weights import LORA_TARGET_MODULES
 
 RESULTS = Path(__file__).parent / "results"
 LORA_TARGETS = LORA_TARGET_MODULES.split(",")

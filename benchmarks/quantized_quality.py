@@ -39,7 +39,7 @@ PRECISIONS = ("bf16", "fp8")
 
 def train_lora(base_precision: str, steps: int, rank: int, output_dir: Path) -> tuple[list[float], float]:
     """A tiny LoRA run on the built-in sample; its losses and seconds. The adapter lands in `output_dir/lora`."""
-    config = TrainConfig(
+    config = TrainConfig.from_flags(
         model="tiny",
         dataset_path=str(demo_dataset_path(get_preset("tiny"))),
         output_dir=str(output_dir),

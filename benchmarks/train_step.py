@@ -25,7 +25,6 @@ the highest peak of any rank.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import shutil
@@ -103,8 +102,7 @@ def main() -> None:
     if args.memory_fraction:  # after the weights: 14B's fp32 initialisation takes 56 GB on the GPU
         torch.cuda.empty_cache()
         torch.cuda.set_per_process_memory_fraction(args.memory_fraction)
-    config = dataclasses.replace(
-        config,
+    config = config.replace(
         pretrained_model_name_or_path=str(weights),
         dataset_path=str(data),
         output_dir=str(work / "runs" / args.name),

@@ -24,3 +24,6 @@ DEFAULT_PROMPT_REFINER = "nvidia/Cosmos-Reason1-7B"
 
 # T5 tokens a prompt is encoded to, and the embeddings' padded length: NVIDIA's 512.
 MAX_TEXT_TOKENS = 512
+
+# The most steps a distilled student takes: beyond it, the 35-step teacher itself is the better sampler.
+MAX_DISTILL_STEPS = 8

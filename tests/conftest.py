@@ -43,7 +43,7 @@ def tiny_config(dataset, output_dir, **overrides):
     from cosmos_v2w_diffusers.training.config import TrainConfig
 
     base = dict(model="tiny", dataset_path=str(dataset), output_dir=str(output_dir), dataloader_num_workers=0)
-    return TrainConfig(**{**base, **overrides})
+    return TrainConfig.from_flags(**{**base, **overrides})
 
 
 REPO = Path(__file__).resolve().parents[1]

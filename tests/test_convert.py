@@ -13,7 +13,7 @@ def _train(dataset, out, **overrides):
     config = dict(
         model="tiny", dataset_path=str(dataset), output_dir=str(out), dataloader_num_workers=0, max_iter=2, save_iter=2
     )
-    Trainer(TrainConfig(**{**config, **overrides})).train()
+    Trainer(TrainConfig.from_flags(**{**config, **overrides})).train()
     return out / "checkpoints" / "model" / "iter_000000002.pt"
 
 

@@ -1,8 +1,8 @@
 """Few-step distillation (`--distill_steps`): the student's sampler, the DMD2 updates, a tiny distillation end to
 end (checkpoint, exact resume, exports, generation), and every refusal before models load."""
 
+import dataclasses
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,7 +25,8 @@ from cosmos_v2w_diffusers.training.distill import (
     use_adapter,
 )
 from cosmos_v2w_diffusers.training.objective import draw_training_randomness
-from cosmos_v2w_diffusers.training.run_config import resolve
+from cosmos_v2w_diffusers.training.run_config import card_facts, resolve
+from cosmos_v2w_diffusers.training.sections import DistillConfig
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
 TEACHER_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
@@ -101,7 +102,7 @@ def test_each_update_trains_its_own_adapter():
     is the guidance's own pull."""
     transformer = build_transformer(get_preset("tiny"))
     add_distillation_adapters(transformer, 4, 4, TEACHER_LORA_TARGETS, seed=0)
-    config = SimpleNamespace(distill_steps=2, guidance=3.0, lora_path=None, student_update_freq=2)
+    config = DistillConfig(distill_steps=2, guidance=3.0, student_update_freq=2)
     dmd = DMD2(config, sigma_max=80.0)
     latents, text = torch.randn(1, 16, 5, 16, 28), torch.randn(1, 512, 32)
     generator = torch.Generator().manual_seed(0)
@@ -115,7 +116,7 @@ def test_each_update_trains_its_own_adapter():
 
     assert dmd.updates_student(0) and not dmd.updates_student(1)
     assert grads_after(1) == {FAKE_SCORE}
-    unguided = DMD2(SimpleNamespace(**{**vars(config), "guidance": 1.0}), sigma_max=80.0)
+    unguided = DMD2(dataclasses.replace(config, guidance=1.0), sigma_max=80.0)
     assert unguided.student_loss(transformer, transformer, batch).item() == 0.0
     assert dmd.student_loss(transformer, transformer, batch).item() > 0
     with torch.no_grad():  # once the critic differs from the teacher, the student gets a gradient
@@ -239,7 +240,9 @@ def test_a_student_as_teacher_and_a_student_with_the_step_cache_are_refused(tmp_
         with pytest.raises(ValueError, match="drop --cache"):
             student_steps(args)
     assert student_steps(parse_args(["--model_size", "tiny", "--dit_path", str(model_file)])) == 4
-    assert resolve(TrainConfig(model="tiny", distill_steps=2)).output_dir.endswith("video2world_distill/tiny_demo")
+    assert resolve(TrainConfig.from_flags(model="tiny", distill_steps=2)).output_dir.endswith(
+        "video2world_distill/tiny_demo"
+    )
 
 
 def test_cache_auto_calibrates_on_the_first_input_stores_the_choice_and_the_next_run_reuses_it(tmp_path, caplog):
@@ -292,9 +295,9 @@ def test_cache_auto_calibrates_on_the_first_input_stores_the_choice_and_the_next
 def test_a_students_model_card_says_how_it_samples_and_keeps_the_teachers_paths_out(tmp_path):
     from cosmos_v2w_diffusers.training.hub import model_card
 
-    config = resolve(TrainConfig(model="tiny", distill_steps=4, guidance=3.0))
+    config = resolve(TrainConfig.from_flags(model="tiny", distill_steps=4, guidance=3.0))
     command = ["train_video2world.py", "--distill_steps", "4", "--lora_path", "/home/me/teacher/lora"]
-    card = str(model_card(config, None, command, "me/student"))
+    card = str(model_card(card_facts(config), None, command, "me/student"))
     assert "4-step student" in card and "its 4-step sampler" in card and "cannot express the student's sampler" in card
     assert "load_lora_weights" not in card and "/home/me" not in card and "| `distill_steps` | 4 |" in card
 
@@ -303,7 +306,7 @@ def test_a_distillation_runs_under_ddp_and_fsdp():  # (DeepSpeed: refused, a row
     from cosmos_v2w_diffusers.parallel.parallel_dims import ParallelDims
     from cosmos_v2w_diffusers.training.run_config import validate
 
-    run = resolve(TrainConfig(model="tiny", distill_steps=4))
+    run = resolve(TrainConfig.from_flags(model="tiny", distill_steps=4))
     for engine in ("ddp", "fsdp"):
         validate(run, ParallelDims(2, 0, 1, engine))
 

@@ -34,7 +34,7 @@ def test_a_full_run_exports_a_pipeline_that_diffusers_and_ours_load_and_run(prep
 
     out = tmp_path / "run"
     trainer = Trainer(
-        TrainConfig(
+        TrainConfig.from_flags(
             model="tiny", dataset_path=str(prepared_dataset), output_dir=str(out), max_iter=2, dataloader_num_workers=0
         )
     )
@@ -82,7 +82,7 @@ def test_lora_exports_load_into_the_stock_pipeline_and_combine_on_ours(prepared_
     for name, seed in (("robot", 0), ("arm", 1)):
         out = tmp_path / name
         trainer = Trainer(
-            TrainConfig(
+            TrainConfig.from_flags(
                 model="tiny",
                 dataset_path=str(prepared_dataset),
                 output_dir=str(out),

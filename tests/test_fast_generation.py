@@ -150,6 +150,27 @@ def test_fp8_linear_layers_stay_near_dense(dense):
     assert 30 < worst_psnr < math.inf and worst_ssim > 0.99  # 39.7 dB, 0.998
 
 
+def test_the_generation_flags_are_one_frozen_config_that_checks_itself():
+    """`infer_video2world.py`'s parser is built from `GenerationConfig`'s fields (one declaration a flag), parses
+    into that frozen config, and the config refuses contradicting flags set in Python as on the command line."""
+    import dataclasses
+
+    from cosmos_v2w_diffusers.cli.infer_flags import build_parser, parse_args
+    from cosmos_v2w_diffusers.generation.config import GenerationConfig
+
+    config = parse_args(["--num_chunks", "1e1", "--prompt_refiner", "--natten", "--no-compile"])
+    assert isinstance(config, GenerationConfig)
+    assert (config.num_chunks, config.sparse_attention, config.compile) == (10, "natten", False)
+    assert config.prompt_refiner == "nvidia/Cosmos-Reason1-7B"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seed = 1  # type: ignore[misc]
+    assert {a.dest for a in build_parser()._actions} - {"help"} == {f.name for f in dataclasses.fields(config)}
+    with pytest.raises(ValueError, match="--group_offload the transformer's blocks: pass one"):
+        GenerationConfig(offload_model=True, group_offload=True).check()
+    with pytest.raises(ValueError, match="--scheduler 'ddim': pick one of cosmos, euler"):
+        GenerationConfig(scheduler="ddim").check()
+
+
 def test_cli_flags_are_checked_before_anything_loads(capsys):
     from cosmos_v2w_diffusers.cli.infer_flags import parse_args
 

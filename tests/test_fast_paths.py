@@ -33,6 +33,7 @@ from cosmos_v2w_diffusers.training.memory import (
     step_bytes_without_selective,
 )
 from cosmos_v2w_diffusers.training.objective import draw_training_randomness, video2world_loss
+from cosmos_v2w_diffusers.training.sections import ParallelConfig
 
 TINY = get_preset("tiny")
 
@@ -227,14 +228,13 @@ def test_memory_plan_estimates_measured_2b_steps(monkeypatch):
     estimate of 53.6 (high, the safe side) until the constant is fitted again on a GPU."""
     import json
     from pathlib import Path
-    from types import SimpleNamespace
 
     from cosmos_v2w_diffusers.models.components import build_transformer
     from cosmos_v2w_diffusers.training import memory
 
     results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     transformer = build_transformer(get_preset("2B"), device="meta")
-    config = SimpleNamespace(activation_checkpointing="selective", cache_latents=True, ema=True, block_swap=False)
+    config = ParallelConfig(activation_checkpointing="selective")
     rows = [  # (result, capacity in GiB, FSDP shards, DDP, the selective blocks to hold the plan to)
         ("train_step_2b_full_cached_1gpu_same_host", 140, None, False, None),
         ("train_step_2b_full_cached_ddp_4gpu", 140, None, True, None),
@@ -251,6 +251,8 @@ def test_memory_plan_estimates_measured_2b_steps(monkeypatch):
             torch.device("cuda"),
             measured["tokens"],
             torch.bfloat16,
+            ema=True,
+            vae_resident=False,
             compiled=True,
             selective_blocks=blocks,
             ema_device="gpu",
@@ -271,14 +273,12 @@ def test_memory_plan_estimates_measured_2b_steps(monkeypatch):
 def test_context_parallelism_that_is_not_needed_is_named(monkeypatch):
     """2B at 720p under FSDP2 over 4 ranks fits an H200 with whole samples (measured 51.1 GiB): CP 2 there only
     slows the run (0.92 of one GPU's throughput per GPU against 0.99). On a 40 GiB card it is needed."""
-    from types import SimpleNamespace
-
     from cosmos_v2w_diffusers.models.components import build_transformer
     from cosmos_v2w_diffusers.training import memory
 
     transformer = build_transformer(get_preset("2B"), device="meta")
-    config = SimpleNamespace(activation_checkpointing="selective", cache_latents=True, ema=True, block_swap=False)
-    planner = dict(compiled=True, selective_blocks=None, ema_device="gpu", fsdp_shards=4)
+    config = ParallelConfig(activation_checkpointing="selective")
+    planner = dict(ema=True, vae_resident=False, compiled=True, selective_blocks=None, ema_device="gpu", fsdp_shards=4)
     advice = {}
     for capacity_gib in (139.8, 40.0):
         monkeypatch.setattr(memory, "_capacity_bytes", lambda device, gib=capacity_gib: int(gib * 2**30))
@@ -292,13 +292,11 @@ def test_context_parallelism_that_is_not_needed_is_named(monkeypatch):
 
 def test_memory_plan_under_ddp_counts_its_gradient_sized_buffer(monkeypatch):
     """Measured on 4x H200: a 2B DDP step peaks one gradient-sized buffer above the one-GPU step."""
-    from types import SimpleNamespace
-
     from cosmos_v2w_diffusers.training import memory
 
     transformer, vae = load_transformer(TINY), torch.nn.Linear(1, 1)
     monkeypatch.setattr(memory, "_capacity_bytes", lambda device: 1000 * 2**30)
-    config = SimpleNamespace(activation_checkpointing="selective", cache_latents=True, ema=True, block_swap=False)
+    config = ParallelConfig(activation_checkpointing="selective")
     plans = [
         memory.plan_gpu_memory(
             transformer,
@@ -307,6 +305,8 @@ def test_memory_plan_under_ddp_counts_its_gradient_sized_buffer(monkeypatch):
             torch.device("cuda"),
             84_480,
             torch.bfloat16,
+            ema=True,
+            vae_resident=False,
             compiled=True,
             selective_blocks=None,
             ema_device="gpu",

@@ -172,7 +172,7 @@ def test_diffusers_schedule_flags_reach_get_scheduler():
     from cosmos_v2w_diffusers.training.optim import build_lr_scheduler
 
     def lr_at(step: int, **flags) -> float:
-        optim = resolve(TrainConfig(model="tiny", max_iter=10, learning_rate=1.0, **flags)).optim
+        optim = resolve(TrainConfig.from_flags(model="tiny", max_iter=10, learning_rate=1.0, **flags)).optim
         scheduler = build_lr_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), optim)
         for _ in range(step):
             scheduler.step()

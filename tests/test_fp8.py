@@ -61,7 +61,7 @@ def test_lora_on_an_fp8_base_trains_like_the_full_precision_base(bikes_dataset, 
 
 def test_an_fp8_base_is_for_lora_runs():
     with pytest.raises(ValueError, match="for --train_architecture lora"):
-        resolve(TrainConfig(model="tiny", base_precision="fp8"))
+        resolve(TrainConfig.from_flags(model="tiny", base_precision="fp8"))
 
 
 def test_a_run_that_cannot_fit_its_memory_budget_is_refused_before_any_weight_loads(
@@ -83,30 +83,30 @@ def test_a_run_that_cannot_fit_its_memory_budget_is_refused_before_any_weight_lo
     # 2B at 93x704x1280 on a 24 GB card: full post-training cannot fit; LoRA on an fp8 base with --low_vram can.
     two = get_preset("2B")
     budget = 24 * 2**30
-    full = resolve(TrainConfig(model="2B"))
+    full = resolve(TrainConfig.from_flags(model="2B"))
     none = memory.LeanLevers()
     with pytest.raises(ValueError, match="--train_architecture lora"):
         memory.check_fits(
             meta_trainable_transformer(two, full.weights, full.seed, torch.bfloat16),
-            full,
+            full.parallel,
             84_480,
             torch.bfloat16,
             budget,
             none,
         )
-    lean = resolve(TrainConfig(model="2B", train_architecture="lora", base_precision="fp8", low_vram=True))
+    lean = resolve(TrainConfig.from_flags(model="2B", train_architecture="lora", base_precision="fp8", low_vram=True))
     least = memory.check_fits(
         meta_trainable_transformer(two, lean.weights, lean.seed, torch.bfloat16),
-        lean,
+        lean.parallel,
         84_480,
         torch.bfloat16,
         budget,
         none,
     )
-    bf16_lora = resolve(TrainConfig(model="2B", train_architecture="lora", low_vram=True))
+    bf16_lora = resolve(TrainConfig.from_flags(model="2B", train_architecture="lora", low_vram=True))
     more = memory.leanest_step_bytes(
         meta_trainable_transformer(two, bf16_lora.weights, bf16_lora.seed, torch.bfloat16),
-        bf16_lora,
+        bf16_lora.parallel,
         84_480,
         torch.bfloat16,
         none,
@@ -167,9 +167,13 @@ def test_block_swap_gives_the_plain_gradients_with_two_blocks_on_the_device(mode
 
 def test_block_swap_is_for_lora_runs_that_recompute_on_one_gpu():
     with pytest.raises(ValueError, match="--block_swap streams a frozen base: it is for --train_architecture lora"):
-        resolve(TrainConfig(model="tiny", block_swap=True))
+        resolve(TrainConfig.from_flags(model="tiny", block_swap=True))
     with pytest.raises(ValueError, match="drop --activation_checkpointing none"):
-        resolve(TrainConfig(model="tiny", train_architecture="lora", block_swap=True, activation_checkpointing="none"))
+        resolve(
+            TrainConfig.from_flags(
+                model="tiny", train_architecture="lora", block_swap=True, activation_checkpointing="none"
+            )
+        )
 
 
 def test_a_lora_run_with_block_swap_trains_as_without(bikes_dataset, tmp_path):
@@ -195,11 +199,11 @@ def test_the_lean_levers_are_chosen_cheapest_first_where_the_step_fits_only_with
     from cosmos_v2w_diffusers.training.model import meta_trainable_transformer
 
     fourteen = get_preset("14B")
-    lora = resolve(TrainConfig(model="14B", train_architecture="lora", low_vram=True))
+    lora = resolve(TrainConfig.from_flags(model="14B", train_architecture="lora", low_vram=True))
     meta = meta_trainable_transformer(fourteen, lora.weights, lora.seed, torch.bfloat16)
 
     def least(**levers):
-        return memory.leanest_step_bytes(meta, lora, 84_480, torch.bfloat16, LeanLevers(**levers)) / 2**30
+        return memory.leanest_step_bytes(meta, lora.parallel, 84_480, torch.bfloat16, LeanLevers(**levers)) / 2**30
 
     assert (least() - least(block_swap=True)) * 2**30 == pytest.approx(memory.swapped_weight_bytes(meta))
     parts_saving = least(block_swap=True) - least(block_swap=True, checkpoint_parts=True)
@@ -209,18 +213,21 @@ def test_the_lean_levers_are_chosen_cheapest_first_where_the_step_fits_only_with
 
     def chosen(config, budget_gib, one_gpu=True):
         budget = int(budget_gib * 2**30)
-        return memory.choose_lean_levers(meta, config, 84_480, torch.bfloat16, budget, one_gpu)
+        lora_run = config.train_architecture == "lora"
+        return memory.choose_lean_levers(meta, config.parallel, 84_480, torch.bfloat16, budget, one_gpu, lora_run)
 
     assert chosen(lora, swap_fits) == LeanLevers(block_swap=True)
     assert chosen(lora, parts_fit) == LeanLevers(block_swap=True, checkpoint_parts=True)
-    asked = LeanLevers.asked_by(resolve(TrainConfig(model="14B", block_swap=True, train_architecture="lora")).parallel)
+    asked = LeanLevers.asked_by(
+        resolve(TrainConfig.from_flags(model="14B", block_swap=True, train_architecture="lora")).parallel
+    )
     assert chosen(lora, parts_fit).beyond(asked) == ["checkpoint_parts"]  # what the trainer logs as chosen
     assert chosen(lora, 80) == LeanLevers()
     assert chosen(lora, swap_fits, one_gpu=False) == LeanLevers(checkpoint_parts=True)
-    plain = resolve(TrainConfig(model="14B", train_architecture="lora"))
+    plain = resolve(TrainConfig.from_flags(model="14B", train_architecture="lora"))
     assert chosen(plain, swap_fits) == LeanLevers()  # nothing asked it to fit: refused with the levers instead
-    budgeted = resolve(TrainConfig(model="14B", train_architecture="lora", memory_budget_gib=40))
+    budgeted = resolve(TrainConfig.from_flags(model="14B", train_architecture="lora", memory_budget_gib=40))
     assert chosen(budgeted, parts_fit) == LeanLevers(block_swap=True)  # the parts need --low_vram
-    assert not chosen(resolve(TrainConfig(model="14B", low_vram=True)), swap_fits).block_swap
+    assert not chosen(resolve(TrainConfig.from_flags(model="14B", low_vram=True)), swap_fits).block_swap
     budget = int(parts_fit * 2**30)
-    assert memory.check_fits(meta, lora, 84_480, torch.bfloat16, budget, chosen(lora, parts_fit)) < budget
+    assert memory.check_fits(meta, lora.parallel, 84_480, torch.bfloat16, budget, chosen(lora, parts_fit)) < budget

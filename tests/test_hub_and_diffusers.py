@@ -27,8 +27,10 @@ from cosmos_v2w_diffusers.export.exports import (
 from cosmos_v2w_diffusers.generation.scheduler import CosmosMultistepScheduler
 from cosmos_v2w_diffusers.models.components import build_transformer, tiny_pretrained_path
 from cosmos_v2w_diffusers.models.presets import get_preset
-from cosmos_v2w_diffusers.training.config import DIFFUSERS_SCHEDULERS, TRACKER_PACKAGES, TrainConfig
-from cosmos_v2w_diffusers.training.run_config import resolve
+from cosmos_v2w_diffusers.training.config import TrainConfig
+from cosmos_v2w_diffusers.training.run_config import card_facts, resolve
+from cosmos_v2w_diffusers.training.sections.hub import TRACKER_PACKAGES
+from cosmos_v2w_diffusers.training.sections.optim import DIFFUSERS_SCHEDULERS
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
 TINY = get_preset("tiny")
@@ -110,7 +112,7 @@ def test_fp32_exports_on_request(full_run, tmp_path):
     assert (tmp_path / "fp32" / WEIGHTS_NAME).is_file() and not (tmp_path / "fp32" / WEIGHTS_INDEX_NAME).exists()
     assert {t.dtype for t in load_file(tmp_path / "fp32" / WEIGHTS_NAME).values()} == {torch.float32}
     with pytest.raises(ValueError, match="--export_max_shard_size"):
-        resolve(TrainConfig(model="tiny", export_max_shard_size="ten gigs"))
+        resolve(TrainConfig.from_flags(model="tiny", export_max_shard_size="ten gigs"))
 
 
 def test_a_14b_export_splits_into_files_the_hub_accepts():
@@ -135,7 +137,7 @@ def test_the_model_card_is_diffusers_and_its_snippet_runs_as_pasted(full_run, tm
     command = ["train_video2world.py", "--dataset_path", "/home/me/secret_robot_data", "--output_dir=/home/me/out"]
     command += ["--pretrained_model_name_or_path", local_base, "--validation_image", "/home/me/first.png"]
     validation = {"video": str(tmp_path / "v.mp4"), "psnr": 30.1}
-    card = model_card(resolve(config), local_base, command, "someone/robot-v2w", validation)
+    card = model_card(card_facts(resolve(config)), local_base, command, "someone/robot-v2w", validation)
     text = str(card)
     assert "diffusers-training" in card.data.tags and "template:sd-lora" not in card.data.tags
     assert card.data.widget == [{"text": PROMPT, "output": {"url": "validation.mp4"}}]
@@ -145,7 +147,7 @@ def test_the_model_card_is_diffusers_and_its_snippet_runs_as_pasted(full_run, tm
     assert PROMPT in text and "<local path>" in text
 
     lora = resolve(tiny_config(tmp_path / "data", tmp_path / "out", train_architecture="lora"))
-    lora_card = model_card(lora, "nvidia/Cosmos-Predict2-2B-Video2World", ["t.py"], "someone/robot-lora")
+    lora_card = model_card(card_facts(lora), "nvidia/Cosmos-Predict2-2B-Video2World", ["t.py"], "someone/robot-lora")
     assert {"lora", "template:sd-lora", "diffusers-training"} <= set(lora_card.data.tags)
     assert lora_card.data.base_model == "nvidia/Cosmos-Predict2-2B-Video2World"
 
@@ -172,7 +174,7 @@ def test_later_uploads_send_only_what_changed(full_run, tmp_path, monkeypatch):
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: type("Url", (), {"repo_id": repo_id}))
     monkeypatch.setattr(HfApi, "create_commit", lambda self, repo_id, operations, **kwargs: commits.append(operations))
     config = resolve(tiny_config(tmp_path, tmp_path / "out", push_to_hub=True, hub_model_id="me/robot"))
-    uploader = HubUploader(config, None)
+    uploader = HubUploader(config.hub, card_facts(config), None)
     folder = tmp_path / "pipeline"
     import shutil
 
@@ -304,7 +306,7 @@ def test_convert_subcommands_have_their_own_help_and_a_missing_variant_names_the
     assert "a diffusers LoRA .safetensors file" in capsys.readouterr().out
     config = tiny_config(prepared_dataset, tmp_path / "run", pretrained_model_name_or_path=str(tiny_pretrained_path()))
     with pytest.raises(ValueError, match="--variant fp16"):
-        Trainer(TrainConfig(**{**config.__dict__, "variant": "fp16"}))
+        Trainer(config.replace(variant="fp16"))
 
 
 def test_diffusers_compat_equals_the_stock_pipeline_in_bf16_with_guidance(full_run):

@@ -6,9 +6,10 @@ import pytest
 import torch
 from conftest import PROMPT, cli_error, tiny_generation_flags
 
+from cosmos_v2w_diffusers.generation.inputs import nvidia_initial_noise
 from cosmos_v2w_diffusers.generation.jobs import MAX_CHUNKS, long_video_frames
 from cosmos_v2w_diffusers.generation.long_video import fade_in_handoff, generate_long_video
-from cosmos_v2w_diffusers.generation.pipeline import CosmosVideo2WorldPipeline, nvidia_initial_noise
+from cosmos_v2w_diffusers.generation.pipeline import CosmosVideo2WorldPipeline
 from cosmos_v2w_diffusers.generation.video_metrics import psnr
 from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
 from cosmos_v2w_diffusers.models.presets import get_preset

@@ -191,7 +191,7 @@ def trained(prepared_dataset, tmp_path_factory):
     runs = {}
     for arch in ("full", "lora"):
         out = tmp_path_factory.mktemp(arch)
-        config = TrainConfig(
+        config = TrainConfig.from_flags(
             model="tiny",
             dataset_path=str(prepared_dataset),
             output_dir=str(out),

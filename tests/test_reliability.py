@@ -27,7 +27,6 @@ from cosmos_v2w_diffusers.models.presets import get_preset
 from cosmos_v2w_diffusers.models.text_encoding import InvalidEmbeddingError, read_t5_pickle
 from cosmos_v2w_diffusers.training import trainer as trainer_module
 from cosmos_v2w_diffusers.training.checkpoint import CheckpointDir
-from cosmos_v2w_diffusers.training.config import TrainConfig
 from cosmos_v2w_diffusers.training.guards import EXIT_PREEMPTED
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
@@ -415,7 +414,7 @@ def test_prepare_data_on_a_read_only_folder_says_so(prepared_dataset, tmp_path, 
 def test_images_of_every_mode_reach_the_model_with_their_values(mode):
     import PIL.Image
 
-    from cosmos_v2w_diffusers.generation.pipeline import to_rgb
+    from cosmos_v2w_diffusers.generation.inputs import to_rgb
 
     gray = np.tile(np.linspace(0, 255, 32).round().astype(np.uint8), (8, 1))  # a ramp, black to white
     base = PIL.Image.fromarray(gray, "L")
@@ -481,7 +480,7 @@ def test_resume_from_checkpoint_rebuilds_the_run_from_its_storedtiny_config(prep
     assert (config.model, config.train_architecture, config.lora_rank, config.num_frames) == ("tiny", "lora", 4, 9)
     assert (config.learning_rate, config.max_iter, config.output_dir) == (5e-4, 3, str(out.absolute()))
     assert config.dataset_path == str(prepared_dataset)
-    resumed = Trainer(TrainConfig(**{**vars(config), "dataloader_num_workers": 0}))
+    resumed = Trainer(config.replace(dataloader_num_workers=0))
     assert resumed.start_iter == 1 and len(resumed.train()) == 2
 
 

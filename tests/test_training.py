@@ -25,14 +25,14 @@ from cosmos_v2w_diffusers.training.model import apply_lora
 from cosmos_v2w_diffusers.training.objective import draw_training_randomness, video2world_loss
 from cosmos_v2w_diffusers.training.optim import PowerEMA, linear_decay_factor
 from cosmos_v2w_diffusers.training.run_config import resolve
-from cosmos_v2w_diffusers.training.sections import edm2_ema_gamma
+from cosmos_v2w_diffusers.training.sections.optim import edm2_ema_gamma
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_recipe_defaults_per_preset():
-    two = resolve(TrainConfig(model="2B", dataset_path="datasets/cosmos_nemo_assets"))
+    two = resolve(TrainConfig.from_flags(model="2B", dataset_path="datasets/cosmos_nemo_assets"))
     assert (two.learning_rate, two.weight_decay, two.lr_f_max) == (2**-14.5, 0.1, 0.6)
     assert (two.max_iter, two.save_iter, two.lr_decay_steps, two.num_frames, two.height, two.width) == (
         1000,
@@ -44,13 +44,13 @@ def test_recipe_defaults_per_preset():
     )
     assert (two.adam_beta1, two.adam_beta2, two.adam_epsilon, two.max_grad_norm) == (0.9, 0.99, 1e-8, 1.0)
     assert two.ema and two.output_dir == "checkpoints/posttraining/video2world/2b_cosmos_nemo_assets"
-    fourteen = resolve(TrainConfig(model="14B", train_architecture="lora", dataset_path="d/x"))
+    fourteen = resolve(TrainConfig.from_flags(model="14B", train_architecture="lora", dataset_path="d/x"))
     assert (fourteen.weight_decay, fourteen.lr_f_max, fourteen.lora_rank, fourteen.lora_alpha) == (0.2, 0.25, 32, 32)
     assert fourteen.save_iter == 200 and fourteen.ema  # NVIDIA's LoRA recipe keeps an EMA of the adapter
     assert (two.activation_checkpointing, fourteen.activation_checkpointing) == ("selective", "selective")
-    assert resolve(TrainConfig(model="2B", low_vram=True)).activation_checkpointing == "full"
+    assert resolve(TrainConfig.from_flags(model="2B", low_vram=True)).activation_checkpointing == "full"
     with pytest.raises(ValueError, match="low_vram"):
-        resolve(TrainConfig(model="2B", low_vram=True, activation_checkpointing="selective"))
+        resolve(TrainConfig.from_flags(model="2B", low_vram=True, activation_checkpointing="selective"))
     # Device-dependent defaults are the plan's, not the config's: bf16 on a GPU only.
     from cosmos_v2w_diffusers.training.parallel import default_mixed_precision
 
@@ -64,7 +64,7 @@ def test_recipe_defaults_per_preset():
         two.learning_rate = 1.0
     assert fourteen.output_dir == "checkpoints/posttraining/video2world_lora/14b_x"
     with pytest.raises(ValueError, match="4k\\+1"):
-        resolve(TrainConfig(model="tiny", num_frames=18))
+        resolve(TrainConfig.from_flags(model="tiny", num_frames=18))
     # Every field is a flag.
     parsed = parse_train_flags(["--model", "tiny", "--lora_rank", "8", "--no-resume", "--learning_rate", "0.5"])
     assert (parsed.lora_rank, parsed.resume, parsed.learning_rate) == (8, False, 0.5)
@@ -556,18 +556,18 @@ def test_a_tracker_that_is_not_installed_is_refused_before_any_work(monkeypatch)
         importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real_find_spec(name, *a)
     )
     with pytest.raises(ValueError, match="--report_to wandb needs the wandb package"):
-        resolve(TrainConfig(model="tiny", report_to="wandb"))
-    assert resolve(TrainConfig(model="tiny", report_to="all")).report_to == "all"
+        resolve(TrainConfig.from_flags(model="tiny", report_to="wandb"))
+    assert resolve(TrainConfig.from_flags(model="tiny", report_to="all")).report_to == "all"
 
 
 def test_the_model_size_comes_from_the_weights_and_a_contradicting_one_is_refused():
     from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
 
     base = str(tiny_pretrained_path())
-    assert resolve(TrainConfig(pretrained_model_name_or_path=base)).model == "tiny"
+    assert resolve(TrainConfig.from_flags(pretrained_model_name_or_path=base)).model == "tiny"
     assert resolve(TrainConfig()).model == "2B"  # no weights named: NVIDIA's 2B
     with pytest.raises(ValueError, match="--model 2B contradicts .* the tiny architecture: pass --model tiny"):
-        resolve(TrainConfig(model="2B", pretrained_model_name_or_path=base))
+        resolve(TrainConfig.from_flags(model="2B", pretrained_model_name_or_path=base))
 
 
 def test_diffusers_flags_parse_and_refuse_what_cannot_apply():
@@ -584,9 +584,11 @@ def test_diffusers_flags_parse_and_refuse_what_cannot_apply():
     assert (parsed.height, parsed.width, parsed.weight_decay, parsed.lora_dropout) == (64, 112, 0.03, 0.1)
     assert parsed.allow_tf32 and parsed.logging_dir == "tb" and parsed.output_dir.endswith("tiny_clips")
     assert parsed.hub_kwargs() == {"revision": "main", "variant": "fp16", "cache_dir": "hub"}
-    assert resolve(TrainConfig(model="tiny", resolution="64")).width == 64
-    assert resolve(TrainConfig(model="tiny", num_train_epochs=3), steps_per_epoch=5).max_iter == 15
-    assert resolve(TrainConfig(model="tiny", num_train_epochs=3, max_iter=4), steps_per_epoch=5).max_iter == 4
+    assert resolve(TrainConfig.from_flags(model="tiny", resolution="64")).width == 64
+    assert resolve(TrainConfig.from_flags(model="tiny", num_train_epochs=3), steps_per_epoch=5).max_iter == 15
+    assert (
+        resolve(TrainConfig.from_flags(model="tiny", num_train_epochs=3, max_iter=4), steps_per_epoch=5).max_iter == 4
+    )
     # diffusers' schedules by name: a linear warm-up to --learning_rate, then the cosine.
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=parsed.learning_rate)
     scheduler = build_lr_scheduler(optimizer, dataclasses.replace(parsed.optim, lr_decay_steps=10))
@@ -598,7 +600,7 @@ def test_diffusers_flags_parse_and_refuse_what_cannot_apply():
     assert lrs[0] == 0 and lrs[2] == pytest.approx(parsed.learning_rate) and lrs[3] < lrs[2]
     if importlib.util.find_spec("bitsandbytes") is None:  # (other refusals: the table below)
         with pytest.raises(ValueError, match="needs the bitsandbytes package"):
-            resolve(TrainConfig(model="tiny", use_8bit_adam=True))
+            resolve(TrainConfig.from_flags(model="tiny", use_8bit_adam=True))
 
 
 @pytest.mark.slow  # 12 s; `make test` resolves epochs into steps without training (test_diffusers_flags...)
@@ -618,8 +620,7 @@ def test_a_run_in_epochs_from_a_hub_dataset_validates_per_epoch_and_logs_where_a
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     out, logs = tmp_path / "run", tmp_path / "tb"
     config = tiny_config(None, out, dataset_path=None, dataset_name="me/robot-clips", cache_dir=str(tmp_path / "hub"))
-    config = dataclasses.replace(
-        config,
+    config = config.replace(
         train_architecture="lora",
         num_train_epochs=2,
         validation_epochs=1,
@@ -654,7 +655,7 @@ def test_variant_weights_of_a_local_base_load_with_variant(tmp_path):
     for name in ("transformer", "vae"):
         weights = next((base / name).glob("*.safetensors"))
         weights.rename(weights.with_name(weights.name.replace(".safetensors", ".fp16.safetensors")))
-    config = resolve(TrainConfig(model="tiny", pretrained_model_name_or_path=str(base), variant="fp16"))
+    config = resolve(TrainConfig.from_flags(model="tiny", pretrained_model_name_or_path=str(base), variant="fp16"))
     tiny = get_preset("tiny")
     assert load_transformer(tiny, str(base), **config.hub_kwargs()).config.num_layers == 4
     assert load_vae(tiny, str(base), **config.hub_kwargs()) is not None
@@ -662,40 +663,43 @@ def test_variant_weights_of_a_local_base_load_with_variant(tmp_path):
         load_transformer(tiny, str(base))
 
 
-def test_every_flag_is_in_exactly_one_section_and_components_take_their_section():
-    """The sections (`training/sections.py`) partition the flags, hold what `resolved()` filled in, and `--help`
-    lists the flags under their section's heading."""
+def test_flags_are_declared_by_section_and_a_run_holds_its_sections_resolved():
+    """Every flag is declared in one section (`training/sections/`), with its bounds; the flags as given and the
+    resolved run hold the same section classes, each built once and frozen; `--help` lists the flags by section."""
     from cosmos_v2w_diffusers.training.run_config import RunConfig
-    from cosmos_v2w_diffusers.training.sections import SECTIONS
+    from cosmos_v2w_diffusers.training.sections import SECTION_OF_FIELD, SECTIONS
 
-    flags = [f.name for f in dataclasses.fields(TrainConfig)]
-    owners = {
-        name: [s for s, cls in SECTIONS.items() if name in {f.name for f in dataclasses.fields(cls)}] for name in flags
-    }
-    assert {name: len(sections) for name, sections in owners.items() if len(sections) != 1} == {}
-    assert sum(len(dataclasses.fields(cls)) for cls in SECTIONS.values()) == len(flags)
-    run = resolve(TrainConfig(model="tiny", max_iter=7))
-    assert isinstance(run, RunConfig)
+    declared = [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)]
+    assert len(declared) == len(set(declared)) == len(SECTION_OF_FIELD) > 70  # one section each
+    flags = TrainConfig.from_flags(model="tiny", max_iter=7)
+    assert flags.optim.max_iter == 7 and flags.optim.lr_decay_steps is None  # as given
+    with pytest.raises(TypeError, match="no such training flag: max_iters"):
+        TrainConfig.from_flags(max_iters=7)
+    run = resolve(flags)
+    assert isinstance(run, RunConfig) and run.flags is flags
     for name, cls in SECTIONS.items():
-        section = getattr(run, name)
-        assert isinstance(section, cls) and all(
-            getattr(section, f.name) == getattr(run, f.name) for f in dataclasses.fields(cls)
-        )
+        assert type(getattr(run, name)) is cls is type(getattr(flags, name))
     assert run.optim is run.optim and run.optim.max_iter == 7 and run.optim.lr_decay_steps == 7  # built once
-    assert not isinstance(run, TrainConfig) and run.flags.max_iter == 7 and run.max_iter == 7  # flat reads answered
+    assert run.max_iter == 7 and run.values()["lr_decay_steps"] == 7  # flat reads answered by the section
     with pytest.raises(dataclasses.FrozenInstanceError):
         run.optim.max_iter = 8  # type: ignore[misc]
-    assert "hub_token" not in repr(resolve(TrainConfig(hub_token="hf_" + "x" * 30)).hub)
+    assert "hub_token" not in repr(resolve(TrainConfig.from_flags(hub_token="hf_" + "x" * 30)).hub)
+    # a section checks its own fields, as declared, given in Python as on the command line
+    with pytest.raises(ValueError, match="--max_iter must be at least 1"):
+        dataclasses.replace(run.optim, max_iter=0).check()
+    with pytest.raises(ValueError, match="--export_dtype 'fp16': pick one of bf16, fp32"):
+        TrainConfig.from_flags(export_dtype="fp16").check()
     help_text = train_parser().format_help()
     assert help_text.index("\noptim:") < help_text.index("\n  --learning_rate") < help_text.index("\ncheckpoint:")
 
 
-# Every refusal that needs no weights, one row each: (flags, layout, device, message). Without a layout or a device,
-# the flags themselves or their resolved values are refused (`resolve`: `check_flags`, then `validate`); with one,
-# the run resolves, runs on one process (and on no particular device), and `validate` refuses it for that layout
-# (engine, processes[, context-parallel size]) or that device. A new flag's bad values are one more row.
+# Every refusal that needs no weights, one row each: (flags, layout, device, message). Without a layout or a
+# device, the flags themselves or their resolved values are refused (`resolve`: `TrainConfig.check`, then
+# `validate`); with one, the run resolves, runs on one process (and on no particular device), and `validate`
+# refuses it for that layout (engine, processes[, context-parallel size]) or that device. A new flag's bad values
+# are one more row.
 REFUSALS = [
-    # flag values, as given (`checks.check_flags`, before torch is imported)
+    # flag values, as given (`TrainConfig.check`: each section's, then across sections; before torch is imported)
     (dict(max_iter=0), None, None, "--max_iter must be at least 1"),
     (dict(save_iter=-1), None, None, "--save_iter must be at least"),
     (dict(batch_size=0), None, None, "--batch_size must be at least 1"),
@@ -757,7 +761,7 @@ def test_every_refusal_that_needs_no_weights_is_one_row(flags, layout, device, m
         bitsandbytes = types.ModuleType("bitsandbytes")  # the flag check looks
         bitsandbytes.__spec__ = importlib.machinery.ModuleSpec("bitsandbytes", None)
         monkeypatch.setitem(sys.modules, "bitsandbytes", bitsandbytes)
-    config = TrainConfig(model="tiny", **flags)
+    config = TrainConfig.from_flags(model="tiny", **flags)
     if layout is None and device is None:
         with pytest.raises(ValueError, match=message):
             resolve(config)

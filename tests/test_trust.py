@@ -44,7 +44,7 @@ from cosmos_v2w_diffusers.data.samples import (
 from cosmos_v2w_diffusers.models.presets import get_preset
 from cosmos_v2w_diffusers.training.checkpoint import CheckpointDir
 from cosmos_v2w_diffusers.training.config import TrainConfig
-from cosmos_v2w_diffusers.training.run_config import resolve
+from cosmos_v2w_diffusers.training.run_config import card_facts, resolve
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_the_hub_token_is_never_written_to_checkpoints_trackers_or_the_card(tiny
     assert any("events.out.tfevents" in p.name for p in written) and any(p.suffix == ".pt" for p in written)
     for path in written:
         assert TOKEN.encode() not in path.read_bytes(), path
-    config = TrainConfig(model="tiny", hub_token=TOKEN)
+    config = TrainConfig.from_flags(model="tiny", hub_token=TOKEN)
     assert TOKEN not in repr(config) and TOKEN not in resolve(config).to_json()
     from cosmos_v2w_diffusers.training.secrets import redacted_command
 
@@ -100,10 +100,10 @@ def test_the_hub_token_is_never_written_to_checkpoints_trackers_or_the_card(tiny
         ["train_video2world.py", "--hub_token", TOKEN, f"--hub_token={TOKEN}", "--prompt", TOKEN]
     )
     assert command == ["train_video2world.py", "--hub_token", "***", "--hub_token=***", "--prompt", "***"]
-    card = str(model_card(resolve(config), None, command, "me/robot"))
+    card = str(model_card(card_facts(resolve(config)), None, command, "me/robot"))
     assert TOKEN not in card and "--hub_token '***'" in card
     with pytest.raises(ValueError, match="hub_token with --report_to wandb"):
-        resolve(TrainConfig(model="tiny", hub_token=TOKEN, report_to="wandb"))
+        resolve(TrainConfig.from_flags(model="tiny", hub_token=TOKEN, report_to="wandb"))
 
 
 def test_a_received_checkpoint_cannot_redirect_uploads_trackers_or_weights(tiny_run, prepared_dataset, tmp_path):
@@ -192,7 +192,9 @@ def test_an_output_dir_that_is_the_base_model_folder_is_refused_up_front(tmp_pat
     shutil.copytree(tiny_pretrained_path(), base)
     for output in (base, tmp_path / "." / "base"):
         with pytest.raises(ValueError, match="base model's folder"):
-            resolve(TrainConfig(model="tiny", pretrained_model_name_or_path=str(base), output_dir=str(output)))
+            resolve(
+                TrainConfig.from_flags(model="tiny", pretrained_model_name_or_path=str(base), output_dir=str(output))
+            )
 
 
 def test_written_files_and_folders_follow_the_umask(tiny_run, tmp_path):
@@ -575,13 +577,13 @@ def test_bad_generation_inputs_are_one_line_errors_before_any_model_loads(tmp_pa
     batch.write_text(json.dumps([{"input_path": str(image), "save_path": str(tmp_path / "a.mp4")}]))
     base = ["--model_size", "tiny", "--disable_guardrail"]
     with pytest.raises(ValueError, match="needs a prompt"):
-        jobs.jobs_from_args(infer_flags.parse_args([*base, "--batch_input_json", str(batch)]))
+        jobs.jobs_from_config(infer_flags.parse_args([*base, "--batch_input_json", str(batch)]))
     for save_path, reason in ((tmp_path, "is a folder"), (tmp_path / "video.avi", "does not end in .mp4")):
         args = infer_flags.parse_args(
             [*base, "--prompt", "p", "--input_path", str(image), "--save_path", str(save_path)]
         )
         with pytest.raises(ValueError, match=reason):
-            jobs.jobs_from_args(args)
+            jobs.jobs_from_config(args)
 
 
 # ---------------------------------------------------------------- correctness

@@ -25,7 +25,7 @@ from cosmos_v2w_diffusers.cli import infer_flags
 from cosmos_v2w_diffusers.cli.train import parse_train_flags, train_parser
 from cosmos_v2w_diffusers.models.components import tiny_pretrained_path
 from cosmos_v2w_diffusers.training.config import TrainConfig
-from cosmos_v2w_diffusers.training.run_config import resolve
+from cosmos_v2w_diffusers.training.run_config import card_facts, resolve
 from cosmos_v2w_diffusers.training.secrets import redacted_command
 from cosmos_v2w_diffusers.training.trainer import Trainer
 
@@ -131,7 +131,8 @@ def test_a_token_flag_is_refused_abbreviated_and_redacted_in_any_spelling(tmp_pa
     command = ["train_video2world.py", "--hub_tok", "secret-value-1", "--hub_toke=secret-value-2", "--hub_token", "s3"]
     redacted = redacted_command(command)
     assert not any("secret-value" in arg or arg == "s3" for arg in redacted), redacted
-    card = model_card(resolve(TrainConfig(model="tiny", output_dir=str(tmp_path))), None, redacted, "me/robot")
+    run = resolve(TrainConfig.from_flags(model="tiny", output_dir=str(tmp_path)))
+    card = model_card(card_facts(run), None, redacted, "me/robot")
     assert "secret-value" not in str(card)
 
 
@@ -218,12 +219,12 @@ def test_generation_never_writes_over_an_input_or_another_output(video_paths, tm
     base = ["--model_size", "tiny", "--disable_guardrail", "--prompt", PROMPT]
     for save in (clip, tmp_path / "." / "clip.mp4"):
         with pytest.raises(ValueError, match="would destroy the input"):
-            jobs.jobs_from_args(infer_flags.parse_args([*base, "--input_path", str(clip), "--save_path", str(save)]))
+            jobs.jobs_from_config(infer_flags.parse_args([*base, "--input_path", str(clip), "--save_path", str(save)]))
     batch = tmp_path / "batch.json"
     entries = [{"prompt": PROMPT, "input_path": str(clip), "save_path": str(tmp_path / "out.mp4")}] * 2
     batch.write_text(json.dumps(entries))
     with pytest.raises(ValueError, match="given to two generations"):
-        jobs.jobs_from_args(infer_flags.parse_args(["--model_size", "tiny", "--batch_input_json", str(batch)]))
+        jobs.jobs_from_config(infer_flags.parse_args(["--model_size", "tiny", "--batch_input_json", str(batch)]))
     assert clip.read_bytes() == video_paths["bikes"].read_bytes()
 
 
@@ -257,7 +258,7 @@ def test_generation_never_writes_over_an_input_or_another_output(video_paths, tm
 )
 def test_recipe_numbers_and_sizes_no_run_can_use_are_refused(flags, reason, tmp_path):
     with pytest.raises(ValueError, match=reason):
-        resolve(TrainConfig(model="tiny", output_dir=str(tmp_path), **flags))
+        resolve(TrainConfig.from_flags(model="tiny", output_dir=str(tmp_path), **flags))
 
 
 def test_the_schedule_goes_on_without_a_jump_when_its_end_moves(lora_run, prepared_dataset, tmp_path):
@@ -276,7 +277,7 @@ def test_the_schedule_goes_on_without_a_jump_when_its_end_moves(lora_run, prepar
     assert scheduler.lr_lambdas[0](6) == 0
     _ = trainer.train(), trainer.close()
     # resumed again from that continued schedule, at step 4: it goes on along the same line
-    again = Trainer(TrainConfig(**{**config.__dict__, "resume_from_checkpoint": "iter_4"}))
+    again = Trainer(config.replace(resume_from_checkpoint="iter_4"))
     try:
         assert again.start_iter == 4 and again.lr_scheduler.get_last_lr()[0] == pytest.approx(lr_at_2 / 2)
         assert again.lr_scheduler.base_lrs[0] * again.lr_scheduler.lr_lambdas[0](5) == pytest.approx(lr_at_2 / 4)
@@ -308,7 +309,7 @@ def test_the_base_precision_is_run_defining(lora_run, prepared_dataset, tmp_path
     _no_model_may_load(monkeypatch)
     config = tiny_config(prepared_dataset, out, max_iter=3, train_architecture="lora", lora_rank=4)
     with pytest.raises(ValueError, match="--base_precision bf16 -> fp8"):
-        Trainer(TrainConfig(**{**config.__dict__, "base_precision": "fp8"}))
+        Trainer(config.replace(base_precision="fp8"))
 
 
 def test_a_received_checkpoints_numbers_are_bounded_and_listed(lora_run, prepared_dataset, tmp_path, caplog):
@@ -367,7 +368,11 @@ def test_a_base_with_non_finite_weights_is_refused_as_it_loads(prepared_dataset,
 
 def test_a_revision_of_a_local_folder_is_refused(tmp_path):
     with pytest.raises(ValueError, match="--revision main.*local folder"):
-        resolve(TrainConfig(model="tiny", pretrained_model_name_or_path=str(tiny_pretrained_path()), revision="main"))
+        resolve(
+            TrainConfig.from_flags(
+                model="tiny", pretrained_model_name_or_path=str(tiny_pretrained_path()), revision="main"
+            )
+        )
 
 
 # ---------------------------------------------------------------- one-line errors

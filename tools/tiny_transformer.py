@@ -51,7 +51,7 @@ def pretrain_tiny_transformer(
     """Train the tiny transformer from random weights on generic footage with the package's own trainer
     (cached latents, the tiny preset's defaults); writes `output_dir/run` and returns the report."""
     dataset = write_footage_dataset(output_dir / "data", footage_paths, clips, seed)
-    config = TrainConfig(
+    config = TrainConfig.from_flags(
         model="tiny",
         dataset_path=str(dataset),
         output_dir=str(output_dir / "run"),

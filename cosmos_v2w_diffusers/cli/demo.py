@@ -39,7 +39,8 @@ from PIL import Image, ImageDraw
 from ..data.builtin_sample import held_out_clip_path
 from ..data.demo_clips import DEMO_PROMPT, robot_side
 from ..data.samples import read_frames, resize_frames
-from ..generation.pipeline import CosmosVideo2WorldPipeline, nvidia_initial_noise
+from ..generation.inputs import nvidia_initial_noise
+from ..generation.pipeline import CosmosVideo2WorldPipeline
 from ..generation.video_metrics import psnr
 from ..models.components import tiny_pretrained_path
 from ..models.presets import ModelPreset, get_preset

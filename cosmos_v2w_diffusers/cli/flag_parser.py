@@ -8,8 +8,10 @@ an unknown flag is named with the closest known one ("did you mean --max_iter?")
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
-from typing import NoReturn
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NoReturn
 
 
 class FlagParser(argparse.ArgumentParser):
@@ -34,9 +36,30 @@ class FlagParser(argparse.ArgumentParser):
         return "unrecognized " + ("argument " if len(parts) == 1 else "arguments ") + ", ".join(parts)
 
 
-class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """argparse's "(default: X)" after each flag's help, unless the help already says its default."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        help_text = action.help or ""
-        return help_text if "(default" in help_text else super()._get_help_string(action)
+def add_flags(
+    group: argparse._ActionsContainer,
+    flags: type,
+    defaults: bool = True,
+    types: Mapping[str, Callable[[str], Any]] | None = None,
+    names: Iterable[str] | None = None,
+) -> None:
+    """One argument of `group` (a parser or an argument group) per field of `flags` (a `utils.flags.Flags` class):
+    its help, choices and aliases from the field's `flag()`, its type from the annotation (`bool` fields take
+    `--x`/`--no-x`), or from `types` by field name where the CLI parses a value itself. A None default is filled in
+    later (the help says how), so it is not shown. `defaults=False` leaves out every flag not given (to tell what
+    the user set); `names` takes only those fields."""
+    for f in dataclasses.fields(flags):
+        if names is not None and f.name not in names:
+            continue
+        shown = "" if f.default is None or "(default" in f.metadata["help"] else " (default: %(default)s)"
+        kwargs: dict[str, Any] = dict(
+            default=f.default if defaults else argparse.SUPPRESS, help=f.metadata["help"] + shown, dest=f.name
+        )
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        kind = str(f.type).split(" |")[0]
+        if kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = (types or {}).get(f.name) or {"int": int, "float": float, "str": str}[kind]
+        group.add_argument(f"--{f.name}", *f.metadata.get("aliases", []), **kwargs)

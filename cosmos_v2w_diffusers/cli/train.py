@@ -1,5 +1,5 @@
-"""`train_video2world.py`: the training flags (one per `TrainConfig` field, listed by section), the command line
-read into a `TrainConfig` (a checkpoint file's recipe merged in), and the run started.
+"""`train_video2world.py`: the training flags (one per section field, `training/sections/`, listed by section),
+the command line read into a `TrainConfig` (a checkpoint file's recipe merged in), and the run started.
 
 No torch at import: `--help` and the flag checks answer at once.
 """
@@ -7,47 +7,28 @@ No torch at import: `--help` and the flag checks answer at once.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
 from pathlib import Path
 
-from ..training.checks import check_flags
 from ..training.config import RESUMED_FIELDS, TrainConfig
-from .flag_parser import FlagParser
+from ..training.sections import SECTIONS
+from .flag_parser import FlagParser, add_flags
 
 
 def train_parser(defaults: bool = True) -> argparse.ArgumentParser:
-    """The flags, listed by section (`sections.py`); `defaults=False` leaves out every flag not given (to tell
-    what the user set)."""
-    from ..training.sections import SECTIONS
-
+    """The flags, listed by section (`training/sections/`); `defaults=False` leaves out every flag not given (to
+    tell what the user set)."""
     # No abbreviations: `--hub_tok` would otherwise set the token under a spelling no redaction expects.
     parser = FlagParser(description="Cosmos-Predict2 Video2World post-training", allow_abbrev=False)
-    flags = {f.name: f for f in dataclasses.fields(TrainConfig)}
     groups = {}
-    for section in SECTIONS.values():
+    for name, section in SECTIONS.items():
         title = section.__name__.removesuffix("Config").lower()
-        group = parser.add_argument_group(title, (section.__doc__ or "").split("(")[0].strip())
-        for name in (f.name for f in dataclasses.fields(section)):
-            groups[name] = group
-    for f in flags.values():
-        # A None default is resolved from the preset or the device: the help text says how.
-        shown = "" if f.default is None else " (default: %(default)s)"
-        kwargs = dict(
-            default=f.default if defaults else argparse.SUPPRESS, help=f.metadata["help"] + shown, dest=f.name
-        )
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
-        kind = f.type.split(" |")[0]
-        if kind == "bool":
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = {"int": int, "float": float, "str": str}[kind]
-        groups[f.name].add_argument(f"--{f.name}", *f.metadata.get("aliases", []), **kwargs)
+        groups[name] = parser.add_argument_group(title, (section.__doc__ or "").split("(")[0].strip())
+        add_flags(groups[name], section, defaults)
     # diffusers' examples switch full recompute on with a bare `--gradient_checkpointing`.
-    groups["activation_checkpointing"].add_argument(
+    groups["parallel"].add_argument(
         "--gradient_checkpointing",
         dest="activation_checkpointing",
         nargs="?",
@@ -64,7 +45,7 @@ def parse_train_flags(argv: list[str] | None = None) -> TrainConfig:
     continues in that checkpoint's output folder with the `RESUMED_FIELDS` stored there (what the run is
     and its recipe's numbers), changed only by the flags given on the command line. Everything else (the
     dataset, the base weights, trackers, the Hub) comes from the command line alone."""
-    config = TrainConfig(**vars(train_parser().parse_args(argv)))
+    config = TrainConfig.from_flags(**vars(train_parser().parse_args(argv)))
     checkpoint = Path(config.resume_from_checkpoint)
     if config.resume_from_checkpoint == "latest" or not checkpoint.is_file():
         return config
@@ -87,7 +68,7 @@ def parse_train_flags(argv: list[str] | None = None) -> TrainConfig:
     # listed, so none is taken unseen.
     logging.getLogger(__name__).info("Taken from %s: %s", checkpoint, ", ".join(taken) or "nothing")
     rebuilt["output_dir"] = str(output_dir_of(checkpoint))
-    return dataclasses.replace(config, **{**rebuilt, **given})
+    return config.replace(**{**rebuilt, **given})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = parse_train_flags(argv)  # before the heavy imports below, so `--help` answers at once
-        check_flags(config)  # and so does a flag no run can use
+        config.check()  # and so does a flag no run can use
     except (ValueError, OSError) as exc:  # a flag no run can use, or a checkpoint file that is not one
         sys.exit(f"error: {exc}")
     import torch

@@ -23,7 +23,7 @@ from huggingface_hub import split_torch_state_dict_into_shards
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from ..generation.pipeline import NVIDIA_SAMPLER_FOLDER, SAVED_BY_KEY, SAVED_SAMPLER_KEY
+from ..generation.pipeline_folder import NVIDIA_SAMPLER_FOLDER, SAVED_BY_KEY, SAVED_SAMPLER_KEY
 from ..generation.scheduler_few_step import CosmosFewStepScheduler
 from ..generation.step_cache import STEP_CACHE_FILE
 from ..models.checkpoint_format import LORA_EMA_WEIGHTS_NAME, LORA_WEIGHTS_NAME

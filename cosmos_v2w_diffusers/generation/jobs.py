@@ -1,6 +1,6 @@
 """The generations a command asks for, checked from the flags and the file system alone: this module imports
 neither torch nor diffusers, so `infer_video2world.py` refuses a bad job list, chunk count, save path or missing
-guardrail in well under three seconds, before the heavy imports (and `inference.main` checks the same again).
+guardrail in well under three seconds, before the heavy imports (and `runner.generate_videos` checks the inputs again).
 """
 
 from __future__ import annotations
@@ -8,12 +8,9 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..utils.io_utils import read_regular_file
-
-if TYPE_CHECKING:
-    from argparse import Namespace  # the CLI's parsed flags (`cli/infer_flags.py`)
+from .config import GenerationConfig
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv", ".webm"}
@@ -43,10 +40,10 @@ def check_chunks(
         )
 
 
-def jobs_from_args(args: Namespace) -> list[dict]:
+def jobs_from_config(config: GenerationConfig) -> list[dict]:
     """The generations to run, each checked (prompt, input, a writable `.mp4` save path) before any model loads."""
-    if args.batch_input_json:
-        source = Path(args.batch_input_json)
+    if config.batch_input_json:
+        source = Path(config.batch_input_json)
         try:
             entries = json.loads(read_regular_file(source, max_bytes=64 * 2**20))
         except (OSError, ValueError) as exc:
@@ -60,17 +57,17 @@ def jobs_from_args(args: Namespace) -> list[dict]:
                 "prompt": e.get("prompt"),
                 "input_path": e.get("input_path") or e.get("input_video"),
                 "save_path": e.get("save_path") or e.get("output_video"),
-                "num_chunks": e.get("num_chunks", args.num_chunks),
+                "num_chunks": e.get("num_chunks", config.num_chunks),
             }
             for e in entries
         ]
     else:
         jobs = [
             {
-                "prompt": args.prompt,
-                "input_path": args.input_path,
-                "save_path": args.save_path,
-                "num_chunks": args.num_chunks,
+                "prompt": config.prompt,
+                "input_path": config.input_path,
+                "save_path": config.save_path,
+                "num_chunks": config.num_chunks,
             }
         ]
     for job in jobs:
@@ -119,15 +116,17 @@ def check_save_path(path: Path) -> None:
         raise ValueError(f"--save_path {path}: {path.parent} is a file, not a folder.")
 
 
-def check_jobs(args: Namespace) -> list[dict]:
-    """`jobs_from_args`, each job's chunk count against its input's kind (told by its suffix here; the frames are
+def check_jobs(config: GenerationConfig) -> list[dict]:
+    """`jobs_from_config`, each job's chunk count against its input's kind (told by its suffix here; the frames are
     read later), and the guardrail's presence: every refusal that needs neither torch nor a model."""
-    jobs = jobs_from_args(args)
+    jobs = jobs_from_config(config)
     for job in jobs:
         image_input = Path(job["input_path"]).suffix.lower() in IMAGE_EXTENSIONS
-        check_chunks(job["num_chunks"], args.num_conditional_frames, image_input, f"--input_path {job['input_path']}")
+        check_chunks(
+            job["num_chunks"], config.num_conditional_frames, image_input, f"--input_path {job['input_path']}"
+        )
     # diffusers' is_cosmos_guardrail_available asks the same, but importing diffusers costs seconds.
-    if not args.disable_guardrail and importlib.util.find_spec("cosmos_guardrail") is None:
+    if not config.disable_guardrail and importlib.util.find_spec("cosmos_guardrail") is None:
         raise ValueError(
             "NVIDIA's tooling runs the cosmos_guardrail safety checker by default, and it is not installed: "
             "`pip install cosmos_guardrail`, or pass --disable_guardrail."

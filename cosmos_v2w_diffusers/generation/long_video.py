@@ -33,8 +33,9 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..models.sample_shape import TIME_STRIDE, latent_shape
+from .inputs import nvidia_initial_noise
 from .jobs import check_chunks
-from .pipeline import CosmosVideo2WorldPipeline, nvidia_initial_noise
+from .pipeline import CosmosVideo2WorldPipeline
 
 logger = logging.getLogger(__name__)
 

@@ -18,16 +18,12 @@ The denoiser is `preconditioning.denoise`, the very function the training loss c
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 import torch
 import torch.distributed as dist
 from diffusers import (
@@ -38,105 +34,26 @@ from diffusers import (
 )
 from diffusers.loaders.lora_pipeline import CosmosLoraLoaderMixin
 from diffusers.pipelines.cosmos.pipeline_output import CosmosPipelineOutput
-from diffusers.utils import is_cosmos_guardrail_available
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import T5EncoderModel, T5TokenizerFast
 
-from .. import compat
 from ..choices import DEFAULT_NEGATIVE_PROMPT
-from ..models.attention import attention_processors
 from ..models.fp8 import quantize_blocks_to_fp8
-from ..models.latents import decode_latents, encode_video
+from ..models.latents import decode_latents
 from ..models.preconditioning import SIGMA_CONDITIONING, conditioning_mask, denoise
-from ..models.sample_shape import check_sample_shape, latent_shape, num_latent_frames, vae_space_stride
+from ..models.sample_shape import latent_shape, vae_space_stride
 from ..models.text_encoding import MAX_TEXT_TOKENS, embed_prompts
+from .guardrail import GUARDRAIL_NOTICE, check_prompts, checked_videos, default_safety_checker
+from .inputs import check_conditioning_inputs, diffusers_conditioning, nvidia_conditioning
+from .pipeline_folder import make_stock_loadable, saved_sampler
+from .sampling import SIGMA_MAX, sampling_scheduler
 from .scheduler import CosmosMultistepScheduler
 from .scheduler_few_step import CosmosFewStepScheduler
 from .sparse_attention import enable_sparse_attention
 from .step_cache import StepCache
 
 logger = logging.getLogger(__name__)
-
-SIGMA_MAX = 80.0
-SIGMA_MIN = 0.002
-GUARDRAIL_NOTICE = (
-    "Cosmos guardrail disabled: generated videos are not checked for safety (NVIDIA's --disable_guardrail). "
-    "You remain bound by the NVIDIA Open Model License."
-)
-
-
-# Where `save_pretrained` keeps NVIDIA's sampler, and the `model_index.json` keys that say so and who saved the
-# folder (diffusers' loaders ignore keys that start with "_").
-NVIDIA_SAMPLER_FOLDER = "scheduler_nvidia"
-SAVED_SAMPLER_KEY, SAVED_BY_KEY = "_nvidia_sampler", "_saved_by"
-# The samplers that folder may hold: NVIDIA's multistep sampler, or a distilled student's few-step one.
-_SAMPLERS = {cls.__name__: cls for cls in (CosmosMultistepScheduler, CosmosFewStepScheduler)}
-
-
-def default_safety_checker():
-    """cosmos_guardrail's checker, as NVIDIA's tooling uses by default."""
-    if not is_cosmos_guardrail_available():
-        raise ImportError(
-            "cosmos_guardrail is not installed, and NVIDIA's tooling runs its guardrail by default. Install it "
-            "(`pip install cosmos_guardrail`), or run without it: `--disable_guardrail` on the command line, "
-            "`disable_guardrail=True` in Python."
-        )
-    from cosmos_guardrail import CosmosSafetyChecker
-
-    return CosmosSafetyChecker()
-
-
-def nvidia_initial_noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """NVIDIA's initial noise for `seed`: `numpy.random.RandomState(seed).standard_normal` in float32 (`latents`
-    for `__call__`, which scales it by sigma_max)."""
-    return torch.from_numpy(np.random.RandomState(seed).standard_normal(shape).astype(np.float32))
-
-
-def check_conditioning_frames(
-    available: int,
-    num_conditional_frames: int,
-    source: str = "the conditioning video",
-    argument: str = "num_conditional_frames",
-) -> None:
-    """Refuse a conditioning video shorter than the frames it must give, naming `source` and the `argument` to
-    change."""
-    if available < num_conditional_frames:
-        raise ValueError(
-            f"{source} has {available} frames, fewer than {argument}={num_conditional_frames}: pass a longer video, "
-            f"or condition on its last frame ({argument}=1)."
-        )
-
-
-def open_image(path: str | Path, flag: str) -> PIL.Image.Image:
-    """The image at `path` as 8-bit RGB, turned as its EXIF orientation says (as a viewer shows it); a one-line
-    `ValueError` naming `flag` for a file PIL cannot read or a decompression bomb (PIL's pixel limit)."""
-    try:
-        with PIL.Image.open(path) as image:
-            return to_rgb(PIL.ImageOps.exif_transpose(image))
-    except (OSError, PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError) as exc:
-        raise ValueError(f"{flag} {path} cannot be read as an image ({exc}).") from None
-
-
-def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
-    """An image of any mode PIL opens -> 8-bit RGB with the values it shows.
-
-    PIL's `convert("RGB")` clips 16- and 32-bit integer images at 255 (a 16-bit PNG turns white), reads
-    float images as 0-255, and refuses some modes ("La"); those are rescaled to 8 bits here first.
-    """
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        values = np.asarray(image, dtype=np.float64)
-        if image.mode.startswith("I;16") or (image.mode == "I" and values.max() > 255):
-            scale = 65535.0  # 16-bit data (PIL opens 16-bit PNGs as "I;16" or "I")
-        elif image.mode == "F" and values.max() <= 1.0:
-            scale = 1.0  # floats in [0, 1]
-        else:
-            scale = 255.0
-        gray = np.clip(np.round(values / scale * 255.0), 0, 255).astype(np.uint8)
-        return PIL.Image.fromarray(gray, "L").convert("RGB")
-    if image.mode == "La":  # premultiplied alpha: PIL converts it to LA first
-        image = image.convert("LA")
-    return image.convert("RGB")
 
 
 class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
@@ -191,84 +108,22 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         sampler from `scheduler_nvidia/`, see `save_pretrained`); NVIDIA's repos (saved as diffusers'
         `Cosmos2VideoToWorldPipeline`) ship an Euler scheduler, which NVIDIA's sampler replaces unless a
         `scheduler` is passed."""
-        hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "local_files_only", "revision", "token") if k in kwargs}
-        index = cls.load_config(pretrained_model_name_or_path, **hub_kwargs)
-        if index.get(SAVED_SAMPLER_KEY):
-            saved = CosmosMultistepScheduler.load_config(
-                pretrained_model_name_or_path, subfolder=index[SAVED_SAMPLER_KEY], **hub_kwargs
-            )
-            sampler_class = _SAMPLERS.get(saved.get("_class_name"), CosmosMultistepScheduler)
-            kwargs.setdefault("scheduler", sampler_class.from_config(saved))
-        elif cls.__name__ not in (index.get("_class_name"), index.get(SAVED_BY_KEY)):
-            kwargs.setdefault("scheduler", CosmosMultistepScheduler())
+        sampler = None if "scheduler" in kwargs else saved_sampler(cls, pretrained_model_name_or_path, kwargs)
+        if sampler is not None:
+            kwargs["scheduler"] = sampler
         kwargs.setdefault("use_safetensors", True)  # never a pickled .bin, which can run code as it loads
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
-        """diffusers' saving, into a folder that diffusers' own `Cosmos2VideoToWorldPipeline` loads as well: its
-        `model_index.json` names the stock class and `scheduler/` holds the Euler scheduler the stock pipeline
-        drives. NVIDIA's sampler, when this pipeline holds it, is kept beside in `scheduler_nvidia/`, which
-        `from_pretrained` reads back (diffusers' loaders skip a folder their index does not name)."""
+        """diffusers' saving, into a folder that diffusers' own `Cosmos2VideoToWorldPipeline` loads as well
+        (`pipeline_folder.make_stock_loadable`): NVIDIA's sampler, when this pipeline holds it, is kept beside
+        the Euler scheduler the stock pipeline drives, and `from_pretrained` reads it back."""
         super().save_pretrained(save_directory, **kwargs)
-        folder = Path(save_directory)
-        index = json.loads((folder / "model_index.json").read_text())
-        index.update({"_class_name": "Cosmos2VideoToWorldPipeline", SAVED_BY_KEY: type(self).__name__})
-        index.pop("disable_guardrail", None)  # ours; the stock class takes no such argument
-        if isinstance(self.scheduler, tuple(_SAMPLERS.values())):
-            shutil.rmtree(folder / NVIDIA_SAMPLER_FOLDER, ignore_errors=True)
-            os.replace(folder / "scheduler", folder / NVIDIA_SAMPLER_FOLDER)
-            FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True).save_pretrained(folder / "scheduler")
-            index.update(
-                scheduler=["diffusers", "FlowMatchEulerDiscreteScheduler"],
-                **{SAVED_SAMPLER_KEY: NVIDIA_SAMPLER_FOLDER},
-            )
-        (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        make_stock_loadable(Path(save_directory), self.scheduler, type(self).__name__)
 
     # ------------------------------------------------------------------ inputs
 
-    @staticmethod
-    def check_inputs(height: int, width: int, num_frames: int, image, video, num_conditional_frames: int) -> None:
-        check_sample_shape(num_frames, height, width)
-        if (image is None) == (video is None):
-            raise ValueError("Pass exactly one of `image` or `video` as the conditioning input.")
-        if video is not None and num_conditional_frames not in (1, 5):
-            raise ValueError(f"num_conditional_frames must be 1 or 5, got {num_conditional_frames}.")
-        if video is not None:
-            check_conditioning_frames(len(video), num_conditional_frames)
-
-    def _pixels(self, frames, height: int, width: int, crop: bool) -> torch.Tensor:
-        """A list of frames (PIL, arrays or tensors) -> `[1, 3, F, H, W]` in [-1, 1].
-
-        `crop`: resize to cover the target and centre-crop (NVIDIA); otherwise a plain resize (diffusers).
-        """
-        frames = [to_rgb(f) if isinstance(f, PIL.Image.Image) else f for f in frames]
-        if crop and all(isinstance(f, PIL.Image.Image) for f in frames):
-            pixels = self.video_processor.preprocess(frames, height, width, resize_mode="crop")
-        else:
-            pixels = self.video_processor.preprocess(frames, height, width)
-        return pixels.permute(1, 0, 2, 3).unsqueeze(0)  # [F, 3, H, W] -> [1, 3, F, H, W]
-
-    def _nvidia_conditioning(self, image, video, num_conditional_frames, height, width, num_frames):
-        """Clean latents of [conditioning frames, black frames...] and the number of conditioning latent frames."""
-        frames = [image] if image is not None else list(video)[-num_conditional_frames:]
-        cond = self._pixels(frames, height, width, crop=True)
-        pixels = cond.new_full((1, 3, num_frames, height, width), -1.0)  # black
-        pixels[:, :, : cond.shape[2]] = cond
-        device = self._execution_device
-        return encode_video(self.vae, pixels, device=device), num_latent_frames(cond.shape[2])
-
-    def _diffusers_conditioning(self, image, video, height, width, num_frames, generator):
-        """diffusers' `Cosmos2VideoToWorldPipeline.prepare_latents`: the whole input as conditioning, padded
-        with its last frame, encoded with a posterior *sample* drawn from `generator`."""
-        cond = self._pixels([image] if image is not None else list(video), height, width, crop=False)
-        if cond.shape[2] >= num_frames:
-            cond_latent_frames, pixels = num_latent_frames(num_frames), cond[:, :, -num_frames:]
-        else:
-            cond_latent_frames = num_latent_frames(cond.shape[2])
-            pad = cond[:, :, -1:].repeat(1, 1, num_frames - cond.shape[2], 1, 1)
-            pixels = torch.cat([cond, pad], dim=2)
-        clean = encode_video(self.vae, pixels, sample=True, generator=generator, device=self._execution_device)
-        return clean, cond_latent_frames
+    check_inputs = staticmethod(check_conditioning_inputs)
 
     # ------------------------------------------------------------------ sampling
 
@@ -300,12 +155,7 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
     def enable_sparse_attention(self) -> int:
         """NVIDIA's neighbourhood attention (natten) in its sparse layers (`generation/sparse_attention.py`); returns
         how many layers are sparse."""
-        if compat.model_parallel_config(self.transformer) is not None:
-            raise ValueError(
-                "--sparse_attention with context parallelism is not supported: drop one, or use --num_gpus 2 "
-                "--guidance_parallel (no token sharding)."
-            )
-        return enable_sparse_attention(self.transformer, attention_processors(self.transformer, "self"))
+        return enable_sparse_attention(self.transformer)
 
     def enable_fp8(self) -> int:
         """The transformer blocks' linear layers in fp8 (`models/fp8.py`): weights stored in e4m3 with a scale per
@@ -337,50 +187,6 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
             x0, x0_uncond = torch.empty_like(mine), torch.empty_like(mine)
             dist.all_gather([x0, x0_uncond], mine, group=group)
         return x0 + guidance_scale * (x0 - x0_uncond)
-
-    @contextlib.contextmanager
-    def _guardrail_on(self, device: torch.device):
-        """The safety checker on the execution device while it checks, then on the CPU, as diffusers' pipeline
-        moves it (under model CPU offload the execution device is the GPU while the checker waits on the CPU)."""
-        self.safety_checker.to(device)
-        try:
-            yield
-        finally:
-            self.safety_checker.to("cpu")
-
-    def _sampling_scheduler(self, num_inference_steps: int, device, diffusers_compat: bool = False):
-        """The scheduler with its timesteps set: this pipeline's, or with `diffusers_compat` the Euler scheduler
-        diffusers' pipeline samples with. The user's scheduler config is never changed: the Euler
-        scheduler gets diffusers' Cosmos-Predict2 settings on a copy. Any other scheduler is refused: the
-        sampling loop hands it x0 predictions (or velocities, for Euler), which no other one takes."""
-        if diffusers_compat and not isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler):
-            euler = FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True)  # what diffusers' exports hold
-            return self._euler_schedule(euler.config, num_inference_steps, device)
-        if not isinstance(
-            self.scheduler, (CosmosMultistepScheduler, CosmosFewStepScheduler, FlowMatchEulerDiscreteScheduler)
-        ):
-            raise ValueError(
-                f"{type(self.scheduler).__name__} cannot drive this pipeline: use CosmosMultistepScheduler (NVIDIA's "
-                f"sampler, the default), CosmosFewStepScheduler (a distilled student's) or "
-                f"FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True)."
-            )
-        if not isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler):
-            self.scheduler.set_timesteps(num_inference_steps, device=device)
-            return self.scheduler
-        return self._euler_schedule(self.scheduler.config, num_inference_steps, device)
-
-    @staticmethod
-    def _euler_schedule(scheduler_config, num_inference_steps: int, device) -> FlowMatchEulerDiscreteScheduler:
-        """A copy of an Euler scheduler of `scheduler_config` with Karras sigmas between Cosmos' extremes, and a last
-        sigma equal to the one before (a zero-length final step), as diffusers' Cosmos-Predict2 pipeline sets them."""
-        scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
-        # Not `from_config` arguments: these keys exist only in the config, which set_timesteps reads.
-        scheduler.register_to_config(
-            sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN, sigma_data=1.0, final_sigmas_type="sigma_min"
-        )
-        scheduler.set_timesteps(sigmas=torch.linspace(0, 1, num_inference_steps, dtype=torch.float64), device=device)
-        scheduler.sigmas[-1] = scheduler.sigmas[-2]
-        return scheduler
 
     @property
     def guidance_scale(self) -> float:
@@ -512,10 +318,7 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         # diffusers' pipeline rounds each x0 to the model's dtype (bf16): reproduced with diffusers_compat
         self._round_x0_to = self.transformer.dtype if diffusers_compat else None
         if self.safety_checker is not None and prompt is not None:
-            with self._guardrail_on(device):
-                for text in [prompt] if isinstance(prompt, str) else prompt:
-                    if not self.safety_checker.check_text_safety(text):
-                        raise ValueError(f"Cosmos guardrail rejected the prompt: {text!r}.")
+            check_prompts(self.safety_checker, prompt, device)
 
         # 1. Text.
         self._guidance_scale, self._interrupt = guidance_scale, False
@@ -533,11 +336,14 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         )
 
         # 2. Conditioning latents, then the initial noise (diffusers draws its VAE sample first).
+        processor = self.video_processor
         if diffusers_compat:
-            clean, cond_frames = self._diffusers_conditioning(image, video, height, width, num_frames, generator)
+            clean, cond_frames = diffusers_conditioning(
+                self.vae, processor, image, video, height, width, num_frames, generator, device
+            )
         else:
-            clean, cond_frames = self._nvidia_conditioning(
-                image, video, num_conditional_frames, height, width, num_frames
+            clean, cond_frames = nvidia_conditioning(
+                self.vae, processor, image, video, num_conditional_frames, height, width, num_frames, device
             )
         shape = (text.shape[0], *latent_shape(self.vae.config, num_frames, height, width))
         clean = clean.expand(shape).to(device)
@@ -553,7 +359,7 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         # 3. Sampling: one guided x0 per step, handed to the scheduler (Euler takes the velocity).
         if self._step_cache is not None:
             self._step_cache.reset()
-        scheduler = self._sampling_scheduler(num_inference_steps, device, diffusers_compat)
+        scheduler = sampling_scheduler(self.scheduler, num_inference_steps, device, diffusers_compat)
         sigmas = scheduler.sigmas.to(device)  # copied once: a CPU sigma per step would be a host-to-device sync
         euler = isinstance(scheduler, FlowMatchEulerDiscreteScheduler)
         self._num_timesteps = len(scheduler.timesteps)
@@ -585,10 +391,7 @@ class CosmosVideo2WorldPipeline(DiffusionPipeline, CosmosLoraLoaderMixin):
         else:
             pixels = decode_latents(self.vae, x)
             if self.safety_checker is not None:
-                checked = (self.video_processor.postprocess_video(pixels, output_type="np") * 255).astype(np.uint8)
-                with self._guardrail_on(device):
-                    checked = np.stack([self.safety_checker.check_video_safety(v) for v in checked])
-                pixels = torch.from_numpy(checked.astype(np.float32) / 255.0 * 2 - 1).permute(0, 4, 1, 2, 3)
+                pixels = checked_videos(self.safety_checker, self.video_processor, pixels, device)
             frames = self.video_processor.postprocess_video(pixels, output_type=output_type)
         self.maybe_free_model_hooks()
         return CosmosPipelineOutput(frames=frames) if return_dict else (frames,)

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import decord
 import PIL.Image
@@ -31,7 +31,6 @@ from ..models.checkpoint_format import (
 )
 from ..models.compile import compile_block_forwards, compile_blocks
 from ..models.components import (
-    cache_root,
     check_is_pipeline_folder,
     check_transformer_matches,
     hub_source,
@@ -43,33 +42,33 @@ from ..models.sample_shape import check_sample_shape, latent_shape, latent_token
 from ..parallel.context_parallel import enable_context_parallel
 from ..parallel.parallel_dims import ParallelDims
 from ..utils.allocator import set_allocator_defaults
+from .config import GenerationConfig
 from .cuda_graphs import enable_cuda_graphs
+from .inputs import check_conditioning_frames, nvidia_initial_noise, open_image
 from .jobs import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, check_chunks
 from .long_video import ChunkWriter, generate_long_video
-from .pipeline import CosmosVideo2WorldPipeline, check_conditioning_frames, nvidia_initial_noise, open_image
+from .pipeline import CosmosVideo2WorldPipeline
 from .post_trained import check_lora_adapter, load_post_trained_weights
 from .prompt_refiner import PromptRefiner
-
-if TYPE_CHECKING:
-    from argparse import Namespace  # the CLI's parsed flags
 from .scheduler_few_step import CosmosFewStepScheduler
-from .step_cache import STEP_CACHE_FILE, Calibration, calibrate, read_calibration, write_calibration
+from .step_cache import calibrate, read_calibration, step_cache_file, step_cache_settings, store_calibration
 
 logger = logging.getLogger(__name__)
 
 
-def sample_size(args: Namespace) -> tuple[int, int, int]:
+def sample_size(config: GenerationConfig) -> tuple[int, int, int]:
     """(height, width, num_frames) from the flags, refusing sizes the model cannot take."""
-    preset = get_preset(args.model_size)
-    if args.model_size == "tiny":
+    preset = get_preset(config.model_size)
+    if config.model_size == "tiny":
         height, width, frames = preset.height, preset.width, preset.num_frames
     else:
-        table = RESOLUTIONS[args.resolution]
-        if args.aspect_ratio not in table and (args.height is None or args.width is None):
-            raise ValueError(f"No {args.aspect_ratio} size at {args.resolution}p; pass --height and --width.")
-        width, height = table.get(args.aspect_ratio, (args.width, args.height))
-        frames = NUM_FRAMES_BY_FPS[args.fps]
-    height, width, frames = args.height or height, args.width or width, args.num_frames or frames
+        table = RESOLUTIONS[config.resolution]
+        size = table.get(config.aspect_ratio)
+        if size is None and (config.height is None or config.width is None):
+            raise ValueError(f"No {config.aspect_ratio} size at {config.resolution}p; pass --height and --width.")
+        width, height = size or (0, 0)  # without a table size, --height and --width (given) replace it below
+        frames = NUM_FRAMES_BY_FPS[config.fps]
+    height, width, frames = config.height or height, config.width or width, config.num_frames or frames
     check_sample_shape(frames, height, width, "--num_frames", "--height and --width")
     return height, width, frames
 
@@ -100,85 +99,87 @@ def read_conditioning(path: str, num_frames: int = 5) -> tuple[PIL.Image.Image |
     )
 
 
-def student_steps(args: Namespace) -> int | None:
+def student_steps(config: GenerationConfig) -> int | None:
     """The steps `--dit_path` was distilled for, if it is a distilled student (`checkpoint_format.distilled_steps_of`),
     checked against the flags before any model loads: a student takes no step cache (its few steps have none
     to skip) and no other scheduler."""
-    steps = distilled_steps_of(args.dit_path) if args.dit_path else None
+    steps = distilled_steps_of(config.dit_path) if config.dit_path else None
     if steps is None:
         return None
-    if args.cache is not None:
+    if config.cache is not None:
         raise ValueError(
-            f"--cache skips steps of a long sampling; --dit_path {args.dit_path} is a {steps}-step distilled student, "
-            f"which has none to spare: drop --cache."
+            f"--cache skips steps of a long sampling; --dit_path {config.dit_path} is a {steps}-step distilled "
+            f"student, which has none to spare: drop --cache."
         )
-    if args.scheduler != "cosmos":
+    if config.scheduler != "cosmos":
         raise ValueError(
-            f"--scheduler {args.scheduler}: --dit_path {args.dit_path} is a distilled student, which samples with its "
-            f"own few-step sampler; drop --scheduler."
+            f"--scheduler {config.scheduler}: --dit_path {config.dit_path} is a distilled student, which samples "
+            f"with its own few-step sampler; drop --scheduler."
         )
     return steps
 
 
-def build_pipeline(args: Namespace, steps: int | None = None) -> CosmosVideo2WorldPipeline:
+def build_pipeline(config: GenerationConfig, steps: int | None = None) -> CosmosVideo2WorldPipeline:
     """The pipeline the flags ask for; `steps`: those of a distilled student's `--dit_path` (`student_steps`)."""
-    preset = get_preset(args.model_size)
-    weights = load_post_trained_weights(args.dit_path, args.load_ema, args.model_size) if args.dit_path else None
-    if args.lora_path:
-        check_lora_adapter(args.lora_path, preset)
-    device = process_device(args.num_gpus)
-    if args.offload_model and device.type != "cuda":  # diffusers' model offload needs an accelerator
+    preset = get_preset(config.model_size)
+    weights = (
+        load_post_trained_weights(config.dit_path, config.load_ema, config.model_size) if config.dit_path else None
+    )
+    if config.lora_path:
+        check_lora_adapter(config.lora_path, preset)
+    device = process_device(config.num_gpus)
+    if config.offload_model and device.type != "cuda":  # diffusers' model offload needs an accelerator
         raise ValueError("--offload_model moves each model to the GPU as it runs, and there is no GPU here: drop it.")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    kwargs = {"dtype": dtype, "disable_guardrail": args.disable_guardrail}
-    if args.scheduler == "euler":
+    kwargs = {"dtype": dtype, "disable_guardrail": config.disable_guardrail}
+    if config.scheduler == "euler":
         kwargs["scheduler"] = FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True)
     if steps is not None:
         kwargs["scheduler"] = CosmosFewStepScheduler(steps)
         logger.info(
-            "%s is a %d-step distilled student: its few-step sampler, no guidance by default", args.dit_path, steps
+            "%s is a %d-step distilled student: its few-step sampler, no guidance by default", config.dit_path, steps
         )
     if isinstance(weights, CosmosTransformer3DModel):
         kwargs["transformer"] = weights.to(dtype)
     pipe = CosmosVideo2WorldPipeline.from_pretrained(
-        resolve_pretrained(preset, args.pretrained_model_name_or_path), **kwargs
+        resolve_pretrained(preset, config.pretrained_model_name_or_path), **kwargs
     )
-    check_transformer_matches(pipe.transformer, preset, args.pretrained_model_name_or_path or "the base model")
-    if isinstance(weights, dict):
-        load_into_transformer(pipe.transformer, weights, args.dit_path)
-    if args.lora_path:
-        pipe.load_lora_weights(args.lora_path)
-    set_attention_backend(pipe.transformer, args.attention_backend, device)
-    dims = generation_dims(args.num_gpus, args.guidance_parallel)
+    check_transformer_matches(pipe.transformer, preset, config.pretrained_model_name_or_path or "the base model")
+    if isinstance(weights, dict) and config.dit_path:
+        load_into_transformer(pipe.transformer, weights, config.dit_path)
+    if config.lora_path:
+        pipe.load_lora_weights(config.lora_path)
+    set_attention_backend(pipe.transformer, config.attention_backend, device)
+    dims = generation_dims(config.num_gpus, config.guidance_parallel)
     if dims.cp > 1:
-        height, width, num_frames = sample_size(args)
+        height, width, num_frames = sample_size(config)
         enable_context_parallel(pipe.transformer, dims, device, latent_tokens(num_frames, height, width))
     if dims.guidance_parallel:
         pipe.enable_guidance_parallel(dims.guidance_group())
-    if args.fp8:
+    if config.fp8:
         pipe.enable_fp8()
-    if args.sparse_attention == "natten":
+    if config.sparse_attention == "natten":
         logger.info("Sparse attention (natten) in %d of the transformer's blocks", pipe.enable_sparse_attention())
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes within a generation: the VAE's convolutions autotune once
-    if args.compile if args.compile is not None else device.type == "cuda":
+    if config.compile if config.compile is not None else device.type == "cuda":
         # The step cache's hooks go around each block's forward, so only the forward inside them is compiled.
-        (compile_block_forwards if args.cache is not None else compile_blocks)(pipe.transformer)
-    if args.use_cuda_graphs:
+        (compile_block_forwards if config.cache is not None else compile_blocks)(pipe.transformer)
+    if config.use_cuda_graphs:
         enable_cuda_graphs(pipe.transformer)
-    if isinstance(args.cache, float):  # `auto` is calibrated on the first input (`main`)
-        pipe.enable_step_cache(args.cache)
-    if args.offload_model:
+    if isinstance(config.cache, float):  # `auto` is calibrated on the first input (`main`)
+        pipe.enable_step_cache(config.cache)
+    if config.offload_model:
         pipe.enable_model_cpu_offload()
         return pipe
-    if args.group_offload:  # pipe.to leaves a group-offloaded transformer where its hooks put it
+    if config.group_offload:  # pipe.to leaves a group-offloaded transformer where its hooks put it
         offload_transformer_blocks(pipe.transformer, device)
     pipe.to(device)
     if device.type == "cuda":
         use_channels_last_3d(pipe.vae)
-    if args.offload_text_encoder:
+    if config.offload_text_encoder:
         pipe.text_encoder.to("cpu")
-    if args.offload_guardrail and pipe.safety_checker is not None:
+    if config.offload_guardrail and pipe.safety_checker is not None:
         pipe.safety_checker.to("cpu")
     return pipe
 
@@ -189,42 +190,6 @@ def offload_transformer_blocks(transformer: CosmosTransformer3DModel, device: to
     transformer.enable_group_offload(
         device, offload_type="block_level", num_blocks_per_group=1, use_stream=device.type == "cuda"
     )
-
-
-def step_cache_file(args: Namespace) -> Path:
-    """Where `--cache auto` stores its choice: beside the weights it was made for (the LoRA adapter, else
-    `--dit_path`, else a local base folder), else in this package's cache folder."""
-    for given in (args.lora_path, args.dit_path, args.pretrained_model_name_or_path):
-        if given and Path(given).is_dir():
-            return Path(given) / STEP_CACHE_FILE
-        if given and Path(given).is_file():
-            return Path(given).with_name(f"{Path(given).stem}.{STEP_CACHE_FILE}")
-    return cache_root() / "step_cache" / f"{args.model_size}.json"
-
-
-def step_cache_settings(args: Namespace, height: int, width: int, num_frames: int) -> dict:
-    """What a `--cache auto` choice holds for: the weights and every sampling setting that changes the steps."""
-    weights = {
-        name: str(Path(value).resolve()) if value and Path(value).exists() else value
-        for name, value in (
-            ("pretrained", args.pretrained_model_name_or_path),
-            ("dit_path", args.dit_path),
-            ("lora_path", args.lora_path),
-        )
-    }
-    return {
-        **weights,
-        "model_size": args.model_size,
-        "load_ema": args.load_ema,
-        "size": [num_frames, height, width],
-        "num_inference_steps": args.num_inference_steps or 35,
-        "guidance": 7.0 if args.guidance is None else args.guidance,
-        "scheduler": args.scheduler,
-        "num_conditional_frames": args.num_conditional_frames,
-        "fp8": args.fp8,
-        "sparse_attention": args.sparse_attention,
-        "min_psnr_db": args.cache_min_psnr,
-    }
 
 
 def generation_dims(num_gpus: int, guidance_parallel: bool) -> ParallelDims:
@@ -284,63 +249,55 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def store_calibration(path: Path, calibration: Calibration) -> None:
-    """Write `--cache auto`'s choice for the next run; a folder we may not write to costs only the reuse."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_calibration(path, calibration)
-        logger.info("Stored the choice in %s: later runs with these weights and settings reuse it", path)
-    except OSError as exc:
-        logger.warning("Could not store the --cache auto choice in %s (%s); the next run calibrates again.", path, exc)
-
-
-def check_before_loading(args: Namespace, jobs: list[dict], inputs: list[tuple]) -> int | None:
+def check_before_loading(config: GenerationConfig, jobs: list[dict], inputs: list[tuple]) -> int | None:
     """What needs no model but the inputs' frames, checked before any loads: each job's chunks and conditioning
     frames, a distilled student's flags, the base folder, the prompt refiner's reach. Returns the student's steps
     (None for any other weights)."""
     for job, (image, video) in zip(jobs, inputs):
         check_chunks(
-            job["num_chunks"], args.num_conditional_frames, image is not None, f"--input_path {job['input_path']}"
+            job["num_chunks"], config.num_conditional_frames, image is not None, f"--input_path {job['input_path']}"
         )
         if video is not None:
             check_conditioning_frames(
                 len(video),
-                args.num_conditional_frames,
+                config.num_conditional_frames,
                 f"--input_path {job['input_path']}",
                 "--num_conditional_frames",
             )
-    steps = student_steps(args)  # a student's flags, before any model loads
-    if args.pretrained_model_name_or_path:
-        check_is_pipeline_folder(args.pretrained_model_name_or_path)
-    if args.use_cuda_graphs and not torch.cuda.is_available():
+    steps = student_steps(config)  # a student's flags, before any model loads
+    if config.pretrained_model_name_or_path:
+        check_is_pipeline_folder(config.pretrained_model_name_or_path)
+    if config.use_cuda_graphs and not torch.cuda.is_available():
         raise ValueError("--use_cuda_graphs records GPU kernels, and there is no GPU here: drop it.")
-    if args.prompt_refiner:
-        hub_source(args.prompt_refiner, "--prompt_refiner")  # a refiner that cannot load: one line, before any model
+    if config.prompt_refiner:
+        hub_source(config.prompt_refiner, "--prompt_refiner")  # a refiner that cannot load: one line, before any model
     return steps
 
 
-def generate_videos(args: Namespace, jobs: list[dict]) -> list[Path]:
-    """Every video of `jobs` (`jobs.check_jobs(args)`, checked before torch was imported) made as `args` (the CLI's
+def generate_videos(config: GenerationConfig, jobs: list[dict]) -> list[Path]:
+    """Every video of `jobs` (`jobs.check_jobs(config)`, checked before torch was imported) made as `config` (the CLI's
     flags, `cli/infer_flags.py`) say, and written; their paths (rank 0)."""
-    height, width, num_frames = sample_size(args)
+    height, width, num_frames = sample_size(config)
     inputs = [
-        read_conditioning(job["input_path"], args.num_conditional_frames) for job in jobs
+        read_conditioning(job["input_path"], config.num_conditional_frames) for job in jobs
     ]  # fail before loading any model
-    steps = check_before_loading(args, jobs, inputs)
+    steps = check_before_loading(config, jobs, inputs)
     set_allocator_defaults()
-    pipe = build_pipeline(args, steps)
+    pipe = build_pipeline(config, steps)
     refiner = (
-        PromptRefiner(args.prompt_refiner, pipe._execution_device, pipe.transformer.dtype, args.offload_prompt_refiner)
-        if args.prompt_refiner
+        PromptRefiner(
+            config.prompt_refiner, pipe._execution_device, pipe.transformer.dtype, config.offload_prompt_refiner
+        )
+        if config.prompt_refiner
         else None
     )
-    main_rank = args.num_gpus == 1 or dist.get_rank() == 0  # every rank holds the whole video; one writes it
+    main_rank = config.num_gpus == 1 or dist.get_rank() == 0  # every rank holds the whole video; one writes it
     calibration = None
-    if args.cache == "auto":
-        settings = step_cache_settings(args, height, width, num_frames)
-        calibration = read_calibration(step_cache_file(args), settings)
+    if config.cache == "auto":
+        settings = step_cache_settings(config, height, width, num_frames)
+        calibration = read_calibration(step_cache_file(config), settings)
         if calibration is not None:
-            logger.info("--cache auto: %s (stored in %s)", calibration.describe(), step_cache_file(args))
+            logger.info("--cache auto: %s (stored in %s)", calibration.describe(), step_cache_file(config))
             if calibration.threshold is not None:
                 pipe.enable_step_cache(calibration.threshold)
     written = []
@@ -349,26 +306,26 @@ def generate_videos(args: Namespace, jobs: list[dict]) -> list[Path]:
         prompt = refiner.refine(job["prompt"], image, video) if refiner is not None else job["prompt"]
         call = dict(
             prompt=prompt,
-            negative_prompt=args.negative_prompt,
+            negative_prompt=config.negative_prompt,
             height=height,
             width=width,
             num_frames=num_frames,
-            num_inference_steps=args.num_inference_steps,
-            guidance_scale=args.guidance,
-            fps=args.fps,
+            num_inference_steps=config.num_inference_steps,
+            guidance_scale=config.guidance,
+            fps=config.fps,
         )
 
         def generate(image=image, video=video, call=call):
-            conditioning = dict(image=image, video=video, num_conditional_frames=args.num_conditional_frames)
-            latents = nvidia_initial_noise(args.seed, shape)
+            conditioning = dict(image=image, video=video, num_conditional_frames=config.num_conditional_frames)
+            latents = nvidia_initial_noise(config.seed, shape)
             return pipe(**conditioning, **call, latents=latents, output_type="np").frames[0]
 
         frames = None
-        if args.cache == "auto" and calibration is None:
-            calibration, frames = calibrate(pipe, generate, args.cache_min_psnr, settings)
+        if config.cache == "auto" and calibration is None:
+            calibration, frames = calibrate(pipe, generate, config.cache_min_psnr, settings)
             logger.info("--cache auto, calibrated on %s: %s", job["input_path"], calibration.describe())
             if main_rank:
-                store_calibration(step_cache_file(args), calibration)
+                store_calibration(step_cache_file(config), calibration)
         save_path = Path(job["save_path"])
 
         def write(writer: ChunkWriter, job=job, image=image, video=video, call=call, frames=frames) -> None:
@@ -380,20 +337,20 @@ def generate_videos(args: Namespace, jobs: list[dict]) -> list[Path]:
                     job["num_chunks"],
                     image=image,
                     video=video,
-                    num_conditional_frames=args.num_conditional_frames,
-                    seed=args.seed,
+                    num_conditional_frames=config.num_conditional_frames,
+                    seed=config.seed,
                     on_chunk=writer.append,
-                    seam_correction=args.seam_correction,
+                    seam_correction=config.seam_correction,
                     **call,
                 )
 
-        if args.benchmark:  # each timed run generates (a calibration's video is not reused)
-            benchmark(functools.partial(write, frames=None), save_path, args.fps)
-        with ChunkWriter(save_path, args.fps, enabled=main_rank) as writer:  # every rank holds the video; one writes
+        if config.benchmark:  # each timed run generates (a calibration's video is not reused)
+            benchmark(functools.partial(write, frames=None), save_path, config.fps)
+        with ChunkWriter(save_path, config.fps, enabled=main_rank) as writer:  # every rank holds the video; one writes
             write(writer)
         if main_rank:
-            logger.info("Wrote %s (%d frames, %dx%d, %d fps)", save_path, writer.frames, width, height, args.fps)
+            logger.info("Wrote %s (%d frames, %dx%d, %d fps)", save_path, writer.frames, width, height, config.fps)
             written.append(save_path)
-    if args.num_gpus > 1:
+    if config.num_gpus > 1:
         dist.destroy_process_group()
     return written

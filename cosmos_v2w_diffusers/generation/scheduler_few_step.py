@@ -27,10 +27,11 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
+from ..choices import MAX_DISTILL_STEPS
+
 # NVIDIA's DMD2 student times are rectified-flow times shifted by 5 (DISTILLATION: `[pi/2, atan(15), atan(5),
 # atan(5/3)]` for 4 steps); the first level is the teacher's sigma_max.
 DEFAULT_SHIFT = 5.0
-MAX_DISTILL_STEPS = 8
 
 
 def few_step_sigmas(num_steps: int, shift: float = DEFAULT_SHIFT, sigma_max: float = 80.0) -> torch.Tensor:

@@ -23,6 +23,9 @@ import warnings
 
 import torch
 
+from .. import compat
+from ..models.attention import attention_processors
+
 # NVIDIA's per-layer parameters (cosmos_predict2/configs/base/config_natten.py), given for a 44 x 80 token grid
 # (720p 16:9) and scaled to other grids: window (time, height, width) in tokens, -1 = the whole axis; stride: a
 # tile of queries sharing one window; dilation: every d-th token. None: dense self-attention.
@@ -113,13 +116,20 @@ class NeighborhoodAttention:
         return out.reshape(query.shape)
 
 
-def enable_sparse_attention(transformer, processors: list) -> int:
+def enable_sparse_attention(transformer) -> int:
     """Give each block's self-attention processor its neighbourhood attention (NVIDIA's layer table) and keep
-    the token grid up to date from each forward's input; returns how many layers are sparse.
+    the token grid up to date from each forward's input; returns how many layers are sparse. Not with context
+    parallelism (a rank's shard is not the neighbourhood's grid).
 
     The processors need the grid to lay the tokens out: a forward pre-hook reads it from the latents
     `[B, C, T, H, W]` and the patch size."""
+    if compat.model_parallel_config(transformer) is not None:
+        raise ValueError(
+            "--sparse_attention with context parallelism is not supported: drop one, or use --num_gpus 2 "
+            "--guidance_parallel (no token sharding)."
+        )
     require_natten()
+    processors = attention_processors(transformer, "self")
     import natten
 
     if torch.cuda.is_available():

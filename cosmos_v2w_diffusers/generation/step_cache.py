@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,12 @@ import torch
 from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
 
 from .. import compat
+from ..models.components import cache_root
 from ..utils.io_utils import atomic_write, read_regular_file
+from .config import GenerationConfig
 from .video_metrics import psnr
+
+logger = logging.getLogger(__name__)
 
 # diffusers' names of the first block's hook and the others' (hooks/first_block_cache.py)
 _HEAD_HOOK, _BLOCK_HOOK = "fbc_leader_block_hook", "fbc_block_hook"
@@ -94,7 +99,7 @@ class StepCache:
         return self.skipped_forwards * (self.num_blocks - 1) / total if total else 0.0
 
 
-# `--cache auto`'s record of its choice, beside the weights it was made for (`inference.step_cache_file`).
+# `--cache auto`'s record of its choice, beside the weights it was made for (`step_cache_file`).
 STEP_CACHE_FILE = "step_cache.json"
 # `--cache auto` tries these thresholds, most skipping first, and keeps the first that is close enough to dense.
 CALIBRATION_THRESHOLDS = (0.5, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03)
@@ -170,3 +175,49 @@ def write_calibration(path: Path, calibration: Calibration) -> None:
     record["psnr_db"] = None if math.isinf(calibration.psnr_db) else calibration.psnr_db
     with atomic_write(path, "w") as f:
         f.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def store_calibration(path: Path, calibration: Calibration) -> None:
+    """Write `--cache auto`'s choice for the next run; a folder we may not write to costs only the reuse."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_calibration(path, calibration)
+        logger.info("Stored the choice in %s: later runs with these weights and settings reuse it", path)
+    except OSError as exc:
+        logger.warning("Could not store the --cache auto choice in %s (%s); the next run calibrates again.", path, exc)
+
+
+def step_cache_file(config: GenerationConfig) -> Path:
+    """Where `--cache auto` stores its choice: beside the weights it was made for (the LoRA adapter, else
+    `--dit_path`, else a local base folder), else in this package's cache folder."""
+    for given in (config.lora_path, config.dit_path, config.pretrained_model_name_or_path):
+        if given and Path(given).is_dir():
+            return Path(given) / STEP_CACHE_FILE
+        if given and Path(given).is_file():
+            return Path(given).with_name(f"{Path(given).stem}.{STEP_CACHE_FILE}")
+    return cache_root() / "step_cache" / f"{config.model_size}.json"
+
+
+def step_cache_settings(config: GenerationConfig, height: int, width: int, num_frames: int) -> dict:
+    """What a `--cache auto` choice holds for: the weights and every sampling setting that changes the steps."""
+    weights = {
+        name: str(Path(value).resolve()) if value and Path(value).exists() else value
+        for name, value in (
+            ("pretrained", config.pretrained_model_name_or_path),
+            ("dit_path", config.dit_path),
+            ("lora_path", config.lora_path),
+        )
+    }
+    return {
+        **weights,
+        "model_size": config.model_size,
+        "load_ema": config.load_ema,
+        "size": [num_frames, height, width],
+        "num_inference_steps": config.num_inference_steps or 35,
+        "guidance": 7.0 if config.guidance is None else config.guidance,
+        "scheduler": config.scheduler,
+        "num_conditional_frames": config.num_conditional_frames,
+        "fp8": config.fp8,
+        "sparse_attention": config.sparse_attention,
+        "min_psnr_db": config.cache_min_psnr,
+    }

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from collections.abc import Callable
 
 import torch
 from diffusers import CosmosTransformer3DModel
@@ -59,8 +60,8 @@ class CosmosAttnProcessor:
     _compiled_parts: dict = {}
     # `--sparse_attention natten` (`generation/sparse_attention.py`): this block's neighbourhood attention, and the
     # `(T, H, W)` token grid of the current forward that it lays the tokens out on; None: dense self-attention.
-    sparse_attention = None
-    token_grid = None
+    sparse_attention: Callable[..., torch.Tensor] | None = None
+    token_grid: tuple[int, int, int] | None = None
 
     def __call__(
         self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None

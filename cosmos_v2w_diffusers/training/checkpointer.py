@@ -21,7 +21,7 @@ from .optim import continue_linearly, start_new_cycle
 from .sections import CheckpointConfig, OptimConfig
 
 logger = get_logger(__name__)
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+_DEFAULTS = TrainConfig().values()
 
 
 @dataclasses.dataclass(frozen=True)

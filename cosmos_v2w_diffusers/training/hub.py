@@ -15,7 +15,9 @@ import shlex
 import shutil
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from diffusers.utils.hub_utils import populate_model_card
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
@@ -24,12 +26,26 @@ from huggingface_hub.utils import validate_repo_id
 from ..export.exports import BASE_COMPONENTS
 from ..models.presets import get_preset
 from .secrets import redacted_command
+from .sections import HubConfig
 
 logger = logging.getLogger(__name__)
 
 
 class HubUploadError(RuntimeError):
     """The final upload failed; the message names the folder and how to upload it by hand."""
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """What a model card says of its run, taken from the run's sections by `run_config.card_facts` (the card
+    spans them all: the model, what trained, the validation prompt, the recipe's numbers)."""
+
+    model: str  # the preset: 2B, 14B or tiny
+    train_architecture: str  # full or lora
+    distill_steps: int | None  # a distillation's student steps
+    validation_prompt: str | None
+    recipe: dict[str, Any]  # the card's hyper-parameters (`HYPERPARAMETERS`), by flag
+    repo_name: str  # the repo an upload goes to: --hub_model_id, else the output folder's name
 
 
 HYPERPARAMETERS = (
@@ -100,7 +116,7 @@ def public_command(command: list[str]) -> list[str]:
 
 
 def model_card(
-    config, base_model: str | None, command: list[str], repo_id: str, validation: dict | None = None
+    facts: CardFacts, base_model: str | None, command: list[str], repo_id: str, validation: dict | None = None
 ) -> ModelCard:
     """The card of an upload, as diffusers' training examples write theirs (`save_model_card`): diffusers'
     card template and `populate_model_card`, `diffusers-training` among the tags (`lora`, `template:sd-lora` for
@@ -109,12 +125,12 @@ def model_card(
     hyper-parameters and the validation metrics. diffusers' `load_or_create_model_card` is not called itself:
     its first half loads the card already on the Hub, which would keep the first save's card for every later one.
     """
-    lora = config.train_architecture == "lora" and not config.distill_steps  # a student is exported whole
+    lora = facts.train_architecture == "lora" and not facts.distill_steps  # a student is exported whole
     base = hub_id_or_none(base_model)
     video = bool(validation and validation.get("video"))
-    widget = [{"text": config.validation_prompt, "output": {"url": "validation.mp4"}}] if video else None
+    widget = [{"text": facts.validation_prompt, "output": {"url": "validation.mp4"}}] if video else None
     # The base a LoRA goes on: the Hub id trained from, else the preset's own (the 14B's for a 14B adapter).
-    pipeline_base = base or get_preset(config.model).hub_id or "<the base pipeline the adapter was trained on>"
+    pipeline_base = base or get_preset(facts.model).hub_id or "<the base pipeline the adapter was trained on>"
     guardrail = "disable_guardrail=True"  # or `pip install cosmos_guardrail` and leave it out: NVIDIA's safety checker
     if lora:
         usage = f"""import torch
@@ -131,19 +147,19 @@ from cosmos_v2w_diffusers import CosmosVideo2WorldPipeline
 repo_id = "{repo_id}"
 # NVIDIA's sampler; {guardrail}: without NVIDIA's safety checker (`pip install cosmos_guardrail` to run it)
 pipe = CosmosVideo2WorldPipeline.from_pretrained(repo_id, dtype=torch.bfloat16, {guardrail})"""
-    if config.distill_steps:
+    if facts.distill_steps:
         usage = usage.replace(
             "# NVIDIA's sampler",
-            f"# its {config.distill_steps}-step sampler, no guidance: pipe(image=..., prompt=...)",
+            f"# its {facts.distill_steps}-step sampler, no guidance: pipe(image=..., prompt=...)",
         )
     install = (
         "`cosmos_v2w_diffusers` is not on PyPI: install it from a clone of its repository (`pip install -e .`), with "
         "diffusers, transformers and torch."
     )
-    origin = f"[{base}](https://huggingface.co/{base})" if base else f"the Cosmos-Predict2 {config.model} preset"
-    shown = [n for n in HYPERPARAMETERS if (lora or config.distill_steps or not n.startswith("lora_"))]
-    shown = [n for n in shown if config.distill_steps or n not in ("distill_steps", "guidance")]
-    rows = "\n".join(f"| `{name}` | {getattr(config, name)} |" for name in shown)
+    origin = f"[{base}](https://huggingface.co/{base})" if base else f"the Cosmos-Predict2 {facts.model} preset"
+    shown = [n for n in HYPERPARAMETERS if (lora or facts.distill_steps or not n.startswith("lora_"))]
+    shown = [n for n in shown if facts.distill_steps or n not in ("distill_steps", "guidance")]
+    rows = "\n".join(f"| `{name}` | {facts.recipe[name]} |" for name in shown)
     stock = (
         "the stock `Cosmos2VideoToWorldPipeline` takes the adapter with `pipe.transformer.load_lora_adapter(repo_id, "
         'weight_name="pytorch_lora_weights.safetensors", prefix="transformer")`'
@@ -152,21 +168,21 @@ pipe = CosmosVideo2WorldPipeline.from_pretrained(repo_id, dtype=torch.bfloat16, 
         "with its Euler sampler"
         + (
             f" (which cannot express the student's sampler: it samples the student as a 35-step model; use "
-            f"`CosmosVideo2WorldPipeline` for its {config.distill_steps} steps)"
-            if config.distill_steps
+            f"`CosmosVideo2WorldPipeline` for its {facts.distill_steps} steps)"
+            if facts.distill_steps
             else ""
         )
     )
-    kind = f"distilled into {config.distill_steps} steps" if config.distill_steps else f"{config.train_architecture} "
-    kind += "" if config.distill_steps else "post-trained"
+    kind = f"distilled into {facts.distill_steps} steps" if facts.distill_steps else f"{facts.train_architecture} "
+    kind += "" if facts.distill_steps else "post-trained"
     what = (
         "A LoRA adapter for"
         if lora
-        else f"A {config.distill_steps}-step student of"
-        if config.distill_steps
+        else f"A {facts.distill_steps}-step student of"
+        if facts.distill_steps
         else "A post-trained"
     )
-    description = f"""# Cosmos-Predict2 {config.model} Video2World, {kind}
+    description = f"""# Cosmos-Predict2 {facts.model} Video2World, {kind}
 
 {what} {origin}, made with `cosmos_v2w_diffusers` (NVIDIA's
 Video2World recipe on diffusers and accelerate). It continues an image or the last frames of a video.
@@ -176,7 +192,7 @@ Video2World recipe on diffusers and accelerate). It continues an image or the la
 ```
 
 {install} With diffusers alone (it needs `pip install cosmos_guardrail`, or a `safety_checker=` of your own), {stock}.
-{f'{chr(10)}Validation prompt: "{config.validation_prompt}"{chr(10)}' if config.validation_prompt else ""}
+{f'{chr(10)}Validation prompt: "{facts.validation_prompt}"{chr(10)}' if facts.validation_prompt else ""}
 ## Command
 
 ```bash
@@ -198,7 +214,7 @@ Video2World recipe on diffusers and accelerate). It continues an image or the la
         library_name="diffusers",
         pipeline_tag="image-to-video",
         base_model=base,
-        instance_prompt=config.validation_prompt,
+        instance_prompt=facts.validation_prompt,
         widget=widget,
     )
     # diffusers' template adds sections of TODOs for the author to fill; this card is complete as it is
@@ -207,23 +223,22 @@ Video2World recipe on diffusers and accelerate). It continues an image or the la
     return populate_model_card(card, tags=tags + (["lora", "template:sd-lora"] if lora else []))
 
 
-def write_model_card(config, base_model: str | None, folder: Path, validation: dict | None = None) -> Path:
+def write_model_card(facts: CardFacts, base_model: str | None, folder: Path, validation: dict | None = None) -> Path:
     """The card an upload would carry, written into a local run's export `folder`, so that uploading it by hand
     (`hf upload <repo> <folder> .`) publishes one too. Its repo id is the one `--push_to_hub` would use."""
-    repo_id = config.hub_model_id or Path(config.output_dir).name
     command = redacted_command([Path(sys.argv[0]).name] + sys.argv[1:])
     path = Path(folder) / "README.md"
-    model_card(config, base_model, command, repo_id, validation).save(path)
+    model_card(facts, base_model, command, facts.repo_name, validation).save(path)
     return path
 
 
 class HubUploader:
     """Background uploads of an export folder to `--hub_model_id` (default: the output folder's name)."""
 
-    def __init__(self, config, base_model: str | None):
-        self.config, self.base_model = config, base_model
+    def __init__(self, config: HubConfig, facts: CardFacts, base_model: str | None):
+        self.config, self.facts, self.base_model = config, facts, base_model
         self.api = HfApi(token=config.hub_token)  # None: HF_TOKEN or the logged-in token
-        self.repo_id = self._create_repo(config.hub_model_id or Path(config.output_dir).name)
+        self.repo_id = self._create_repo(facts.repo_name)
         self.command = redacted_command([Path(sys.argv[0]).name] + sys.argv[1:])  # as `write_model_card`
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-upload")
         self._pending: Future | None = None
@@ -254,7 +269,7 @@ class HubUploader:
                 "Hub upload of an earlier save is still running; iteration %d goes up with a later save.", iteration
             )
             return
-        model_card(self.config, self.base_model, self.command, self.repo_id, self.validation).save(
+        model_card(self.facts, self.base_model, self.command, self.repo_id, self.validation).save(
             Path(folder) / "README.md"
         )
         if self.validation and Path(self.validation.get("video", "")).is_file():

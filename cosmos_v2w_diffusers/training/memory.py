@@ -198,7 +198,7 @@ class LeanLevers:
 
 
 def leanest_step_bytes(
-    transformer: torch.nn.Module, config, tokens: int, compute_dtype: torch.dtype, levers: LeanLevers
+    transformer: torch.nn.Module, config: ParallelConfig, tokens: int, compute_dtype: torch.dtype, levers: LeanLevers
 ) -> int:
     """The run's leanest step with `levers`: full recompute, the EMA on the CPU, the block inputs on the CPU with
     --low_vram, compiled blocks. `transformer` is the run's model built on the meta device (its dtypes and
@@ -216,17 +216,24 @@ def leanest_step_bytes(
 
 
 def choose_lean_levers(
-    transformer: torch.nn.Module, config, tokens: int, compute_dtype: torch.dtype, budget: int, one_gpu: bool
+    transformer: torch.nn.Module,
+    config: ParallelConfig,
+    tokens: int,
+    compute_dtype: torch.dtype,
+    budget: int,
+    one_gpu: bool,
+    lora: bool,
 ) -> LeanLevers:
     """`--block_swap` and `--checkpoint_block_parts` as asked; for a run that asked to fit (`--low_vram` or
     `--memory_budget_gib`), the levers its leanest step needs to fit `budget` bytes, cheapest first: block swap
     (a LoRA run on one GPU; its copies run beside the compute), then the parts checkpointed (--low_vram; a step
     8% slower, 2B at 720p on an H200 with the fp8 base and block swap: 15.2 -> 16.5 s). Both change no result, so
-    they may be chosen for the user; an fp8 base changes the numerics, so it is only ever asked for."""
-    levers = LeanLevers.asked_by(config.parallel)
+    they may be chosen for the user; an fp8 base changes the numerics, so it is only ever asked for. `lora`: the
+    run trains an adapter over a frozen base (which block swap streams)."""
+    levers = LeanLevers.asked_by(config)
     if not (config.low_vram or config.memory_budget_gib is not None):
         return levers
-    may_swap = one_gpu and config.train_architecture == "lora" and config.activation_checkpointing != "none"
+    may_swap = one_gpu and lora and config.activation_checkpointing != "none"
     for lever, allowed in (("block_swap", may_swap), ("checkpoint_parts", config.low_vram)):
         if leanest_step_bytes(transformer, config, tokens, compute_dtype, levers) <= budget:
             break
@@ -236,7 +243,12 @@ def choose_lean_levers(
 
 
 def check_fits(
-    transformer: torch.nn.Module, config, tokens: int, compute_dtype: torch.dtype, budget: int, levers: LeanLevers
+    transformer: torch.nn.Module,
+    config: ParallelConfig,
+    tokens: int,
+    compute_dtype: torch.dtype,
+    budget: int,
+    levers: LeanLevers,
 ) -> int:
     """Refuse, before any weight is loaded, a run whose leanest step (`leanest_step_bytes`) cannot fit `budget`
     bytes; returns that step's estimate."""
@@ -254,11 +266,13 @@ def check_fits(
 def plan_gpu_memory(
     transformer: torch.nn.Module,
     vae: torch.nn.Module,
-    config,
+    config: ParallelConfig,
     device: torch.device,
     tokens: int,
     compute_dtype: torch.dtype,
     *,
+    ema: bool,
+    vae_resident: bool,
     compiled: bool,
     selective_blocks: int | None,
     ema_device: str | None,
@@ -275,15 +289,16 @@ def plan_gpu_memory(
     hidden behind a long step (2B at 720p) but not behind a short one, which would wait for it. Under FSDP,
     `fsdp_shards` ranks share the weights, EMA and optimizer state; under DDP of several processes (`ddp`) its
     gradient-sized buffer (`DDP_EXTRA_BYTES_PER_PARAMETER`) is counted too. `budget_bytes` (`memory_budget_bytes`)
-    replaces the card's memory; with `block_swap` the GPU holds two blocks' frozen weights.
+    replaces the card's memory; with `block_swap` the GPU holds two blocks' frozen weights. `ema`: the run keeps
+    one; `vae_resident`: the VAE stays on the GPU (it encodes every step, without --cache_latents).
     """
     c = config
     planned = device.type == "cuda" and c.activation_checkpointing == "selective" and selective_blocks is None
     if not planned:
         return MemoryPlan(selective_blocks, ema_device or "gpu")
-    states = state_bytes(transformer, compute_dtype, c.ema, fsdp_shards)
+    states = state_bytes(transformer, compute_dtype, ema, fsdp_shards)
     resident = states["weights"] - (swapped_weight_bytes(transformer) if block_swap else 0)
-    resident += 0 if c.cache_latents else sum(p.numel() * p.element_size() for p in vae.parameters())
+    resident += sum(p.numel() * p.element_size() for p in vae.parameters()) if vae_resident else 0
     trainable_params = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
     resident += DDP_EXTRA_BYTES_PER_PARAMETER * trainable_params if ddp else 0
     ema_bytes = states["ema"]
@@ -309,7 +324,7 @@ def plan_gpu_memory(
 def context_parallel_advice(
     transformer: torch.nn.Module,
     vae: torch.nn.Module,
-    config,
+    config: ParallelConfig,
     device: torch.device,
     tokens: int,
     compute_dtype: torch.dtype,

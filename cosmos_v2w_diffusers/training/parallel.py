@@ -32,7 +32,7 @@ logger = get_logger(__name__)
 
 @dataclass(frozen=True)
 class DevicePlan:
-    """The device decisions of a run, made once from its flags (`TrainConfig`), its layout (`ParallelDims`)
+    """The device decisions of a run, made once from its flags (`ParallelConfig`), its layout (`ParallelDims`)
     and the machine; what the flags leave open (None) is decided here, and nothing changes it afterwards."""
 
     mixed_precision: str  # bf16, fp16 or no
@@ -72,13 +72,19 @@ def fsdp_mixed_precision(compute_dtype: torch.dtype) -> MixedPrecisionPolicy:
 
 def prepare_for_wrapping(
     transformer: CosmosTransformer3DModel,
-    vae,
-    config,
+    vae: torch.nn.Module,
+    config: ParallelConfig,
     accelerator,
     dims,
     tokens: int,
     compute_dtype: torch.dtype,
-    levers: LeanLevers = LeanLevers(),
+    levers: LeanLevers,
+    *,
+    batch_size: int,
+    max_grad_norm: float,
+    ema: bool,
+    vae_resident: bool,
+    distillation: bool,
 ) -> DevicePlan:
     """Plan the run's device use and carry the plan out on `transformer` before accelerate wraps it (DDP;
     FSDP2 with the mixed-precision policy set here; DeepSpeed with the config `configure_deepspeed` settles).
@@ -87,19 +93,21 @@ def prepare_for_wrapping(
     `tokens` and of the sharded states. Off FSDP, diffusers' gradient checkpointing runs the plan; under FSDP2
     the checkpoint wraps each block before it is sharded (`wrap_blocks_for_fsdp`). `dims` (`ParallelDims`)
     says which engine wraps it and how the ranks share the sequence and the states. `levers`: `--block_swap`,
-    or the trainer's choice (`memory.choose_lean_levers`).
+    or the trainer's choice (`memory.choose_lean_levers`). Of the rest of the run: the clips of a micro-step and
+    the gradient clip (DeepSpeed's config), whether it keeps an EMA and the VAE stays on the GPU (the memory
+    plan), and whether it is a distillation (whose adapters switch inside a block's recompute).
     """
     c, cp, device = config, dims.cp, accelerator.device
     on_gpu = device.type == "cuda"
     # A distillation switches adapters between a block's forward and its recompute, and compiled blocks then
     # replay a different graph (measured on an H100: CheckpointError at the first critic step); with no
     # recompute it compiles (2B, 29 frames at 448x256: 0.69 s a step against 1.33 uncompiled with checkpointing).
-    distill_recomputes = bool(c.distill_steps) and c.activation_checkpointing != "none"
+    distill_recomputes = distillation and c.activation_checkpointing != "none"
     compiled = c.compile if c.compile is not None else on_gpu and not distill_recomputes
     selective_blocks = c.selective_checkpointing_blocks
     if dims.engine == "deepspeed":
         compiled, selective_blocks = configure_deepspeed(
-            accelerator.state.deepspeed_plugin, c.parallel, c.batch_size, c.max_grad_norm, compiled
+            accelerator.state.deepspeed_plugin, c, batch_size, max_grad_norm, compiled
         )
     attention_backend = set_attention_backend(transformer, c.attention_backend, device)
     logger.info("Attention kernel: %s", attention_backend)
@@ -109,10 +117,12 @@ def prepare_for_wrapping(
     planner = dict(
         compiled=compiled,
         selective_blocks=selective_blocks,
-        ema_device=_forced_ema_device(c.parallel, on_gpu),
+        ema=ema,
+        vae_resident=vae_resident,
+        ema_device=_forced_ema_device(c, on_gpu),
         fsdp_shards=dims.state_shards,
         ddp=dims.engine == "ddp",
-        budget_bytes=memory_budget_bytes(c.parallel, device),
+        budget_bytes=memory_budget_bytes(c, device),
         block_swap=levers.block_swap,
     )
     memory = plan_gpu_memory(transformer, vae, c, device, tokens // cp, compute_dtype, **planner)

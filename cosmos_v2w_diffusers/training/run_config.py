@@ -4,8 +4,7 @@
 size or the launch, checks the result (`validate`, below) and builds a `RunConfig`: the resolved values in their
 sections (`run.data`, `run.weights`, `run.optim`, `run.checkpointing`, `run.hub`, `run.parallel`, `run.validation`,
 `run.distill`), each built once and frozen, and the flags it came from. A component takes the section it reads (the
-optimizer its `OptimConfig`), not the whole run. Every flag is in exactly one section (`tests/test_training.py`
-checks), and `--help` lists the flags by section.
+optimizer its `OptimConfig`), not the whole run.
 """
 
 from __future__ import annotations
@@ -19,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 from ..export.exports import ExportSettings
 from ..models.components import preset_of_pretrained
 from ..models.presets import get_preset
-from ..models.sample_shape import check_sample_shape, latent_tokens
-from .checks import check_flags
-from .config import RUN_DEFINING_FIELDS, TEACHER_FIELDS, TrainConfig, parse_resolution
+from ..models.sample_shape import latent_tokens
+from .config import RUN_DEFINING_FIELDS, TEACHER_FIELDS, TrainConfig
+from .hub import HYPERPARAMETERS, CardFacts
 
 if TYPE_CHECKING:
     import torch
@@ -29,21 +28,12 @@ if TYPE_CHECKING:
     from ..parallel.parallel_dims import ParallelDims
 
 from .secrets import SECRET_FIELDS
-from .sections import (
-    SECTIONS,
-    CheckpointConfig,
-    DataConfig,
-    DistillConfig,
-    HubConfig,
-    OptimConfig,
-    ParallelConfig,
-    ValidationConfig,
-    WeightsConfig,
-)
+from .sections import SECTIONS, Sections
+from .sections.data import parse_resolution
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Sections):
     """A run's configuration, resolved once (`resolve`) and frozen: one section per concern, each built once, with
     every default that depends on the preset, the weights, the dataset's size or the launch filled in (those fields
     are never None), and the flags it came from (`flags`), so that resolving again starts from them.
@@ -51,25 +41,7 @@ class RunConfig:
     A component takes the section it reads (`build_optimizer(params, run.optim)`); the trainer, which sees the whole
     run, may read a field flat (`run.max_iter`): the section that owns it answers."""
 
-    data: DataConfig
-    weights: WeightsConfig
-    optim: OptimConfig
-    checkpointing: CheckpointConfig
-    hub: HubConfig
-    parallel: ParallelConfig
-    validation: ValidationConfig
-    distill: DistillConfig
-    flags: TrainConfig = field(repr=False, compare=False)
-
-    def __getattr__(self, name: str) -> Any:
-        section = _SECTION_OF_FIELD.get(name)
-        if section is None:
-            raise AttributeError(f"RunConfig has no field {name!r}")
-        return getattr(getattr(self, section), name)
-
-    def values(self) -> dict[str, Any]:
-        """Every field by its flag's name, in the flags' order."""
-        return {name: getattr(self, name) for name in _SECTION_OF_FIELD}
+    flags: TrainConfig = field(default_factory=TrainConfig, repr=False, compare=False)
 
     def public_dict(self) -> dict:
         """Every field but the secrets: what checkpoints store and trackers log."""
@@ -83,21 +55,21 @@ class RunConfig:
         names = RUN_DEFINING_FIELDS + (TEACHER_FIELDS if self.distill.distill_steps else ())
         return {name: getattr(self, name) for name in names}
 
-    def hub_kwargs(self) -> dict:
-        return self.weights.hub_kwargs()
-
     @property
     def ema_gamma(self) -> float:
         return self.optim.ema_gamma
 
 
-# Each field's section (every flag is in exactly one: `tests/test_training.py`), in the flags' order.
-_SECTION_OF_FIELD = {
-    f.name: name
-    for f in dataclasses.fields(TrainConfig)
-    for name, section in SECTIONS.items()
-    if f.name in {g.name for g in dataclasses.fields(section)}
-}
+def card_facts(run: RunConfig) -> CardFacts:
+    """What the run's model card says of it (`hub.py` reads no training config)."""
+    return CardFacts(
+        model=run.weights.model,
+        train_architecture=run.weights.train_architecture,
+        distill_steps=run.distill.distill_steps,
+        validation_prompt=run.validation.validation_prompt,
+        recipe={name: getattr(run, name) for name in HYPERPARAMETERS},
+        repo_name=run.hub.hub_model_id or Path(run.checkpointing.output_dir).name,
+    )
 
 
 def export_settings(run: RunConfig) -> ExportSettings:
@@ -124,7 +96,7 @@ def resolve(flags: TrainConfig, steps_per_epoch: int | None = None, clips_per_st
     scales the learning rate under `--scale_lr`; without them neither is applied. The trainer's second resolution
     (once the clips are counted) starts again from the run's `flags`, so it sees what the user gave.
     """
-    check_flags(flags)
+    flags.check()
     asked = get_preset(flags.model) if flags.model else None
     found = (
         preset_of_pretrained(flags.pretrained_model_name_or_path, **flags.hub_kwargs())
@@ -160,7 +132,7 @@ def resolve(flags: TrainConfig, steps_per_epoch: int | None = None, clips_per_st
     else:
         dataset = flags.dataset_name.rsplit("/", 1)[-1] if flags.dataset_name else "demo"
     group = "video2world_distill" if flags.distill_steps else "video2world_lora" if lora else "video2world"
-    given: dict[str, Any] = {f.name: getattr(flags, f.name) for f in dataclasses.fields(TrainConfig)}
+    given = flags.values()
     resolved: dict[str, Any] = dict(
         model=preset.name,
         train_architecture="lora" if lora else "full",
@@ -172,6 +144,8 @@ def resolve(flags: TrainConfig, steps_per_epoch: int | None = None, clips_per_st
         height=preset.height if height is None else height,
         width=preset.width if width is None else width,
         resolution=None,  # now in --height and --width
+        validation_epochs=None,  # now in --validation_steps (the trainer's second resolution, once the clips are
+        # counted, starts again from the flags)
         learning_rate=given_or("learning_rate", preset.learning_rate) * lr_scale,
         weight_decay=given_or("weight_decay", preset.weight_decay),
         lr_f_max=given_or("lr_f_max", preset.lr_f_max),
@@ -193,9 +167,10 @@ def resolve(flags: TrainConfig, steps_per_epoch: int | None = None, clips_per_st
 
 def validate(run: RunConfig, dims: ParallelDims | None = None, device: torch.device | None = None) -> None:
     """Refuse, in one line naming the flag and the fix, what no run can do with a resolved run's values (`resolve`
-    checked its flags with `checks.check_flags` before filling them in), and, given `dims`, what the layout of the
-    processes allows, and, given `device`, what its device can run. Every check that needs no weights is here (or
-    in `check_flags`), run before anything loads; `tests/test_training.py` holds one table of them all."""
+    checked its flags, `TrainConfig.check`, before filling them in; each section checks its values again), and,
+    given `dims`, what the layout of the processes allows, and, given `device`, what its device can run. Every
+    check that needs no weights is here or in the sections, run before anything loads; `tests/test_training.py`
+    holds one table of them all."""
     _check_resolved(run)
     if dims is not None:
         _check_layout(run, dims)
@@ -247,37 +222,10 @@ def _check_resolved_teacher(run: RunConfig) -> None:
 
 
 def _check_resolved(run: RunConfig) -> None:
-    """What the filled-in defaults make impossible: a warm-up as long as the run, a schedule shorter than it."""
-    if run.block_swap and run.activation_checkpointing == "none":
-        raise ValueError(
-            "--block_swap drops a block's weights once it has run, so the backward must recompute the block: "
-            "drop --activation_checkpointing none."
-        )
-    if run.checkpoint_block_parts and not run.low_vram:
-        raise ValueError("--checkpoint_block_parts goes with --low_vram: add it.")
-    if run.low_vram and run.activation_checkpointing != "full":
-        raise ValueError("--low_vram offloads what full recompute keeps: drop --activation_checkpointing.")
-    if run.compile and run.distill_steps and run.activation_checkpointing != "none":
-        raise ValueError(
-            "--compile with --distill_steps and activation checkpointing: the student's and critic's adapters switch "
-            "between a block's forward and its recompute, which compiled blocks do not replay alike; drop --compile "
-            "(a distillation is left uncompiled by default), or pass --activation_checkpointing none."
-        )
-    if run.validation_num_frames is not None and (run.validation_num_frames - 1) % 4:
-        raise ValueError(f"--validation_num_frames must be 4k+1, got {run.validation_num_frames}.")
-    if run.lr_warmup_steps >= min(run.max_iter, run.lr_decay_steps):
-        raise ValueError(
-            f"--lr_warmup_steps {run.lr_warmup_steps} is not shorter than the run's {run.max_iter} steps: the "
-            f"learning rate would never reach its peak; shorten the warm-up."
-        )
-    if run.lr_decay_steps < run.max_iter and run.lr_scheduler not in ("constant", "constant_with_warmup"):
-        raise ValueError(
-            f"--lr_decay_steps {run.lr_decay_steps} is shorter than --max_iter {run.max_iter}: the last "
-            f"{run.max_iter - run.lr_decay_steps} steps would train at learning rate 0; raise it or drop it."
-        )
-    if (run.validation_image or run.validation_video) and not run.validation_prompt:
-        raise ValueError("--validation_image/--validation_video need a --validation_prompt.")
-    check_sample_shape(run.num_frames, run.height, run.width, "--num_frames", "--height and --width")
+    """What the filled-in defaults make impossible, section by section (a warm-up as long as the run the preset
+    gives), and what needs the resolved model size: LoRA's target layers, a distillation's teacher."""
+    for name in SECTIONS:
+        getattr(run, name).check()
     if run.train_architecture == "lora":
         _check_lora_targets(run)
     _check_resolved_teacher(run)

@@ -15,7 +15,6 @@ process accumulating N micro-batches draws what N data-parallel processes draw.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import math
 import time
 import warnings
@@ -23,48 +22,35 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import (
-    AutocastKwargs,
-    DistributedDataParallelKwargs,
-    InitProcessGroupKwargs,
-    ProjectConfiguration,
-    parse_flag_from_env,
-)
+from accelerate.utils import parse_flag_from_env
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..data.builtin_sample import demo_dataset_path
-from ..data.hf_dataset import CaptionEncoder, hub_dataset_folder, load_video2world_dataset
-from ..data.latent_cache import build_latent_cache
-from ..data.samples import DrawSampler, Video2WorldTrainDataset
-from ..data.video_folder import is_video_folder
-from ..export.exports import check_export_targets, export_final
-from ..generation.pipeline import SIGMA_MAX
-from ..models.components import load_vae, resolve_pretrained
-from ..models.latents import encode_video, use_channels_last_3d
+from ..data.samples import DrawSampler
+from ..export.exports import export_final
+from ..models.latents import encode_video
 from ..models.presets import get_preset
-from ..models.sample_shape import latent_tokens
 from ..parallel.parallel_dims import ParallelDims
 from ..utils.allocator import set_allocator_defaults
-from .activation_checkpointing import canonical_name
-from .checkpointer import Checkpointer, RunRecord
 from .config import RESUMED_FIELDS, TrainConfig
-from .distill import DMD2, student_nets, student_scale
-from .guards import RunGuards
-from .hub import HubUploader, write_model_card
-from .memory import LeanLevers, check_fits, choose_lean_levers, memory_budget_bytes
+from .distill import student_nets, student_scale
+from .hub import write_model_card
 from .metrics import describe_throughput, loss_trend, throughput_summary
-from .model import load_trainable_transformer, meta_trainable_transformer
-from .nodes import caches_filled_in_order, check_same_run_everywhere
+from .nodes import check_same_run_everywhere
 from .objective import draw_training_randomness, video2world_loss
-from .optim import PowerEMA, build_lr_scheduler, build_optimizer, sanitize_gradients
-from .parallel import default_mixed_precision, prepare_for_wrapping
-from .run_config import RunConfig, export_settings, resolve, validate
+from .optim import sanitize_gradients
+from .run_config import RunConfig, card_facts, export_settings, resolve, validate
 from .run_lock import RunLock
-from .state import train_state
-from .validation import Validator, read_validation_inputs
+from .setup import (
+    build_accelerator,
+    build_optimisation,
+    build_validator,
+    check_targets,
+    load_clips,
+    load_models,
+    resolve_for_clips,
+)
 
 # accelerate's logger: the main process logs (per-rank facts say `main_process_only=False`).
 logger = get_logger(__name__)
@@ -84,6 +70,9 @@ def _step_seed(*parts: int) -> int:
 
 
 class Trainer:
+    """A post-training run: built stage by stage from its flags (`setup.py`'s builders, cheapest to fail first),
+    then `train()`; the last call of a training process is `close()`."""
+
     def __init__(self, config: TrainConfig):
         set_allocator_defaults()
         # The device decides defaults the Accelerator is built with, so it is read from the launcher's
@@ -91,41 +80,21 @@ class Trainer:
         # would leave out `--cpu` and make every rank a main process.
         on_gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
         # What the launch needs (precision, accumulation, folders) does not depend on the clips; the run is
-        # resolved once more, from the same flags, when they are counted (`_resolve_for_clips`).
-        launch = c = resolve(config)
-        self.preset = get_preset(c.model)
-        self.accelerator = Accelerator(
-            mixed_precision=default_mixed_precision(c.parallel, on_gpu),
-            gradient_accumulation_steps=c.gradient_accumulation_steps,
-            log_with=None if c.report_to == "none" else c.report_to,
-            project_config=ProjectConfiguration(
-                project_dir=c.output_dir, logging_dir=c.logging_dir or str(Path(c.output_dir) / "logs")
-            ),
-            # Under DDP, gradients as views into the communication buckets, as DDP's docs advise for memory. A 2B
-            # DDP step still peaked one gradient-sized buffer above one GPU's (4x H200), which the planner counts.
-            # A distillation's steps train one adapter each (student or critic): the other gets no gradient. And its
-            # steps run forwards without gradients before the one with them: autocast's cache would keep the bf16
-            # weight copies cast there (no autograd history) for the later forward, and activation checkpointing's
-            # recompute would then cast anew and not match (measured: CheckpointError on the first critic step).
-            kwargs_handlers=[
-                DistributedDataParallelKwargs(
-                    gradient_as_bucket_view=True, find_unused_parameters=bool(c.distill_steps)
-                ),
-                AutocastKwargs(cache_enabled=False if c.distill_steps else None),
-                InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=c.ddp_timeout)),
-            ],
-        )
+        # resolved once more, from the same flags, when they are counted (`setup.resolve_for_clips`).
+        launch = resolve(config)
+        self.preset = get_preset(launch.model)
+        self.accelerator = build_accelerator(launch, on_gpu)
         self.device = self.accelerator.device
         if self.device.type == "cuda":
             # Every sample has the same shape, so cuDNN's one-time timing of its convolution algorithms
             # (the VAE encode's Conv3d) pays from the second step on.
             torch.backends.cudnn.benchmark = True
-            if c.allow_tf32:  # as diffusers' examples: fp32 matmuls and convolutions in TF32
+            if launch.allow_tf32:  # as diffusers' examples: fp32 matmuls and convolutions in TF32
                 torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
             self.accelerator.mixed_precision, torch.float32
         )
-        self.lock = RunLock(c.output_dir) if self.accelerator.is_main_process else None
+        self.lock = RunLock(launch.output_dir) if self.accelerator.is_main_process else None
         if self.lock:
             self.lock.acquire()
         try:
@@ -138,162 +107,35 @@ class Trainer:
         """Everything after the output folder is ours, in the order that fails cheapest first: the layout and the
         flags it rules out, the data (and the run resolved for it, once), where the run writes and uploads, the
         models, the optimisation state."""
-        # Context parallelism: groups of `cp` consecutive ranks share a sample, each holding 1/cp of its tokens.
         run_defining = {name: getattr(launch, name) for name in RESUMED_FIELDS}
         check_same_run_everywhere(self.accelerator, run_defining)  # the first exchange: every node's flags alike
+        # Context parallelism: groups of `cp` consecutive ranks share a sample, each holding 1/cp of its tokens.
         self.dims = ParallelDims.from_accelerator(self.accelerator, launch.context_parallel_size)
         validate(launch, self.dims, self.device)
         self.history: list[float] = []  # mean loss of each optimizer step run by this process
         self.step_seconds: list[float] = []
         self.preempted = False  # True once a run stopped early on a signal, on every rank
         self.summary: dict[str, float] = {}  # throughput at the end of a run (`metrics.throughput_summary`)
-        table = self._load_clips(launch)
-        self.config: RunConfig = self._resolve_for_clips(launch, len(table))
-        validation_inputs = self._check_targets(table)
-        transformer = self._load_models(table)
-        self._build_optimisation(transformer, validation_inputs)
-
-    def _load_clips(self, c: RunConfig):
-        """The clips' table, first: a folder with nothing usable fails before any model is loaded."""
-        with caches_filled_in_order(self.accelerator):  # one process a node fills its caches, the others read
-            dataset_path: str | Path
-            if c.dataset_name and not Path(c.dataset_name).is_dir():
-                dataset_path = hub_dataset_folder(c.dataset_name, c.cache_dir, c.dataset_config_name)
-            else:
-                dataset_path = c.dataset_name or c.dataset_path or demo_dataset_path(self.preset)
-            # Captions without a T5 pickle (a video folder's) are encoded by the base's encoder, loaded only if needed.
-            text_encoder = CaptionEncoder(
-                resolve_pretrained(self.preset, c.pretrained_model_name_or_path), self.device, **c.hub_kwargs()
-            )
-            table = load_video2world_dataset(
-                dataset_path,
-                c.num_frames,
-                text_encoder=text_encoder if is_video_folder(dataset_path) else None,
-                embed_dim=self.preset.text_embed_dim,
-                max_text_tokens=c.max_sequence_length,
-                video_column=c.video_column,
-                caption_column=c.caption_column,
-            )
-            text_encoder.free()
-        logger.info(
-            "Dataset %s: %d clips, %d x %d x %d samples", dataset_path, len(table), c.num_frames, c.height, c.width
-        )
-        return table
-
-    def _resolve_for_clips(self, launch: RunConfig, num_clips: int) -> RunConfig:
-        """The run, with the clips and the ranks counted: epochs become steps and `--scale_lr` scales by the clips
-        a step takes (resolved again from `launch`'s flags); `launch` itself where neither is asked for."""
-        if not (launch.num_train_epochs or launch.validation_epochs or launch.scale_lr):
-            return launch
-        clips_per_step = self.dims.clips_per_step(launch.batch_size, launch.gradient_accumulation_steps)
-        steps_per_epoch = math.ceil(num_clips / clips_per_step)
-        run = resolve(launch.flags, steps_per_epoch, clips_per_step)
-        logger.info(
-            "%d steps to a pass over the clips: --max_iter %d; learning rate %.4g",
-            steps_per_epoch,
-            run.max_iter,
-            run.learning_rate,
-        )
-        return run
-
-    def _check_targets(self, table):
-        """Where the run resumes from, exports and uploads, checked before any model loads: another run's
-        checkpoint, a folder of the user's in the way, a bad repo id or token fail now, not after training.
-        Returns the validation inputs (read on the main process)."""
+        table = load_clips(launch, self.preset, self.accelerator)
+        self.config: RunConfig = resolve_for_clips(launch, self.dims, len(table))
         c = self.config
-        clips = [Path(path).name for path in table["video_path"]]
-        scale = student_scale(c.weights) if c.distill_steps else None
-        record = RunRecord(c.run_definition(), c.to_json(), scale)
-        self.checkpointer = Checkpointer(c.checkpointing, c.optim, record, self.accelerator, clips)
-        if self.lock:
-            self.checkpointer.folder.remove_stale_temp_files()
-        self.checkpointer.resume_point()  # before any model is loaded: a resume must come from the same run
-        self.base_pipeline = resolve_pretrained(self.preset, c.pretrained_model_name_or_path)  # exports take its parts
-        main = self.accelerator.is_main_process
-        if main:
-            check_export_targets(export_settings(c), self.base_pipeline)
-        base_model = c.pretrained_model_name_or_path or self.preset.hub_id
-        self.uploader = HubUploader(c, base_model) if c.push_to_hub and main else None
-        max_skipped = c.max_skipped_clips if c.max_skipped_clips is not None else max(1, len(table) // 10)
-        self.guards = RunGuards(self.accelerator, c.output_dir, max_skipped)
-        first_clip = table[0]["video_path"]
-        return read_validation_inputs(c.validation, c.data, first_clip) if c.validation_prompt and main else None
-
-    def _load_models(self, table):
-        """The transformer, the VAE and the training samples, once the leanest step is known to fit the memory the
-        run has (a budget, or the card's); the transformer prepared for its engine, and returned."""
-        c = self.config
-        self.tokens = latent_tokens(c.num_frames, c.height, c.width)
-        budget = memory_budget_bytes(c.parallel, self.device)
-        levers = asked = LeanLevers.asked_by(c.parallel)
-        distill = c.distill if c.distill_steps else None
-        if budget is not None and self.dims.engine in ("single", "ddp"):
-            meta = meta_trainable_transformer(self.preset, c.weights, c.seed, self.compute_dtype, distill)
-            one_gpu = self.dims.engine == "single"
-            levers = choose_lean_levers(meta, c, self.tokens, self.compute_dtype, budget, one_gpu)
-            least = check_fits(meta, c, self.tokens, self.compute_dtype, budget, levers)
-            chosen = levers.beyond(asked)
-            if chosen:
-                logger.info(
-                    "Chosen to fit %.1f GiB: %s (the leanest step then needs %.1f GiB)",
-                    budget / 2**30,
-                    ", ".join(name.replace("_", " ") for name in chosen),
-                    least / 2**30,
-                )
-        transformer = load_trainable_transformer(self.preset, c.weights, c.seed, self.compute_dtype, distill)
-        self.vae = load_vae(self.preset, c.pretrained_model_name_or_path, self.compute_dtype, **c.hub_kwargs())
-        self.vae.to(self.device).eval().requires_grad_(False)
-        if self.device.type == "cuda":
-            use_channels_last_3d(self.vae)
-        latent_table = None
-        if c.cache_latents:
-            with caches_filled_in_order(self.accelerator):
-                latent_table = build_latent_cache(
-                    table, self.vae, c.num_frames, c.height, c.width, c.cache_windows_per_clip, c.seed
-                )
-            self.vae.to("cpu")  # no longer needed on the GPU
-        self.samples = Video2WorldTrainDataset(
-            table, c.num_frames, c.height, c.width, seed=c.seed, latent_table=latent_table
+        targets = check_targets(c, self.preset, self.accelerator, table, holds_lock=self.lock is not None)
+        self.checkpointer, self.base_pipeline = targets.checkpointer, targets.base_pipeline
+        self.uploader, self.guards = targets.uploader, targets.guards
+        models = load_models(c, self.preset, self.accelerator, self.dims, table, self.compute_dtype)
+        self.vae, self.samples, self.plan, self.tokens = models.vae, models.samples, models.plan, models.tokens
+        trained = build_optimisation(
+            c, self.preset, self.accelerator, self.dims, models, self.checkpointer, self.compute_dtype
         )
-        self.plan = prepare_for_wrapping(
-            transformer, self.vae, c, self.accelerator, self.dims, self.tokens, self.compute_dtype, levers
+        self.transformer, self.optimizer, self.lr_scheduler = (
+            trained.transformer,
+            trained.optimizer,
+            trained.lr_scheduler,
         )
-        transformer.train()
-        return transformer
-
-    def _build_optimisation(self, transformer, validation_inputs) -> None:
-        """The optimizer, its schedule, the EMA and the validator, the model handed to accelerate, and the
-        checkpoint this run resumes from loaded into them."""
-        c = self.config
-        trainable = [p for p in transformer.parameters() if p.requires_grad]
-        n_trainable, total = sum(p.numel() for p in trainable), sum(p.numel() for p in transformer.parameters())
-        logger.info(
-            "Transformer %s (%s): %s trainable of %s parameters (%.2f%%)",
-            self.preset.name,
-            c.train_architecture,
-            f"{n_trainable:,}",
-            f"{total:,}",
-            100 * n_trainable / total,
-        )
-        self.distiller = DMD2(c.distill, SIGMA_MAX) if c.distill_steps else None
-        optimizer = build_optimizer(trainable, c.optim)
-        self.lr_scheduler = build_lr_scheduler(optimizer, c.optim)
-        self.transformer, self.optimizer = self.accelerator.prepare(transformer, optimizer)
-        # FSDP and DeepSpeed swap parameters for sharded or bf16 ones: take them from the prepared model.
-        self.trainable = {canonical_name(n): p for n, p in self._unwrapped().named_parameters() if p.requires_grad}
-        self.state = train_state(self.dims, self.transformer, self.optimizer, self.trainable)
-        ema_device = "cpu" if self.plan.ema_device == "cpu" else None
-        self.ema = PowerEMA(self.state.ema_sources, c.ema_gamma, self.compute_dtype, ema_device) if c.ema else None
-        self.start_iter = self.checkpointer.load(self.state, self.lr_scheduler, self.ema, self.trainable)
-        self.validator = Validator(
-            c,
-            self.preset,
-            self.vae,
-            validation_inputs,
-            self.compute_dtype,
-            self.device,
-            self.accelerator.is_main_process,
-        )
+        self.trainable, self.state, self.ema = trained.trainable, trained.state, trained.ema
+        self.distiller, self.start_iter = trained.distiller, trained.start_iter
+        inputs = targets.validation_inputs
+        self.validator = build_validator(c, self.preset, self.accelerator, self.vae, inputs, self.compute_dtype)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -496,7 +338,7 @@ class Trainer:
                 self.uploader.finish(export_dir, c.max_iter)
             else:  # the card `hf upload <repo> <export> .` publishes with it
                 base = c.pretrained_model_name_or_path or self.preset.hub_id
-                write_model_card(c, base, export_dir, self.validator.last)
+                write_model_card(card_facts(c), base, export_dir, self.validator.last)
         self.accelerator.wait_for_everyone()
         return self.history
 

@@ -19,16 +19,18 @@ import torch
 from diffusers.utils import export_to_video
 from torchvision.transforms.v2 import functional as TF
 
+from ..choices import DEFAULT_NEGATIVE_PROMPT
+from ..generation.inputs import open_image
 from ..generation.jobs import long_video_frames
 from ..generation.long_video import generate_long_video
-from ..generation.pipeline import DEFAULT_NEGATIVE_PROMPT, CosmosVideo2WorldPipeline, open_image
+from ..generation.pipeline import CosmosVideo2WorldPipeline
 from ..generation.scheduler import CosmosMultistepScheduler
 from ..generation.scheduler_few_step import CosmosFewStepScheduler
 from ..generation.video_metrics import psnr, ssim
 from ..models.components import load_text_encoder, load_transformer, resolve_pretrained
 from ..models.text_encoding import MAX_TEXT_TOKENS, embed_prompts
 from .model import apply_lora
-from .sections import DataConfig, ValidationConfig
+from .sections import DataConfig, ValidationConfig, WeightsConfig
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +81,11 @@ class Validator:
 
     def __init__(
         self,
-        config,
+        config: ValidationConfig,
+        data: DataConfig,
+        weights: WeightsConfig,
+        distill_steps: int | None,
+        folder: Path,
         preset,
         vae,
         inputs: tuple[PIL.Image.Image, torch.Tensor | None] | None,
@@ -87,32 +93,37 @@ class Validator:
         device: torch.device,
         is_main_process: bool,
     ):
-        c = self.config = config
-        self.generates = bool(c.validation_prompt) and is_main_process
+        """`config`: when and what to validate; `data`: the samples' size, the prompts' length and the seed;
+        `weights`: the base the validation copy is built from (and a LoRA run's adapter shape); `distill_steps`:
+        a distillation's student, sampled as it was distilled; `folder`: where the videos go."""
+        self.config, self.data = config, data
+        prompt = config.validation_prompt
+        self.generates = bool(prompt) and is_main_process
         self.last: dict | None = None  # the latest validation's video and metrics, for the model card
-        if not self.generates:
+        if not self.generates or prompt is None:
             return
         self.device, self.dtype = device, compute_dtype
-        self.num_frames = c.validation_num_frames or c.num_frames
-        self.folder = Path(c.output_dir) / "validation"
+        self.num_frames = config.validation_num_frames or data.num_frames
+        self.folder = folder
         assert inputs is not None, "a validating process reads its inputs first (read_validation_inputs)"
         self.image, self.real = inputs
         # The prompts are encoded once; the text encoder is freed right after (T5-XXL is 11B parameters).
-        pretrained = resolve_pretrained(preset, c.pretrained_model_name_or_path)
-        tokenizer, encoder = load_text_encoder(pretrained, torch.float32, **c.hub_kwargs())
-        embeds = embed_prompts(
-            [c.validation_prompt, DEFAULT_NEGATIVE_PROMPT], tokenizer, encoder, c.max_sequence_length
-        )
+        pretrained = resolve_pretrained(preset, weights.pretrained_model_name_or_path)
+        tokenizer, encoder = load_text_encoder(pretrained, torch.float32, **weights.hub_kwargs())
+        embeds = embed_prompts([prompt, DEFAULT_NEGATIVE_PROMPT], tokenizer, encoder, data.max_sequence_length)
         embeds = torch.nn.functional.pad(embeds, (0, 0, 0, MAX_TEXT_TOKENS - embeds.shape[1]))  # as training pads
         self.prompt_embeds, self.negative_embeds = embeds.split(1)
         del tokenizer, encoder
-        transformer = load_transformer(preset, c.pretrained_model_name_or_path, compute_dtype, **c.hub_kwargs())
+        transformer = load_transformer(
+            preset, weights.pretrained_model_name_or_path, compute_dtype, **weights.hub_kwargs()
+        )
         # A distillation validates its student: a plain net (the trainer merges it), sampled as it was distilled.
-        self.adapter_only = c.train_architecture == "lora" and not c.distill_steps
+        self.adapter_only = weights.train_architecture == "lora" and not distill_steps
         if self.adapter_only:
-            apply_lora(transformer, c.lora_rank, c.lora_alpha, c.lora_target_modules.split(","), c.seed)
-        scheduler = CosmosFewStepScheduler(c.distill_steps) if c.distill_steps else CosmosMultistepScheduler()
-        self.num_inference_steps = c.distill_steps or c.validation_num_inference_steps
+            targets = weights.lora_target_modules.split(",")
+            apply_lora(transformer, weights.lora_rank, weights.lora_alpha, targets, data.seed)
+        scheduler = CosmosFewStepScheduler(distill_steps) if distill_steps else CosmosMultistepScheduler()
+        self.num_inference_steps = distill_steps or config.validation_num_inference_steps
         self.pipe = CosmosVideo2WorldPipeline(
             text_encoder=None,
             tokenizer=None,
@@ -150,7 +161,7 @@ class Validator:
         transformer.to(self.device)
         vae.to(self.device)
         try:
-            videos = [self._generate(self.config.seed + i) for i in range(self.config.num_validation_videos)]
+            videos = [self._generate(self.data.seed + i) for i in range(self.config.num_validation_videos)]
         finally:
             transformer.to("cpu")
             vae.to(vae_device)
@@ -205,8 +216,8 @@ class Validator:
                 self.config.validation_num_chunks,
                 image=self.image,
                 seed=seed,
-                height=self.config.height,
-                width=self.config.width,
+                height=self.data.height,
+                width=self.data.width,
                 num_frames=self.num_frames,
                 prompt_embeds=self.prompt_embeds,
                 negative_prompt_embeds=self.negative_embeds,
@@ -219,8 +230,8 @@ class Validator:
                 image=self.image,
                 prompt_embeds=self.prompt_embeds,
                 negative_prompt_embeds=self.negative_embeds,
-                height=self.config.height,
-                width=self.config.width,
+                height=self.data.height,
+                width=self.data.width,
                 num_frames=self.num_frames,
                 num_inference_steps=self.num_inference_steps,
                 generator=torch.Generator(self.device).manual_seed(seed),
