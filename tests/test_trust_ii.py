@@ -42,12 +42,12 @@ def _digests(folder: Path) -> dict[str, str]:
 
 def _no_model_may_load(monkeypatch) -> None:
     """Make loading the transformer fail the test: a refusal must come before it."""
-    from cosmos_v2w_diffusers.training import trainer
+    from cosmos_v2w_diffusers.training import setup
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the refusal")
 
-    monkeypatch.setattr(trainer, "load_trainable_transformer", refuse)
+    monkeypatch.setattr(setup, "load_trainable_transformer", refuse)
 
 
 @pytest.fixture(scope="module")
