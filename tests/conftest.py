@@ -112,14 +112,15 @@ def endless_run_flags(dataset: Path, output_dir: Path) -> list[str]:
 
 
 def launch_training(
-    output_dir: Path, *flags: str, launcher: tuple = (), cpu: bool = True, cwd: Path | None = None
+    output_dir: Path, *flags: str, launcher: tuple | None = (), cpu: bool = True, cwd: Path | None = None
 ) -> str:
-    """`accelerate launch <launcher> train_video2world.py --model tiny ... <flags>` in a subprocess, one thread a
-    process (`cpu`: accelerate told to use the CPU, as without DeepSpeed); asserts that it succeeded and returns
-    its log (stderr)."""
+    """`accelerate launch <launcher> train_video2world.py --model tiny ... <flags>` in a subprocess (`launcher`
+    None: `python train_video2world.py`, one process without accelerate's launcher), one thread a process (`cpu`:
+    accelerate told to use the CPU, as without DeepSpeed); asserts that it succeeded and returns its log (stderr)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **({"ACCELERATE_USE_CPU": "true"} if cpu else {})}
+    script = str(REPO / "train_video2world.py")
     command = [
-        *accelerate_launch(*launcher, str(REPO / "train_video2world.py")),
+        *([sys.executable, script] if launcher is None else accelerate_launch(*launcher, script)),
         *("--model", "tiny", "--dataloader_num_workers", "0", "--output_dir", str(output_dir), *flags),
     ]
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)

@@ -1,6 +1,5 @@
 import logging
 import shutil
-import subprocess
 import sys
 
 import decord
@@ -46,26 +45,19 @@ def test_prepare_data_cli_writes_nvidia_layout(tmp_path, video_paths):
     )
 
 
-def test_prepare_data_cli_fails_when_nothing_is_usable(tmp_path):
+def test_prepare_data_cli_fails_when_nothing_is_usable(tmp_path, monkeypatch, caplog):
+    """`python -m cosmos_v2w_diffusers.prepare_data` (its module run as `-m` runs it, in this process) exits non-zero
+    and names the bad file."""
+    import runpy
+
     (tmp_path / "videos").mkdir()
     (tmp_path / "videos" / "broken.mp4").write_bytes(b"")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cosmos_v2w_diffusers.prepare_data",
-            "--dataset_path",
-            str(tmp_path),
-            "--prompt",
-            "x",
-            "--text_encoder",
-            "tiny",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode != 0
-    assert "broken.mp4" in result.stderr and "0 bytes" in result.stderr
+    argv = ["prepare_data", "--dataset_path", str(tmp_path), "--prompt", "x", "--text_encoder", "tiny"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("cosmos_v2w_diffusers.prepare_data", run_name="__main__")
+    assert exit_info.value.code != 0
+    assert any("broken.mp4" in r.getMessage() and "0 bytes" in r.getMessage() for r in caplog.records)
 
 
 def test_dataset_rows(prepared_dataset):

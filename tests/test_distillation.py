@@ -361,6 +361,7 @@ def test_a_bf16_distillation_with_checkpointing_trains_the_student_through_its_s
         *("--distill_steps", "4", "--guidance", "3", "--max_iter", "2", "--save_iter", "2", "--no-ema"),
         *("--student_update_freq", "2", "--activation_checkpointing", "selective"),
         *("--selective_checkpointing_blocks", "2", "--mixed_precision", "bf16"),
+        launcher=None,
     )  # step 0 updates the student, step 1 the critic
     masters = torch.load(tmp_path / "run" / "checkpoints" / "optim" / "iter_000000002.pt", weights_only=True)
     student = {n: t for n, t in masters["master_weights"].items() if ".student." in n and "lora_B" in n}

@@ -189,20 +189,20 @@ def test_cli_flags_are_checked_before_anything_loads(capsys):
     assert (args.cache, args.sparse_attention, args.fp8) == (0.1, "natten", True)
 
 
-def test_cli_generates_with_every_fast_option_and_logs_the_skipped_blocks(tmp_path):
+def test_cli_generates_with_every_fast_option_and_logs_the_skipped_blocks(tmp_path, caplog):
+    """Every fast option together through the generation CLI's main (in this process: the script's own process is
+    test_pipeline.py::test_cli_writes_a_playable_mp4's)."""
+    from cosmos_v2w_diffusers.cli.infer import main
+
     pytest.importorskip("natten")
     _image(0).save(tmp_path / "in.png")
-    result = subprocess.run(
-        [sys.executable, str(REPO / "infer_video2world.py"), "--model_size", "tiny", "--disable_guardrail"]
-        + ["--input_path", str(tmp_path / "in.png"), "--prompt", PROMPT, "--save_path", str(tmp_path / "out.mp4")]
-        + ["--num_inference_steps", "6", "--cache", "0.1", "--sparse_attention", "natten", "--fp8"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert f"Sparse attention (natten) in {BLOCKS} of the transformer's blocks" in result.stderr
-    assert re.search(r"step cache \(threshold 0.1\): skipped \d+ of \d+ block evaluations", result.stderr)
+    argv = ["--model_size", "tiny", "--disable_guardrail", "--input_path", str(tmp_path / "in.png")]
+    argv += ["--prompt", PROMPT, "--save_path", str(tmp_path / "out.mp4"), "--num_inference_steps", "6"]
+    with caplog.at_level(logging.INFO, logger="cosmos_v2w_diffusers"):
+        assert main([*argv, "--cache", "0.1", "--sparse_attention", "natten", "--fp8"]) == [tmp_path / "out.mp4"]
+    log = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"Sparse attention (natten) in {BLOCKS} of the transformer's blocks" in log
+    assert re.search(r"step cache \(threshold 0.1\): skipped \d+ of \d+ block evaluations", log)
     assert len(decord.VideoReader(str(tmp_path / "out.mp4"))) == TINY.num_frames
 
 
@@ -210,8 +210,6 @@ def test_cli_generates_with_every_fast_option_and_logs_the_skipped_blocks(tmp_pa
 def test_the_benchmark_refuses_a_video_that_is_no_regular_file(tmp_path):
     """`benchmarks/fast_generation.py --video` given a FIFO, which a reader would wait on forever."""
     import os
-    import subprocess
-    import sys
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]

@@ -32,22 +32,26 @@ def _image(seed: int = 0) -> PIL.Image.Image:
     return PIL.Image.fromarray((pixels * 255).astype(np.uint8)).resize((TINY.width, TINY.height))
 
 
-def test_chunks_stream_as_made_and_the_video_has_f_plus_n_minus_1_times_f_minus_c_frames(pipe):
+@pytest.fixture(scope="module")
+def three_chunks(pipe) -> np.ndarray:
+    """A 3-chunk video of `_image()`, collected, `[49, H, W, 3]` (read-only: the tests compare against it)."""
+    video = generate_long_video(pipe, 3, image=_image(), **SIZE, **CALL)
+    video.flags.writeable = False
+    return video
+
+
+def test_chunks_stream_as_made_and_the_video_has_f_plus_n_minus_1_times_f_minus_c_frames(pipe, three_chunks):
     chunks = []
     assert generate_long_video(pipe, 3, image=_image(), on_chunk=chunks.append, **SIZE, **CALL) is None
     assert [len(c) for c in chunks] == [17, 16, 16]
-    whole = generate_long_video(pipe, 3, image=_image(), **SIZE, **CALL)
-    assert whole.shape == (long_video_frames(17, 3, 1), 64, 112, 3) == (49, 64, 112, 3)
-    assert np.array_equal(whole, np.concatenate(chunks))
-    frames = list(whole[:9])  # a video input, continued from its last 5 frames each time
+    assert three_chunks.shape == (long_video_frames(17, 3, 1), 64, 112, 3) == (49, 64, 112, 3)
+    assert np.array_equal(three_chunks, np.concatenate(chunks))
+    frames = list(three_chunks[:9])  # a video input, continued from its last 5 frames each time
     five = generate_long_video(pipe, 2, video=frames, num_conditional_frames=5, **SIZE, **CALL)
     assert len(five) == long_video_frames(17, 2, 5) == 29
-    one_chunk = pipe(image=_image(), latents=nvidia_initial_noise(0, (1, *latent_shape(pipe.vae.config, 17, 64, 112))),
-                     output_type="np", **SIZE, **CALL).frames[0]  # fmt: skip
-    assert np.array_equal(whole[:17], one_chunk)  # chunk 0 is the one-chunk video
 
 
-def test_one_conditional_frame_equals_nvidias_loop_over_the_one_chunk_pipeline(pipe, tmp_path):
+def test_one_conditional_frame_equals_nvidias_loop_over_the_one_chunk_pipeline(pipe, three_chunks, tmp_path):
     """NVIDIA's `video2world_lvg.py` loop, as it is written: generate, keep the chunk (all of the first, the rest
     without their first frame), write the last frame to a PNG, read it back as the next chunk's input; seed + chunk.
     Its PNG is lossless but holds 8-bit frames, where our hand-off keeps the float frames: the videos agree to that
@@ -62,9 +66,9 @@ def test_one_conditional_frame_equals_nvidias_loop_over_the_one_chunk_pipeline(p
         PIL.Image.fromarray((video[-1] * 255).round().astype(np.uint8)).save(path)
         current = PIL.Image.open(path).convert("RGB")
     nvidia = torch.from_numpy(np.concatenate(chunks))
-    ours = torch.from_numpy(generate_long_video(pipe, 3, image=_image(), **SIZE, **CALL))
+    ours = torch.from_numpy(three_chunks.copy())
     assert nvidia.shape == ours.shape
-    assert torch.equal(nvidia[:17], ours[:17])
+    assert torch.equal(nvidia[:17], ours[:17])  # chunk 0 is the one-chunk video of seed 0
     # measured: 75, 72 dB for chunks 1 and 2, at most 0.5/255 apart
     assert psnr(ours, nvidia) > 60.0 and (ours - nvidia).abs().max() < 2 / 255, psnr(ours, nvidia)
 
@@ -81,8 +85,8 @@ def test_seam_correction_meets_the_handoff_frame_then_fades_to_the_models_own_fr
     assert fade_in_handoff(frames, np.zeros_like(handoff) - 1, 1).min() == 0.0  # clipped to [0, 1]
 
 
-def test_seam_correction_smooths_the_seams_of_a_long_video(pipe):
-    plain = generate_long_video(pipe, 2, image=_image(), **SIZE, **CALL)
+def test_seam_correction_smooths_the_seams_of_a_long_video(pipe, three_chunks):
+    plain = three_chunks[:33]  # its first two chunks: a 2-chunk video (no chunk depends on a later one)
     corrected = generate_long_video(pipe, 2, image=_image(), seam_correction=True, **SIZE, **CALL)
     assert np.array_equal(plain[:17], corrected[:17]) and not np.array_equal(plain[17:], corrected[17:])
     assert corrected.min() >= 0.0 and corrected.max() <= 1.0
@@ -171,6 +175,20 @@ def test_nvidias_other_generation_flags(tmp_path, caplog):
     assert (tmp_path / "b.mp4").is_file() and not list(tmp_path.glob(".*partial*"))
 
 
+def test_a_long_validation_videos_chunks_are_the_frames_each_chunk_added():
+    """Validation scores a long video chunk by chunk, over the frames each chunk added (the first chunk without
+    its conditioning frame), as far as the held-out clip reaches."""
+    from cosmos_v2w_diffusers.training.validation import chunk_frames
+
+    assert chunk_frames(17, 1, 100) == []  # one chunk: the whole video's scores alone
+    assert chunk_frames(17, 4, 65) == [slice(1, 17), slice(17, 33), slice(33, 49), slice(49, 65)]
+    assert chunk_frames(17, 4, 40) == [slice(1, 17), slice(17, 33), slice(33, 40)]  # a 40-frame clip
+    assert chunk_frames(93, 2, 132) == [slice(1, 93), slice(93, 132)]
+
+
+# 14 s: a whole run validating a 4-chunk video; make test keeps its parts: validation scored against a held-out
+# clip (test_training.py), the chunks' frames (above), long videos generated (this file).
+@pytest.mark.slow
 def test_a_long_validation_video_is_scored_chunk_by_chunk_as_far_as_the_clip_reaches(
     tmp_path, video_paths, bikes_dataset
 ):
@@ -193,4 +211,3 @@ def test_a_long_validation_video_is_scored_chunk_by_chunk_as_far_as_the_clip_rea
     last = trainer.validator.last
     assert {f"validation/live/psnr_chunk_{k}" for k in (1, 2, 3, 4)} <= set(last)
     assert all(0 < last[f"validation/live/psnr_chunk_{k}"] < 60 for k in (1, 2, 3, 4))
-    assert trainer.validator._chunk_frames(40) == [slice(1, 17), slice(17, 33), slice(33, 40)]  # a 40-frame clip

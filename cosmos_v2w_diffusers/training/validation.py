@@ -74,6 +74,16 @@ def read_clip(path: str, num_frames: int, height: int, width: int, wanted: int |
     return TF.resize(frames, [height, width], antialias=True).float() / 255
 
 
+def chunk_frames(num_frames: int, num_chunks: int, reach: int) -> list[slice]:
+    """The new frames of each chunk of a long validation video (`--validation_num_chunks` > 1) of `num_frames`-frame
+    chunks that a held-out clip's `reach` frames cover (chunk 1 without its conditioning frame); none for a
+    one-chunk video."""
+    if num_chunks == 1:
+        return []
+    bounds = [1] + [long_video_frames(num_frames, k + 1, 1) for k in range(num_chunks)]
+    return [slice(a, min(b, reach)) for a, b in zip(bounds, bounds[1:]) if a < reach]
+
+
 class Validator:
     """When to validate (`should_validate`), and what: on the main process it builds what generation needs once
     (text embeddings, a second transformer, the pipeline), then `validate`s. Built on every rank, since the
@@ -181,7 +191,9 @@ class Validator:
                 f"validation/{name}/psnr": sum(psnr(f[1:reach], self.real[1:reach]) for f in videos) / len(videos),
                 f"validation/{name}/ssim": sum(ssim(f[1:reach], self.real[1:reach]) for f in videos) / len(videos),
             }
-            for chunk, frames in enumerate(self._chunk_frames(reach)):  # a long video's drift, chunk by chunk
+            for chunk, frames in enumerate(
+                chunk_frames(self.num_frames, self.config.validation_num_chunks, reach)
+            ):  # a long video's drift, chunk by chunk
                 metrics[f"validation/{name}/psnr_chunk_{chunk + 1}"] = sum(
                     psnr(f[frames], self.real[frames]) for f in videos
                 ) / len(videos)
@@ -197,15 +209,6 @@ class Validator:
         )
         self.last = {"video": str(written[0][0]), **metrics}
         return written, metrics
-
-    def _chunk_frames(self, reach: int) -> list[slice]:
-        """The new frames of each chunk of a long validation video (`--validation_num_chunks` > 1) that the held-out
-        clip's `reach` frames cover (chunk 1 without its conditioning frame); none for a one-chunk video."""
-        chunks, frames = self.config.validation_num_chunks, self.num_frames
-        if chunks == 1:
-            return []
-        bounds = [1] + [long_video_frames(frames, k + 1, 1) for k in range(chunks)]
-        return [slice(a, min(b, reach)) for a, b in zip(bounds, bounds[1:]) if a < reach]
 
     def _generate(self, seed: int) -> torch.Tensor:
         """One validation video from `seed`: `[T, 3, H, W]` in [0, 1] on the CPU. A long one
