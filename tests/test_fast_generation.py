@@ -141,13 +141,15 @@ def test_sparse_attention_without_natten_is_a_one_line_error(monkeypatch):
     assert "\n" not in str(error.value)
 
 
-def test_fp8_linear_layers_stay_near_dense(dense):
+def test_fp8_linear_layers_stay_near_dense():
+    """The four inputs at 6 steps (BENCHMARKS.md's 39.7 dB are at 35; fewer steps carry the rounding less far)."""
+    dense = _videos(_pipe(), steps=6)
     pipe = _pipe()
     linears = sum(type(m) is torch.nn.Linear for b in pipe.transformer.transformer_blocks for m in b.modules())
     assert pipe.enable_fp8() == linears > 0
     assert all(not m.fp8_matmul for m in pipe.transformer.modules() if isinstance(m, Float8FrozenLinear))  # CPU
-    worst_psnr, worst_ssim = _worst_frame(_videos(pipe), dense)
-    assert 30 < worst_psnr < math.inf and worst_ssim > 0.99  # 39.7 dB, 0.998
+    worst_psnr, worst_ssim = _worst_frame(_videos(pipe, steps=6), dense)
+    assert 30 < worst_psnr < math.inf and worst_ssim > 0.99
 
 
 def test_the_generation_flags_are_one_frozen_config_that_checks_itself():
