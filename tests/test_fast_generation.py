@@ -38,10 +38,10 @@ def _image(seed: int) -> PIL.Image.Image:
     return PIL.Image.fromarray((pixels * 255).astype(np.uint8)).resize((TINY.width, TINY.height))
 
 
-def _videos(pipe, steps: int = 12) -> list[torch.Tensor]:
+def _videos(pipe, steps: int = 12, seeds: tuple[int, ...] = SEEDS) -> list[torch.Tensor]:
     """One video `[T, C, H, W]` in [0, 1] per seed, each from its own image and noise."""
     videos = []
-    for seed in SEEDS:
+    for seed in seeds:
         frames = pipe(
             image=_image(seed),
             prompt=PROMPT,
@@ -142,13 +142,13 @@ def test_sparse_attention_without_natten_is_a_one_line_error(monkeypatch):
 
 
 def test_fp8_linear_layers_stay_near_dense():
-    """The four inputs at 6 steps (BENCHMARKS.md's 39.7 dB are at 35; fewer steps carry the rounding less far)."""
-    dense = _videos(_pipe(), steps=6)
+    """Two of the four inputs at 6 steps: a guard (BENCHMARKS.md's 39.7 dB are the four at 35 steps, the claim)."""
+    dense = _videos(_pipe(), steps=6, seeds=SEEDS[:2])
     pipe = _pipe()
     linears = sum(type(m) is torch.nn.Linear for b in pipe.transformer.transformer_blocks for m in b.modules())
     assert pipe.enable_fp8() == linears > 0
     assert all(not m.fp8_matmul for m in pipe.transformer.modules() if isinstance(m, Float8FrozenLinear))  # CPU
-    worst_psnr, worst_ssim = _worst_frame(_videos(pipe, steps=6), dense)
+    worst_psnr, worst_ssim = _worst_frame(_videos(pipe, steps=6, seeds=SEEDS[:2]), dense)
     assert 30 < worst_psnr < math.inf and worst_ssim > 0.99
 
 

@@ -72,8 +72,9 @@ def test_a_clip_corrupted_mid_file_is_reported_and_replaced_deterministically(co
 
 def test_training_skips_the_bad_clip_lists_it_and_stops_when_too_many_fail(corrupted_dataset, tmp_path):
     bad = str(corrupted_dataset / "videos" / "bikes.mp4")
-    probe = Trainer(tiny_config(corrupted_dataset, tmp_path / "probe", max_iter=1))
-    steps = _failing_draw(probe.samples, bad) + 1
+    table = load_video2world_dataset(corrupted_dataset, num_frames=TINY.num_frames, embed_dim=TINY.text_embed_dim)
+    samples = Video2WorldTrainDataset(table, TINY.num_frames, TINY.height, TINY.width, seed=0)  # the run's draws
+    steps = _failing_draw(samples, bad) + 1
     trainer = Trainer(tiny_config(corrupted_dataset, tmp_path / "run", max_iter=steps, save_iter=1000))
     losses = trainer.train()
     assert len(losses) == steps and all(np.isfinite(losses))

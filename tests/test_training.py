@@ -505,7 +505,7 @@ def test_validation_writes_a_video_and_scores_it_against_a_held_out_clip(bikes_d
             "--validation_steps",
             "2",
             "--max_train_steps",
-            "4",
+            "2",
             "--checkpointing_steps",
             "2",
             "--validation_video",
@@ -518,11 +518,11 @@ def test_validation_writes_a_video_and_scores_it_against_a_held_out_clip(bikes_d
         ]
     )
     trainer = Trainer(config)
+    assert [step for step in range(1, 7) if trainer.validator.should_validate(step)] == [2, 4, 6]
     trainer.train()
-    for step in ("000000002", "000000004"):
-        video = decord.VideoReader(str(out / "validation" / f"step_{step}.mp4"))
-        assert len(video) == 17 and video[0].shape == (64, 112, 3)
-        assert (out / "validation" / f"step_{step}_live.mp4").is_file()
+    video = decord.VideoReader(str(out / "validation" / "step_000000002.mp4"))
+    assert len(video) == 17 and video[0].shape == (64, 112, 3)
+    assert (out / "validation" / "step_000000002_live.mp4").is_file()
     assert set(trainer.validator.last) == {"video", "validation/live/psnr", "validation/live/ssim"}
     assert (
         0 < trainer.validator.last["validation/live/psnr"] < 60
@@ -536,7 +536,7 @@ def test_validation_writes_a_video_and_scores_it_against_a_held_out_clip(bikes_d
     events.Reload()
     assert {"validation/live/psnr", "validation/live/ssim"} <= set(events.Tags()["scalars"])
     assert {"validation/ema", "validation/live"} <= set(events.Tags()["images"])  # the frames, as images
-    assert [e.step for e in events.Images("validation/ema")] == [2, 4]
+    assert [e.step for e in events.Images("validation/ema")] == [2]
 
 
 def test_psnr_and_ssim():
