@@ -349,6 +349,9 @@ def test_a_distillation_pushes_its_student_pipeline_to_the_hub(bikes_dataset, tm
     assert "2-step student" in (tmp_path / "student" / "pipeline" / "README.md").read_text()
 
 
+# 14 s: a process of its own for bf16 autocast (accelerate keeps a process's first precision); make test keeps the
+# distillation end to end in fp32 (test_a_tiny_distillation_checkpoints_a_plain_student_...).
+@pytest.mark.slow
 def test_a_bf16_distillation_with_checkpointing_trains_the_student_through_its_simulated_steps(tmp_path):
     """Under bf16 autocast, the forwards without gradients (the student's simulated steps) must not leave cast
     weights in autocast's cache for the forward with them: the student would get no gradient, and the checkpoint's

@@ -385,6 +385,9 @@ print("graphs", counters["stats"]["unique_graphs"], "breaks", sum(counters["grap
 """
 
 
+# 11 s: two processes under torchrun compiling on the CPU; make test keeps FSDP2 (with CP 2, uncompiled) and the
+# blocks' compilation in one process (test_checkpointed_block_parts_compile_apart_one_graph_for_every_block).
+@pytest.mark.slow
 def test_under_fsdp2_compiled_blocks_keep_fsdp_hooks_outside_the_graph(tmp_path):
     """Compiling the checkpoint wrapper put FSDP2's hooks inside the compiled region: they broke the graph and every
     block ran uncompiled (a 2B step 15.5 s against 13.4 s on an H200). The blocks themselves must compile whole."""
