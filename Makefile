@@ -62,7 +62,7 @@ demo-distill: install
 		--distill_steps 4 --guidance 1 --max_iter 500 --output_dir $(DISTILL_RUN) --cache_latents --cache_windows_per_clip 4
 	$(PY) -m cosmos_v2w_diffusers.demo --run_dir $(DEMO_RUN) --student_dir $(DISTILL_RUN) --output_dir outputs/demo
 
-# One of each kind of case (under 6 minutes on 2 cores: 348 s on 2026-12-07); test-all adds the slower end-to-end variants (CI runs both).
+# One of each kind of case (under 6 minutes on 2 cores: 344 s, 351 s with the interpreter's start, on 2026-12-07); test-all adds the slower end-to-end variants (CI runs both).
 test: install
 	$(PY) -m pytest -q -m "not slow" tests
 
