@@ -714,7 +714,7 @@ REFUSALS = [
     (dict(base_precision="fp8"), None, None, "stores a frozen base"),
     (dict(load_ema=True), None, None, "--load_ema picks the EMA weights of --dit_path"),
     (dict(activation_checkpointing="full", selective_checkpointing_blocks=2), None, None, "needs --activation"),
-    # resolved values (`run_config.validate`)
+    # resolved values (`run_config.resolve`)
     (dict(lr_warmup_steps=5, lr_scheduler="constant_with_warmup", max_iter=5), None, None, "never reach its peak"),
     (dict(lr_decay_steps=3, lr_scheduler="cosine", max_iter=5), None, None, "would train at learning rate 0"),
     (dict(train_architecture="lora", block_swap=True, activation_checkpointing="none"), None, None, "recompute"),

@@ -1,10 +1,10 @@
 """A run's resolved configuration, and the sections each component is handed.
 
 `resolve(flags)` fills in every default of a `TrainConfig` that depends on the preset, the weights, the dataset's
-size or the launch, checks the result (`validate`, below) and builds a `RunConfig`: the resolved values in their
+size or the launch, checks the result and builds a `RunConfig`: the resolved values in their
 sections (`run.data`, `run.weights`, `run.optim`, `run.checkpointing`, `run.hub`, `run.parallel`, `run.validation`,
 `run.distill`), each built once and frozen, and the flags it came from. A component takes the section it reads (the
-optimizer its `OptimConfig`), not the whole run.
+optimizer its `OptimConfig`), not the whole run. `validate(run, dims, device)` refuses what the launch rules out.
 """
 
 from __future__ import annotations
@@ -161,17 +161,16 @@ def resolve(flags: TrainConfig, steps_per_epoch: int | None = None, clips_per_st
         for name, section in SECTIONS.items()
     }
     run = RunConfig(**sections, flags=flags)
-    validate(run)
+    _check_resolved(run)
     return run
 
 
 def validate(run: RunConfig, dims: ParallelDims | None = None, device: torch.device | None = None) -> None:
-    """Refuse, in one line naming the flag and the fix, what no run can do with a resolved run's values (`resolve`
-    checked its flags, `TrainConfig.check`, before filling them in; each section checks its values again), and,
-    given `dims`, what the layout of the processes allows, and, given `device`, what its device can run. Every
-    check that needs no weights is here or in the sections, run before anything loads; `tests/test_training.py`
-    holds one table of them all."""
-    _check_resolved(run)
+    """Refuse, in one line naming the flag and the fix, what the launch rules out for a resolved run: given `dims`,
+    what the layout of the processes allows, and, given `device`, what its device can run. The run's own values
+    were checked as it was resolved (`resolve`: its flags, then each section's values and what needs the model
+    size). Every check that needs no weights is here or in the sections, run before anything loads;
+    `tests/test_training.py` holds one table of them all."""
     if dims is not None:
         _check_layout(run, dims)
     if device is not None:
